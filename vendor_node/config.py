@@ -1,0 +1,239 @@
+"""Strict unit configuration (TOML).
+
+Every section is a frozen dataclass; unknown keys are rejected and every error
+names the key path (``board.baudrate: expected an integer, got 'fast'``), so a
+technician with a typo finds it before the unit goes into service.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_CONFIG_PATH = Path("/etc/vendor-node/config.toml")
+CONFIG_ENV = "VENDOR_NODE_CONFIG"
+HARDWARE_ENV = "VENDOR_NODE_HARDWARE"
+ASSETS_DIR = Path(__file__).resolve().parent.parent / "firmware_assets"
+
+
+@dataclass(frozen=True)
+class UnitConfig:
+    """Where the unit keeps its state and which hardware backend it drives."""
+
+    unit_id: str = "unit-dev"
+    state_dir: Path = Path("/var/lib/vendor-node")
+    hardware: typing.Literal["pi", "sim"] = "pi"
+    assets_dir: Path = ASSETS_DIR
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    """A small greyscale stream kept running, exposure fixed for the IR light."""
+
+    width: int = 640
+    height: int = 480
+    exposure_us: int = 4000
+    analogue_gain: float = 2.0
+    frame_timeout_s: float = 0.5
+    sim_folder: Path | None = None
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    """BCM pin numbers of the IR proximity sensor, the status LED and the buzzer."""
+
+    proximity_pin: int = 17
+    proximity_active_low: bool = True
+    led_red_pin: int = 22
+    led_green_pin: int = 27
+    led_blue_pin: int = 24
+    buzzer_pin: int = 23
+
+
+@dataclass(frozen=True)
+class BoardConfig:
+    """The serial MDB adapter that speaks for us on the vending machine's bus."""
+
+    port: str = "/dev/ttyAMA0"
+    baudrate: int = 115200
+    reply_timeout_s: float = 1.0
+    selection_timeout_s: float = 30.0
+    vend_outcome_timeout_s: float = 60.0
+    hand_wait_s: float = 10.0
+    reconnect_max_backoff_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class RecognitionConfig:
+    """Decision policy of the 1:N matcher (see README: what the thresholds mean)."""
+
+    threshold: float | None = None  # None: the operating threshold from the model manifest
+    margin: float | None = None  # None: the margin from the model manifest
+    max_attempts: int = 2  # a second presentation when unsure
+    keep_debug_images: bool = False  # images are kept only when a technician turns this on
+
+
+@dataclass(frozen=True)
+class AccountsConfig:
+    """Offline floor limits, like a card terminal's (amounts in cents)."""
+
+    fleet_public_key: Path | None = None  # None: <state_dir>/fleet_public_key.pem
+    max_offline_age_h: float = 72.0
+    per_day_cap_cents: int = 1500
+    unsynced_total_cap_cents: int = 25000
+    template_retention_days: int = 365
+
+
+@dataclass(frozen=True)
+class AbuseConfig:
+    """Cool down after too many unknown hands or refusals in a short window."""
+
+    max_failures: int = 5
+    window_s: float = 60.0
+    cooldown_s: float = 120.0
+
+
+@dataclass(frozen=True)
+class SyncConfig:
+    """The nightly sync: where bundles come from and journals go."""
+
+    server_url: str = ""
+    timeout_s: float = 30.0
+
+
+@dataclass(frozen=True)
+class Config:
+    unit: UnitConfig = field(default_factory=UnitConfig)
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    board: BoardConfig = field(default_factory=BoardConfig)
+    recognition: RecognitionConfig = field(default_factory=RecognitionConfig)
+    accounts: AccountsConfig = field(default_factory=AccountsConfig)
+    abuse: AbuseConfig = field(default_factory=AbuseConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+
+    @property
+    def state_dir(self) -> Path:
+        return self.unit.state_dir
+
+    @property
+    def fleet_public_key_path(self) -> Path:
+        return self.accounts.fleet_public_key or self.unit.state_dir / "fleet_public_key.pem"
+
+    def replace(self, **sections: dict) -> "Config":
+        """A copy with some keys changed, e.g. ``cfg.replace(unit={"hardware": "sim"})``."""
+        changed = {
+            name: dataclasses.replace(getattr(self, name), **values) for name, values in sections.items()
+        }
+        return dataclasses.replace(self, **changed)
+
+
+def _coerce(value, annotation, path: str):
+    """Check one value against its annotation; raise ConfigError naming the key path."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin is typing.Union or (origin is not None and str(origin) == "<class 'types.UnionType'>"):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _coerce(value, inner[0], path)
+    if origin is typing.Literal:
+        if value not in args:
+            choices = ", ".join(repr(a) for a in args)
+            raise ConfigError(f"{path}: must be one of {choices}, got {value!r}")
+        return value
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{path}: expected true or false, got {value!r}")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: must not be negative, got {value}")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if value < 0:
+            raise ConfigError(f"{path}: must not be negative, got {value}")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{path}: expected a string, got {value!r}")
+        return value
+    if annotation is Path:
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{path}: expected a path string, got {value!r}")
+        return Path(value)
+    raise ConfigError(f"{path}: unsupported setting type {annotation!r}")  # a bug in this module
+
+
+def _build(cls, data: dict, prefix: str):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix}: expected a table, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        where = f"{prefix}." if prefix else ""
+        raise ConfigError(
+            f"{where}{unknown[0]}: unknown key (known keys{' in [' + prefix + ']' if prefix else ''}: "
+            f"{', '.join(sorted(known))})"
+        )
+    values = {}
+    for name, raw in data.items():
+        path = f"{prefix}.{name}" if prefix else name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            values[name] = _build(hint, raw, path)
+        else:
+            values[name] = _coerce(raw, hint, path)
+    return cls(**values)
+
+
+def parse_config(text: str, source: str = "<config>") -> Config:
+    """Parse TOML text into a Config, strictly."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML: {exc}") from None
+    try:
+        return _build(Config, data, "")
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: Path | str | None = None, *, hardware: str | None = None,
+                state_dir: Path | str | None = None) -> Config:
+    """Load the unit's config.
+
+    ``path`` falls back to $VENDOR_NODE_CONFIG, then /etc/vendor-node/config.toml;
+    when none exists the defaults apply. ``VENDOR_NODE_HARDWARE=sim`` (or
+    ``hardware="sim"``) selects the simulated backend.
+    """
+    explicit = path is not None or CONFIG_ENV in os.environ
+    path = Path(path or os.environ.get(CONFIG_ENV) or DEFAULT_CONFIG_PATH)
+    if path.exists():
+        try:
+            text = path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: cannot read: {exc}") from None
+        cfg = parse_config(text, str(path))
+    elif explicit:
+        raise ConfigError(f"{path}: config file not found")
+    else:
+        cfg = Config()
+    hardware = hardware or os.environ.get(HARDWARE_ENV)
+    if hardware:
+        if hardware not in ("pi", "sim"):
+            raise ConfigError(f"{HARDWARE_ENV}: must be 'pi' or 'sim', got {hardware!r}")
+        cfg = cfg.replace(unit={"hardware": hardware})
+    if state_dir is not None:
+        cfg = cfg.replace(unit={"state_dir": Path(state_dir)})
+    return cfg
