@@ -75,8 +75,13 @@ def _cmd_bench(args) -> int:
     return bench.run(args.what, args)
 
 
-# --- accounts, journal, enrollment (issue 3) --------------------------------
+# --- accounts, keys, bundles, enrollment (issue 3) -------------------------
 def _add_accounts_commands(sub) -> None:
+    pass
+
+
+# --- the charging journal (issue 3) -----------------------------------------
+def _add_journal_commands(sub) -> None:
     pass
 
 
@@ -92,6 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_recognition_commands(sub)
     _add_accounts_commands(sub)
+    _add_journal_commands(sub)
     _add_unit_commands(sub)
     return parser
 
