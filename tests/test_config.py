@@ -1,0 +1,67 @@
+"""The strict config loader: unknown keys rejected, every error names its key path."""
+from pathlib import Path
+
+import pytest
+
+from vendor_node.config import Config, load_config, parse_config
+from vendor_node.errors import ConfigError
+
+
+def test_empty_config_gives_defaults():
+    cfg = parse_config("")
+    assert cfg == Config()
+    assert cfg.accounts.per_day_cap_cents == 1500
+    assert cfg.accounts.unsynced_total_cap_cents == 25000
+    assert cfg.accounts.max_offline_age_h == 72.0
+
+
+def test_values_are_read_and_typed():
+    cfg = parse_config('[unit]\nstate_dir = "/tmp/x"\nhardware = "sim"\n[board]\nbaudrate = 9600\n[abuse]\nwindow_s = 30\n')
+    assert cfg.unit.state_dir == Path("/tmp/x")
+    assert cfg.unit.hardware == "sim"
+    assert cfg.board.baudrate == 9600
+    assert cfg.abuse.window_s == 30.0 and isinstance(cfg.abuse.window_s, float)
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[board]\nbaud = 9600\n", "board.baud: unknown key"),
+        ("[nosuch]\nx = 1\n", "nosuch: unknown key"),
+        ('[board]\nbaudrate = "fast"\n', "board.baudrate: expected an integer"),
+        ('[unit]\nhardware = "arduino"\n', "unit.hardware: must be one of"),
+        ("[accounts]\nper_day_cap_cents = -5\n", "accounts.per_day_cap_cents: must not be negative"),
+        ("[recognition]\nkeep_debug_images = 1\n", "recognition.keep_debug_images: expected true or false"),
+        ("board = 3\n", "board: expected a table"),
+        ("[board\n", "not valid TOML"),
+    ],
+)
+def test_bad_config_names_the_key(text, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "unit.toml")
+    assert fragment in str(info.value)
+    assert str(info.value).startswith("unit.toml: ")
+
+
+def test_explicit_missing_file_is_an_error(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "nope.toml")
+
+
+def test_hardware_override_and_state_dir(tmp_path, monkeypatch):
+    path = tmp_path / "c.toml"
+    path.write_text('[unit]\nhardware = "pi"\n')
+    monkeypatch.setenv("VENDOR_NODE_HARDWARE", "sim")
+    cfg = load_config(path, state_dir=tmp_path / "state")
+    assert cfg.unit.hardware == "sim"
+    assert cfg.state_dir == tmp_path / "state"
+    monkeypatch.setenv("VENDOR_NODE_HARDWARE", "gpio")
+    with pytest.raises(ConfigError, match="VENDOR_NODE_HARDWARE"):
+        load_config(path)
+
+
+def test_example_config_parses_strictly():
+    example = Path(__file__).resolve().parents[1] / "firmware_assets" / "config.example.toml"
+    if not example.exists():
+        pytest.skip("config.example.toml not written yet")
+    parse_config(example.read_text(), str(example))
