@@ -77,12 +77,345 @@ def _cmd_bench(args) -> int:
 
 # --- accounts, keys, bundles, enrollment (issue 3) -------------------------
 def _add_accounts_commands(sub) -> None:
-    pass
+    def state_dir_option(p):
+        p.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
+
+    p = sub.add_parser("provision", help="create the unit's keys and pin the fleet public key")
+    p.add_argument("--fleet-public-key", required=True, type=_existing_file, help="fleet public key (PEM)")
+    p.add_argument("--unit-id", required=True, help="this unit's id (letters, digits, . _ @ -)")
+    p.add_argument("--fleet-template-key", type=_existing_file,
+                   help="fleet template key (32-byte file from `fleet keygen`): templates travel under it")
+    p.add_argument("--replace-fleet-key", action="store_true", help="trust a new fleet key over the pinned one")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_provision)
+
+    accounts = sub.add_parser("accounts", help="the unit's offline account cache").add_subparsers(
+        dest="accounts_command", required=True, metavar="ACTION")
+    p = accounts.add_parser("import", help="verify a signed account bundle and apply it atomically")
+    p.add_argument("bundle", type=_existing_file, help="bundle file from `vendor-node fleet bundle` or the sync")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_accounts_import)
+    p = accounts.add_parser("list", help="employees on this unit (never a template)")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_accounts_list)
+    p = accounts.add_parser("purge-templates", help="delete templates unused for template_retention_days")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_accounts_purge)
+
+    fleet = sub.add_parser("fleet", help="back-office tools: fleet keys and account bundles").add_subparsers(
+        dest="fleet_command", required=True, metavar="ACTION")
+    p = fleet.add_parser("keygen", help="a new fleet signing key pair and fleet template key")
+    p.add_argument("--out", required=True, type=Path, help="folder to write the keys to (must not hold keys)")
+    p.set_defaults(handler=_cmd_fleet_keygen)
+    from .bundle import CSV_HELP
+
+    p = fleet.add_parser("bundle", help="a signed account bundle from a CSV of employees", epilog=CSV_HELP)
+    p.add_argument("--employees", required=True, type=_existing_file, help="CSV of employees")
+    p.add_argument("--signing-key", required=True, type=_existing_file, help="fleet signing key (PEM, 0600)")
+    p.add_argument("--out", required=True, type=Path, help="bundle file to write")
+    p.add_argument("--version", type=_positive_int, help="bundle version (default: now in Unix seconds)")
+    p.add_argument("--expires-days", type=_positive_float, default=7.0, help="valid for this many days (default 7)")
+    p.add_argument("--delta", action="store_true", help="a delta on --base-version instead of a full snapshot")
+    p.add_argument("--base-version", type=_positive_int, help="the version a delta applies on")
+    p.set_defaults(handler=_cmd_fleet_bundle)
+
+    p = sub.add_parser("enroll", help="enroll an employee's hand (technician at the unit)")
+    p.add_argument("employee_id")
+    p.add_argument("--consent", required=True, help="version of the consent form the employee signed")
+    p.add_argument("--images", type=_existing_dir, help="folder of hand photos instead of the camera")
+    p.add_argument("--sim", action="store_true", help="use the simulated camera")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_enroll)
+    p = sub.add_parser("unenroll", help="delete an employee's template (and any queued copy) at once")
+    p.add_argument("employee_id")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_unenroll)
+
+
+MAX_PRESENTATIONS = 5
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+    return value
+
+
+def _money(cents: int | None) -> str:
+    return "-" if cents is None else f"{'-' if cents < 0 else ''}{abs(cents) // 100}.{abs(cents) % 100:02d}"
+
+
+def _cmd_provision(args) -> int:
+    from .bundle import EMPLOYEE_ID_RE
+    from .keys import KeyStore, load_symmetric_key_file, public_key_to_pem
+
+    if not EMPLOYEE_ID_RE.match(args.unit_id):
+        raise UsageError(f"--unit-id: {args.unit_id!r} is not a valid id (letters, digits, . _ @ -)")
+    cfg = _config(args)
+    store = KeyStore.from_config(cfg)
+    store.pin_fleet_public_key(args.fleet_public_key.read_bytes(), replace=args.replace_fleet_key)
+    if args.fleet_template_key:
+        store.install_fleet_template_key(load_symmetric_key_file(args.fleet_template_key, "fleet template key"))
+    store.write_unit_id(args.unit_id)
+    store.ensure_data_key()
+    signing = store.ensure_signing_key()
+    public_pem = store.state_dir / "unit_signing_public.pem"
+    public_pem.write_bytes(public_key_to_pem(signing.public_key()))
+    print(f"unit {args.unit_id} provisioned in {store.state_dir}")
+    print(f"  fleet key pinned: {store.fleet_public_key_path}")
+    print(f"  fleet template key: {'installed' if store.has_fleet_template_key() else 'none (enrolled templates stay on this unit)'}")
+    print(f"  unit signing public key (give it to the back office): {public_pem}")
+    return 0
+
+
+def _cmd_accounts_import(args) -> int:
+    from .accounts import AccountStore
+
+    with AccountStore.open(_config(args)) as store:
+        info = store.import_bundle(args.bundle)
+    print(f"imported {info.kind} v{info.version}: {info.employees} employees, {info.templates} templates, "
+          f"{info.deletions} deletions")
+    return 0
+
+
+def _cmd_accounts_list(args) -> int:
+    import datetime
+
+    from .accounts import AccountStore
+
+    with AccountStore.open(_config(args)) as store:
+        bundle = store.current_bundle()
+        reason = store.out_of_service_reason()
+        rows = [(e.id, e.display_name, e.status, e.funding,
+                 _money(store.funds_left_cents(e)) if e.status != "deleted" else "-",
+                 "yes" if e.has_template else "no",
+                 datetime.datetime.fromtimestamp(e.last_used_at).strftime("%Y-%m-%d") if e.last_used_at else "-")
+                for e in store.employees()]
+    if bundle is None:
+        print("no account bundle imported")
+    else:
+        print(f"bundle v{bundle.version} ({bundle.kind}), created "
+              f"{datetime.datetime.fromtimestamp(bundle.created):%Y-%m-%d %H:%M}; "
+              f"{'OUT OF SERVICE: ' + reason if reason else 'in service'}")
+    header = ("id", "name", "status", "funding", "funds left", "template", "last used")
+    widths = [max(len(str(r[i])) for r in rows + [header]) for i in range(len(header))]
+    for row in [header] + rows:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+    return 0
+
+
+def _cmd_accounts_purge(args) -> int:
+    from .accounts import AccountStore
+
+    with AccountStore.open(_config(args)) as store:
+        count = store.purge_expired_templates()
+    print(f"deleted {count} templates unused for {store.cfg.accounts.template_retention_days} days")
+    return 0
+
+
+def _cmd_fleet_keygen(args) -> int:
+    from .keys import generate_fleet_keys
+
+    paths = generate_fleet_keys(args.out)
+    print(f"fleet signing key (keep secret): {paths['signing_key']}")
+    print(f"fleet template key (keep secret; give to units at provisioning): {paths['template_key']}")
+    print(f"fleet public key (pin on every unit): {paths['public_key']}")
+    return 0
+
+
+def _cmd_fleet_bundle(args) -> int:
+    import time
+
+    from .bundle import Bundle, encode_bundle, parse_employees_csv, write_bundle_file
+    from .keys import load_signing_key_file
+
+    if args.delta and args.base_version is None:
+        raise UsageError("--delta needs --base-version (the version the delta applies on)")
+    if args.base_version is not None and not args.delta:
+        raise UsageError("--base-version only goes with --delta")
+    now = time.time()
+    version = args.version or int(now)
+    if args.delta and args.base_version >= version:
+        raise UsageError(f"--base-version {args.base_version} must be below the version {version}")
+    signing_key = load_signing_key_file(args.signing_key)
+    employees, deletions = parse_employees_csv(args.employees)
+    bundle = Bundle(kind="delta" if args.delta else "snapshot", version=version,
+                    base_version=args.base_version, created=now, expires=now + args.expires_days * 86400,
+                    employees=employees, deletions=deletions)
+    write_bundle_file(args.out, encode_bundle(bundle, signing_key))
+    print(f"wrote {bundle.kind} v{version} to {args.out}: {len(employees)} employees, {len(deletions)} deletions, "
+          f"expires in {args.expires_days:g} days")
+    return 0
+
+
+def _enrollment_images_from_folder(folder: Path) -> list:
+    import cv2
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise UsageError(f"--images {folder}: no files in the folder")
+    if len(files) > MAX_PRESENTATIONS:
+        log.warning("%s holds %d files; using the first %d", folder, len(files), MAX_PRESENTATIONS)
+        files = files[:MAX_PRESENTATIONS]
+    images = []
+    for path in files:
+        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+        if image is None:
+            raise UsageError(f"--images: {path} is not an image that can be read")
+        images.append(image)
+    return images
+
+
+def _enrollment_images_from_camera(cfg) -> list:
+    from .camera import open_camera
+
+    images = []
+    with open_camera(cfg) as camera:
+        for i in range(1, MAX_PRESENTATIONS + 1):
+            print(f"presentation {i}/{MAX_PRESENTATIONS}: hold the hand flat over the unit, fingers apart",
+                  file=sys.stderr)
+            if sys.stdin.isatty():
+                input("press Enter when the hand is in place ")
+            images.append(camera.capture())
+    return images
+
+
+def _cmd_enroll(args) -> int:
+    from .accounts import AccountStore
+    from .errors import ConsentError
+
+    if not args.consent.strip():
+        raise ConsentError("--consent: a consent version is required; no template is stored without one")
+    cfg = _config(args)
+    with AccountStore.open(cfg) as store:
+        employee = store.employee(args.employee_id)
+        if employee is None or employee.status == "deleted":
+            raise UsageError(f"unknown employee {args.employee_id!r}: import a bundle that lists them first")
+        images = _enrollment_images_from_folder(args.images) if args.images else _enrollment_images_from_camera(cfg)
+        from .recognition import Recognizer
+
+        enrollment = Recognizer.from_config(cfg).enroll(images)
+        queued = store.enroll(args.employee_id, enrollment.template, args.consent)
+    used = enrollment.used if isinstance(enrollment.used, int) else len(enrollment.used)
+    print(f"enrolled {args.employee_id} ({employee.display_name}) from {used} of {len(images)} "
+          f"images (consent {args.consent}); "
+          + ("queued for upload" if queued else "kept on this unit only (no fleet template key)"))
+    return 0
+
+
+def _cmd_unenroll(args) -> int:
+    from .accounts import AccountStore
+
+    with AccountStore.open(_config(args)) as store:
+        removed = store.unenroll(args.employee_id)
+    print(f"template of {args.employee_id} deleted" if removed else f"no template stored for {args.employee_id}")
+    return 0
 
 
 # --- the charging journal (issue 3) -----------------------------------------
 def _add_journal_commands(sub) -> None:
-    pass
+    journal = sub.add_parser("journal", help="the charging journal: verify, export for the nightly sync, review")
+    jsub = journal.add_subparsers(dest="journal_command", required=True, metavar="JOURNAL_COMMAND")
+
+    def state_dir_arg(p):
+        p.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
+
+    p = jsub.add_parser("verify", help="check the whole hash chain; exit 1 naming the first bad entry")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_journal_verify)
+
+    p = jsub.add_parser("export", help="write the not-yet-uploaded entries as one batch signed by the unit")
+    p.add_argument("--out", type=Path, required=True, help="batch file to write (atomically)")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_journal_export)
+
+    p = jsub.add_parser("ack", help="mark an exported batch as uploaded (after the back office confirmed it)")
+    p.add_argument("--batch", type=_existing_file, required=True, help="the batch file that was uploaded")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_journal_ack)
+
+    p = jsub.add_parser("open", help="list approvals with no outcome and outcomes awaiting review")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_journal_open)
+
+    p = jsub.add_parser("review", help="settle an 'outcome unknown' session after checking the machine")
+    p.add_argument("session_id", help="the session id shown by `journal open`")
+    verdict = p.add_mutually_exclusive_group(required=True)
+    verdict.add_argument("--charged", action="store_true", help="the snack did drop: charge the approved amount")
+    verdict.add_argument("--not-charged", action="store_true", help="nothing dropped: no charge")
+    p.add_argument("--note", default="", help="why (kept in the journal)")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_journal_review)
+
+
+def _open_existing_journal(args):
+    """The journal of an existing unit db: a missing db is an error here, never silently created."""
+    from .journal import Journal
+    from .storage import DB_NAME
+
+    cfg = _config(args)
+    db_path = cfg.state_dir / DB_NAME
+    if not db_path.is_file():
+        raise VendorNodeError(f"{db_path}: no unit database here (wrong --state-dir?)")
+    return cfg, Journal.open(cfg.state_dir)
+
+
+def _cmd_journal_verify(args) -> int:
+    _, journal = _open_existing_journal(args)
+    with journal:
+        report = journal.verify()
+    print(report, file=sys.stdout if report.ok else sys.stderr)
+    return 0 if report.ok else 1
+
+
+def _cmd_journal_export(args) -> int:
+    from .keys import KeyStore
+
+    cfg, journal = _open_existing_journal(args)
+    with journal:
+        signing_key = KeyStore.from_config(cfg).ensure_signing_key()
+        info = journal.export(args.out, signing_key, cfg.unit.unit_id)
+    print(f"wrote {info.path}: batch {info.batch_id}, {info.entries} entries (seq {info.first_seq}.."
+          f"{info.last_seq}), {info.charged_cents} cents charged")
+    return 0
+
+
+def _cmd_journal_ack(args) -> int:
+    from .journal_export import acknowledge_batch
+    from .keys import KeyStore
+
+    cfg, journal = _open_existing_journal(args)
+    with journal:
+        public_key = KeyStore.from_config(cfg).load_signing_key().public_key()
+        watermark = acknowledge_batch(journal, args.batch, public_key)
+        unsynced = journal.unsynced_total_cents()
+    print(f"acknowledged: entries up to seq {watermark} are uploaded; {unsynced} cents still unsynced")
+    return 0
+
+
+def _cmd_journal_open(args) -> int:
+    import datetime
+
+    _, journal = _open_existing_journal(args)
+    with journal:
+        rows = [("open", a) for a in journal.open_approvals()] + [("unknown", a) for a in journal.unknown_outcomes()]
+    for state, a in rows:
+        when = datetime.datetime.fromtimestamp(a.approved_at).isoformat(timespec="seconds")
+        print(f"{state:8} {a.session_id} {when} employee {a.employee_id} item {a.item} {a.amount_cents} cents")
+    print(f"{len(rows)} session(s) need attention" if rows else "nothing open")
+    return 0
+
+
+def _cmd_journal_review(args) -> int:
+    _, journal = _open_existing_journal(args)
+    with journal:
+        entry = journal.settle_review(args.session_id, charged=args.charged, note=args.note)
+    print(f"session {args.session_id}: {entry.detail} ({entry.amount_cents} cents), seq {entry.seq}")
+    return 0
 
 
 # --- the unit (issue 4) -----------------------------------------------------

@@ -66,6 +66,9 @@ class BoardConfig:
     vend_outcome_timeout_s: float = 60.0
     hand_wait_s: float = 10.0
     reconnect_max_backoff_s: float = 30.0
+    # How the adapter writes money: "decimal" currency units ("1.50", Qibixx default with 2 decimals)
+    # or "cents" (a scaled integer, "150"); see board.py.
+    price_format: typing.Literal["decimal", "cents"] = "decimal"
 
 
 @dataclass(frozen=True)

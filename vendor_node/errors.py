@@ -82,3 +82,7 @@ class JournalError(VendorNodeError):
 
 class JournalCorrupt(JournalError):
     """The journal's hash chain is broken; the message names the first bad entry."""
+
+
+class JournalRefused(JournalError):
+    """An entry was refused (unknown or closed session, bad amount or reason); nothing was written."""

@@ -1,0 +1,147 @@
+"""Purchase driver for the kill test (tests/test_kill_recovery.py): run it, SIGKILL it anywhere, run it again.
+
+Each run first recovers (settles the journal's open approvals from the board's
+ledger, voids sessions cut before approval, replays the board's last report to
+prove a repeated report never charges twice), then makes purchases step by step:
+
+    begin -> authorize (floor limit from journal.committed_cents) -> approve (durable)
+    -> board receives the approval -> board vends (dropped or failed) -> succeed / void
+
+The "vending board" is a file ledger, fsync'd per record and outside the db: it
+stands for the machine's own memory of what it dropped, reported after a restart.
+A marker line is written to stdout (unbuffered) before every step so the test can
+kill inside a chosen step and knows where each kill landed.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import random
+import sys
+from pathlib import Path
+
+from vendor_node.journal import Journal
+
+EMPLOYEES = [f"emp-{i:03d}" for i in range(200)]
+PRICES = [75, 120, 150, 200, 250, 325]
+DAILY_CAP_CENTS = 1000  # per employee and day; the test checks no one is charged past it
+BOARD_RESULTS = ("dropped", "failed")
+
+
+def marker(name: str) -> None:
+    os.write(1, name.encode() + b"\n")
+
+
+class BoardLedger:
+    """The vending machine's own durable record: `<session> <event> <employee> <amount>` lines."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def record(self, session_id: str, event: str, employee_id: str, amount_cents: int) -> None:
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, f"{session_id} {event} {employee_id} {amount_cents}\n".encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def read(self) -> list[tuple[str, str, str, int]]:
+        """Complete lines only: a torn last line is a record the board never finished."""
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return []
+        records = []
+        for line in text.split("\n")[:-1]:
+            session_id, event, employee_id, amount = line.split(" ")
+            records.append((session_id, event, employee_id, int(amount)))
+        return records
+
+    def report(self) -> dict[str, set[str]]:
+        """session -> events the board remembers."""
+        events: dict[str, set[str]] = {}
+        for session_id, event, _, _ in self.read():
+            events.setdefault(session_id, set()).add(event)
+        return events
+
+
+def recover(journal: Journal, board: BoardLedger) -> None:
+    """What the service does at start-up, before it enables the reader."""
+    marker("recover")
+    report = board.report()
+    for approval in journal.open_approvals():
+        marker("recover-settle")
+        events = report.get(approval.session_id, set())
+        if "dropped" in events:
+            journal.succeed(approval.session_id)
+        elif "failed" in events:
+            journal.void(approval.session_id, "failed")
+        elif "received" in events:
+            journal.mark_outcome_unknown(approval.session_id)  # mid-vend: the board cannot say
+        else:
+            journal.void(approval.session_id, "interrupted")  # the approval never reached the board
+    marker("recover-interrupted")
+    journal.void_interrupted_sessions()
+    records = board.read()
+    if records:  # the board repeats its last report after a restart: must be a no-op
+        marker("recover-replay")
+        session_id, event, _, _ = records[-1]
+        if event == "dropped":
+            journal.succeed(session_id)
+        elif event == "failed":
+            journal.void(session_id, "failed")
+    marker("recovered")
+
+
+def purchase(journal: Journal, board: BoardLedger, rng: random.Random, day_start: float) -> None:
+    employee = rng.choice(EMPLOYEES)
+    price = rng.choice(PRICES)
+    item = f"{rng.choice('ABCD')}{rng.randint(1, 8)}"
+    marker("begin")
+    session_id = journal.begin_session()
+    marker("authorize")
+    if journal.committed_cents(employee, day_start) + price > DAILY_CAP_CENTS:
+        marker("refuse")
+        journal.void(session_id, "refused")
+        return
+    if rng.random() < 0.08:
+        marker("cancel")
+        journal.void(session_id, "cancelled")
+        return
+    marker("board-receive")
+    board.record(session_id, "received", employee, price)
+    marker("approve")
+    journal.approve(session_id, employee, item, price)
+    marker("board-vend")
+    result = "dropped" if rng.random() < 0.85 else "failed"
+    board.record(session_id, result, employee, price)
+    marker("settle")
+    if result == "dropped":
+        journal.succeed(session_id)
+    else:
+        journal.void(session_id, "failed")
+    marker("done")
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--state-dir", type=Path, required=True)
+    parser.add_argument("--ledger", type=Path, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--purchases", type=int, default=400, help="purchases this run (0: recover only)")
+    parser.add_argument("--day-start", type=float, required=True, help="start of the cap window (wall clock)")
+    args = parser.parse_args(argv)
+    rng = random.Random(args.seed)
+    marker("open")
+    with Journal.open(args.state_dir) as journal:
+        board = BoardLedger(args.ledger)
+        recover(journal, board)
+        for _ in range(args.purchases):
+            purchase(journal, board, rng, args.day_start)
+    marker("exit")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

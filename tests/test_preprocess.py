@@ -1,0 +1,117 @@
+"""Preprocessing: refusals with reasons, keypoints and an aligned ROI, on hands the tests draw."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from vendor_node import synthetic
+from vendor_node.errors import HandRejected
+from vendor_node.preprocess import GEOMETRY_SIZE, REASONS, ROI_SIZE, Hand, extract_hand
+
+
+def _reason(image) -> str:
+    with pytest.raises(HandRejected) as caught:
+        extract_hand(image)
+    assert str(caught.value) == REASONS[caught.value.reason] or caught.value.reason == "bad_image"
+    return caught.value.reason
+
+
+def test_open_hand_gives_roi_geometry_and_keypoints():
+    hand = extract_hand(synthetic.draw_hand(3, 0))
+    assert isinstance(hand, Hand)
+    assert hand.roi.shape == (ROI_SIZE, ROI_SIZE) and hand.roi.dtype == np.uint8
+    assert hand.geometry.shape == (GEOMETRY_SIZE,) and hand.geometry.dtype == np.float32
+    assert hand.alignment == "valleys"
+    for name in ("tip_thumb", "tip_index", "tip_middle", "tip_ring", "tip_little",
+                 "valley_index_middle", "valley_middle_ring", "valley_ring_little", "palm_center"):
+        assert name in hand.keypoints
+    assert 0.0 < hand.quality <= 1.0
+    lengths = hand.geometry[:5]
+    assert np.all(lengths > 0.2) and lengths[2] == lengths[1:5].max()  # the middle finger is the longest
+
+
+def test_keypoints_are_in_full_resolution_pixels():
+    image = synthetic.draw_hand(3, 0, size=(960, 1280))
+    tip_y = extract_hand(image).keypoints["tip_middle"][1]
+    assert tip_y == pytest.approx(2 * extract_hand(synthetic.draw_hand(3, 0)).keypoints["tip_middle"][1], rel=0.05)
+
+
+def test_light_background_works_too():
+    hand = extract_hand(synthetic.draw_hand(5, 1, background="light"))
+    assert hand.alignment == "valleys"
+
+
+@pytest.mark.parametrize("person", [3, 8])
+def test_rotation_and_shift_are_normalised_away(person):
+    """The same palm turned and moved: its valleys and ROI land on the same spot of the hand."""
+    size = (480, 640)
+    spots = []
+    for rotation, shift in ((0.0, (0.0, 0.0)), (22.0, (0.06, -0.04)), (-18.0, (-0.05, 0.03))):
+        hand = extract_hand(synthetic.draw_hand(person, 0, size, rotation=rotation, shift=shift, scale=1.0, spread=1.0))
+        matrix = synthetic.canvas_to_frame(size, rotation, shift, 1.0)
+        back = lambda point: np.linalg.solve(matrix[:, :2], np.asarray(point) - matrix[:, 2])  # noqa: E731
+        spots.append([back(hand.keypoints[k]) for k in ("valley_index_middle", "valley_ring_little", "roi_center")])
+    spots = np.array(spots)  # (pose, keypoint, xy) in canvas pixels; the palm is PALM pixels wide
+    spread = np.linalg.norm(spots - spots.mean(axis=0), axis=2).max()
+    assert spread < 0.05 * synthetic.PALM
+
+
+def test_fingers_together_falls_back_to_the_palm_axis():
+    hand = extract_hand(synthetic.draw_fingers_together(2))
+    assert hand.alignment == "axis"
+    assert hand.roi.shape == (ROI_SIZE, ROI_SIZE)
+    assert hand.quality < extract_hand(synthetic.draw_hand(2, 0)).quality
+
+
+@pytest.mark.parametrize(
+    "image, reason",
+    [
+        (synthetic.blank_frame(), "no_hand"),
+        (np.full((480, 640), 200, np.uint8), "no_hand"),
+        (synthetic.draw_two_hands(1, 2), "two_hands"),
+        (synthetic.draw_closed_fingers(4), "fingers_closed"),
+        (synthetic.draw_cut_off(4), "cut_off"),
+        (synthetic.draw_blurred(4), "blurred"),
+        (synthetic.draw_too_far(4), "too_far"),
+        (synthetic.draw_too_close(4), "too_close"),
+    ],
+    ids=["blank", "uniform", "two_hands", "fist", "cut_off", "motion_blur", "too_far", "too_close"],
+)
+def test_unusable_frames_are_refused_with_a_reason(image, reason):
+    assert _reason(image) == reason
+
+
+@pytest.mark.parametrize(
+    "image",
+    [None, np.zeros((480, 640), np.float32), np.zeros((20, 20), np.uint8), np.zeros((4, 480, 640), np.uint8)],
+    ids=["none", "float", "tiny", "4d"],
+)
+def test_bad_images_are_refused_as_bad_image(image):
+    assert _reason(image) == "bad_image"
+
+
+def test_colour_frames_are_accepted():
+    grey = synthetic.draw_hand(6, 2)
+    colour = np.repeat(grey[:, :, None], 3, axis=2)
+    assert extract_hand(colour).alignment == extract_hand(grey).alignment
+
+
+def test_every_reason_has_an_employee_message():
+    assert set(REASONS) == {"no_hand", "two_hands", "fingers_closed", "cut_off", "blurred", "too_far", "too_close", "bad_image"}
+    assert all(message.endswith(".") for message in REASONS.values())
+
+
+@pytest.mark.handdata
+def test_real_photos_are_mostly_acquired(handdata):
+    import cv2
+
+    for name, at_least in (("coep_dev", 0.97), ("webcam_hand2", 0.95)):
+        paths = sorted(p for p in (handdata / name).glob("*/*") if p.suffix.lower() in (".jpg", ".png"))[::4]
+        acquired = 0
+        for path in paths:
+            try:
+                extract_hand(cv2.imread(str(path), cv2.IMREAD_GRAYSCALE))
+                acquired += 1
+            except HandRejected:
+                pass
+        assert acquired / len(paths) >= at_least, name

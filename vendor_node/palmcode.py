@@ -1,0 +1,172 @@
+"""Competitive palm codes: orientation codes from the model's filter responses, packed bits, fast matching.
+
+Why this shape: palm lines carry identity and their local orientation survives
+lighting changes, so each cell of the palm ROI keeps only which of the model's
+oriented filters answered most strongly (winner-take-all, the "competitive code").
+Six orientations are stored as 3-bit Johnson codes, so the Hamming distance of two
+codes is their angular distance. Residual misalignment is absorbed by a small
+search over shifts (and probe-side rotations); 1:N uses a coarse pass over the
+whole gallery, then the full search on the best few candidates only.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+BITS = 3  # Johnson-code bits per cell for 6 orientations
+BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
+
+
+@dataclass(frozen=True)
+class CodeParams:
+    """How codes are made and compared; stored in the model manifest (``code``) so training and the unit agree."""
+
+    orientations: int = 6
+    max_shift: int = 2  # cells searched either way
+    rotations_deg: tuple[float, ...] = (0.0, -8.0, 8.0)  # probe-side; the first must be 0
+    fragile_fraction: float = 0.25  # weakest-winner cells masked out
+    mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
+    min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
+    coarse_step: int = 2  # shift step of the coarse 1:N pass
+    candidates: int = 16  # gallery entries that get the full search
+
+    @classmethod
+    def from_manifest(cls, block: dict) -> "CodeParams":
+        known = set(cls.__dataclass_fields__)
+        values = {k: v for k, v in block.items() if k in known}
+        if "rotations_deg" in values:
+            values["rotations_deg"] = tuple(float(a) for a in values["rotations_deg"])
+        params = cls(**values)
+        if params.orientations != 6:
+            raise ValueError(f"code.orientations: only 6 is supported, got {params.orientations}")
+        if not params.rotations_deg or params.rotations_deg[0] != 0:
+            raise ValueError(f"code.rotations_deg: must start with 0, got {params.rotations_deg}")
+        return params
+
+    def to_manifest(self) -> dict:
+        block = dict(self.__dict__)
+        block["rotations_deg"] = list(self.rotations_deg)
+        return block
+
+
+def rotate_roi(roi: np.ndarray, degrees: float) -> np.ndarray:
+    """The ROI turned about its centre; corners brought in are background."""
+    if degrees == 0:
+        return roi
+    h, w = roi.shape
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    return cv2.warpAffine(roi, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=BACKGROUND)
+
+
+def valid_cells(roi: np.ndarray, grid: tuple[int, int], erode: int) -> np.ndarray:
+    """Cells of the code grid that lie on the palm (not the background fill), away from its edge."""
+    background = (roi == BACKGROUND).astype(np.float32)
+    share = cv2.resize(background, (grid[1], grid[0]), interpolation=cv2.INTER_AREA)
+    valid = (share < 0.5).astype(np.uint8)
+    if erode:
+        kernel = np.ones((2 * erode + 1, 2 * erode + 1), np.uint8)
+        valid = cv2.erode(valid, kernel, borderType=cv2.BORDER_CONSTANT, borderValue=1)
+    return valid.astype(bool)
+
+
+def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask."""
+    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    if fragile_fraction > 0 and valid.any():
+        ordered = np.sort(responses, axis=-1)
+        strength = ordered[..., 1] - ordered[..., 0]  # how clearly the winner won
+        valid = valid & (strength >= np.quantile(strength[valid], fragile_fraction))
+    return code, valid
+
+
+def johnson_planes(code: np.ndarray) -> np.ndarray:
+    """bool (3, H, W): orientation o in 0..5 as 100,110,111,011,001,000 (Hamming = angular distance)."""
+    return np.stack([((code.astype(np.int16) - k) % 6) < 3 for k in range(BITS)], axis=0)
+
+
+def planes_to_code(planes: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`johnson_planes`."""
+    table = np.full(8, 0, np.uint8)
+    for o in range(6):
+        bits = [((o - k) % 6) < 3 for k in range(BITS)]
+        table[bits[0] * 4 + bits[1] * 2 + bits[2]] = o
+    index = planes[0].astype(np.uint8) * 4 + planes[1].astype(np.uint8) * 2 + planes[2].astype(np.uint8)
+    return table[index]
+
+
+def pack_cells(bits: np.ndarray) -> np.ndarray:
+    """bool (..., H, W) packed into uint64 words (..., ceil(H*W/64)), zero padded."""
+    flat = bits.reshape(bits.shape[:-2] + (-1,))
+    pad = (-flat.shape[-1]) % 64
+    if pad:
+        flat = np.concatenate([flat, np.zeros(flat.shape[:-1] + (pad,), bool)], axis=-1)
+    packed = np.packbits(flat, axis=-1, bitorder="little")
+    return np.ascontiguousarray(packed).view(np.uint64)
+
+
+if hasattr(np, "bitwise_count"):
+    def popcount(words: np.ndarray) -> np.ndarray:
+        return np.bitwise_count(words)
+else:  # numpy < 2.0 (older Pi images): a byte lookup table
+    _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+
+    def popcount(words: np.ndarray) -> np.ndarray:
+        as_bytes = words.view(np.uint8).reshape(words.shape + (8,))
+        return _BYTE_COUNTS[as_bytes].sum(axis=-1, dtype=np.uint16)
+
+
+def shift_cells(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
+    """``a[..., y, x]`` moved by (dy, dx) cells; uncovered cells get ``fill``."""
+    out = np.full_like(a, fill)
+    h, w = a.shape[-2:]
+    ys, yd = (slice(0, h - dy), slice(dy, h)) if dy >= 0 else (slice(-dy, h), slice(0, h + dy))
+    xs, xd = (slice(0, w - dx), slice(dx, w)) if dx >= 0 else (slice(-dx, w), slice(0, w + dx))
+    out[..., yd, xd] = a[..., ys, xs]
+    return out
+
+
+def shifts(max_shift: int, step: int = 1) -> list[tuple[int, int]]:
+    """(0, 0) first, so ties keep the unshifted alignment."""
+    r = list(range(-max_shift, max_shift + 1, step))
+    if 0 not in r:
+        r.append(0)
+    out = [(dy, dx) for dy in r for dx in r]
+    out.sort(key=lambda s: (s != (0, 0)))
+    return out
+
+
+def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]],
+                   rotations: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is."""
+    planes, masks, what = [], [], []
+    for r in range(rotations):
+        p = johnson_planes(codes[r])
+        for dy, dx in offsets:
+            planes.append(shift_cells(p, dy, dx, False))
+            masks.append(shift_cells(valid[r], dy, dx, False))
+            what.append((r, dy, dx))
+    return pack_cells(np.array(planes)), pack_cells(np.array(masks)), what
+
+
+def distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
+              min_bits: int) -> np.ndarray:
+    """Best (smallest) normalised angular distance over the probe variants, per gallery entry: float32 (N,).
+
+    0 is identical, about 0.45 is typical of different palms; 1 when too few cells overlap.
+    """
+    return variant_distances(p_planes, p_masks, g_planes, g_masks, min_bits).min(axis=0)
+
+
+def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
+                      min_bits: int) -> np.ndarray:
+    """Normalised angular distance of every probe variant to every gallery entry: float32 (V, N)."""
+    common = p_masks[:, None, :] & g_masks[None, :, :]  # (V, N, W)
+    counts = popcount(common).sum(axis=-1, dtype=np.int32)
+    diff = np.zeros(counts.shape, np.int32)
+    for k in range(BITS):
+        diff += popcount((p_planes[:, None, k, :] ^ g_planes[None, :, k, :]) & common).sum(axis=-1, dtype=np.int32)
+    dist = np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0)
+    return dist.astype(np.float32)

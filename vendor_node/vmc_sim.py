@@ -1,0 +1,540 @@
+"""A vending machine (its controller plus the MDB adapter in front of it) on the far end of a pty.
+
+Why: the purchase loop, its tests and ``vendor-node simulate`` need a machine that answers like the
+real one, faults included, on a real serial port. The simulator owns a pty pair (``os.openpty()``),
+keeps a stable symlink to the slave (like /dev/serial/by-id) for the unit to open with
+``SerialTransport``, and runs in its own thread speaking the adapter's lines as documented in
+board.py: it answers C,1 with INACTIVE/DISABLED/ENABLED, opens sessions on C,START, sends vend
+requests for customers' selections, vends on approval and reports success or a jam, and ends the
+session (c,STATUS,IDLE then c,STATUS,ENABLED).
+
+Purchase orders: "hand_first" customers wait for the unit to start a session, then select.
+"selection_first" customers select with the reader merely enabled. A machine with ``always_idle``
+(the default; [Q3] in board.py) then sends the vend request at once, and the unit must answer it
+before the machine's reader timeout (``reader_timeout_s``). Without always-idle the real bus carries
+nothing for a selection: the machine only shows a prompt and sends the request once the unit starts
+a session within ``patience_s``; the simulator models both.
+
+Customer behaviours: "normal", "jam" (approved, the item does not drop: c,ERR,VEND 3), "cancel"
+(hand first: presses cancel instead of selecting, the session ends with no request; selection first:
+cancels the pending request after ``cancel_after_s`` unless approved by then: c,ERR,VEND 1), "slow"
+(waits ``slow_s`` before selecting and takes twice that to vend). Line faults: ``send_garbage()``,
+``reply_delay_s`` (a slow adapter) and ``disconnect()`` (the pty is closed and recreated under the
+same path after ``down_s``; the adapter comes back switched off, as after a USB replug; a vend
+approved before the cut still drops but its success line is lost).
+"""
+from __future__ import annotations
+
+import errno
+import heapq
+import itertools
+import os
+import re
+import select
+import shutil
+import tempfile
+import threading
+import time
+import tty
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .board import DISPLAY_WIDTH, format_price, parse_price
+from .errors import ProtocolError
+
+BEHAVIOURS = ("normal", "jam", "cancel", "slow")
+ORDERS = ("hand_first", "selection_first")
+DEFAULT_GARBAGE = b"\x00\xff\xfe#@!\r\nc,STAT\xc3\x28US,\x01\n\r\n\x1b[2J~~~ noise ~~~\r\nc,STATUS,VEND,abc,\n"
+VERSION_LINE = "v,3.8.0.0,VMCSIM000001"
+
+
+@dataclass(frozen=True)
+class Vended:
+    """An item that physically dropped; ``reported`` is False when its success line was lost."""
+
+    item: str
+    price_cents: int
+    approved_cents: int
+    reported: bool
+    at: float
+
+
+@dataclass(eq=False)
+class Customer:
+    """One person at the machine; ``wait()`` returns how it ended.
+
+    Outcomes: "vended", "failed" (jam), "denied", "cancelled", "timeout" (the unit did not answer the
+    vend request in time), "insufficient_funds", "no_session" (no session within patience),
+    "session_ended" (the unit ended the session), "interrupted" (link cut or reader disabled),
+    "vended_unreported" (dropped during a cut; the unit never saw the success line).
+    """
+
+    price_cents: int
+    item: str
+    behaviour: str = "normal"
+    order: str = "hand_first"
+    outcome: str | None = None
+    done: threading.Event = field(default_factory=threading.Event, repr=False)
+    phase: str = "queued"
+    step: int = 0
+
+    def wait(self, timeout: float) -> str | None:
+        self.done.wait(timeout)
+        return self.outcome
+
+
+class VendingMachineSimulator:
+    """The machine behind a pty; a context manager. ``port_path`` is what the unit opens."""
+
+    def __init__(self, *, always_idle: bool = True, reply_delay_s: float = 0.0, vend_time_s: float = 0.05,
+                 think_s: float = 0.02, slow_s: float = 0.3, cancel_after_s: float = 0.3,
+                 patience_s: float = 10.0, reader_timeout_s: float = 10.0, session_timeout_s: float = 30.0,
+                 price_format: str = "decimal", link_dir: str | os.PathLike | None = None):
+        self.always_idle = always_idle
+        self.reply_delay_s, self.vend_time_s, self.think_s = reply_delay_s, vend_time_s, think_s
+        self.slow_s, self.cancel_after_s, self.patience_s = slow_s, cancel_after_s, patience_s
+        self.reader_timeout_s, self.session_timeout_s = reader_timeout_s, session_timeout_s
+        self.price_format = price_format
+        self._own_dir = link_dir is None
+        self._dir = Path(link_dir) if link_dir else Path(tempfile.mkdtemp(prefix="vmc-sim-"))
+        self.port_path = str(self._dir / "ttyMDB")
+        # read by tests from other threads: appended only by the simulator thread
+        self.vended: list[Vended] = []
+        self.display_lines: list[str] = []
+        self.machine_messages: list[str] = []
+        self.commands: list[str] = []
+        self.protocol_errors: list[str] = []
+        self.outcomes: list[Customer] = []
+        self.connections = 0
+        # simulator-thread state
+        self._master: int | None = None
+        self._slave: int | None = None
+        self._rx = bytearray()
+        self._timers: list = []
+        self._seq = itertools.count()
+        self._actions: deque = deque()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._stopping = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._adapter_on = False
+        self.reader_state = "off"  # off | enabled | session | vend | vending | ending
+        self._funds: int | None = None
+        self._session_id = 0
+        self._link_epoch = 0
+        self._request: Customer | None = None
+        self._approved_cents = 0
+        self._current: Customer | None = None
+        self._queue: deque[Customer] = deque()
+
+    # --- lifecycle ---------------------------------------------------------------
+    def start(self) -> "VendingMachineSimulator":
+        self._open_pty()
+        self._thread = threading.Thread(target=self._run, name="vmc-sim", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._wake()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._close_pty()
+        for fd in (self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        if self._own_dir:
+            shutil.rmtree(self._dir, ignore_errors=True)
+
+    def __enter__(self):
+        return self.start()
+
+    def __exit__(self, *exc_info):
+        self.stop()
+
+    # --- scripting API (any thread) ------------------------------------------------
+    def next_customer(self, selection: tuple[int, str], behaviour: str = "normal",
+                      order: str = "hand_first") -> Customer:
+        """Queue a customer who will buy ``selection`` = (price_cents, item)."""
+        price_cents, item = selection
+        if behaviour not in BEHAVIOURS:
+            raise ValueError(f"behaviour must be one of {BEHAVIOURS}, got {behaviour!r}")
+        if order not in ORDERS:
+            raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
+        if not isinstance(price_cents, int) or price_cents <= 0 or not re.fullmatch(r"[0-9A-Za-z]{1,8}", str(item)):
+            raise ValueError(f"a selection is (positive cents, short alphanumeric item), got {selection!r}")
+        customer = Customer(price_cents, str(item), behaviour, order)
+        self._call(lambda: (self._queue.append(customer), self._next_customer()))
+        return customer
+
+    def send_garbage(self, data: bytes | None = None) -> None:
+        """Line noise towards the unit (ends with a line end so the next real line survives)."""
+        self._call(lambda: self._write_raw(DEFAULT_GARBAGE if data is None else data))
+
+    def send_raw(self, data: bytes) -> None:
+        self._call(lambda: self._write_raw(data))
+
+    def disconnect(self, down_s: float = 0.3) -> None:
+        """Cut the line: close the pty, recreate it under the same path after ``down_s``."""
+        self._call(lambda: self._cut(down_s))
+
+    def wait_until(self, predicate, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while not predicate():
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def wait_idle(self, timeout: float) -> bool:
+        """True once no customer is at the machine or queued and the reader is not in a session."""
+        return self.wait_until(lambda: self._current is None and not self._queue
+                               and self.reader_state in ("enabled", "off"), timeout)
+
+    # --- thread plumbing -----------------------------------------------------------
+    def _call(self, action) -> None:
+        with self._lock:
+            self._actions.append(action)
+        self._wake()
+
+    def _wake(self) -> None:
+        try:
+            os.write(self._wake_w, b"x")
+        except OSError:
+            pass
+
+    def _after(self, delay_s: float, action) -> None:
+        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), action))
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            timeout = 0.2
+            if self._timers:
+                timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
+            fds = [self._wake_r] + ([self._master] if self._master is not None else [])
+            ready, _, _ = select.select(fds, [], [], timeout)
+            if self._wake_r in ready:
+                os.read(self._wake_r, 4096)
+            if self._master is not None and self._master in ready:
+                try:
+                    self._read_master()
+                except Exception as exc:
+                    self.protocol_errors.append(f"simulator error: {exc!r}")
+            with self._lock:
+                actions, self._actions = list(self._actions), deque()
+            while self._timers and self._timers[0][0] <= time.monotonic():
+                actions.append(heapq.heappop(self._timers)[2])
+            for action in actions:
+                try:
+                    action()
+                except Exception as exc:  # a simulator bug: make it visible to tests, keep the machine running
+                    self.protocol_errors.append(f"simulator error: {exc!r}")
+
+    def _open_pty(self) -> None:
+        self._master, self._slave = os.openpty()
+        tty.setraw(self._slave)  # no echo, no line editing: a serial line, not a terminal
+        os.set_blocking(self._master, False)
+        tmp_link = self.port_path + ".new"
+        if os.path.lexists(tmp_link):
+            os.unlink(tmp_link)
+        os.symlink(os.ttyname(self._slave), tmp_link)
+        os.replace(tmp_link, self.port_path)
+        self.connections += 1
+
+    def _close_pty(self) -> None:
+        for name in ("_master", "_slave"):
+            fd = getattr(self, name)
+            setattr(self, name, None)
+            if fd is not None:
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        if os.path.lexists(self.port_path):
+            os.unlink(self.port_path)
+
+    def _read_master(self) -> None:
+        try:
+            data = os.read(self._master, 4096)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EIO):
+                return
+            raise
+        self._rx += data
+        while True:
+            match = re.search(rb"[\r\n]", self._rx)
+            if match is None:
+                break
+            raw = bytes(self._rx[: match.start()])
+            del self._rx[: match.end()]
+            if raw.strip():
+                self._on_command(raw.decode("ascii", errors="replace").strip())
+
+    def _write_raw(self, data: bytes) -> None:
+        if self._master is None:
+            return  # the line is cut: what the adapter says is lost
+        try:
+            os.write(self._master, data)
+        except OSError as exc:
+            if exc.errno not in (errno.EAGAIN, errno.EIO):
+                raise
+            self.protocol_errors.append(f"output lost ({exc.strerror})")
+
+    def _emit(self, line: str) -> None:
+        self._write_raw(line.encode("ascii") + b"\r\n")
+
+    def _reply(self, line: str) -> None:
+        if self.reply_delay_s > 0:
+            self._after(self.reply_delay_s, lambda: self._emit(line))
+        else:
+            self._emit(line)
+
+    # --- the adapter's command set -------------------------------------------------
+    def _on_command(self, line: str) -> None:
+        self.commands.append(line)
+        fields = line.split(",")
+        if line == "V":
+            self._reply(VERSION_LINE)
+        elif fields[:2] == ["C", "1"] and len(fields) == 2:
+            self._switch_on()
+        elif fields[:2] == ["C", "0"] and len(fields) == 2:
+            self._switch_off()
+        elif fields[:2] == ["C", "START"] and len(fields) == 3:
+            self._start_session(fields[2])
+        elif fields[:2] == ["C", "VEND"] and len(fields) == 3:
+            self._vend_answer(fields[2])
+        elif fields[:2] == ["C", "STOP"] and len(fields) == 2:
+            self._stop()
+        elif line.startswith("C,DISPLAY,"):
+            text = line[len("C,DISPLAY,"):]
+            if len(text) > DISPLAY_WIDTH:
+                self.protocol_errors.append(f"display text longer than {DISPLAY_WIDTH}: {text!r}")
+            self.display_lines.append(text)
+        else:
+            self.protocol_errors.append(f"unknown command {line!r}")
+
+    def _switch_on(self) -> None:
+        if self._adapter_on:
+            self._reply('c,ERR,"cashless is on"')
+            return
+        self._adapter_on = True
+        epoch = self._link_epoch
+        self._reply("c,STATUS,INACTIVE")
+
+        def enabled_by_machine():
+            if self._link_epoch == epoch and self._adapter_on:
+                self._emit("c,STATUS,DISABLED")
+                self._emit("c,STATUS,ENABLED")
+                self.reader_state = "enabled"
+                self._next_customer()
+
+        self._after(self.reply_delay_s + 0.01, enabled_by_machine)
+
+    def _switch_off(self) -> None:
+        if not self._adapter_on:
+            self._reply('c,ERR,"cashless is off"')
+            return
+        self._adapter_on = False
+        self._link_epoch += 1
+        self._abort("reader switched off")
+        self.reader_state = "off"
+
+    def _start_session(self, funds_text: str) -> None:
+        if not self._adapter_on or self.reader_state != "enabled":
+            self._reply('c,ERR,"START -3"')
+            return
+        try:
+            funds = parse_price(funds_text, self.price_format)
+        except ProtocolError:
+            self.protocol_errors.append(f"bad funds {funds_text!r}")
+            self._reply('c,ERR,"START -2"')
+            return
+        self.reader_state, self._funds = "session", funds
+        self._session_id += 1
+        self._reply(f"c,STATUS,IDLE,{format_price(funds, self.price_format)}")
+        session = self._session_id
+        self._after(self.session_timeout_s, lambda: self._session_timed_out(session))
+        customer = self._current
+        if customer is not None and customer.phase in ("waiting_session", "prompting"):
+            self._in_session(customer, immediately=customer.phase == "prompting")
+        else:
+            self._next_customer()
+
+    def _vend_answer(self, amount_text: str) -> None:
+        if amount_text == "-1":
+            if self.reader_state == "vend":
+                self._deny()
+            else:
+                self._reply('c,ERR,"VEND -3"')
+            return
+        try:
+            amount = parse_price(amount_text, self.price_format)
+        except ProtocolError:
+            self.protocol_errors.append(f"bad approval amount {amount_text!r}")
+            self._reply('c,ERR,"VEND -2"')
+            return
+        customer = self._request
+        if self.reader_state != "vend" or customer is None:
+            self.protocol_errors.append(f"approval of {amount_text} with no vend request pending")
+            self._reply('c,ERR,"VEND -3"')
+            return
+        if amount != customer.price_cents:
+            self.protocol_errors.append(f"approved {amount} cents for a {customer.price_cents}-cent item")
+        self.reader_state, self._approved_cents = "vending", amount
+        self._reply("r,ACK")
+        vend_time = self.slow_s * 2 if customer.behaviour == "slow" else self.vend_time_s
+        step = customer.step
+        self._after(vend_time, lambda: self._vend_done(customer, step))
+
+    def _stop(self) -> None:
+        if self.reader_state == "vend":
+            self._deny()  # the Qibixx sample denies with C,STOP too
+        elif self.reader_state == "session":
+            customer = self._current
+            if customer is not None and customer.phase == "in_session":
+                self._finish(customer, "session_ended")
+            self._end_session()
+
+    # --- the machine and its customers ---------------------------------------------
+    def _next_customer(self) -> None:
+        if self._current is not None or not self._queue or self.reader_state not in ("enabled", "session"):
+            return
+        customer = self._current = self._queue.popleft()
+        if self.reader_state == "session":
+            self._in_session(customer)
+        elif customer.order == "hand_first":
+            self._set_phase(customer, "waiting_session")
+            self._after(self.patience_s, self._guard(customer, lambda: self._no_session(customer)))
+        elif self.always_idle:
+            self._set_phase(customer, "selecting")
+            self._after(self._think_time(customer), self._guard(customer, lambda: self._select(customer)))
+        else:
+            self._set_phase(customer, "prompting")
+            self.machine_messages.append(f"{format_price(customer.price_cents)} - present payment")
+            self._after(self.patience_s, self._guard(customer, lambda: self._no_session(customer)))
+
+    def _in_session(self, customer: Customer, immediately: bool = False) -> None:
+        self._set_phase(customer, "in_session")
+        if customer.behaviour == "cancel" and customer.order == "hand_first":
+            self._after(self._think_time(customer), self._guard(customer, lambda: self._walk_away(customer)))
+            return
+        delay = 0.0 if immediately else self._think_time(customer)
+        self._after(delay, self._guard(customer, lambda: self._select(customer)))
+
+    def _think_time(self, customer: Customer) -> float:
+        return self.slow_s if customer.behaviour == "slow" else self.think_s
+
+    def _set_phase(self, customer: Customer, phase: str) -> None:
+        customer.phase = phase
+        customer.step += 1
+
+    def _guard(self, customer: Customer, action):
+        """An action that runs only if the customer is still at the same step."""
+        step = customer.step
+        return lambda: action() if self._current is customer and customer.step == step else None
+
+    def _select(self, customer: Customer) -> None:
+        if self.reader_state == "session" and self._funds is not None and customer.price_cents > self._funds:
+            self.machine_messages.append("insufficient funds")
+            self._finish(customer, "insufficient_funds")
+            self._end_session()
+            return
+        if self.reader_state not in ("session", "enabled"):
+            return
+        self._set_phase(customer, "requested")
+        self.reader_state, self._request = "vend", customer
+        self._emit(f"c,STATUS,VEND,{format_price(customer.price_cents, self.price_format)},{customer.item}")
+        self._after(self.reader_timeout_s, self._guard(customer, lambda: self._cancel_request(customer, "timeout")))
+        if customer.behaviour == "cancel":
+            self._after(self.cancel_after_s, self._guard(customer, lambda: self._cancel_request(customer, "cancelled")))
+
+    def _cancel_request(self, customer: Customer, outcome: str) -> None:
+        if self.reader_state != "vend":
+            return
+        self._emit("c,ERR,VEND 1")
+        self._finish(customer, outcome)
+        self._end_session()
+
+    def _walk_away(self, customer: Customer) -> None:
+        self.machine_messages.append("cancelled")
+        self._finish(customer, "cancelled")
+        self._end_session()
+
+    def _deny(self) -> None:
+        customer = self._request
+        self.machine_messages.append("payment refused")
+        if customer is not None:
+            self._finish(customer, "denied")
+        self._end_session()
+
+    def _vend_done(self, customer: Customer, step: int) -> None:
+        if self._current is not customer or customer.step != step or self.reader_state != "vending":
+            return
+        if customer.behaviour == "jam":
+            self._emit("c,ERR,VEND 3")
+            self._finish(customer, "failed")
+        else:
+            self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, True, time.time()))
+            self._emit("c,VEND,SUCCESS")
+            self._finish(customer, "vended")
+        self._end_session()
+
+    def _no_session(self, customer: Customer) -> None:
+        self.machine_messages.append("selection timed out")
+        self._finish(customer, "no_session")
+        self._next_customer()
+
+    def _session_timed_out(self, session_id: int) -> None:
+        if self._session_id == session_id and self.reader_state == "session" and self._current is None:
+            self._end_session()
+
+    def _finish(self, customer: Customer, outcome: str) -> None:
+        customer.outcome, customer.phase = outcome, "done"
+        customer.step += 1
+        if self._current is customer:
+            self._current = None
+        if self._request is customer:
+            self._request = None
+        self.outcomes.append(customer)
+        customer.done.set()
+
+    def _end_session(self) -> None:
+        """The machine closes the session: IDLE, then ENABLED, then the next customer."""
+        self.reader_state, self._funds, self._request = "ending", None, None
+        self._emit("c,STATUS,IDLE")
+        epoch = self._link_epoch
+
+        def back_to_enabled():
+            if self._link_epoch == epoch and self._adapter_on:
+                self._emit("c,STATUS,ENABLED")
+                self.reader_state = "enabled"
+                self._next_customer()
+
+        self._after(0.005, back_to_enabled)
+
+    def _abort(self, why: str) -> None:
+        """The reader vanished from the bus: the session is lost; an approved vend still drops."""
+        customer = self._current
+        if customer is not None and customer.phase not in ("waiting_session", "queued"):
+            if self.reader_state == "vending" and customer.behaviour != "jam":
+                self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, False, time.time()))
+                self._finish(customer, "vended_unreported")
+            elif self.reader_state == "vending":
+                self._finish(customer, "failed")
+            else:
+                self._finish(customer, "interrupted")
+            self.machine_messages.append(f"reader lost: {why}")
+        self.reader_state, self._funds, self._request = "off", None, None
+
+    def _cut(self, down_s: float) -> None:
+        self._close_pty()
+        self._rx.clear()
+        self._link_epoch += 1
+        if self._adapter_on:
+            self._abort("line cut")
+        self._adapter_on = False  # it comes back from a reboot, switched off
+        self.reader_state = "off"
+        self._after(down_s, self._open_pty)
