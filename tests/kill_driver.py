@@ -4,8 +4,12 @@ Each run first recovers (settles the journal's open approvals from the board's
 ledger, voids sessions cut before approval, replays the board's last report to
 prove a repeated report never charges twice), then makes purchases step by step:
 
-    begin -> authorize (floor limit from journal.committed_cents) -> approve (durable)
-    -> board receives the approval -> board vends (dropped or failed) -> succeed / void
+    begin -> authorize (the real AccountStore: funds, daily cap, unit offline cap)
+    -> approve (durable) -> board receives the approval -> board vends (dropped or failed)
+    -> succeed / void
+
+and, when the unsynced total nears the unit's offline cap, a "nightly sync": signed
+export -> upload (a copy into the server folder, named by batch id) -> acknowledge.
 
 The "vending board" is a file ledger, fsync'd per record and outside the db: it
 stands for the machine's own memory of what it dropped, reported after a restart.
@@ -17,15 +21,22 @@ from __future__ import annotations
 import argparse
 import os
 import random
+import shutil
 import sys
 from pathlib import Path
 
+from vendor_node.accounts import AccountStore
+from vendor_node.config import Config
 from vendor_node.journal import Journal
+from vendor_node.journal_export import acknowledge_batch, read_batch
+from vendor_node.keys import KeyStore
 
-EMPLOYEES = [f"emp-{i:03d}" for i in range(200)]
+EMPLOYEES = [f"emp-{i:04d}" for i in range(1000)]
+FUNDS_CENTS = 1500  # prepaid, per employee (the bundle the test imports)
+DAILY_CAP_CENTS = 1000  # policy per_day_cap_cents
+UNSYNCED_CAP_CENTS = 25000  # policy unsynced_total_cap_cents
+SYNC_AT_CENTS = 15000  # the driver "syncs" once this much is unsynced
 PRICES = [75, 120, 150, 200, 250, 325]
-DAILY_CAP_CENTS = 1000  # per employee and day; the test checks no one is charged past it
-BOARD_RESULTS = ("dropped", "failed")
 
 
 def marker(name: str) -> None:
@@ -94,25 +105,26 @@ def recover(journal: Journal, board: BoardLedger) -> None:
     marker("recovered")
 
 
-def purchase(journal: Journal, board: BoardLedger, rng: random.Random, day_start: float) -> None:
+def purchase(journal: Journal, store: AccountStore, board: BoardLedger, rng: random.Random) -> str:
     employee = rng.choice(EMPLOYEES)
     price = rng.choice(PRICES)
     item = f"{rng.choice('ABCD')}{rng.randint(1, 8)}"
     marker("begin")
     session_id = journal.begin_session()
     marker("authorize")
-    if journal.committed_cents(employee, day_start) + price > DAILY_CAP_CENTS:
+    decision = store.authorize(employee, price)
+    if not decision.approved:
         marker("refuse")
         journal.void(session_id, "refused")
-        return
+        return decision.reason_code
     if rng.random() < 0.08:
         marker("cancel")
         journal.void(session_id, "cancelled")
-        return
-    marker("board-receive")
-    board.record(session_id, "received", employee, price)
+        return "cancelled"
     marker("approve")
     journal.approve(session_id, employee, item, price)
+    marker("board-receive")
+    board.record(session_id, "received", employee, price)
     marker("board-vend")
     result = "dropped" if rng.random() < 0.85 else "failed"
     board.record(session_id, result, employee, price)
@@ -122,6 +134,22 @@ def purchase(journal: Journal, board: BoardLedger, rng: random.Random, day_start
     else:
         journal.void(session_id, "failed")
     marker("done")
+    return result
+
+
+def sync(journal: Journal, signing_key, server_dir: Path, outgoing: Path) -> None:
+    """The nightly sync: export (retry-safe), upload (copy to the server under its batch id), acknowledge."""
+    marker("sync-export")
+    info = journal.export(outgoing, signing_key, unit_id="kill-test")
+    if info.entries == 0:
+        return
+    marker("sync-upload")
+    read_batch(outgoing, signing_key.public_key())  # the server checks the signature
+    uploaded = server_dir / f"{info.batch_id}.json"
+    shutil.copyfile(outgoing, uploaded.with_suffix(".part"))
+    os.replace(uploaded.with_suffix(".part"), uploaded)
+    marker("sync-ack")
+    acknowledge_batch(journal, outgoing, signing_key.public_key())
 
 
 def main(argv=None) -> int:
@@ -130,15 +158,21 @@ def main(argv=None) -> int:
     parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--purchases", type=int, default=400, help="purchases this run (0: recover only)")
-    parser.add_argument("--day-start", type=float, required=True, help="start of the cap window (wall clock)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
+    cfg = Config().replace(unit={"state_dir": args.state_dir})
+    server_dir = args.state_dir.parent / "server"
+    server_dir.mkdir(exist_ok=True)
     marker("open")
     with Journal.open(args.state_dir) as journal:
+        store = AccountStore(cfg, journal.conn, journal=journal)
+        signing_key = KeyStore.from_config(cfg).ensure_signing_key()
         board = BoardLedger(args.ledger)
         recover(journal, board)
         for _ in range(args.purchases):
-            purchase(journal, board, rng, args.day_start)
+            if journal.unsynced_total_cents() >= SYNC_AT_CENTS:
+                sync(journal, signing_key, server_dir, args.state_dir.parent / "outgoing.json")
+            purchase(journal, store, board, rng)
     marker("exit")
     return 0
 

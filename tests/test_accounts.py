@@ -389,3 +389,43 @@ def test_success_clears_the_count_but_not_a_running_cool_down():
     assert g.cooldown_left(11) > 0
     g.record_success(12)
     assert g.cooldown_left(12) > 0
+
+
+def test_a_resent_template_keeps_its_last_use(store, fleet):
+    path = fleet.bundle(1, STAFF, templates=[("E1", b"t" * 30)])
+    store.import_bundle(path)
+    store.note_template_used("E1", now=NOW)
+    resent = Bundle(kind="snapshot", version=2, created=NOW, expires=NOW + HOUR, employees=STAFF,
+                    templates=[TemplateRecord("E1", fleet.transport.seal("E1", b"t" * 30), "consent-1", NOW - 60)])
+    store.apply_bundle(resent)
+    assert store.employee("E1").last_used_at == NOW
+    renewed = Bundle(kind="snapshot", version=3, created=NOW, expires=NOW + HOUR, employees=STAFF,
+                     templates=[TemplateRecord("E1", fleet.transport.seal("E1", b"u" * 30), "consent-2", NOW)])
+    store.apply_bundle(renewed)
+    assert store.employee("E1").last_used_at is None and store.templates()["E1"] == b"u" * 30
+
+
+def test_oversized_bundle_file_is_refused_before_reading(store, tmp_path, monkeypatch):
+    import vendor_node.bundle as bundle_module
+
+    monkeypatch.setattr(bundle_module, "MAX_PAYLOAD_BYTES", 100)
+    big = tmp_path / "big.vnb"
+    big.write_bytes(b"\0" * 1000)
+    refused_without_change(store, big, "larger than any account bundle")
+
+
+def test_a_database_error_while_applying_changes_nothing(store, fleet, monkeypatch):
+    import sqlite3
+
+    store.import_bundle(fleet.bundle(1, STAFF))
+    before = snapshot_of(store)
+    real = store._apply_rows
+
+    def half_then_fail(*args, **kwargs):
+        real(*args, **kwargs)
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(store, "_apply_rows", half_then_fail)
+    with pytest.raises(AccountsError, match="nothing changed: disk I/O error"):
+        store.import_bundle(fleet.bundle(2, STAFF[:1], deletions=["E2"]))
+    assert snapshot_of(store) == before and not store.conn.in_transaction

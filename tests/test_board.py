@@ -179,7 +179,7 @@ def test_enable_reader_without_an_answer_raises_within_the_timeout():
     started = time.monotonic()
     with pytest.raises(BoardLinkError, match="did not answer C,1 within 0.1 s"):
         link.enable_reader()
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 1.0  # generous: the machine's 2 cores are shared
 
 
 def test_start_session_consumes_its_answer():
@@ -403,3 +403,12 @@ def test_board_config_has_the_price_format():
     assert BoardConfig().price_format == "decimal"
     with pytest.raises(ValueError):
         BoardLink(ScriptedTransport(), price_format="euros")
+
+
+def test_a_refused_approval_is_not_an_open_approval():
+    link, transport = make_link(b"c,STATUS,VEND,1.50,12\r\n")
+    link.poll(0)
+    link.approve_vend(150)
+    transport.feed(b'c,ERR,"VEND -3"\r\nc,STATUS,IDLE\r\nc,STATUS,ENABLED\r\n')
+    assert drain(link) == [CommandRefused("VEND", -3), SessionComplete(interrupted="vend_requested")]
+    assert link.approved_cents is None

@@ -2,6 +2,7 @@
 
 Every fault ends with the link back in service: a normal purchase completes after it.
 """
+import os
 import time
 
 import pytest
@@ -218,6 +219,7 @@ def test_disconnect_during_an_approved_vend_is_reported_for_settling():
         assert restored == LinkRestored(interrupted="vend_approved", vend=VendRequest(150, "12"), approved_cents=150)
         assert customer.wait(1) == "vended_unreported"
         assert [v.reported for v in sim.vended] == [False]  # it dropped: the loop must not void it blindly
+        assert (sim.vended_count, sim.vended_reported_count) == (1, 0)
         wait_event(link, ReaderEnabled)
         _, outcome = buy_hand_first(sim, link, item="13")
         assert outcome == VendSucceeded() and len(sim.vended) == 2
@@ -260,12 +262,26 @@ def test_scripting_api_rejects_bad_customers(sim):
 def test_simulator_stops_cleanly_and_removes_its_port():
     sim = VendingMachineSimulator().start()
     path = sim.port_path
-    link = open_board_link(BOARD, port=path)
-    sim.stop()
-    assert not sim._thread.is_alive()
-    with pytest.raises(BoardLinkError):
-        for _ in range(20):
-            BoardLink.poll(link, 0.05)
-    link.close()
-    import os
+    with BoardLink(SerialTransport(path)) as link:
+        sim.stop()
+        assert not sim.running
+        with pytest.raises(BoardLinkError, match="lost"):
+            for _ in range(20):
+                link.poll(0.05)
     assert not os.path.exists(path)
+
+
+def test_long_runs_keep_bounded_history_and_exact_totals():
+    with VendingMachineSimulator(keep_history=2) as sim, open_board_link(BOARD, port=sim.port_path) as link:
+        link.enable_reader()
+        wait_event(link, ReaderEnabled)
+        for item in ("1", "2", "3"):
+            buy_hand_first(sim, link, price=100, item=item)
+        buy_hand_first(sim, link, price=100, item="4", behaviour="jam")
+        assert sim.wait_idle(1)
+        assert [v.item for v in sim.vended] == ["2", "3"]
+        assert (sim.vended_count, sim.vended_cents) == (3, 300)
+        assert (sim.vended_reported_count, sim.vended_reported_cents) == (3, 300)
+        assert sim.outcome_counts == {"vended": 3, "failed": 1}
+        assert len(sim.commands) == 2 and sim.protocol_errors == []
+        assert sim.pending_timers <= 2  # finished customers' patience/timeout timers were dropped, not kept 10-30 s

@@ -142,9 +142,10 @@ class AccountStore:
         self._journal = journal
         self.keystore = keystore or KeyStore.from_config(cfg)
         conn.execute("PRAGMA secure_delete=ON")  # deleted templates are zeroed, not just unlinked
-        if conn.in_transaction:
-            raise AccountsError("the unit database is already inside a transaction")
-        conn.executescript("BEGIN IMMEDIATE;" + SCHEMA + "COMMIT;")
+        with self._transaction():
+            for statement in SCHEMA.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
         stored = conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         if not self.keystore.has_data_key() and stored:
             raise KeyFileError(f"{self.keystore.data_key_path}: the unit data key is missing but {stored} "
@@ -182,15 +183,22 @@ class AccountStore:
 
     @contextmanager
     def _transaction(self):
+        """BEGIN IMMEDIATE ... COMMIT; on any error ROLLBACK, so nothing half-written stays."""
         if self.conn.in_transaction:
             raise AccountsError("the unit database is already inside a transaction")
-        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            self.conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise AccountsError(f"cannot write the account store: {exc}") from None
         try:
             yield
-        except BaseException:
-            self.conn.execute("ROLLBACK")
+            self.conn.execute("COMMIT")
+        except BaseException as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            if isinstance(exc, sqlite3.Error):
+                raise AccountsError(f"account store write failed, nothing changed: {exc}") from None
             raise
-        self.conn.execute("COMMIT")
 
     # --- bundles -------------------------------------------------------------------
     def current_bundle(self) -> BundleInfo | None:
@@ -215,23 +223,20 @@ class AccountStore:
         sealed_here = self._reseal_transport_templates(bundle, source)
         applied_at = now
         funds_as_of = min(bundle.created, applied_at)
-        try:
-            with self._transaction():
-                current = self.current_bundle()
-                if current is not None and bundle.version <= current.version:
-                    raise BundleError(f"{source}: version {bundle.version} is not newer than the installed "
-                                      f"version {current.version}; refused")
-                if bundle.kind == "delta" and (current is None or current.version < bundle.base_version):
-                    have = "none" if current is None else current.version
-                    raise BundleError(f"{source}: delta on version {bundle.base_version} but this unit has {have}; "
-                                      "import a snapshot first")
-                self._apply_rows(bundle, sealed_here, funds_as_of, now, source)
-                self.conn.execute(
-                    "INSERT INTO bundle_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (bundle.version, bundle.kind, bundle.created, bundle.expires, applied_at, bundle.sha256,
-                     len(bundle.employees), len(sealed_here), len(bundle.deletions)))
-        except sqlite3.Error as exc:
-            raise AccountsError(f"{source}: could not apply the bundle (nothing changed): {exc}") from None
+        with self._transaction():
+            current = self.current_bundle()
+            if current is not None and bundle.version <= current.version:
+                raise BundleError(f"{source}: version {bundle.version} is not newer than the installed "
+                                  f"version {current.version}; refused")
+            if bundle.kind == "delta" and (current is None or current.version < bundle.base_version):
+                have = "none" if current is None else current.version
+                raise BundleError(f"{source}: delta on version {bundle.base_version} but this unit has {have}; "
+                                  "import a snapshot first")
+            self._apply_rows(bundle, sealed_here, funds_as_of, now, source)
+            self.conn.execute(
+                "INSERT INTO bundle_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (bundle.version, bundle.kind, bundle.created, bundle.expires, applied_at, bundle.sha256,
+                 len(bundle.employees), len(sealed_here), len(bundle.deletions)))
         log.info("account bundle %s v%d applied: %d employees, %d templates, %d deletions", bundle.kind,
                  bundle.version, len(bundle.employees), len(sealed_here), len(bundle.deletions))
         return self.current_bundle()
@@ -280,34 +285,33 @@ class AccountStore:
         known = {r[0] for r in c.execute("SELECT id FROM employees WHERE status != 'deleted'")}
         queued = {r[0] for r in c.execute("SELECT employee_id FROM upload_queue")}
         revoked = dict(c.execute("SELECT employee_id, revoked_at FROM template_revocations"))
+        held = dict(c.execute("SELECT employee_id, consented_at FROM templates"))
         rows = []
         for emp_id, sealed, consent_version, consented_at in sealed_here:
             if emp_id not in known:
                 raise BundleError(f"{source}: template for {emp_id!r}, who is not an employee on this unit")
             if emp_id in queued:  # a newer enrollment here the fleet has not seen yet wins
                 continue
+            if held.get(emp_id) == consented_at:
+                continue  # the same enrollment again: keep its row (and its last-used time for retention)
             if emp_id in revoked and consented_at <= revoked[emp_id]:
                 continue  # unenrolled here after that consent: never bring it back
             rows.append((emp_id, sealed, consent_version, consented_at, now, None, "bundle"))
         c.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     # --- reading -------------------------------------------------------------------
+    _EMPLOYEE_SQL = (
+        "SELECT e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents, "
+        "e.per_day_cap_cents, e.funds_as_of, t.employee_id IS NOT NULL, t.consent_version, t.last_used_at "
+        "FROM employees e LEFT JOIN templates t ON t.employee_id = e.id")
+
     def employees(self) -> list[Employee]:
-        rows = self.conn.execute(
-            "SELECT e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents, "
-            "e.per_day_cap_cents, e.funds_as_of, t.employee_id IS NOT NULL, t.consent_version, t.last_used_at "
-            "FROM employees e LEFT JOIN templates t ON t.employee_id = e.id ORDER BY e.id")
-        return [Employee(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]) for r in rows]
+        rows = self.conn.execute(self._EMPLOYEE_SQL + " ORDER BY e.id")
+        return [Employee(*r[:8], bool(r[8]), r[9], r[10]) for r in rows]
 
     def employee(self, employee_id: str) -> Employee | None:
-        return next((e for e in self._employee_rows(employee_id)), None)
-
-    def _employee_rows(self, employee_id: str):
-        rows = self.conn.execute(
-            "SELECT e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents, "
-            "e.per_day_cap_cents, e.funds_as_of, t.employee_id IS NOT NULL, t.consent_version, t.last_used_at "
-            "FROM employees e LEFT JOIN templates t ON t.employee_id = e.id WHERE e.id = ?", (employee_id,))
-        return [Employee(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7], bool(r[8]), r[9], r[10]) for r in rows]
+        r = self.conn.execute(self._EMPLOYEE_SQL + " WHERE e.id = ?", (employee_id,)).fetchone()
+        return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10])
 
     def templates(self) -> dict[str, bytes]:
         """Decrypted templates of active employees, for the matcher's gallery (memory only)."""
@@ -379,6 +383,8 @@ class AccountStore:
 
     @staticmethod
     def _answer(code, employee_id, name, funds_left) -> Authorization:
+        if code != "ok":
+            log.info("refused %s: %s (%s)", employee_id, code, MESSAGES[code])
         return Authorization(approved=code == "ok", reason_code=code, message=MESSAGES[code],
                              employee_id=employee_id, display_name=name, funds_left_cents=funds_left)
 

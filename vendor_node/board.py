@@ -56,10 +56,13 @@ import threading
 import time
 import unicodedata
 from collections import deque
-from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from typing import Callable
 
+from .board_events import (  # noqa: F401 (re-exported: the events are part of this module's contract)
+    BoardEvent, ReaderEnabled, ReaderDisabled, SessionStarted, VendRequest, VendSucceeded, VendFailed,
+    SessionCancelled, SessionComplete, AdapterReset, CommandRefused, AdapterError, LinkRestored,
+)
 from .board_transport import MAX_LINE_BYTES, LineTransport, SerialTransport  # noqa: F401 (re-exported)
 from .errors import BoardLinkError, ProtocolError
 
@@ -127,96 +130,11 @@ class _RateLimitedWarning:
             self._suppressed += 1
 
 
-# --- events ------------------------------------------------------------------
-@dataclass(frozen=True)
-class BoardEvent:
-    """Something the vending machine told us through the adapter."""
-
-
-@dataclass(frozen=True)
-class ReaderEnabled(BoardEvent):
-    """The machine enabled our reader: customers can pay with us."""
-
-
-@dataclass(frozen=True)
-class ReaderDisabled(BoardEvent):
-    state: str  # "inactive" | "disabled" | "off"
-
-
-@dataclass(frozen=True)
-class SessionStarted(BoardEvent):
-    funds_cents: int
-
-
-@dataclass(frozen=True)
-class VendRequest(BoardEvent):
-    price_cents: int
-    item: str
-
-
-@dataclass(frozen=True)
-class VendSucceeded(BoardEvent):
-    """The item dropped: the one outcome that charges."""
-
-
-@dataclass(frozen=True)
-class VendFailed(BoardEvent):
-    code: str  # e.g. "VEND 3": failed to dispense
-
-
-@dataclass(frozen=True)
-class SessionCancelled(BoardEvent):
-    """The customer or the machine cancelled the pending vend (c,ERR,VEND 1)."""
-
-
-@dataclass(frozen=True)
-class SessionComplete(BoardEvent):
-    """The session is over and the reader is enabled again.
-
-    ``interrupted`` is "vend_requested" or "vend_approved" when it ended with no outcome line for
-    an open vend (an approved one then has an unknown outcome), otherwise None.
-    """
-
-    interrupted: str | None = None
-
-
-@dataclass(frozen=True)
-class AdapterReset(BoardEvent):
-    """The machine reset the reader; ``interrupted`` names the session stage that was lost, if any."""
-
-    interrupted: str | None = None
-
-
-@dataclass(frozen=True)
-class CommandRefused(BoardEvent):
-    command: str  # "START", "VEND", ...
-    code: int
-
-
-@dataclass(frozen=True)
-class AdapterError(BoardEvent):
-    message: str
-
-
-@dataclass(frozen=True)
-class LinkRestored(BoardEvent):
-    """The port was reopened and the reader re-synchronised (C,0 then C,1 unless it was disabled).
-
-    ``interrupted`` is the session stage open when the link was lost ("session", "vend_requested",
-    "vend_approved") or None. After "vend_approved" the outcome line may have been lost: keep
-    polling for VendSucceeded/VendFailed up to the outcome timeout, then record the outcome unknown.
-    """
-
-    interrupted: str | None
-    vend: VendRequest | None
-    approved_cents: int | None
-
-
 # reader states we track (the adapter is the authority; this is our best knowledge)
 UNKNOWN, OFF, DISABLED, ENABLED = "unknown", "off", "disabled", "enabled"
 SESSION, VEND_REQUESTED, VEND_APPROVED, ENDING = "session", "vend_requested", "vend_approved", "ending"
 _OPEN_STAGES = (SESSION, VEND_REQUESTED, VEND_APPROVED)
-_QUIET_HEADS = {"r", "d", "x", "v", "f", "l", "h", "s", "m"}  # answers of the adapter's other instances
+_QUIET_HEADS = {"r", "d", "x", "v", "f", "l", "h"}  # answers of the adapter's other instances
 
 
 class BoardLink:
@@ -493,6 +411,8 @@ class BoardLink:
             return [VendFailed(f"VEND {code}")]
         refused = re.fullmatch(r"([A-Z]*)\s*(-\d+)", text)
         if refused:
+            if refused.group(1) == "VEND" and self.state == VEND_APPROVED:  # the approval never took effect
+                self.state, self.approved_cents = (VEND_REQUESTED if self.open_vend else ENDING), None
             return [CommandRefused(refused.group(1), int(refused.group(2)))]
         return [AdapterError(text)]
 

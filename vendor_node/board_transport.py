@@ -95,7 +95,10 @@ class LineTransport:
 
 
 class SerialTransport(LineTransport):
-    """Lines over a serial port (pyserial, imported here only): a UART, a USB CDC device or a pty slave."""
+    """Lines over a serial port (pyserial, imported here only): a UART, a USB CDC device or a pty slave.
+
+    POSIX only (it waits with select() on the port's file descriptor), like the unit itself.
+    """
 
     def __init__(self, port: str, baudrate: int = 115200, *, write_timeout_s: float = 1.0):
         super().__init__()

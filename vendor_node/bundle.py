@@ -20,6 +20,9 @@ Payload::
      "templates": [{"employee_id", "sealed": base64, "consent_version", "consented_at"}],
      "deletions": ["id", ...]}
 
+``funds_cents`` is the prepaid balance, or what is left of the payroll-deduction
+limit for the period, as the back office knew it when it built the bundle.
+
 Templates never travel in the clear: ``sealed`` is AES-256-GCM under the fleet
 template key installed at provisioning (employee id as associated data). The
 back office only relays these blobs between units, it never needs the plaintext.
@@ -164,6 +167,9 @@ def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundl
 def read_bundle_file(path: Path | str, fleet_key: Ed25519PublicKey) -> Bundle:
     path = Path(path)
     try:
+        size = path.stat().st_size
+        if size > len(MAGIC) + HEADER.size + MAX_PAYLOAD_BYTES + SIGNATURE_BYTES:
+            raise BundleError(f"{path}: {size} bytes is larger than any account bundle")
         data = path.read_bytes()
     except OSError as exc:
         raise BundleError(f"{path}: cannot read the bundle: {exc}") from None
@@ -412,3 +418,38 @@ def parse_employees_csv(path: Path | str) -> tuple[list[EmployeeRecord], list[st
         except UnicodeDecodeError as exc:
             raise BundleError(f"{path}: not UTF-8 text: {exc}") from None
     return employees, deletions
+
+
+# --- templates carried from a unit's upload queue to a bundle (no server needed) ------------
+def templates_to_json(records: list[TemplateRecord]) -> str:
+    """The upload-queue form: templates stay sealed under the fleet template key."""
+    return json.dumps([{"employee_id": t.employee_id, "sealed": base64.b64encode(t.sealed).decode("ascii"),
+                        "consent_version": t.consent_version, "consented_at": t.consented_at}
+                       for t in records], indent=1)
+
+
+def read_templates_json(path: Path | str) -> list[TemplateRecord]:
+    """Templates exported by `vendor-node accounts export-uploads`; errors name the entry."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a templates file: {exc}") from None
+    c = _Checker(str(path))
+    records, seen = [], set()
+    for i, item in enumerate(c.array(raw, "templates")):
+        where = f"[{i}]"
+        c.table(item, where, {"employee_id", "sealed", "consent_version", "consented_at"})
+        emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
+        if emp_id in seen:
+            c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
+        seen.add(emp_id)
+        try:
+            sealed = base64.b64decode(item["sealed"], validate=True) if isinstance(item["sealed"], str) else None
+        except (binascii.Error, ValueError):
+            sealed = None
+        if sealed is None or not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
+            c.fail(f"{where}.sealed", "not a base64 sealed template")
+        records.append(TemplateRecord(emp_id, sealed, c.text(item["consent_version"], f"{where}.consent_version", 64),
+                                      c.number(item["consented_at"], f"{where}.consented_at")))
+    return records

@@ -32,6 +32,10 @@ class Camera:
     def close(self) -> None:  # pragma: no cover - interface
         raise NotImplementedError
 
+    def check(self) -> None:
+        """Raise CameraError unless the camera can deliver frames (selftest, out-of-service retry)."""
+        self.capture()
+
     def __enter__(self):
         return self
 
@@ -160,6 +164,12 @@ class SimCamera(Camera):
 
     def repair(self) -> None:
         self._fault = None
+
+    def check(self) -> None:
+        if self._closed:
+            raise CameraError("camera is closed")
+        if self._fault:
+            raise CameraError(self._fault)
 
     def capture(self, timeout: float | None = None) -> np.ndarray:
         timeout = 0.5 if timeout is None else timeout

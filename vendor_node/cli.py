@@ -56,6 +56,8 @@ def _add_recognition_commands(sub) -> None:
     p.add_argument("--dataset", required=True, type=Path, help="folder laid out as <subject>/<image>")
     p.add_argument("--enroll", type=_positive_int, default=1, help="images per subject to enroll (default 1)")
     p.add_argument("--report", type=Path, required=True, help="JSON report to write (a DET curve PNG goes beside it)")
+    p.add_argument("--exclude-trained", action="store_true",
+                   help="leave out subjects the model manifest says it was trained on (figures on held-out people)")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")
@@ -101,6 +103,12 @@ def _add_accounts_commands(sub) -> None:
     p = accounts.add_parser("purge-templates", help="delete templates unused for template_retention_days")
     state_dir_option(p)
     p.set_defaults(handler=_cmd_accounts_purge)
+    p = accounts.add_parser("export-uploads",
+                            help="templates enrolled here, still sealed, for `fleet bundle --templates`")
+    p.add_argument("--out", required=True, type=Path, help="JSON file to write")
+    p.add_argument("--mark-uploaded", action="store_true", help="then drop them from the upload queue")
+    state_dir_option(p)
+    p.set_defaults(handler=_cmd_accounts_export_uploads)
 
     fleet = sub.add_parser("fleet", help="back-office tools: fleet keys and account bundles").add_subparsers(
         dest="fleet_command", required=True, metavar="ACTION")
@@ -117,6 +125,10 @@ def _add_accounts_commands(sub) -> None:
     p.add_argument("--expires-days", type=_positive_float, default=7.0, help="valid for this many days (default 7)")
     p.add_argument("--delta", action="store_true", help="a delta on --base-version instead of a full snapshot")
     p.add_argument("--base-version", type=_positive_int, help="the version a delta applies on")
+    p.add_argument("--templates", type=_existing_file, help="sealed templates from `accounts export-uploads`")
+    p.add_argument("--per-day-cap", type=_amount, help="policy: per-employee daily cap, e.g. 15.00")
+    p.add_argument("--unsynced-cap", type=_amount, help="policy: the unit's cap on unsynced charges, e.g. 250.00")
+    p.add_argument("--max-offline-age-h", type=_positive_float, help="policy: hours a unit may run on this bundle")
     p.set_defaults(handler=_cmd_fleet_bundle)
 
     p = sub.add_parser("enroll", help="enroll an employee's hand (technician at the unit)")
@@ -145,6 +157,15 @@ def _positive_float(text: str) -> float:
     return value
 
 
+def _amount(text: str) -> int:
+    from .bundle import parse_amount_cents
+
+    try:
+        return parse_amount_cents(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _money(cents: int | None) -> str:
     return "-" if cents is None else f"{'-' if cents < 0 else ''}{abs(cents) // 100}.{abs(cents) % 100:02d}"
 
@@ -157,9 +178,14 @@ def _cmd_provision(args) -> int:
         raise UsageError(f"--unit-id: {args.unit_id!r} is not a valid id (letters, digits, . _ @ -)")
     cfg = _config(args)
     store = KeyStore.from_config(cfg)
+    template_key = (load_symmetric_key_file(args.fleet_template_key, "fleet template key")
+                    if args.fleet_template_key else None)
+    current_id = store.read_unit_id()
+    if current_id not in (None, args.unit_id):  # checked before anything is written
+        raise UsageError(f"--unit-id: this unit is already provisioned as {current_id!r}")
     store.pin_fleet_public_key(args.fleet_public_key.read_bytes(), replace=args.replace_fleet_key)
-    if args.fleet_template_key:
-        store.install_fleet_template_key(load_symmetric_key_file(args.fleet_template_key, "fleet template key"))
+    if template_key is not None:
+        store.install_fleet_template_key(template_key)
     store.write_unit_id(args.unit_id)
     store.ensure_data_key()
     signing = store.ensure_signing_key()
@@ -167,7 +193,8 @@ def _cmd_provision(args) -> int:
     public_pem.write_bytes(public_key_to_pem(signing.public_key()))
     print(f"unit {args.unit_id} provisioned in {store.state_dir}")
     print(f"  fleet key pinned: {store.fleet_public_key_path}")
-    print(f"  fleet template key: {'installed' if store.has_fleet_template_key() else 'none (enrolled templates stay on this unit)'}")
+    template_key = "installed" if store.has_fleet_template_key() else "none (enrolled templates stay on this unit)"
+    print(f"  fleet template key: {template_key}")
     print(f"  unit signing public key (give it to the back office): {public_pem}")
     return 0
 
@@ -217,6 +244,23 @@ def _cmd_accounts_purge(args) -> int:
     return 0
 
 
+def _cmd_accounts_export_uploads(args) -> int:
+    from .accounts import AccountStore
+    from .bundle import TemplateRecord, templates_to_json
+
+    with AccountStore.open(_config(args)) as store:
+        pending = store.pending_uploads()
+        text = templates_to_json([TemplateRecord(*row) for row in pending])
+        try:
+            args.out.write_text(text + "\n", encoding="utf-8")
+        except OSError as exc:
+            raise UsageError(f"--out {args.out}: cannot write: {exc}") from None
+        if args.mark_uploaded:
+            store.mark_uploaded([row[0] for row in pending])
+    print(f"wrote {len(pending)} sealed templates to {args.out}")
+    return 0
+
+
 def _cmd_fleet_keygen(args) -> int:
     from .keys import generate_fleet_keys
 
@@ -230,7 +274,8 @@ def _cmd_fleet_keygen(args) -> int:
 def _cmd_fleet_bundle(args) -> int:
     import time
 
-    from .bundle import Bundle, encode_bundle, parse_employees_csv, write_bundle_file
+    from .bundle import Bundle, encode_bundle, parse_employees_csv, read_templates_json, write_bundle_file
+    from .errors import BundleError
     from .keys import load_signing_key_file
 
     if args.delta and args.base_version is None:
@@ -243,12 +288,21 @@ def _cmd_fleet_bundle(args) -> int:
         raise UsageError(f"--base-version {args.base_version} must be below the version {version}")
     signing_key = load_signing_key_file(args.signing_key)
     employees, deletions = parse_employees_csv(args.employees)
+    templates = read_templates_json(args.templates) if args.templates else []
+    listed = {e.id for e in employees}
+    for record in templates:
+        if record.employee_id in deletions or (not args.delta and record.employee_id not in listed):
+            raise BundleError(f"{args.templates}: template for {record.employee_id!r}, who is not an employee "
+                              f"in {args.employees}")
+    policy = {key: value for key, value in (("per_day_cap_cents", args.per_day_cap),
+                                            ("unsynced_total_cap_cents", args.unsynced_cap),
+                                            ("max_offline_age_h", args.max_offline_age_h)) if value is not None}
     bundle = Bundle(kind="delta" if args.delta else "snapshot", version=version,
                     base_version=args.base_version, created=now, expires=now + args.expires_days * 86400,
-                    employees=employees, deletions=deletions)
+                    policy=policy, employees=employees, templates=templates, deletions=deletions)
     write_bundle_file(args.out, encode_bundle(bundle, signing_key))
-    print(f"wrote {bundle.kind} v{version} to {args.out}: {len(employees)} employees, {len(deletions)} deletions, "
-          f"expires in {args.expires_days:g} days")
+    print(f"wrote {bundle.kind} v{version} to {args.out}: {len(employees)} employees, {len(templates)} templates, "
+          f"{len(deletions)} deletions, expires in {args.expires_days:g} days")
     return 0
 
 
@@ -267,7 +321,7 @@ def _enrollment_images_from_folder(folder: Path) -> list:
         if image is None:
             raise UsageError(f"--images: {path} is not an image that can be read")
         images.append(image)
-    return images
+    return images, [p.name for p in files]
 
 
 def _enrollment_images_from_camera(cfg) -> list:
@@ -281,7 +335,7 @@ def _enrollment_images_from_camera(cfg) -> list:
             if sys.stdin.isatty():
                 input("press Enter when the hand is in place ")
             images.append(camera.capture())
-    return images
+    return images, [f"presentation {i}" for i in range(1, len(images) + 1)]
 
 
 def _cmd_enroll(args) -> int:
@@ -295,15 +349,19 @@ def _cmd_enroll(args) -> int:
         employee = store.employee(args.employee_id)
         if employee is None or employee.status == "deleted":
             raise UsageError(f"unknown employee {args.employee_id!r}: import a bundle that lists them first")
-        images = _enrollment_images_from_folder(args.images) if args.images else _enrollment_images_from_camera(cfg)
+        if args.images:
+            images, names = _enrollment_images_from_folder(args.images)
+        else:
+            images, names = _enrollment_images_from_camera(cfg)
         from .recognition import Recognizer
 
         enrollment = Recognizer.from_config(cfg).enroll(images)
         queued = store.enroll(args.employee_id, enrollment.template, args.consent)
-    used = enrollment.used if isinstance(enrollment.used, int) else len(enrollment.used)
-    print(f"enrolled {args.employee_id} ({employee.display_name}) from {used} of {len(images)} "
+    print(f"enrolled {args.employee_id} ({employee.display_name}) from {len(enrollment.used)} of {len(images)} "
           f"images (consent {args.consent}); "
           + ("queued for upload" if queued else "kept on this unit only (no fleet template key)"))
+    for index, reason in enrollment.rejected:
+        print(f"  left out {names[index]}: {reason}")
     return 0
 
 

@@ -67,6 +67,14 @@ INSERT OR IGNORE INTO journal_head VALUES (1, 0, '{GENESIS_HASH}');
 INSERT OR IGNORE INTO journal_sync (id, uploaded_upto_seq) VALUES (1, 0);
 COMMIT;
 """
+# Derived, not money: the sessions still open ('begun', 'approved') or awaiting review ('unknown'),
+# with the seq of their begin/approval, so recovery and every authorization find them without
+# scanning the whole journal. Kept in the same transaction as each append; verify cross-checks it
+# against the chain and it is rebuilt from the chain whenever it is missing.
+_OPEN_INDEX_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_open (session_id TEXT PRIMARY KEY, state TEXT NOT NULL, seq INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS journal_open_by_state ON journal_open(state, seq);
+"""
 _COLUMNS = "seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, prev_hash, hash"
 
 
@@ -132,15 +140,24 @@ class Journal:
         try:
             exists = conn.execute(
                 "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal'").fetchone()
-            if not exists:  # first start: create everything in one transaction (idempotent if raced)
+            has_index = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'journal_open'").fetchone()
+            if not (exists and has_index):
                 if conn.in_transaction:
                     raise JournalError("cannot create the journal inside another transaction")
-                try:
+                if not exists:  # first start: everything in one transaction (idempotent if raced)
                     conn.executescript(_SCHEMA)
-                except sqlite3.Error:
+                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal_open'").fetchone():
+                        for statement in _OPEN_INDEX_SCHEMA.split(";"):
+                            if statement.strip():
+                                conn.execute(statement)
+                        self._rebuild_open_index()
+                    conn.execute("COMMIT")
+                finally:
                     if conn.in_transaction:
                         conn.execute("ROLLBACK")
-                    raise
         except sqlite3.Error as exc:
             raise JournalError(f"cannot set up the charging journal: {exc}") from None
 
@@ -198,6 +215,7 @@ class Journal:
                 self.conn.execute(f"INSERT INTO journal ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?)",
                                   tuple(entry.as_dict().values()))
                 self.conn.execute("UPDATE journal_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
+                self._update_open_index(entry)
                 self.conn.execute("COMMIT")
                 return entry
             except BaseException as exc:
@@ -206,6 +224,27 @@ class Journal:
                 if isinstance(exc, sqlite3.Error):
                     raise JournalError(f"cannot write the charging journal: {exc}") from None
                 raise
+
+    def _update_open_index(self, entry: Entry) -> None:
+        if entry.kind == SESSION_BEGUN:
+            self.conn.execute("INSERT INTO journal_open VALUES (?, 'begun', ?)", (entry.session_id, entry.seq))
+        elif entry.kind == VEND_APPROVED:
+            self.conn.execute("UPDATE journal_open SET state = 'approved', seq = ? WHERE session_id = ?",
+                              (entry.seq, entry.session_id))
+        elif entry.kind == OUTCOME_UNKNOWN:
+            self.conn.execute("UPDATE journal_open SET state = 'unknown' WHERE session_id = ?", (entry.session_id,))
+        else:  # succeeded, voided, review_settled: nothing left open
+            self.conn.execute("DELETE FROM journal_open WHERE session_id = ?", (entry.session_id,))
+
+    def _rebuild_open_index(self) -> None:
+        """Recompute journal_open from the chain (inside the caller's transaction)."""
+        self.conn.execute("DELETE FROM journal_open")
+        for row in self.conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY seq").fetchall():
+            self._update_open_index(Entry(*row))
+
+    def open_index(self) -> dict[str, tuple[str, int]]:
+        """session -> (state, seq) as the derived index holds it (verify compares it with the chain)."""
+        return {r[0]: (r[1], r[2]) for r in self.conn.execute("SELECT session_id, state, seq FROM journal_open")}
 
     def _session_entries(self, session_id) -> list[Entry]:
         rows = self.conn.execute(
@@ -326,21 +365,20 @@ class Journal:
         return self._append(REVIEW_SETTLED, session_id, decide)
 
     # --- recovery ----------------------------------------------------------------
+    def _open_with_state(self, state: str) -> list[Approval]:
+        rows = self.conn.execute(
+            "SELECT j.session_id, j.employee_id, j.item, j.amount_cents, j.ts_us, j.seq FROM journal_open o "
+            "JOIN journal j ON j.seq = o.seq WHERE o.state = ? ORDER BY o.seq", (state,)).fetchall()
+        return [Approval(r[0], r[1], r[2], r[3], r[4] / 1e6, r[5]) for r in rows]
+
     def open_approvals(self) -> list[Approval]:
         """Approvals with no outcome (the power went at the board): settle each from the board's report."""
-        rows = self.conn.execute(
-            f"SELECT session_id, employee_id, item, amount_cents, ts_us, seq FROM journal a "
-            f"WHERE kind = '{VEND_APPROVED}' AND NOT EXISTS (SELECT 1 FROM journal o WHERE "
-            f"o.session_id = a.session_id AND o.kind IN {OUTCOMES!r}) ORDER BY seq").fetchall()
-        return [Approval(r[0], r[1], r[2], r[3], r[4] / 1e6, r[5]) for r in rows]
+        return self._open_with_state("approved")
 
     def open_unapproved_sessions(self) -> list[str]:
         """Sessions begun but neither approved nor closed (cut before approval)."""
-        rows = self.conn.execute(
-            f"SELECT session_id FROM journal b WHERE kind = '{SESSION_BEGUN}' AND NOT EXISTS "
-            f"(SELECT 1 FROM journal o WHERE o.session_id = b.session_id AND o.kind IN "
-            f"{(VEND_APPROVED,) + OUTCOMES!r}) ORDER BY seq").fetchall()
-        return [r[0] for r in rows]
+        return [r[0] for r in self.conn.execute(
+            "SELECT session_id FROM journal_open WHERE state = 'begun' ORDER BY seq")]
 
     def void_interrupted_sessions(self) -> int:
         """At start-up: close sessions cut before any approval (nothing can have dropped)."""
@@ -351,11 +389,7 @@ class Journal:
 
     def unknown_outcomes(self) -> list[Approval]:
         """Sessions marked outcome_unknown still awaiting a technician's review."""
-        rows = self.conn.execute(
-            f"SELECT session_id, employee_id, item, amount_cents, ts_us, seq FROM journal u "
-            f"WHERE kind = '{OUTCOME_UNKNOWN}' AND NOT EXISTS (SELECT 1 FROM journal r WHERE "
-            f"r.session_id = u.session_id AND r.kind = '{REVIEW_SETTLED}') ORDER BY seq").fetchall()
-        return [Approval(r[0], r[1], r[2], r[3], r[4] / 1e6, r[5]) for r in rows]
+        return self._open_with_state("unknown")
 
     def session_entries(self, session_id: str) -> list[Entry]:
         return self._session_entries(session_id)
@@ -372,13 +406,12 @@ class Journal:
         return self.charged_cents(employee_id, day_start)
 
     def committed_cents(self, employee_id: str, since: float) -> int:
-        """Charged since ``since`` plus approvals since then not yet settled (in flight or awaiting review):
-        what authorization must count so two approvals cannot both squeeze under a cap."""
+        """What authorization must count: charges since ``since``, every approval still in flight (it
+        will be charged now, whenever it was approved) and outcome_unknown approvals since ``since``."""
         row = self.conn.execute(
-            f"SELECT COALESCE(SUM(amount_cents), 0) FROM journal a WHERE employee_id = ? AND ts_us >= ? "
-            f"AND kind = '{VEND_APPROVED}' AND NOT EXISTS (SELECT 1 FROM journal o WHERE "
-            f"o.session_id = a.session_id AND o.kind IN ('{VEND_SUCCEEDED}', '{VEND_VOIDED}', "
-            f"'{REVIEW_SETTLED}'))", (employee_id, int(since * 1e6))).fetchone()
+            "SELECT COALESCE(SUM(j.amount_cents), 0) FROM journal_open o JOIN journal j ON j.seq = o.seq "
+            "WHERE j.employee_id = ? AND (o.state = 'approved' OR (o.state = 'unknown' AND j.ts_us >= ?))",
+            (employee_id, int(since * 1e6))).fetchone()
         return self.charged_cents(employee_id, since) + row[0]
 
     def unsynced_total_cents(self) -> int:

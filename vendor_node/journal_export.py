@@ -23,6 +23,7 @@ from pathlib import Path
 
 from .errors import JournalError, JournalRefused
 from .journal import GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED
+from .journal_verify import check_range
 
 BATCH_FORMAT = "vendor-node-journal-batch"
 BATCH_VERSION = 1
@@ -77,8 +78,8 @@ def build_batch(journal, signing_key, unit_id: str = "") -> dict:
     """The signed batch document (not yet written anywhere)."""
     from cryptography.hazmat.primitives import serialization
 
-    journal.check()  # never ship a broken chain: the message names the first bad entry
     batch_id, first, last, created_us = _freeze_pending(journal)
+    check_range(journal, first - 1, last)  # never ship a broken chain; the message names the first bad entry
     entries = journal.entries(first - 1, last)
     if len(entries) != max(0, last - first + 1):
         raise JournalError(f"batch {batch_id}: expected entries seq {first}..{last}, found {len(entries)}")

@@ -50,6 +50,8 @@ SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a sec
 MIN_SHARPNESS = 0.6  # edge gradient / contrast; a sharp edge gives 1-2, a 2.5%-of-frame motion blur under 0.6
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
+ROI_SIDE = 1.5  # ROI side over the distance between the index/middle and ring/little valleys
+ROI_GAP = 0.2  # gap between that valley line and the ROI, same unit
 VALLEY_DEPTH = 0.45
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre  # convexity-defect depth in palm radii
 
@@ -78,7 +80,7 @@ def extract_hand(image: np.ndarray) -> Hand:
         scale = grey.shape[1] / size[0]
     else:
         work, scale = grey, 1.0
-    mask, contrast = _segment(work)
+    mask, contrast, unfilled = _segment(work)
     area = float(np.count_nonzero(mask)) / mask.size
     center, radius = _palm_circle(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
@@ -94,7 +96,7 @@ def extract_hand(image: np.ndarray) -> Hand:
         raise reject("blurred")
     contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
     contour = contour[:, 0, :].astype(np.float32)
-    shape = _fingers(contour, mask, center, radius, wrist)
+    shape = _fingers(contour, mask, center, radius, wrist, _gap_holes(mask, unfilled, center, radius))
     if shape.extent < 1.8:  # a fist: the fingers do not reach beyond the palm
         raise reject("fingers_closed")
     roi_center, axis_x, side, alignment = _roi_frame(shape, mask, center, radius)
@@ -125,8 +127,9 @@ def _validated(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _segment(work: np.ndarray) -> tuple[np.ndarray, float]:
-    """The hand as a filled 0/255 mask and the hand/background contrast; no_hand/two_hands/too_far/too_close."""
+def _segment(work: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+    """The hand as a filled 0/255 mask, the hand/background contrast, and the mask before its holes were
+    filled; no_hand/two_hands/too_far/too_close."""
     smooth = cv2.GaussianBlur(work, (5, 5), 0)
     if float(smooth.std()) < MIN_CONTRAST / 4:
         raise reject("no_hand")
@@ -162,7 +165,7 @@ def _segment(work: np.ndarray) -> tuple[np.ndarray, float]:
     contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     filled = np.zeros_like(mask)
     cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
-    return filled, contrast
+    return filled, contrast, mask
 
 
 def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -244,9 +247,24 @@ class _Shape:
     extent: float  # how far the hand reaches from the palm centre towards the fingers, in palm radii
 
 
+def _gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius: float) -> list[np.ndarray]:
+    """Gaps between fingers closed off by something between them (the pegs of a peg-guided reader):
+    holes in the hand that reach from near the palm out between the fingers. Their points (x, y)."""
+    holes = cv2.findContours(cv2.subtract(mask, unfilled), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0]
+    out = []
+    for hole in holes:
+        points = hole.reshape(-1, 2).astype(np.float32)
+        if len(points) < 6 or cv2.contourArea(hole) < 0.01 * radius * radius:
+            continue
+        dist = np.linalg.norm(points - center, axis=1)
+        if dist.max() >= 1.3 * radius and dist.min() <= VALLEY_REACH * radius:
+            out.append(points)
+    return out
+
+
 def _fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radius: float,
-             wrist: np.ndarray | None) -> _Shape:
-    """Fingertips from the convex hull, valleys from the contour between neighbouring tips."""
+             wrist: np.ndarray | None, holes: list[np.ndarray] = ()) -> _Shape:
+    """Fingertips from the convex hull, valleys from the contour (and gap holes) between neighbouring tips."""
     h, w = mask.shape
     step = max(1, len(contour) // 400)
     poly = contour[::step]
@@ -296,7 +314,8 @@ def _fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radius: 
         # The valley between two named fingers: the contour point between their tips nearest the palm.
         for (ia, _), (ib, _), left, right in zip(tips, tips[1:], names, names[1:]):
             pair = tuple(sorted((left, right), key=FINGERS.index))
-            valley = _valley_between(contour, ia, ib)
+            sector = [h for h in holes if _between(angle(h.mean(axis=0)), angle(contour[ia]), angle(contour[ib]))]
+            valley = _valley_between(contour, ia, ib, sector)
             if np.linalg.norm(valley - center) <= VALLEY_REACH * radius:
                 points[f"valley_{pair[0]}_{pair[1]}"] = valley
     valleys_sorted = sorted(near, key=angle)
@@ -312,16 +331,22 @@ def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
     return best, contour[best]
 
 
-def _valley_between(contour, ia: int, ib: int) -> np.ndarray:
-    """The contour point between two tips deepest below the line joining them (a convexity defect)."""
+def _between(value: float, a: float, b: float) -> bool:
+    return min(a, b) < value < max(a, b)
+
+
+def _valley_between(contour, ia: int, ib: int, holes=()) -> np.ndarray:
+    """The outline point between two tips deepest below the line joining them (a convexity defect);
+    a gap hole between the same fingers can hold the true valley beyond whatever closed the gap."""
     n = len(contour)
     forward = (ib - ia) % n
     arc = (ia + np.arange(forward + 1)) % n if forward <= n - forward else (ib + np.arange(n - forward + 1)) % n
+    points = np.concatenate([contour[arc], *holes]) if len(holes) else contour[arc]
     a, b = contour[ia], contour[ib]
     chord = (b - a) / (np.linalg.norm(b - a) + 1e-6)
-    rel = contour[arc] - a
+    rel = points - a
     depth = np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0])
-    return contour[int(arc[np.argmax(depth)])]
+    return points[int(np.argmax(depth))]
 
 
 def _merge_points(points: list[np.ndarray], within: float) -> list[np.ndarray]:
@@ -385,8 +410,8 @@ def _roi_frame(shape: _Shape, mask: np.ndarray, center: np.ndarray, radius: floa
         # x axis chosen so that the fingers point to -y in the ROI (rotation only, never a mirror image).
         axis_x = np.array([-normal[1], normal[0]])
         if 0.6 * radius < span < 2.2 * radius:
-            side = 1.5 * span
-            return (a + b) / 2 + normal * (0.2 * span + side / 2), axis_x, side, alignment
+            side = ROI_SIDE * span
+            return (a + b) / 2 + normal * (ROI_GAP * span + side / 2), axis_x, side, alignment
         alignment = "axis"
     up = _principal_axis(mask, center, radius, shape.up)
     axis_x = np.array([-up[1], up[0]])

@@ -21,32 +21,45 @@ cancels the pending request after ``cancel_after_s`` unless approved by then: c,
 (waits ``slow_s`` before selecting and takes twice that to vend). Line faults: ``send_garbage()``,
 ``reply_delay_s`` (a slow adapter) and ``disconnect()`` (the pty is closed and recreated under the
 same path after ``down_s``; the adapter comes back switched off, as after a USB replug; a vend
-approved before the cut still drops but its success line is lost).
+approved before the cut still drops but its success line is lost). Where board.py's sources are
+silent the simulator follows board.py's stated assumptions (C,0, C,STOP and C,DISPLAY get no answer,
+C,VEND only the documented r,ACK; 'c,ERR,"cashless is off"' to C,0 when already off), so it cannot
+prove them right: only a real adapter can.
+
+The record lists keep the last ``keep_history`` entries (default 1000; None keeps all: a Customer
+costs ~1.7 kB), while ``vended_count``/``vended_cents``, ``vended_reported_count``/``_cents`` and
+``outcome_counts`` keep exact totals, so a long simulation checks charges == successful vends with them.
 """
 from __future__ import annotations
 
-import errno
-import heapq
-import itertools
 import os
 import re
-import select
-import shutil
-import tempfile
 import threading
 import time
-import tty
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from .board import DISPLAY_WIDTH, format_price, parse_price
 from .errors import ProtocolError
+from .vmc_pty import PtyLine
 
 BEHAVIOURS = ("normal", "jam", "cancel", "slow")
 ORDERS = ("hand_first", "selection_first")
 DEFAULT_GARBAGE = b"\x00\xff\xfe#@!\r\nc,STAT\xc3\x28US,\x01\n\r\n\x1b[2J~~~ noise ~~~\r\nc,STATUS,VEND,abc,\n"
 VERSION_LINE = "v,3.8.0.0,VMCSIM000001"
+
+
+class _History(list):
+    """A list that keeps only its last ``limit`` items (None: all); still compares like a list."""
+
+    def __init__(self, limit: int | None):
+        super().__init__()
+        self.limit = limit
+
+    def append(self, item) -> None:
+        super().append(item)
+        if self.limit is not None and len(self) > self.limit:
+            del self[: len(self) - self.limit]
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class Customer:
     done: threading.Event = field(default_factory=threading.Event, repr=False)
     phase: str = "queued"
     step: int = 0
+    timers: list = field(default_factory=list, repr=False)
 
     def wait(self, timeout: float) -> str | None:
         self.done.wait(timeout)
@@ -90,38 +104,37 @@ class VendingMachineSimulator:
     def __init__(self, *, always_idle: bool = True, reply_delay_s: float = 0.0, vend_time_s: float = 0.05,
                  think_s: float = 0.02, slow_s: float = 0.3, cancel_after_s: float = 0.3,
                  patience_s: float = 10.0, reader_timeout_s: float = 10.0, session_timeout_s: float = 30.0,
-                 price_format: str = "decimal", link_dir: str | os.PathLike | None = None):
+                 price_format: str = "decimal", link_dir: str | os.PathLike | None = None,
+                 keep_history: int | None = 1000):
         self.always_idle = always_idle
         self.reply_delay_s, self.vend_time_s, self.think_s = reply_delay_s, vend_time_s, think_s
         self.slow_s, self.cancel_after_s, self.patience_s = slow_s, cancel_after_s, patience_s
         self.reader_timeout_s, self.session_timeout_s = reader_timeout_s, session_timeout_s
         self.price_format = price_format
-        self._own_dir = link_dir is None
-        self._dir = Path(link_dir) if link_dir else Path(tempfile.mkdtemp(prefix="vmc-sim-"))
-        self.port_path = str(self._dir / "ttyMDB")
-        # read by tests from other threads: appended only by the simulator thread
-        self.vended: list[Vended] = []
-        self.display_lines: list[str] = []
-        self.machine_messages: list[str] = []
-        self.commands: list[str] = []
+        # read by tests from other threads, appended only by the simulator thread; ``keep_history``
+        # bounds them (long simulations) while the counters below keep the totals
+        def history():
+            return _History(keep_history)
+
+        self.vended: list[Vended] = history()
+        self.display_lines: list[str] = history()
+        self.machine_messages: list[str] = history()
+        self.commands: list[str] = history()
+        self.outcomes: list[Customer] = history()
         self.protocol_errors: list[str] = []
-        self.outcomes: list[Customer] = []
-        self.connections = 0
-        # simulator-thread state
-        self._master: int | None = None
-        self._slave: int | None = None
-        self._rx = bytearray()
-        self._timers: list = []
-        self._seq = itertools.count()
-        self._actions: deque = deque()
-        self._lock = threading.Lock()
-        self._wake_r, self._wake_w = os.pipe()
-        self._stopping = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.outcome_counts: Counter = Counter()
+        self.vended_count = 0
+        self.vended_cents = 0  # approved amounts of everything that physically dropped
+        self.vended_reported_count = 0  # ... of which the unit saw c,VEND,SUCCESS
+        self.vended_reported_cents = 0
+        self._line = PtyLine(self._on_command, self.protocol_errors.append, link_dir=link_dir)
+        self.port_path = self._line.port_path
+        # simulator state, touched only on the line's thread
         self._adapter_on = False
         self.reader_state = "off"  # off | enabled | session | vend | vending | ending
         self._funds: int | None = None
         self._session_id = 0
+        self._session_timer: list | None = None
         self._link_epoch = 0
         self._request: Customer | None = None
         self._approved_cents = 0
@@ -130,24 +143,24 @@ class VendingMachineSimulator:
 
     # --- lifecycle ---------------------------------------------------------------
     def start(self) -> "VendingMachineSimulator":
-        self._open_pty()
-        self._thread = threading.Thread(target=self._run, name="vmc-sim", daemon=True)
-        self._thread.start()
+        self._line.start()
         return self
 
     def stop(self) -> None:
-        self._stopping.set()
-        self._wake()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._close_pty()
-        for fd in (self._wake_r, self._wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
-        if self._own_dir:
-            shutil.rmtree(self._dir, ignore_errors=True)
+        self._line.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._line.running
+
+    @property
+    def pending_timers(self) -> int:
+        return self._line.pending_timers
+
+    @property
+    def connections(self) -> int:
+        """How many times the port appeared (1 + reconnects after disconnect())."""
+        return self._line.connections
 
     def __enter__(self):
         return self.start()
@@ -194,94 +207,19 @@ class VendingMachineSimulator:
         return self.wait_until(lambda: self._current is None and not self._queue
                                and self.reader_state in ("enabled", "off"), timeout)
 
-    # --- thread plumbing -----------------------------------------------------------
+    # --- on the line's thread --------------------------------------------------------
     def _call(self, action) -> None:
-        with self._lock:
-            self._actions.append(action)
-        self._wake()
+        self._line.call(action)
 
-    def _wake(self) -> None:
-        try:
-            os.write(self._wake_w, b"x")
-        except OSError:
-            pass
+    def _after(self, delay_s: float, action) -> list:
+        return self._line.after(delay_s, action)
 
-    def _after(self, delay_s: float, action) -> None:
-        heapq.heappush(self._timers, (time.monotonic() + delay_s, next(self._seq), action))
-
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            timeout = 0.2
-            if self._timers:
-                timeout = max(0.0, min(timeout, self._timers[0][0] - time.monotonic()))
-            fds = [self._wake_r] + ([self._master] if self._master is not None else [])
-            ready, _, _ = select.select(fds, [], [], timeout)
-            if self._wake_r in ready:
-                os.read(self._wake_r, 4096)
-            if self._master is not None and self._master in ready:
-                try:
-                    self._read_master()
-                except Exception as exc:
-                    self.protocol_errors.append(f"simulator error: {exc!r}")
-            with self._lock:
-                actions, self._actions = list(self._actions), deque()
-            while self._timers and self._timers[0][0] <= time.monotonic():
-                actions.append(heapq.heappop(self._timers)[2])
-            for action in actions:
-                try:
-                    action()
-                except Exception as exc:  # a simulator bug: make it visible to tests, keep the machine running
-                    self.protocol_errors.append(f"simulator error: {exc!r}")
-
-    def _open_pty(self) -> None:
-        self._master, self._slave = os.openpty()
-        tty.setraw(self._slave)  # no echo, no line editing: a serial line, not a terminal
-        os.set_blocking(self._master, False)
-        tmp_link = self.port_path + ".new"
-        if os.path.lexists(tmp_link):
-            os.unlink(tmp_link)
-        os.symlink(os.ttyname(self._slave), tmp_link)
-        os.replace(tmp_link, self.port_path)
-        self.connections += 1
-
-    def _close_pty(self) -> None:
-        for name in ("_master", "_slave"):
-            fd = getattr(self, name)
-            setattr(self, name, None)
-            if fd is not None:
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        if os.path.lexists(self.port_path):
-            os.unlink(self.port_path)
-
-    def _read_master(self) -> None:
-        try:
-            data = os.read(self._master, 4096)
-        except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EIO):
-                return
-            raise
-        self._rx += data
-        while True:
-            match = re.search(rb"[\r\n]", self._rx)
-            if match is None:
-                break
-            raw = bytes(self._rx[: match.start()])
-            del self._rx[: match.end()]
-            if raw.strip():
-                self._on_command(raw.decode("ascii", errors="replace").strip())
+    def _customer_after(self, customer: Customer, delay_s: float, action) -> None:
+        """A customer's timer: runs only if the customer is still at the same step; dropped when they leave."""
+        customer.timers.append(self._after(delay_s, self._guard(customer, action)))
 
     def _write_raw(self, data: bytes) -> None:
-        if self._master is None:
-            return  # the line is cut: what the adapter says is lost
-        try:
-            os.write(self._master, data)
-        except OSError as exc:
-            if exc.errno not in (errno.EAGAIN, errno.EIO):
-                raise
-            self.protocol_errors.append(f"output lost ({exc.strerror})")
+        self._line.write(data)
 
     def _emit(self, line: str) -> None:
         self._write_raw(line.encode("ascii") + b"\r\n")
@@ -356,7 +294,7 @@ class VendingMachineSimulator:
         self._session_id += 1
         self._reply(f"c,STATUS,IDLE,{format_price(funds, self.price_format)}")
         session = self._session_id
-        self._after(self.session_timeout_s, lambda: self._session_timed_out(session))
+        self._session_timer = self._after(self.session_timeout_s, lambda: self._session_timed_out(session))
         customer = self._current
         if customer is not None and customer.phase in ("waiting_session", "prompting"):
             self._in_session(customer, immediately=customer.phase == "prompting")
@@ -387,7 +325,7 @@ class VendingMachineSimulator:
         self._reply("r,ACK")
         vend_time = self.slow_s * 2 if customer.behaviour == "slow" else self.vend_time_s
         step = customer.step
-        self._after(vend_time, lambda: self._vend_done(customer, step))
+        customer.timers.append(self._after(vend_time, lambda: self._vend_done(customer, step)))
 
     def _stop(self) -> None:
         if self.reader_state == "vend":
@@ -407,22 +345,22 @@ class VendingMachineSimulator:
             self._in_session(customer)
         elif customer.order == "hand_first":
             self._set_phase(customer, "waiting_session")
-            self._after(self.patience_s, self._guard(customer, lambda: self._no_session(customer)))
+            self._customer_after(customer, self.patience_s, lambda: self._no_session(customer))
         elif self.always_idle:
             self._set_phase(customer, "selecting")
-            self._after(self._think_time(customer), self._guard(customer, lambda: self._select(customer)))
+            self._customer_after(customer, self._think_time(customer), lambda: self._select(customer))
         else:
             self._set_phase(customer, "prompting")
             self.machine_messages.append(f"{format_price(customer.price_cents)} - present payment")
-            self._after(self.patience_s, self._guard(customer, lambda: self._no_session(customer)))
+            self._customer_after(customer, self.patience_s, lambda: self._no_session(customer))
 
     def _in_session(self, customer: Customer, immediately: bool = False) -> None:
         self._set_phase(customer, "in_session")
         if customer.behaviour == "cancel" and customer.order == "hand_first":
-            self._after(self._think_time(customer), self._guard(customer, lambda: self._walk_away(customer)))
+            self._customer_after(customer, self._think_time(customer), lambda: self._walk_away(customer))
             return
         delay = 0.0 if immediately else self._think_time(customer)
-        self._after(delay, self._guard(customer, lambda: self._select(customer)))
+        self._customer_after(customer, delay, lambda: self._select(customer))
 
     def _think_time(self, customer: Customer) -> float:
         return self.slow_s if customer.behaviour == "slow" else self.think_s
@@ -447,9 +385,9 @@ class VendingMachineSimulator:
         self._set_phase(customer, "requested")
         self.reader_state, self._request = "vend", customer
         self._emit(f"c,STATUS,VEND,{format_price(customer.price_cents, self.price_format)},{customer.item}")
-        self._after(self.reader_timeout_s, self._guard(customer, lambda: self._cancel_request(customer, "timeout")))
+        self._customer_after(customer, self.reader_timeout_s, lambda: self._cancel_request(customer, "timeout"))
         if customer.behaviour == "cancel":
-            self._after(self.cancel_after_s, self._guard(customer, lambda: self._cancel_request(customer, "cancelled")))
+            self._customer_after(customer, self.cancel_after_s, lambda: self._cancel_request(customer, "cancelled"))
 
     def _cancel_request(self, customer: Customer, outcome: str) -> None:
         if self.reader_state != "vend":
@@ -477,10 +415,18 @@ class VendingMachineSimulator:
             self._emit("c,ERR,VEND 3")
             self._finish(customer, "failed")
         else:
-            self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, True, time.time()))
+            self._record_vend(customer, reported=True)
             self._emit("c,VEND,SUCCESS")
             self._finish(customer, "vended")
         self._end_session()
+
+    def _record_vend(self, customer: Customer, reported: bool) -> None:
+        self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, reported, time.time()))
+        self.vended_count += 1
+        self.vended_cents += self._approved_cents
+        if reported:
+            self.vended_reported_count += 1
+            self.vended_reported_cents += self._approved_cents
 
     def _no_session(self, customer: Customer) -> None:
         self.machine_messages.append("selection timed out")
@@ -494,16 +440,23 @@ class VendingMachineSimulator:
     def _finish(self, customer: Customer, outcome: str) -> None:
         customer.outcome, customer.phase = outcome, "done"
         customer.step += 1
+        for timer in customer.timers:
+            self._line.cancel(timer)
+        customer.timers.clear()
         if self._current is customer:
             self._current = None
         if self._request is customer:
             self._request = None
         self.outcomes.append(customer)
+        self.outcome_counts[outcome] += 1
         customer.done.set()
 
     def _end_session(self) -> None:
         """The machine closes the session: IDLE, then ENABLED, then the next customer."""
         self.reader_state, self._funds, self._request = "ending", None, None
+        if self._session_timer is not None:
+            self._line.cancel(self._session_timer)
+            self._session_timer = None
         self._emit("c,STATUS,IDLE")
         epoch = self._link_epoch
 
@@ -520,7 +473,7 @@ class VendingMachineSimulator:
         customer = self._current
         if customer is not None and customer.phase not in ("waiting_session", "queued"):
             if self.reader_state == "vending" and customer.behaviour != "jam":
-                self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, False, time.time()))
+                self._record_vend(customer, reported=False)
                 self._finish(customer, "vended_unreported")
             elif self.reader_state == "vending":
                 self._finish(customer, "failed")
@@ -530,11 +483,9 @@ class VendingMachineSimulator:
         self.reader_state, self._funds, self._request = "off", None, None
 
     def _cut(self, down_s: float) -> None:
-        self._close_pty()
-        self._rx.clear()
+        self._line.cut(down_s)
         self._link_epoch += 1
         if self._adapter_on:
             self._abort("line cut")
         self._adapter_on = False  # it comes back from a reboot, switched off
         self.reader_state = "off"
-        self._after(down_s, self._open_pty)

@@ -1,0 +1,198 @@
+"""The shipped int8 model: hash-checked loading, refusals that name the problem, op versions, tflite-runtime 2.14."""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from vendor_node.config import ASSETS_DIR
+from vendor_node.errors import ModelError
+from vendor_node.model import MAX_MODEL_BYTES, Embedder, model_ops, read_manifest
+
+TFLITE214_ENV = "VENDOR_NODE_TFLITE214_PYTHON"
+
+
+def _palm_like_roi(seed: int = 0) -> np.ndarray:
+    """Dark curved lines on a mid-grey palm: enough texture for the oriented filters to disagree."""
+    rng = np.random.default_rng(seed)
+    roi = np.full((128, 128), 150, np.uint8)
+    for _ in range(12):
+        center = tuple(int(v) for v in rng.integers(0, 128, 2))
+        axes = tuple(int(v) for v in rng.integers(20, 90, 2))
+        cv2.ellipse(roi, center, axes, float(rng.uniform(0, 180)), 0, float(rng.uniform(60, 200)), 70,
+                    int(rng.integers(1, 4)))
+    roi = cv2.GaussianBlur(roi, (3, 3), 0)
+    return np.clip(roi.astype(np.int16) + rng.normal(0, 3, roi.shape), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def embedder() -> Embedder:
+    return Embedder.load(ASSETS_DIR)
+
+
+@pytest.fixture
+def assets_copy(tmp_path) -> Path:
+    target = tmp_path / "assets"
+    shutil.copytree(ASSETS_DIR, target)
+    return target
+
+
+def _model_path(assets: Path) -> Path:
+    return assets / read_manifest(assets)["model_file"]
+
+
+def test_shipped_model_is_full_integer_and_small(embedder):
+    manifest = embedder.manifest
+    assert embedder.model_path.stat().st_size <= MAX_MODEL_BYTES
+    assert manifest["input"]["dtype"] == manifest["output"]["dtype"] == "int8"
+    assert manifest["sha256"] == hashlib.sha256(embedder.model_path.read_bytes()).hexdigest()
+    for key in ("seed", "subjects", "held_out_subjects"):
+        assert key in manifest["training"], f"manifest.training lacks {key!r}"
+
+
+def test_embed_is_normalised_and_matches_the_float_filters(embedder):
+    roi = _palm_like_roi()
+    vector = embedder.embed(roi)
+    h, w, c = embedder.output_shape
+    assert vector.dtype == np.float32 and vector.shape == (h * w * c,)
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-4
+    # The int8 path (quantize, invoke, dequantize) must pick the same winning orientation as float maths.
+    spec = importlib.util.spec_from_file_location("train_model", ASSETS_DIR.parent / "scripts" / "train_model.py")
+    train_model = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_model", train_model)
+    spec.loader.exec_module(train_model)
+    filters = embedder.manifest["filters"]
+    reference = train_model.FloatEmbedder(
+        train_model.gabor_bank(filters["size"], filters["sigma"], filters["wavelength"]), embedder.manifest)
+    want = np.argmin(reference.responses(roi), axis=-1)[4:-4, 4:-4]
+    got = np.argmin(embedder.responses(roi), axis=-1)[4:-4, 4:-4]
+    assert float(np.mean(want == got)) > 0.8
+
+
+def test_embed_refuses_a_wrong_roi(embedder):
+    with pytest.raises(ModelError, match="uint8 ROI 128x128"):
+        embedder.embed(np.zeros((64, 64), np.uint8))
+    with pytest.raises(ModelError, match="float32"):
+        embedder.embed(np.zeros((128, 128), np.float32))
+
+
+def test_model_with_another_hash_is_refused(assets_copy):
+    path = _model_path(assets_copy)
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelError, match="sha256 .* does not match") as caught:
+        Embedder.load(assets_copy)
+    assert path.name in str(caught.value)
+
+
+def test_missing_model_file_is_refused(assets_copy):
+    path = _model_path(assets_copy)
+    path.unlink()
+    with pytest.raises(ModelError, match="model file not found") as caught:
+        Embedder.load(assets_copy)
+    assert path.name in str(caught.value)
+
+
+def test_missing_manifest_is_refused(assets_copy):
+    (assets_copy / "manifest.json").unlink()
+    with pytest.raises(ModelError, match="manifest not found"):
+        Embedder.load(assets_copy)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: "{not json", "not valid JSON"),
+    (lambda m: {k: v for k, v in m.items() if k != "sha256"}, "missing key 'sha256'"),
+    (lambda m: {**m, "sha256": "abc"}, "64 hex digits"),
+    (lambda m: {**m, "output": {**m["output"], "dtype": "float32"}}, "full-integer"),
+    (lambda m: {**m, "input": {**m["input"], "scale": 0.5}}, "input quantization"),
+    (lambda m: {**m, "decision": {"threshold": 3, "margin": 0.0}}, "decision.threshold"),
+    (lambda m: {**m, "model_file": "../elsewhere.tflite"}, "beside the manifest"),
+    (lambda m: {**m, "format": 99}, "format 99"),
+])
+def test_malformed_manifest_is_refused(assets_copy, change, message):
+    manifest_path = assets_copy / "manifest.json"
+    changed = change(json.loads(manifest_path.read_text()))
+    manifest_path.write_text(changed if isinstance(changed, str) else json.dumps(changed))
+    with pytest.raises(ModelError, match=message):
+        Embedder.load(assets_copy)
+
+
+def test_oversized_model_is_refused(assets_copy):
+    path = _model_path(assets_copy)
+    path.write_bytes(path.read_bytes() + b"\0" * (MAX_MODEL_BYTES + 1))
+    with pytest.raises(ModelError, match="byte limit"):
+        Embedder.load(assets_copy)
+
+
+def test_op_versions_are_the_ones_verified_on_tflite_runtime_2_14(embedder):
+    """Fast guard: a retrained model with a new op or op version must be re-verified (names the op)."""
+    ops = model_ops(embedder.model_path.read_bytes())
+    assert ops, "no operators found in the model"
+    verified = {(op["name"], op["version"]) for op in embedder.manifest["ops"]}
+    for op in ops:
+        assert (op.name, op.version) in verified, f"op {op.name} version {op.version} was not verified on tflite-runtime 2.14"
+    assert embedder.manifest["tflite_runtime_2_14"].startswith("ok"), embedder.manifest["tflite_runtime_2_14"]
+    names = [op.name for op in ops]
+    interpreter_names = [d["op_name"] for d in embedder._interpreter._get_ops_details() if d["op_name"] != "DELEGATE"]
+    assert sorted(names) == sorted(interpreter_names)
+
+
+def test_model_ops_refuses_garbage():
+    with pytest.raises(ModelError, match="not a readable TFLite flatbuffer"):
+        model_ops(b"\x08\x00\x00\x00garbage")
+
+
+_RUN_ON_214 = """
+import sys, numpy as np
+from tflite_runtime.interpreter import Interpreter
+it = Interpreter(model_path=sys.argv[1], num_threads=1)
+it.allocate_tensors()
+i, o = it.get_input_details()[0], it.get_output_details()[0]
+for name in sys.argv[2:]:
+    it.set_tensor(i["index"], np.load(name))
+    it.invoke()
+    np.save(name + ".out.npy", it.get_tensor(o["index"]))
+import tflite_runtime
+print(tflite_runtime.__version__)
+"""
+
+
+def test_every_op_runs_on_tflite_runtime_2_14(embedder, tmp_path):
+    """Older Pi images carry tflite-runtime 2.14: the shipped model must load and agree with LiteRT there."""
+    python = os.environ.get(TFLITE214_ENV)
+    if not python:
+        pytest.skip(f"{TFLITE214_ENV} is not set (scripts/dev.sh test creates .venv-tflite214 and sets it)")
+    if not Path(python).exists():
+        pytest.fail(f"{TFLITE214_ENV}={python}: no such interpreter")
+    inputs = {"zeros": np.zeros((1, 128, 128, 1), np.int8), "palm": embedder.quantize(_palm_like_roi(3))}
+    names = []
+    for key, value in inputs.items():
+        np.save(tmp_path / f"{key}.npy", value)
+        names.append(str(tmp_path / f"{key}.npy"))
+    run = subprocess.run([python, "-c", _RUN_ON_214, str(embedder.model_path), *names],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, f"tflite-runtime 2.14 cannot run {embedder.model_path.name}:\n{run.stderr[-2000:]}"
+    assert run.stdout.strip().splitlines()[-1].startswith("2.14")
+    for key, value in inputs.items():
+        embedder._interpreter.set_tensor(embedder._input["index"], value)
+        embedder._interpreter.invoke()
+        ours = embedder._interpreter.get_tensor(embedder._output["index"]).astype(np.int16)
+        theirs = np.load(tmp_path / f"{key}.npy.out.npy").astype(np.int16)
+        assert theirs.shape == ours.shape
+        assert int(np.abs(theirs - ours).max()) <= 1, f"{key}: outputs differ between LiteRT and tflite-runtime 2.14"
+
+
+def test_import_needs_no_tflite_runtime():
+    code = "import sys, vendor_node.model, vendor_node.recognition; " \
+           "assert 'ai_edge_litert' not in sys.modules and 'tflite_runtime' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -1,0 +1,436 @@
+"""`vendor-node eval`: how well the recognizer picks people from a folder of hand photos.
+
+Enroll the first N images of each subject (sorted by path), probe with the rest,
+score every probe against every enrolled template of its comparison group, and
+report genuine/impostor counts, EER, FNMR at FMR 1e-3 and 1e-4, rank-1, FPIR and
+FNIR at the unit's operating policy (threshold + margin), failure to acquire,
+and per-image latency. The metric maths lives in ``evaluation_metrics`` so it
+can be tested on plain score lists.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import sys
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+
+from .errors import DatasetError, HandRejected, UsageError
+from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".pgm", ".tif", ".tiff"}
+MANIFEST = "manifest.csv"
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: Path
+    subject: str
+    extra: str = ""  # comparison group: only images with the same extra are compared
+    captured: datetime | None = None  # when the photo was taken (different-day pairs are the realistic case)
+
+
+class Dataset(list):
+    """A list of Samples plus the problems found while reading the folder (each a one-line message)."""
+
+    def __init__(self, samples=(), problems=(), has_captured=False):
+        super().__init__(samples)
+        self.problems: list[str] = list(problems)
+        self.has_captured = has_captured
+
+
+def _parse_captured(text: str) -> datetime | None:
+    text = (text or "").strip()
+    for fmt in ("%Y:%m:%d %H:%M:%S", "%Y-%m-%d %H:%M:%S", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"):
+        try:
+            return datetime.strptime(text, fmt)
+        except ValueError:
+            continue
+    return None
+
+
+def load_dataset(folder: Path) -> Dataset:
+    """The images of ``folder`` (``<subject>/<image>`` or a manifest.csv); DatasetError if nothing usable.
+
+    Files that are not images, manifest rows naming missing files and images outside
+    a subject folder are skipped with a message in ``.problems``; evaluation goes on.
+    """
+    folder = Path(folder)
+    if not folder.exists():
+        raise DatasetError(f"{folder}: no such folder")
+    if not folder.is_dir():
+        raise DatasetError(f"{folder}: not a folder (expected <subject>/<image> inside)")
+    problems: list[str] = []
+    manifest = folder / MANIFEST
+    if manifest.is_file():
+        samples, has_captured = _from_manifest(folder, manifest, problems)
+    else:
+        samples, has_captured = _from_layout(folder, problems), False
+    if not samples:
+        raise DatasetError(f"{folder}: no images found (expected <subject>/<image>, or a {MANIFEST})")
+    samples.sort(key=lambda s: str(s.path))
+    counts = Counter((s.subject, s.extra) for s in samples)
+    for (subject, extra), count in sorted(counts.items()):
+        if count == 1:
+            where = f" ({extra})" if extra else ""
+            problems.append(f"subject {subject}{where} has a single image: enrolled only, no genuine probes")
+    return Dataset(samples, problems, has_captured)
+
+
+def _from_layout(folder: Path, problems: list[str]) -> list[Sample]:
+    samples = []
+    for path in sorted(folder.rglob("*")):
+        if not path.is_file() or path.name.startswith("."):
+            continue
+        rel = path.relative_to(folder)
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{rel}: not an image file, skipped")
+            continue
+        if len(rel.parts) < 2:
+            problems.append(f"{rel}: not inside a subject folder, skipped")
+            continue
+        samples.append(Sample(path, rel.parts[0]))
+    return samples
+
+
+def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[list[Sample], bool]:
+    try:
+        with manifest.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            columns = [c.strip() for c in (reader.fieldnames or [])]
+            missing = {"path", "subject"} - set(columns)
+            if missing:
+                raise DatasetError(f"{manifest}: missing column(s) {', '.join(sorted(missing))} (need path, subject)")
+            rows = list(reader)
+    except UnicodeDecodeError as exc:
+        raise DatasetError(f"{manifest}: not a UTF-8 CSV file ({exc.reason})") from None
+    except csv.Error as exc:
+        raise DatasetError(f"{manifest}: malformed CSV ({exc})") from None
+    has_captured = "captured" in columns
+    samples = []
+    for line, row in enumerate(rows, start=2):
+        row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
+        rel, subject = row.get("path", ""), row.get("subject", "")
+        if not rel or not subject:
+            problems.append(f"{MANIFEST} line {line}: empty path or subject, skipped")
+            continue
+        path = folder / rel
+        if not path.is_file():
+            problems.append(f"{MANIFEST} line {line}: {rel} does not exist, skipped")
+            continue
+        if path.suffix.lower() not in IMAGE_SUFFIXES:
+            problems.append(f"{rel}: not an image file, skipped")
+            continue
+        samples.append(Sample(path, subject, row.get("extra", ""), _parse_captured(row.get("captured", ""))))
+    return samples, has_captured
+
+
+# --- running the recognizer ---------------------------------------------------
+@dataclass
+class _Probe:
+    sample: Sample
+    features: object = None
+    reason: str | None = None  # HandRejected reason or "unreadable"
+    seconds: float = 0.0  # preprocess + model
+    match_seconds: float | None = None  # 1:N identify against its gallery
+
+
+@dataclass
+class _Enrolled:
+    subject: str
+    template: bytes
+    captured: list[datetime | None] = field(default_factory=list)
+
+
+def _read_grey(path: Path):
+    import cv2
+
+    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+
+
+def _progress(items, label: str):
+    """A tqdm bar on stderr for long runs, when tqdm is installed (eval extra)."""
+    if len(items) < 50 or not sys.stderr.isatty():
+        return items
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=label, unit="img", file=sys.stderr, leave=False)
+
+
+def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
+    """Subjects of ``dataset`` that the model manifest says it was trained on (for --exclude-trained)."""
+    manifest_path = Path(assets_dir) / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{manifest_path}: cannot read the model manifest to exclude trained subjects ({exc})") from None
+    trained = manifest.get("trained_on") or manifest.get("training") or {}
+    subjects = trained.get("subjects", {}) if isinstance(trained, dict) else {}
+    if isinstance(subjects, list):
+        return {str(s) for s in subjects}
+    name = Path(dataset).resolve().name
+    return {str(s) for s in subjects.get(name, [])}
+
+
+def run_eval(args) -> int:
+    """The `vendor-node eval` command: measure, write the JSON report and DET plot, print a table."""
+    import cv2
+
+    from .cli import _config
+    from .recognition import Recognizer
+
+    cv2.setNumThreads(1)
+    dataset = load_dataset(args.dataset)
+    enroll_n = int(args.enroll)
+    if enroll_n < 1:
+        raise UsageError(f"--enroll must be at least 1, got {enroll_n}")
+    cfg = _config(args)
+    excluded: set[str] = set()
+    if getattr(args, "exclude_trained", False):
+        excluded = trained_subjects(cfg.unit.assets_dir, args.dataset)
+        before = len(dataset)
+        dataset = Dataset([s for s in dataset if s.subject not in excluded], dataset.problems, dataset.has_captured)
+        log.info("excluded %d images of %d subjects the model was trained on", before - len(dataset), len(excluded))
+        if not dataset:
+            raise DatasetError(f"{args.dataset}: every subject was used to train the model; nothing is held out")
+    for problem in dataset.problems:
+        log.warning("%s", problem)
+    recognizer = Recognizer.from_config(cfg)
+    report = evaluate(recognizer, dataset, enroll_n)
+    report["dataset"] = str(args.dataset)
+    report["excluded_trained_subjects"] = sorted(excluded)
+    report_path = Path(args.report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    det_path = report_path.with_suffix(".det.png")
+    report["det_png"] = _plot_det(report, det_path, title=f"{Path(args.dataset).name}, enroll {enroll_n}")
+    report.pop("_curves")
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(format_table(report))
+    print(f"report: {report_path}" + (f"   DET: {det_path}" if report["det_png"] else ""))
+    return 0
+
+
+def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> dict:
+    """All figures for one dataset, as a JSON-ready dict (plus ``_curves`` for plotting).
+
+    ``recognizer`` is a recognition.Recognizer: features(image), enroll_features([(i, f)]),
+    score_matrix(probes, gallery), identify(features, gallery), threshold, margin;
+    ``make_gallery`` turns {subject: template} into its gallery (Gallery.from_templates).
+    """
+    if make_gallery is None:
+        from .recognition import Gallery
+
+        make_gallery = Gallery.from_templates
+
+    groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
+    for sample in dataset:
+        groups[(sample.extra, sample.subject)].append(sample)
+    probes = {sample.path: _acquire(recognizer, sample) for sample in _progress(list(dataset), "features")}
+    enrolled: dict[str, dict[str, _Enrolled]] = defaultdict(dict)  # extra -> subject -> template
+    enroll_failures, probe_list = [], []
+    for (extra, subject), samples in sorted(groups.items()):
+        enrolling, probing = samples[:enroll_n], samples[enroll_n:]  # samples are sorted by path
+        usable = [probes[s.path] for s in enrolling if probes[s.path].features is not None]
+        if usable:
+            template = recognizer.enroll_features([(i, p.features) for i, p in enumerate(usable)]).template
+            enrolled[extra][subject] = _Enrolled(subject, template, [p.sample.captured for p in usable])
+        else:
+            enroll_failures.append(subject + (f" ({extra})" if extra else ""))
+        probe_list += [probes[s.path] for s in probing]
+    galleries = {extra: (list(members), make_gallery({k: e.template for k, e in members.items()}))
+                 for extra, members in enrolled.items()}
+    genuine, impostor = [], []
+    genuine_days: dict[str, list[float]] = {"same_day": [], "different_days": [], "unknown": []}
+    mated_rows, nonmated_rows, match_seconds = [], [], []
+    for probe in _progress([p for p in probe_list if p.features is not None], "matching"):
+        if probe.sample.extra not in galleries:
+            continue
+        subjects, gallery = galleries[probe.sample.extra]
+        scores = np.asarray(recognizer.score_matrix([probe.features], gallery)[0], dtype=np.float64)
+        start = time.perf_counter()
+        recognizer.identify(probe.features, gallery)  # the unit's own 1:N path, timed
+        probe.match_seconds = time.perf_counter() - start
+        match_seconds.append(probe.match_seconds)
+        mate = subjects.index(probe.sample.subject) if probe.sample.subject in subjects else -1
+        for i, score in enumerate(scores):
+            if i == mate:
+                genuine.append(score)
+                relation = _day_relation(probe.sample.captured, enrolled[probe.sample.extra][subjects[i]].captured)
+                genuine_days[relation].append(score)
+            else:
+                impostor.append(score)
+        if mate >= 0:
+            mated_rows.append((scores, mate))
+            nonmated_rows.append(np.delete(scores, mate))  # the same search with the mate not enrolled
+        else:
+            nonmated_rows.append(scores)
+    return _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, impostor, genuine_days,
+                   mated_rows, nonmated_rows, match_seconds, float(recognizer.threshold), float(recognizer.margin),
+                   enrolled)
+
+
+def _acquire(recognizer, sample: Sample) -> _Probe:
+    probe = _Probe(sample)
+    image = _read_grey(sample.path)
+    if image is None:
+        probe.reason = "unreadable"
+        return probe
+    start = time.perf_counter()
+    try:
+        probe.features = recognizer.features(image)
+    except HandRejected as refusal:
+        probe.reason = refusal.reason
+    probe.seconds = time.perf_counter() - start
+    return probe
+
+
+def _day_relation(probe_time: datetime | None, enrolled_times: list[datetime | None]) -> str:
+    if probe_time is None or not enrolled_times or any(t is None for t in enrolled_times):
+        return "unknown"
+    return "same_day" if any(t.date() == probe_time.date() for t in enrolled_times) else "different_days"
+
+
+def _ms(values: list[float]) -> dict:
+    if not values:
+        return {"median": None, "p95": None, "count": 0}
+    arr = np.asarray(values) * 1000.0
+    return {"median": round(float(np.median(arr)), 2), "p95": round(float(np.percentile(arr, 95)), 2), "count": len(arr)}
+
+
+def _verification(genuine, impostor) -> dict:
+    g, i = np.asarray(genuine, float), np.asarray(impostor, float)
+    out = {"genuine": int(g.size), "impostor": int(i.size)}
+    if g.size and i.size:
+        out["eer"] = round(eer(g, i), 5)
+        for target in (1e-3, 1e-4):
+            value, reliable = fnmr_at_fmr(g, i, target)
+            out[f"fnmr_at_fmr_{target:g}"] = round(value, 5)
+            out[f"fnmr_at_fmr_{target:g}_reliable"] = reliable
+    return out
+
+
+def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, impostor, genuine_days,
+            mated_rows, nonmated_rows, identify_seconds, threshold, margin, enrolled) -> dict:
+    attempts = [p for p in probes.values() if p.reason != "unreadable"]
+    failed = [p for p in attempts if p.features is None]
+    reasons = Counter(p.reason for p in failed)
+    unreadable = [str(p.sample.path) for p in probes.values() if p.reason == "unreadable"]
+    mated_probes = [p for p in probe_list
+                    if p.reason != "unreadable" and p.sample.subject in enrolled.get(p.sample.extra, {})]
+    mated_failed = sum(1 for p in mated_probes if p.features is None)
+    rank1_hits = sum(1 for scores, mate in mated_rows if int(np.argmax(scores)) == mate)
+    rates = open_set_rates(mated_rows, nonmated_rows, threshold, margin)
+    report = {
+        "created": datetime.now().isoformat(timespec="seconds"),
+        "enroll": enroll_n,
+        "images": len(probes),
+        "subjects": len({(s.extra, s.subject) for s in dataset}),
+        "groups": sorted({s.extra for s in dataset}),
+        "enrolled_subjects": sum(len(g) for g in enrolled.values()),
+        "problems": dataset.problems + [f"{p}: not readable as an image, skipped" for p in unreadable],
+        "failure_to_acquire": round(len(failed) / len(attempts), 5) if attempts else None,
+        "failure_reasons": dict(reasons.most_common()),
+        "failed_images": [{"path": str(p.sample.path), "reason": p.reason} for p in failed],
+        "failure_to_enroll": enroll_failures,
+        "verification": _verification(genuine, impostor),
+        "identification": {
+            "mated_probes": len(mated_probes),
+            "rank1": round(rank1_hits / len(mated_rows), 5) if mated_rows else None,
+            "rank1_counting_fta": round(rank1_hits / len(mated_probes), 5) if mated_probes else None,
+            "threshold": threshold,
+            "margin": margin,
+            **{k: (round(v, 5) if isinstance(v, float) else v) for k, v in rates.items()},
+        },
+        "latency_ms": {
+            "features": _ms([p.seconds for p in attempts if p.features is not None]),
+            "match": _ms(identify_seconds),
+            "total": _ms([p.seconds + p.match_seconds for p in probe_list if p.match_seconds is not None]),
+            "gallery_size": max((len(g) for g in enrolled.values()), default=0),
+        },
+    }
+    if mated_probes:
+        # Counting failures to acquire among mated probes as false negatives (what the employee sees).
+        fnir = rates.get("fnir")
+        if fnir is not None:
+            acquired = len(mated_rows)
+            report["identification"]["fnir_counting_fta"] = round((fnir * acquired + mated_failed) / len(mated_probes), 5)
+    if dataset.has_captured:
+        report["by_capture_day"] = {k: _verification(v, impostor) for k, v in genuine_days.items()}
+    report["_curves"] = {"all": det_points(genuine, impostor)}
+    if dataset.has_captured and genuine_days["different_days"]:
+        report["_curves"]["different days"] = det_points(genuine_days["different_days"], impostor)
+    return report
+
+
+# --- output -------------------------------------------------------------------
+def _pct(value) -> str:
+    return "-" if value is None else f"{100 * value:.2f}%"
+
+
+def format_table(report: dict) -> str:
+    v, ident, lat = report["verification"], report["identification"], report["latency_ms"]
+    rows = [
+        ("images / subjects", f"{report['images']} / {report['subjects']} (enroll {report['enroll']})"),
+        ("genuine / impostor scores", f"{v['genuine']} / {v['impostor']}"),
+        ("EER", _pct(v.get("eer"))),
+        ("FNMR @ FMR 1e-3", _pct(v.get("fnmr_at_fmr_0.001")) + ("" if v.get("fnmr_at_fmr_0.001_reliable", True) else " (few impostors)")),
+        ("FNMR @ FMR 1e-4", _pct(v.get("fnmr_at_fmr_0.0001")) + ("" if v.get("fnmr_at_fmr_0.0001_reliable", True) else " (few impostors)")),
+        ("rank-1 (counting FTA as misses)", f"{_pct(ident['rank1'])} ({_pct(ident['rank1_counting_fta'])})"),
+        (f"FPIR / FNIR @ t={ident['threshold']:.4g} m={ident['margin']:.4g}", f"{_pct(ident.get('fpir'))} / {_pct(ident.get('fnir'))}"),
+        ("wrong payer (mated probes)", _pct(ident.get("wrong_subject"))),
+        ("failure to acquire", _pct(report["failure_to_acquire"]) + (f"  {report['failure_reasons']}" if report["failure_reasons"] else "")),
+        ("features ms median / p95", f"{lat['features']['median']} / {lat['features']['p95']}"),
+        (f"match ms median / p95 (vs {lat['gallery_size']})", f"{lat['match']['median']} / {lat['match']['p95']}"),
+        ("total ms median / p95", f"{lat['total']['median']} / {lat['total']['p95']}"),
+    ]
+    for day, block in report.get("by_capture_day", {}).items():
+        if block["genuine"]:
+            rows.append((f"EER, {day.replace('_', ' ')} ({block['genuine']} genuine)", _pct(block.get("eer"))))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)
+
+
+def _plot_det(report: dict, path: Path, title: str) -> str | None:
+    """The DET curve (FNMR against FMR, log axes) as PNG; needs matplotlib (the eval extra)."""
+    curves = {k: c for k, c in report["_curves"].items() if c[0].size}
+    if not curves:
+        log.warning("no genuine and impostor scores: no DET curve drawn")
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise DatasetError("drawing the DET curve needs matplotlib: pip install 'vendor-node[eval]'") from None
+    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
+    floor = 1e-5
+    for label, (fmr, fnmr) in curves.items():
+        ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, floor), label=label)
+    eer_value = report["verification"].get("eer")
+    if eer_value is not None:
+        ax.plot([floor, 1], [floor, 1], ":", color="grey", linewidth=0.8)
+        ax.annotate(f"EER {100 * eer_value:.2f}%", (max(eer_value, floor), max(eer_value, floor)))
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlim(floor, 1)
+    ax.set_ylim(floor, 1)
+    ax.set_xlabel("false match rate")
+    ax.set_ylabel("false non-match rate")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return str(path)
