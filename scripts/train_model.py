@@ -51,6 +51,10 @@ SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}
 BANK_CANDIDATES = [  # (kernel size, sigma, wavelength) on the 64x64 pooled ROI
     (13, 2.0, 6.0), (17, 2.8, 8.0), (17, 2.8, 6.5), (21, 3.5, 10.0), (21, 3.5, 8.0),
 ]
+CODE_CANDIDATES = [  # matcher settings tried on the training people through the int8 model
+    {}, {"max_shift": 2, "rotations_deg": [0.0, -8.0, 8.0], "fragile_fraction": 0.25},
+    {"fragile_fraction": 0.3, "min_overlap": 0.3}, {"max_shift": 4},
+]
 PIXEL_OFFSET, PIXEL_DIVISOR = 128.0, 128.0
 
 
@@ -403,19 +407,33 @@ def main(argv: list[str] | None = None) -> int:
         (Path(tmp) / "manifest.json").write_text(json.dumps(manifest))
         embedder = Embedder.load(tmp)
         embedder.model_path = args.out / MODEL_FILE
-        recognizer = Recognizer(embedder)
-        # (6) decision policy from the training people through the int8 model.
+        calibration_sets = [n for n in args.calibrate_on.split(",") if n in train]
+        if not calibration_sets:
+            parser.error(f"--calibrate-on {args.calibrate_on}: none of these sets was loaded")
+        # (6a) matcher settings: the one that measures best on the training palms.
+        code_selection = []
+        for overrides in CODE_CANDIDATES:
+            params = palmcode.CodeParams.from_manifest({**palmcode.CodeParams().to_manifest(), **overrides})
+            recognizer = Recognizer(embedder, params=params)
+            eers = []
+            for name in calibration_sets:
+                attach_features(recognizer, train[name], progress, f"code {overrides} {name}")
+                eers.append(measure(recognizer, train[name])["eer"])
+            code_selection.append({"code": params.to_manifest(), "train_eer": dict(zip(calibration_sets, eers)),
+                                   "mean": round(float(np.mean(eers)), 4)})
+        code = palmcode.CodeParams.from_manifest(min(code_selection, key=lambda r: r["mean"])["code"])
+        manifest["code"] = code.to_manifest()
+        embedder.manifest = manifest
+        recognizer = Recognizer(embedder, params=code)
+        # (6b) decision policy from the training people through the int8 model.
         train_metrics = {}
         for name, samples in train.items():
             attach_features(recognizer, samples, progress, f"int8 features {name} (train)")
             train_metrics[name] = measure(recognizer, samples)
-        calibration_sets = [n for n in args.calibrate_on.split(",") if n in train_metrics]
-        if not calibration_sets:
-            parser.error(f"--calibrate-on {args.calibrate_on}: none of these sets was loaded")
         decision = calibrate([train_metrics[n] for n in calibration_sets])
         decision["calibrated_on"] = calibration_sets
         manifest["decision"] = decision
-        recognizer = Recognizer(embedder, decision["threshold"], decision["margin"])
+        recognizer = Recognizer(embedder, decision["threshold"], decision["margin"], params=code)
         # (7) held-out people only.
         held_metrics = {}
         for name, samples in held.items():
@@ -443,7 +461,7 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": f"{args.augment} copies per training ROI: rotation N(0,4 deg), shift N(0,3 px), scale 0.95-1.05, "
                         "gain 0.85-1.15, noise 2 grey levels",
         "synthetic_people": args.synthetic_people,
-        "bank_selection": selection, "chosen": filters,
+        "bank_selection": selection, "chosen": filters, "code_selection": code_selection,
         "int8_vs_float_code_agreement": round(float(np.mean(agree)), 4) if agree else None,
         "seconds": round(time.time() - started, 1),
     }

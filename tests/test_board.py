@@ -412,3 +412,23 @@ def test_a_refused_approval_is_not_an_open_approval():
     transport.feed(b'c,ERR,"VEND -3"\r\nc,STATUS,IDLE\r\nc,STATUS,ENABLED\r\n')
     assert drain(link) == [CommandRefused("VEND", -3), SessionComplete(interrupted="vend_requested")]
     assert link.approved_cents is None
+
+
+class FloodTransport(ScriptedTransport):
+    """An adapter that never stops talking: noise without line ends, or endless chatter lines."""
+
+    def __init__(self, chunk: bytes):
+        super().__init__()
+        self.chunk = chunk
+
+    def _read_bytes(self, timeout: float) -> bytes:
+        time.sleep(0.001)
+        return self.chunk
+
+
+@pytest.mark.parametrize("chunk", [b"~" * 64, b"r,ACK\r\n"])
+def test_a_flood_does_not_hold_poll_past_its_timeout(chunk):
+    link = BoardLink(FloodTransport(chunk))
+    started = time.monotonic()
+    assert link.poll(0.05) is None
+    assert time.monotonic() - started < 0.5

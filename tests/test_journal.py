@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vendor_node import journal_export
 from vendor_node.errors import JournalCorrupt, JournalError, JournalRefused
-from vendor_node.journal import (GENESIS_HASH, OUTCOME_UNKNOWN, REVIEW_SETTLED, VEND_SUCCEEDED, VEND_VOIDED,
+from vendor_node.journal import (GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED, VEND_VOIDED,
                                  Journal, bench_journal_append, canonical_entry, chain_hash)
 from vendor_node.journal_export import acknowledge_batch, read_batch
 from vendor_node.storage import open_db

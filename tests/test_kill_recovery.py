@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import collections
 import datetime
-import json
 import os
 import random
 import selectors

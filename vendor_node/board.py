@@ -68,6 +68,7 @@ from .errors import BoardLinkError, ProtocolError
 
 log = logging.getLogger(__name__)
 
+LATE_LINE_LIMIT = 64  # lines poll() still reads after its deadline when none carries an event
 DISPLAY_WIDTH = 32  # [S2]: the display request carries at most 32 characters
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
 _DECIMAL_PRICE = re.compile(r"\d{1,7}(\.\d{1,2})?")
@@ -249,14 +250,19 @@ class BoardLink:
         if self._pending:
             return self._pending.popleft()
         deadline = time.monotonic() + max(0.0, timeout)
+        late_lines = 0
         while True:
-            line = self._readline(max(0.0, deadline - time.monotonic()))
-            if line is not None:
-                self._pending.extend(self._interpret(line))
-                if self._pending:
-                    return self._pending.popleft()
-            elif time.monotonic() >= deadline:
+            remaining = deadline - time.monotonic()
+            line = self._readline(max(0.0, remaining))
+            if line is None:
                 return None
+            self._pending.extend(self._interpret(line))
+            if self._pending:
+                return self._pending.popleft()
+            if remaining <= 0:  # lines already there still count, but a chatter flood cannot hold us
+                late_lines += 1
+                if late_lines > LATE_LINE_LIMIT:
+                    return None
 
     # --- reconnecting ---
     def reopen(self, *, stop_event: threading.Event | None = None, deadline_s: float | None = None) -> LinkRestored:

@@ -15,6 +15,7 @@ from .errors import BoardLinkError
 log = logging.getLogger("vendor_node.board")
 
 MAX_LINE_BYTES = 256
+LATE_READ_LIMIT = 4 * MAX_LINE_BYTES  # bytes readline() still takes in after its deadline (a flood cannot hold it)
 _TERMINATOR = re.compile(rb"[\r\n]")
 
 
@@ -53,11 +54,16 @@ class LineTransport:
     def readline(self, timeout: float) -> str | None:
         """The next complete line (without its end), or None when none came within ``timeout`` s."""
         deadline = time.monotonic() + max(0.0, timeout)
+        late_bytes = 0
         while not self._lines:
             remaining = deadline - time.monotonic()
             chunk = self._read_bytes(max(0.0, remaining))
             if chunk:
                 self._feed(chunk)
+                if remaining <= 0:  # past the deadline only bytes already there are read, and not forever
+                    late_bytes += len(chunk)
+                    if late_bytes > LATE_READ_LIMIT and not self._lines:
+                        return None
             elif remaining <= 0:
                 return None
         return self._lines.popleft()

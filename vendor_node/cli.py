@@ -476,9 +476,179 @@ def _cmd_journal_review(args) -> int:
     return 0
 
 
+# --- the nightly sync ---------------------------------------------------------
+def _add_sync_commands(sub) -> None:
+    p = sub.add_parser("sync", help="pull signed bundles, push the journal and sealed templates (nightly timer)")
+    p.add_argument("--state-dir", type=Path, help="the unit's state directory (default from the config)")
+    target = p.add_mutually_exclusive_group()
+    target.add_argument("--server", metavar="URL", help="back office URL (default sync.server_url)")
+    target.add_argument("--folder", type=_existing_dir, metavar="DIR",
+                        help="a folder instead of a server: bundles from DIR/inbox, uploads to DIR/outbox/<unit>")
+    p.set_defaults(handler=_cmd_sync)
+
+
+def _cmd_sync(args) -> int:
+    from .sync import run_sync, transport_from
+
+    cfg = _config(args)
+    report = run_sync(cfg, transport_from(cfg, folder=args.folder, server_url=args.server))
+    print(report.summary())
+    return 0 if report.ok else 1
+
+
 # --- the unit (issue 4) -----------------------------------------------------
 def _add_unit_commands(sub) -> None:
-    pass
+    def common(p):
+        # SUPPRESS: a --config given before the command (vendor-node --config F run) is kept
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
+        p.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
+
+    p = sub.add_parser("run", help="the purchase loop on the hardware named in the config (systemd runs this)")
+    p.add_argument("--sim", action="store_true", help="simulated hardware and a simulated vending machine")
+    common(p)
+    p.set_defaults(handler=_cmd_run)
+
+    p = sub.add_parser("simulate", help="a whole unit on simulated hardware against a vending-machine simulator")
+    p.add_argument("--customers", type=_positive_int, required=True, help="how many customers come to the machine")
+    p.add_argument("--state-dir", type=Path, required=True,
+                   help="the simulated unit's state (kept between runs; provisioned when new)")
+    p.add_argument("--report", type=Path, help="JSON report to write")
+    p.add_argument("--dataset", type=_existing_dir,
+                   help="hand photos as <subject>/<image> (default ../shared/handdata/coep_dev when present, "
+                        "else drawn hands)")
+    p.add_argument("--employees", type=_positive_int, default=12, help="employees to enroll when provisioning")
+    p.add_argument("--seed", type=int, default=1, help="random seed for customers and selections")
+    p.add_argument("--quiet", action="store_true", help="do not print each purchase")
+    p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
+    p.set_defaults(handler=_cmd_simulate)
+
+    p = sub.add_parser("selftest", help="technician: check config, keys, model, camera, GPIO, serial adapter, journal")
+    p.add_argument("--sim", action="store_true", help="check the simulated hardware instead")
+    common(p)
+    p.set_defaults(handler=_cmd_selftest)
+
+
+def _cmd_run(args) -> int:
+    import signal
+    import threading
+
+    from .service import run_unit
+
+    cfg = _config(args)
+    stop = threading.Event()
+
+    def request_stop(signum, _frame):
+        log.info("%s received: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    if cfg.unit.hardware != "sim":
+        return run_unit(cfg, stop)
+    from .vmc_sim import VendingMachineSimulator
+
+    with VendingMachineSimulator() as machine:  # a machine to talk to; no customers come unless scripted
+        log.info("simulated vending machine on %s", machine.port_path)
+        return run_unit(cfg, stop, board_port=machine.port_path)
+
+
+def _cmd_simulate(args) -> int:
+    from .simulate import run_simulation
+
+    return run_simulation(args)
+
+
+def _cmd_selftest(args) -> int:
+    """Each check prints PASS or FAIL with what it saw; exit 1 when any failed."""
+    cfg = _config(args)
+    results: list[bool] = []
+
+    def check(name, probe):
+        try:
+            detail = probe()
+            ok = True
+        except Exception as exc:  # a technician's tool: every failure is reported, none stops the others
+            detail, ok = f"{type(exc).__name__}: {exc}", False
+        results.append(ok)
+        print(f"{'PASS' if ok else 'FAIL'}  {name:<8} {detail}", flush=True)
+
+    def keys():
+        from .keys import KeyStore
+
+        store = KeyStore.from_config(cfg)
+        store.load_data_key()
+        store.load_signing_key()
+        store.load_fleet_public_key()
+        return f"data key, unit signing key and pinned fleet key load ({store.keys_dir})"
+
+    def model():
+        from .model import Embedder
+
+        embedder = Embedder.load(cfg.unit.assets_dir)
+        return f"{embedder.model_path.name} matches the sha256 in its manifest"
+
+    def camera():
+        from .camera import open_camera
+
+        with open_camera(cfg) as cam:
+            cam.check()
+        return f"{cfg.unit.hardware} camera delivers frames ({cfg.camera.width}x{cfg.camera.height})"
+
+    def gpio():
+        from .proximity import open_panel
+
+        with open_panel(cfg) as panel:
+            panel.show("working")
+            present = panel.hand_present()
+            panel.show("ready")
+        return (f"sensor pin {cfg.gpio.proximity_pin} reads {'a hand' if present else 'nothing'}, "
+                f"LED and buzzer set up")
+
+    def serial_adapter():
+        from .service import open_board
+
+        def ping(port=None):
+            with open_board(cfg, port=port) as board:
+                return f"{port or cfg.board.port} answers {board.ping()}"
+
+        if cfg.unit.hardware != "sim":
+            return ping()
+        from .vmc_sim import VendingMachineSimulator
+
+        with VendingMachineSimulator() as machine:
+            return ping(machine.port_path)
+
+    def journal():
+        from .journal import Journal
+        from .storage import DB_NAME
+
+        if not (cfg.state_dir / DB_NAME).is_file():
+            raise VendorNodeError(f"{cfg.state_dir / DB_NAME}: no unit database (run `vendor-node provision`)")
+        with Journal.open(cfg.state_dir) as j:
+            report = j.verify()
+            if not report.ok:
+                raise VendorNodeError(str(report))
+            review = len(j.unknown_outcomes())
+        return f"hash chain intact ({report.entries} entries); {review} outcome(s) awaiting review"
+
+    def accounts():
+        from .accounts import AccountStore
+
+        with AccountStore.open(cfg) as store:
+            reason = store.out_of_service_reason()
+            count = len(store.templates())
+        if reason:
+            raise VendorNodeError(reason)
+        return f"bundle current, {count} enrolled employees"
+
+    print(f"PASS  config   {getattr(args, 'config', None) or 'defaults/env'}: hardware {cfg.unit.hardware}, "
+          f"state {cfg.state_dir}")
+    for name, probe in [("keys", keys), ("model", model), ("camera", camera), ("gpio", gpio),
+                        ("serial", serial_adapter), ("journal", journal), ("accounts", accounts)]:
+        check(name, probe)
+    failed = results.count(False)
+    print(f"{len(results) + 1 - failed} passed, {failed} failed")
+    return 1 if failed else 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -489,6 +659,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_recognition_commands(sub)
     _add_accounts_commands(sub)
     _add_journal_commands(sub)
+    _add_sync_commands(sub)
     _add_unit_commands(sub)
     return parser
 

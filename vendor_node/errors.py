@@ -86,3 +86,7 @@ class JournalCorrupt(JournalError):
 
 class JournalRefused(JournalError):
     """An entry was refused (unknown or closed session, bad amount or reason); nothing was written."""
+
+
+class SyncError(VendorNodeError):
+    """The nightly sync could not reach the back office or the sync folder; retried next time."""

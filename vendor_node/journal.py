@@ -21,8 +21,12 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import JournalCorrupt, JournalError, JournalRefused
+
+if TYPE_CHECKING:
+    from .journal_verify import VerifyReport
 
 GENESIS_HASH = "0" * 64
 

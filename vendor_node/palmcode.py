@@ -24,9 +24,9 @@ class CodeParams:
     """How codes are made and compared; stored in the model manifest (``code``) so training and the unit agree."""
 
     orientations: int = 6
-    max_shift: int = 2  # cells searched either way
-    rotations_deg: tuple[float, ...] = (0.0, -8.0, 8.0)  # probe-side; the first must be 0
-    fragile_fraction: float = 0.25  # weakest-winner cells masked out
+    max_shift: int = 3  # cells searched either way
+    rotations_deg: tuple[float, ...] = (0.0, -5.0, 5.0, -10.0, 10.0)  # probe-side; the first must be 0
+    fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
     coarse_step: int = 2  # shift step of the coarse 1:N pass
