@@ -103,7 +103,7 @@ def format_price(cents: int, price_format: str = "decimal") -> str:
 
 
 def display_text(text: str) -> str:
-    """Text safe for one display request: ASCII, no separators that could start a new command."""
+    """Text safe for one display request: printable ASCII on one line (no CR/LF), at most 32 characters."""
     ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
     cleaned = "".join(ch if " " <= ch <= "~" else " " for ch in ascii_text)
     return " ".join(cleaned.split())[:DISPLAY_WIDTH]
@@ -206,6 +206,10 @@ class BoardLink:
 
         def answer(line: str):
             if line.startswith("c,STATUS,IDLE,"):
+                try:
+                    parse_price(line[len("c,STATUS,IDLE,"):], self.price_format)
+                except ProtocolError:
+                    return None  # garbled: not the answer, and _interpret logs it
                 return True
             if line.startswith('c,ERR,"START') or line.startswith("c,ERR,START"):
                 return False

@@ -42,12 +42,22 @@ def _existing_file(text: str) -> Path:
 
 
 def _config(args):
-    """The unit config, with --state-dir and --sim applied when the command has them."""
-    return load_config(
+    """The unit config, with --state-dir and --sim applied when the command has them.
+
+    A provisioned unit's id (written by `vendor-node provision`) wins over the config's,
+    so journals and uploads always carry the id the back office knows.
+    """
+    from .keys import KeyStore
+
+    cfg = load_config(
         getattr(args, "config", None),
         hardware="sim" if getattr(args, "sim", False) else None,
         state_dir=getattr(args, "state_dir", None),
     )
+    provisioned = KeyStore.from_config(cfg).read_unit_id()
+    if provisioned and provisioned != cfg.unit.unit_id:
+        cfg = cfg.replace(unit={"unit_id": provisioned})
+    return cfg
 
 
 # --- recognition (issue 2) --------------------------------------------------
@@ -633,7 +643,10 @@ def _cmd_selftest(args) -> int:
 
     def accounts():
         from .accounts import AccountStore
+        from .storage import DB_NAME
 
+        if not (cfg.state_dir / DB_NAME).is_file():  # never create a db or a key from a selftest
+            raise VendorNodeError(f"{cfg.state_dir / DB_NAME}: no unit database (run `vendor-node provision`)")
         with AccountStore.open(cfg) as store:
             reason = store.out_of_service_reason()
             count = len(store.templates())
