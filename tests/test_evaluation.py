@@ -134,7 +134,7 @@ class _CorrelationRecognizer:
 
     def enroll_features(self, found):
         class Enrollment:
-            template = np.mean([f for _, f in found], axis=0)
+            template = np.mean(found, axis=0)
         return Enrollment
 
     def score_matrix(self, probes, gallery):

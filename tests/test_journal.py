@@ -396,6 +396,16 @@ def test_export_is_signed_and_retry_safe_until_acknowledged(tmp_path, journal, k
     assert read_batch(tmp_path / "b3.json", key.public_key())["prev_hash"] == body["last_hash"]
 
 
+def test_marking_part_of_a_pending_batch_uploaded_restarts_the_next_batch_after_it(tmp_path, journal, key):
+    purchase(journal)
+    purchase(journal)
+    journal.export(tmp_path / "b1.json", key)
+    journal.mark_uploaded(4)  # the sync confirmed only part of it
+    info = journal.export(tmp_path / "b2.json", key)
+    assert (info.first_seq, info.last_seq) == (5, 6)
+    assert read_batch(tmp_path / "b2.json", key.public_key())["prev_hash"] == journal.entries(3, 4)[0].hash
+
+
 def test_empty_export_writes_an_empty_batch(tmp_path, journal, key):
     info = journal.export(tmp_path / "b.json", key)
     assert info.entries == 0

@@ -121,3 +121,31 @@ def test_bad_arguments_exit_2_with_a_message(argv, fragment, capsys):
 def test_review_of_an_unknown_session_fails(state, capsys):
     assert run("journal", "review", "nosuch", "--charged", "--state-dir", str(state)) == 1
     assert "session 'nosuch' is unknown to the journal" in capsys.readouterr().err
+
+
+def test_export_to_an_unwritable_folder_fails_and_loses_nothing(state, tmp_path, capsys):
+    # /proc refuses new files even to root; a chmod-ed folder would not stop root
+    assert run("journal", "export", "--out", "/proc/vendor-node-batch.json", "--state-dir", str(state)) == 1
+    assert "cannot write the journal batch" in capsys.readouterr().err
+    with Journal.open(state) as j:
+        assert j.unsynced_total_cents() == 150 and j.verify().ok
+    assert run("journal", "export", "--out", str(tmp_path / "b.json"), "--state-dir", str(state)) == 0
+
+
+@pytest.mark.parametrize("content", [b"this is not a database" * 100, b"SQLite format 3\x00" + b"\xff" * 50])
+def test_a_damaged_db_file_is_reported_not_replaced(tmp_path, capsys, content):
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "unit.db").write_bytes(content)
+    assert run("journal", "verify", "--state-dir", str(state)) == 1
+    err = capsys.readouterr().err
+    assert "unit.db" in err and ("not a database" in err or "malformed" in err), err
+    assert (state / "unit.db").read_bytes() == content
+
+
+def test_state_dir_that_is_a_file_is_refused(tmp_path, capsys):
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert run("journal", "verify", "--state-dir", str(a_file)) == 1
+    err = capsys.readouterr().err
+    assert str(a_file) in err and ("no unit database here" in err or "Not a directory" in err), err

@@ -82,13 +82,15 @@ def cfg(tmp_path):
     return cfg
 
 
+FAST_RETRY = {"fault_retry_s": 0.3}
 VMC_FAST = {"patience_s": 1.0, "reader_timeout_s": 2.0, "session_timeout_s": 5.0, "slow_s": 0.2,
             "cancel_after_s": 0.2}
 
 
 @pytest.fixture
 def unit(cfg):
-    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery) as unit:
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
         assert unit.wait_in_service(5.0), unit.loop.faults
         yield unit
     assert unit.error is None
@@ -181,7 +183,8 @@ def test_suspended_employee_is_not_served(unit):
 def test_cooldown_after_repeated_failures(tmp_path):
     cfg = make_cfg(tmp_path, abuse={"max_failures": 2, "window_s": 60.0, "cooldown_s": 30.0})
     provision_bundle(cfg, EMPLOYEES, {"E1": bytes([1, 1])})
-    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery) as unit:
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
         assert unit.wait_in_service()
         assert buy(unit, UNKNOWN)[0].outcome == "unknown"
         assert buy(unit, UNKNOWN)[0].outcome == "unknown"
@@ -289,7 +292,8 @@ def test_camera_fault_takes_the_unit_out_of_service_and_back(unit):
 def test_stale_bundle_takes_the_unit_out_of_service(tmp_path):
     cfg = make_cfg(tmp_path, accounts={"max_offline_age_h": 1.0 / 3600})  # one second
     provision_bundle(cfg, EMPLOYEES, {"E1": bytes([1, 1])}, policy={})
-    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery) as unit:
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
         assert unit.vmc.wait_until(lambda: "accounts" in unit.loop.faults, 5.0)
         assert unit.vmc.wait_until(lambda: unit.vmc.reader_state == "off", 3.0)
         provision_bundle(cfg, EMPLOYEES, {"E1": bytes([1, 1])}, policy={"max_offline_age_h": 1.0})
@@ -329,7 +333,8 @@ def test_open_approval_from_a_power_cut_is_marked_outcome_unknown(cfg):
         session = journal.begin_session()
         journal.approve(session, "E1", "A1", 120)
         cut_before_approval = journal.begin_session()
-    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery) as unit:
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
         assert unit.wait_in_service(8.0)
         assert unit.journal.open_approvals() == []
         assert [a.session_id for a in unit.journal.unknown_outcomes()] == [session]

@@ -174,10 +174,11 @@ def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{manifest_path}: cannot read the model manifest to exclude trained subjects ({exc})") from None
-    trained = manifest.get("trained_on") or manifest.get("training") or {}
-    subjects = trained.get("subjects", {}) if isinstance(trained, dict) else {}
-    if isinstance(subjects, list):
-        return {str(s) for s in subjects}
+    training = manifest.get("training")
+    subjects = training.get("subjects") if isinstance(training, dict) else None
+    if not isinstance(subjects, dict):
+        raise DatasetError(f"{manifest_path}: training.subjects (set name -> subjects) is missing; "
+                           "cannot tell which people the model saw")
     name = Path(dataset).resolve().name
     return {str(s) for s in subjects.get(name, [])}
 
@@ -187,13 +188,14 @@ def run_eval(args) -> int:
     import cv2
 
     from .cli import _config
-    from .recognition import Recognizer
 
     cv2.setNumThreads(1)
     dataset = load_dataset(args.dataset)
+    from .recognition import MAX_ENROLL_IMAGES, Recognizer
+
     enroll_n = int(args.enroll)
-    if enroll_n < 1:
-        raise UsageError(f"--enroll must be at least 1, got {enroll_n}")
+    if not 1 <= enroll_n <= MAX_ENROLL_IMAGES:
+        raise UsageError(f"--enroll must be 1 to {MAX_ENROLL_IMAGES} (the unit enrolls at most that many), got {enroll_n}")
     cfg = _config(args)
     excluded: set[str] = set()
     if getattr(args, "exclude_trained", False):
@@ -223,7 +225,7 @@ def run_eval(args) -> int:
 def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> dict:
     """All figures for one dataset, as a JSON-ready dict (plus ``_curves`` for plotting).
 
-    ``recognizer`` is a recognition.Recognizer: features(image), enroll_features([(i, f)]),
+    ``recognizer`` is a recognition.Recognizer: features(image), enroll_features([features]),
     score_matrix(probes, gallery), identify(features, gallery), threshold, margin;
     ``make_gallery`` turns {subject: template} into its gallery (Gallery.from_templates).
     """
@@ -242,7 +244,7 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> 
         enrolling, probing = samples[:enroll_n], samples[enroll_n:]  # samples are sorted by path
         usable = [probes[s.path] for s in enrolling if probes[s.path].features is not None]
         if usable:
-            template = recognizer.enroll_features([(i, p.features) for i, p in enumerate(usable)]).template
+            template = recognizer.enroll_features([p.features for p in usable]).template
             enrolled[extra][subject] = _Enrolled(subject, template, [p.sample.captured for p in usable])
         else:
             enroll_failures.append(subject + (f" ({extra})" if extra else ""))
@@ -250,6 +252,7 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> 
     galleries = {extra: (list(members), make_gallery({k: e.template for k, e in members.items()}))
                  for extra, members in enrolled.items()}
     genuine, impostor = [], []
+    pairs: list[tuple[float, bool, str, str]] = []  # (score, genuine?, probe path, enrolled subject) for the report
     genuine_days: dict[str, list[float]] = {"same_day": [], "different_days": [], "unknown": []}
     mated_rows, nonmated_rows, match_seconds = [], [], []
     for probe in _progress([p for p in probe_list if p.features is not None], "matching"):
@@ -265,18 +268,25 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> 
         for i, score in enumerate(scores):
             if i == mate:
                 genuine.append(score)
+                pairs.append((float(score), True, str(probe.sample.path), subjects[i]))
                 relation = _day_relation(probe.sample.captured, enrolled[probe.sample.extra][subjects[i]].captured)
                 genuine_days[relation].append(score)
             else:
                 impostor.append(score)
+                pairs.append((float(score), False, str(probe.sample.path), subjects[i]))
         if mate >= 0:
             mated_rows.append((scores, mate))
             nonmated_rows.append(np.delete(scores, mate))  # the same search with the mate not enrolled
         else:
             nonmated_rows.append(scores)
-    return _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, impostor, genuine_days,
-                   mated_rows, nonmated_rows, match_seconds, float(recognizer.threshold), float(recognizer.margin),
-                   enrolled)
+    report = _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, impostor, genuine_days,
+                     mated_rows, nonmated_rows, match_seconds, float(recognizer.threshold), float(recognizer.margin),
+                     enrolled)
+    # The pairs worth a look: genuine pairs scored lowest, impostor pairs scored highest.
+    as_rows = lambda chosen: [{"probe": p, "enrolled": e, "score": round(v, 4)} for v, _, p, e in chosen]  # noqa: E731
+    report["hardest_genuine"] = as_rows(sorted(x for x in pairs if x[1])[:10])
+    report["closest_impostors"] = as_rows(sorted((x for x in pairs if not x[1]), reverse=True)[:10])
+    return report
 
 
 def _acquire(recognizer, sample: Sample) -> _Probe:

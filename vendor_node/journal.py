@@ -8,8 +8,10 @@ records the last seq/hash so a truncated tail is caught too. Each append is its
 own ``BEGIN IMMEDIATE ... COMMIT`` on the WAL db opened with synchronous=FULL:
 when ``approve()`` returns the approval survives a power cut.
 
-Money is decided only from chained rows; nothing else in the db holds charges.
-Signed export for the nightly sync lives in ``journal_export.py``.
+Charges are summed only from chained rows. The one derived table, journal_open,
+just finds the sessions still in flight quickly; verify cross-checks it and it
+is rebuilt from the chain when missing. Verification lives in journal_verify.py,
+the signed export for the nightly sync in journal_export.py.
 """
 from __future__ import annotations
 
@@ -170,7 +172,12 @@ class Journal:
         """A journal owning its own connection to <state_dir>/unit.db (closed by close())."""
         from .storage import open_db
 
-        journal = cls(open_db(state_dir), clock=clock)
+        conn = open_db(state_dir)
+        try:
+            journal = cls(conn, clock=clock)
+        except BaseException:
+            conn.close()
+            raise
         journal._owns_conn = True
         return journal
 
@@ -454,9 +461,10 @@ class Journal:
                 self.conn.execute("BEGIN IMMEDIATE")
                 self.conn.execute("UPDATE journal_sync SET uploaded_upto_seq = MAX(uploaded_upto_seq, ?) "
                                   "WHERE id = 1", (upto_seq,))
+                # a pending batch that overlaps what is now uploaded is dropped: the next export starts after it
                 self.conn.execute("UPDATE journal_sync SET pending_batch_id = NULL, pending_first_seq = NULL, "
                                   "pending_last_seq = NULL, pending_created_us = NULL "
-                                  "WHERE id = 1 AND pending_last_seq <= uploaded_upto_seq")
+                                  "WHERE id = 1 AND pending_first_seq <= uploaded_upto_seq")
                 self.conn.execute("COMMIT")
             except sqlite3.Error as exc:
                 if self.conn.in_transaction:

@@ -31,6 +31,9 @@ class CodeParams:
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
     coarse_step: int = 2  # shift step of the coarse 1:N pass
     candidates: int = 16  # gallery entries that get the full search
+    geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
+    geometry_fill: float = 0.0  # the difference assumed when too few measurements are shared
+    geometry_min_shared: int = 5  # measurements both hands must have for a real comparison
 
     @classmethod
     def from_manifest(cls, block: dict) -> "CodeParams":
@@ -170,3 +173,15 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
         diff += popcount((p_planes[:, None, k, :] ^ g_planes[None, :, k, :]) & common).sum(axis=-1, dtype=np.int32)
     dist = np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0)
     return dist.astype(np.float32)
+
+
+def geometry_distances(probe: np.ndarray, gallery: np.ndarray, min_shared: int, fill: float) -> np.ndarray:
+    """Mean absolute difference of the measurements both hands have (0 = unmeasured): float32 (N,)."""
+    n = min(probe.shape[0], gallery.shape[1])
+    if n == 0 or len(gallery) == 0:
+        return np.full(len(gallery), fill, np.float32)
+    p, g = probe[:n], gallery[:, :n]
+    shared = (p > 0)[None, :] & (g > 0)
+    count = shared.sum(axis=1)
+    mean = (np.abs(g - p[None, :]) * shared).sum(axis=1) / np.maximum(count, 1)
+    return np.where(count >= min_shared, mean, fill).astype(np.float32)

@@ -52,6 +52,11 @@ MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "t
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
 ROI_SIDE = 1.5  # ROI side over the distance between the index/middle and ring/little valleys
 ROI_GAP = 0.2  # gap between that valley line and the ROI, same unit
+ROI_ANGLE = "line"
+ROI_SCALE = "span"
+ROI_ANCHOR = "valleys"
+ROI_SPAN_PER_RADIUS = 1.0
+ROI_PALM_SHIFT = 0.1
 VALLEY_DEPTH = 0.45
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre  # convexity-defect depth in palm radii
 
@@ -393,8 +398,7 @@ def _roi_frame(shape: _Shape, mask: np.ndarray, center: np.ndarray, radius: floa
             if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6:
                 a, b = v[i], v[i + 2]
                 break
-    if a is None:
-        alignment = "axis"
+    span = 0.0
     if a is not None:
         span = float(np.linalg.norm(b - a))
         # Finger valleys lie across the hand, on the fingers' side of the palm centre.
@@ -402,21 +406,45 @@ def _roi_frame(shape: _Shape, mask: np.ndarray, center: np.ndarray, radius: floa
         ahead = float(((a + b) / 2 - center) @ shape.up) > 0.3 * radius
         if not (across and ahead):
             a = None
-    if a is not None:
-        axis_x = (b - a) / (span + 1e-6)
-        normal = np.array([-axis_x[1], axis_x[0]])
-        if normal @ (center - (a + b) / 2) < 0:
-            normal = -normal
-        # x axis chosen so that the fingers point to -y in the ROI (rotation only, never a mirror image).
-        axis_x = np.array([-normal[1], normal[0]])
-        if 0.6 * radius < span < 2.2 * radius:
+    if a is not None and 0.6 * radius < span < 2.2 * radius:
+        line = (b - a) / (span + 1e-6)
+        up = np.array([line[1], -line[0]])
+        if up @ ((a + b) / 2 - center) < 0:
+            up = -up  # from the palm towards the fingers
+        fingers_up = _finger_direction(p)
+        if ROI_ANGLE == "blend" and fingers_up is not None:
+            up = up + fingers_up
+            up = up / (np.linalg.norm(up) + 1e-6)
+        axis_x = np.array([-up[1], up[0]])  # fingers point to -y in the ROI (a rotation, never a mirror image)
+        if ROI_SCALE == "radius":
+            side = ROI_SIDE * ROI_SPAN_PER_RADIUS * radius
+        else:
             side = ROI_SIDE * span
-            return (a + b) / 2 + normal * (ROI_GAP * span + side / 2), axis_x, side, alignment
-        alignment = "axis"
+        if ROI_ANCHOR == "palm":
+            return center + up * ROI_PALM_SHIFT * radius, axis_x, side, alignment
+        mid = (a + b) / 2
+        return mid - up * (ROI_GAP * side / ROI_SIDE + side / 2), axis_x, side, alignment
     up = _principal_axis(mask, center, radius, shape.up)
     axis_x = np.array([-up[1], up[0]])
     side = 1.4 * radius
-    return center + up * 0.1 * radius, axis_x, side, alignment
+    return center + up * 0.1 * radius, axis_x, side, "axis"
+
+
+def _finger_direction(points: dict) -> np.ndarray | None:
+    """Mean pointing direction of the index, middle and ring fingers (base between their valleys to tip)."""
+    bases = {"index": ("index_middle",), "middle": ("index_middle", "middle_ring"), "ring": ("middle_ring", "ring_little")}
+    directions = []
+    for finger, valleys in bases.items():
+        tip = points.get(f"tip_{finger}")
+        found = [points[f"valley_{v}"] for v in valleys if f"valley_{v}" in points]
+        if tip is None or not found:
+            continue
+        d = tip - np.mean(found, axis=0)
+        directions.append(d / (np.linalg.norm(d) + 1e-6))
+    if len(directions) < 2:
+        return None
+    mean = np.mean(directions, axis=0)
+    return mean / (np.linalg.norm(mean) + 1e-6)
 
 
 def _principal_axis(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarray) -> np.ndarray:

@@ -124,7 +124,7 @@ class Gallery:
         self.planes = np.zeros((0, palmcode.BITS, 0), np.uint64)
         self.masks = np.zeros((0, 0), np.uint64)
         self.feature_ids = np.zeros(0, np.uint32)
-        self.geometry: list[np.ndarray] = []
+        self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
 
     @classmethod
     def from_templates(cls, templates: dict[str, bytes]) -> "Gallery":
@@ -146,7 +146,7 @@ class Gallery:
         except ValueError:
             raise KeyError(employee_id) from None
         del self.ids[i]
-        del self.geometry[i]
+        self.geometry = np.delete(self.geometry, i, axis=0)
         self.planes = np.delete(self.planes, i, axis=0)
         self.masks = np.delete(self.masks, i, axis=0)
         self.feature_ids = np.delete(self.feature_ids, i)
@@ -171,7 +171,12 @@ class Gallery:
         self.planes, self.masks = planes, masks
         self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
         self.ids.extend(ids)
-        self.geometry.extend(t.geometry for t in templates)
+        width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
+        rows = np.zeros((len(templates), width), np.float32)
+        for k, t in enumerate(templates):
+            rows[k, : t.geometry.shape[0]] = t.geometry
+        old = np.pad(self.geometry, ((0, 0), (0, width - self.geometry.shape[1])))
+        self.geometry = np.concatenate([old, rows])
 
 
 def feature_id(manifest: dict) -> int:
@@ -344,7 +349,11 @@ class Recognizer:
             d = palmcode.distances(planes, masks, g_planes[start:start + chunk], g_masks[start:start + chunk],
                                    self._min_bits)
             out[start:start + chunk] = 1.0 - d
-        return out
+        if self.params.geometry_weight:
+            geometry = gallery.geometry if rows is None else gallery.geometry[rows]
+            out -= self.params.geometry_weight * palmcode.geometry_distances(
+                probe.geometry, geometry, self.params.geometry_min_shared, self.params.geometry_fill)
+        return np.clip(out, 0.0, 1.0)
 
     def _check_gallery(self, gallery: Gallery) -> None:
         if len(gallery) and gallery.grid != self.grid:

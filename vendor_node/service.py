@@ -162,7 +162,7 @@ class PurchaseLoop:
 
     def __init__(self, cfg, *, camera, panel, board, recognizer, accounts, journal, abuse,
                  stop_event: threading.Event, notifier: Notifier | None = None, on_purchase=None,
-                 open_camera=None, gallery_factory=None, clock=time.monotonic):
+                 open_camera=None, gallery_factory=None, clock=time.monotonic, fault_retry_s: float = FAULT_RETRY_S):
         self.cfg = cfg
         self.camera, self.panel, self.board = camera, panel, board
         self.recognizer, self.accounts, self.journal, self.abuse = recognizer, accounts, journal, abuse
@@ -172,6 +172,7 @@ class PurchaseLoop:
         self._open_camera = open_camera
         self._gallery_factory = gallery_factory
         self.clock = clock
+        self.fault_retry_s = fault_retry_s
         self.state = State.IDLE
         self.faults: dict[str, str] = {}  # cause ("camera", "journal", "accounts", "board") -> message
         if camera is None:
@@ -263,7 +264,7 @@ class PurchaseLoop:
         elif isinstance(event, VendSucceeded):
             log.warning("the board reported a vend success with no approval open: nothing charged")
         elif isinstance(event, ReaderDisabled) and self._reader_on:
-            log.info("the machine disabled the reader (%s); it enables it again when ready", event.state)
+            log.debug("the machine disabled the reader (%s); it enables it again when ready", event.state)
         else:
             log.debug("board event while idle: %s", event)
 
@@ -525,7 +526,7 @@ class PurchaseLoop:
         if self.faults.get(cause) != message:
             log.error("out of service (%s): %s", cause, message)
         self.faults[cause] = message
-        self._next_fault_retry = self.clock() + FAULT_RETRY_S
+        self._next_fault_retry = self.clock() + self.fault_retry_s
         self._apply_service_state()
 
     def _clear(self, cause: str) -> None:
@@ -546,7 +547,7 @@ class PurchaseLoop:
                 self._retry_camera()
             if "journal" in self.faults:
                 self._retry_journal()
-            self._next_fault_retry = now + FAULT_RETRY_S
+            self._next_fault_retry = now + self.fault_retry_s
         if now >= self._next_purge:
             self._next_purge = now + PURGE_EVERY_S
             self.accounts.purge_expired_templates()

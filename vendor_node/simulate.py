@@ -186,13 +186,14 @@ class SimUnit:
     """A whole unit (PurchaseLoop in a thread) wired to SimCamera, MockFactory pins and the VMC simulator."""
 
     def __init__(self, cfg, recognizer, *, vmc_options: dict | None = None, on_purchase=None,
-                 gallery_factory=None):
+                 gallery_factory=None, loop_options: dict | None = None):
         self.cfg = cfg
         self.recognizer = recognizer
         self.vmc_options = vmc_options or {}
         self.purchases: queue.Queue = queue.Queue()
         self._on_purchase = on_purchase
         self._gallery_factory = gallery_factory
+        self.loop_options = loop_options or {}
         self.stop_event = threading.Event()
         self._thread = None
         self.error: BaseException | None = None
@@ -217,7 +218,7 @@ class SimUnit:
                                  recognizer=self.recognizer, accounts=self.accounts, journal=self.journal,
                                  abuse=AbuseGuard(self.cfg), stop_event=self.stop_event,
                                  on_purchase=self._purchase_done, gallery_factory=self._gallery_factory
-                                 or gallery_from_templates)
+                                 or gallery_from_templates, **self.loop_options)
         self._thread = threading.Thread(target=self._run, name="unit-loop", daemon=True)
         self._thread.start()
         return self

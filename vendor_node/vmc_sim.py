@@ -26,8 +26,8 @@ silent the simulator follows board.py's stated assumptions (C,0, C,STOP and C,DI
 C,VEND only the documented r,ACK; 'c,ERR,"cashless is off"' to C,0 when already off), so it cannot
 prove them right: only a real adapter can.
 
-The record lists keep the last ``keep_history`` entries (default 1000; None keeps all: a Customer
-costs ~1.7 kB), while ``vended_count``/``vended_cents``, ``vended_reported_count``/``_cents`` and
+The record lists keep everything, or only the last ``keep_history`` entries (set it for long runs:
+a Customer costs ~1.7 kB, 10,000 of them ~17 MB), while ``vended_count``/``vended_cents``, ``vended_reported_count``/``_cents`` and
 ``outcome_counts`` keep exact totals, so a long simulation checks charges == successful vends with them.
 """
 from __future__ import annotations
@@ -105,22 +105,19 @@ class VendingMachineSimulator:
                  think_s: float = 0.02, slow_s: float = 0.3, cancel_after_s: float = 0.3,
                  patience_s: float = 10.0, reader_timeout_s: float = 10.0, session_timeout_s: float = 30.0,
                  price_format: str = "decimal", link_dir: str | os.PathLike | None = None,
-                 keep_history: int | None = 1000):
+                 keep_history: int | None = None):
         self.always_idle = always_idle
         self.reply_delay_s, self.vend_time_s, self.think_s = reply_delay_s, vend_time_s, think_s
         self.slow_s, self.cancel_after_s, self.patience_s = slow_s, cancel_after_s, patience_s
         self.reader_timeout_s, self.session_timeout_s = reader_timeout_s, session_timeout_s
         self.price_format = price_format
-        # read by tests from other threads, appended only by the simulator thread; ``keep_history``
-        # bounds them (long simulations) while the counters below keep the totals
-        def history():
-            return _History(keep_history)
-
-        self.vended: list[Vended] = history()
-        self.display_lines: list[str] = history()
-        self.machine_messages: list[str] = history()
-        self.commands: list[str] = history()
-        self.outcomes: list[Customer] = history()
+        # records read by tests from other threads, appended only on the line's thread; bounded by
+        # ``keep_history`` while the counters below keep exact totals
+        self.vended: list[Vended] = _History(keep_history)
+        self.display_lines: list[str] = _History(keep_history)
+        self.machine_messages: list[str] = _History(keep_history)
+        self.commands: list[str] = _History(keep_history)
+        self.outcomes: list[Customer] = _History(keep_history)
         self.protocol_errors: list[str] = []
         self.outcome_counts: Counter = Counter()
         self.vended_count = 0
