@@ -24,6 +24,7 @@ import argparse
 import csv
 import hashlib
 import json
+import math
 import os
 import subprocess
 import sys
@@ -201,6 +202,7 @@ def measure(recognizer: Recognizer, samples: list[Sample], enroll_n: int = 1) ->
             enrolled_days[(extra, subject)] = {s.captured[:10] for s in group[:enroll_n] if s.captured}
         probes += group[enroll_n:]
     genuine, impostor, days, rank1, attempts, gaps = [], [], {"same": [], "different": []}, 0, 0, []
+    decisions = {"mated": [], "non_mated": []}
     galleries = {extra: (list(t), recognizer_gallery(t)) for extra, t in templates.items()}
     for p in probes:
         attempts += 1
@@ -214,10 +216,14 @@ def measure(recognizer: Recognizer, samples: list[Sample], enroll_n: int = 1) ->
         impostor += [float(x) for i, x in enumerate(scores) if i != mate and i not in twins]
         scores = np.array([x for i, x in enumerate(scores) if i not in twins])
         mate -= sum(1 for i in twins if i < mate)
+        outcome = decide(scores, recognizer.threshold, recognizer.margin)
+        decisions["mated"].append("right" if outcome == mate else ("wrong_payer" if outcome >= 0 else "refused"))
+        if len(scores) > 1:
+            decisions["non_mated"].append(decide(np.delete(scores, mate), recognizer.threshold, recognizer.margin) >= 0)
         order = np.argsort(-scores)
         rank1 += int(order[0] == mate)
         if len(order) > 1 and order[0] == mate:
-            gaps.append(float(scores[order[0]] - scores[order[1]]))
+            gaps.append((float(scores[order[0]]), float(scores[order[0]] - scores[order[1]])))
         if p.captured and enrolled_days.get((p.extra, p.subject)):
             days["same" if p.captured[:10] in enrolled_days[(p.extra, p.subject)] else "different"].append(float(scores[mate]))
     all_images = len(samples)
@@ -226,10 +232,39 @@ def measure(recognizer: Recognizer, samples: list[Sample], enroll_n: int = 1) ->
            "genuine": len(genuine), "impostor": len(impostor),
            "rank1_with_fta_as_miss": round(rank1 / max(1, attempts), 4)}
     out.update(error_rates(np.array(genuine), np.array(impostor)))
+    out["operating_point"] = operating_point(recognizer, decisions, attempts, np.array(genuine), np.array(impostor))
     if days["different"]:
         out["eer_different_days"] = error_rates(np.array(days["different"]), np.array(impostor))["eer"]
         out["genuine_different_days"] = len(days["different"])
     out["_genuine"], out["_impostor"], out["_gaps"] = genuine, impostor, gaps
+    return out
+
+
+def decide(scores: np.ndarray, threshold: float, margin: float) -> int:
+    """The unit's policy on one score row: index of the payer, or -1 (unknown / ambiguous)."""
+    order = np.argsort(-scores)
+    best = scores[order[0]]
+    runner_up = scores[order[1]] if len(order) > 1 else 0.0
+    return int(order[0]) if best >= threshold and best - runner_up > margin else -1
+
+
+def operating_point(recognizer, decisions: dict, attempts: int, genuine: np.ndarray, impostor: np.ndarray) -> dict:
+    """What the threshold + margin do here, and per-comparison FMR extrapolated to 100 and 1,000 enrolled."""
+    mated = decisions["mated"]
+    out = {"threshold": recognizer.threshold, "margin": recognizer.margin,
+           "fnir_with_fta": round(1 - mated.count("right") / max(1, attempts), 4),
+           "wrong_payer_mated": mated.count("wrong_payer"), "mated_searches": len(mated),
+           "fpir_non_mated": round(float(np.mean(decisions["non_mated"])), 4) if decisions["non_mated"] else None,
+           "non_mated_searches": len(decisions["non_mated"])}
+    if len(genuine):
+        out["fnmr_at_threshold"] = round(float((genuine < recognizer.threshold).mean()), 4)
+    if len(impostor) > 1:
+        z = (recognizer.threshold - impostor.mean()) / max(impostor.std(), 1e-9)
+        fmr = 0.5 * math.erfc(z / math.sqrt(2))  # Gaussian tail of the impostor scores
+        out["fmr_at_threshold_empirical"] = round(float((impostor >= recognizer.threshold).mean()), 6)
+        out["fmr_at_threshold_gaussian_fit"] = float(f"{fmr:.3g}")
+        for n in (100, 1000):
+            out[f"fpir_{n}_enrolled_extrapolated"] = float(f"{1 - (1 - fmr) ** n:.3g}")
     return out
 
 
@@ -324,17 +359,18 @@ def check_tflite_214(model_path: Path) -> str:
 def calibrate(train_metrics: list[dict]) -> dict:
     """Threshold: above every training impostor and at a Gaussian-tail FMR of 1e-6; margin keeps 99% of right picks."""
     impostor = np.concatenate([np.array(m["_impostor"]) for m in train_metrics if m["_impostor"]])
-    gaps = np.concatenate([np.array(m["_gaps"]) for m in train_metrics if m["_gaps"]] or [np.zeros(0)])
+    picks = np.array([g for m in train_metrics for g in m["_gaps"]]).reshape(-1, 2)  # (best score, gap)
     gaussian = float(impostor.mean() + 4.75 * impostor.std())  # one-sided 1e-6
     threshold = round(max(gaussian, float(impostor.max()) + 0.005), 4)
+    gaps = picks[picks[:, 0] >= threshold, 1]  # only picks the threshold lets through reach the margin
     margin = 0.0
     for m in (0.05, 0.04, 0.03, 0.02, 0.01):
-        if len(gaps) == 0 or (gaps < m).mean() <= 0.01:
+        if len(gaps) == 0 or (gaps <= m).mean() <= 0.01:
             margin = m
             break
     return {"threshold": threshold, "margin": margin,
             "how": "threshold = max(training impostor max + 0.005, impostor mean + 4.75 sd (Gaussian FMR 1e-6)); "
-                   "margin = largest of 0.05..0.01 that leaves at most 1% of correct training picks ambiguous",
+                   "margin = largest of 0.05..0.01 that leaves at most 1% of correct training picks above the threshold ambiguous",
             "training_impostors": int(len(impostor)), "impostor_mean": round(float(impostor.mean()), 4),
             "impostor_sd": round(float(impostor.std()), 4), "impostor_max": round(float(impostor.max()), 4)}
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import collections
 import datetime
+import json
 import os
 import random
 import selectors
@@ -50,68 +51,110 @@ MAIN_STEPS = ["begin", "authorize", "approve", "board-receive", "board-vend", "s
 ROUND_TIMEOUT_S = 20.0
 
 
-class Driver:
-    def __init__(self, state_dir: Path, ledger: Path, seed: int, purchases: int = 400):
-        self.proc = subprocess.Popen(
-            [sys.executable, str(DRIVER), "--state-dir", str(state_dir), "--ledger", str(ledger),
-             "--seed", str(seed), "--purchases", str(purchases)],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        os.set_blocking(self.proc.stdout.fileno(), False)
-        self.selector = selectors.DefaultSelector()
-        self.selector.register(self.proc.stdout, selectors.EVENT_READ)
-        self.buffer = b""
-        self.markers: list[str] = []
+class LineReader:
+    """Non-blocking line reader over a pipe."""
 
-    def _pump(self, timeout: float) -> bool:
-        """Read what is there; False at end of output."""
+    def __init__(self, pipe):
+        self.pipe = pipe
+        os.set_blocking(pipe.fileno(), False)
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(pipe, selectors.EVENT_READ)
+        self.buffer = b""
+
+    def read_lines(self, timeout: float) -> list[str] | None:
+        """Complete lines available within ``timeout`` ([] if none); None at end of output."""
         if not self.selector.select(timeout):
-            return True
-        chunk = self.proc.stdout.read()
+            return []
+        chunk = self.pipe.read()
         if not chunk:
-            return False
+            return None
         self.buffer += chunk
         *lines, self.buffer = self.buffer.split(b"\n")
-        self.markers += [line.decode() for line in lines]
-        return True
+        return [line.decode() for line in lines]
 
-    def wait_for(self, name: str, occurrence: int, deadline: float, give_up_on: str | None = None) -> bool:
-        """Until ``name`` has been announced ``occurrence`` times (or ``give_up_on`` once, for steps
-        that happen only sometimes); False if the driver ended first."""
-        while self.markers.count(name) < occurrence and not (give_up_on and give_up_on in self.markers):
+    def close(self):
+        self.selector.close()
+        self.pipe.close()
+
+
+class Driver:
+    """One run of tests/kill_driver.py: forked by the zygote (fast restart) or a fresh interpreter."""
+
+    def __init__(self, reader: LineReader, stderr_log: Path, proc: subprocess.Popen | None = None):
+        self.reader, self.proc, self.stderr_log = reader, proc, stderr_log
+        self.pid = proc.pid if proc else None
+        self.status: int | None = None  # waitpid status (zygote) or return code (fresh)
+        self.markers: list[str] = []
+
+    @classmethod
+    def fresh(cls, argv: list[str], stderr_path: Path) -> "Driver":
+        with open(stderr_path, "ab") as err:
+            proc = subprocess.Popen([sys.executable, str(DRIVER), *argv], stdout=subprocess.PIPE, stderr=err)
+        return cls(LineReader(proc.stdout), stderr_path, proc)
+
+    @property
+    def ended(self) -> bool:
+        return self.status is not None
+
+    def _pump(self, timeout: float) -> bool:
+        """Take in what the driver announced; False once it has ended."""
+        if self.ended:
+            return False
+        lines = self.reader.read_lines(timeout)
+        if lines is None:  # a fresh process closed its stdout
+            self.status = self.proc.wait()
+            self.reader.close()
+            return False
+        for line in lines:
+            if line.startswith("pid ") and self.proc is None:
+                self.pid = int(line.split()[1])
+            elif line.startswith("exit ") and self.proc is None:
+                self.status = int(line.split()[2])
+            else:
+                self.markers.append(line)
+        return not self.ended
+
+    def wait_for(self, name: str, occurrence: int, deadline: float, give_up_after_begins: int | None = None) -> bool:
+        """Until ``name`` has been announced ``occurrence`` times (or, for steps that happen only
+        sometimes, until that many purchases began); False if the driver ended first."""
+        while self.markers.count(name) < occurrence and not (
+                give_up_after_begins and self.markers.count("begin") >= give_up_after_begins):
             if time.monotonic() > deadline:
-                self.proc.kill()
+                self._kill()
                 pytest.fail(f"driver stuck; markers so far: {self.markers[-10:]}")
-            if not self._pump(0.05) and self.proc.poll() is not None:
+            if not self._pump(0.05):
                 return False
         return True
 
+    def _kill(self) -> None:
+        while self.pid is None and self._pump(0.05):
+            pass
+        if not self.ended:
+            os.kill(self.pid, signal.SIGKILL)
+        while self._pump(1.0):
+            pass
+
     def kill_now(self) -> str | None:
         """SIGKILL; the last marker it announced is the step it died in (None if it had exited)."""
-        if self.proc.poll() is not None:
-            self.finish()
+        self._pump(0.0)
+        if self.ended:
+            self._check_exit_ok()
             return None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait()
-        while self._pump(0.0):
-            pass
-        self.close()
-        return self.markers[-1] if self.markers and self.markers[-1] != "exit" else None
+        self._kill()
+        if self.markers and self.markers[-1] == "exit":
+            return None
+        return self.markers[-1] if self.markers else None
 
     def finish(self, timeout: float = ROUND_TIMEOUT_S) -> None:
         deadline = time.monotonic() + timeout
         while self._pump(0.05):
             if time.monotonic() > deadline:
-                self.proc.kill()
+                self._kill()
                 pytest.fail(f"driver did not finish; markers: {self.markers[-10:]}")
-        self.proc.wait(timeout)
-        err = self.proc.stderr.read().decode()
-        self.close()
-        assert self.proc.returncode == 0, f"driver failed (rc {self.proc.returncode}):\n{err}"
+        self._check_exit_ok()
 
-    def close(self):
-        self.selector.close()
-        self.proc.stdout.close()
-        self.proc.stderr.close()
+    def _check_exit_ok(self):
+        assert self.status == 0, f"driver failed (status {self.status}):\n{self.stderr_log.read_text()[-3000:]}"
 
 
 def _provision(state_dir: Path, bundles_dir: Path) -> None:
@@ -225,32 +268,56 @@ def test_sigkill_at_random_points_never_double_charges_or_loses_a_charge(tmp_pat
     state_dir, ledger = tmp_path / "state", tmp_path / "board.ledger"
     _provision(state_dir, tmp_path / "bundles")
     kills_at = collections.Counter()
-    rounds = 0
-    while sum(kills_at.values()) < KILL_POINTS:
-        rounds += 1
-        assert rounds < KILL_POINTS * 3, f"too few rounds ended in a kill: {kills_at}"
-        driver = Driver(state_dir, ledger, seed=SEED * 10_000 + rounds)
-        deadline = time.monotonic() + ROUND_TIMEOUT_S
-        if rng.random() < 0.5:  # at a random moment
-            end = time.monotonic() + rng.uniform(0.0, 0.2)
-            while time.monotonic() < end and driver._pump(max(0.0, end - time.monotonic())):
-                pass
-        else:  # right after a randomly chosen step announced itself, plus a random sliver
-            name = rng.choice(STEP_MARKERS + MAIN_STEPS)  # the purchase steps weighted double
-            occurrence = rng.randint(1, 3) if name in MAIN_STEPS + ["done"] else 1
-            give_up_on = "begin" if name.startswith("recover-") else None  # no open approval this time
-            if not driver.wait_for(name, occurrence, deadline, give_up_on):
-                driver.finish()
-                continue
-            time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.003)]))
-        where = driver.kill_now()
-        if where is not None:
-            kills_at[where] += 1
-    final = Driver(state_dir, ledger, seed=SEED, purchases=0)  # recover only
+    rounds = fresh_runs = 0
+    stderr_log = tmp_path / "driver-stderr.log"
+    with open(stderr_log, "wb") as err:
+        zygote_proc = subprocess.Popen([sys.executable, str(DRIVER), "--zygote"], stdin=subprocess.PIPE,
+                                       stdout=subprocess.PIPE, stderr=err)
+    zygote_lines = LineReader(zygote_proc.stdout)
+    try:
+        while sum(kills_at.values()) < KILL_POINTS:
+            rounds += 1
+            assert rounds < KILL_POINTS * 3, f"too few rounds ended in a kill: {kills_at}"
+            argv = ["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED * 10_000 + rounds)]
+            if rounds % 10 == 0:  # now and then a whole new interpreter, as after a real power cut
+                driver = Driver.fresh(argv, stderr_log)
+                fresh_runs += 1
+            else:
+                zygote_proc.stdin.write((json.dumps(argv) + "\n").encode())
+                zygote_proc.stdin.flush()
+                driver = Driver(zygote_lines, stderr_log)
+            deadline = time.monotonic() + ROUND_TIMEOUT_S
+            if rng.random() < 0.5:  # at a random moment once the interpreter is up
+                if not driver.wait_for("open", 1, deadline):
+                    driver.finish()
+                    continue
+                end = time.monotonic() + rng.uniform(0.0, 0.15)
+                while time.monotonic() < end and driver._pump(max(0.0, end - time.monotonic())):
+                    pass
+            else:  # right after a randomly chosen step announced itself, plus a random sliver
+                name = rng.choice(STEP_MARKERS + MAIN_STEPS)  # the purchase steps weighted double
+                occurrence = rng.randint(1, 3) if name in MAIN_STEPS + ["done"] else 1
+                # recovery steps happen only when something was left open, a sync every few dozen purchases
+                give_up = 1 if name.startswith("recover-") else 40 if name.startswith("sync-") else None
+                if not driver.wait_for(name, occurrence, deadline, give_up):
+                    driver.finish()
+                    continue
+                time.sleep(rng.choice([0.0, 0.0, rng.uniform(0.0, 0.003)]))
+            where = driver.kill_now()
+            if where is not None:
+                kills_at[where] += 1
+    finally:
+        zygote_proc.stdin.close()
+        zygote_proc.wait(ROUND_TIMEOUT_S)
+        zygote_lines.close()
+    assert "Traceback" not in stderr_log.read_text(), stderr_log.read_text()
+    final = Driver.fresh(["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED),
+                          "--purchases", "0"], stderr_log)  # a fresh interpreter that only recovers
     final.finish()
     audit = _audit(state_dir, ledger)
     elapsed = time.monotonic() - started
-    print(f"\nkill test: {sum(kills_at.values())} kill points in {rounds} runs, {elapsed:.1f} s; "
+    print(f"\nkill test: {sum(kills_at.values())} kill points in {rounds} runs ({fresh_runs} fresh "
+          f"interpreters, the rest forked), {elapsed:.1f} s; "
           f"kills per step: {dict(sorted(kills_at.items()))}")
     print({k: (v if isinstance(v, int) else len(v)) for k, v in audit.items()})
 

@@ -68,11 +68,20 @@ def _add_recognition_commands(sub) -> None:
     p.add_argument("--report", type=Path, required=True, help="JSON report to write (a DET curve PNG goes beside it)")
     p.add_argument("--exclude-trained", action="store_true",
                    help="leave out subjects the model manifest says it was trained on (figures on held-out people)")
+    p.add_argument("--same-person", type=_subject_pair, action="append", metavar="A,B",
+                   help="two subjects that may be one person labelled twice: never scored as impostors (repeatable)")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")
     p.add_argument("what", choices=["recognition", "accounts", "loop"], help="which benchmark")
     p.set_defaults(handler=_cmd_bench)
+
+
+def _subject_pair(text: str) -> tuple[str, str]:
+    parts = [part.strip() for part in text.split(",")]
+    if len(parts) != 2 or not all(parts) or parts[0] == parts[1]:
+        raise argparse.ArgumentTypeError(f"expected two different subjects as A,B, got {text!r}")
+    return parts[0], parts[1]
 
 
 def _cmd_eval(args) -> int:
@@ -526,6 +535,7 @@ def _add_unit_commands(sub) -> None:
     p.add_argument("--dataset", type=_existing_dir,
                    help="hand photos as <subject>/<image> (default ../shared/handdata/coep_dev when present, "
                         "else drawn hands)")
+    p.add_argument("--synthetic", action="store_true", help="drawn hands even when photos are present")
     p.add_argument("--employees", type=_positive_int, default=12, help="employees to enroll when provisioning")
     p.add_argument("--seed", type=int, default=1, help="random seed for customers and selections")
     p.add_argument("--quiet", action="store_true", help="do not print each purchase")

@@ -208,7 +208,9 @@ def run_eval(args) -> int:
     for problem in dataset.problems:
         log.warning("%s", problem)
     recognizer = Recognizer.from_config(cfg)
-    report = evaluate(recognizer, dataset, enroll_n)
+    pairs = {frozenset(pair) for pair in (getattr(args, "same_person", None) or [])}
+    report = evaluate(recognizer, dataset, enroll_n, not_impostors=pairs)
+    report["not_compared"] = sorted(sorted(pair) for pair in pairs)
     report["dataset"] = str(args.dataset)
     report["excluded_trained_subjects"] = sorted(excluded)
     report_path = Path(args.report)
@@ -222,13 +224,15 @@ def run_eval(args) -> int:
     return 0
 
 
-def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> dict:
+def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not_impostors=()) -> dict:
     """All figures for one dataset, as a JSON-ready dict (plus ``_curves`` for plotting).
 
     ``recognizer`` is a recognition.Recognizer: features(image), enroll_features([features]),
     score_matrix(probes, gallery), identify(features, gallery), threshold, margin;
-    ``make_gallery`` turns {subject: template} into its gallery (Gallery.from_templates).
+    ``make_gallery`` turns {subject: template} into its gallery (Gallery.from_templates);
+    ``not_impostors`` holds subject pairs (frozensets) that may be one person labelled twice.
     """
+    not_impostors = set(not_impostors)
     if make_gallery is None:
         from .recognition import Gallery
 
@@ -264,6 +268,11 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None) -> 
         recognizer.identify(probe.features, gallery)  # the unit's own 1:N path, timed
         probe.match_seconds = time.perf_counter() - start
         match_seconds.append(probe.match_seconds)
+        if not_impostors:
+            # Subjects declared possibly the same person: comparing them is neither genuine nor impostor.
+            keep = [frozenset((probe.sample.subject, t)) not in not_impostors for t in subjects]
+            scores = scores[keep]
+            subjects = [t for t, k in zip(subjects, keep) if k]
         mate = subjects.index(probe.sample.subject) if probe.sample.subject in subjects else -1
         for i, score in enumerate(scores):
             if i == mate:

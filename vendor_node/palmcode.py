@@ -29,7 +29,8 @@ class CodeParams:
     fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
-    coarse_step: int = 2  # shift step of the coarse 1:N pass
+    coarse_step: int = 3  # shift step of the coarse 1:N pass
+    coarse_rotations: int = 3  # how many of rotations_deg the coarse pass tries
     candidates: int = 16  # gallery entries that get the full search
     geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
     geometry_fill: float = 0.0  # the difference assumed when too few measurements are shared

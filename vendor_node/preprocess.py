@@ -50,12 +50,12 @@ SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a sec
 MIN_SHARPNESS = 0.6  # edge gradient / contrast; a sharp edge gives 1-2, a 2.5%-of-frame motion blur under 0.6
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
-ROI_SIDE = 1.5  # ROI side over the distance between the index/middle and ring/little valleys
-ROI_GAP = 0.2  # gap between that valley line and the ROI, same unit
-ROI_ANGLE = "line"
-ROI_SCALE = "span"
-ROI_ANCHOR = "valleys"
-ROI_SPAN_PER_RADIUS = 1.0
+# The palm ROI (measured with the palm-code matcher on coep_dev and webcam_hand2, enroll 1): its side is
+# ROI_SIDE palm radii (the palm's inscribed circle is steadier than the valleys, which pegs and finger
+# spread move); its centre is halfway between a point ROI_PALM_SHIFT radii from the palm centre towards
+# the fingers and the centre of a square hanging ROI_GAP sides below the finger-valley line.
+ROI_SIDE = 1.45
+ROI_GAP = 0.3 / 1.45
 ROI_PALM_SHIFT = 0.1
 VALLEY_DEPTH = 0.45
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre  # convexity-defect depth in palm radii
@@ -250,6 +250,8 @@ class _Shape:
     names: list[str]  # finger names for ``tips`` ("" when unknown)
     up: np.ndarray  # unit vector from the wrist towards the fingers
     extent: float  # how far the hand reaches from the palm centre towards the fingers, in palm radii
+    contour: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
+    tip_index: dict[str, int] = field(default_factory=dict)  # named fingertip -> its index on ``contour``
 
 
 def _gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius: float) -> list[np.ndarray]:
@@ -324,7 +326,8 @@ def _fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radius: 
             if np.linalg.norm(valley - center) <= VALLEY_REACH * radius:
                 points[f"valley_{pair[0]}_{pair[1]}"] = valley
     valleys_sorted = sorted(near, key=angle)
-    return _Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent)
+    tip_index = {name: index for name, (index, _) in zip(names, tips) if name}
+    return _Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index)
 
 
 def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
@@ -412,22 +415,17 @@ def _roi_frame(shape: _Shape, mask: np.ndarray, center: np.ndarray, radius: floa
         if up @ ((a + b) / 2 - center) < 0:
             up = -up  # from the palm towards the fingers
         fingers_up = _finger_direction(p)
-        if ROI_ANGLE == "blend" and fingers_up is not None:
+        if fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
             up = up + fingers_up
             up = up / (np.linalg.norm(up) + 1e-6)
         axis_x = np.array([-up[1], up[0]])  # fingers point to -y in the ROI (a rotation, never a mirror image)
-        if ROI_SCALE == "radius":
-            side = ROI_SIDE * ROI_SPAN_PER_RADIUS * radius
-        else:
-            side = ROI_SIDE * span
-        if ROI_ANCHOR == "palm":
-            return center + up * ROI_PALM_SHIFT * radius, axis_x, side, alignment
-        mid = (a + b) / 2
-        return mid - up * (ROI_GAP * side / ROI_SIDE + side / 2), axis_x, side, alignment
+        side = ROI_SIDE * radius
+        from_palm = center + up * ROI_PALM_SHIFT * radius
+        from_valleys = (a + b) / 2 - up * (ROI_GAP + 0.5) * side
+        return (from_palm + from_valleys) / 2, axis_x, side, alignment
     up = _principal_axis(mask, center, radius, shape.up)
     axis_x = np.array([-up[1], up[0]])
-    side = 1.4 * radius
-    return center + up * 0.1 * radius, axis_x, side, "axis"
+    return center + up * ROI_PALM_SHIFT * radius, axis_x, ROI_SIDE * radius, "axis"
 
 
 def _finger_direction(points: dict) -> np.ndarray | None:
@@ -514,11 +512,11 @@ def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, limit
 
 
 def _geometry(shape: _Shape, mask, center, radius) -> np.ndarray:
-    """Finger lengths and widths over palm width, in the order of GEOMETRY_NAMES; zeros where unmeasurable."""
+    """Finger lengths and widths over palm width (the palm circle's diameter, steadier than any one
+    cut across the palm), in the order of GEOMETRY_NAMES; zeros where unmeasurable."""
     out = np.zeros(GEOMETRY_SIZE, dtype=np.float32)
-    across = np.array([-shape.up[1], shape.up[0]])
-    palm_width = _run_width(mask, center, across, 6 * radius)
-    if palm_width < 2:
+    palm_width = 2.0 * radius
+    if palm_width < 4:
         return out
     p = shape.points
     valley_of = {  # the thumb valley sits far below the index finger's base, so the index uses one valley
@@ -530,6 +528,8 @@ def _geometry(shape: _Shape, mask, center, radius) -> np.ndarray:
         bases = [p[f"valley_{v}"] for v in valley_of[finger] if f"valley_{v}" in p]
         if tip is None or not bases:
             continue
+        if len(bases) == 1:
+            bases.append(_opposite_base(shape, finger, bases[0]))
         base = np.mean(bases, axis=0)
         along = tip - base
         length = float(np.linalg.norm(along))
@@ -543,8 +543,25 @@ def _geometry(shape: _Shape, mask, center, radius) -> np.ndarray:
     if all(f"valley_{v}" in p for v in ("index_middle", "middle_ring", "ring_little")):
         out[20] = np.linalg.norm(p["valley_index_middle"] - p["valley_middle_ring"]) / palm_width
         out[21] = np.linalg.norm(p["valley_middle_ring"] - p["valley_ring_little"]) / palm_width
-    out[22] = _run_width(mask, center, shape.up, 6 * radius) / palm_width
+        line_middle = (p["valley_index_middle"] + p["valley_ring_little"]) / 2
+        out[22] = np.linalg.norm(line_middle - center) / palm_width
     return out
+
+
+def _opposite_base(shape: _Shape, finger: str, valley: np.ndarray) -> np.ndarray:
+    """For a finger with a valley on one side only: the outline point on its other side as far from the
+    tip as the valley is, so the finger's base is the middle of the two."""
+    contour, tip_at = shape.contour, shape.tip_index.get(finger)
+    if tip_at is None or not len(contour):
+        return valley
+    n = len(contour)
+    tip = contour[tip_at]
+    reach = float(np.linalg.norm(valley - tip))
+    valley_at = int(np.argmin(np.linalg.norm(contour - valley, axis=1)))
+    towards_valley = 1 if (valley_at - tip_at) % n < n / 2 else -1
+    steps = (tip_at - towards_valley * np.arange(1, n // 4)) % n
+    far = np.flatnonzero(np.linalg.norm(contour[steps] - tip, axis=1) >= reach)
+    return contour[steps[far[0]]] if far.size else valley
 
 
 def _quality(sharpness, contrast, area, alignment, shape) -> float:

@@ -326,7 +326,8 @@ class Recognizer:
         if len(gallery) == 0:
             return Match(None, 0.0, 0.0, "unknown")
         self._check_gallery(gallery)
-        coarse = self._scores(probe, gallery, None, self._coarse_shifts, 1)
+        coarse = self._scores(probe, gallery, None, self._coarse_shifts,
+                              min(self.params.coarse_rotations, len(probe.codes)))
         keep = min(len(gallery), self.params.candidates)
         candidates = np.argpartition(-coarse, keep - 1)[:keep] if keep < len(gallery) else np.arange(len(gallery))
         fine = self._scores(probe, gallery, candidates, self._full_shifts, len(probe.codes))

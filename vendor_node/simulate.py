@@ -48,6 +48,8 @@ def sim_config(cfg):
         unit={"hardware": "sim"},
         board={"selection_timeout_s": 3.0, "vend_outcome_timeout_s": 3.0, "hand_wait_s": 2.0,
                "reply_timeout_s": 1.0, "reconnect_max_backoff_s": 2.0},
+        # customers come back to back (ten a second, not one a minute): the cool-down runs on the same clock
+        abuse={"max_failures": cfg.abuse.max_failures, "window_s": 2.0, "cooldown_s": 1.0},
     )
 
 
@@ -172,8 +174,9 @@ def load_or_create_people(cfg, args, rng: random.Random, recognizer) -> list[Sim
             log.info("bundle needs renewing (%s): provisioning a new one", stale)
             provision(cfg, people, recognizer, rng)
         return people
-    dataset = args.dataset if getattr(args, "dataset", None) else (HANDDATA_DEFAULT if HANDDATA_DEFAULT.is_dir()
-                                                                    else None)
+    dataset = getattr(args, "dataset", None) or (HANDDATA_DEFAULT if HANDDATA_DEFAULT.is_dir() else None)
+    if getattr(args, "synthetic", False):
+        dataset = None
     people = choose_people(rng, dataset, employees=getattr(args, "employees", 12), strangers=4)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     provision(cfg, people, recognizer, rng)
@@ -343,6 +346,9 @@ def run_simulation(args) -> int:
         raise UsageError("--customers must be at least 1")
     cfg = sim_config(load_config(getattr(args, "config", None), hardware="sim", state_dir=args.state_dir))
     rng = random.Random(args.seed)
+    unit_log = logging.getLogger("vendor_node.unit")
+    if not getattr(args, "quiet", False) and not unit_log.isEnabledFor(logging.DEBUG):
+        unit_log.setLevel(logging.WARNING)  # each purchase is printed on stdout; do not log it twice
     recognizer = Recognizer.from_config(cfg)
     people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
@@ -377,7 +383,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
     behaviours, weights = zip(*BEHAVIOUR_WEIGHTS.items())
     records = []
     printer = (lambda p: print(p.line(), flush=True)) if echo else None
-    options = {"patience_s": 2.0, "reader_timeout_s": 5.0, "session_timeout_s": 10.0}
+    options = {"patience_s": 2.0, "reader_timeout_s": 5.0, "session_timeout_s": 10.0, "keep_history": 1000}
     options.update(vmc_options or {})
     started = time.monotonic()
     with SimUnit(cfg, recognizer, vmc_options=options, on_purchase=printer) as unit:
@@ -400,8 +406,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
         elapsed = time.monotonic() - started
         summary = journal_summary(unit.journal, after_seq)
         chain = unit.journal.verify()
-        vended = [v for v in unit.vmc.vended]
-        reported = [v for v in vended if v.reported]
+        vmc = unit.vmc
     latencies = [r.trigger_to_board_ms for r in records if r.trigger_to_board_ms is not None]
     by_order = {}
     for order in ("hand_first", "selection_first"):
@@ -415,16 +420,16 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
             key = r.reason if r.outcome == "refused" else r.outcome
             refused[key] = refused.get(key, 0) + 1
     # Every item that dropped must be charged exactly once, at the approved amount, and nothing else.
-    charges_equal = (summary["charged"] == len(vended)
-                     and summary["charged_cents"] == sum(v.approved_cents for v in vended))
+    charges_equal = summary["charged"] == vmc.vended_count and summary["charged_cents"] == vmc.vended_cents
     return {
         "customers": count,
         "purchases_recorded": len(records),
         "outcomes": outcomes,
         "approved": summary["approved"],
         "refused": refused,
-        "vended": len(vended),
-        "vended_unreported": len(vended) - len(reported),
+        "vended": vmc.vended_count,
+        "vended_cents": vmc.vended_cents,
+        "vended_unreported": vmc.vended_count - vmc.vended_reported_count,
         "journal": summary,
         "charged": summary["charged"],
         "charged_cents": summary["charged_cents"],

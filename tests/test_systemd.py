@@ -1,0 +1,117 @@
+"""The systemd units: `systemd-analyze verify` accepts them, and they keep the properties the unit relies on."""
+from __future__ import annotations
+
+import configparser
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vendor_node.cli import build_parser
+
+SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
+UNITS = ["vendor-node.service", "vendor-node-sync.service", "vendor-node-sync.timer"]
+INSTALLED_BINARY = "/opt/vendor-node/venv/bin/vendor-node"
+
+
+def read_unit(name: str) -> configparser.ConfigParser:
+    parser = configparser.ConfigParser(strict=False, interpolation=None, empty_lines_in_values=False)
+    parser.optionxform = str
+    # repeated keys (DeviceAllow=) would clash in configparser: keep the last, the test checks raw text for those
+    parser.read_string((SYSTEMD / name).read_text(encoding="utf-8"))
+    return parser
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_analyze_verify_accepts_the_units(tmp_path):
+    # verify insists that ExecStart exists: point it at this checkout's vendor-node, as install.sh does at /opt
+    binary = Path(sys.executable).with_name("vendor-node")
+    assert binary.exists(), f"{binary}: install the package (pip install -e .) first"
+    for name in UNITS:
+        text = (SYSTEMD / name).read_text(encoding="utf-8")
+        (tmp_path / name).write_text(text.replace(INSTALLED_BINARY, str(binary)), encoding="utf-8")
+    result = subprocess.run(["systemd-analyze", "verify", *UNITS], cwd=tmp_path, capture_output=True,
+                            text=True, timeout=60)
+    problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
+    assert result.returncode == 0 and not problems, "\n".join(problems)
+
+
+def test_service_is_notify_with_a_watchdog_and_restarts():
+    service = read_unit("vendor-node.service")["Service"]
+    assert service["Type"] == "notify"
+    assert 10 <= int(service["WatchdogSec"]) <= 120
+    assert service["Restart"] == "on-failure"
+    assert service["ExecStart"] == f"{INSTALLED_BINARY} run"
+
+
+def test_service_runs_as_a_dedicated_user_with_hardware_groups_and_hardening():
+    service = read_unit("vendor-node.service")["Service"]
+    assert service["User"] == "vendor-node"
+    assert set(service["SupplementaryGroups"].split()) == {"video", "gpio", "dialout"}
+    assert service["StateDirectory"] == "vendor-node"
+    for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
+                       "NoNewPrivileges": "yes", "DevicePolicy": "closed"}.items():
+        assert service[key] == value, key
+    text = (SYSTEMD / "vendor-node.service").read_text(encoding="utf-8")
+    for device in ("char-video4linux", "char-gpiochip", "char-ttyAMA", "char-ttyUSB"):
+        assert f"DeviceAllow={device} rw" in text
+
+
+def test_stop_timeout_outlasts_a_vend_in_flight():
+    from vendor_node.config import BoardConfig
+
+    service = read_unit("vendor-node.service")["Service"]
+    assert int(service["TimeoutStopSec"]) > BoardConfig().vend_outcome_timeout_s
+
+
+def test_nightly_sync_timer():
+    timer = read_unit("vendor-node-sync.timer")["Timer"]
+    assert timer["Persistent"] == "true"
+    assert timer["RandomizedDelaySec"]
+    assert timer["Unit"] == "vendor-node-sync.service"
+    assert "*-*-*" in timer["OnCalendar"]  # daily
+    sync = read_unit("vendor-node-sync.service")["Service"]
+    assert sync["Type"] == "oneshot" and sync["User"] == "vendor-node"
+
+
+def test_sync_command_is_one_the_cli_accepts():
+    command = shlex.split(read_unit("vendor-node-sync.service")["Service"]["ExecStart"])
+    assert command[0] == INSTALLED_BINARY
+    args = build_parser().parse_args(command[1:])
+    assert args.command == "journal"
+
+
+def test_install_script_installs_every_unit():
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "install.sh").read_text(encoding="utf-8")
+    for name in UNITS:
+        assert name in script
+    for needed in ("python3-picamera2", "python3-lgpio", "--system-site-packages", "video,gpio,dialout"):
+        assert needed in script
+
+
+# --- the example config that install.sh puts in /etc/vendor-node ------------------------------
+EXAMPLE = Path(__file__).resolve().parents[1] / "firmware_assets" / "config.example.toml"
+
+
+def test_config_example_parses_with_the_strict_loader_and_lists_every_key():
+    import dataclasses
+    import re
+
+    from vendor_node.config import Config, parse_config
+
+    text = EXAMPLE.read_text(encoding="utf-8")
+    cfg = parse_config(text, str(EXAMPLE))
+    defaults = Config()
+    for section in dataclasses.fields(Config):
+        values, default_values = getattr(cfg, section.name), getattr(defaults, section.name)
+        assert re.search(rf"^\[{section.name}\]$", text, re.M), section.name
+        for key in dataclasses.fields(type(default_values)):
+            assert re.search(rf"^#?\s*{key.name}\s*=", text, re.M), f"{section.name}.{key.name} missing"
+            if key.name != "assets_dir":  # the example points at the installed copy
+                assert getattr(values, key.name) == getattr(default_values, key.name), f"{section.name}.{key.name}"
+    # the commented-out keys are valid too once a technician sets them
+    uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
+    parse_config(uncommented, "uncommented example")
