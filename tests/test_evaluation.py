@@ -210,3 +210,14 @@ def test_eval_command_on_a_missing_folder_fails_clearly(tmp_path, capsys):
 
     assert main(["eval", "--dataset", str(tmp_path / "nope"), "--report", str(tmp_path / "r.json")]) == 1
     assert "no such folder" in capsys.readouterr().err
+
+
+def test_policy_projection_grows_with_the_number_enrolled():
+    from vendor_node.evaluation_metrics import policy_projection
+
+    rng = np.random.default_rng(1)
+    genuine, impostor = rng.normal(0.85, 0.03, 500), rng.normal(0.6, 0.03, 5000)
+    p = policy_projection(genuine, impostor, threshold=0.72)
+    assert p["fmr_counted"] == 0.0 and 0 < p["fmr_gaussian_fit"] < 1e-4  # 4 sd: about 3e-5
+    assert p["stranger_accepted_of_1000"] > p["stranger_accepted_of_100"] > 0
+    assert p["false_refusal_after_second_try"] == pytest.approx(p["fnmr"] ** 2)

@@ -73,9 +73,12 @@ def test_embed_is_normalised_and_matches_the_float_filters(embedder):
     filters = embedder.manifest["filters"]
     reference = train_model.FloatEmbedder(
         train_model.gabor_bank(filters["size"], filters["sigma"], filters["wavelength"]), embedder.manifest)
-    want = np.argmin(reference.responses(roi), axis=-1)[4:-4, 4:-4]
-    got = np.argmin(embedder.responses(roi), axis=-1)[4:-4, 4:-4]
-    assert float(np.mean(want == got)) > 0.8
+    float_responses = reference.responses(roi)[4:-4, 4:-4]
+    ordered = np.sort(float_responses, axis=-1)
+    clear = (ordered[..., 1] - ordered[..., 0]) > np.median(ordered[..., 1] - ordered[..., 0])  # cells the code trusts
+    want = np.argmin(float_responses, axis=-1)[clear]
+    got = np.argmin(embedder.responses(roi)[4:-4, 4:-4], axis=-1)[clear]
+    assert float(np.mean(want == got)) > 0.9
 
 
 def test_embed_refuses_a_wrong_roi(embedder):
@@ -196,3 +199,48 @@ def test_import_needs_no_tflite_runtime():
     code = "import sys, vendor_node.model, vendor_node.recognition; " \
            "assert 'ai_edge_litert' not in sys.modules and 'tflite_runtime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+# --- the training script's bookkeeping (no TensorFlow needed) -------------------------
+@pytest.fixture(scope="module")
+def train_model():
+    spec = importlib.util.spec_from_file_location("train_model", ASSETS_DIR.parent / "scripts" / "train_model.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("train_model", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_manifest_holds_out_people_it_did_not_train_on(embedder):
+    training = embedder.manifest["training"]
+    for name, trained in training["subjects"].items():
+        held = training["held_out_subjects"][name]
+        assert held, f"{name}: nobody held out"
+        assert not set(trained) & set(held), f"{name}: people both trained on and held out"
+    assert embedder.manifest["metrics"]["held_out_enroll_1"], "no held-out figures in the manifest"
+
+
+def test_subject_split_is_seeded_and_keeps_people_labelled_twice_together(train_model):
+    samples = [train_model.Sample("coep_dev", f"{s}/1.jpg", s, "", "") for s in
+               ["076", "163", "077", "153", "080", "155"] + [f"{i:03d}" for i in range(200, 230)]]
+    first = train_model.split_subjects(samples, 0.5, seed=3)
+    assert first == train_model.split_subjects(samples, 0.5, seed=3)
+    assert first != train_model.split_subjects(samples, 0.5, seed=4)
+    train, held = first
+    for a, b in train_model.SAME_PERSON["coep_dev"]:
+        assert (a in train) == (b in train)
+    assert sorted(train + held) == sorted(s.subject for s in samples)
+
+
+def test_error_rates_on_a_known_case(train_model):
+    genuine = np.array([0.9, 0.8, 0.7, 0.4])
+    impostor = np.array([0.1, 0.2, 0.3, 0.5])
+    rates = train_model.error_rates(genuine, impostor)
+    assert rates["eer"] == pytest.approx(0.25)
+    assert rates["fnmr_at_fmr_1e-3"] == pytest.approx(0.25)  # threshold above 0.5 loses the 0.4 genuine
+
+
+def test_decision_policy_in_measurements(train_model):
+    assert train_model.decide(np.array([0.9, 0.5]), 0.7, 0.05) == 0
+    assert train_model.decide(np.array([0.6, 0.5]), 0.7, 0.05) == -1  # below threshold
+    assert train_model.decide(np.array([0.9, 0.87]), 0.7, 0.05) == -1  # within the margin

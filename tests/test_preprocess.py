@@ -46,7 +46,8 @@ def test_rotation_and_shift_are_normalised_away(person):
     """The same palm turned and moved: its valleys and ROI land on the same spot of the hand."""
     size = (480, 640)
     spots = []
-    for rotation, shift in ((0.0, (0.0, 0.0)), (22.0, (0.06, -0.04)), (-18.0, (-0.05, 0.03))):
+    for rotation, shift in ((0.0, (0.0, 0.0)), (22.0, (0.06, -0.04)), (-18.0, (-0.05, 0.03)), (90.0, (0.0, 0.0)),
+                            (180.0, (0.0, -0.12))):
         hand = extract_hand(synthetic.draw_hand(person, 0, size, rotation=rotation, shift=shift, scale=1.0, spread=1.0))
         matrix = synthetic.canvas_to_frame(size, rotation, shift, 1.0)
         back = lambda point: np.linalg.solve(matrix[:, :2], np.asarray(point) - matrix[:, 2])  # noqa: E731
@@ -54,6 +55,16 @@ def test_rotation_and_shift_are_normalised_away(person):
     spots = np.array(spots)  # (pose, keypoint, xy) in canvas pixels; the palm is PALM pixels wide
     spread = np.linalg.norm(spots - spots.mean(axis=0), axis=2).max()
     assert spread < 0.05 * synthetic.PALM
+
+
+@pytest.mark.parametrize("person", [0, 3, 5])
+def test_guide_pegs_between_the_fingers_do_not_move_the_roi(person):
+    """Pegs (as on a peg-guided reader) close the finger gaps; the ROI must stay where it was."""
+    plain = extract_hand(synthetic.draw_hand(person, 0, spread=1.25, noise=0, blur=0))
+    pegged = extract_hand(synthetic.draw_hand(person, 0, spread=1.25, noise=0, blur=0, pegs=True))
+    assert pegged.alignment == "valleys"
+    moved = np.linalg.norm(np.subtract(plain.keypoints["roi_center"], pegged.keypoints["roi_center"]))
+    assert moved < 0.08 * plain.measures["palm_radius"]
 
 
 def test_fingers_together_falls_back_to_the_palm_axis():

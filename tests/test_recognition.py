@@ -240,3 +240,25 @@ def test_threshold_and_margin_come_from_config_or_manifest(recognizer):
 
 def test_package_import_stays_light():
     assert recognition.MAX_TEMPLATE_BYTES == 1024
+
+
+@pytest.mark.handdata
+def test_held_out_real_palms_are_told_apart(recognizer, handdata):
+    """Six people the model never trained on: each second photo must pick its own first photo."""
+    import csv
+
+    held = recognizer.embedder.manifest["training"]["held_out_subjects"]["coep_dev"]
+    with open(handdata / "coep_dev" / "manifest.csv", newline="") as fh:
+        rows = sorted(csv.DictReader(fh), key=lambda r: r["path"])
+    by_subject: dict[str, list[str]] = {}
+    for row in rows:
+        by_subject.setdefault(row["subject"], []).append(row["path"])
+    people = [s for s in held if len(by_subject.get(s, [])) >= 2][:6]
+    assert len(people) >= 4
+
+    def frame(path):
+        return cv2.imread(str(handdata / "coep_dev" / path), cv2.IMREAD_GRAYSCALE)
+
+    gallery = Gallery.from_templates({s: recognizer.enroll([frame(by_subject[s][0])]).template for s in people})
+    right = sum(recognizer.identify(frame(by_subject[s][1]), gallery).employee_id == s for s in people)
+    assert right >= len(people) - 1

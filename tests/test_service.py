@@ -364,3 +364,166 @@ def test_sd_notify_messages_over_a_datagram_socket(tmp_path):
 def test_no_camera_image_is_kept_unless_turned_on(unit, cfg):
     buy(unit, 1)
     assert not (cfg.state_dir / "debug").exists()
+
+
+class HangingCamera:
+    """A camera whose capture never returns (a wedged CSI driver) until the test lets it go."""
+
+    def __init__(self):
+        self.release = __import__("threading").Event()
+
+    def capture(self, timeout=None):
+        self.release.wait()
+        raise __import__("vendor_node.errors", fromlist=["CameraError"]).CameraError("released")
+
+    def present(self, image):
+        pass
+
+    def clear(self):
+        pass
+
+    def check(self):
+        pass
+
+    def close(self):
+        self.release.set()
+
+
+def test_a_hung_camera_stops_the_watchdog_pings(cfg, tmp_path):
+    path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(0.3)
+    camera = HangingCamera()
+    notifier = Notifier(address=path, watchdog_usec="150000")  # a ping at most every 50 ms
+
+    def pings_within(seconds):
+        count, deadline = 0, time.monotonic() + seconds
+        while time.monotonic() < deadline:
+            try:
+                count += server.recv(1024) == b"WATCHDOG=1"
+            except socket.timeout:
+                pass
+        return count
+
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery, camera=camera,
+                 loop_options={"notifier": notifier, **FAST_RETRY}) as unit:
+        assert unit.wait_in_service()
+        assert pings_within(0.5) >= 3  # idle: the loop completes iterations and pings
+        unit.panel.present_hand()  # the loop now blocks inside capture() forever
+        time.sleep(0.2)
+        while True:  # drain what was sent before the hang
+            try:
+                server.recv(1024)
+            except socket.timeout:
+                break
+        assert pings_within(0.6) == 0  # systemd's WatchdogSec would now restart the unit
+        camera.release.set()
+        assert pings_within(1.0) >= 1  # released: the error is handled and the loop goes on
+    server.close()
+
+
+def test_vendor_node_run_sim_talks_to_systemd_and_stops_on_sigterm(tmp_path):
+    import os
+    import random
+    import signal
+    import subprocess
+    import sys
+
+    from vendor_node.recognition import Recognizer
+    from vendor_node.simulate import choose_people, provision
+
+    cfg = make_cfg(tmp_path)  # the real recognizer, employees enrolled from drawn hands
+    provision(cfg, choose_people(random.Random(1), None, employees=2, strangers=0), Recognizer.from_config(cfg),
+              random.Random(1))
+    path = str(tmp_path / "notify.sock")
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    server.bind(path)
+    server.settimeout(30)
+    env = dict(os.environ, NOTIFY_SOCKET=path, WATCHDOG_USEC="3000000")
+    env.pop("VENDOR_NODE_CONFIG", None)
+    proc = subprocess.Popen([sys.executable, "-m", "vendor_node.cli", "run", "--sim", "--state-dir",
+                             str(cfg.state_dir)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        messages = [server.recv(1024).decode()]
+        while not messages[-1].startswith("READY=1"):
+            assert messages[-1].startswith("STATUS="), messages
+            messages.append(server.recv(1024).decode())
+        assert messages[-1].startswith("READY=1\nSTATUS=in service")
+        got = set()
+        while "WATCHDOG=1" not in got:
+            got.add(server.recv(1024).decode())
+        proc.send_signal(signal.SIGTERM)
+        while "STOPPING=1" not in got:
+            got.add(server.recv(1024).decode())
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    assert "SIGTERM received" in err and "unit stopped" in err
+    assert "gallery loaded: 2 templates" in err
+    server.close()
+
+
+def test_an_unreadable_template_leaves_only_that_employee_out(cfg):
+    from vendor_node.errors import RecognitionError
+
+    def strict_gallery(templates):
+        if any(t[1] == 2 for t in templates.values()):
+            raise RecognitionError("template of E2 is truncated")
+        return marker_gallery(templates)
+
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=strict_gallery) as unit:
+        assert unit.wait_in_service()
+        assert buy(unit, 1)[0].outcome == "vended"
+        assert buy(unit, 2)[0].outcome == "unknown"
+    assert unit.error is None
+
+
+def test_debug_images_only_when_turned_on_and_capped(tmp_path):
+    cfg = make_cfg(tmp_path, recognition={"keep_debug_images": True})
+    provision_bundle(cfg, EMPLOYEES, {"E1": bytes([1, 1])})
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options={"debug_images_max": 2}) as unit:
+        assert unit.wait_in_service()
+        for _ in range(3):
+            assert buy(unit, 1)[0].outcome == "vended"
+    kept = sorted((cfg.state_dir / "debug").iterdir())
+    assert len(kept) == 2 and all(p.suffix == ".png" for p in kept)
+
+
+def test_adapter_missing_at_boot_keeps_the_unit_out_of_service_until_it_appears(cfg, tmp_path):
+    import threading
+
+    from vendor_node.accounts import AbuseGuard, AccountStore
+    from vendor_node.camera import SimCamera
+    from vendor_node.journal import Journal
+    from vendor_node.proximity import open_panel
+    from vendor_node.service import PurchaseLoop, open_board
+    from vendor_node.storage import open_db
+    from vendor_node.vmc_sim import VendingMachineSimulator
+
+    machine = VendingMachineSimulator(link_dir=tmp_path / "dev", **VMC_FAST)
+    (tmp_path / "dev").mkdir()
+    stop = threading.Event()
+    conn = open_db(cfg.state_dir)
+    journal = Journal(conn)
+    with open_panel(cfg) as panel, open_board(cfg, port=machine.port_path, stop_event=stop) as board:
+        loop = PurchaseLoop(cfg, camera=SimCamera(), panel=panel, board=board, recognizer=MarkerRecognizer(),
+                            accounts=AccountStore(cfg, conn, journal), journal=journal, abuse=AbuseGuard(cfg),
+                            stop_event=stop, gallery_factory=marker_gallery, fault_retry_s=0.3)
+        thread = threading.Thread(target=loop.run, daemon=True)
+        thread.start()
+        try:
+            assert machine.wait_until(lambda: "board" in loop.faults, 3.0)
+            assert panel.last_outcome == "out_of_service"
+            machine.start()  # the adapter is plugged in
+            assert machine.wait_until(lambda: not loop.faults and machine.reader_state == "enabled", 15.0), loop.faults
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            machine.stop()
+    conn.close()
+    assert not thread.is_alive()

@@ -94,3 +94,17 @@ def test_small_run_on_real_photos(tmp_path, handdata):
     assert report["hand_images"] == "real photos"
     check_consistent(report)
     assert code == 0
+
+
+def test_selftest_passes_on_a_provisioned_sim_unit_and_fails_on_an_empty_one(tmp_path, capsys):
+    simulate(tmp_path, "--synthetic", "--employees", "2", customers=2)
+    assert main(["selftest", "--sim", "--state-dir", str(tmp_path / "state")]) == 0
+    out = capsys.readouterr().out
+    assert "FAIL" not in out
+    for check in ("config", "keys", "model", "camera", "gpio", "serial", "journal", "accounts"):
+        assert f"PASS  {check}" in out
+    empty = tmp_path / "empty"
+    assert main(["selftest", "--sim", "--state-dir", str(empty)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL  keys" in out and "FAIL  journal" in out and "PASS  serial" in out
+    assert not empty.exists() or not any(empty.rglob("*.key"))  # a selftest never creates keys or a db

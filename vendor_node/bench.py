@@ -150,7 +150,7 @@ def bench_loop(args) -> int:  # owned by the unit engineer
         cfg = sim_config(Config()).replace(unit={"state_dir": Path(tmp), "unit_id": "bench"},
                                            abuse={"max_failures": 10 ** 9})
         recognizer = Recognizer.from_config(cfg)
-        people = choose_people(rng, None, employees=8, strangers=2)
+        people = choose_people(rng, None, employees=8, strangers=2, funds_cents=100_000_000)
         provision(cfg, people, recognizer, rng)
         images = {p.key: p.images("present")[:3] for p in people}  # the simulator's images, kept small
         employees = [p for p in people if p.employee_id]

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import DatasetError, HandRejected, UsageError
-from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates
+from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
 
 log = logging.getLogger(__name__)
 
@@ -383,6 +383,8 @@ def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, imp
         if fnir is not None:
             acquired = len(mated_rows)
             report["identification"]["fnir_counting_fta"] = round((fnir * acquired + mated_failed) / len(mated_probes), 5)
+    report["projection"] = {k: (float(f"{v:.4g}") if isinstance(v, float) else v)
+                            for k, v in policy_projection(genuine, impostor, threshold).items()}
     if dataset.has_captured:
         report["by_capture_day"] = {k: _verification(v, impostor) for k, v in genuine_days.items()}
     report["_curves"] = {"all": det_points(genuine, impostor)}
@@ -393,7 +395,11 @@ def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, imp
 
 # --- output -------------------------------------------------------------------
 def _pct(value) -> str:
-    return "-" if value is None else f"{100 * value:.2f}%"
+    if value is None:
+        return "-"
+    if 0 < value < 1e-4:
+        return f"{100 * value:.1e}%"
+    return f"{100 * value:.2f}%"
 
 
 def format_table(report: dict) -> str:
@@ -412,6 +418,11 @@ def format_table(report: dict) -> str:
         (f"match ms median / p95 (vs {lat['gallery_size']})", f"{lat['match']['median']} / {lat['match']['p95']}"),
         ("total ms median / p95", f"{lat['total']['median']} / {lat['total']['p95']}"),
     ]
+    projection = report.get("projection") or {}
+    if projection:
+        rows.append(("wrong payer of 100 / 1,000 (projected)",
+                     f"<= {_pct(projection['wrong_payer_at_most_of_100'])} / <= {_pct(projection['wrong_payer_at_most_of_1000'])}"))
+        rows.append(("false refusal, 1 try / 2 tries", f"{_pct(projection['fnmr'])} / {_pct(projection['false_refusal_after_second_try'])}"))
     for day, block in report.get("by_capture_day", {}).items():
         if block["genuine"]:
             rows.append((f"EER, {day.replace('_', ' ')} ({block['genuine']} genuine)", _pct(block.get("eer"))))

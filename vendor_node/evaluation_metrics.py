@@ -83,3 +83,32 @@ def open_set_rates(mated_rows, nonmated_rows, threshold: float, margin: float) -
         accepted = sum(1 for s in nonmated_rows if decide(np.asarray(s, float), threshold, margin) >= 0)
         out["fpir"] = accepted / len(nonmated_rows)
     return out
+
+
+def policy_projection(genuine, impostor, threshold: float, sizes=(100, 1000)) -> dict:
+    """What the operating threshold means for a unit with N employees enrolled (approximations, stated).
+
+    FMR at the threshold is taken from the impostor scores, and from a Gaussian fitted to them (the only
+    way to say anything below one in the number of impostor scores). With N enrolled, a stranger is
+    accepted if any of N templates passes: 1 - (1 - FMR)^N; an enrolled employee is charged to someone
+    else at most as often, with N - 1 others (the margin over the runner-up only lowers it). A false
+    refusal is a genuine score under the threshold; a second presentation, if independent, squares it.
+    """
+    import math
+
+    g, i = np.asarray(genuine, float), np.asarray(impostor, float)
+    if g.size == 0 or i.size == 0:
+        return {}
+    fmr_counted = float(np.mean(i >= threshold))
+    mean, sd = float(i.mean()), float(i.std()) or 1e-9
+    fmr_gaussian = 0.5 * math.erfc((threshold - mean) / (sd * math.sqrt(2)))
+    fmr = max(fmr_counted, fmr_gaussian)
+    fnmr = float(np.mean(g < threshold))
+    out = {
+        "threshold": threshold, "fmr_counted": fmr_counted, "fmr_gaussian_fit": fmr_gaussian,
+        "fnmr": fnmr, "false_refusal_after_second_try": fnmr ** 2,
+    }
+    for n in sizes:
+        out[f"stranger_accepted_of_{n}"] = 1.0 - (1.0 - fmr) ** n
+        out[f"wrong_payer_at_most_of_{n}"] = 1.0 - (1.0 - fmr) ** (n - 1)
+    return out

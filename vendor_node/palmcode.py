@@ -29,9 +29,9 @@ class CodeParams:
     fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
-    coarse_step: int = 3  # shift step of the coarse 1:N pass
-    coarse_rotations: int = 3  # how many of rotations_deg the coarse pass tries
-    candidates: int = 16  # gallery entries that get the full search
+    coarse_step: int = 2  # shift step of the coarse 1:N pass
+    coarse_rotations: int = 1  # how many of rotations_deg the coarse pass tries
+    candidates: int = 32  # gallery entries that get the full search
     geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
     geometry_fill: float = 0.0  # the difference assumed when too few measurements are shared
     geometry_min_shared: int = 5  # measurements both hands must have for a real comparison
@@ -145,14 +145,26 @@ def shifts(max_shift: int, step: int = 1) -> list[tuple[int, int]]:
 def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]],
                    rotations: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
     """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is."""
-    planes, masks, what = [], [], []
-    for r in range(rotations):
-        p = johnson_planes(codes[r])
-        for dy, dx in offsets:
-            planes.append(shift_cells(p, dy, dx, False))
-            masks.append(shift_cells(valid[r], dy, dx, False))
-            what.append((r, dy, dx))
-    return pack_cells(np.array(planes)), pack_cells(np.array(masks)), what
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    h, w = codes.shape[-2:]
+    stack = np.concatenate([johnson_planes_batch(codes[:rotations]), valid[:rotations, None]], axis=1)  # (R, 4, H, W)
+    padded = np.pad(stack, ((0, 0), (0, 0), (reach, reach), (reach, reach)))  # zeros: masked out
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (R, 4, 2r+1, 2r+1, H, W)
+    # Shifting the content by (dy, dx) is the window that starts at (reach - dy, reach - dx).
+    ys = np.array([reach - dy for dy, _ in offsets])
+    xs = np.array([reach - dx for _, dx in offsets])
+    picked = windows[:, :, ys, xs]  # (R, 4, S, H, W)
+    picked = np.moveaxis(picked, 2, 1).reshape(rotations * len(offsets), BITS + 1, h, w)
+    packed = pack_cells(picked)
+    what = [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
+    return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
+
+
+def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
+    """bool (R, 3, H, W) for codes (R, H, W)."""
+    c = codes.astype(np.int16)[:, None]
+    k = np.arange(BITS, dtype=np.int16)[None, :, None, None]
+    return ((c - k) % 6) < 3
 
 
 def distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
@@ -169,9 +181,8 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
     """Normalised angular distance of every probe variant to every gallery entry: float32 (V, N)."""
     common = p_masks[:, None, :] & g_masks[None, :, :]  # (V, N, W)
     counts = popcount(common).sum(axis=-1, dtype=np.int32)
-    diff = np.zeros(counts.shape, np.int32)
-    for k in range(BITS):
-        diff += popcount((p_planes[:, None, k, :] ^ g_planes[None, :, k, :]) & common).sum(axis=-1, dtype=np.int32)
+    differing = (p_planes[:, None] ^ g_planes[None]) & common[:, :, None, :]  # (V, N, 3, W)
+    diff = popcount(differing.reshape(differing.shape[0], differing.shape[1], -1)).sum(axis=-1, dtype=np.int32)
     dist = np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0)
     return dist.astype(np.float32)
 

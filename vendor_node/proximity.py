@@ -34,9 +34,11 @@ OUTCOMES = tuple(FEEDBACK)
 class Panel:
     """Sensor, LED and buzzer behind the few calls the purchase loop makes."""
 
-    def __init__(self, sensor, led, buzzer, *, sensor_pin=None, active_low: bool = True, beep_scale: float = 1.0):
+    def __init__(self, sensor, led, buzzer, *, sensor_pin=None, active_low: bool = True, beep_scale: float = 1.0,
+                 mock_factory=None):
         self._sensor, self._led, self._buzzer = sensor, led, buzzer
         self._sensor_pin = sensor_pin  # a MockPin in simulation, None on hardware
+        self._mock_factory = mock_factory
         self._active_low = active_low
         self._beep_scale = beep_scale
         self._hand = threading.Event()
@@ -103,6 +105,12 @@ class Panel:
         else:
             pin.drive_low()
 
+    def forget_sim_history(self) -> None:
+        """Simulator: MockPin records every level it ever had; drop that record on long runs."""
+        if self._mock_factory is not None:
+            for pin in list(self._mock_factory.pins.values()):
+                pin.clear_states()
+
     def _require_mock_pin(self):
         if self._sensor_pin is None:
             raise SensorError("present_hand/remove_hand drive the simulated sensor only")
@@ -153,4 +161,4 @@ def open_panel(cfg, pin_factory=None) -> Panel:
                           f"{g.led_green_pin}/{g.led_blue_pin}, {g.buzzer_pin}): {exc}") from None
     sensor_pin = pin_factory.pin(g.proximity_pin) if sim else None
     return Panel(sensor, led, buzzer, sensor_pin=sensor_pin, active_low=g.proximity_active_low,
-                 beep_scale=0.0 if sim else 1.0)
+                 beep_scale=0.0 if sim else 1.0, mock_factory=pin_factory if sim else None)

@@ -255,9 +255,10 @@ class Recognizer:
     def enroll_features(self, found: list[Features]) -> Enrollment:
         """The template from already-coded images (evaluation uses this); ``used``/``rejected`` index ``found``.
 
-        With several images the reference is the one that agrees best with the others; images that do
-        not reach the threshold against it are left out ("inconsistent"), and cells where the kept
-        images disagree about the orientation are masked out of the template (unstable cells).
+        With several images the reference is the one that agrees best with the others (with two: the
+        sharper one); images that do not reach the threshold against it are left out ("inconsistent"),
+        and cells where most of the other kept images (at least two) disagree about the orientation
+        are masked out of the template (unstable cells).
         """
         if not 1 <= len(found) <= MAX_ENROLL_IMAGES:
             raise RecognitionError(f"enrollment takes 1 to {MAX_ENROLL_IMAGES} images, got {len(found)}")
@@ -269,7 +270,10 @@ class Recognizer:
                         [Template(f.codes[0], f.valid[0], f.geometry, 1, self.feature_id) for f in found])
         sims = self.score_matrix(found, singles).astype(np.float64)
         np.fill_diagonal(sims, np.nan)
-        ref = int(np.nanargmax(np.nanmean(sims, axis=1)))
+        agreement = np.nanmean(sims, axis=1)
+        if len(found) == 2:  # two images agree with each other equally: keep the better-quality one
+            agreement = np.array([f.quality for f in found])
+        ref = int(np.argmax(agreement))
         reference = found[ref]
         used, rejected = [ref], []
         votes, voters = np.zeros(self.grid, np.int16), np.zeros(self.grid, np.int16)
@@ -287,7 +291,9 @@ class Recognizer:
             voters += valid.astype(np.int16)
             used.append(k)
             geometries.append(f.geometry)
-        stable = (voters == 0) | (2 * votes >= voters)
+        # A cell is dropped only when at least two other images saw it and most of them disagree:
+        # with one other image there is no telling which of the two is right.
+        stable = (voters < 2) | (2 * votes >= voters)
         same_size = len({g.shape for g in geometries}) == 1
         geometry = np.median(np.array(geometries), axis=0) if same_size else reference.geometry
         template = self._template(reference.codes[0], reference.valid[0] & stable, geometry, len(used))
@@ -345,7 +351,7 @@ class Recognizer:
         g_planes = gallery.planes if rows is None else gallery.planes[rows]
         g_masks = gallery.masks if rows is None else gallery.masks[rows]
         out = np.empty(len(g_planes), np.float32)
-        chunk = max(1, 200_000 // max(1, len(offsets) * rotations))  # bounds the (V, chunk, words) temporaries
+        chunk = max(1, 30_000 // max(1, len(offsets) * rotations))  # keeps (V, chunk, words) temporaries in cache
         for start in range(0, len(g_planes), chunk):
             d = palmcode.distances(planes, masks, g_planes[start:start + chunk], g_masks[start:start + chunk],
                                    self._min_bits)

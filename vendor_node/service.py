@@ -12,7 +12,8 @@ backoff, a camera fault or an unwritable journal puts the unit out of service
 (reader disabled, so the machine shows it) until a retry clears it, a refused
 hand gets a hint. Anything else propagates so the process exits non-zero and
 systemd restarts it. ``WATCHDOG=1`` is sent only when a loop iteration completes,
-so a camera or serial call that hangs leads to a restart.
+(or a bounded wait inside one returns), so a camera or serial call that hangs
+leads to a restart.
 """
 from __future__ import annotations
 
@@ -30,7 +31,7 @@ from pathlib import Path
 from .board import (AdapterReset, LinkRestored, ReaderDisabled, SessionCancelled, SessionComplete,
                     VendFailed, VendRequest, VendSucceeded)
 from .errors import (BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError,
-                     SensorError)
+                     RecognitionError, SensorError)
 
 log = logging.getLogger("vendor_node.unit")
 
@@ -162,7 +163,8 @@ class PurchaseLoop:
 
     def __init__(self, cfg, *, camera, panel, board, recognizer, accounts, journal, abuse,
                  stop_event: threading.Event, notifier: Notifier | None = None, on_purchase=None,
-                 open_camera=None, gallery_factory=None, clock=time.monotonic, fault_retry_s: float = FAULT_RETRY_S):
+                 open_camera=None, gallery_factory=None, clock=time.monotonic, fault_retry_s: float = FAULT_RETRY_S,
+                 debug_images_max: int = DEBUG_IMAGES_MAX):
         self.cfg = cfg
         self.camera, self.panel, self.board = camera, panel, board
         self.recognizer, self.accounts, self.journal, self.abuse = recognizer, accounts, journal, abuse
@@ -173,12 +175,14 @@ class PurchaseLoop:
         self._gallery_factory = gallery_factory
         self.clock = clock
         self.fault_retry_s = fault_retry_s
+        self.debug_images_max = debug_images_max
         self.state = State.IDLE
         self.faults: dict[str, str] = {}  # cause ("camera", "journal", "accounts", "board") -> message
         if camera is None:
             self.faults["camera"] = "camera not opened yet"
         self._reader_on: bool | None = None
         self._unsettled: Purchase | None = None  # approved, link lost before the outcome
+        self._recovery_pending = False
         self._next_status_check = 0.0
         self._next_fault_retry = 0.0
         self._next_purge = 0.0
@@ -191,8 +195,8 @@ class PurchaseLoop:
     # --- lifecycle --------------------------------------------------------------------
     def run(self) -> int:
         """Serve until the stop event is set; unexpected errors propagate (exit non-zero)."""
-        self.start()
         try:
+            self.start()
             while not self.stop_event.is_set():
                 self.run_once()
         finally:
@@ -200,7 +204,12 @@ class PurchaseLoop:
         return 0
 
     def start(self) -> None:
-        self.recover()
+        try:
+            self.recover()
+        except BoardLinkError as exc:  # no board to hear from yet: recover once the link is back
+            log.error("board link: %s (recovery waits for it)", exc)
+            self.faults["board"] = str(exc)
+            self._recovery_pending = True
         self._check_service(force=True)
         self.notifier.ready(self._status_text())
         log.info("unit %s started: %s", self.cfg.unit.unit_id, self._status_text())
@@ -497,6 +506,7 @@ class PurchaseLoop:
             if left <= 0:
                 return None
             event = self.board.poll(min(left, 0.5))
+            self.notifier.watchdog()  # a bounded wait that returned: alive (a hung call never gets here)
             if event is None:
                 continue
             if isinstance(event, kinds):
@@ -517,6 +527,7 @@ class PurchaseLoop:
             if trigger is not None:
                 return trigger, None
             event = self.board.poll(0)
+            self.notifier.watchdog()
             if isinstance(event, (SessionCancelled, SessionComplete, AdapterReset, LinkRestored)):
                 return None, event
         return None, None
@@ -587,9 +598,22 @@ class PurchaseLoop:
         if key == self._gallery_key and self._gallery is not None:
             return
         templates = self.accounts.templates()
-        self._gallery = self._gallery_factory(templates)
+        try:
+            self._gallery = self._gallery_factory(templates)
+        except RecognitionError as exc:  # one unreadable template must not keep everyone else out
+            bad = [eid for eid, template in templates.items() if not self._template_loads(eid, template)]
+            log.error("gallery: %s; %d unusable template(s) left out: %s", exc, len(bad), ", ".join(bad))
+            templates = {eid: t for eid, t in templates.items() if eid not in bad}
+            self._gallery = self._gallery_factory(templates)
         self._gallery_key = key
         log.info("gallery loaded: %d templates", len(templates))
+
+    def _template_loads(self, employee_id: str, template: bytes) -> bool:
+        try:
+            self._gallery_factory({employee_id: template})
+            return True
+        except RecognitionError:
+            return False
 
     def _apply_service_state(self, force: bool = False) -> None:
         want_on = not self.faults
@@ -632,6 +656,9 @@ class PurchaseLoop:
             return
         self.faults.pop("board", None)
         log.info("board link restored (interrupted: %s)", restored.interrupted)
+        if self._recovery_pending:
+            self._recovery_pending = False
+            self.recover()
         self._apply_service_state(force=True)
         if self._unsettled is not None:
             self._settle_unsettled(restored)
@@ -681,7 +708,7 @@ class PurchaseLoop:
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         cv2.imwrite(str(folder / f"frame-{time.time():.3f}.png"), frame)
         kept = sorted(folder.glob("frame-*.png"))
-        for old in kept[:-DEBUG_IMAGES_MAX]:
+        for old in kept[:-self.debug_images_max]:
             old.unlink(missing_ok=True)
 
 

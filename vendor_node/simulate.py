@@ -91,7 +91,8 @@ FIRST_NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "
                "Mo", "Nina", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wen", "Xena"]
 
 
-def choose_people(rng: random.Random, dataset: Path | None, employees: int, strangers: int) -> list[SimPerson]:
+def choose_people(rng: random.Random, dataset: Path | None, employees: int, strangers: int,
+                  funds_cents: int = 100_000) -> list[SimPerson]:
     """Employees and strangers from photo folders (<subject>/<image>) or, without any, synthetic hands."""
     people: list[SimPerson] = []
     subjects = []
@@ -113,7 +114,7 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
             enroll, present = [0, 1], list(range(2, 8))
         name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {chr(65 + i // len(FIRST_NAMES))}."
         employee_id = f"E{i + 1:04d}" if is_employee else None
-        funds = 500 if i % 7 == 3 else 100_000  # a few run short: refusals for insufficient funds
+        funds = 500 if i % 7 == 3 else funds_cents  # a few run short: refusals for insufficient funds
         status = "suspended" if is_employee and i % 11 == 5 else "active"
         people.append(SimPerson(key, employee_id, name, funds, enroll if is_employee else [], present,
                                 status=status))
@@ -145,6 +146,8 @@ def provision_bundle(cfg, employees: list[tuple], templates: dict[str, bytes], p
     template_key = load_symmetric_key_file(fleet_dir / "fleet_template.key", "fleet template key")
     store.install_fleet_template_key(template_key)
     store.write_unit_id(cfg.unit.unit_id)
+    store.ensure_data_key()
+    store.ensure_signing_key()
     cipher = TemplateCipher(template_key, TEMPLATE_TRANSPORT_PURPOSE)
     now = time.time()
     records = [EmployeeRecord(eid, name, status=status, funds_cents=funds) for eid, name, funds, status in employees]
@@ -189,7 +192,7 @@ class SimUnit:
     """A whole unit (PurchaseLoop in a thread) wired to SimCamera, MockFactory pins and the VMC simulator."""
 
     def __init__(self, cfg, recognizer, *, vmc_options: dict | None = None, on_purchase=None,
-                 gallery_factory=None, loop_options: dict | None = None):
+                 gallery_factory=None, loop_options: dict | None = None, camera=None):
         self.cfg = cfg
         self.recognizer = recognizer
         self.vmc_options = vmc_options or {}
@@ -197,6 +200,7 @@ class SimUnit:
         self._on_purchase = on_purchase
         self._gallery_factory = gallery_factory
         self.loop_options = loop_options or {}
+        self._camera = camera
         self.stop_event = threading.Event()
         self._thread = None
         self.error: BaseException | None = None
@@ -214,7 +218,7 @@ class SimUnit:
         self.conn = open_db(self.cfg.state_dir)
         self.journal = Journal(self.conn)
         self.accounts = AccountStore(self.cfg, self.conn, self.journal)
-        self.camera = SimCamera()
+        self.camera = self._camera or SimCamera()
         self.panel = open_panel(self.cfg)
         self.board = open_board(self.cfg, port=self.vmc.port_path, stop_event=self.stop_event)
         self.loop = PurchaseLoop(self.cfg, camera=self.camera, panel=self.panel, board=self.board,
@@ -311,6 +315,7 @@ class Customer:
             return purchase
         finally:
             self.unit.panel.listeners.remove(self.on_panel)
+            self.unit.panel.forget_sim_history()
 
 
 # --- the command ----------------------------------------------------------------------------
@@ -347,8 +352,18 @@ def run_simulation(args) -> int:
     cfg = sim_config(load_config(getattr(args, "config", None), hardware="sim", state_dir=args.state_dir))
     rng = random.Random(args.seed)
     unit_log = logging.getLogger("vendor_node.unit")
+    level = unit_log.level
     if not getattr(args, "quiet", False) and not unit_log.isEnabledFor(logging.DEBUG):
         unit_log.setLevel(logging.WARNING)  # each purchase is printed on stdout; do not log it twice
+    try:
+        return _simulate_command(args, cfg, rng)
+    finally:
+        unit_log.setLevel(level)
+
+
+def _simulate_command(args, cfg, rng: random.Random) -> int:
+    from .recognition import Recognizer
+
     recognizer = Recognizer.from_config(cfg)
     people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]

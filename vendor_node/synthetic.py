@@ -76,14 +76,11 @@ def _palm_polygon(p: Person) -> np.ndarray:
     return np.stack([xs, ys], axis=1) + CENTER
 
 
-def _hand_polygons(p: Person, spread: float, curl: bool) -> list[np.ndarray]:
+def _finger_layout(p: Person, spread: float, curl: bool) -> dict[str, tuple[np.ndarray, float, float, float]]:
+    """Each finger's (base point, angle from straight up, length, width) in canvas pixels."""
     half_h = p.palm_height * PALM / 2
-    polys = [_palm_polygon(p)]
-    forearm_w = 0.78 * PALM
-    top = CENTER[1] + half_h * 0.5
-    polys.append(np.array([[CENTER[0] - forearm_w / 2, top], [CENTER[0] + forearm_w / 2, top],
-                           [CENTER[0] + forearm_w / 2 * 1.1, CANVAS[0] + 10], [CENTER[0] - forearm_w / 2 * 1.1, CANVAS[0] + 10]]))
     offsets = {"index": -0.375, "middle": -0.125, "ring": 0.125, "little": 0.375}
+    layout = {}
     for name in FINGER_ORDER:
         width = p.finger_widths[name] * PALM
         length = p.finger_lengths[name] * PALM * (0.32 if curl else 1.0)
@@ -91,15 +88,42 @@ def _hand_polygons(p: Person, spread: float, curl: bool) -> list[np.ndarray]:
         angle = p.finger_angles[name] * spread
         if spread < 0.3:  # held together: the fingers lean onto each other and touch
             angle = {"index": 1.5, "middle": 0.0, "ring": -1.5, "little": -3.0}[name]
-        polys.append(_capsule(base, angle, length, width))
+        layout[name] = (base, angle, length, width)
     thumb_base = CENTER + np.array([-0.42 * PALM, 0.18 * half_h])
     if curl:
-        thumb_angle, thumb_len = 20.0, p.finger_lengths["thumb"] * PALM * 0.8
+        layout["thumb"] = (thumb_base, 20.0, p.finger_lengths["thumb"] * PALM * 0.8, p.finger_widths["thumb"] * PALM)
     else:
-        thumb_angle = -18 + (p.thumb_angle + 18) * min(spread, 1.3)
-        thumb_len = p.finger_lengths["thumb"] * PALM
-    polys.append(_capsule(thumb_base, thumb_angle, thumb_len, p.finger_widths["thumb"] * PALM))
+        angle = -18 + (p.thumb_angle + 18) * min(spread, 1.3)
+        layout["thumb"] = (thumb_base, angle, p.finger_lengths["thumb"] * PALM, p.finger_widths["thumb"] * PALM)
+    return layout
+
+
+def _hand_polygons(p: Person, spread: float, curl: bool) -> list[np.ndarray]:
+    half_h = p.palm_height * PALM / 2
+    polys = [_palm_polygon(p)]
+    forearm_w = 0.78 * PALM
+    top = CENTER[1] + half_h * 0.5
+    polys.append(np.array([[CENTER[0] - forearm_w / 2, top], [CENTER[0] + forearm_w / 2, top],
+                           [CENTER[0] + forearm_w / 2 * 1.1, CANVAS[0] + 10], [CENTER[0] - forearm_w / 2 * 1.1, CANVAS[0] + 10]]))
+    for base, angle, length, width in _finger_layout(p, spread, curl).values():
+        polys.append(_capsule(base, angle, length, width))
     return polys
+
+
+def _pegs(p: Person, spread: float) -> list[tuple[np.ndarray, float]]:
+    """Guide pegs of a peg-based reader (as in the COEP photos): a small disc wedged between each pair of
+    neighbouring fingers a third of the way up, closing the gap below it. (centre, radius) in canvas pixels."""
+    layout = _finger_layout(p, spread, False)
+    pegs = []
+    for left, right in zip(FINGER_ORDER, FINGER_ORDER[1:]):
+        points = []
+        for name in (left, right):
+            base, angle, length, width = layout[name]
+            a = np.deg2rad(angle)
+            points.append(base + np.array([np.sin(a), -np.cos(a)]) * 0.35 * length)
+        gap = np.linalg.norm(points[1] - points[0]) - (layout[left][3] + layout[right][3]) / 2
+        pegs.append(((points[0] + points[1]) / 2, max(0.05 * PALM, gap / 2 + 3.0)))
+    return pegs
 
 
 @lru_cache(maxsize=64)
@@ -144,28 +168,37 @@ def _texture(person_seed: int) -> np.ndarray:
 
 
 # --- drawing ------------------------------------------------------------------
-def _canvas(person_seed: int, spread: float, curl: bool) -> tuple[np.ndarray, np.ndarray]:
+def _canvas(person_seed: int, spread: float, curl: bool, pegs: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The hand on its canonical canvas: (grey float32, mask float32 0..1)."""
     p = person(person_seed)
     mask = np.zeros(CANVAS, np.uint8)
     for poly in _hand_polygons(p, spread, curl):
         cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 255, cv2.LINE_AA, shift=2)
     alpha = mask.astype(np.float32) / 255.0
-    shade = p.skin + _texture(person_seed)
-    return shade * alpha, alpha
+    grey = (p.skin + _texture(person_seed)) * alpha
+    if pegs and not curl:
+        peg_mask = np.zeros(CANVAS, np.uint8)
+        for center, radius in _pegs(p, spread):
+            cv2.circle(peg_mask, tuple(int(v) for v in np.round(center * 4)), int(round(radius * 4)), 255, -1,
+                       cv2.LINE_AA, shift=2)
+        peg_alpha = peg_mask.astype(np.float32) / 255.0
+        grey = grey * (1 - peg_alpha) + 0.9 * p.skin * peg_alpha
+        alpha = np.maximum(alpha, peg_alpha)
+    return grey, alpha
 
 
 def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 640), *,
               rotation: float | None = None, shift: tuple[float, float] | None = None, scale: float | None = None,
               spread: float | None = None, curl: bool = False, background: str = "dark",
               noise: float | None = None, blur: float | None = None, motion_blur: float = 0.0,
-              gain: float | None = None) -> np.ndarray:
+              gain: float | None = None, pegs: bool = False) -> np.ndarray:
     """One presentation of one person's hand as a greyscale uint8 frame of ``size`` (height, width).
 
     Any variation left as None is drawn from ``sample_seed``: rotation (degrees),
     shift (fractions of the frame), scale (1 = palm about 30% of the frame height),
     spread (1 = fingers apart, 0 = together), noise (grey levels), blur (pixels),
-    gain (lighting). ``curl`` draws a fist, ``motion_blur`` smears the frame sideways by that many pixels.
+    gain (lighting). ``curl`` draws a fist, ``motion_blur`` smears the frame sideways by that many pixels,
+    ``pegs`` wedges guide pegs between the fingers (they close the finger gaps, as in the COEP photos).
     """
     if background not in ("dark", "light"):
         raise ValueError(f"background must be 'dark' or 'light', got {background!r}")
@@ -178,7 +211,7 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
     blur = float(rng.uniform(0.0, 0.7)) if blur is None else float(blur)
     gain = float(rng.uniform(0.85, 1.12)) if gain is None else float(gain)
     height, width = size
-    grey, alpha = _canvas(person_seed, spread, curl)
+    grey, alpha = _canvas(person_seed, spread, curl, pegs)
     matrix = canvas_to_frame(size, rotation, shift, scale)
     s = float(np.hypot(*matrix[:, 0]))
     frame = cv2.warpAffine(grey, matrix, (width, height), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
