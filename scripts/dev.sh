@@ -31,6 +31,6 @@ if [ "${1:-}" = "test" ]; then
 fi
 
 if [ $# -eq 0 ]; then
-  set -- --verbose simulate --customers 20 --state-dir state/sim --report reports/sim.json
+  set -- simulate --customers 20 --state-dir state/sim --report reports/sim.json
 fi
 exec "$VENV/bin/vendor-node" "$@"

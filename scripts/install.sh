@@ -42,7 +42,8 @@ if [ ! -x "$PREFIX/venv/bin/python" ]; then
   python3 -m venv --system-site-packages "$PREFIX/venv"
 fi
 "$PREFIX/venv/bin/pip" install -q --disable-pip-version-check --upgrade pip
-"$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "$PREFIX/src[pi5]"
+# lgpio (the Pi 5 GPIO backend) and picamera2 come from apt through --system-site-packages
+"$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "$PREFIX/src"
 # The model and its manifest must be found beside the package: point the config at them.
 ASSETS="$PREFIX/src/firmware_assets"
 

@@ -221,3 +221,39 @@ def test_policy_projection_grows_with_the_number_enrolled():
     assert p["fmr_counted"] == 0.0 and 0 < p["fmr_gaussian_fit"] < 1e-4  # 4 sd: about 3e-5
     assert p["stranger_accepted_of_1000"] > p["stranger_accepted_of_100"] > 0
     assert p["false_refusal_after_second_try"] == pytest.approx(p["fnmr"] ** 2)
+
+
+@pytest.mark.skipif(not _model_present(), reason="no model in firmware_assets yet")
+def test_eval_without_matplotlib_keeps_the_report_and_says_what_to_install(tmp_path, capsys, monkeypatch):
+    import sys
+
+    from vendor_node.cli import main
+
+    data = tmp_path / "hands"
+    _drawn_dataset(data, people=2, samples=2, size=(480, 640))
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib now raises ImportError
+    report_path = tmp_path / "report.json"
+    assert main(["eval", "--dataset", str(data), "--report", str(report_path)]) == 1
+    assert "pip install 'vendor-node[eval]'" in capsys.readouterr().err
+    assert json.loads(report_path.read_text())["verification"]["genuine"] == 2
+
+
+def test_eval_refuses_more_enrollment_images_than_the_unit_takes(tmp_path, capsys):
+    from vendor_node.cli import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", "--dataset", str(tmp_path), "--enroll", "9", "--report", str(tmp_path / "r.json")])
+    assert exit_.value.code == 2 and "--enroll must be 1 to" in capsys.readouterr().err
+
+
+@pytest.mark.handdata
+@pytest.mark.skipif(not _model_present(), reason="no model in firmware_assets yet")
+def test_eval_on_real_palm_photos(handdata, tmp_path):
+    """Regression guard on the peg-guided palm set (loose bounds: the measured figures are in the report)."""
+    from vendor_node.cli import main
+
+    report_path = tmp_path / "coep.json"
+    assert main(["eval", "--dataset", str(handdata / "coep_dev"), "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["failure_to_acquire"] <= 0.03
+    assert report["verification"]["eer"] < 0.05 and report["identification"]["rank1"] > 0.9

@@ -169,6 +169,14 @@ import tflite_runtime
 print(tflite_runtime.__version__)
 """
 
+_EMBED_ON_214 = """
+import sys, numpy as np
+from vendor_node.model import Embedder
+embedder = Embedder.load(sys.argv[1])  # no ai_edge_litert here: the tflite_runtime fallback
+assert type(embedder._interpreter).__module__.startswith("tflite_runtime"), type(embedder._interpreter)
+np.save(sys.argv[3], embedder.embed(np.load(sys.argv[2])))
+"""
+
 
 def test_every_op_runs_on_tflite_runtime_2_14(embedder, tmp_path):
     """Older Pi images carry tflite-runtime 2.14: the shipped model must load and agree with LiteRT there."""
@@ -193,6 +201,14 @@ def test_every_op_runs_on_tflite_runtime_2_14(embedder, tmp_path):
         theirs = np.load(tmp_path / f"{key}.npy.out.npy").astype(np.int16)
         assert theirs.shape == ours.shape
         assert int(np.abs(theirs - ours).max()) <= 1, f"{key}: outputs differ between LiteRT and tflite-runtime 2.14"
+    # The unit's own loader on such an image: Embedder falls back to tflite_runtime (numpy 1.x there).
+    roi = _palm_like_roi(4)
+    np.save(tmp_path / "roi.npy", roi)
+    env = {**os.environ, "PYTHONPATH": str(ASSETS_DIR.parent)}
+    run = subprocess.run([python, "-c", _EMBED_ON_214, str(ASSETS_DIR), str(tmp_path / "roi.npy"),
+                          str(tmp_path / "embedding.npy")], capture_output=True, text=True, timeout=120, env=env)
+    assert run.returncode == 0, f"Embedder cannot load under tflite-runtime 2.14:\n{run.stderr[-2000:]}"
+    assert np.allclose(np.load(tmp_path / "embedding.npy"), embedder.embed(roi), atol=0.02)
 
 
 def test_import_needs_no_tflite_runtime():
@@ -232,15 +248,22 @@ def test_subject_split_is_seeded_and_keeps_people_labelled_twice_together(train_
     assert sorted(train + held) == sorted(s.subject for s in samples)
 
 
-def test_error_rates_on_a_known_case(train_model):
+@pytest.fixture(scope="module")
+def training_metrics(train_model):
+    import training_metrics  # scripts/ is on sys.path once train_model is loaded
+
+    return training_metrics
+
+
+def test_error_rates_on_a_known_case(training_metrics):
     genuine = np.array([0.9, 0.8, 0.7, 0.4])
     impostor = np.array([0.1, 0.2, 0.3, 0.5])
-    rates = train_model.error_rates(genuine, impostor)
+    rates = training_metrics.error_rates(genuine, impostor)
     assert rates["eer"] == pytest.approx(0.25)
     assert rates["fnmr_at_fmr_1e-3"] == pytest.approx(0.25)  # threshold above 0.5 loses the 0.4 genuine
 
 
-def test_decision_policy_in_measurements(train_model):
-    assert train_model.decide(np.array([0.9, 0.5]), 0.7, 0.05) == 0
-    assert train_model.decide(np.array([0.6, 0.5]), 0.7, 0.05) == -1  # below threshold
-    assert train_model.decide(np.array([0.9, 0.87]), 0.7, 0.05) == -1  # within the margin
+def test_decision_policy_in_measurements(training_metrics):
+    assert training_metrics.decide(np.array([0.9, 0.5]), 0.7, 0.05) == 0
+    assert training_metrics.decide(np.array([0.6, 0.5]), 0.7, 0.05) == -1  # below threshold
+    assert training_metrics.decide(np.array([0.9, 0.87]), 0.7, 0.05) == -1  # within the margin

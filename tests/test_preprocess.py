@@ -1,6 +1,7 @@
 """Preprocessing: refusals with reasons, keypoints and an aligned ROI, on hands the tests draw."""
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
@@ -57,14 +58,20 @@ def test_rotation_and_shift_are_normalised_away(person):
     assert spread < 0.05 * synthetic.PALM
 
 
-@pytest.mark.parametrize("person", [0, 3, 5])
+@pytest.mark.parametrize("person", range(8))
 def test_guide_pegs_between_the_fingers_do_not_move_the_roi(person):
     """Pegs (as on a peg-guided reader) close the finger gaps; the ROI must stay where it was."""
     plain = extract_hand(synthetic.draw_hand(person, 0, spread=1.25, noise=0, blur=0))
     pegged = extract_hand(synthetic.draw_hand(person, 0, spread=1.25, noise=0, blur=0, pegs=True))
     assert pegged.alignment == "valleys"
     moved = np.linalg.norm(np.subtract(plain.keypoints["roi_center"], pegged.keypoints["roi_center"]))
-    assert moved < 0.08 * plain.measures["palm_radius"]
+    assert moved < 0.12 * plain.measures["palm_radius"]  # under a tenth of the ROI's side
+
+
+def test_pale_hand_next_to_a_dark_sleeve_is_still_found():
+    """Otsu splits the dark sleeve from everything else; the hand is then found against the background."""
+    hand = extract_hand(synthetic.draw_hand(2, 0, background="light", gain=1.7, sleeve=True))
+    assert hand.alignment == "valleys" and "valley_index_middle" in hand.keypoints
 
 
 def test_fingers_together_falls_back_to_the_palm_axis():
@@ -85,8 +92,9 @@ def test_fingers_together_falls_back_to_the_palm_axis():
         (synthetic.draw_blurred(4), "blurred"),
         (synthetic.draw_too_far(4), "too_far"),
         (synthetic.draw_too_close(4), "too_close"),
+        (cv2.rectangle(np.full((480, 640), 20, np.uint8), (220, 60), (420, 479), 200, -1), "no_hand"),
     ],
-    ids=["blank", "uniform", "two_hands", "fist", "cut_off", "motion_blur", "too_far", "too_close"],
+    ids=["blank", "uniform", "two_hands", "fist", "cut_off", "motion_blur", "too_far", "too_close", "card"],
 )
 def test_unusable_frames_are_refused_with_a_reason(image, reason):
     assert _reason(image) == reason
@@ -99,6 +107,12 @@ def test_unusable_frames_are_refused_with_a_reason(image, reason):
 )
 def test_bad_images_are_refused_as_bad_image(image):
     assert _reason(image) == "bad_image"
+
+
+def test_a_palm_without_any_detail_is_refused():
+    """A binarised or saturated picture has no palm lines: matching it could only pick a wrong payer."""
+    silhouette = np.where(synthetic.draw_hand(6, 0) > 100, 255, 0).astype(np.uint8)
+    assert _reason(silhouette) == "bad_image"
 
 
 def test_colour_frames_are_accepted():

@@ -238,8 +238,13 @@ def test_threshold_and_margin_come_from_config_or_manifest(recognizer):
     assert (r.threshold, r.margin) == (0.9, 0.05)
 
 
-def test_package_import_stays_light():
-    assert recognition.MAX_TEMPLATE_BYTES == 1024
+def test_popcount_fallback_for_numpy_1_agrees():
+    from vendor_node import palmcode
+
+    words = np.random.default_rng(0).integers(0, 2**63, (7, 16), dtype=np.uint64) | np.uint64(1 << 63)
+    want = np.array([[bin(int(w)).count("1") for w in row] for row in words])
+    assert np.array_equal(palmcode.popcount_by_table(words), want)
+    assert np.array_equal(palmcode.popcount(words), want)
 
 
 @pytest.mark.handdata
@@ -262,3 +267,37 @@ def test_held_out_real_palms_are_told_apart(recognizer, handdata):
     gallery = Gallery.from_templates({s: recognizer.enroll([frame(by_subject[s][0])]).template for s in people})
     right = sum(recognizer.identify(frame(by_subject[s][1]), gallery).employee_id == s for s in people)
     assert right >= len(people) - 1
+
+
+def test_johnson_codes_measure_angular_distance():
+    from vendor_node import palmcode
+
+    codes = np.arange(6, dtype=np.uint8).reshape(1, 6)
+    planes = palmcode.johnson_planes(codes)
+    assert np.array_equal(palmcode.planes_to_code(planes), codes)
+    for a in range(6):
+        for b in range(6):
+            hamming = int(np.sum(planes[:, 0, a] != planes[:, 0, b]))
+            assert hamming == min(abs(a - b), 6 - abs(a - b))
+
+
+def test_probe_variants_are_shifted_codes():
+    from vendor_node import palmcode
+
+    rng = np.random.default_rng(2)
+    codes = rng.integers(0, 6, (2, 8, 8)).astype(np.uint8)
+    valid = rng.random((2, 8, 8)) > 0.2
+    offsets = palmcode.shifts(2)
+    planes, masks, what = palmcode.probe_variants(codes, valid, offsets, 2)
+    assert len(what) == len(planes) == 2 * len(offsets) and what[0] == (0, 0, 0)
+    for v, (r, dy, dx) in enumerate(what):
+        want_planes = palmcode.shift_cells(palmcode.johnson_planes(codes[r]), dy, dx, False)
+        want_mask = palmcode.shift_cells(valid[r], dy, dx, False)
+        assert np.array_equal(planes[v], palmcode.pack_cells(want_planes))
+        assert np.array_equal(masks[v], palmcode.pack_cells(want_mask))
+    # A code matches its own shifted copy perfectly at the right shift, and a small overlap counts as no match.
+    g_planes = palmcode.pack_cells(palmcode.johnson_planes(palmcode.shift_cells(codes[0], 1, -2, 0))[None])
+    g_masks = palmcode.pack_cells(palmcode.shift_cells(valid[0], 1, -2, False)[None])
+    d = palmcode.variant_distances(planes, masks, g_planes, g_masks, min_bits=10)[:, 0]
+    assert d[what.index((0, 1, -2))] == 0.0
+    assert palmcode.distances(planes, masks, g_planes, g_masks, min_bits=10_000)[0] == 1.0

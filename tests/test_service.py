@@ -527,3 +527,24 @@ def test_adapter_missing_at_boot_keeps_the_unit_out_of_service_until_it_appears(
             machine.stop()
     conn.close()
     assert not thread.is_alive()
+
+
+def test_slow_adapter_answers_within_the_reply_timeout(cfg):
+    options = dict(VMC_FAST, reply_delay_s=0.2)  # every answer of the adapter comes 200 ms late
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=options, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
+        assert unit.wait_in_service(5.0)
+        purchase, customer = buy(unit, 1)
+        assert purchase.outcome == "vended" and customer.vmc_customer.outcome == "vended"
+        assert purchase.trigger_to_board_ms >= 200  # the session's answer was late, and it is measured
+        assert buy(unit, 1, order="selection_first")[0].outcome == "vended"
+        assert charges_match_vends(unit) and back_in_service(unit)
+    assert unit.error is None
+
+
+def test_a_hand_refused_every_time_gives_one_purchase_and_no_phantom(unit):
+    purchase, _ = buy(unit, None, images=[hand(NO_HAND)])  # the customer keeps showing an unusable hand
+    assert purchase.outcome == "rejected" and purchase.attempts == 2
+    assert displayed(unit, lambda line: line == "Hold your hand flat over reader")
+    assert unit.next_purchase(timeout=0.5) is None  # nothing left behind starts a purchase of its own
+    assert buy(unit, 1)[0].outcome == "vended"

@@ -81,7 +81,7 @@ def test_sync_command_is_one_the_cli_accepts():
     command = shlex.split(read_unit("vendor-node-sync.service")["Service"]["ExecStart"])
     assert command[0] == INSTALLED_BINARY
     args = build_parser().parse_args(command[1:])
-    assert args.command == "journal"
+    assert args.command == "sync"
 
 
 def test_install_script_installs_every_unit():

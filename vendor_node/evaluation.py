@@ -23,6 +23,9 @@ import numpy as np
 
 from .errors import DatasetError, HandRejected, UsageError
 from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
+from .evaluation_output import format_table, plot_det
+
+__all__ = ["Sample", "Dataset", "load_dataset", "run_eval", "evaluate", "format_table", "trained_subjects"]
 
 log = logging.getLogger(__name__)
 
@@ -188,38 +191,50 @@ def run_eval(args) -> int:
     import cv2
 
     from .cli import _config
-
-    cv2.setNumThreads(1)
-    dataset = load_dataset(args.dataset)
     from .recognition import MAX_ENROLL_IMAGES, Recognizer
 
+    cv2.setNumThreads(1)  # latency is reported for one thread, as on the unit
     enroll_n = int(args.enroll)
     if not 1 <= enroll_n <= MAX_ENROLL_IMAGES:
         raise UsageError(f"--enroll must be 1 to {MAX_ENROLL_IMAGES} (the unit enrolls at most that many), got {enroll_n}")
+    dataset = load_dataset(args.dataset)
     cfg = _config(args)
     excluded: set[str] = set()
     if getattr(args, "exclude_trained", False):
         excluded = trained_subjects(cfg.unit.assets_dir, args.dataset)
         before = len(dataset)
         dataset = Dataset([s for s in dataset if s.subject not in excluded], dataset.problems, dataset.has_captured)
+        if not excluded:
+            log.info("the model manifest names no subject of %s as trained on: nothing excluded", args.dataset)
         log.info("excluded %d images of %d subjects the model was trained on", before - len(dataset), len(excluded))
         if not dataset:
             raise DatasetError(f"{args.dataset}: every subject was used to train the model; nothing is held out")
-    for problem in dataset.problems:
+    for problem in dataset.problems[:10]:
         log.warning("%s", problem)
+    if len(dataset.problems) > 10:
+        log.warning("... and %d more problems (listed in the report)", len(dataset.problems) - 10)
     recognizer = Recognizer.from_config(cfg)
     pairs = {frozenset(pair) for pair in (getattr(args, "same_person", None) or [])}
     report = evaluate(recognizer, dataset, enroll_n, not_impostors=pairs)
+    manifest = getattr(getattr(recognizer, "embedder", None), "manifest", {}) or {}
+    report["model"] = {"file": manifest.get("model_file"), "sha256": manifest.get("sha256")}
     report["not_compared"] = sorted(sorted(pair) for pair in pairs)
     report["dataset"] = str(args.dataset)
     report["excluded_trained_subjects"] = sorted(excluded)
+    curves = report.pop("_curves")
     report_path = Path(args.report)
     report_path.parent.mkdir(parents=True, exist_ok=True)
     det_path = report_path.with_suffix(".det.png")
-    report["det_png"] = _plot_det(report, det_path, title=f"{Path(args.dataset).name}, enroll {enroll_n}")
-    report.pop("_curves")
-    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    report["det_png"] = None
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")  # kept even if plotting fails
     print(format_table(report))
+    try:
+        report["det_png"] = plot_det(curves, report, det_path, title=f"{Path(args.dataset).name}, enroll {enroll_n}")
+    except ImportError:
+        print(f"report: {report_path}")
+        raise DatasetError("drawing the DET curve needs matplotlib: pip install 'vendor-node[eval]' "
+                           f"(the figures are in {report_path})") from None
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
     print(f"report: {report_path}" + (f"   DET: {det_path}" if report["det_png"] else ""))
     return 0
 
@@ -256,6 +271,7 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     galleries = {extra: (list(members), make_gallery({k: e.template for k, e in members.items()}))
                  for extra, members in enrolled.items()}
     genuine, impostor = [], []
+    by_group: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     pairs: list[tuple[float, bool, str, str]] = []  # (score, genuine?, probe path, enrolled subject) for the report
     genuine_days: dict[str, list[float]] = {"same_day": [], "different_days": [], "unknown": []}
     mated_rows, nonmated_rows, match_seconds = [], [], []
@@ -277,11 +293,13 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
         for i, score in enumerate(scores):
             if i == mate:
                 genuine.append(score)
+                by_group[probe.sample.extra][0].append(score)
                 pairs.append((float(score), True, str(probe.sample.path), subjects[i]))
                 relation = _day_relation(probe.sample.captured, enrolled[probe.sample.extra][subjects[i]].captured)
                 genuine_days[relation].append(score)
             else:
                 impostor.append(score)
+                by_group[probe.sample.extra][1].append(score)
                 pairs.append((float(score), False, str(probe.sample.path), subjects[i]))
         if mate >= 0:
             mated_rows.append((scores, mate))
@@ -293,6 +311,8 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
                      enrolled)
     # The pairs worth a look: genuine pairs scored lowest, impostor pairs scored highest.
     as_rows = lambda chosen: [{"probe": p, "enrolled": e, "score": round(v, 4)} for v, _, p, e in chosen]  # noqa: E731
+    if len(by_group) > 1:  # e.g. the views of 11k_small: compared only within themselves
+        report["by_group"] = {extra: _verification(g, i) for extra, (g, i) in sorted(by_group.items())}
     report["hardest_genuine"] = as_rows(sorted(x for x in pairs if x[1])[:10])
     report["closest_impostors"] = as_rows(sorted((x for x in pairs if not x[1]), reverse=True)[:10])
     return report
@@ -361,6 +381,9 @@ def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, imp
         "failure_reasons": dict(reasons.most_common()),
         "failed_images": [{"path": str(p.sample.path), "reason": p.reason} for p in failed],
         "failure_to_enroll": enroll_failures,
+        # How the palm ROI was placed: "valleys" (fingers apart) or "axis" (fingers together).
+        "alignment": dict(Counter(getattr(getattr(p.features, "hand", None), "alignment", "unknown")
+                                  for p in attempts if p.features is not None)),
         "verification": _verification(genuine, impostor),
         "identification": {
             "mated_probes": len(mated_probes),
@@ -391,76 +414,3 @@ def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, imp
     if dataset.has_captured and genuine_days["different_days"]:
         report["_curves"]["different days"] = det_points(genuine_days["different_days"], impostor)
     return report
-
-
-# --- output -------------------------------------------------------------------
-def _pct(value) -> str:
-    if value is None:
-        return "-"
-    if 0 < value < 1e-4:
-        return f"{100 * value:.1e}%"
-    return f"{100 * value:.2f}%"
-
-
-def format_table(report: dict) -> str:
-    v, ident, lat = report["verification"], report["identification"], report["latency_ms"]
-    rows = [
-        ("images / subjects", f"{report['images']} / {report['subjects']} (enroll {report['enroll']})"),
-        ("genuine / impostor scores", f"{v['genuine']} / {v['impostor']}"),
-        ("EER", _pct(v.get("eer"))),
-        ("FNMR @ FMR 1e-3", _pct(v.get("fnmr_at_fmr_0.001")) + ("" if v.get("fnmr_at_fmr_0.001_reliable", True) else " (few impostors)")),
-        ("FNMR @ FMR 1e-4", _pct(v.get("fnmr_at_fmr_0.0001")) + ("" if v.get("fnmr_at_fmr_0.0001_reliable", True) else " (few impostors)")),
-        ("rank-1 (counting FTA as misses)", f"{_pct(ident['rank1'])} ({_pct(ident['rank1_counting_fta'])})"),
-        (f"FPIR / FNIR @ t={ident['threshold']:.4g} m={ident['margin']:.4g}", f"{_pct(ident.get('fpir'))} / {_pct(ident.get('fnir'))}"),
-        ("wrong payer (mated probes)", _pct(ident.get("wrong_subject"))),
-        ("failure to acquire", _pct(report["failure_to_acquire"]) + (f"  {report['failure_reasons']}" if report["failure_reasons"] else "")),
-        ("features ms median / p95", f"{lat['features']['median']} / {lat['features']['p95']}"),
-        (f"match ms median / p95 (vs {lat['gallery_size']})", f"{lat['match']['median']} / {lat['match']['p95']}"),
-        ("total ms median / p95", f"{lat['total']['median']} / {lat['total']['p95']}"),
-    ]
-    projection = report.get("projection") or {}
-    if projection:
-        rows.append(("wrong payer of 100 / 1,000 (projected)",
-                     f"<= {_pct(projection['wrong_payer_at_most_of_100'])} / <= {_pct(projection['wrong_payer_at_most_of_1000'])}"))
-        rows.append(("false refusal, 1 try / 2 tries", f"{_pct(projection['fnmr'])} / {_pct(projection['false_refusal_after_second_try'])}"))
-    for day, block in report.get("by_capture_day", {}).items():
-        if block["genuine"]:
-            rows.append((f"EER, {day.replace('_', ' ')} ({block['genuine']} genuine)", _pct(block.get("eer"))))
-    width = max(len(k) for k, _ in rows)
-    return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)
-
-
-def _plot_det(report: dict, path: Path, title: str) -> str | None:
-    """The DET curve (FNMR against FMR, log axes) as PNG; needs matplotlib (the eval extra)."""
-    curves = {k: c for k, c in report["_curves"].items() if c[0].size}
-    if not curves:
-        log.warning("no genuine and impostor scores: no DET curve drawn")
-        return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise DatasetError("drawing the DET curve needs matplotlib: pip install 'vendor-node[eval]'") from None
-    fig, ax = plt.subplots(figsize=(5, 5), dpi=100)
-    floor = 1e-5
-    for label, (fmr, fnmr) in curves.items():
-        ax.plot(np.maximum(fmr, floor), np.maximum(fnmr, floor), label=label)
-    eer_value = report["verification"].get("eer")
-    if eer_value is not None:
-        ax.plot([floor, 1], [floor, 1], ":", color="grey", linewidth=0.8)
-        ax.annotate(f"EER {100 * eer_value:.2f}%", (max(eer_value, floor), max(eer_value, floor)))
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlim(floor, 1)
-    ax.set_ylim(floor, 1)
-    ax.set_xlabel("false match rate")
-    ax.set_ylabel("false non-match rate")
-    ax.set_title(title)
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return str(path)

@@ -30,8 +30,8 @@ ROI_GAP = 0.3 / 1.45
 ROI_PALM_SHIFT = 0.1
 AXIS_TIP_BACK = 2.8  # fingers together: the ROI sits this many palm radii back from the farthest fingertip
 VALLEY_DEPTH = 0.45  # convexity-defect depth in palm radii
-OUTLIER_REACH = 0.2
-EXTRAP_UP = "blend"
+OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther out than the middle/ring one
+# sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
 
 
@@ -63,7 +63,7 @@ def gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius
 
 
 def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radius: float,
-             wrist: np.ndarray | None, holes: list[np.ndarray] = ()) -> Shape:
+                 wrist: np.ndarray | None, holes: list[np.ndarray] = ()) -> Shape:
     """Fingertips from the convex hull, valleys from the contour (and gap holes) between neighbouring tips."""
     h, w = mask.shape
     step = max(1, len(contour) // 400)
@@ -111,7 +111,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
         if name:
             points[f"tip_{name}"] = tip
     if names and names[0]:
-        # The valley between two named fingers: the contour point between their tips nearest the palm.
+        # The valley between two named fingers: the outline point between their tips deepest below them.
         for (ia, _), (ib, _), left, right in zip(tips, tips[1:], names, names[1:]):
             pair = tuple(sorted((left, right), key=FINGERS.index))
             sector = [h for h in holes if _between(angle(h.mean(axis=0)), angle(contour[ia]), angle(contour[ib]))]
@@ -192,7 +192,6 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         rl = rl if rl is None or np.linalg.norm(rl - center) < limit else None
     a = b = None
     alignment = "valleys"
-    extrapolated = False
     if im is not None and rl is not None:
         a, b = im, rl
     elif mr is not None and (im is not None or rl is not None):
@@ -203,7 +202,6 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             a, b = im, _continue_arch(im, mr, center, 0.93, 0.53)
         else:
             a, b = _continue_arch(rl, mr, center, 0.80, 0.45), rl
-        extrapolated = True
     elif not shape.names or not shape.names[0]:
         v = shape.valleys  # fingers not named: three evenly spaced valleys in a row are the finger valleys
         for i in range(len(v) - 2):
@@ -225,9 +223,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         if up @ ((a + b) / 2 - center) < 0:
             up = -up  # from the palm towards the fingers
         fingers_up = _finger_direction(p)
-        if fingers_up is not None and extrapolated and EXTRAP_UP == "fingers":
-            up = fingers_up
-        elif fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
+        if fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
             up = up + fingers_up
             up = up / (np.linalg.norm(up) + 1e-6)
         axis_x = np.array([-up[1], up[0]])  # fingers point to -y in the ROI (a rotation, never a mirror image)
@@ -241,7 +237,10 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
     up = _principal_axis(mask, center, radius, shape.up)
     axis_x = np.array([-up[1], up[0]])
     from_circle = center + up * ROI_PALM_SHIFT * radius
-    reach = float(((shape.contour - center) @ up).max()) if len(shape.contour) else (AXIS_TIP_BACK + ROI_PALM_SHIFT) * radius
+    if len(shape.contour):
+        reach = float(((shape.contour - center) @ up).max())
+    else:
+        reach = (AXIS_TIP_BACK + ROI_PALM_SHIFT) * radius
     from_tip = center + up * (reach - AXIS_TIP_BACK * radius)
     return (from_circle + from_tip) / 2, axis_x, ROI_SIDE * radius, "axis"
 
@@ -258,7 +257,8 @@ def _continue_arch(known: np.ndarray, mr: np.ndarray, center: np.ndarray, along:
 
 def _finger_direction(points: dict) -> np.ndarray | None:
     """Mean pointing direction of the index, middle and ring fingers (base between their valleys to tip)."""
-    bases = {"index": ("index_middle",), "middle": ("index_middle", "middle_ring"), "ring": ("middle_ring", "ring_little")}
+    bases = {"index": ("index_middle",), "middle": ("index_middle", "middle_ring"),
+             "ring": ("middle_ring", "ring_little")}
     directions = []
     for finger, valleys in bases.items():
         tip = points.get(f"tip_{finger}")

@@ -26,6 +26,7 @@ class CodeParams:
     orientations: int = 6
     max_shift: int = 3  # cells searched either way
     rotations_deg: tuple[float, ...] = (0.0, -5.0, 5.0, -10.0, 10.0)  # probe-side; the first must be 0
+    zooms: tuple[float, ...] = ()  # probe-side rescalings tried unrotated (the ROI's size follows the valleys)
     fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
@@ -40,8 +41,9 @@ class CodeParams:
     def from_manifest(cls, block: dict) -> "CodeParams":
         known = set(cls.__dataclass_fields__)
         values = {k: v for k, v in block.items() if k in known}
-        if "rotations_deg" in values:
-            values["rotations_deg"] = tuple(float(a) for a in values["rotations_deg"])
+        for key in ("rotations_deg", "zooms"):
+            if key in values:
+                values[key] = tuple(float(a) for a in values[key])
         params = cls(**values)
         if params.orientations != 6:
             raise ValueError(f"code.orientations: only 6 is supported, got {params.orientations}")
@@ -52,15 +54,20 @@ class CodeParams:
     def to_manifest(self) -> dict:
         block = dict(self.__dict__)
         block["rotations_deg"] = list(self.rotations_deg)
+        block["zooms"] = list(self.zooms)
         return block
 
+    def poses(self) -> list[tuple[float, float]]:
+        """(degrees, zoom) of every probe variant; the first is the ROI as it is."""
+        return [(a, 1.0) for a in self.rotations_deg] + [(0.0, z) for z in self.zooms]
 
-def rotate_roi(roi: np.ndarray, degrees: float) -> np.ndarray:
-    """The ROI turned about its centre; corners brought in are background."""
-    if degrees == 0:
+
+def rotate_roi(roi: np.ndarray, degrees: float, zoom: float = 1.0) -> np.ndarray:
+    """The ROI turned (and zoomed) about its centre; corners brought in are background."""
+    if degrees == 0 and zoom == 1.0:
         return roi
     h, w = roi.shape
-    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, 1.0)
+    matrix = cv2.getRotationMatrix2D(((w - 1) / 2, (h - 1) / 2), degrees, zoom)
     return cv2.warpAffine(roi, matrix, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
                           borderValue=BACKGROUND)
 
@@ -111,15 +118,16 @@ def pack_cells(bits: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(packed).view(np.uint64)
 
 
-if hasattr(np, "bitwise_count"):
-    def popcount(words: np.ndarray) -> np.ndarray:
-        return np.bitwise_count(words)
-else:  # numpy < 2.0 (older Pi images): a byte lookup table
-    _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
+_BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
-    def popcount(words: np.ndarray) -> np.ndarray:
-        as_bytes = words.view(np.uint8).reshape(words.shape + (8,))
-        return _BYTE_COUNTS[as_bytes].sum(axis=-1, dtype=np.uint16)
+
+def popcount_by_table(words: np.ndarray) -> np.ndarray:
+    """Set bits per uint64 word for numpy < 2.0 (older Pi images), through a byte lookup table."""
+    as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(words.shape + (8,))
+    return _BYTE_COUNTS[as_bytes].sum(axis=-1, dtype=np.uint16)
+
+
+popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
 
 
 def shift_cells(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:

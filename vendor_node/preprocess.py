@@ -45,6 +45,8 @@ MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
 MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
 MIN_SHARPNESS = 0.6  # edge gradient / contrast; a sharp edge gives 1-2, a 2.5%-of-frame motion blur under 0.6
+MIN_TEXTURE = 0.5  # sd of the palm's fine detail (grey levels); real palms measured 1.4 and up, silhouettes 0
+MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
 
@@ -74,15 +76,20 @@ def extract_hand(image: np.ndarray) -> Hand:
     else:
         work, scale = grey, 1.0
     try:
-        mask, contrast, unfilled, center, radius = _find_hand(work, by_background=False)
+        return _hand_in(grey, work, scale, by_background=False)
     except HandRejected as first:
-        if first.reason not in ("too_far", "two_hands"):
+        if first.reason not in ("no_hand", "too_far", "two_hands", "fingers_closed"):
             raise
-        # A pale hand on a pale background with a dark sleeve: the threshold split sleeve from the rest.
+        # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
+        # so the hand is looked for again as whatever differs from the background.
         try:
-            mask, contrast, unfilled, center, radius = _find_hand(work, by_background=True)
+            return _hand_in(grey, work, scale, by_background=True)
         except HandRejected:
             raise first from None
+
+
+def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bool) -> Hand:
+    mask, contrast, unfilled, center, radius = _find_hand(work, by_background)
     area = float(np.count_nonzero(mask)) / mask.size
     try:
         wrist = _wrist_contact(mask, center, radius)
@@ -95,6 +102,8 @@ def extract_hand(image: np.ndarray) -> Hand:
         raise reject("blurred")
     contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
     contour = contour[:, 0, :].astype(np.float32)
+    if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
+        raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
     shape = handshape.find_fingers(contour, mask, center, radius, wrist, holes)
     if shape.extent < 1.8:  # a fist: the fingers do not reach beyond the palm
@@ -102,7 +111,9 @@ def extract_hand(image: np.ndarray) -> Hand:
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
     if not _inside_frame(roi_center, axis_x, side, mask.shape):
         raise reject("cut_off")
-    roi = _cut_roi(grey, mask, scale, roi_center, axis_x, side)
+    roi, texture = _cut_roi(grey, mask, scale, roi_center, axis_x, side)
+    if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
+        raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
     geometry = handshape.geometry(shape, mask, center, radius)
     keypoints = {name: (float(p[0] * scale), float(p[1] * scale)) for name, p in shape.points.items()}
     keypoints["palm_center"] = (float(center[0] * scale), float(center[1] * scale))
@@ -111,7 +122,7 @@ def extract_hand(image: np.ndarray) -> Hand:
         keypoints["wrist"] = (float(wrist[0] * scale), float(wrist[1] * scale))
     quality = _quality(sharpness, contrast, area, alignment, shape)
     measures = {"sharpness": sharpness, "contrast": contrast, "area": area, "palm_radius": radius * scale,
-                "roi_side": side * scale}
+                "roi_side": side * scale, "texture": texture}
     return Hand(roi, geometry, keypoints, quality, alignment, measures)
 
 
@@ -166,7 +177,8 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
     largest = areas[order[0]] / hand.size
     if largest < MIN_HAND_AREA * 0.25:
         raise reject("no_hand")
-    if len(order) > 1 and areas[order[1]] >= SECOND_HAND_AREA * areas[order[0]] and areas[order[1]] / hand.size > MIN_HAND_AREA * 0.5:
+    second_big = len(order) > 1 and areas[order[1]] >= SECOND_HAND_AREA * areas[order[0]]
+    if second_big and areas[order[1]] / hand.size > MIN_HAND_AREA * 0.5:
         # A second hand has a palm too; background clutter (cloth folds, glare) is thin or ragged.
         first_radius = _palm_circle(np.where(labels == order[0] + 1, 255, 0).astype(np.uint8))[1]
         second_radius = _palm_circle(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
@@ -224,7 +236,7 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.nd
         return None
     a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
     # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
-    if b - a > 3.2 * radius:  # far wider than a forearm: the palm itself leaves the frame
+    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
         raise reject("cut_off")
     if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
         raise reject("cut_off")  # two broad contacts: no telling the arm from the hand
@@ -232,6 +244,13 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.nd
     if border_gap < 0.5 * radius:
         raise reject("cut_off")
     return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32)
+
+
+def _solidity(contour: np.ndarray) -> float:
+    """Outline area over its convex hull's area: 1 for a convex blob, about 0.6-0.95 for hands."""
+    outline = contour.reshape(-1, 1, 2).astype(np.int32)
+    hull_area = cv2.contourArea(cv2.convexHull(outline))
+    return float(cv2.contourArea(outline) / hull_area) if hull_area > 0 else 1.0
 
 
 def _inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape: tuple[int, int]) -> bool:
@@ -267,8 +286,9 @@ def _edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> floa
     return float(min(per_bin) / contrast * 4.0)
 
 
-def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> np.ndarray:
-    """Warp the square ROI out of the full-resolution frame; background inside it is set to the palm mean."""
+def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, float]:
+    """Warp the square ROI out of the full-resolution frame, normalise the palm's grey levels (mean 128,
+    sd 40) and set what lies outside the hand to 128; also how much fine texture the palm shows."""
     axis_y = np.array([-axis_x[1], axis_x[0]])
     # Prefilter: shrink the region around the ROI so warping never skips pixels.
     full_side = side * scale
@@ -292,9 +312,13 @@ def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> np.ndarray:
     inside = cv2.warpAffine(mask, matrix_w, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
     values = roi[inside] if np.count_nonzero(inside) > ROI_SIZE else roi.ravel()
     mean, std = float(values.mean()), float(values.std()) + 1e-3
-    normalised = (roi.astype(np.float32) - mean) * (40.0 / std) + 128.0
+    raw = roi.astype(np.float32)
+    detail = raw - cv2.GaussianBlur(raw, (0, 0), 3.0)  # lines and creases, without the lighting
+    core = cv2.erode(inside.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0  # away from the outline
+    texture = float(detail[core].std()) if np.count_nonzero(core) > ROI_SIZE else float(detail.std())
+    normalised = (raw - mean) * (40.0 / std) + 128.0
     normalised[~inside] = 128.0
-    return np.clip(normalised, 0, 255).astype(np.uint8)
+    return np.clip(normalised, 0, 255).astype(np.uint8), texture
 
 
 def _quality(sharpness, contrast, area, alignment, shape) -> float:

@@ -33,9 +33,9 @@ _CRC = struct.Struct("<I")
 
 @dataclass(frozen=True)
 class Features:
-    """What the matcher needs from one image: palm codes per probe rotation, their masks, the hand's geometry."""
+    """What the matcher needs from one image: palm codes per probe pose, their masks, the hand's geometry."""
 
-    codes: np.ndarray  # uint8 (R, H, W) orientation per cell; [0] is the unrotated ROI
+    codes: np.ndarray  # uint8 (R, H, W) orientation per cell, one per CodeParams.poses(); [0] is the ROI as cut
     valid: np.ndarray  # bool (R, H, W) trusted cells
     geometry: np.ndarray  # float32 (G,)
     quality: float = 1.0
@@ -59,7 +59,13 @@ class Enrollment:
 
 @dataclass(frozen=True)
 class Template:
-    """A parsed template."""
+    """One employee's palm template; ``to_bytes`` gives the stored form (578 bytes for a 32x32 grid).
+
+    Layout, little-endian: header ``VNPT``, version u8, orientations u8, grid h u8, grid w u8,
+    images used u8, geometry count u8, flags u16, feature id u32 (which filters made the code);
+    then the code as 3 Johnson bit-planes (h*w bits each), the trusted-cell mask (h*w bits),
+    the geometry as float16, and a CRC-32 of everything before it.
+    """
 
     code: np.ndarray  # uint8 (H, W)
     valid: np.ndarray  # bool (H, W)
@@ -221,8 +227,8 @@ class Recognizer:
     def features_from_roi(self, roi: np.ndarray, geometry: np.ndarray | None = None, quality: float = 1.0,
                           hand=None) -> Features:
         codes, valids = [], []
-        for angle in self.params.rotations_deg:
-            turned = palmcode.rotate_roi(roi, angle)
+        for angle, zoom in self.params.poses():
+            turned = palmcode.rotate_roi(roi, angle, zoom)
             responses = self.embedder.responses(turned)
             valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
             code, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)

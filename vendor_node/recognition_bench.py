@@ -61,6 +61,7 @@ def run(args) -> int:
     rss_model = _rss_mb()
     frames = [synthetic.draw_hand(person, 0) for person in range(probes_n)]
     enroll_frames = [synthetic.draw_hand(person, 1) for person in range(probes_n)]
+    rss_frames = _rss_mb()
     own = {f"person-{p}": recognizer.enroll([frame]).template for p, frame in enumerate(enroll_frames)}
     for frame in frames[:3]:  # warm up caches and the interpreter
         recognizer.features(frame)
@@ -121,7 +122,9 @@ def run(args) -> int:
     print(f"{'model file bytes':40} {model_bytes:10d} {MAX_MODEL_BYTES:9d} {model_bytes / MAX_MODEL_BYTES:8.2f}")
     print(f"{'gallery arrays at 10,000 (MiB)':40} {gallery_bytes / 2**20:10.2f} {'-':>9} {'-':>8}")
     print(f"{'identify peak allocation at 10,000 (MiB)':40} {identify_peak / 2**20:10.2f} {'-':>9} {'-':>8}")
-    print(f"{'peak RSS: start / model / 10,000 (MiB)':40} {rss_start:.0f} / {rss_model:.0f} / {rss_gallery[GALLERY_SIZES[-1]]:.0f}")
+    sizes = " / ".join(f"{rss_gallery[size]:.0f}" for size in GALLERY_SIZES)
+    print(f"{'peak RSS (MiB): start, model, drawn probes':40} {rss_start:.0f}, {rss_model:.0f}, {rss_frames:.0f}")
+    print(f"{'peak RSS (MiB) after 100 / 1,000 / 10,000':40} {sizes}")
     for size, (_, hits) in results.items():
         print(f"{f'probes found their own template vs {size:,}':40} {hits:10d} of {probes_n}")
     total_p95 = next(p95 for name, _, p95, target in rows if target)

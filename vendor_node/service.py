@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import logging
+import math
 import os
 import socket
 import sqlite3
@@ -28,8 +29,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .board import (AdapterReset, LinkRestored, ReaderDisabled, SessionCancelled, SessionComplete,
-                    VendFailed, VendRequest, VendSucceeded)
+from .board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
+                    SessionComplete, VendFailed, VendRequest, VendSucceeded)
 from .errors import (BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError,
                      RecognitionError, SensorError)
 
@@ -85,12 +86,14 @@ class Purchase:
     reason: str = ""  #            busy, cooldown, outcome_unknown, out_of_service, interrupted
     attempts: int = 0
     trigger_to_board_ms: float | None = None  # IR trigger -> the approval written to the board
-    request_to_approval_ms: float | None = None  # vend request -> approve_vend (hand first)
+    request_to_approval_ms: float | None = None  # vend request -> approve_vend
+    trigger_to_approve_vend_ms: float | None = None  # hand first: includes the customer choosing a snack
     started: float = field(default_factory=time.monotonic)
     charged: bool = False
 
     def line(self) -> str:
-        parts = [f"purchase {self.outcome}" + (f" ({self.reason})" if self.reason else ""),
+        shown_reason = self.reason if self.reason and self.reason != self.outcome else ""
+        parts = [f"purchase {self.outcome}" + (f" ({shown_reason})" if shown_reason else ""),
                  self.order.replace("_", "-")]
         if self.employee_id:
             parts.append(f"employee {self.employee_id}")
@@ -172,7 +175,7 @@ class PurchaseLoop:
         self.notifier = notifier or Notifier(address="")
         self.on_purchase = on_purchase
         self._open_camera = open_camera
-        self._gallery_factory = gallery_factory
+        self._gallery_factory = gallery_factory or default_gallery
         self.clock = clock
         self.fault_retry_s = fault_retry_s
         self.debug_images_max = debug_images_max
@@ -199,6 +202,9 @@ class PurchaseLoop:
             self.start()
             while not self.stop_event.is_set():
                 self.run_once()
+        except Exception:
+            log.exception("unexpected error: exiting non-zero so systemd restarts the unit")
+            raise
         finally:
             self.shutdown()
         return 0
@@ -232,6 +238,8 @@ class PurchaseLoop:
             self._fault("camera", str(exc))
         except JournalError as exc:
             self._fault("journal", str(exc))
+        except HandRejected as exc:  # handled inside IDENTIFY; here only if a flow let one through
+            self._feedback("refused", HAND_HINTS.get(exc.reason, "Hold your hand flat over reader"))
         except (SensorError, ProtocolError) as exc:
             log.warning("%s: %s", type(exc).__name__, exc)
         self.state = State.IDLE
@@ -360,7 +368,8 @@ class PurchaseLoop:
             except HandRejected as exc:
                 p.outcome, p.reason = "rejected", exc.reason
                 log.info("hand refused (%s): %s", exc.reason, exc)
-                self._feedback("retry", HAND_HINTS.get(exc.reason, "Hold your hand flat over reader"))
+                if attempt < attempts:
+                    self._feedback("retry", HAND_HINTS.get(exc.reason, "Hold your hand flat over reader"))
                 continue
             match = self.recognizer.identify(features, self._gallery)
             if match.reason == "match" and match.employee_id:
@@ -369,7 +378,8 @@ class PurchaseLoop:
             p.outcome, p.reason = "unknown", match.reason
             if match.reason != "ambiguous":
                 break  # sure it is nobody we know: no second presentation
-            self._feedback("retry", "Please hold your hand again")
+            if attempt < attempts:
+                self._feedback("retry", "Please hold your hand again")
         self.abuse.record_failure()
         if p.outcome == "unknown":
             self._feedback("unknown", "Hand not recognised")
@@ -394,14 +404,16 @@ class PurchaseLoop:
         self.board.approve_vend(request.price_cents)
         now = self.clock()
         p.request_to_approval_ms = (now - received) * 1000
+        p.trigger_to_approve_vend_ms = (now - p.trigger_at) * 1000
         if p.order == "selection_first":
             p.trigger_to_board_ms = (now - p.trigger_at) * 1000
             self.accounts.note_template_used(p.employee_id)
             self.board.display(f"Hi {first_name(p.display_name)}, vending...")
         self.state = State.OUTCOME
         event = self._wait_for((VendSucceeded, VendFailed, SessionCancelled, SessionComplete, AdapterReset,
-                                LinkRestored), self.cfg.board.vend_outcome_timeout_s,
-                               finish_even_if_stopping=True)
+                                LinkRestored, CommandRefused), self.cfg.board.vend_outcome_timeout_s,
+                               finish_even_if_stopping=True, accept=lambda e: not isinstance(e, CommandRefused)
+                               or e.command == "VEND")
         self._record_outcome(p, event)
         self._wait_for((SessionComplete,), SESSION_END_WAIT_S)
 
@@ -418,6 +430,10 @@ class PurchaseLoop:
         elif isinstance(event, SessionCancelled):
             self.journal.void(p.session_id, "cancelled")
             p.outcome = "cancelled"
+            self._feedback("refused", "Cancelled - not charged")
+        elif isinstance(event, CommandRefused):  # the machine refused the approval itself: nothing can drop
+            self.journal.void(p.session_id, "cancelled")
+            p.outcome, p.reason = "cancelled", f"machine refused the approval ({event.code})"
             self._feedback("refused", "Cancelled - not charged")
         elif isinstance(event, LinkRestored) or event is None or getattr(event, "interrupted", None):
             # No word whether the snack dropped: never guess a charge; held for a technician's review.
@@ -440,8 +456,8 @@ class PurchaseLoop:
         left = self.abuse.cooldown_left()
         if left <= 0:
             return True
-        p.outcome, p.reason = "cooldown", f"{left:.0f} s left"
-        self._feedback("cooldown", f"Please wait {left:.0f} s")
+        p.outcome, p.reason = "cooldown", f"{math.ceil(left)} s left"
+        self._feedback("cooldown", f"Please wait {math.ceil(left)} s")
         return False
 
     def _serve(self, p: Purchase, flow) -> None:
@@ -480,11 +496,13 @@ class PurchaseLoop:
             log.error("could not close session %s: %s", p.session_id[:8], journal_exc)
 
     def _finish(self, p: Purchase) -> None:
+        self.panel.discard_hand()  # a hand lingering or moving during the purchase is not the next customer
         self.purchases += 1
         self.counts[p.outcome] += 1
         log.info(p.line())
         self._ready_at = self.clock() + FEEDBACK_HOLD_S
         self.state = State.IDLE
+        self.notifier.status(self._status_text())
         if self.on_purchase is not None:
             self.on_purchase(p)
 
@@ -496,8 +514,8 @@ class PurchaseLoop:
         except BoardLinkError as exc:
             log.warning("could not show %r on the machine: %s", text, exc)
 
-    def _wait_for(self, kinds: tuple, timeout: float, finish_even_if_stopping: bool = False):
-        """The first board event of ``kinds`` within ``timeout``; others are logged and dropped."""
+    def _wait_for(self, kinds: tuple, timeout: float, finish_even_if_stopping: bool = False, accept=None):
+        """The first board event of ``kinds`` (and ``accept(event)``) within ``timeout``; others are dropped."""
         deadline = self.clock() + timeout
         while True:
             if self.stop_event.is_set() and not finish_even_if_stopping:
@@ -509,7 +527,7 @@ class PurchaseLoop:
             self.notifier.watchdog()  # a bounded wait that returned: alive (a hung call never gets here)
             if event is None:
                 continue
-            if isinstance(event, kinds):
+            if isinstance(event, kinds) and (accept is None or accept(event)):
                 return event
             log.debug("board event ignored in %s: %s", self.state.value, event)
 
@@ -566,6 +584,8 @@ class PurchaseLoop:
         self._apply_service_state(force=force)
 
     def _retry_camera(self) -> None:
+        if self.camera is None and self._open_camera is None:
+            return  # nothing to retry with: stays out of service (a wiring error, logged at start)
         try:
             if self._open_camera is not None:
                 if self.camera is not None:
@@ -712,6 +732,12 @@ class PurchaseLoop:
             old.unlink(missing_ok=True)
 
 
+def default_gallery(templates: dict[str, bytes]):
+    from .recognition import Gallery
+
+    return Gallery.from_templates(templates)
+
+
 def first_name(display_name: str) -> str:
     return (display_name or "").split(" ")[0][:12] or "there"
 
@@ -742,7 +768,7 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
     from .camera import open_camera
     from .journal import Journal
     from .proximity import open_panel
-    from .recognition import Gallery, Recognizer
+    from .recognition import Recognizer
     from .storage import open_db
 
     recognizer = Recognizer.from_config(cfg)  # ModelError: exit non-zero, `vendor-node selftest` says why
@@ -763,8 +789,7 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
         with open_panel(cfg) as panel, open_board(cfg, port=board_port, stop_event=stop_event) as board:
             loop = PurchaseLoop(cfg, camera=camera, panel=panel, board=board, recognizer=recognizer,
                                 accounts=accounts, journal=journal, abuse=AbuseGuard(cfg), stop_event=stop_event,
-                                notifier=notifier, open_camera=camera_factory,
-                                gallery_factory=Gallery.from_templates)
+                                notifier=notifier, open_camera=camera_factory)
             try:
                 return loop.run()
             finally:

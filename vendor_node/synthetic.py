@@ -80,11 +80,12 @@ def _finger_layout(p: Person, spread: float, curl: bool) -> dict[str, tuple[np.n
     """Each finger's (base point, angle from straight up, length, width) in canvas pixels."""
     half_h = p.palm_height * PALM / 2
     offsets = {"index": -0.375, "middle": -0.125, "ring": 0.125, "little": 0.375}
+    drop = {"index": 0.03, "middle": 0.0, "ring": 0.01, "little": 0.08}  # finger bases sit on an arch
     layout = {}
     for name in FINGER_ORDER:
         width = p.finger_widths[name] * PALM
         length = p.finger_lengths[name] * PALM * (0.32 if curl else 1.0)
-        base = CENTER + np.array([offsets[name] * PALM * 0.96, -half_h + 0.06 * PALM])
+        base = CENTER + np.array([offsets[name] * PALM * 0.96, -half_h + (0.06 + drop[name]) * PALM])
         angle = p.finger_angles[name] * spread
         if spread < 0.3:  # held together: the fingers lean onto each other and touch
             angle = {"index": 1.5, "middle": 0.0, "ring": -1.5, "little": -3.0}[name]
@@ -103,8 +104,9 @@ def _hand_polygons(p: Person, spread: float, curl: bool) -> list[np.ndarray]:
     polys = [_palm_polygon(p)]
     forearm_w = 0.78 * PALM
     top = CENTER[1] + half_h * 0.5
+    bottom = CANVAS[0] + 10  # the forearm runs off the canvas
     polys.append(np.array([[CENTER[0] - forearm_w / 2, top], [CENTER[0] + forearm_w / 2, top],
-                           [CENTER[0] + forearm_w / 2 * 1.1, CANVAS[0] + 10], [CENTER[0] - forearm_w / 2 * 1.1, CANVAS[0] + 10]]))
+                           [CENTER[0] + forearm_w / 2 * 1.1, bottom], [CENTER[0] - forearm_w / 2 * 1.1, bottom]]))
     for base, angle, length, width in _finger_layout(p, spread, curl).values():
         polys.append(_capsule(base, angle, length, width))
     return polys
@@ -126,9 +128,10 @@ def _pegs(p: Person, spread: float) -> list[tuple[np.ndarray, float]]:
     return pegs
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=16)
 def _texture(person_seed: int) -> np.ndarray:
-    """The person's skin texture over the canvas (float32, 0 = no change): lines, creases, mottling."""
+    """The person's skin texture over the canvas (int8 grey-level offsets, 0 = no change): lines,
+    creases, mottling. Kept small (half a megabyte per person) since a few are cached."""
     rng = np.random.default_rng([int(person_seed), 104729])
     p = person(person_seed)
     h, w = CANVAS
@@ -164,18 +167,22 @@ def _texture(person_seed: int) -> np.ndarray:
     mottle = cv2.resize(rng.normal(0, 1, (12, 8)).astype(np.float32), (w, h), interpolation=cv2.INTER_CUBIC)
     tex += 9.0 * mottle
     tex += cv2.GaussianBlur(rng.normal(0, 6, (h, w)).astype(np.float32), (0, 0), 1.2)
-    return tex
+    return np.clip(np.round(tex), -128, 127).astype(np.int8)
 
 
 # --- drawing ------------------------------------------------------------------
-def _canvas(person_seed: int, spread: float, curl: bool, pegs: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _canvas(person_seed: int, spread: float, curl: bool, pegs: bool = False,
+            sleeve: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The hand on its canonical canvas: (grey float32, mask float32 0..1)."""
     p = person(person_seed)
     mask = np.zeros(CANVAS, np.uint8)
     for poly in _hand_polygons(p, spread, curl):
         cv2.fillPoly(mask, [np.round(poly * 4).astype(np.int32)], 255, cv2.LINE_AA, shift=2)
     alpha = mask.astype(np.float32) / 255.0
-    grey = (p.skin + _texture(person_seed)) * alpha
+    grey = (p.skin + _texture(person_seed).astype(np.float32)) * alpha
+    if sleeve:  # a dark sleeve over the forearm, from a little below the palm to the canvas edge
+        top = int(CENTER[1] + 0.75 * p.palm_height * PALM)
+        grey[top:] = np.where(alpha[top:] > 0, 0.15 * p.skin * alpha[top:], grey[top:])
     if pegs and not curl:
         peg_mask = np.zeros(CANVAS, np.uint8)
         for center, radius in _pegs(p, spread):
@@ -191,14 +198,15 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
               rotation: float | None = None, shift: tuple[float, float] | None = None, scale: float | None = None,
               spread: float | None = None, curl: bool = False, background: str = "dark",
               noise: float | None = None, blur: float | None = None, motion_blur: float = 0.0,
-              gain: float | None = None, pegs: bool = False) -> np.ndarray:
+              gain: float | None = None, pegs: bool = False, sleeve: bool = False) -> np.ndarray:
     """One presentation of one person's hand as a greyscale uint8 frame of ``size`` (height, width).
 
     Any variation left as None is drawn from ``sample_seed``: rotation (degrees),
     shift (fractions of the frame), scale (1 = palm about 30% of the frame height),
     spread (1 = fingers apart, 0 = together), noise (grey levels), blur (pixels),
     gain (lighting). ``curl`` draws a fist, ``motion_blur`` smears the frame sideways by that many pixels,
-    ``pegs`` wedges guide pegs between the fingers (they close the finger gaps, as in the COEP photos).
+    ``pegs`` wedges guide pegs between the fingers (they close the finger gaps, as in the COEP photos),
+    ``sleeve`` covers the forearm with a dark sleeve.
     """
     if background not in ("dark", "light"):
         raise ValueError(f"background must be 'dark' or 'light', got {background!r}")
@@ -211,7 +219,7 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
     blur = float(rng.uniform(0.0, 0.7)) if blur is None else float(blur)
     gain = float(rng.uniform(0.85, 1.12)) if gain is None else float(gain)
     height, width = size
-    grey, alpha = _canvas(person_seed, spread, curl, pegs)
+    grey, alpha = _canvas(person_seed, spread, curl, pegs, sleeve)
     matrix = canvas_to_frame(size, rotation, shift, scale)
     s = float(np.hypot(*matrix[:, 0]))
     frame = cv2.warpAffine(grey, matrix, (width, height), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)

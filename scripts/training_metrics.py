@@ -1,0 +1,181 @@
+"""Measuring a recognizer on cached, preprocessed photos: what train_model.py selects and reports with.
+
+Enroll the first N images of each (view, person) sorted by path, probe with the rest; genuine and
+impostor scores, EER, FNMR at FMR 1e-3 / 1e-4, rank-1 counting failures to acquire as misses, and
+what the unit's threshold + margin do. People the data set's README says are labelled twice are
+neither impostors nor rivals of each other.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from vendor_node import palmcode
+from vendor_node.recognition import Gallery, Recognizer
+
+# People labelled twice in coep_dev (see its README).
+SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}
+
+
+@dataclass
+class Sample:
+    set: str
+    path: str
+    subject: str
+    extra: str
+    captured: str
+    hand: object | None = None
+    reason: str = ""
+    features: object | None = field(default=None, repr=False)
+
+
+# --- measuring ----------------------------------------------------------------
+def measure(recognizer: Recognizer, samples: list[Sample], enroll_n: int = 1) -> dict:
+    """Enroll the first N images per (view, person), probe with the rest: EER, FNMR@FMR, rank-1, FTA."""
+    groups: dict[tuple[str, str], list[Sample]] = {}
+    for s in samples:
+        groups.setdefault((s.extra, s.subject), []).append(s)
+    templates: dict[str, dict[str, bytes]] = {}
+    probes: list[Sample] = []
+    enrolled_days: dict[tuple[str, str], set[str]] = {}
+    for (extra, subject), group in sorted(groups.items()):
+        group.sort(key=lambda s: s.path)
+        if len(group) <= enroll_n:
+            continue
+        usable = [s.features for s in group[:enroll_n] if s.features is not None]
+        if usable:
+            templates.setdefault(extra, {})[subject] = recognizer.enroll_features(usable).template
+            enrolled_days[(extra, subject)] = {s.captured[:10] for s in group[:enroll_n] if s.captured}
+        probes += group[enroll_n:]
+    genuine, impostor, days, rank1, attempts, gaps = [], [], {"same": [], "different": []}, 0, 0, []
+    decisions = {"mated": [], "non_mated": []}
+    galleries = {extra: (list(t), Gallery.from_templates(t)) for extra, t in templates.items()}
+    for p in probes:
+        attempts += 1
+        if p.features is None or p.extra not in galleries or p.subject not in galleries[p.extra][0]:
+            continue
+        ids, gallery = galleries[p.extra]
+        scores = recognizer.score_matrix([p.features], gallery)[0]
+        mate = ids.index(p.subject)
+        genuine.append(float(scores[mate]))
+        twins = {i for i, other in enumerate(ids) if i != mate and _same_person(p.set, p.subject, other)}
+        impostor += [float(x) for i, x in enumerate(scores) if i != mate and i not in twins]
+        scores = np.array([x for i, x in enumerate(scores) if i not in twins])
+        mate -= sum(1 for i in twins if i < mate)
+        outcome = decide(scores, recognizer.threshold, recognizer.margin)
+        decisions["mated"].append("right" if outcome == mate else ("wrong_payer" if outcome >= 0 else "refused"))
+        if len(scores) > 1:
+            decisions["non_mated"].append(decide(np.delete(scores, mate), recognizer.threshold, recognizer.margin) >= 0)
+        order = np.argsort(-scores)
+        rank1 += int(order[0] == mate)
+        if len(order) > 1 and order[0] == mate:
+            gaps.append((float(scores[order[0]]), float(scores[order[0]] - scores[order[1]])))
+        if p.captured and enrolled_days.get((p.extra, p.subject)):
+            days["same" if p.captured[:10] in enrolled_days[(p.extra, p.subject)] else "different"].append(float(scores[mate]))
+    all_images = len(samples)
+    fta = sum(1 for s in samples if s.features is None) / max(1, all_images)
+    out = {"people": len({s.subject for s in samples}), "images": all_images, "fta": round(fta, 4),
+           "genuine": len(genuine), "impostor": len(impostor),
+           "rank1_with_fta_as_miss": round(rank1 / max(1, attempts), 4)}
+    out.update(error_rates(np.array(genuine), np.array(impostor)))
+    out["operating_point"] = operating_point(recognizer, decisions, attempts, np.array(genuine), np.array(impostor))
+    if days["different"]:
+        out["eer_different_days"] = error_rates(np.array(days["different"]), np.array(impostor))["eer"]
+        out["genuine_different_days"] = len(days["different"])
+    out["_genuine"], out["_impostor"], out["_gaps"] = genuine, impostor, gaps
+    return out
+
+
+def decide(scores: np.ndarray, threshold: float, margin: float) -> int:
+    """The unit's policy on one score row: index of the payer, or -1 (unknown / ambiguous)."""
+    order = np.argsort(-scores)
+    best = scores[order[0]]
+    runner_up = scores[order[1]] if len(order) > 1 else 0.0
+    return int(order[0]) if best >= threshold and best - runner_up > margin else -1
+
+
+def operating_point(recognizer, decisions: dict, attempts: int, genuine: np.ndarray, impostor: np.ndarray) -> dict:
+    """What the threshold + margin do here, and per-comparison FMR extrapolated to 100 and 1,000 enrolled."""
+    mated = decisions["mated"]
+    out = {"threshold": recognizer.threshold, "margin": recognizer.margin,
+           "fnir_with_fta": round(1 - mated.count("right") / max(1, attempts), 4),
+           "wrong_payer_mated": mated.count("wrong_payer"), "mated_searches": len(mated),
+           "fpir_non_mated": round(float(np.mean(decisions["non_mated"])), 4) if decisions["non_mated"] else None,
+           "non_mated_searches": len(decisions["non_mated"])}
+    if len(genuine):
+        out["fnmr_at_threshold"] = round(float((genuine < recognizer.threshold).mean()), 4)
+    if len(impostor) > 1:
+        z = (recognizer.threshold - impostor.mean()) / max(impostor.std(), 1e-9)
+        fmr = 0.5 * math.erfc(z / math.sqrt(2))  # Gaussian tail of the impostor scores
+        out["fmr_at_threshold_empirical"] = round(float((impostor >= recognizer.threshold).mean()), 6)
+        out["fmr_at_threshold_gaussian_fit"] = float(f"{fmr:.3g}")
+        for n in (100, 1000):
+            out[f"fpir_{n}_enrolled_extrapolated"] = float(f"{1 - (1 - fmr) ** n:.3g}")
+    return out
+
+
+def d_prime(genuine: np.ndarray, impostor: np.ndarray) -> float:
+    """Separation of the two score distributions in pooled standard deviations."""
+    if len(genuine) < 2 or len(impostor) < 2:
+        return 0.0
+    return round(float((genuine.mean() - impostor.mean()) / np.sqrt((genuine.var() + impostor.var()) / 2 + 1e-12)), 3)
+
+
+def _same_person(set_name: str, a: str, b: str) -> bool:
+    """The README's people labelled twice are neither impostors nor rivals of each other."""
+    return any({a, b} == set(pair) for pair in SAME_PERSON.get(set_name, []))
+
+
+def typical_geometry_distance(samples: list[Sample]) -> float:
+    """Mean geometry difference over all pairs of training hands: what an unmeasurable comparison is assumed to be."""
+    rows = np.array([s.hand.geometry for s in samples if s.hand is not None and s.hand.geometry.size], np.float32)
+    if len(rows) < 2:
+        return 0.0
+    values = [palmcode.geometry_distances(rows[i], rows[i + 1:], 5, np.nan) for i in range(len(rows) - 1)]
+    values = np.concatenate(values)
+    return round(float(np.nanmean(values)), 4) if np.isfinite(values).any() else 0.0
+
+
+def error_rates(genuine: np.ndarray, impostor: np.ndarray) -> dict:
+    if not len(genuine) or not len(impostor):
+        return {"eer": None, "fnmr_at_fmr_1e-3": None, "fnmr_at_fmr_1e-4": None}
+    thresholds = np.unique(np.concatenate([genuine, impostor, [np.inf]]))
+    fnmr = np.array([(genuine < t).mean() for t in thresholds])  # accept when score >= t
+    fmr = np.array([(impostor >= t).mean() for t in thresholds])
+    k = int(np.argmin(np.abs(fnmr - fmr)))
+    out = {"eer": round(float((fnmr[k] + fmr[k]) / 2), 4)}
+    for target, key in ((1e-3, "fnmr_at_fmr_1e-3"), (1e-4, "fnmr_at_fmr_1e-4")):
+        ok = fmr <= target
+        out[key] = round(float(fnmr[ok].min()), 4) if ok.any() else None
+    return out
+
+
+def attach_features(recognizer, samples: list[Sample], progress, label: str) -> None:
+    for s in progress(samples, desc=label):
+        s.features = recognizer.features_from_hand(s.hand) if s.hand is not None else None
+
+
+# --- decision policy ----------------------------------------------------------
+def calibrate(train_metrics: list[dict]) -> dict:
+    """Threshold: above every training impostor and at a Gaussian-tail FMR of 1e-6; margin keeps 99% of right picks."""
+    impostor = np.concatenate([np.array(m["_impostor"]) for m in train_metrics if m["_impostor"]])
+    picks = np.array([g for m in train_metrics for g in m["_gaps"]]).reshape(-1, 2)  # (best score, gap)
+    gaussian = float(impostor.mean() + 4.75 * impostor.std())  # one-sided 1e-6
+    threshold = round(max(gaussian, float(impostor.max()) + 0.005), 4)
+    gaps = picks[picks[:, 0] >= threshold, 1]  # only picks the threshold lets through reach the margin
+    margin = 0.0
+    for m in (0.05, 0.04, 0.03, 0.02, 0.01):
+        if len(gaps) == 0 or (gaps <= m).mean() <= 0.01:
+            margin = m
+            break
+    return {"threshold": threshold, "margin": margin,
+            "how": "threshold = max(training impostor max + 0.005, impostor mean + 4.75 sd (Gaussian FMR 1e-6)); "
+                   "margin = largest of 0.05..0.01 that leaves at most 1% of correct training picks above the threshold ambiguous",
+            "training_impostors": int(len(impostor)), "impostor_mean": round(float(impostor.mean()), 4),
+            "impostor_sd": round(float(impostor.std()), 4), "impostor_max": round(float(impostor.max()), 4)}
+
+
+def public(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if not k.startswith("_")}
