@@ -336,7 +336,7 @@ def main(argv: list[str] | None = None) -> int:
         for name, samples in train.items():
             attach_features(recognizer, samples, progress, f"int8 features {name} (train)")
             train_metrics[name] = measure(recognizer, samples)
-        decision = calibrate([train_metrics[n] for n in calibration_sets])
+        decision = calibrate({n: train_metrics[n] for n in calibration_sets})
         decision["calibrated_on"] = calibration_sets
         manifest["decision"] = decision
         recognizer = Recognizer(embedder, decision["threshold"], decision["margin"], params=code)
@@ -363,6 +363,7 @@ def main(argv: list[str] | None = None) -> int:
         "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "seed": args.seed, "fold": args.fold, "data": str(args.data), "held_out_fraction": args.held_out,
         "subjects": {name: s["train"] for name, s in split.items()},
+        "same_person_labelled_twice": {name: [list(pair) for pair in pairs] for name, pairs in SAME_PERSON.items()},
         "held_out_subjects": {name: s["held_out"] for name, s in split.items()},
         "augmentation": f"{args.augment} copies per training ROI: rotation N(0,4 deg), shift N(0,3 px), scale 0.95-1.05, "
                         "gain 0.85-1.15, noise 2 grey levels",

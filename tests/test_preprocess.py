@@ -68,6 +68,23 @@ def test_guide_pegs_between_the_fingers_do_not_move_the_roi(person):
     assert moved < 0.12 * plain.measures["palm_radius"]  # under a tenth of the ROI's side
 
 
+def test_both_alignments_put_the_palm_the_same_way_up():
+    """Fingers apart (valleys) and together (palm axis): the same palm, the same way round in the ROI."""
+    def signature(roi):
+        small = cv2.resize(cv2.GaussianBlur(roi, (0, 0), 2), (32, 32), interpolation=cv2.INTER_AREA)
+        small = small.astype(np.float32) - small.mean()
+        return small / np.linalg.norm(small)
+
+    same, turned = [], []
+    for person in range(6):
+        apart = signature(extract_hand(synthetic.draw_hand(person, 0, spread=1.0, noise=0, blur=0)).roi)
+        together = extract_hand(synthetic.draw_hand(person, 0, spread=0.0, noise=0, blur=0))
+        assert together.alignment == "axis"
+        same.append(float((apart * signature(together.roi)).sum()))
+        turned.append(float((apart * np.rot90(signature(together.roi), 2)).sum()))
+    assert np.mean(same) > 0.4 and np.mean(same) > np.mean(turned) + 0.3
+
+
 def test_pale_hand_next_to_a_dark_sleeve_is_still_found():
     """Otsu splits the dark sleeve from everything else; the hand is then found against the background."""
     hand = extract_hand(synthetic.draw_hand(2, 0, background="light", gain=1.7, sleeve=True))

@@ -32,6 +32,7 @@ AXIS_TIP_BACK = 2.8  # fingers together: the ROI sits this many palm radii back 
 VALLEY_DEPTH = 0.45  # convexity-defect depth in palm radii
 OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther out than the middle/ring one
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
+PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
 
 
@@ -274,8 +275,8 @@ def _finger_direction(points: dict) -> np.ndarray | None:
 
 
 def _principal_axis(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarray) -> np.ndarray:
-    """The long axis of the hand near the palm (palm plus finger bases), pointing the way ``up`` does."""
-    reach = int(2.5 * radius)
+    """The long axis of the hand within PA_REACH palm radii of its centre, pointing the way ``up`` does."""
+    reach = int(PA_REACH * radius)
     x0, y0 = max(0, int(center[0]) - reach), max(0, int(center[1]) - reach)
     crop = mask[y0:int(center[1]) + reach + 1, x0:int(center[0]) + reach + 1].copy()
     disc = np.zeros_like(crop)

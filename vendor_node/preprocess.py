@@ -45,7 +45,8 @@ MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
 MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
 MIN_SHARPNESS = 0.6  # edge gradient / contrast; a sharp edge gives 1-2, a 2.5%-of-frame motion blur under 0.6
-MIN_TEXTURE = 0.5  # sd of the palm's fine detail (grey levels); real palms measured 1.4 and up, silhouettes 0
+MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
+MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
@@ -78,7 +79,7 @@ def extract_hand(image: np.ndarray) -> Hand:
     try:
         return _hand_in(grey, work, scale, by_background=False)
     except HandRejected as first:
-        if first.reason not in ("no_hand", "too_far", "two_hands", "fingers_closed"):
+        if first.reason not in ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image"):
             raise
         # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
         # so the hand is looked for again as whatever differs from the background.
@@ -114,6 +115,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bo
     roi, texture = _cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
+    if np.count_nonzero(roi != 128) < MIN_COVERAGE * roi.size:  # the outline ran through the palm
+        raise HandRejected("bad_image", "The hand could not be told from the background.")
     geometry = handshape.geometry(shape, mask, center, radius)
     keypoints = {name: (float(p[0] * scale), float(p[1] * scale)) for name, p in shape.points.items()}
     keypoints["palm_center"] = (float(center[0] * scale), float(center[1] * scale))
@@ -315,7 +318,8 @@ def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, f
     raw = roi.astype(np.float32)
     detail = raw - cv2.GaussianBlur(raw, (0, 0), 3.0)  # lines and creases, without the lighting
     core = cv2.erode(inside.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0  # away from the outline
-    texture = float(detail[core].std()) if np.count_nonzero(core) > ROI_SIZE else float(detail.std())
+    values = detail[core] if np.count_nonzero(core) > ROI_SIZE else detail.ravel()
+    texture = 1.4826 * float(np.median(np.abs(values - np.median(values))))  # robust: a few edge pixels are not texture
     normalised = (raw - mean) * (40.0 / std) + 128.0
     normalised[~inside] = 128.0
     return np.clip(normalised, 0, 255).astype(np.uint8), texture

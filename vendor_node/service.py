@@ -90,6 +90,14 @@ class Purchase:
     trigger_to_approve_vend_ms: float | None = None  # hand first: includes the customer choosing a snack
     started: float = field(default_factory=time.monotonic)
     charged: bool = False
+    stages: dict = field(default_factory=dict)  # ms per step so far
+    board_stages: dict = field(default_factory=dict)  # ... of the path trigger->board (for the Pi's budget)
+
+    def timed(self, stage: str, since: float) -> float:
+        """Add the time since ``since`` to ``stage``; returns now (monotonic) for the next stage."""
+        now = time.monotonic()
+        self.stages[stage] = self.stages.get(stage, 0.0) + (now - since) * 1000
+        return now
 
     def line(self) -> str:
         shown_reason = self.reason if self.reason and self.reason != self.outcome else ""
@@ -100,7 +108,8 @@ class Purchase:
         if self.item is not None:
             parts.append(f"item {self.item} {money(self.price_cents)}")
         if self.trigger_to_board_ms is not None:
-            parts.append(f"trigger->board {self.trigger_to_board_ms:.0f} ms")
+            steps = " ".join(f"{name} {ms:.0f}" for name, ms in self.board_stages.items())
+            parts.append(f"trigger->board {self.trigger_to_board_ms:.0f} ms" + (f" [{steps}]" if steps else ""))
         if self.request_to_approval_ms is not None:
             parts.append(f"request->approval {self.request_to_approval_ms:.0f} ms")
         if self.attempts > 1:
@@ -295,17 +304,22 @@ class PurchaseLoop:
         if match is None:
             return
         self.state = State.AUTHORIZE
+        t = time.monotonic()
         auth = self.accounts.spendable_cents(match.employee_id)
+        t = p.timed("accounts", t)
         p.display_name = auth.display_name
         if not auth.approved:
             self._refuse(p, auth)
             return
         self._drain_board()  # reader status lines from before this customer must not end their session
-        if not self.board.start_session(auth.funds_left_cents):
+        started = self.board.start_session(auth.funds_left_cents)
+        p.timed("board", t)
+        if not started:
             p.outcome, p.reason = "busy", "machine refused a session"
             self._feedback("refused", "Machine busy, try again")
             return
         p.trigger_to_board_ms = (self.clock() - p.trigger_at) * 1000
+        p.board_stages = dict(p.stages)
         p.session_id = self.journal.begin_session()
         self.accounts.note_template_used(p.employee_id)
         self._feedback("approved", f"Hi {first_name(p.display_name)} {money(auth.funds_left_cents)} avail.")
@@ -361,10 +375,13 @@ class PurchaseLoop:
                     break
                 p.trigger_at = trigger
             self.state = State.IDENTIFY
+            t = time.monotonic()
             frame = self.camera.capture(self.cfg.camera.frame_timeout_s)
+            t = p.timed("capture", t)
             self._keep_debug_image(frame)
             try:
                 features = self.recognizer.features(frame)
+                t = p.timed("features", t)
             except HandRejected as exc:
                 p.outcome, p.reason = "rejected", exc.reason
                 log.info("hand refused (%s): %s", exc.reason, exc)
@@ -372,6 +389,7 @@ class PurchaseLoop:
                     self._feedback("retry", HAND_HINTS.get(exc.reason, "Hold your hand flat over reader"))
                 continue
             match = self.recognizer.identify(features, self._gallery)
+            p.timed("match", t)
             if match.reason == "match" and match.employee_id:
                 p.employee_id = match.employee_id
                 return match
@@ -392,7 +410,9 @@ class PurchaseLoop:
         self.state = State.AUTHORIZE
         received = self.clock()
         p.item, p.price_cents = request.item, request.price_cents
+        t = time.monotonic()
         auth = self.accounts.authorize(p.employee_id, request.price_cents)
+        t = p.timed("accounts", t)
         p.display_name = auth.display_name or p.display_name
         if not auth.approved:
             self.board.deny_vend()
@@ -400,13 +420,16 @@ class PurchaseLoop:
             self._refuse(p, auth)
             return
         self.journal.approve(p.session_id, p.employee_id, request.item, request.price_cents)  # durable first
+        t = p.timed("journal", t)
         p.approved = True
         self.board.approve_vend(request.price_cents)
+        p.timed("board", t)
         now = self.clock()
         p.request_to_approval_ms = (now - received) * 1000
         p.trigger_to_approve_vend_ms = (now - p.trigger_at) * 1000
         if p.order == "selection_first":
             p.trigger_to_board_ms = (now - p.trigger_at) * 1000
+            p.board_stages = dict(p.stages)
             self.accounts.note_template_used(p.employee_id)
             self.board.display(f"Hi {first_name(p.display_name)}, vending...")
         self.state = State.OUTCOME

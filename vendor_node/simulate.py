@@ -418,6 +418,10 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
         vmc = unit.vmc
     latencies = [r.trigger_to_board_ms for r in records if r.trigger_to_board_ms is not None]
     approve_vend = [r.trigger_to_approve_vend_ms for r in records if r.trigger_to_approve_vend_ms is not None]
+    stage_values: dict[str, list[float]] = {}
+    for r in records:
+        for name, ms in r.board_stages.items():
+            stage_values.setdefault(name, []).append(ms)
     by_order = {}
     for order in ("hand_first", "selection_first"):
         values = [r.trigger_to_board_ms for r in records if r.order == order and r.trigger_to_board_ms is not None]
@@ -446,7 +450,8 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
         "voided": summary["voided"],
         "trigger_to_board_ms": {"n": len(latencies), "p50": percentile(latencies, 50),
                                 "p95": percentile(latencies, 95), "max": max(latencies) if latencies else None,
-                                "by_order": by_order},
+                                "by_order": by_order,
+                                "stages_p95": {name: percentile(v, 95) for name, v in stage_values.items()}},
         "request_to_approval_ms_p95": percentile([r.request_to_approval_ms for r in records
                                                   if r.request_to_approval_ms is not None], 95),
         "trigger_to_approve_vend_ms": {

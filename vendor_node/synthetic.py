@@ -221,8 +221,7 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
     height, width = size
     grey, alpha = _canvas(person_seed, spread, curl, pegs, sleeve)
     matrix = canvas_to_frame(size, rotation, shift, scale)
-    s = float(np.hypot(*matrix[:, 0]))
-    frame = cv2.warpAffine(grey, matrix, (width, height), flags=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    frame = cv2.warpAffine(grey, matrix, (width, height), flags=cv2.INTER_LINEAR)
     cover = cv2.warpAffine(alpha, matrix, (width, height), flags=cv2.INTER_LINEAR)
     # Lighting: the IR LEDs light the palm unevenly; the background is far away (dark) or a lit wall.
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
