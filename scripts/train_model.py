@@ -249,6 +249,11 @@ def main(argv: list[str] | None = None) -> int:
 
     started = time.time()
     sets = [s.strip() for s in args.sets.split(",") if s.strip()]
+    missing = [name for name in sets if not (args.data / name / "manifest.csv").is_file()]
+    if not sets or missing:
+        parser.error(f"--sets: no {args.data}/<set>/manifest.csv for {', '.join(missing) or 'any set'}")
+    if not set(args.calibrate_on.split(",")) & set(sets):
+        parser.error(f"--calibrate-on {args.calibrate_on}: none of these is among --sets {args.sets}")
     data = {name: load_set(args.data, name, progress) for name in sets}
     if args.synthetic_people:
         data["synthetic"] = synthetic_set(args.synthetic_people, 3, progress)

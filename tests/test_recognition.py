@@ -192,6 +192,17 @@ def test_enroll_keeps_consistent_images_and_masks_unstable_cells(recognizer):
     assert parsed.valid.sum() <= single.valid.sum()
 
 
+def test_enrolling_a_palm_that_cannot_match_is_refused(recognizer, monkeypatch):
+    roi = palm_roi(5, 0)
+    roi[:, 24:] = 128  # most of the ROI is background fill: too few cells could ever be compared
+    flat = recognizer.features_from_roi(roi)
+    monkeypatch.setattr(recognizer, "features", lambda image: flat)
+    with pytest.raises(HandRejected, match="Too little of your palm") as caught:
+        recognizer.enroll([np.zeros((480, 640), np.uint8)])
+    assert caught.value.reason == "too_little_palm"
+    assert recognizer.enroll_features([flat]).template  # evaluation still gets a (useless) template
+
+
 def test_enroll_counts(recognizer):
     with pytest.raises(RecognitionError, match="1 to 5 images, got 0"):
         recognizer.enroll([])

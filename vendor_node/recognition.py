@@ -239,7 +239,11 @@ class Recognizer:
 
     # --- enrollment -------------------------------------------------------------
     def enroll(self, images: list[np.ndarray]) -> Enrollment:
-        """A template from 1 to 5 images, keeping those that agree with the best one; HandRejected if none."""
+        """A template from 1 to 5 images, keeping those that agree with the best one.
+
+        HandRejected when no image holds a usable hand, or when too little palm was readable for the
+        template ever to match (reason "too_little_palm").
+        """
         if not 1 <= len(images) <= MAX_ENROLL_IMAGES:
             raise RecognitionError(f"enrollment takes 1 to {MAX_ENROLL_IMAGES} images, got {len(images)}")
         found: list[tuple[int, Features]] = []
@@ -254,6 +258,9 @@ class Recognizer:
         if not found:
             raise HandRejected(last.reason, f"none of the {len(images)} enrollment images could be used: {last}")
         built = self.enroll_features([f for _, f in found])
+        if int(Template.from_bytes(built.template).valid.sum()) < self._min_bits:
+            raise HandRejected("too_little_palm", "Too little of your palm could be read: hold your open hand "
+                                                  "flat and centred over the unit, then enroll again.")
         used = [found[k][0] for k in built.used]
         rejected += [(found[k][0], reason) for k, reason in built.rejected]
         return Enrollment(built.template, used, sorted(rejected))
