@@ -13,7 +13,8 @@ import pytest
 
 from vendor_node.config import Config
 from vendor_node.errors import HandRejected, JournalError
-from vendor_node.service import Notifier, State
+from vendor_node.notify import Notifier
+from vendor_node.purchase import State
 from vendor_node.simulate import Customer, SimUnit, journal_summary, provision_bundle
 
 UNKNOWN, AMBIGUOUS, NO_HAND = 200, 254, 255
@@ -501,8 +502,9 @@ def test_adapter_missing_at_boot_keeps_the_unit_out_of_service_until_it_appears(
     from vendor_node.camera import SimCamera
     from vendor_node.journal import Journal
     from vendor_node.proximity import open_panel
-    from vendor_node.service import PurchaseLoop, open_board
+    from vendor_node.service import PurchaseLoop
     from vendor_node.storage import open_db
+    from vendor_node.unit import open_board
     from vendor_node.vmc_sim import VendingMachineSimulator
 
     machine = VendingMachineSimulator(link_dir=tmp_path / "dev", **VMC_FAST)

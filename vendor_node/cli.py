@@ -552,7 +552,7 @@ def _cmd_run(args) -> int:
     import signal
     import threading
 
-    from .service import run_unit
+    from .unit import run_unit
 
     cfg = _config(args)
     stop = threading.Event()
@@ -625,7 +625,7 @@ def _cmd_selftest(args) -> int:
                 f"LED and buzzer set up")
 
     def serial_adapter():
-        from .service import open_board
+        from .unit import open_board
 
         def ping(port=None):
             with open_board(cfg, port=port) as board:

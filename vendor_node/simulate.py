@@ -209,8 +209,9 @@ class SimUnit:
         from .camera import SimCamera
         from .journal import Journal
         from .proximity import open_panel
-        from .service import PurchaseLoop, open_board
+        from .service import PurchaseLoop
         from .storage import open_db
+        from .unit import open_board
         from .vmc_sim import VendingMachineSimulator
 
         self.vmc = VendingMachineSimulator(**self.vmc_options).start()
