@@ -190,7 +190,7 @@ def run_eval(args) -> int:
     """The `vendor-node eval` command: measure, write the JSON report and DET plot, print a table."""
     import cv2
 
-    from .cli import _config
+    from .cli_args import config_from_args
     from .recognition import MAX_ENROLL_IMAGES, Recognizer
 
     cv2.setNumThreads(1)  # latency is reported for one thread, as on the unit
@@ -198,7 +198,7 @@ def run_eval(args) -> int:
     if not 1 <= enroll_n <= MAX_ENROLL_IMAGES:
         raise UsageError(f"--enroll must be 1 to {MAX_ENROLL_IMAGES} (the unit enrolls at most that many), got {enroll_n}")
     dataset = load_dataset(args.dataset)
-    cfg = _config(args)
+    cfg = config_from_args(args)
     excluded: set[str] = set()
     if getattr(args, "exclude_trained", False):
         excluded = trained_subjects(cfg.unit.assets_dir, args.dataset)

@@ -40,11 +40,14 @@ REASONS = {
 }
 
 # Tuning (fractions are relative to the working image or the palm radius).
+HYSTERESIS = 0.8
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
 MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
-MIN_SHARPNESS = 0.6  # edge gradient / contrast; a sharp edge gives 1-2, a 2.5%-of-frame motion blur under 0.6
+# Outline steepness (see _edge_sharpness): real photos 0.55 and up, also under gamma 0.6-1.6; a motion blur
+# of 2% of the frame width (where matching starts to miss) stays under 0.47.
+MIN_SHARPNESS = 0.47
 MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
 MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
@@ -167,9 +170,12 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
         spread = 1.4826 * float(np.median(np.abs(border - level)))
         hand = (np.abs(smooth.astype(np.float32) - level) > max(MIN_CONTRAST / 2, 5 * spread)).astype(np.uint8) * 255
     else:
-        _, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
         border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-        hand = cv2.bitwise_not(bright) if np.count_nonzero(border) > border.size / 2 else bright
+        dark_hand = np.count_nonzero(border) > border.size / 2
+        hand = cv2.bitwise_not(bright) if dark_hand else bright
+        if HYSTERESIS:
+            hand = _grow_into_dim_parts(smooth, hand, threshold, dark_hand)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
@@ -201,6 +207,24 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
     filled = np.zeros_like(mask)
     cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
     return filled, contrast, mask
+
+
+def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float, dark_hand: bool) -> np.ndarray:
+    """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found,
+    down to halfway between the background level and Otsu's threshold."""
+    background = smooth[hand == 0]
+    if background.size == 0:
+        return hand
+    level = float(np.median(background))
+    low = level + HYSTERESIS * (threshold - level)
+    weak = (smooth < low) if dark_hand else (smooth > low)
+    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return hand
+    touching = np.unique(labels[(hand > 0) & weak])
+    touching = touching[touching > 0]
+    grown = np.isin(labels, touching)
+    return np.where(grown | (hand > 0), 255, 0).astype(np.uint8)
 
 
 def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
@@ -267,26 +291,38 @@ def _inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape
 
 
 def _edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float:
-    """Edge gradient over contrast, worst edge orientation: motion blur softens edges across its direction."""
-    gx = cv2.Sobel(work, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(work, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    """How steep the hand's outline is: the gradient at the edge over the grey-level step across it
+    (measured 3 px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
+    worst orientation (motion blur softens only the edges across its direction). About 1 when sharp."""
+    smooth = work.astype(np.float32)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
     band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel) > 0
-    inner = (mask > 0) & ~band
-    band[[0, -1], :] = band[:, [0, -1]] = False
-    ex, ey = gx[band], gy[band]
+    band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = False
+    ys, xs = np.nonzero(band)
+    ex, ey = gx[ys, xs], gy[ys, xs]
     mag = np.hypot(ex, ey)
     strong = mag > 0.15 * contrast / 4
     if np.count_nonzero(strong) < 40 or contrast <= 0:
         return 0.0
-    angle = np.mod(np.arctan2(ey[strong], ex[strong]), np.pi)
-    bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
-    mag = mag[strong]
-    per_bin = [np.percentile(mag[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
-    if not per_bin:
+    ys, xs, ex, ey, mag = ys[strong], xs[strong], ex[strong], ey[strong], mag[strong]
+    nx, ny = ex / mag, ey / mag
+    h, w = work.shape
+    def sample(sign: float) -> np.ndarray:
+        row = np.clip(np.round(ys + sign * 3 * ny).astype(int), 0, h - 1)
+        col = np.clip(np.round(xs + sign * 3 * nx).astype(int), 0, w - 1)
+        return smooth[row, col]
+
+    step = np.abs(sample(1.0) - sample(-1.0))
+    ok = step > 0.3 * contrast
+    if np.count_nonzero(ok) < 40:
         return 0.0
-    del inner
-    return float(min(per_bin) / contrast * 4.0)
+    ratio = mag[ok] * 6.0 / step[ok] / 3.0  # a clean step gives about 1, a step smeared over n px about 2/n
+    angle = np.mod(np.arctan2(ey[ok], ex[ok]), np.pi)
+    bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
+    per_bin = [np.percentile(ratio[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
+    return float(min(per_bin)) if per_bin else 0.0
 
 
 def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, float]:

@@ -48,7 +48,7 @@ def run(args) -> int:
     import cv2
 
     from . import synthetic
-    from .cli import _config
+    from .cli_args import config_from_args
     from .preprocess import extract_hand
     from .recognition import Gallery, Recognizer
 
@@ -56,7 +56,7 @@ def run(args) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     probes_n = int(getattr(args, "probes", 0) or 40)
     rss_start = _rss_mb()
-    recognizer = Recognizer.from_config(_config(args))
+    recognizer = Recognizer.from_config(config_from_args(args))
     model_bytes = recognizer.embedder.model_path.stat().st_size
     rss_model = _rss_mb()
     frames = [synthetic.draw_hand(person, 0) for person in range(probes_n)]
