@@ -29,6 +29,9 @@ def check_consistent(report):
     assert report["purchases_recorded"] == report["customers"]
     lat = report["trigger_to_board_ms"]
     assert lat["n"] > 0 and lat["p50"] <= lat["p95"] <= lat["max"]
+    ident = report["identification"]
+    assert sum(v for k, v in ident.items() if k != "wrong_payer") == report["purchases_recorded"]
+    assert ident["wrong_payer"] == 0  # nobody is ever charged for someone else's hand
 
 
 def test_small_run_on_drawn_hands_prints_each_purchase_and_reports(tmp_path, capsys):

@@ -224,7 +224,12 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     touching = np.unique(labels[(hand > 0) & weak])
     touching = touching[touching > 0]
     grown = np.isin(labels, touching)
-    return np.where(grown | (hand > 0), 255, 0).astype(np.uint8)
+    # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
+    outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    filled = np.zeros_like(hand)
+    cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
+    enclosed = (filled > 0) & (hand == 0)
+    return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
 
 
 def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:

@@ -376,11 +376,30 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
           f"{report['vended']} vended, {report['journal']['charged']} charged, refused {report['refused']}; "
           f"trigger->board p50 {fmt(lat['p50'])} p95 {fmt(lat['p95'])} max {fmt(lat['max'])} ms; "
           f"charges == vends: {report['charges_equal_vends']}", flush=True)
+    ident = report["identification"]
+    print(f"identification: {ident['employee_recognised']} employees recognised, "
+          f"{ident['employee_not_recognised']} not recognised, {ident['stranger_refused']} strangers refused, "
+          f"wrong payer {ident['wrong_payer']}", flush=True)
     return 0 if report["charges_equal_vends"] and report["journal_chain_ok"] else 1
 
 
 def fmt(value) -> str:
     return "-" if value is None else f"{value:.1f}"
+
+
+def identification_summary(truth: list[tuple[str | None, str | None]]) -> dict:
+    """What the recognizer did against who really came: a wrong payer is the failure that matters most."""
+    counts = {"employee_recognised": 0, "employee_not_recognised": 0, "employee_taken_for_another": 0,
+              "stranger_refused": 0, "stranger_taken_for_employee": 0}
+    for real, identified in truth:
+        if real is None:
+            counts["stranger_refused" if identified is None else "stranger_taken_for_employee"] += 1
+        elif identified is None:
+            counts["employee_not_recognised"] += 1
+        else:
+            counts["employee_recognised" if identified == real else "employee_taken_for_another"] += 1
+    counts["wrong_payer"] = counts["employee_taken_for_another"] + counts["stranger_taken_for_employee"]
+    return counts
 
 
 def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.Random, echo: bool = True,
@@ -390,6 +409,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
     strangers = [p for p in people if not p.employee_id] or employees
     behaviours, weights = zip(*BEHAVIOUR_WEIGHTS.items())
     records = []
+    truth: list[tuple[str | None, str | None]] = []  # (who really came, whom the unit identified)
     printer = (lambda p: print(p.line(), flush=True)) if echo else None
     options = {"patience_s": 2.0, "reader_timeout_s": 5.0, "session_timeout_s": 10.0, "keep_history": 1000}
     options.update(vmc_options or {})
@@ -408,6 +428,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
                 raise unit.error
             if purchase is not None:
                 records.append(purchase)
+                truth.append((person.employee_id, purchase.employee_id))
                 if purchase.outcome == "cooldown":  # the display says "please wait": the queue waits
                     unit.stop_event.wait(unit.loop.abuse.cooldown_left())
             if on_progress is not None:
@@ -460,6 +481,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
             "max": max(approve_vend) if approve_vend else None,
             "note": "IR trigger to C,VEND written; in hand-first purchases this includes the customer's "
                     "selection (simulated think time)"},
+        "identification": identification_summary(truth),
         "charges_equal_vends": bool(charges_equal),
         "journal_chain_ok": bool(chain.ok),
         "elapsed_s": round(elapsed, 1),
