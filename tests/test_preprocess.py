@@ -85,6 +85,15 @@ def test_both_alignments_put_the_palm_the_same_way_up():
     assert np.mean(same) > 0.4 and np.mean(same) > np.mean(turned) + 0.3
 
 
+def test_fingers_in_dim_light_are_kept():
+    """The unit's LEDs light the palm better than the fingertips: dim fingers still belong to the hand."""
+    even = extract_hand(synthetic.draw_hand(3, 0, noise=0, blur=0))
+    dim = extract_hand(synthetic.draw_hand(3, 0, noise=0, blur=0, light_falloff=1.5))
+    assert dim.alignment == "valleys" and "valley_ring_little" in dim.keypoints
+    moved = np.linalg.norm(np.subtract(even.keypoints["roi_center"], dim.keypoints["roi_center"]))
+    assert moved < 0.1 * even.measures["palm_radius"]
+
+
 def test_pale_hand_next_to_a_dark_sleeve_is_still_found():
     """Otsu splits the dark sleeve from everything else; the hand is then found against the background."""
     hand = extract_hand(synthetic.draw_hand(2, 0, background="light", gain=1.7, sleeve=True))

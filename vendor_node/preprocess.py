@@ -40,7 +40,7 @@ REASONS = {
 }
 
 # Tuning (fractions are relative to the working image or the palm radius).
-HYSTERESIS = 0.8
+HYSTERESIS = 0.8  # dim parts of a lit hand are kept down to this fraction of Otsu's threshold over background
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
 MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
@@ -174,8 +174,8 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
         border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
         dark_hand = np.count_nonzero(border) > border.size / 2
         hand = cv2.bitwise_not(bright) if dark_hand else bright
-        if HYSTERESIS:
-            hand = _grow_into_dim_parts(smooth, hand, threshold, dark_hand)
+        if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
+            hand = _grow_into_dim_parts(smooth, hand, threshold)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
@@ -209,15 +209,15 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
     return filled, contrast, mask
 
 
-def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float, dark_hand: bool) -> np.ndarray:
-    """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found,
-    down to halfway between the background level and Otsu's threshold."""
+def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float) -> np.ndarray:
+    """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
+    to a fifth of the way from Otsu's threshold to the background level (not on light backgrounds, where
+    that would take in the hand's shadow)."""
     background = smooth[hand == 0]
     if background.size == 0:
         return hand
     level = float(np.median(background))
-    low = level + HYSTERESIS * (threshold - level)
-    weak = (smooth < low) if dark_hand else (smooth > low)
+    weak = smooth > level + HYSTERESIS * (threshold - level)
     count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
     if count <= 1:
         return hand

@@ -198,7 +198,8 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
               rotation: float | None = None, shift: tuple[float, float] | None = None, scale: float | None = None,
               spread: float | None = None, curl: bool = False, background: str = "dark",
               noise: float | None = None, blur: float | None = None, motion_blur: float = 0.0,
-              gain: float | None = None, pegs: bool = False, sleeve: bool = False) -> np.ndarray:
+              gain: float | None = None, pegs: bool = False, sleeve: bool = False,
+              light_falloff: float | None = None) -> np.ndarray:
     """One presentation of one person's hand as a greyscale uint8 frame of ``size`` (height, width).
 
     Any variation left as None is drawn from ``sample_seed``: rotation (degrees),
@@ -206,7 +207,8 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
     spread (1 = fingers apart, 0 = together), noise (grey levels), blur (pixels),
     gain (lighting). ``curl`` draws a fist, ``motion_blur`` smears the frame sideways by that many pixels,
     ``pegs`` wedges guide pegs between the fingers (they close the finger gaps, as in the COEP photos),
-    ``sleeve`` covers the forearm with a dark sleeve.
+    ``sleeve`` covers the forearm with a dark sleeve, ``light_falloff`` dims the light towards the top of
+    the frame (1.5: the top of the frame gets a seventh of the light the bottom gets).
     """
     if background not in ("dark", "light"):
         raise ValueError(f"background must be 'dark' or 'light', got {background!r}")
@@ -226,7 +228,11 @@ def draw_hand(person_seed: int, sample_seed: int, size: tuple[int, int] = (480, 
     # Lighting: the IR LEDs light the palm unevenly; the background is far away (dark) or a lit wall.
     ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
     direction = rng.normal(0, 1, 2)
-    ramp = 1.0 + 0.12 * ((xs / width - 0.5) * direction[0] + (ys / height - 0.5) * direction[1])
+    if light_falloff is None:
+        light_falloff = 0.12
+    else:  # the light dims towards the fingertips, as with LEDs under the palm
+        direction = np.array([0.0, 1.0])
+    ramp = 1.0 + light_falloff * ((xs / width - 0.5) * direction[0] + (ys / height - 0.5) * direction[1])
     hand = frame * gain * ramp
     back_level = float(rng.uniform(15, 40)) if background == "dark" else float(rng.uniform(215, 240))
     image = hand + back_level * (1.0 - cover)
