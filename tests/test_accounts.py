@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node.accounts import AbuseGuard, AccountStore
+from vendor_node.accounts import AccountStore
+from vendor_node.authorize import AbuseGuard
 from vendor_node.bundle import (TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, TemplateRecord,
                                 encode_bundle, write_bundle_file)
 from vendor_node.config import Config

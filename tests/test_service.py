@@ -15,7 +15,8 @@ from vendor_node.config import Config
 from vendor_node.errors import HandRejected, JournalError
 from vendor_node.notify import Notifier
 from vendor_node.purchase import State
-from vendor_node.simulate import Customer, SimUnit, journal_summary, provision_bundle
+from vendor_node.sim_provision import provision_bundle
+from vendor_node.simulate import Customer, SimUnit, journal_summary
 
 UNKNOWN, AMBIGUOUS, NO_HAND = 200, 254, 255
 
@@ -432,7 +433,7 @@ def test_vendor_node_run_sim_talks_to_systemd_and_stops_on_sigterm(tmp_path):
     import sys
 
     from vendor_node.recognition import Recognizer
-    from vendor_node.simulate import choose_people, provision
+    from vendor_node.sim_provision import choose_people, provision
 
     cfg = make_cfg(tmp_path)  # the real recognizer, employees enrolled from drawn hands
     provision(cfg, choose_people(random.Random(1), None, employees=2, strangers=0), Recognizer.from_config(cfg),
@@ -498,7 +499,8 @@ def test_debug_images_only_when_turned_on_and_capped(tmp_path):
 def test_adapter_missing_at_boot_keeps_the_unit_out_of_service_until_it_appears(cfg, tmp_path):
     import threading
 
-    from vendor_node.accounts import AbuseGuard, AccountStore
+    from vendor_node.accounts import AccountStore
+    from vendor_node.authorize import AbuseGuard
     from vendor_node.camera import SimCamera
     from vendor_node.journal import Journal
     from vendor_node.proximity import open_panel

@@ -4,25 +4,25 @@ Everything lives in the unit's one SQLite db (storage.open_db). Templates are
 sealed with AES-256-GCM under the unit data key, the employee id as associated
 data; they arrive only through signed bundles (sealed under the fleet template
 key) or enrollment at the unit, and never without a recorded consent.
-Authorization works like a card terminal's offline floor limits (see authorize).
+Authorization works like a card terminal's offline floor limits (see authorize.py).
 """
 from __future__ import annotations
 
 import logging
 import sqlite3
 import time
-from collections import deque
-from contextlib import contextmanager
-from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 
+from . import authorize as floor_limits
+from .accounts_schema import SCHEMA, BundleInfo, Employee
+from .authorize import MESSAGES, AbuseGuard, Authorization
 from .bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, read_bundle_file
 from .errors import AccountsError, BundleError, ConsentError, KeyFileError
 from .keys import KeyStore, TemplateCipher
-from .storage import open_db
+from .storage import HoldsConnection, open_owning, transaction
 
 log = logging.getLogger(__name__)
 
@@ -30,115 +30,18 @@ TEMPLATE_STORAGE_PURPOSE = b"vendor-node template at rest v1"
 MAX_TEMPLATE_BYTES = 1024
 LAST_USED_RESOLUTION_S = 3600.0  # write "last used" at most hourly: retention counts days, SD cards count writes
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS employees (
-    id TEXT PRIMARY KEY,
-    display_name TEXT NOT NULL,
-    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'deleted')),
-    funding TEXT NOT NULL CHECK (funding IN ('prepaid', 'payroll')),
-    funds_cents INTEGER NOT NULL CHECK (funds_cents >= 0),
-    per_purchase_cap_cents INTEGER,
-    per_day_cap_cents INTEGER,
-    funds_as_of REAL NOT NULL,          -- this unit's charges since then are not in funds_cents
-    bundle_version INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS templates (
-    employee_id TEXT PRIMARY KEY REFERENCES employees(id),
-    sealed BLOB NOT NULL,               -- AES-256-GCM under the unit data key
-    consent_version TEXT NOT NULL CHECK (length(consent_version) > 0),
-    consented_at REAL NOT NULL,
-    stored_at REAL NOT NULL,
-    last_used_at REAL,
-    source TEXT NOT NULL CHECK (source IN ('enrolled', 'bundle'))
-);
-CREATE TABLE IF NOT EXISTS upload_queue (
-    employee_id TEXT PRIMARY KEY,
-    sealed BLOB NOT NULL,               -- AES-256-GCM under the fleet template key, never plaintext
-    consent_version TEXT NOT NULL,
-    consented_at REAL NOT NULL,
-    queued_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS template_revocations (
-    employee_id TEXT PRIMARY KEY,       -- unenrolled here: tell the fleet, refuse older copies from bundles
-    revoked_at REAL NOT NULL
-);
-CREATE TABLE IF NOT EXISTS bundle_history (
-    version INTEGER PRIMARY KEY,
-    kind TEXT NOT NULL,
-    created REAL NOT NULL,
-    expires REAL NOT NULL,
-    applied_at REAL NOT NULL,
-    sha256 TEXT NOT NULL,
-    employees INTEGER NOT NULL,
-    templates INTEGER NOT NULL,
-    deletions INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS account_policy (key TEXT PRIMARY KEY, value REAL NOT NULL);
-"""
-
-MESSAGES = {
-    "ok": "Approved",
-    "unknown_employee": "Account not found",
-    "suspended": "Account suspended",
-    "bundle_too_old": "Out of service: accounts out of date",
-    "insufficient_funds": "Not enough funds",
-    "per_purchase_cap": "Over the per-purchase limit",
-    "daily_limit": "Daily limit reached",
-    "unit_offline_cap": "Machine offline limit reached",
-}
+# AbuseGuard and Authorization (offline authorization) live in authorize.py, the row types in
+# accounts_schema.py; both stay importable from here.
+__all__ = ["AccountStore", "AbuseGuard", "Authorization", "BundleInfo", "Employee", "MESSAGES",
+           "MAX_TEMPLATE_BYTES", "TEMPLATE_STORAGE_PURPOSE"]
 
 
-@dataclass(frozen=True)
-class Authorization:
-    approved: bool
-    reason_code: str
-    message: str
-    employee_id: str
-    display_name: str
-    funds_left_cents: int
-
-
-@dataclass(frozen=True)
-class Employee:
-    """What a unit may show about an account: never a template."""
-
-    id: str
-    display_name: str
-    status: str
-    funding: str
-    funds_cents: int
-    per_purchase_cap_cents: int | None
-    per_day_cap_cents: int | None
-    funds_as_of: float
-    has_template: bool
-    consent_version: str | None
-    last_used_at: float | None
-
-
-@dataclass(frozen=True)
-class BundleInfo:
-    version: int
-    kind: str
-    created: float
-    expires: float
-    applied_at: float
-    employees: int
-    templates: int
-    deletions: int
-    sha256: str = ""
-
-
-def _local_midnight(now: float) -> float:
-    return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
-
-
-class AccountStore:
+class AccountStore(HoldsConnection):
     """Employees, templates and floor limits on one unit; a context manager over the db."""
 
     def __init__(self, cfg, conn: sqlite3.Connection, journal=None, keystore: KeyStore | None = None):
         self.cfg = cfg
         self.conn = conn
-        self._owns_conn = False
         self._journal = journal
         self.keystore = keystore or KeyStore.from_config(cfg)
         conn.execute("PRAGMA secure_delete=ON")  # deleted templates are zeroed, not just unlinked
@@ -154,24 +57,8 @@ class AccountStore:
 
     @classmethod
     def open(cls, cfg, journal=None) -> "AccountStore":
-        conn = open_db(cfg.state_dir)
-        try:
-            store = cls(cfg, conn, journal)
-        except BaseException:
-            conn.close()
-            raise
-        store._owns_conn = True
-        return store
-
-    def close(self) -> None:
-        if self._owns_conn:
-            self.conn.close()
-
-    def __enter__(self) -> "AccountStore":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
+        """A store owning its own connection to <state_dir>/unit.db (closed by close())."""
+        return open_owning(cfg.state_dir, lambda conn: cls(cfg, conn, journal))
 
     @property
     def journal(self):
@@ -181,24 +68,11 @@ class AccountStore:
             self._journal = Journal(self.conn)
         return self._journal
 
-    @contextmanager
     def _transaction(self):
         """BEGIN IMMEDIATE ... COMMIT; on any error ROLLBACK, so nothing half-written stays."""
-        if self.conn.in_transaction:
-            raise AccountsError("the unit database is already inside a transaction")
-        try:
-            self.conn.execute("BEGIN IMMEDIATE")
-        except sqlite3.Error as exc:
-            raise AccountsError(f"cannot write the account store: {exc}") from None
-        try:
-            yield
-            self.conn.execute("COMMIT")
-        except BaseException as exc:
-            if self.conn.in_transaction:
-                self.conn.execute("ROLLBACK")
-            if isinstance(exc, sqlite3.Error):
-                raise AccountsError(f"account store write failed, nothing changed: {exc}") from None
-            raise
+        return transaction(self.conn, AccountsError, "cannot write the account store",
+                           failed="account store write failed, nothing changed",
+                           nested="the unit database is already inside a transaction")
 
     # --- bundles -------------------------------------------------------------------
     def current_bundle(self) -> BundleInfo | None:
@@ -342,61 +216,17 @@ class AccountStore:
     # --- offline authorization ---------------------------------------------------------
     def out_of_service_reason(self, now: float | None = None) -> str | None:
         """Why no purchase can be approved at all right now, or None."""
-        now = time.time() if now is None else now
-        bundle = self.current_bundle()
-        if bundle is None:
-            return "no account bundle imported"
-        max_age_h = self.policy()["max_offline_age_h"]
-        age_h = (now - bundle.created) / 3600.0
-        if age_h > max_age_h:
-            return f"account bundle v{bundle.version} is {age_h:.0f} h old (at most {max_age_h:g} h offline)"
-        if now >= bundle.expires:
-            return f"account bundle v{bundle.version} expired"
-        return None
-
-    def _decide(self, employee_id: str, price_cents: int | None, now: float | None) -> Authorization:
-        now = time.time() if now is None else now
-        emp = self.employee(employee_id)
-        if emp is None or emp.status == "deleted":
-            return self._answer("unknown_employee", employee_id, "", 0)
-        if emp.status != "active":
-            return self._answer("suspended", employee_id, emp.display_name, 0)
-        if self.out_of_service_reason(now) is not None:
-            return self._answer("bundle_too_old", employee_id, emp.display_name, 0)
-        policy = self.policy()
-        journal = self.journal
-        # committed = charged + approved-but-unsettled: an approval in flight is already spent
-        funds_left = emp.funds_cents - journal.committed_cents(employee_id, emp.funds_as_of)
-        day_cap = policy["per_day_cap_cents"] if emp.per_day_cap_cents is None else emp.per_day_cap_cents
-        day_left = day_cap - journal.committed_cents(employee_id, _local_midnight(now))
-        unsettled = journal.open_approvals() + journal.unknown_outcomes()
-        unit_left = (policy["unsynced_total_cap_cents"] - journal.unsynced_total_cents()
-                     - sum(a.amount_cents for a in unsettled))
-        limits = [("insufficient_funds", funds_left), ("per_purchase_cap", emp.per_purchase_cap_cents),
-                  ("daily_limit", day_left), ("unit_offline_cap", unit_left)]
-        spendable = max(0, min(v for _, v in limits if v is not None))
-        need = 1 if price_cents is None else price_cents
-        for code, left in limits:
-            if left is not None and need > left:
-                return self._answer(code, employee_id, emp.display_name, spendable)
-        return self._answer("ok", employee_id, emp.display_name, spendable)
-
-    @staticmethod
-    def _answer(code, employee_id, name, funds_left) -> Authorization:
-        if code != "ok":
-            log.info("refused %s: %s (%s)", employee_id, code, MESSAGES[code])
-        return Authorization(approved=code == "ok", reason_code=code, message=MESSAGES[code],
-                             employee_id=employee_id, display_name=name, funds_left_cents=funds_left)
+        return floor_limits.out_of_service_reason(self, now)
 
     def authorize(self, employee_id: str, price_cents: int, now: float | None = None) -> Authorization:
         """Approve ``price_cents`` only within every floor limit; a refusal names the limit hit."""
         if isinstance(price_cents, bool) or not isinstance(price_cents, int) or price_cents <= 0:
             raise AccountsError(f"price must be a positive number of cents, got {price_cents!r}")
-        return self._decide(employee_id, price_cents, now)
+        return floor_limits.decide(self, employee_id, price_cents, now)
 
     def spendable_cents(self, employee_id: str, now: float | None = None) -> Authorization:
         """The most this employee may spend now (for the MDB session's funds), or why nothing."""
-        return self._decide(employee_id, None, now)
+        return floor_limits.decide(self, employee_id, None, now)
 
     def funds_left_cents(self, employee: Employee) -> int:
         """Funds after this unit's charges since the bundle that set them (for `accounts list`)."""
@@ -473,37 +303,3 @@ class AccountStore:
             self._scrub()
             log.info("deleted %d templates unused for %d days", len(stale), self.cfg.accounts.template_retention_days)
         return len(stale)
-
-
-class AbuseGuard:
-    """After ``max_failures`` unknown hands or refusals within ``window_s``, cool down for ``cooldown_s``.
-
-    Takes ``cfg.abuse`` (or the whole Config); times are ``time.monotonic()``.
-    """
-
-    def __init__(self, settings):
-        settings = getattr(settings, "abuse", settings)
-        self.max_failures = max(1, settings.max_failures)
-        self.window_s = settings.window_s
-        self.cooldown_s = settings.cooldown_s
-        self._failures: deque[float] = deque()
-        self._cool_until = float("-inf")
-
-    def record_failure(self, now: float | None = None) -> None:
-        now = time.monotonic() if now is None else now
-        self._failures.append(now)
-        while self._failures and self._failures[0] <= now - self.window_s:
-            self._failures.popleft()
-        if len(self._failures) >= self.max_failures:
-            self._cool_until = now + self.cooldown_s
-            self._failures.clear()
-            log.warning("%d failures within %.0f s: cooling down for %.0f s", self.max_failures, self.window_s,
-                        self.cooldown_s)
-
-    def record_success(self, now: float | None = None) -> None:
-        """A paying employee clears the failure count (not a running cool-down)."""
-        self._failures.clear()
-
-    def cooldown_left(self, now: float | None = None) -> float:
-        now = time.monotonic() if now is None else now
-        return max(0.0, self._cool_until - now)

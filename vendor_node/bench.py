@@ -130,7 +130,8 @@ def bench_loop(args) -> int:  # owned by the unit engineer
 
     from .config import Config
     from .recognition import Recognizer
-    from .simulate import MENU, Customer, SimUnit, choose_people, provision, sim_config
+    from .sim_provision import choose_people, provision
+    from .simulate import MENU, Customer, SimUnit, sim_config
 
     customers = getattr(args, "customers", None) or int(os.environ.get("VENDOR_NODE_BENCH_CUSTOMERS", "10000"))
     warmup = max(50, min(500, customers // 10))

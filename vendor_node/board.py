@@ -5,48 +5,10 @@ MDB-USB) answers the vending machine controller (VMC) on the bus and talks to us
 The adapter does the bus; this module does the session. ``SerialTransport`` (board_transport.py,
 re-exported here) moves lines, ``BoardLink`` speaks the protocol and turns lines into typed events.
 
-Line format (one ASCII line each; we end writes with LF; reads accept CR, LF or CRLF). Upper-case
-``C,`` lines go to the adapter's cashless-slave instance, lower-case ``c,`` lines come back. Sources:
-  [Q1] docs.qibixx.com/mdb-products/api-cashless-slave: enable/disable, start a session, approve
-       ("give credit"), stop an inactive session, deny an active one, display request.
-  [Q2] docs.qibixx.com/mdb-products/vending-sessions-examples: C,1 -> c,STATUS,INACTIVE ->
-       DISABLED -> ENABLED; c,STATUS,VEND,1.00,5; c,VEND,SUCCESS; c,STATUS,IDLE; c,STATUS,ENABLED.
-  [Q3] docs.qibixx.com/mdb-products/cashless-device-accept-a-vend-request-from-vmc-in-always-idle
-       (selection first: the VMC sends the vend request with no session started by us).
-  [S1] Qibixx's Python sample for the Pi Hat: c,ERR,VEND 3 = failed to dispense; C,0 before C,1
-       ("advised to shut down cashless while initializing").
-  [S2] py_mdb_terminal (a client of the same API): C,START,<amount>, C,VEND,<amount>, C,STOP,
-       C,VEND,-1 (deny), C,DISPLAY,<text <= 32>; errors "START -3", VEND 1 (cancelled), VEND 3
-       (failed), VEND 5 (reset), "VEND -2" (bad payload), "VEND -3" (wrong state).
-  [S3] community Pi Hat bridges: C,START,<funds> is answered by c,STATUS,IDLE,<funds>.
-
-  we write              meaning                                   we wait (reply_timeout_s) for
-  C,1 / C,0             enable / disable the cashless peripheral  C,1: a c,STATUS line or c,ERR,"cashless is on"
-  C,START,<funds>       open a session with funds (hand first)    c,STATUS,IDLE,<funds> or c,ERR,"START <n>"
-  C,VEND,<amount>       approve the pending vend request          - (the outcome comes later)
-  C,VEND,-1             deny the pending vend request             -
-  C,STOP                end a session with no pending request     -
-  C,DISPLAY,<text>      text on the machine's display             -
-  V                     adapter version (liveness check)          v,<version>,<cpu id>
-
-  we read                              event
-  c,STATUS,INACTIVE|DISABLED|OFF       ReaderDisabled (AdapterReset first if a session was open)
-  c,STATUS,ENABLED                     ReaderEnabled, or SessionComplete when a session was open
-  c,STATUS,IDLE,<funds>                SessionStarted (unless start_session() consumed it)
-  c,STATUS,IDLE                        - (session waits for the machine to end it)
-  c,STATUS,VEND,<price>,<item>         VendRequest
-  c,VEND,SUCCESS                       VendSucceeded (the only line that may lead to a charge)
-  c,ERR,VEND 1 / VEND 5 / VEND <n>     SessionCancelled / AdapterReset / VendFailed (n = 3 or other)
-  c,ERR,"<CMD> <negative n>"           CommandRefused
-  other c,ERR,...                      AdapterError
-  r,ACK  c,SET,OK  v,...  d,/x,/...    ignored (bus chatter of the adapter's other instances)
-
-Assumptions where the sources are silent: C,0, C,VEND, C,STOP and C,DISPLAY are not answered by a
-line we can wait for (so we do not wait); c,STATUS,OFF is accepted as "disabled" (it mirrors the
-documented d,STATUS,OFF of the master side); an unknown positive VEND code counts as a failed vend
-(never a charge). Prices: Qibixx prints currency units with decimals ("1.00", "99.20") while some
-set-ups print scaled integers ("500"); ``board.price_format`` picks "decimal" (default: up to two
-decimal places, converted exactly to integer cents) or "cents" (an integer of minor units).
+The line protocol (what we write, what we read and the event each line becomes), its sources
+[Q1]..[S3] cited in the code, and the assumptions made where they are silent are in
+docs/mdb-protocol.md. Prices, amounts and display text in the adapter's formats are board_format.py's
+(re-exported here).
 """
 from __future__ import annotations
 
@@ -54,59 +16,21 @@ import logging
 import re
 import threading
 import time
-import unicodedata
 from collections import deque
-from decimal import Decimal, InvalidOperation
 from typing import Callable
 
 from .board_events import (  # noqa: F401 (re-exported: the events are part of this module's contract)
     BoardEvent, ReaderEnabled, ReaderDisabled, SessionStarted, VendRequest, VendSucceeded, VendFailed,
     SessionCancelled, SessionComplete, AdapterReset, CommandRefused, AdapterError, LinkRestored,
 )
+from .board_format import DISPLAY_WIDTH, display_text, format_price, parse_price  # noqa: F401 (re-exported)
 from .board_transport import MAX_LINE_BYTES, LineTransport, SerialTransport  # noqa: F401 (re-exported)
 from .errors import BoardLinkError, ProtocolError
 
 log = logging.getLogger(__name__)
 
 LATE_LINE_LIMIT = 64  # lines poll() still reads after its deadline when none carries an event
-DISPLAY_WIDTH = 32  # [S2]: the display request carries at most 32 characters
 _PRINTABLE = re.compile(r"[\x20-\x7e]+")
-_DECIMAL_PRICE = re.compile(r"\d{1,7}(\.\d{1,2})?")
-_CENTS_PRICE = re.compile(r"\d{1,9}")
-
-
-# --- money -------------------------------------------------------------------
-def parse_price(text: str, price_format: str = "decimal") -> int:
-    """The adapter's price text as integer cents; ProtocolError when it is not a price."""
-    text = text.strip()
-    if price_format == "cents":
-        if not _CENTS_PRICE.fullmatch(text):
-            raise ProtocolError(f"price {text!r} is not a whole number of cents")
-        return int(text)
-    if price_format != "decimal":
-        raise ValueError(f"unknown price format {price_format!r}")
-    if not _DECIMAL_PRICE.fullmatch(text):
-        raise ProtocolError(f"price {text!r} is not a decimal amount with at most 2 decimal places")
-    try:
-        return int(Decimal(text) * 100)
-    except InvalidOperation:  # pragma: no cover - the regex already rules this out
-        raise ProtocolError(f"price {text!r} is not a number") from None
-
-
-def format_price(cents: int, price_format: str = "decimal") -> str:
-    """Integer cents as the adapter writes them ("1.50" or "150")."""
-    if isinstance(cents, bool) or not isinstance(cents, int) or cents < 0:
-        raise ValueError(f"an amount must be a non-negative whole number of cents, got {cents!r}")
-    if price_format == "cents":
-        return str(cents)
-    return f"{cents // 100}.{cents % 100:02d}"
-
-
-def display_text(text: str) -> str:
-    """Text safe for one display request: printable ASCII on one line (no CR/LF), at most 32 characters."""
-    ascii_text = unicodedata.normalize("NFKD", str(text)).encode("ascii", "ignore").decode("ascii")
-    cleaned = "".join(ch if " " <= ch <= "~" else " " for ch in ascii_text)
-    return " ".join(cleaned.split())[:DISPLAY_WIDTH]
 
 
 class _RateLimitedWarning:

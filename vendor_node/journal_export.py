@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JournalError, JournalRefused
-from .journal import GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED
+from .journal_schema import GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED
 from .journal_verify import check_range
 
 BATCH_FORMAT = "vendor-node-journal-batch"

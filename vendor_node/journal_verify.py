@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from .errors import JournalCorrupt
-from .journal import (_COLUMNS, GENESIS_HASH, KINDS, OUTCOME_UNKNOWN, OUTCOMES, REVIEW_SETTLED, SESSION_BEGUN,
-                      VEND_APPROVED, VEND_SUCCEEDED, Entry)
+from .journal_schema import (_COLUMNS, GENESIS_HASH, KINDS, OUTCOME_UNKNOWN, OUTCOMES, REVIEW_SETTLED, SESSION_BEGUN,
+                             VEND_APPROVED, VEND_SUCCEEDED, Entry)
 
 
 @dataclass

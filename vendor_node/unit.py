@@ -37,7 +37,8 @@ def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | No
 def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
              notifier: Notifier | None = None) -> int:
     """The unit on the hardware named by cfg.unit.hardware, until ``stop_event`` is set."""
-    from .accounts import AbuseGuard, AccountStore
+    from .accounts import AccountStore
+    from .authorize import AbuseGuard
     from .camera import open_camera
     from .journal import Journal
     from .proximity import open_panel

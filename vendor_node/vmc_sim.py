@@ -4,101 +4,39 @@ Why: the purchase loop, its tests and ``vendor-node simulate`` need a machine th
 real one, faults included, on a real serial port. The simulator owns a pty pair (``os.openpty()``),
 keeps a stable symlink to the slave (like /dev/serial/by-id) for the unit to open with
 ``SerialTransport``, and runs in its own thread speaking the adapter's lines as documented in
-board.py: it answers C,1 with INACTIVE/DISABLED/ENABLED, opens sessions on C,START, sends vend
-requests for customers' selections, vends on approval and reports success or a jam, and ends the
-session (c,STATUS,IDLE then c,STATUS,ENABLED).
+docs/mdb-protocol.md: it answers C,1 with INACTIVE/DISABLED/ENABLED, opens sessions on C,START,
+sends vend requests for customers' selections, vends on approval and reports success or a jam, and
+ends the session (c,STATUS,IDLE then c,STATUS,ENABLED).
 
-Purchase orders: "hand_first" customers wait for the unit to start a session, then select.
-"selection_first" customers select with the reader merely enabled. A machine with ``always_idle``
-(the default; [Q3] in board.py) then sends the vend request at once, and the unit must answer it
-before the machine's reader timeout (``reader_timeout_s``). Without always-idle the real bus carries
-nothing for a selection: the machine only shows a prompt and sends the request once the unit starts
-a session within ``patience_s``; the simulator models both.
-
-Customer behaviours: "normal", "jam" (approved, the item does not drop: c,ERR,VEND 3), "cancel"
-(hand first: presses cancel instead of selecting, the session ends with no request; selection first:
-cancels the pending request after ``cancel_after_s`` unless approved by then: c,ERR,VEND 1), "slow"
-(waits ``slow_s`` before selecting and takes twice that to vend). Line faults: ``send_garbage()``,
-``reply_delay_s`` (a slow adapter) and ``disconnect()`` (the pty is closed and recreated under the
-same path after ``down_s``; the adapter comes back switched off, as after a USB replug; a vend
-approved before the cut still drops but its success line is lost). Where board.py's sources are
-silent the simulator follows board.py's stated assumptions (C,0, C,STOP and C,DISPLAY get no answer,
-C,VEND only the documented r,ACK; 'c,ERR,"cashless is off"' to C,0 when already off), so it cannot
-prove them right: only a real adapter can.
+The adapter's answers to the unit's commands are vmc_adapter.py's (``AdapterCommands``, the base
+class); purchase orders and customer behaviours are described on ``Customer`` (vmc_records.py).
+Line faults: ``send_garbage()``, ``reply_delay_s`` (a slow adapter) and ``disconnect()`` (the pty is
+closed and recreated under the same path after ``down_s``; the adapter comes back switched off, as
+after a USB replug; a vend approved before the cut still drops but its success line is lost). Where
+the protocol's sources are silent the simulator follows board.py's stated assumptions
+(docs/mdb-protocol.md), so it cannot prove them right: only a real adapter can.
 
 The record lists keep everything, or only the last ``keep_history`` entries (set it for long runs:
-a Customer costs ~1.7 kB, 10,000 of them ~17 MB), while ``vended_count``/``vended_cents``, ``vended_reported_count``/``_cents`` and
-``outcome_counts`` keep exact totals, so a long simulation checks charges == successful vends with them.
+a Customer costs ~1.7 kB, 10,000 of them ~17 MB), while ``vended_count``/``vended_cents``,
+``vended_reported_count``/``_cents`` and ``outcome_counts`` keep exact totals, so a long simulation
+checks charges == successful vends with them.
 """
 from __future__ import annotations
 
 import os
 import re
-import threading
 import time
 from collections import Counter, deque
-from dataclasses import dataclass, field
 
-from .board import DISPLAY_WIDTH, format_price, parse_price
-from .errors import ProtocolError
+from .board_format import format_price
+from .vmc_adapter import AdapterCommands
 from .vmc_pty import PtyLine
+from .vmc_records import BEHAVIOURS, ORDERS, Customer, History, Vended  # noqa: F401 (re-exported)
 
-BEHAVIOURS = ("normal", "jam", "cancel", "slow")
-ORDERS = ("hand_first", "selection_first")
 DEFAULT_GARBAGE = b"\x00\xff\xfe#@!\r\nc,STAT\xc3\x28US,\x01\n\r\n\x1b[2J~~~ noise ~~~\r\nc,STATUS,VEND,abc,\n"
-VERSION_LINE = "v,3.8.0.0,VMCSIM000001"
 
 
-class _History(list):
-    """A list that keeps only its last ``limit`` items (None: all); still compares like a list."""
-
-    def __init__(self, limit: int | None):
-        super().__init__()
-        self.limit = limit
-
-    def append(self, item) -> None:
-        super().append(item)
-        if self.limit is not None and len(self) > self.limit:
-            del self[: len(self) - self.limit]
-
-
-@dataclass(frozen=True)
-class Vended:
-    """An item that physically dropped; ``reported`` is False when its success line was lost."""
-
-    item: str
-    price_cents: int
-    approved_cents: int
-    reported: bool
-    at: float
-
-
-@dataclass(eq=False)
-class Customer:
-    """One person at the machine; ``wait()`` returns how it ended.
-
-    Outcomes: "vended", "failed" (jam), "denied", "cancelled", "timeout" (the unit did not answer the
-    vend request in time), "insufficient_funds", "no_session" (no session within patience),
-    "session_ended" (the unit ended the session), "interrupted" (link cut or reader disabled),
-    "vended_unreported" (dropped during a cut; the unit never saw the success line).
-    """
-
-    price_cents: int
-    item: str
-    behaviour: str = "normal"
-    order: str = "hand_first"
-    outcome: str | None = None
-    done: threading.Event = field(default_factory=threading.Event, repr=False)
-    phase: str = "queued"
-    step: int = 0
-    timers: list = field(default_factory=list, repr=False)
-
-    def wait(self, timeout: float) -> str | None:
-        self.done.wait(timeout)
-        return self.outcome
-
-
-class VendingMachineSimulator:
+class VendingMachineSimulator(AdapterCommands):
     """The machine behind a pty; a context manager. ``port_path`` is what the unit opens."""
 
     def __init__(self, *, always_idle: bool = True, reply_delay_s: float = 0.0, vend_time_s: float = 0.05,
@@ -113,11 +51,11 @@ class VendingMachineSimulator:
         self.price_format = price_format
         # records read by tests from other threads, appended only on the line's thread; bounded by
         # ``keep_history`` while the counters below keep exact totals
-        self.vended: list[Vended] = _History(keep_history)
-        self.display_lines: list[str] = _History(keep_history)
-        self.machine_messages: list[str] = _History(keep_history)
-        self.commands: list[str] = _History(keep_history)
-        self.outcomes: list[Customer] = _History(keep_history)
+        self.vended: list[Vended] = History(keep_history)
+        self.display_lines: list[str] = History(keep_history)
+        self.machine_messages: list[str] = History(keep_history)
+        self.commands: list[str] = History(keep_history)
+        self.outcomes: list[Customer] = History(keep_history)
         self.protocol_errors: list[str] = []
         self.outcome_counts: Counter = Counter()
         self.vended_count = 0
@@ -226,112 +164,6 @@ class VendingMachineSimulator:
             self._after(self.reply_delay_s, lambda: self._emit(line))
         else:
             self._emit(line)
-
-    # --- the adapter's command set -------------------------------------------------
-    def _on_command(self, line: str) -> None:
-        self.commands.append(line)
-        fields = line.split(",")
-        if line == "V":
-            self._reply(VERSION_LINE)
-        elif fields[:2] == ["C", "1"] and len(fields) == 2:
-            self._switch_on()
-        elif fields[:2] == ["C", "0"] and len(fields) == 2:
-            self._switch_off()
-        elif fields[:2] == ["C", "START"] and len(fields) == 3:
-            self._start_session(fields[2])
-        elif fields[:2] == ["C", "VEND"] and len(fields) == 3:
-            self._vend_answer(fields[2])
-        elif fields[:2] == ["C", "STOP"] and len(fields) == 2:
-            self._stop()
-        elif line.startswith("C,DISPLAY,"):
-            text = line[len("C,DISPLAY,"):]
-            if len(text) > DISPLAY_WIDTH:
-                self.protocol_errors.append(f"display text longer than {DISPLAY_WIDTH}: {text!r}")
-            self.display_lines.append(text)
-        else:
-            self.protocol_errors.append(f"unknown command {line!r}")
-
-    def _switch_on(self) -> None:
-        if self._adapter_on:
-            self._reply('c,ERR,"cashless is on"')
-            return
-        self._adapter_on = True
-        epoch = self._link_epoch
-        self._reply("c,STATUS,INACTIVE")
-
-        def enabled_by_machine():
-            if self._link_epoch == epoch and self._adapter_on:
-                self._emit("c,STATUS,DISABLED")
-                self._emit("c,STATUS,ENABLED")
-                self.reader_state = "enabled"
-                self._next_customer()
-
-        self._after(self.reply_delay_s + 0.01, enabled_by_machine)
-
-    def _switch_off(self) -> None:
-        if not self._adapter_on:
-            self._reply('c,ERR,"cashless is off"')
-            return
-        self._adapter_on = False
-        self._link_epoch += 1
-        self._abort("reader switched off")
-        self.reader_state = "off"
-
-    def _start_session(self, funds_text: str) -> None:
-        if not self._adapter_on or self.reader_state != "enabled":
-            self._reply('c,ERR,"START -3"')
-            return
-        try:
-            funds = parse_price(funds_text, self.price_format)
-        except ProtocolError:
-            self.protocol_errors.append(f"bad funds {funds_text!r}")
-            self._reply('c,ERR,"START -2"')
-            return
-        self.reader_state, self._funds = "session", funds
-        self._session_id += 1
-        self._reply(f"c,STATUS,IDLE,{format_price(funds, self.price_format)}")
-        session = self._session_id
-        self._session_timer = self._after(self.session_timeout_s, lambda: self._session_timed_out(session))
-        customer = self._current
-        if customer is not None and customer.phase in ("waiting_session", "prompting"):
-            self._in_session(customer, immediately=customer.phase == "prompting")
-        else:
-            self._next_customer()
-
-    def _vend_answer(self, amount_text: str) -> None:
-        if amount_text == "-1":
-            if self.reader_state == "vend":
-                self._deny()
-            else:
-                self._reply('c,ERR,"VEND -3"')
-            return
-        try:
-            amount = parse_price(amount_text, self.price_format)
-        except ProtocolError:
-            self.protocol_errors.append(f"bad approval amount {amount_text!r}")
-            self._reply('c,ERR,"VEND -2"')
-            return
-        customer = self._request
-        if self.reader_state != "vend" or customer is None:
-            self.protocol_errors.append(f"approval of {amount_text} with no vend request pending")
-            self._reply('c,ERR,"VEND -3"')
-            return
-        if amount != customer.price_cents:
-            self.protocol_errors.append(f"approved {amount} cents for a {customer.price_cents}-cent item")
-        self.reader_state, self._approved_cents = "vending", amount
-        self._reply("r,ACK")
-        vend_time = self.slow_s * 2 if customer.behaviour == "slow" else self.vend_time_s
-        step = customer.step
-        customer.timers.append(self._after(vend_time, lambda: self._vend_done(customer, step)))
-
-    def _stop(self) -> None:
-        if self.reader_state == "vend":
-            self._deny()  # the Qibixx sample denies with C,STOP too
-        elif self.reader_state == "session":
-            customer = self._current
-            if customer is not None and customer.phase == "in_session":
-                self._finish(customer, "session_ended")
-            self._end_session()
 
     # --- the machine and its customers ---------------------------------------------
     def _next_customer(self) -> None:

@@ -1,0 +1,84 @@
+"""The account store's tables and the rows it hands out (never a template).
+
+Templates are stored sealed under the unit data key; upload_queue holds copies
+sealed for transport under the fleet template key, never plaintext.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS employees (
+    id TEXT PRIMARY KEY,
+    display_name TEXT NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('active', 'suspended', 'deleted')),
+    funding TEXT NOT NULL CHECK (funding IN ('prepaid', 'payroll')),
+    funds_cents INTEGER NOT NULL CHECK (funds_cents >= 0),
+    per_purchase_cap_cents INTEGER,
+    per_day_cap_cents INTEGER,
+    funds_as_of REAL NOT NULL,          -- this unit's charges since then are not in funds_cents
+    bundle_version INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS templates (
+    employee_id TEXT PRIMARY KEY REFERENCES employees(id),
+    sealed BLOB NOT NULL,               -- AES-256-GCM under the unit data key
+    consent_version TEXT NOT NULL CHECK (length(consent_version) > 0),
+    consented_at REAL NOT NULL,
+    stored_at REAL NOT NULL,
+    last_used_at REAL,
+    source TEXT NOT NULL CHECK (source IN ('enrolled', 'bundle'))
+);
+CREATE TABLE IF NOT EXISTS upload_queue (
+    employee_id TEXT PRIMARY KEY,
+    sealed BLOB NOT NULL,               -- AES-256-GCM under the fleet template key, never plaintext
+    consent_version TEXT NOT NULL,
+    consented_at REAL NOT NULL,
+    queued_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS template_revocations (
+    employee_id TEXT PRIMARY KEY,       -- unenrolled here: tell the fleet, refuse older copies from bundles
+    revoked_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS bundle_history (
+    version INTEGER PRIMARY KEY,
+    kind TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL,
+    applied_at REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    employees INTEGER NOT NULL,
+    templates INTEGER NOT NULL,
+    deletions INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS account_policy (key TEXT PRIMARY KEY, value REAL NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class Employee:
+    """What a unit may show about an account: never a template."""
+
+    id: str
+    display_name: str
+    status: str
+    funding: str
+    funds_cents: int
+    per_purchase_cap_cents: int | None
+    per_day_cap_cents: int | None
+    funds_as_of: float
+    has_template: bool
+    consent_version: str | None
+    last_used_at: float | None
+
+
+@dataclass(frozen=True)
+class BundleInfo:
+    version: int
+    kind: str
+    created: float
+    expires: float
+    applied_at: float
+    employees: int
+    templates: int
+    deletions: int
+    sha256: str = ""
