@@ -64,7 +64,8 @@ class SimUnit:
         self.error: BaseException | None = None
 
     def __enter__(self):
-        from .accounts import AbuseGuard, AccountStore
+        from .accounts import AccountStore
+        from .authorize import AbuseGuard
         from .camera import SimCamera
         from .journal import Journal
         from .proximity import open_panel
