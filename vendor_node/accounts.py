@@ -187,6 +187,12 @@ class AccountStore(HoldsConnection):
         r = self.conn.execute(self._EMPLOYEE_SQL + " WHERE e.id = ?", (employee_id,)).fetchone()
         return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10])
 
+    def templates_revision(self) -> tuple:
+        """Changes whenever the gallery must be rebuilt: a new bundle, or an enrollment/deletion at the unit."""
+        bundle = self.current_bundle()
+        stored = self.conn.execute("SELECT COUNT(*), MAX(stored_at) FROM templates").fetchone()
+        return ((bundle.version, bundle.applied_at) if bundle else None, tuple(stored))
+
     def templates(self) -> dict[str, bytes]:
         """Decrypted templates of active employees, for the matcher's gallery (memory only)."""
         rows = self.conn.execute("SELECT t.employee_id, t.sealed FROM templates t JOIN employees e "

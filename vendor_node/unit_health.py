@@ -136,12 +136,10 @@ class UnitHealth:
         self._clear("journal")
 
     def _refresh_gallery(self) -> None:
-        bundle = self.accounts.current_bundle()
-        key = (bundle.version, bundle.applied_at) if bundle else None
         try:  # enrollments at the unit (another process) change the templates without a new bundle
-            key = (key, tuple(self.accounts.conn.execute("SELECT COUNT(*), MAX(stored_at) FROM templates").fetchone()))
+            key = self.accounts.templates_revision()
         except sqlite3.Error:
-            pass
+            key = None
         if key == self._gallery_key and self._gallery is not None:
             return
         templates = self.accounts.templates()
