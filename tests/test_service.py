@@ -177,8 +177,10 @@ def test_insufficient_funds_is_refused_with_the_reason_on_the_display(unit):
 
 
 def test_suspended_employee_is_not_served(unit):
-    purchase, customer = buy(unit, 3)  # AccountStore.templates() holds active employees only
-    assert purchase.outcome in ("unknown", "refused") and customer.vmc_customer is None
+    purchase, customer = buy(unit, 3)  # recognised as themself, then refused with the reason shown
+    assert purchase.outcome == "refused" and purchase.reason == "suspended"
+    assert customer.vmc_customer is None
+    assert displayed(unit, lambda line: "suspended" in line.lower())
     assert unit.vmc.vended == []
 
 

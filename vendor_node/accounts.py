@@ -194,9 +194,11 @@ class AccountStore(HoldsConnection):
         return ((bundle.version, bundle.applied_at) if bundle else None, tuple(stored))
 
     def templates(self) -> dict[str, bytes]:
-        """Decrypted templates of active employees, for the matcher's gallery (memory only)."""
+        """Decrypted templates for the matcher's gallery (memory only), suspended employees included:
+        a suspended hand must be recognised as itself, so the display says why it is refused and it can
+        never land on a colleague's account as the nearest other template."""
         rows = self.conn.execute("SELECT t.employee_id, t.sealed FROM templates t JOIN employees e "
-                                 "ON e.id = t.employee_id WHERE e.status = 'active'").fetchall()
+                                 "ON e.id = t.employee_id WHERE e.status != 'deleted'").fetchall()
         out, bad = {}, []
         for emp_id, sealed in rows:
             try:
