@@ -430,3 +430,36 @@ def test_a_database_error_while_applying_changes_nothing(store, fleet, monkeypat
     with pytest.raises(AccountsError, match="nothing changed: disk I/O error"):
         store.import_bundle(fleet.bundle(2, STAFF[:1], deletions=["E2"]))
     assert snapshot_of(store) == before and not store.conn.in_transaction
+
+
+def test_a_running_cool_down_and_recent_failures_survive_a_restart(tmp_path):
+    state = tmp_path / "abuse_state.json"
+    settings = Config().replace(abuse={"max_failures": 3, "window_s": 60.0, "cooldown_s": 120.0})
+    g = AbuseGuard(settings, state_file=state)
+    g.record_failure()
+    g.record_failure()
+    again = AbuseGuard(settings, state_file=state)  # the unit restarted: two failures are remembered
+    assert again.cooldown_left() == 0.0
+    again.record_failure()
+    assert again.cooldown_left() > 115.0
+    restarted = AbuseGuard(settings, state_file=state)  # pulling the plug does not end the cool-down
+    assert 100.0 < restarted.cooldown_left() <= 120.0
+
+
+def test_an_unreadable_abuse_state_starts_fresh(tmp_path, caplog):
+    state = tmp_path / "abuse_state.json"
+    state.write_text("{not json")
+    g = AbuseGuard(Config().abuse, state_file=state)
+    assert g.cooldown_left() == 0.0
+    assert "abuse state unreadable" in caplog.text
+    g.record_failure()  # and it is rewritten cleanly
+    assert AbuseGuard(Config().abuse, state_file=state).cooldown_left() == 0.0
+
+
+def test_a_clock_jump_cannot_stretch_a_cool_down(tmp_path):
+    import json
+
+    state = tmp_path / "abuse_state.json"
+    state.write_text(json.dumps({"failures": [], "cool_until": time.time() + 10 * 24 * HOUR}))
+    g = AbuseGuard(Config().replace(abuse={"cooldown_s": 120.0}), state_file=state)
+    assert g.cooldown_left() <= 120.0

@@ -8,11 +8,14 @@ The store's data comes from accounts.AccountStore; the money from the journal.
 """
 from __future__ import annotations
 
+import json
 import logging
+import os
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
+from pathlib import Path
 
 log = logging.getLogger("vendor_node.accounts")  # the store's logger, as before the split
 
@@ -96,16 +99,52 @@ def answer(code, employee_id, name, funds_left) -> Authorization:
 class AbuseGuard:
     """After ``max_failures`` unknown hands or refusals within ``window_s``, cool down for ``cooldown_s``.
 
-    Takes ``cfg.abuse`` (or the whole Config); times are ``time.monotonic()``.
+    Takes ``cfg.abuse`` (or the whole Config); times are ``time.monotonic()``. With ``state_file`` the
+    recent failures and a running cool-down survive a restart (as wall-clock times), so pulling the
+    plug is no way to try hands at speed; a clock that jumps can never stretch a cool-down past
+    ``cooldown_s``. An unreadable state file is logged and ignored: the guard starts fresh.
     """
 
-    def __init__(self, settings):
+    def __init__(self, settings, state_file: Path | str | None = None):
         settings = getattr(settings, "abuse", settings)
         self.max_failures = max(1, settings.max_failures)
         self.window_s = settings.window_s
         self.cooldown_s = settings.cooldown_s
         self._failures: deque[float] = deque()
         self._cool_until = float("-inf")
+        self.state_file = Path(state_file) if state_file is not None else None
+        if self.state_file is not None:
+            self._restore()
+
+    def _restore(self) -> None:
+        try:
+            saved = json.loads(self.state_file.read_text(encoding="utf-8"))
+            wall_now, mono_now = time.time(), time.monotonic()
+            for at in saved.get("failures", []):
+                age = wall_now - float(at)
+                if 0 <= age < self.window_s:
+                    self._failures.append(mono_now - age)
+            left = min(float(saved.get("cool_until", 0)) - wall_now, self.cooldown_s)
+            if left > 0:
+                self._cool_until = mono_now + left
+                log.warning("cool-down from before the restart: %.0f s left", left)
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            log.warning("%s: abuse state unreadable (%s); starting fresh", self.state_file, exc)
+
+    def _save(self, now: float) -> None:
+        if self.state_file is None:
+            return
+        to_wall = time.time() - now  # monotonic -> wall clock at this instant
+        state = {"failures": [to_wall + t for t in self._failures],
+                 "cool_until": to_wall + self._cool_until if self._cool_until > now else 0}
+        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
+        try:
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(tmp, self.state_file)
+        except OSError as exc:
+            log.warning("%s: cannot save the abuse state: %s", self.state_file, exc)
 
     def record_failure(self, now: float | None = None) -> None:
         now = time.monotonic() if now is None else now
@@ -117,10 +156,13 @@ class AbuseGuard:
             self._failures.clear()
             log.warning("%d failures within %.0f s: cooling down for %.0f s", self.max_failures, self.window_s,
                         self.cooldown_s)
+        self._save(now)
 
     def record_success(self, now: float | None = None) -> None:
         """A paying employee clears the failure count (not a running cool-down)."""
-        self._failures.clear()
+        if self._failures:
+            self._failures.clear()
+            self._save(time.monotonic() if now is None else now)
 
     def cooldown_left(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now

@@ -61,8 +61,9 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
         except CameraError as exc:
             log.error("camera: %s (out of service until it answers)", exc)
         with open_panel(cfg) as panel, open_board(cfg, port=board_port, stop_event=stop_event) as board:
+            abuse = AbuseGuard(cfg, state_file=cfg.state_dir / "abuse_state.json")  # survives restarts
             loop = PurchaseLoop(cfg, camera=camera, panel=panel, board=board, recognizer=recognizer,
-                                accounts=accounts, journal=journal, abuse=AbuseGuard(cfg), stop_event=stop_event,
+                                accounts=accounts, journal=journal, abuse=abuse, stop_event=stop_event,
                                 notifier=notifier, open_camera=camera_factory)
             try:
                 return loop.run()
