@@ -134,6 +134,10 @@ def bench_loop(args) -> int:  # owned by the unit engineer
     from .simulate import MENU, Customer, SimUnit, sim_config
 
     customers = getattr(args, "customers", None) or int(os.environ.get("VENDOR_NODE_BENCH_CUSTOMERS", "10000"))
+    if not getattr(args, "verbose", False):  # 10,000 purchase lines would bury the table (-v shows them)
+        import logging
+
+        logging.getLogger("vendor_node").setLevel(logging.WARNING)
     warmup = max(50, min(500, customers // 10))
     rng = random.Random(7)
 
