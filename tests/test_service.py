@@ -5,6 +5,7 @@ the journal's charges equal to what dropped."""
 from __future__ import annotations
 
 import socket
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -554,3 +555,63 @@ def test_a_hand_refused_every_time_gives_one_purchase_and_no_phantom(unit):
     assert displayed(unit, lambda line: line == "Hold your hand flat over reader")
     assert unit.next_purchase(timeout=0.5) is None  # nothing left behind starts a purchase of its own
     assert buy(unit, 1)[0].outcome == "vended"
+
+
+# --- faults found in review: each must leave the unit serving and the money right ------------------
+def test_an_unpriced_item_is_refused_not_a_crash(unit):
+    unit.vmc.send_raw(b"c,STATUS,VEND,0.00,Z9\n")  # a selection with no price set on the machine
+    time.sleep(0.3)
+    unit.camera.clear()
+    unit.camera.present(hand(1))
+    unit.panel.present_hand()
+    unit.panel.remove_hand()
+    purchase = unit.next_purchase(5.0)
+    assert purchase is not None and purchase.outcome == "refused" and purchase.reason == "unpriced_item"
+    assert unit.error is None and unit.vmc.vended == []
+    assert displayed(unit, lambda line: "not priced" in line.lower())
+    purchase, _ = buy(unit, 1)  # still in service
+    assert purchase.outcome == "vended" and charges_match_vends(unit)
+
+
+def test_a_failing_last_used_update_never_disturbs_a_purchase(unit, monkeypatch):
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(unit.accounts, "note_template_used", locked)
+    for order in ("selection_first", "hand_first"):
+        purchase, _ = buy(unit, 1, order=order)
+        assert purchase.outcome == "vended"
+    assert unit.error is None and charges_match_vends(unit)
+
+
+def test_a_vend_success_after_the_outcome_timeout_still_charges(unit):
+    unit.vmc.slow_s = 0.7  # the machine reports after 1.4 s; the unit waits 1.0 s, then marks it unknown
+    purchase, _ = buy(unit, 1, behaviour="slow")
+    assert purchase.outcome == "vended" and purchase.reason == "reported late"
+    assert charges_match_vends(unit) and len(unit.vmc.vended) == 1  # the late success settled the review
+    assert unit.journal.unknown_outcomes() == []
+    assert journal_summary(unit.journal, 0)["settled_after_review"] == 1
+
+
+def test_a_journal_error_during_start_up_recovery_is_out_of_service_not_a_crash(cfg, monkeypatch):
+    from vendor_node.journal import Journal
+
+    real = Journal.void_interrupted_sessions
+    failing = {"on": True}
+
+    def void_interrupted(self):
+        if failing["on"]:
+            raise JournalError("disk I/O error")
+        return real(self)
+
+    monkeypatch.setattr(Journal, "void_interrupted_sessions", void_interrupted)
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery,
+                 loop_options=FAST_RETRY) as unit:
+        deadline = time.monotonic() + 3.0
+        while "journal" not in unit.loop.faults and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "journal" in unit.loop.faults and unit.error is None
+        failing["on"] = False  # the disk has room again: recovery runs, the unit comes back
+        assert unit.wait_in_service(5.0)
+        purchase, _ = buy(unit, 1)
+        assert purchase.outcome == "vended" and charges_match_vends(unit)

@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import logging
 import math
+import sqlite3
 import time
 from pathlib import Path
 
 from .board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
                     SessionComplete, VendFailed, VendRequest, VendSucceeded)
-from .errors import BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError, SensorError
+from .errors import (AccountsError, BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError,
+                     SensorError)
 from .purchase import Purchase, State, first_name, hand_hint, money
 from .unit_health import UnitHealth
 
@@ -60,6 +62,10 @@ class PurchaseLoop(UnitHealth):
             log.error("board link: %s (recovery waits for it)", exc)
             self.faults["board"] = str(exc)
             self._recovery_pending = True
+        except JournalError as exc:  # e.g. disk full: out of service, recovery retried when it writes again
+            self.faults["journal"] = str(exc)
+            log.error("out of service (journal): %s (recovery waits for it)", exc)
+            self._recovery_pending = True
         self._check_service(force=True)
         self.notifier.ready(self._status_text())
         log.info("unit %s started: %s", self.cfg.unit.unit_id, self._status_text())
@@ -82,6 +88,8 @@ class PurchaseLoop(UnitHealth):
             self._fault("camera", str(exc))
         except JournalError as exc:
             self._fault("journal", str(exc))
+        except AccountsError as exc:  # the store failed (key file, database): cleared by the next good check
+            self._fault("store", str(exc))
         except HandRejected as exc:  # handled inside IDENTIFY; here only if a flow let one through
             self._feedback("refused", hand_hint(exc.reason))
         except (SensorError, ProtocolError) as exc:
@@ -123,7 +131,8 @@ class PurchaseLoop(UnitHealth):
             self._serve(Purchase("selection_first", item=event.item, price_cents=event.price_cents),
                         lambda p: self._selection_first(p, event))
         elif isinstance(event, VendSucceeded):
-            log.warning("the board reported a vend success with no approval open: nothing charged")
+            if not self._settle_late_success():
+                log.warning("the board reported a vend success with no approval open: nothing charged")
         elif isinstance(event, ReaderDisabled) and self._reader_on:
             log.debug("the machine disabled the reader (%s); it enables it again when ready", event.state)
         else:
@@ -156,7 +165,7 @@ class PurchaseLoop(UnitHealth):
         p.trigger_to_board_ms = (self.clock() - p.trigger_at) * 1000
         p.board_stages = dict(p.stages)
         p.session_id = self.journal.begin_session()
-        self.accounts.note_template_used(p.employee_id)
+        self._note_template_used(p.employee_id)
         self._feedback("approved", f"Hi {first_name(p.display_name)} {money(auth.funds_left_cents)} avail.")
         self.state = State.SESSION
         event = self._wait_for((VendRequest, SessionCancelled, SessionComplete, AdapterReset, LinkRestored),
@@ -245,6 +254,12 @@ class PurchaseLoop(UnitHealth):
         self.state = State.AUTHORIZE
         received = self.clock()
         p.item, p.price_cents = request.item, request.price_cents
+        if request.price_cents <= 0:  # an unpriced item (a machine set-up slip): never vend it on an account
+            self.board.deny_vend()
+            self.journal.void(p.session_id, "refused")
+            p.outcome, p.reason = "refused", "unpriced_item"
+            self._feedback("refused", "Item not priced - not charged")
+            return
         t = time.monotonic()
         auth = self.accounts.authorize(p.employee_id, request.price_cents)
         t = p.timed("accounts", t)
@@ -265,7 +280,6 @@ class PurchaseLoop(UnitHealth):
         if p.order == "selection_first":
             p.trigger_to_board_ms = (now - p.trigger_at) * 1000
             p.board_stages = dict(p.stages)
-            self.accounts.note_template_used(p.employee_id)
             self.board.display(f"Hi {first_name(p.display_name)}, vending...")
         self.state = State.OUTCOME
         event = self._wait_for((VendSucceeded, VendFailed, SessionCancelled, SessionComplete, AdapterReset,
@@ -273,7 +287,18 @@ class PurchaseLoop(UnitHealth):
                                finish_even_if_stopping=True, accept=lambda e: not isinstance(e, CommandRefused)
                                or e.command == "VEND")
         self._record_outcome(p, event)
-        self._wait_for((SessionComplete,), SESSION_END_WAIT_S)
+        self._note_template_used(p.employee_id)
+        closing = self._wait_for((SessionComplete, VendSucceeded), SESSION_END_WAIT_S)
+        if isinstance(closing, VendSucceeded) and self._settle_late_success():
+            p.outcome, p.charged, p.reason = "vended", True, "reported late"  # charged after all
+            self._feedback("vended", f"Enjoy! Charged {money(p.price_cents)}")
+
+    def _note_template_used(self, employee_id: str) -> None:
+        """Retention bookkeeping only: a failure here is logged, never allowed to disturb a purchase."""
+        try:
+            self.accounts.note_template_used(employee_id)
+        except (AccountsError, sqlite3.Error) as exc:
+            log.warning("could not note when %s's template was last used: %s", employee_id, exc)
 
     def _refuse(self, p: Purchase, auth) -> None:
         p.outcome, p.reason = "refused", auth.reason_code

@@ -181,9 +181,10 @@ def percentile(values: list[float], q: float) -> float | None:
 
 def journal_summary(journal, after_seq: int) -> dict:
     """What the journal recorded in this run: approvals, charges (count, cents), voids by reason, unknown."""
-    from .journal import OUTCOME_UNKNOWN, VEND_APPROVED, VEND_SUCCEEDED, VEND_VOIDED
+    from .journal import OUTCOME_UNKNOWN, REVIEW_SETTLED, VEND_APPROVED, VEND_SUCCEEDED, VEND_VOIDED
 
-    summary = {"approved": 0, "charged": 0, "charged_cents": 0, "voided": {}, "outcome_unknown": 0}
+    summary = {"approved": 0, "charged": 0, "charged_cents": 0, "voided": {}, "outcome_unknown": 0,
+               "settled_after_review": 0}
     for entry in journal.entries(after_seq=after_seq):
         if entry.kind == VEND_APPROVED:
             summary["approved"] += 1
@@ -194,6 +195,12 @@ def journal_summary(journal, after_seq: int) -> dict:
             summary["voided"][entry.detail] = summary["voided"].get(entry.detail, 0) + 1
         elif entry.kind == OUTCOME_UNKNOWN:
             summary["outcome_unknown"] += 1
+        elif entry.kind == REVIEW_SETTLED:  # an unknown outcome settled later (a late report or a technician)
+            summary["outcome_unknown"] -= 1
+            summary["settled_after_review"] += 1
+            if entry.amount_cents:
+                summary["charged"] += 1
+                summary["charged_cents"] += entry.amount_cents
     return summary
 
 

@@ -19,13 +19,14 @@ from collections import Counter
 
 from .board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
                     SessionComplete, VendFailed, VendSucceeded)
-from .errors import BoardLinkError, CameraError, RecognitionError
+from .errors import AccountsError, BoardLinkError, CameraError, RecognitionError
 from .notify import Notifier
 from .purchase import Purchase, State, money
 
 log = logging.getLogger("vendor_node.unit")
 
 STATUS_CHECK_S = 1.0  # bundle age, faults, gallery refresh
+LATE_OUTCOME_GRACE_S = 120.0  # a vend success this late after an unknown outcome still settles it
 FAULT_RETRY_S = 5.0  # camera / journal retry while out of service
 RECONNECT_WINDOW_S = 5.0  # one reopen attempt series of the board's port per loop iteration
 DEBUG_IMAGES_MAX = 50
@@ -68,6 +69,7 @@ class UnitHealth:
         self._reader_on: bool | None = None
         self._unsettled: Purchase | None = None  # approved, link lost before the outcome
         self._recovery_pending = False
+        self._late_outcome: tuple[str, float] | None = None  # (session, until): an unknown outcome still expected
         self._next_status_check = 0.0
         self._next_fault_retry = 0.0
         self._next_purge = 0.0
@@ -104,10 +106,15 @@ class UnitHealth:
             if "journal" in self.faults:
                 self._retry_journal()
             self._next_fault_retry = now + self.fault_retry_s
-        if now >= self._next_purge:
-            self._next_purge = now + PURGE_EVERY_S
-            self.accounts.purge_expired_templates()
-        self._refresh_gallery()
+        try:
+            if now >= self._next_purge:
+                self._next_purge = now + PURGE_EVERY_S
+                self.accounts.purge_expired_templates()
+            self._refresh_gallery()
+        except AccountsError as exc:  # e.g. the data key file went missing: no one can be recognised
+            self._fault("store", str(exc))
+        else:
+            self._clear("store")
         self._apply_service_state(force=force)
 
     def _retry_camera(self) -> None:
@@ -133,6 +140,9 @@ class UnitHealth:
         except sqlite3.Error as exc:
             log.warning("journal still unwritable: %s", exc)
             return
+        if self._recovery_pending and "board" not in self.faults:  # recovery failed at start: finish it first
+            self.recover()
+            self._recovery_pending = False
         self._clear("journal")
 
     def _refresh_gallery(self) -> None:
@@ -269,6 +279,15 @@ class UnitHealth:
                 return event
             log.debug("board event ignored in %s: %s", self.state.value, event)
 
+    def _settle_late_success(self) -> bool:
+        """A vend success after we gave up waiting: the snack dropped, so charge the session left for review."""
+        late, self._late_outcome = self._late_outcome, None
+        if late is None or self.clock() > late[1]:
+            return False
+        entry = self.journal.settle_review(late[0], charged=True, note="late vend success reported by the board")
+        log.warning("late vend success for session %s: charged %s after all", late[0], money(entry.amount_cents))
+        return True
+
     def _record_outcome(self, p: Purchase, event) -> None:
         """Settle an approved purchase from the board's report: only VendSucceeded charges, no word -> unknown."""
         if isinstance(event, VendSucceeded):
@@ -291,6 +310,8 @@ class UnitHealth:
         elif isinstance(event, LinkRestored) or event is None or getattr(event, "interrupted", None):
             # No word whether the snack dropped: never guess a charge; held for a technician's review.
             self.journal.mark_outcome_unknown(p.session_id)
+            if event is None:  # the board may still report it late: remember which session it would be
+                self._late_outcome = (p.session_id, self.clock() + LATE_OUTCOME_GRACE_S)
             p.outcome = "outcome_unknown"
             p.reason = "no vend outcome in time" if event is None else type(event).__name__
             self._feedback("refused", "Vend outcome unknown")
