@@ -8,7 +8,7 @@ import sqlite3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node import journal_export
+from vendor_node import storage
 from vendor_node.errors import JournalCorrupt, JournalError, JournalRefused
 from vendor_node.journal import (GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED, VEND_VOIDED,
                                  Journal, canonical_entry, chain_hash)
@@ -434,7 +434,7 @@ def test_export_when_the_disk_fails_leaves_no_partial_file(tmp_path, journal, ke
     def full_disk(fd):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(journal_export.os, "fsync", full_disk)
+    monkeypatch.setattr(storage.os, "fsync", full_disk)  # the atomic write lives in storage
     with pytest.raises(JournalError, match="No space left on device"):
         journal.export(out, key)
     monkeypatch.undo()

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections import deque
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+
+from .storage import write_file_atomically
 
 log = logging.getLogger("vendor_node.accounts")  # the store's logger, as before the split
 
@@ -139,10 +140,8 @@ class AbuseGuard:
         to_wall = time.time() - now  # monotonic -> wall clock at this instant
         state = {"failures": [to_wall + t for t in self._failures],
                  "cool_until": to_wall + self._cool_until if self._cool_until > now else 0}
-        tmp = self.state_file.with_name(self.state_file.name + ".tmp")
         try:
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            os.replace(tmp, self.state_file)
+            write_file_atomically(self.state_file, json.dumps(state).encode())
         except OSError as exc:
             log.warning("%s: cannot save the abuse state: %s", self.state_file, exc)
 

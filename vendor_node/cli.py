@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 from .cli_accounts import add_accounts_commands
-from .cli_args import config_from_args, existing_dir, existing_file, positive_int
+from .cli_args import state_dir_arg, config_from_args, existing_dir, existing_file, positive_int
 from .errors import UsageError, VendorNodeError
 
 log = logging.getLogger("vendor_node")
@@ -58,9 +58,6 @@ def _cmd_bench(args) -> int:
 def _add_journal_commands(sub) -> None:
     journal = sub.add_parser("journal", help="the charging journal: verify, export for the nightly sync, review")
     jsub = journal.add_subparsers(dest="journal_command", required=True, metavar="JOURNAL_COMMAND")
-
-    def state_dir_arg(p):
-        p.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
 
     p = jsub.add_parser("verify", help="check the whole hash chain; exit 1 naming the first bad entry")
     state_dir_arg(p)

@@ -5,42 +5,39 @@ import logging
 import sys
 from pathlib import Path
 
-from .cli_args import amount_arg, config_from_args, existing_dir, existing_file, money_text, positive_float, positive_int
+from .cli_args import state_dir_arg, amount_arg, config_from_args, existing_dir, existing_file, money_text, positive_float, positive_int
 from .errors import UsageError
 
 log = logging.getLogger("vendor_node")
 
 
 def add_accounts_commands(sub) -> None:
-    def state_dir_option(p):
-        p.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
-
     p = sub.add_parser("provision", help="create the unit's keys and pin the fleet public key")
     p.add_argument("--fleet-public-key", required=True, type=existing_file, help="fleet public key (PEM)")
     p.add_argument("--unit-id", required=True, help="this unit's id (letters, digits, . _ @ -)")
     p.add_argument("--fleet-template-key", type=existing_file,
                    help="fleet template key (32-byte file from `fleet keygen`): templates travel under it")
     p.add_argument("--replace-fleet-key", action="store_true", help="trust a new fleet key over the pinned one")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_provision)
 
     accounts = sub.add_parser("accounts", help="the unit's offline account cache").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION")
     p = accounts.add_parser("import", help="verify a signed account bundle and apply it atomically")
     p.add_argument("bundle", type=existing_file, help="bundle file from `vendor-node fleet bundle` or the sync")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_import)
     p = accounts.add_parser("list", help="employees on this unit (never a template)")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_list)
     p = accounts.add_parser("purge-templates", help="delete templates unused for template_retention_days")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_purge)
     p = accounts.add_parser("export-uploads",
                             help="templates enrolled here, still sealed, for `fleet bundle --templates`")
     p.add_argument("--out", required=True, type=Path, help="JSON file to write")
     p.add_argument("--mark-uploaded", action="store_true", help="then drop them from the upload queue")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_export_uploads)
 
     fleet = sub.add_parser("fleet", help="back-office tools: fleet keys and account bundles").add_subparsers(
@@ -69,11 +66,11 @@ def add_accounts_commands(sub) -> None:
     p.add_argument("--consent", required=True, help="version of the consent form the employee signed")
     p.add_argument("--images", type=existing_dir, help="folder of hand photos instead of the camera")
     p.add_argument("--sim", action="store_true", help="use the simulated camera")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_enroll)
     p = sub.add_parser("unenroll", help="delete an employee's template (and any queued copy) at once")
     p.add_argument("employee_id")
-    state_dir_option(p)
+    state_dir_arg(p)
     p.set_defaults(handler=_cmd_unenroll)
 
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from .config import load_config
 
 
+def state_dir_arg(parser) -> None:
+    """The --state-dir option every command that touches the unit's state takes."""
+    parser.add_argument("--state-dir", type=Path, help="the unit's state folder (default from the config)")
+
+
 def positive_int(text: str) -> int:
     try:
         value = int(text)

@@ -16,12 +16,12 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-import os
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import JournalError, JournalRefused
+from .storage import write_file_atomically
 from .journal_schema import GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED
 from .journal_verify import check_range
 
@@ -99,29 +99,10 @@ def build_batch(journal, signing_key, unit_id: str = "") -> dict:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    """temp file in the same folder + fsync + rename + folder fsync; the old file stays on failure."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    """The batch file appears whole or not at all; the old file stays on failure."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_file_atomically(path, data)
     except OSError as exc:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
         raise JournalError(f"{path}: cannot write the journal batch: {exc.strerror or exc}") from None
 
 

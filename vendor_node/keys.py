@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from .errors import KeyFileError
+from .storage import write_file_atomically
 
 KEYS_DIR = "keys"
 DATA_KEY_FILE = "data.key"
@@ -254,17 +255,9 @@ class KeyStore:
                     f"{path}: a different fleet public key is already pinned; "
                     "pass --replace-fleet-key to trust the new one instead"
                 )
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-            try:
-                os.write(fd, canonical)
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.chmod(tmp, 0o644)
-            os.replace(tmp, path)
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            write_file_atomically(path, canonical, 0o644)
         except OSError as exc:
             raise KeyFileError(f"{path}: cannot pin the fleet public key: {exc}") from None
         return key

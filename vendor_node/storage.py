@@ -97,3 +97,32 @@ def open_owning(state_dir: Path | str, build: Callable[[sqlite3.Connection], T])
         raise
     holder._owns_conn = True
     return holder
+
+
+def write_file_atomically(path: Path | str, data: bytes, mode: int = 0o600) -> None:
+    """Replace ``path`` with ``data`` so a power cut leaves the old file or the new, never half of one:
+    a temp file beside it, fsync, rename, fsync of the folder. Raises OSError (callers name their error)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)  # whatever the umask was
+        os.replace(tmp, path)
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+    except OSError:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import urllib.error
 import urllib.parse
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import BundleError, SyncError, VendorNodeError
+from .storage import write_file_atomically
 
 log = logging.getLogger("vendor_node.sync")
 
@@ -94,12 +94,7 @@ class FolderTransport:
     def _write(self, name: str, data: bytes) -> None:
         try:
             self.outbox.mkdir(parents=True, exist_ok=True)
-            tmp = self.outbox / f".{name}.tmp"
-            with open(tmp, "wb") as handle:
-                handle.write(data)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, self.outbox / name)
+            write_file_atomically(self.outbox / name, data, 0o644)
         except OSError as exc:
             raise SyncError(f"{self.outbox / name}: cannot write: {exc}") from None
 
