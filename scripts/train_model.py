@@ -40,11 +40,11 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from vendor_node import palmcode  # noqa: E402
+from vendor_node.hand import palmcode  # noqa: E402
 from vendor_node.errors import HandRejected  # noqa: E402
-from vendor_node.model import Embedder, model_ops  # noqa: E402
-from vendor_node.preprocess import ROI_SIZE, extract_hand  # noqa: E402
-from vendor_node.recognition import Recognizer  # noqa: E402
+from vendor_node.hand.model import Embedder, model_ops  # noqa: E402
+from vendor_node.hand.preprocess import ROI_SIZE, extract_hand  # noqa: E402
+from vendor_node.hand.recognition import Recognizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from training_metrics import (SAME_PERSON, Sample, attach_features, calibrate, d_prime,  # noqa: E402
@@ -86,7 +86,7 @@ def load_set(root: Path, name: str, progress) -> list[Sample]:
 
 
 def synthetic_set(people: int, per_person: int, progress) -> list[Sample]:
-    from vendor_node.synthetic import draw_hand
+    from vendor_node.sim.drawn_hands import draw_hand
 
     samples = []
     for p in progress(range(people), desc="synthetic hands"):

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from vendor_node import palmcode
-from vendor_node.recognition import Gallery, Recognizer
+from vendor_node.hand import palmcode
+from vendor_node.hand.recognition import Gallery, Recognizer
 
 # People labelled twice in coep_dev (see its README).
 SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}

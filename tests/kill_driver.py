@@ -31,11 +31,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from vendor_node.accounts import AccountStore
+from vendor_node.money.accounts import AccountStore
 from vendor_node.config import Config
-from vendor_node.journal import Journal
-from vendor_node.journal_export import acknowledge_batch, read_batch
-from vendor_node.keys import KeyStore
+from vendor_node.money.journal import Journal
+from vendor_node.money.journal_export import acknowledge_batch, read_batch
+from vendor_node.money.keys import KeyStore
 
 EMPLOYEES = [f"emp-{i:04d}" for i in range(1000)]
 FUNDS_CENTS = 1500  # prepaid, per employee (the bundle the test imports)

@@ -6,13 +6,13 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node.accounts import AccountStore
-from vendor_node.authorize import AbuseGuard
-from vendor_node.bundle import (TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, TemplateRecord,
+from vendor_node.money.accounts import AccountStore
+from vendor_node.money.authorize import AbuseGuard
+from vendor_node.money.bundle import (TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, TemplateRecord,
                                 encode_bundle, write_bundle_file)
 from vendor_node.config import Config
 from vendor_node.errors import AccountsError, BundleError, ConsentError, KeyFileError
-from vendor_node.keys import KeyStore, TemplateCipher, public_key_to_pem
+from vendor_node.money.keys import KeyStore, TemplateCipher, public_key_to_pem
 
 NOW = time.time()
 HOUR = 3600.0
@@ -407,7 +407,7 @@ def test_a_resent_template_keeps_its_last_use(store, fleet):
 
 
 def test_oversized_bundle_file_is_refused_before_reading(store, tmp_path, monkeypatch):
-    import vendor_node.bundle as bundle_module
+    import vendor_node.money.bundle as bundle_module
 
     monkeypatch.setattr(bundle_module, "MAX_PAYLOAD_BYTES", 100)
     big = tmp_path / "big.vnb"

@@ -157,9 +157,9 @@ class FakeRecognizer:
 
 @pytest.fixture
 def fake_recognizer(monkeypatch):
-    module = types.ModuleType("vendor_node.recognition")
+    module = types.ModuleType("vendor_node.hand.recognition")
     module.Recognizer = FakeRecognizer
-    monkeypatch.setitem(sys.modules, "vendor_node.recognition", module)
+    monkeypatch.setitem(sys.modules, "vendor_node.hand.recognition", module)
 
 
 def photos(folder, count=3, extra_file=None, dark=0):
@@ -231,7 +231,7 @@ def test_template_enrolled_at_one_unit_reaches_another_sealed(unit, fake_recogni
     main(["accounts", "list", "--state-dir", str(second)])
     e3 = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("E3"))
     assert " yes " in e3
-    from vendor_node.accounts import AccountStore
+    from vendor_node.money.accounts import AccountStore
     from vendor_node.config import Config
 
     with AccountStore.open(Config().replace(unit={"state_dir": second})) as store:
@@ -273,7 +273,7 @@ def test_enroll_real_photos_with_the_real_recognizer(unit, handdata, capsys):
     subject = sorted(p for p in (handdata / "coep_dev").iterdir() if p.is_dir())[0]
     assert main(["enroll", "E1", "--consent", "c1", "--images", str(subject), "--state-dir", str(unit.state)]) == 0
     assert "enrolled E1" in capsys.readouterr().out
-    from vendor_node.accounts import AccountStore
+    from vendor_node.money.accounts import AccountStore
     from vendor_node.config import Config
 
     with AccountStore.open(Config().replace(unit={"state_dir": unit.state})) as store:

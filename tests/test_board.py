@@ -6,7 +6,7 @@ from collections import deque
 
 import pytest
 
-from vendor_node.board import (
+from vendor_node.devices.board import (
     AdapterError, AdapterReset, BoardLink, CommandRefused, LineTransport, LinkRestored, ReaderDisabled,
     ReaderEnabled, ReconnectingBoardLink, SerialTransport, SessionCancelled, SessionComplete, SessionStarted,
     VendFailed, VendRequest, VendSucceeded, display_text, format_price, parse_price,

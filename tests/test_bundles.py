@@ -7,8 +7,8 @@ import time
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node.bundle import (HEADER, MAGIC, Bundle, EmployeeRecord, TemplateRecord, decode_bundle,
-                                encode_bundle, parse_amount_cents, parse_employees_csv)
+from vendor_node.money.bundle import HEADER, MAGIC, Bundle, EmployeeRecord, TemplateRecord, decode_bundle, encode_bundle
+from vendor_node.money.employees_csv import parse_amount_cents, parse_employees_csv
 from vendor_node.errors import BundleError
 
 SIGNER = Ed25519PrivateKey.generate()

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import pytest
 
-from vendor_node.camera import Picamera2Camera, SimCamera, luminance, open_camera
+from vendor_node.devices.camera import Picamera2Camera, SimCamera, luminance, open_camera
 from vendor_node.config import Config
 from vendor_node.errors import CameraError
 

@@ -7,11 +7,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vendor_node import synthetic
+from vendor_node.sim import drawn_hands as synthetic
 from vendor_node.errors import DatasetError
-from vendor_node.evaluation import evaluate, format_table, load_dataset
-from vendor_node.evaluation_metrics import decide, det_points, eer, fnmr_at_fmr, open_set_rates
-from vendor_node.preprocess import extract_hand
+from vendor_node.hand.evaluation import evaluate, format_table, load_dataset
+from vendor_node.hand.evaluation_metrics import decide, det_points, eer, fnmr_at_fmr, open_set_rates
+from vendor_node.hand.preprocess import extract_hand
 
 
 # --- metric maths ---------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_eval_command_on_a_missing_folder_fails_clearly(tmp_path, capsys):
 
 
 def test_policy_projection_grows_with_the_number_enrolled():
-    from vendor_node.evaluation_metrics import policy_projection
+    from vendor_node.hand.evaluation_metrics import policy_projection
 
     rng = np.random.default_rng(1)
     genuine, impostor = rng.normal(0.85, 0.03, 500), rng.normal(0.6, 0.03, 5000)

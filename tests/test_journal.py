@@ -8,13 +8,13 @@ import sqlite3
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node import storage
+from vendor_node.money import storage
 from vendor_node.errors import JournalCorrupt, JournalError, JournalRefused
-from vendor_node.journal import (GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED, VEND_VOIDED,
+from vendor_node.money.journal import (GENESIS_HASH, REVIEW_SETTLED, VEND_SUCCEEDED, VEND_VOIDED,
                                  Journal, canonical_entry, chain_hash)
-from vendor_node.journal_bench import bench_journal_append
-from vendor_node.journal_export import acknowledge_batch, read_batch
-from vendor_node.storage import open_db
+from vendor_node.bench.journal import bench_journal_append
+from vendor_node.money.journal_export import acknowledge_batch, read_batch
+from vendor_node.money.storage import open_db
 
 
 class FakeClock:

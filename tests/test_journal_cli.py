@@ -6,7 +6,7 @@ import json
 import pytest
 
 from vendor_node.cli import main
-from vendor_node.journal import Journal
+from vendor_node.money.journal import Journal
 
 
 @pytest.fixture(autouse=True)

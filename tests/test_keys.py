@@ -6,7 +6,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vendor_node.errors import KeyFileError
-from vendor_node.keys import (KeyStore, TemplateCipher, generate_fleet_keys, load_public_key_file,
+from vendor_node.money.keys import (KeyStore, TemplateCipher, generate_fleet_keys, load_public_key_file,
                               load_signing_key_file, load_symmetric_key_file, public_key_to_pem)
 
 

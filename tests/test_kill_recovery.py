@@ -30,11 +30,11 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node.accounts import AccountStore
-from vendor_node.bundle import Bundle, EmployeeRecord, encode_bundle, write_bundle_file
+from vendor_node.money.accounts import AccountStore
+from vendor_node.money.bundle import Bundle, EmployeeRecord, encode_bundle, write_bundle_file
 from vendor_node.config import Config
-from vendor_node.keys import KeyStore, public_key_to_pem
-from vendor_node.journal import (OUTCOME_UNKNOWN, OUTCOMES, SESSION_BEGUN, VEND_APPROVED, VEND_SUCCEEDED,
+from vendor_node.money.keys import KeyStore, public_key_to_pem
+from vendor_node.money.journal import (OUTCOME_UNKNOWN, OUTCOMES, SESSION_BEGUN, VEND_APPROVED, VEND_SUCCEEDED,
                                  VEND_VOIDED, Journal)
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -178,7 +178,7 @@ def _provision(state_dir: Path, bundles_dir: Path) -> None:
 def _server_problems(server_dir: Path, entries, uploaded_upto: int, public_key) -> list[str]:
     """The uploaded batches must tile seq 1..N with no gap or overlap, chain to each other, match the
     journal entry for entry, and include everything the unit counts as uploaded."""
-    from vendor_node.journal_export import read_batch
+    from vendor_node.money.journal_export import read_batch
 
     by_seq = {e.seq: e for e in entries}
     bodies = sorted((read_batch(p, public_key) for p in server_dir.glob("*.json")), key=lambda b: b["first_seq"])

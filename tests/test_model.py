@@ -16,7 +16,7 @@ import pytest
 
 from vendor_node.config import ASSETS_DIR
 from vendor_node.errors import ModelError
-from vendor_node.model import MAX_MODEL_BYTES, Embedder, model_ops, read_manifest
+from vendor_node.hand.model import MAX_MODEL_BYTES, Embedder, model_ops, read_manifest
 
 TFLITE214_ENV = "VENDOR_NODE_TFLITE214_PYTHON"
 
@@ -171,7 +171,7 @@ print(tflite_runtime.__version__)
 
 _EMBED_ON_214 = """
 import sys, numpy as np
-from vendor_node.model import Embedder
+from vendor_node.hand.model import Embedder
 embedder = Embedder.load(sys.argv[1])  # no ai_edge_litert here: the tflite_runtime fallback
 assert type(embedder._interpreter).__module__.startswith("tflite_runtime"), type(embedder._interpreter)
 np.save(sys.argv[3], embedder.embed(np.load(sys.argv[2])))
@@ -212,7 +212,7 @@ def test_every_op_runs_on_tflite_runtime_2_14(embedder, tmp_path):
 
 
 def test_import_needs_no_tflite_runtime():
-    code = "import sys, vendor_node.model, vendor_node.recognition; " \
+    code = "import sys, vendor_node.hand.model, vendor_node.hand.recognition; " \
            "assert 'ai_edge_litert' not in sys.modules and 'tflite_runtime' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)
 

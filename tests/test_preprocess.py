@@ -5,9 +5,9 @@ import cv2
 import numpy as np
 import pytest
 
-from vendor_node import synthetic
+from vendor_node.sim import drawn_hands as synthetic
 from vendor_node.errors import HandRejected
-from vendor_node.preprocess import GEOMETRY_SIZE, REASONS, ROI_SIZE, Hand, extract_hand
+from vendor_node.hand.preprocess import GEOMETRY_SIZE, REASONS, ROI_SIZE, Hand, extract_hand
 
 
 def _reason(image) -> str:

@@ -9,7 +9,7 @@ from gpiozero.pins.mock import MockFactory
 
 from vendor_node.config import Config
 from vendor_node.errors import SensorError
-from vendor_node.proximity import FEEDBACK, OUTCOMES, open_panel
+from vendor_node.devices.panel import FEEDBACK, OUTCOMES, open_panel
 
 SIM = Config().replace(unit={"hardware": "sim"})
 
@@ -96,7 +96,7 @@ def test_busy_pin_is_a_sensor_error():
 
 
 def test_present_hand_needs_the_simulated_sensor():
-    from vendor_node.proximity import Panel
+    from vendor_node.devices.panel import Panel
 
     class Device:
         when_activated = None

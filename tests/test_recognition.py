@@ -8,11 +8,11 @@ import cv2
 import numpy as np
 import pytest
 
-from vendor_node import recognition
+from vendor_node.hand import recognition
 from vendor_node.config import Config
 from vendor_node.errors import HandRejected, RecognitionError
-from vendor_node.model import Embedder
-from vendor_node.recognition import (MAX_TEMPLATE_BYTES, Features, Gallery, Recognizer, Template,
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.recognition import (MAX_TEMPLATE_BYTES, Features, Gallery, Recognizer, Template,
                                      TEMPLATE_VERSION)
 
 
@@ -211,7 +211,7 @@ def test_enroll_counts(recognizer):
 
 
 def test_enroll_from_frames_reports_rejected_images(recognizer):
-    synthetic = pytest.importorskip("vendor_node.synthetic")
+    synthetic = pytest.importorskip("vendor_node.sim.drawn_hands")
     frames = [synthetic.draw_hand(11, s) for s in range(3)] + [synthetic.blank_frame()]
     enrollment = recognizer.enroll(frames)
     assert (3, "no_hand") in enrollment.rejected
@@ -250,7 +250,7 @@ def test_threshold_and_margin_come_from_config_or_manifest(recognizer):
 
 
 def test_popcount_fallback_for_numpy_1_agrees():
-    from vendor_node import palmcode
+    from vendor_node.hand import palmcode
 
     words = np.random.default_rng(0).integers(0, 2**63, (7, 16), dtype=np.uint64) | np.uint64(1 << 63)
     want = np.array([[bin(int(w)).count("1") for w in row] for row in words])
@@ -281,7 +281,7 @@ def test_held_out_real_palms_are_told_apart(recognizer, handdata):
 
 
 def test_johnson_codes_measure_angular_distance():
-    from vendor_node import palmcode
+    from vendor_node.hand import palmcode
 
     codes = np.arange(6, dtype=np.uint8).reshape(1, 6)
     planes = palmcode.johnson_planes(codes)
@@ -293,7 +293,7 @@ def test_johnson_codes_measure_angular_distance():
 
 
 def test_probe_variants_are_shifted_codes():
-    from vendor_node import palmcode
+    from vendor_node.hand import palmcode
 
     rng = np.random.default_rng(2)
     codes = rng.integers(0, 6, (2, 8, 8)).astype(np.uint8)

@@ -14,10 +14,10 @@ import pytest
 
 from vendor_node.config import Config
 from vendor_node.errors import HandRejected, JournalError
-from vendor_node.notify import Notifier
-from vendor_node.purchase import State
-from vendor_node.sim_provision import provision_bundle
-from vendor_node.simulate import Customer, SimUnit, journal_summary
+from vendor_node.devices.notify import Notifier
+from vendor_node.unit.purchase import State
+from vendor_node.sim.provision import provision_bundle
+from vendor_node.sim.simulate import Customer, SimUnit, journal_summary
 
 UNKNOWN, AMBIGUOUS, NO_HAND = 200, 254, 255
 
@@ -332,7 +332,7 @@ def test_unwritable_journal_denies_the_vend_and_goes_out_of_service(unit):
 
 # --- recovery and systemd ---------------------------------------------------------------------------------
 def test_open_approval_from_a_power_cut_is_marked_outcome_unknown(cfg):
-    from vendor_node.journal import Journal
+    from vendor_node.money.journal import Journal
 
     with Journal.open(cfg.state_dir) as journal:
         session = journal.begin_session()
@@ -435,8 +435,8 @@ def test_vendor_node_run_sim_talks_to_systemd_and_stops_on_sigterm(tmp_path):
     import subprocess
     import sys
 
-    from vendor_node.recognition import Recognizer
-    from vendor_node.sim_provision import choose_people, provision
+    from vendor_node.hand.recognition import Recognizer
+    from vendor_node.sim.provision import choose_people, provision
 
     cfg = make_cfg(tmp_path)  # the real recognizer, employees enrolled from drawn hands
     provision(cfg, choose_people(random.Random(1), None, employees=2, strangers=0), Recognizer.from_config(cfg),
@@ -502,15 +502,15 @@ def test_debug_images_only_when_turned_on_and_capped(tmp_path):
 def test_adapter_missing_at_boot_keeps_the_unit_out_of_service_until_it_appears(cfg, tmp_path):
     import threading
 
-    from vendor_node.accounts import AccountStore
-    from vendor_node.authorize import AbuseGuard
-    from vendor_node.camera import SimCamera
-    from vendor_node.journal import Journal
-    from vendor_node.proximity import open_panel
-    from vendor_node.service import PurchaseLoop
-    from vendor_node.storage import open_db
-    from vendor_node.unit import open_board
-    from vendor_node.vmc_sim import VendingMachineSimulator
+    from vendor_node.money.accounts import AccountStore
+    from vendor_node.money.authorize import AbuseGuard
+    from vendor_node.devices.camera import SimCamera
+    from vendor_node.money.journal import Journal
+    from vendor_node.devices.panel import open_panel
+    from vendor_node.unit.service import PurchaseLoop
+    from vendor_node.money.storage import open_db
+    from vendor_node.unit.assemble import open_board
+    from vendor_node.sim.vmc_sim import VendingMachineSimulator
 
     machine = VendingMachineSimulator(link_dir=tmp_path / "dev", **VMC_FAST)
     (tmp_path / "dev").mkdir()
@@ -594,7 +594,7 @@ def test_a_vend_success_after_the_outcome_timeout_still_charges(unit):
 
 
 def test_a_journal_error_during_start_up_recovery_is_out_of_service_not_a_crash(cfg, monkeypatch):
-    from vendor_node.journal import Journal
+    from vendor_node.money.journal import Journal
 
     real = Journal.void_interrupted_sessions
     failing = {"on": True}

@@ -77,7 +77,7 @@ def test_run_killed_midway_continues_from_a_consistent_state(tmp_path):
     code, report = simulate(tmp_path, "--synthetic", "--employees", "3", customers=4, report="after.json")
     assert code == 0
     check_consistent(report)
-    from vendor_node.journal import Journal
+    from vendor_node.money.journal import Journal
 
     with Journal.open(state) as journal:
         assert journal.verify().ok

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from vendor_node.accounts import AccountStore
-from vendor_node.bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, encode_bundle
+from vendor_node.money.accounts import AccountStore
+from vendor_node.money.bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, encode_bundle
 from vendor_node.cli import main
 from vendor_node.config import Config
 from vendor_node.errors import SyncError
-from vendor_node.journal_export import read_batch
-from vendor_node.keys import KeyStore, TemplateCipher, public_key_to_pem
-from vendor_node.sync import FolderTransport, HttpTransport, run_sync, transport_from
+from vendor_node.money.journal_export import read_batch
+from vendor_node.money.keys import KeyStore, TemplateCipher, public_key_to_pem
+from vendor_node.money.sync import FolderTransport, HttpTransport, run_sync, transport_from
 
 NOW = time.time()
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from vendor_node import synthetic
-from vendor_node.preprocess import extract_hand
+from vendor_node.sim import drawn_hands as synthetic
+from vendor_node.hand.preprocess import extract_hand
 
 
 def _signature(image) -> np.ndarray:

@@ -7,13 +7,13 @@ import time
 
 import pytest
 
-from vendor_node.board import (
+from vendor_node.devices.board import (
     BoardLink, LinkRestored, ReaderEnabled, SerialTransport, SessionCancelled, SessionComplete, VendFailed,
     VendRequest, VendSucceeded, open_board_link,
 )
 from vendor_node.config import BoardConfig
 from vendor_node.errors import BoardLinkError
-from vendor_node.vmc_sim import VendingMachineSimulator
+from vendor_node.sim.vmc_sim import VendingMachineSimulator
 
 BOARD = BoardConfig(reply_timeout_s=1.0, reconnect_max_backoff_s=0.4)
 

@@ -1,0 +1,375 @@
+"""Find the hand in a greyscale frame, measure it, and cut out an aligned palm region.
+
+Why it matters: the recognizer compares palm regions, so the same palm must land
+in the same place of the ROI every time. The ROI is placed from the finger
+valleys (index/middle and ring/little) when they can be found, and from the palm's
+largest inscribed circle and the wrist-to-fingers axis when fingers are held
+together. Anything that cannot be used is refused with a reason the employee can
+act on (``HandRejected.reason``).
+
+Works on a downscaled copy (long side ``WORK_SIZE``) for speed; the ROI itself is
+cut from the full-resolution frame. Keypoints are in full-resolution pixels.
+Fingertips, valleys, ROI placement and finger measurements live in handshape.py.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from . import handshape
+from ..errors import HandRejected
+from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
+
+__all__ = ["ROI_SIZE", "REASONS", "FINGERS", "GEOMETRY_NAMES", "GEOMETRY_SIZE", "Hand", "extract_hand"]
+
+ROI_SIZE = 128
+WORK_SIZE = 320
+
+# What the employee is told for each refusal reason.
+REASONS = {
+    "no_hand": "No hand seen: hold your open palm over the unit.",
+    "two_hands": "Two hands seen: hold one hand over the unit.",
+    "fingers_closed": "Open your hand and spread your fingers a little.",
+    "cut_off": "Part of your hand is outside the view: move it to the centre.",
+    "blurred": "Hold your hand still for a moment.",
+    "too_far": "Bring your hand a little closer.",
+    "too_close": "Move your hand a little further away.",
+    "bad_image": "The camera delivered an unusable picture.",
+}
+
+# Tuning (fractions are relative to the working image or the palm radius).
+HYSTERESIS = 0.8  # dim parts of a lit hand are kept down to this fraction of Otsu's threshold over background
+MIN_CONTRAST = 18.0  # grey levels between hand and background
+MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
+MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
+SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
+# Outline steepness (see _edge_sharpness): real photos 0.55 and up, also under gamma 0.6-1.6; a motion blur
+# of 2% of the frame width (where matching starts to miss) stays under 0.47.
+MIN_SHARPNESS = 0.47
+MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
+MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
+MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
+MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
+MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
+
+
+@dataclass(frozen=True)
+class Hand:
+    roi: np.ndarray  # uint8 (ROI_SIZE, ROI_SIZE)
+    geometry: np.ndarray  # float32 (GEOMETRY_SIZE,), normalised by palm width; 0 where unmeasurable
+    keypoints: dict[str, tuple[float, float]]
+    quality: float  # 0..1
+    alignment: str = "valleys"  # "valleys" or "axis" (fingers together: placed from the palm circle)
+    measures: dict[str, float] = field(default_factory=dict)  # sharpness, contrast, area: for eval reports
+
+
+def reject(reason: str) -> HandRejected:
+    return HandRejected(reason, REASONS[reason])
+
+
+def extract_hand(image: np.ndarray) -> Hand:
+    """The aligned palm ROI, geometry and keypoints of the one hand in ``image``; HandRejected otherwise."""
+    grey = _validated(image)
+    scale = max(grey.shape) / WORK_SIZE
+    if scale > 1.0:
+        size = (round(grey.shape[1] / scale), round(grey.shape[0] / scale))
+        work = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        scale = grey.shape[1] / size[0]
+    else:
+        work, scale = grey, 1.0
+    try:
+        return _hand_in(grey, work, scale, by_background=False)
+    except HandRejected as first:
+        if first.reason not in ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image"):
+            raise
+        # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
+        # so the hand is looked for again as whatever differs from the background.
+        try:
+            return _hand_in(grey, work, scale, by_background=True)
+        except HandRejected:
+            raise first from None
+
+
+def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bool) -> Hand:
+    mask, contrast, unfilled, center, radius = _find_hand(work, by_background)
+    area = float(np.count_nonzero(mask)) / mask.size
+    try:
+        wrist = _wrist_contact(mask, center, radius)
+    except HandRejected as refusal:
+        if refusal.reason == "cut_off" and 2 * radius > MAX_PALM_SPAN * min(mask.shape):
+            raise reject("too_close") from None
+        raise
+    sharpness = _edge_sharpness(work, mask, contrast)
+    if sharpness < MIN_SHARPNESS:
+        raise reject("blurred")
+    contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
+    contour = contour[:, 0, :].astype(np.float32)
+    if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
+        raise reject("no_hand")
+    holes = handshape.gap_holes(mask, unfilled, center, radius)
+    shape = handshape.find_fingers(contour, mask, center, radius, wrist, holes)
+    if shape.extent < 1.8:  # a fist: the fingers do not reach beyond the palm
+        raise reject("fingers_closed")
+    roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
+    if not _inside_frame(roi_center, axis_x, side, mask.shape):
+        raise reject("cut_off")
+    roi, texture = _cut_roi(grey, mask, scale, roi_center, axis_x, side)
+    if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
+        raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
+    if np.count_nonzero(roi != 128) < MIN_COVERAGE * roi.size:  # the outline ran through the palm
+        raise HandRejected("bad_image", "The hand could not be told from the background.")
+    geometry = handshape.geometry(shape, mask, center, radius)
+    keypoints = {name: (float(p[0] * scale), float(p[1] * scale)) for name, p in shape.points.items()}
+    keypoints["palm_center"] = (float(center[0] * scale), float(center[1] * scale))
+    keypoints["roi_center"] = (float(roi_center[0] * scale), float(roi_center[1] * scale))
+    if wrist is not None:
+        keypoints["wrist"] = (float(wrist[0] * scale), float(wrist[1] * scale))
+    quality = _quality(sharpness, contrast, area, alignment, shape)
+    measures = {"sharpness": sharpness, "contrast": contrast, "area": area, "palm_radius": radius * scale,
+                "roi_side": side * scale, "texture": texture}
+    return Hand(roi, geometry, keypoints, quality, alignment, measures)
+
+
+# --- input and segmentation ---------------------------------------------------
+def _validated(image) -> np.ndarray:
+    """A 2-D uint8 array; 3-channel frames are converted, anything else is a bad image."""
+    if not isinstance(image, np.ndarray):
+        raise HandRejected("bad_image", f"expected a numpy image, got {type(image).__name__}")
+    if image.ndim == 3 and image.shape[2] in (3, 4) and image.dtype == np.uint8:
+        image = cv2.cvtColor(image, cv2.COLOR_BGR2GRAY if image.shape[2] == 3 else cv2.COLOR_BGRA2GRAY)
+    if image.ndim != 2 or image.dtype != np.uint8:
+        raise HandRejected("bad_image", f"expected a greyscale uint8 image, got {image.dtype} {image.shape}")
+    if min(image.shape) < 64:
+        raise HandRejected("bad_image", f"image {image.shape[1]}x{image.shape[0]} is too small (need 64x64)")
+    return np.ascontiguousarray(image)
+
+
+def _find_hand(work: np.ndarray, by_background: bool):
+    """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
+    mask, contrast, unfilled = _segment(work, by_background)
+    center, radius = _palm_circle(mask)
+    if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
+        raise reject("too_far")
+    return mask, contrast, unfilled, center, radius
+
+
+def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray, float, np.ndarray]:
+    """The hand as a filled 0/255 mask, the hand/background contrast, and the mask before its holes were
+    filled; no_hand/two_hands/too_far/too_close.
+
+    Otsu's threshold splits hand from background; ``by_background`` instead takes everything that
+    differs from the frame border's grey level (which is mostly background) by more than its noise."""
+    smooth = cv2.GaussianBlur(work, (5, 5), 0)
+    if float(smooth.std()) < MIN_CONTRAST / 4:
+        raise reject("no_hand")
+    if by_background:
+        border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]]).astype(np.float32)
+        level = float(np.median(border))
+        spread = 1.4826 * float(np.median(np.abs(border - level)))
+        hand = (np.abs(smooth.astype(np.float32) - level) > max(MIN_CONTRAST / 2, 5 * spread)).astype(np.uint8) * 255
+    else:
+        threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+        border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+        dark_hand = np.count_nonzero(border) > border.size / 2
+        hand = cv2.bitwise_not(bright) if dark_hand else bright
+        if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
+            hand = _grow_into_dim_parts(smooth, hand, threshold)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
+    hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
+    if count <= 1:
+        raise reject("no_hand")
+    areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
+    order = np.argsort(areas)[::-1]
+    largest = areas[order[0]] / hand.size
+    if largest < MIN_HAND_AREA * 0.25:
+        raise reject("no_hand")
+    second_big = len(order) > 1 and areas[order[1]] >= SECOND_HAND_AREA * areas[order[0]]
+    if second_big and areas[order[1]] / hand.size > MIN_HAND_AREA * 0.5:
+        # A second hand has a palm too; background clutter (cloth folds, glare) is thin or ragged.
+        first_radius = _palm_circle(np.where(labels == order[0] + 1, 255, 0).astype(np.uint8))[1]
+        second_radius = _palm_circle(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
+        if second_radius >= 0.6 * first_radius:
+            raise reject("two_hands")
+    mask = np.where(labels == order[0] + 1, 255, 0).astype(np.uint8)
+    inside, outside = smooth[mask > 0], smooth[mask == 0]
+    contrast = abs(float(inside.mean()) - float(outside.mean())) if outside.size else 0.0
+    if contrast < MIN_CONTRAST:
+        raise reject("no_hand")
+    if largest < MIN_HAND_AREA:
+        raise reject("too_far")
+    if largest > MAX_HAND_AREA:
+        raise reject("too_close")
+    # Fill holes (bright rings, specular spots) so the outline is the hand's outline.
+    contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    filled = np.zeros_like(mask)
+    cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
+    return filled, contrast, mask
+
+
+def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float) -> np.ndarray:
+    """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
+    to a fifth of the way from Otsu's threshold to the background level (not on light backgrounds, where
+    that would take in the hand's shadow)."""
+    background = smooth[hand == 0]
+    if background.size == 0:
+        return hand
+    level = float(np.median(background))
+    weak = smooth > level + HYSTERESIS * (threshold - level)
+    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    if count <= 1:
+        return hand
+    touching = np.unique(labels[(hand > 0) & weak])
+    touching = touching[touching > 0]
+    grown = np.isin(labels, touching)
+    # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
+    outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
+    filled = np.zeros_like(hand)
+    cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
+    enclosed = (filled > 0) & (hand == 0)
+    return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
+
+
+def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and radius of the largest circle inside the hand: the palm."""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the frame edge is not palm
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
+    _, radius, _, loc = cv2.minMaxLoc(dist)
+    return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)
+
+
+def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray | None:
+    """Midpoint of where the arm leaves the frame (None if the whole hand is inside); cut_off/too_close."""
+    h, w = mask.shape
+    # The frame border walked clockwise as one closed path: (x, y) per step.
+    xs = np.concatenate([np.arange(w), np.full(h, w - 1), np.arange(w - 1, -1, -1), np.zeros(h, int)])
+    ys = np.concatenate([np.zeros(w, int), np.arange(h), np.full(w, h - 1), np.arange(h - 1, -1, -1)])
+    on = mask[ys, xs] > 0
+    if not on.any():
+        return None
+    if on.all():
+        raise reject("too_close")
+    start = int(np.argmin(on))  # begin walking at a background pixel so runs do not wrap
+    on, xs, ys = np.roll(on, -start), np.roll(xs, -start), np.roll(ys, -start)
+    edges = np.flatnonzero(np.diff(on.astype(np.int8)))
+    runs = [(edges[i] + 1, edges[i + 1] + 1) for i in range(0, len(edges) - 1, 2)]
+    # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
+    # barely grazing the edge is kept, anything more is a part of the hand outside the view.
+    merged: list[list[int]] = []
+    for a, b in runs:
+        if merged and a - merged[-1][1] < 0.6 * radius:
+            merged[-1][1] = b
+        else:
+            merged.append([a, b])
+    runs = sorted((r for r in merged if r[1] - r[0] >= max(3.0, 0.2 * radius)), key=lambda r: r[0] - r[1])
+    if not runs:
+        return None
+    a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
+    # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
+    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
+        raise reject("cut_off")
+    if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
+        raise reject("cut_off")  # two broad contacts: no telling the arm from the hand
+    border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
+    if border_gap < 0.5 * radius:
+        raise reject("cut_off")
+    return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32)
+
+
+def _solidity(contour: np.ndarray) -> float:
+    """Outline area over its convex hull's area: 1 for a convex blob, about 0.6-0.95 for hands."""
+    outline = contour.reshape(-1, 1, 2).astype(np.int32)
+    hull_area = cv2.contourArea(cv2.convexHull(outline))
+    return float(cv2.contourArea(outline) / hull_area) if hull_area > 0 else 1.0
+
+
+def _inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape: tuple[int, int]) -> bool:
+    """Whether the ROI square lies in the frame (up to a fifth of its side may stick out: those pixels
+    become background fill, which the matcher ignores)."""
+    axis_y = np.array([-axis_x[1], axis_x[0]])
+    corners = [roi_center + (sx * axis_x + sy * axis_y) * side / 2 for sx in (-1, 1) for sy in (-1, 1)]
+    slack = 0.2 * side
+    h, w = shape
+    return all(-slack <= x <= w - 1 + slack and -slack <= y <= h - 1 + slack for x, y in corners)
+
+
+def _edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float:
+    """How steep the hand's outline is: the gradient at the edge over the grey-level step across it
+    (measured 3 px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
+    worst orientation (motion blur softens only the edges across its direction). About 1 when sharp."""
+    smooth = work.astype(np.float32)
+    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
+    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
+    band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel) > 0
+    band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = False
+    ys, xs = np.nonzero(band)
+    ex, ey = gx[ys, xs], gy[ys, xs]
+    mag = np.hypot(ex, ey)
+    strong = mag > 0.15 * contrast / 4
+    if np.count_nonzero(strong) < 40 or contrast <= 0:
+        return 0.0
+    ys, xs, ex, ey, mag = ys[strong], xs[strong], ex[strong], ey[strong], mag[strong]
+    nx, ny = ex / mag, ey / mag
+    h, w = work.shape
+    def sample(sign: float) -> np.ndarray:
+        row = np.clip(np.round(ys + sign * 3 * ny).astype(int), 0, h - 1)
+        col = np.clip(np.round(xs + sign * 3 * nx).astype(int), 0, w - 1)
+        return smooth[row, col]
+
+    step = np.abs(sample(1.0) - sample(-1.0))
+    ok = step > 0.3 * contrast
+    if np.count_nonzero(ok) < 40:
+        return 0.0
+    ratio = mag[ok] * 6.0 / step[ok] / 3.0  # a clean step gives about 1, a step smeared over n px about 2/n
+    angle = np.mod(np.arctan2(ey[ok], ex[ok]), np.pi)
+    bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
+    per_bin = [np.percentile(ratio[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
+    return float(min(per_bin)) if per_bin else 0.0
+
+
+def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, float]:
+    """Warp the square ROI out of the full-resolution frame, normalise the palm's grey levels (mean 128,
+    sd 40) and set what lies outside the hand to 128; also how much fine texture the palm shows."""
+    axis_y = np.array([-axis_x[1], axis_x[0]])
+    # Prefilter: shrink the region around the ROI so warping never skips pixels.
+    full_side = side * scale
+    shrink = min(1.0, ROI_SIZE / full_side)
+    c = roi_center * scale
+    half = full_side * 0.75
+    x0, y0 = max(0, int(c[0] - half)), max(0, int(c[1] - half))
+    x1, y1 = min(grey.shape[1], int(c[0] + half) + 1), min(grey.shape[0], int(c[1] + half) + 1)
+    patch = grey[y0:y1, x0:x1]
+    if shrink < 1.0:
+        patch = cv2.resize(patch, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
+    k = full_side * shrink / ROI_SIZE
+    origin = (c - np.array([x0, y0])) * shrink - (axis_x + axis_y) * k * ROI_SIZE / 2
+    matrix = np.array([[axis_x[0] * k, axis_y[0] * k, origin[0]], [axis_x[1] * k, axis_y[1] * k, origin[1]]])
+    roi = cv2.warpAffine(patch, matrix, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+                         borderMode=cv2.BORDER_REPLICATE)
+    k_work = side / ROI_SIZE
+    origin_w = roi_center - (axis_x + axis_y) * k_work * ROI_SIZE / 2
+    matrix_w = np.array([[axis_x[0] * k_work, axis_y[0] * k_work, origin_w[0]],
+                         [axis_x[1] * k_work, axis_y[1] * k_work, origin_w[1]]])
+    inside = cv2.warpAffine(mask, matrix_w, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
+    values = roi[inside] if np.count_nonzero(inside) > ROI_SIZE else roi.ravel()
+    mean, std = float(values.mean()), float(values.std()) + 1e-3
+    raw = roi.astype(np.float32)
+    detail = raw - cv2.GaussianBlur(raw, (0, 0), 3.0)  # lines and creases, without the lighting
+    core = cv2.erode(inside.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0  # away from the outline
+    values = detail[core] if np.count_nonzero(core) > ROI_SIZE else detail.ravel()
+    texture = 1.4826 * float(np.median(np.abs(values - np.median(values))))  # robust: a few edge pixels are not texture
+    normalised = (raw - mean) * (40.0 / std) + 128.0
+    normalised[~inside] = 128.0
+    return np.clip(normalised, 0, 255).astype(np.uint8), texture
+
+
+def _quality(sharpness, contrast, area, alignment, shape) -> float:
+    """A 0..1 score for choosing the best of several frames: sharp, contrasted, well-sized, valleys found."""
+    q = min(1.0, sharpness / 3.0) * min(1.0, contrast / 60.0)
+    q *= min(1.0, area / 0.12) * (1.0 if area < 0.45 else 0.8)
+    q *= 1.0 if alignment == "valleys" else 0.7
+    q *= 1.0 if len(shape.tips) == 5 else 0.85
+    return float(max(0.0, min(1.0, q)))

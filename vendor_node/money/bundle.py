@@ -1,0 +1,352 @@
+"""Signed account bundles: the unit's only way in for employees, templates, deletions and policy.
+
+File layout (all integers big-endian)::
+
+    b"VNBUNDLE1\\n"          10-byte magic
+    payload length          4 bytes
+    payload                 UTF-8 JSON (schema below)
+    signature               64-byte Ed25519 over magic + length + payload
+
+The signature is checked against the pinned fleet key *before* the JSON is
+parsed, so a forged or damaged file never reaches the parser. The exact file
+size must match the length field, so a truncated file is caught as such.
+
+Payload::
+
+    {"format": 1, "kind": "snapshot"|"delta", "version": N, "base_version": M (delta only),
+     "created": unix_s, "expires": unix_s, "policy": {...},
+     "employees": [{"id", "name", "status": "active"|"suspended", "funding": "prepaid"|"payroll",
+                    "funds_cents", "per_purchase_cap_cents": int|null, "per_day_cap_cents": int|null}],
+     "templates": [{"employee_id", "sealed": base64, "consent_version", "consented_at"}],
+     "deletions": ["id", ...]}
+
+``funds_cents`` is the prepaid balance, or what is left of the payroll-deduction
+limit for the period, as the back office knew it when it built the bundle.
+
+Templates never travel in the clear: ``sealed`` is AES-256-GCM under the fleet
+template key installed at provisioning (employee id as associated data). The
+back office only relays these blobs between units, it never needs the plaintext.
+"""
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import math
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from ..errors import BundleError
+
+MAGIC = b"VNBUNDLE1\n"
+HEADER = struct.Struct(">I")
+SIGNATURE_BYTES = 64
+MAX_PAYLOAD_BYTES = 128 * 1024 * 1024
+FORMAT = 1
+TEMPLATE_TRANSPORT_PURPOSE = b"vendor-node template transport v1"
+EMPLOYEE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
+MAX_NAME_CHARS = 100
+MAX_TEMPLATE_SEALED_BYTES = 1024 + 12 + 16
+STATUSES = ("active", "suspended")
+FUNDING = ("prepaid", "payroll")
+POLICY_KEYS = {"max_offline_age_h": float, "per_day_cap_cents": int, "unsynced_total_cap_cents": int}
+
+
+@dataclass(frozen=True)
+class EmployeeRecord:
+    id: str
+    display_name: str
+    status: str = "active"
+    funding: str = "prepaid"
+    funds_cents: int = 0
+    per_purchase_cap_cents: int | None = None
+    per_day_cap_cents: int | None = None  # None: the policy's per-day cap
+
+
+@dataclass(frozen=True)
+class TemplateRecord:
+    employee_id: str
+    sealed: bytes  # AES-GCM under the fleet template key
+    consent_version: str
+    consented_at: float
+
+
+@dataclass(frozen=True)
+class Bundle:
+    kind: str
+    version: int
+    created: float
+    expires: float
+    base_version: int | None = None
+    policy: dict = field(default_factory=dict)
+    employees: list[EmployeeRecord] = field(default_factory=list)
+    templates: list[TemplateRecord] = field(default_factory=list)
+    deletions: list[str] = field(default_factory=list)
+    sha256: str = ""
+
+
+# --- encoding (fleet side) -----------------------------------------------------
+def encode_bundle(bundle: Bundle, signing_key: Ed25519PrivateKey) -> bytes:
+    """The signed file bytes for ``bundle``."""
+    payload = {
+        "format": FORMAT,
+        "kind": bundle.kind,
+        "version": bundle.version,
+        "created": bundle.created,
+        "expires": bundle.expires,
+        "policy": dict(bundle.policy),
+        "employees": [
+            {"id": e.id, "name": e.display_name, "status": e.status, "funding": e.funding,
+             "funds_cents": e.funds_cents, "per_purchase_cap_cents": e.per_purchase_cap_cents,
+             "per_day_cap_cents": e.per_day_cap_cents}
+            for e in bundle.employees
+        ],
+        "templates": [
+            {"employee_id": t.employee_id, "sealed": base64.b64encode(t.sealed).decode("ascii"),
+             "consent_version": t.consent_version, "consented_at": t.consented_at}
+            for t in bundle.templates
+        ],
+        "deletions": list(bundle.deletions),
+    }
+    if bundle.kind == "delta":
+        payload["base_version"] = bundle.base_version
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    signed = MAGIC + HEADER.pack(len(body)) + body
+    return signed + signing_key.sign(signed)
+
+
+def write_bundle_file(path: Path | str, data: bytes) -> None:
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        tmp.replace(path)
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot write the bundle: {exc}") from None
+
+
+# --- decoding (unit side) --------------------------------------------------------
+def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundle") -> Bundle:
+    """Verify the signature, then parse and validate; BundleError names what is wrong."""
+    if len(data) < len(MAGIC) + HEADER.size + SIGNATURE_BYTES:
+        if not MAGIC.startswith(data[: len(MAGIC)]):
+            raise BundleError(f"{source}: not an account bundle (bad magic)")
+        raise BundleError(f"{source}: truncated ({len(data)} bytes is shorter than any bundle)")
+    if data[: len(MAGIC)] != MAGIC:
+        raise BundleError(f"{source}: not an account bundle (bad magic)")
+    (length,) = HEADER.unpack_from(data, len(MAGIC))
+    if length > MAX_PAYLOAD_BYTES:
+        raise BundleError(f"{source}: payload length {length} exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
+    expected = len(MAGIC) + HEADER.size + length + SIGNATURE_BYTES
+    if len(data) < expected:
+        raise BundleError(f"{source}: truncated ({len(data)} bytes, the header promises {expected})")
+    if len(data) > expected:
+        raise BundleError(f"{source}: {len(data) - expected} unexpected bytes after the signature")
+    signed, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+    try:
+        fleet_key.verify(signature, signed)
+    except InvalidSignature:
+        raise BundleError(f"{source}: bad signature (not signed by the pinned fleet key, or altered)") from None
+    body = signed[len(MAGIC) + HEADER.size:]
+    try:
+        raw = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{source}: signed payload is not valid JSON: {exc}") from None
+    bundle = _validate_payload(raw, source)
+    return _with_hash(bundle, hashlib.sha256(data).hexdigest())
+
+
+def read_bundle_file(path: Path | str, fleet_key: Ed25519PublicKey) -> Bundle:
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+        if size > len(MAGIC) + HEADER.size + MAX_PAYLOAD_BYTES + SIGNATURE_BYTES:
+            raise BundleError(f"{path}: {size} bytes is larger than any account bundle")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BundleError(f"{path}: cannot read the bundle: {exc}") from None
+    return decode_bundle(data, fleet_key, str(path))
+
+
+def _with_hash(bundle: Bundle, digest: str) -> Bundle:
+    from dataclasses import replace
+
+    return replace(bundle, sha256=digest)
+
+
+class _Checker:
+    """Small typed field readers whose errors name the JSON path."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, problem: str):
+        raise BundleError(f"{self.source}: {where}: {problem}")
+
+    def table(self, value, where: str, required: set[str], optional: set[str] = frozenset()) -> dict:
+        if not isinstance(value, dict):
+            self.fail(where, f"expected an object, got {type(value).__name__}")
+        missing = sorted(required - value.keys())
+        if missing:
+            self.fail(where, f"missing field {missing[0]!r}")
+        unknown = sorted(value.keys() - required - optional)
+        if unknown:
+            self.fail(where, f"unknown field {unknown[0]!r}")
+        return value
+
+    def integer(self, value, where: str, nullable: bool = False) -> int | None:
+        if value is None and nullable:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            self.fail(where, f"expected a non-negative integer, got {value!r}")
+        return value
+
+    def number(self, value, where: str) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+            self.fail(where, f"expected a non-negative number, got {value!r}")
+        return float(value)
+
+    def text(self, value, where: str, max_chars: int = 200) -> str:
+        if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
+            self.fail(where, f"expected a non-empty string of at most {max_chars} characters, got {value!r}")
+        if any(ord(c) < 32 for c in value):
+            self.fail(where, "contains control characters")
+        return value
+
+    def employee_id(self, value, where: str) -> str:
+        if not isinstance(value, str) or not EMPLOYEE_ID_RE.match(value):
+            self.fail(where, f"not a valid employee id: {value!r}")
+        return value
+
+    def choice(self, value, where: str, choices) -> str:
+        if value not in choices:
+            self.fail(where, f"must be one of {', '.join(choices)}, got {value!r}")
+        return value
+
+    def array(self, value, where: str) -> list:
+        if not isinstance(value, list):
+            self.fail(where, f"expected a list, got {type(value).__name__}")
+        return value
+
+
+def _validate_payload(raw, source: str) -> Bundle:
+    c = _Checker(source)
+    top = c.table(raw, "payload", {"format", "kind", "version", "created", "expires", "employees", "templates",
+                                   "deletions"}, {"policy", "base_version"})
+    if top["format"] != FORMAT:
+        c.fail("format", f"unsupported bundle format {top['format']!r} (this unit reads {FORMAT})")
+    kind = c.choice(top["kind"], "kind", ("snapshot", "delta"))
+    version = c.integer(top["version"], "version")
+    if version < 1:
+        c.fail("version", "must be at least 1")
+    base_version = None
+    if kind == "delta":
+        if "base_version" not in top:
+            c.fail("payload", "a delta needs 'base_version'")
+        base_version = c.integer(top["base_version"], "base_version")
+        if base_version >= version:
+            c.fail("base_version", f"{base_version} must be below version {version}")
+    elif "base_version" in top:
+        c.fail("base_version", "only a delta has a base version")
+    created = c.number(top["created"], "created")
+    expires = c.number(top["expires"], "expires")
+    if expires <= created:
+        c.fail("expires", "must be after 'created'")
+    policy = {}
+    for key, value in c.table(top.get("policy", {}), "policy", set(), set(POLICY_KEYS)).items():
+        policy[key] = c.integer(value, f"policy.{key}") if POLICY_KEYS[key] is int else c.number(value, f"policy.{key}")
+
+    employees, seen = [], set()
+    for i, item in enumerate(c.array(top["employees"], "employees")):
+        where = f"employees[{i}]"
+        c.table(item, where, {"id", "name", "status", "funding", "funds_cents"},
+                {"per_purchase_cap_cents", "per_day_cap_cents"})
+        emp_id = c.employee_id(item["id"], f"{where}.id")
+        if emp_id in seen:
+            c.fail(f"{where}.id", f"duplicate employee id {emp_id!r}")
+        seen.add(emp_id)
+        employees.append(EmployeeRecord(
+            id=emp_id,
+            display_name=c.text(item["name"], f"{where}.name", MAX_NAME_CHARS),
+            status=c.choice(item["status"], f"{where}.status", STATUSES),
+            funding=c.choice(item["funding"], f"{where}.funding", FUNDING),
+            funds_cents=c.integer(item["funds_cents"], f"{where}.funds_cents"),
+            per_purchase_cap_cents=c.integer(item.get("per_purchase_cap_cents"), f"{where}.per_purchase_cap_cents",
+                                             nullable=True),
+            per_day_cap_cents=c.integer(item.get("per_day_cap_cents"), f"{where}.per_day_cap_cents", nullable=True),
+        ))
+
+    deletions = []
+    for i, item in enumerate(c.array(top["deletions"], "deletions")):
+        emp_id = c.employee_id(item, f"deletions[{i}]")
+        if emp_id in seen:
+            c.fail(f"deletions[{i}]", f"employee {emp_id!r} is both listed and deleted")
+        deletions.append(emp_id)
+    deleted = set(deletions)
+
+    templates, with_template = [], set()
+    for i, item in enumerate(c.array(top["templates"], "templates")):
+        where = f"templates[{i}]"
+        c.table(item, where, {"employee_id", "sealed", "consent_version", "consented_at"})
+        emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
+        if emp_id in with_template:
+            c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
+        if emp_id in deleted:
+            c.fail(f"{where}.employee_id", f"template for deleted employee {emp_id!r}")
+        with_template.add(emp_id)
+        if not isinstance(item["sealed"], str):
+            c.fail(f"{where}.sealed", "expected base64 text")
+        try:
+            sealed = base64.b64decode(item["sealed"], validate=True)
+        except (binascii.Error, ValueError):
+            c.fail(f"{where}.sealed", "not valid base64")
+        if not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
+            c.fail(f"{where}.sealed", f"{len(sealed)} bytes is not a sealed template (at most 1 KiB of template)")
+        templates.append(TemplateRecord(
+            employee_id=emp_id, sealed=sealed,
+            consent_version=c.text(item["consent_version"], f"{where}.consent_version", 64),
+            consented_at=c.number(item["consented_at"], f"{where}.consented_at"),
+        ))
+    return Bundle(kind=kind, version=version, base_version=base_version, created=created, expires=expires,
+                  policy=policy, employees=employees, templates=templates, deletions=deletions)
+
+
+# --- templates carried from a unit's upload queue to a bundle (no server needed) ------------
+def templates_to_json(records: list[TemplateRecord]) -> str:
+    """The upload-queue form: templates stay sealed under the fleet template key."""
+    return json.dumps([{"employee_id": t.employee_id, "sealed": base64.b64encode(t.sealed).decode("ascii"),
+                        "consent_version": t.consent_version, "consented_at": t.consented_at}
+                       for t in records], indent=1)
+
+
+def read_templates_json(path: Path | str) -> list[TemplateRecord]:
+    """Templates exported by `vendor-node accounts export-uploads`; errors name the entry."""
+    path = Path(path)
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: not a templates file: {exc}") from None
+    c = _Checker(str(path))
+    records, seen = [], set()
+    for i, item in enumerate(c.array(raw, "templates")):
+        where = f"[{i}]"
+        c.table(item, where, {"employee_id", "sealed", "consent_version", "consented_at"})
+        emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
+        if emp_id in seen:
+            c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
+        seen.add(emp_id)
+        try:
+            sealed = base64.b64decode(item["sealed"], validate=True) if isinstance(item["sealed"], str) else None
+        except (binascii.Error, ValueError):
+            sealed = None
+        if sealed is None or not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
+            c.fail(f"{where}.sealed", "not a base64 sealed template")
+        records.append(TemplateRecord(emp_id, sealed, c.text(item["consent_version"], f"{where}.consent_version", 64),
+                                      c.number(item["consented_at"], f"{where}.consented_at")))
+    return records
