@@ -63,3 +63,45 @@ def test_hardware_override_and_state_dir(tmp_path, monkeypatch):
 def test_example_config_parses_strictly():
     example = Path(__file__).resolve().parents[1] / "firmware_assets" / "config.example.toml"
     parse_config(example.read_text(), str(example))
+
+
+@pytest.mark.parametrize(
+    "text, fragment",
+    [
+        ("[board]\nbaudrate = 0\n", "board.baudrate: must be between 1200 and 4000000, got 0"),
+        ("[board]\nhand_wait_s = nan\n", "board.hand_wait_s: expected a finite number"),
+        ("[board]\nvend_outcome_timeout_s = inf\n", "board.vend_outcome_timeout_s: expected a finite number"),
+        ("[camera]\nwidth = 0\nheight = 0\n", "camera.width: must be between 64 and 4096"),
+        ("[recognition]\nmax_attempts = 0\n", "recognition.max_attempts: must be between 1 and 5"),
+        ("[recognition]\nthreshold = 1.5\n", "recognition.threshold: must be between 0 and 1"),
+        ("[accounts]\ntemplate_retention_days = 0\n", "accounts.template_retention_days: must be between 1 and 3650"),
+        ("[accounts]\nper_day_cap_cents = 100000000000000000000\n", "accounts.per_day_cap_cents: must be between 0"),
+        ("[abuse]\nmax_failures = 0\n", "abuse.max_failures: must be between 1 and 1000"),
+    ],
+)
+def test_values_out_of_range_are_refused_naming_the_key_and_range(text, fragment):
+    with pytest.raises(ConfigError) as info:
+        parse_config(text, "unit.toml")
+    assert fragment in str(info.value)
+
+
+def test_every_numeric_key_declares_its_range():
+    from vendor_node.config import numeric_keys_without_range
+
+    assert numeric_keys_without_range() == [], "declare these with setting(default, low, high)"
+
+
+def test_the_matcher_cannot_be_loosened_below_the_manifest_floor():
+    """threshold = 0, margin = 0 once let a simulation charge strangers to employees: the unit refuses to load it."""
+    import json
+
+    from vendor_node.hand import Recognizer
+
+    cfg = parse_config("[recognition]\nthreshold = 0.0\nmargin = 0.0\n")
+    with pytest.raises(ConfigError, match=r"recognition.threshold: must be at least 0\.68"):
+        Recognizer.from_config(cfg)
+    floor = json.loads((cfg.unit.assets_dir / "manifest.json").read_text())["decision"]
+    with pytest.raises(ConfigError, match="recognition.margin: must be at least"):
+        Recognizer.from_config(parse_config(f"[recognition]\nmargin = {floor['min_margin'] / 2}\n"))
+    ok = Recognizer.from_config(parse_config(f"[recognition]\nthreshold = {floor['min_threshold']}\n"))
+    assert ok.threshold == floor["min_threshold"]

@@ -7,6 +7,7 @@ technician with a typo finds it before the unit goes into service.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import tomllib
 import typing
@@ -19,6 +20,11 @@ DEFAULT_CONFIG_PATH = Path("/etc/vendor-node/config.toml")
 CONFIG_ENV = "VENDOR_NODE_CONFIG"
 HARDWARE_ENV = "VENDOR_NODE_HARDWARE"
 ASSETS_DIR = Path(__file__).resolve().parent.parent / "firmware_assets"
+
+
+def setting(default, low, high):
+    """A numeric key with its allowed range (inclusive): a value outside it is an error naming the key and the range."""
+    return field(default=default, metadata={"range": (low, high)})
 
 
 @dataclass(frozen=True)
@@ -35,11 +41,11 @@ class UnitConfig:
 class CameraConfig:
     """A small greyscale stream kept running, exposure fixed for the IR light."""
 
-    width: int = 640
-    height: int = 480
-    exposure_us: int = 4000
-    analogue_gain: float = 2.0
-    frame_timeout_s: float = 0.5
+    width: int = setting(640, 64, 4096)
+    height: int = setting(480, 48, 4096)
+    exposure_us: int = setting(4000, 10, 1_000_000)
+    analogue_gain: float = setting(2.0, 1.0, 16.0)
+    frame_timeout_s: float = setting(0.5, 0.05, 10.0)
     sim_folder: Path | None = None
 
 
@@ -47,12 +53,12 @@ class CameraConfig:
 class GpioConfig:
     """BCM pin numbers of the IR proximity sensor, the status LED and the buzzer."""
 
-    proximity_pin: int = 17
+    proximity_pin: int = setting(17, 0, 27)
     proximity_active_low: bool = True
-    led_red_pin: int = 22
-    led_green_pin: int = 27
-    led_blue_pin: int = 24
-    buzzer_pin: int = 23
+    led_red_pin: int = setting(22, 0, 27)
+    led_green_pin: int = setting(27, 0, 27)
+    led_blue_pin: int = setting(24, 0, 27)
+    buzzer_pin: int = setting(23, 0, 27)
 
 
 @dataclass(frozen=True)
@@ -60,12 +66,12 @@ class BoardConfig:
     """The serial MDB adapter that speaks for us on the vending machine's bus."""
 
     port: str = "/dev/ttyAMA0"
-    baudrate: int = 115200
-    reply_timeout_s: float = 1.0
-    selection_timeout_s: float = 30.0
-    vend_outcome_timeout_s: float = 60.0
-    hand_wait_s: float = 10.0
-    reconnect_max_backoff_s: float = 30.0
+    baudrate: int = setting(115200, 1200, 4_000_000)
+    reply_timeout_s: float = setting(1.0, 0.05, 10.0)
+    selection_timeout_s: float = setting(30.0, 1.0, 600.0)
+    vend_outcome_timeout_s: float = setting(60.0, 1.0, 600.0)
+    hand_wait_s: float = setting(10.0, 1.0, 120.0)
+    reconnect_max_backoff_s: float = setting(30.0, 0.1, 600.0)
     # How the adapter writes money: "decimal" currency units ("1.50", Qibixx default with 2 decimals)
     # or "cents" (a scaled integer, "150"); see board.py.
     price_format: typing.Literal["decimal", "cents"] = "decimal"
@@ -75,9 +81,9 @@ class BoardConfig:
 class RecognitionConfig:
     """Decision policy of the 1:N matcher (see README: what the thresholds mean)."""
 
-    threshold: float | None = None  # None: the operating threshold from the model manifest
-    margin: float | None = None  # None: the margin from the model manifest
-    max_attempts: int = 2  # a second presentation when unsure
+    threshold: float | None = setting(None, 0.0, 1.0)  # None: the operating threshold from the model manifest
+    margin: float | None = setting(None, 0.0, 1.0)  # None: the margin from the model manifest
+    max_attempts: int = setting(2, 1, 5)  # a second presentation when unsure
     keep_debug_images: bool = False  # images are kept only when a technician turns this on
 
 
@@ -86,19 +92,19 @@ class AccountsConfig:
     """Offline floor limits, like a card terminal's (amounts in cents)."""
 
     fleet_public_key: Path | None = None  # None: <state_dir>/fleet_public_key.pem
-    max_offline_age_h: float = 72.0
-    per_day_cap_cents: int = 1500
-    unsynced_total_cap_cents: int = 25000
-    template_retention_days: int = 365
+    max_offline_age_h: float = setting(72.0, 1.0, 24.0 * 31)
+    per_day_cap_cents: int = setting(1500, 0, 10_000_000)
+    unsynced_total_cap_cents: int = setting(25000, 0, 100_000_000)
+    template_retention_days: int = setting(365, 1, 3650)
 
 
 @dataclass(frozen=True)
 class AbuseConfig:
     """Cool down after too many unknown hands or refusals in a short window."""
 
-    max_failures: int = 5
-    window_s: float = 60.0
-    cooldown_s: float = 120.0
+    max_failures: int = setting(5, 1, 1000)
+    window_s: float = setting(60.0, 1.0, 86400.0)
+    cooldown_s: float = setting(120.0, 0.0, 86400.0)
 
 
 @dataclass(frozen=True)
@@ -106,7 +112,7 @@ class SyncConfig:
     """The nightly sync: where bundles come from and journals go."""
 
     server_url: str = ""
-    timeout_s: float = 30.0
+    timeout_s: float = setting(30.0, 1.0, 600.0)
 
 
 @dataclass(frozen=True)
@@ -163,6 +169,8 @@ def _coerce(value, annotation, path: str):
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{path}: expected a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ConfigError(f"{path}: expected a finite number, got {value!r}")
         if value < 0:
             raise ConfigError(f"{path}: must not be negative, got {value}")
         return float(value)
@@ -190,14 +198,42 @@ def _build(cls, data: dict, prefix: str):
             f"{', '.join(sorted(known))})"
         )
     values = {}
+    ranges = {f.name: f.metadata.get("range") for f in dataclasses.fields(cls)}
     for name, raw in data.items():
         path = f"{prefix}.{name}" if prefix else name
         hint = hints[name]
         if dataclasses.is_dataclass(hint):
             values[name] = _build(hint, raw, path)
         else:
-            values[name] = _coerce(raw, hint, path)
+            values[name] = _check_range(_coerce(raw, hint, path), ranges[name], path)
     return cls(**values)
+
+
+def _check_range(value, allowed, path: str):
+    """A numeric value inside its declared range (``setting(default, low, high)``), else ConfigError naming both."""
+    if allowed is None or value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    low, high = allowed
+    if not low <= value <= high:
+        raise ConfigError(f"{path}: must be between {_plain(low)} and {_plain(high)}, got {_plain(value)}")
+    return value
+
+
+def _plain(number) -> str:
+    return str(int(number)) if float(number).is_integer() else f"{number:g}"
+
+
+def numeric_keys_without_range(cls=None, prefix: str = "") -> list[str]:
+    """Key paths of numeric settings that declare no range (a test keeps this list empty)."""
+    cls = cls or Config
+    hints, missing = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        hint, path = hints[f.name], f"{prefix}{f.name}"
+        if dataclasses.is_dataclass(hint):
+            missing += numeric_keys_without_range(hint, path + ".")
+        elif {int, float} & set(typing.get_args(hint) or (hint,)) and "range" not in f.metadata:
+            missing.append(path)
+    return missing
 
 
 def parse_config(text: str, source: str = "<config>") -> Config:

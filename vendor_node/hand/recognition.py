@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import palmcode
-from ..errors import HandRejected, RecognitionError
+from ..errors import ConfigError, HandRejected, RecognitionError
 from .model import Embedder
 
 TEMPLATE_MAGIC = b"VNPT"
@@ -210,8 +210,19 @@ class Recognizer:
 
     @classmethod
     def from_config(cls, cfg) -> "Recognizer":
-        """The unit's recognizer: model from ``cfg.unit.assets_dir``; threshold/margin from config or manifest."""
+        """The unit's recognizer: model from ``cfg.unit.assets_dir``; threshold/margin from config or manifest.
+
+        A configured threshold or margin below the manifest's floor (``decision.min_threshold`` /
+        ``min_margin``, else the calibrated values themselves) is refused: loosening the matcher past what was
+        measured would charge strangers to employees.
+        """
         embedder = Embedder.load(cfg.unit.assets_dir)
+        decision = embedder.manifest["decision"]
+        for key, value in (("threshold", cfg.recognition.threshold), ("margin", cfg.recognition.margin)):
+            floor = float(decision.get(f"min_{key}", decision[key]))
+            if value is not None and value < floor:
+                raise ConfigError(f"recognition.{key}: must be at least {floor:g} (the floor in the model manifest "
+                                  f"{embedder.model_path.name}), got {value:g}")
         return cls(embedder, cfg.recognition.threshold, cfg.recognition.margin)
 
     # --- features ---------------------------------------------------------------
