@@ -12,7 +12,7 @@ if [ ! -x "$VENV/bin/vendor-node" ] || [ setup.cfg -nt "$VENV/.installed" ]; the
   echo "dev.sh: setting up $VENV (first run only) ..." >&2
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip
-  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test]'
+  "$VENV/bin/pip" install -q --disable-pip-version-check -e '.[test,office]'
   touch "$VENV/.installed"
 fi
 

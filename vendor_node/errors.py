@@ -90,3 +90,16 @@ class JournalRefused(JournalError):
 
 class SyncError(VendorNodeError):
     """The nightly sync could not reach the back office or the sync folder; retried next time."""
+
+
+# --- the back office ------------------------------------------------------
+class OfficeError(VendorNodeError):
+    """The back office refused an input or an action (form, CSV, command); the message names what is wrong."""
+
+
+class UnitRequestRefused(OfficeError):
+    """A unit's API request was refused; ``status`` is the HTTP status the unit gets (400/401/403/409/413)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

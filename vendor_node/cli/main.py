@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 from .accounts import add_accounts_commands
+from .office import add_office_commands
 from .args import state_dir_arg, config_from_args, existing_dir, existing_file, positive_int
 from ..errors import UsageError, VendorNodeError
 
@@ -342,6 +343,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_journal_commands(sub)
     _add_sync_commands(sub)
     _add_unit_commands(sub)
+    add_office_commands(sub)
     return parser
 
 

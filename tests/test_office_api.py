@@ -1,0 +1,196 @@
+"""The unit API end to end on SQLite: real unit journals, signed batches, signed receipts and bundles,
+and every authentication refusal the contract names."""
+from __future__ import annotations
+
+import base64
+import json
+import time
+
+import pytest
+
+from test_office_support import FakeUnit, call, fleet_public_key, heartbeat_body, office, verify_receipt  # noqa: F401
+
+pytest.importorskip("django")
+
+
+@pytest.fixture
+def setup(office, tmp_path):
+    from django.test import Client
+    from vendor_node.office import ledger
+    from vendor_node.office.views import register_unit
+
+    ledger.add_employee("test", "E0001", "Ada", opening_cents=1000)
+    ledger.add_employee("test", "E0002", "Grace", opening_cents=500)
+    unit = FakeUnit(tmp_path / "u1", "unit-1")
+    register_unit("test", unit.unit_id, unit.fingerprint)
+    yield Client(), unit, office
+    unit.close()
+
+
+def test_journal_upload_is_ingested_once_with_a_signed_receipt(setup):
+    from vendor_node.office import ledger
+    from vendor_node.office.models import JournalEntry
+
+    client, unit, keys = setup
+    unit.buy("E0001", 150)
+    unit.buy("E0001", 999, succeed=False)  # cancelled: never a charge
+    unit.buy("E0002", 200)
+    batch = unit.batch()
+    first = call(client, unit, "POST", "journal", batch)
+    assert first.status_code == 200, first.content
+    receipt = verify_receipt(keys, first.json())
+    body = json.loads(batch)["body"]
+    assert (receipt["kind"], receipt["unit_id"], receipt["batch_id"], receipt["last_seq"], receipt["last_hash"]) == \
+        ("journal", "unit-1", body["batch_id"], body["last_seq"], body["last_hash"])
+    assert ledger.balance_cents("E0001") == 850 and ledger.balance_cents("E0002") == 300
+    again = call(client, unit, "POST", "journal", batch)  # the unit lost the answer and retries
+    assert again.status_code == 200 and again.json() == first.json()
+    assert ledger.balance_cents("E0001") == 850
+    assert JournalEntry.objects.count() == body["last_seq"]
+    unit.ack(body["last_seq"])
+    unit.buy("E0001", 100)
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    assert ledger.balance_cents("E0001") == 750
+
+
+def test_a_gap_is_refused_and_flagged_never_papered_over(setup):
+    from vendor_node.office import ledger
+    from vendor_node.office.health import alerts
+    from vendor_node.office.models import Unit
+
+    client, unit, _ = setup
+    unit.buy("E0001", 100)
+    lost = json.loads(unit.batch())["body"]
+    unit.ack(lost["last_seq"])  # as if acknowledged, but the office never got it
+    unit.buy("E0001", 200)
+    answer = call(client, unit, "POST", "journal", unit.batch())
+    assert answer.status_code == 409 and "gap" in answer.json()["error"]
+    assert ledger.balance_cents("E0001") == 1000  # nothing ingested past the hole
+    assert "missing" in Unit.objects.get(unit_id="unit-1").gap
+    assert any("journal gap" in a["problem"] for a in alerts())
+
+
+def test_refusals(setup, tmp_path):
+    from vendor_node.office.views import register_unit
+
+    client, unit, _ = setup
+    unit.buy("E0001", 100)
+    batch = unit.batch()
+    other = FakeUnit(tmp_path / "u2", "unit-2")
+    register_unit("test", other.unit_id, other.fingerprint)
+    stranger = FakeUnit(tmp_path / "u3", "unit-3")
+
+    def error(response, status):
+        assert response.status_code == status, (response.status_code, response.content)
+        return response.json()["error"]
+
+    assert "not registered" in error(call(client, stranger, "POST", "journal", batch), 401)
+    assert "fingerprint" in error(call(client, unit, "POST", "journal", batch, key=other.key), 401)
+    bad_sig = call(client, unit, "POST", "journal", batch,
+                   headers={"X-VN-Signature": base64.b64encode(b"\0" * 64).decode()})
+    assert "does not verify" in error(bad_sig, 401)
+    assert "300 s" in error(call(client, unit, "POST", "journal", batch, timestamp=int(time.time()) - 400), 401)
+    nonce = "ab" * 16
+    assert call(client, unit, "POST", "heartbeat", heartbeat_body(), nonce=nonce).status_code == 200
+    assert "already used" in error(call(client, unit, "POST", "heartbeat", heartbeat_body(), nonce=nonce), 401)
+    assert "URL of unit" in error(call(client, other, "POST", "journal", batch, url_unit="unit-1"), 403)
+    # another unit's batch (signed by unit-1) uploaded under unit-2's own URL and key
+    assert "not signed by this unit" in error(call(client, other, "POST", "journal", batch), 401)
+    tampered = json.loads(batch)
+    tampered["body"]["entries"][-1]["amount_cents"] = 1
+    assert "not signed" in error(call(client, unit, "POST", "journal", json.dumps(tampered).encode()), 401)
+    big = b"x" * (33 * 1024 * 1024)
+    assert "more than" in error(call(client, unit, "POST", "journal", big), 413)
+    assert "X-VN-Nonce" in error(call(client, unit, "POST", "journal", batch, nonce="zz"), 400)
+    assert "bad JSON" in error(call(client, unit, "POST", "journal", b"{not json"), 400)
+    assert "free_disk_bytes" in error(call(client, unit, "POST", "heartbeat",
+                                           heartbeat_body(free_disk_bytes="lots")), 400)
+    assert call(client, unit, "POST", "journal", batch).status_code == 200  # the real one still goes in
+    other.close()
+    stranger.close()
+
+
+def test_bundle_carries_the_ledger_balance_and_journal_position(setup):
+    from vendor_node.money.bundle import decode_bundle
+
+    client, unit, keys = setup
+    empty = call(client, unit, "GET", "bundle", query="after=0")
+    assert empty.status_code == 200
+    b0 = decode_bundle(empty.content, fleet_public_key(keys))
+    assert b0.unit_id == "unit-1" and b0.journal_position.seq == 0
+    unit.buy("E0001", 250)
+    body = json.loads(unit.batch())["body"]
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    answer = call(client, unit, "GET", "bundle", query=f"after={b0.version}")
+    assert answer.status_code == 200
+    bundle = decode_bundle(answer.content, fleet_public_key(keys))
+    assert bundle.version > b0.version
+    assert (bundle.journal_position.seq, bundle.journal_position.hash) == (body["last_seq"], body["last_hash"])
+    funds = {e.id: e.funds_cents for e in bundle.employees}
+    assert funds == {"E0001": 750, "E0002": 500}
+    assert call(client, unit, "GET", "bundle", query=f"after={bundle.version}").status_code == 204
+    assert call(client, unit, "GET", "bundle", query="after=-1").status_code == 400
+
+
+def test_templates_relayed_sealed_and_deletion_confirmed_per_unit(setup, tmp_path):
+    import base64
+
+    from django.contrib.auth.models import User
+    from vendor_node.money.bundle import decode_bundle
+    from vendor_node.office.health import deletion_status
+    from vendor_node.office.models import AuditEntry
+    from vendor_node.office.views import register_unit
+
+    client, unit, keys = setup
+    other = FakeUnit(tmp_path / "u2", "unit-2")
+    register_unit("test", other.unit_id, other.fingerprint)
+    sealed = base64.b64encode(b"\x01" * 300).decode()
+    record = {"employee_id": "E0001", "sealed": sealed, "consent_version": "v1", "consented_at": time.time()}
+    stranger = dict(record, employee_id="E9999")
+    answer = call(client, unit, "POST", "templates", json.dumps({"templates": [record, stranger],
+                                                                 "revocations": []}).encode())
+    assert answer.status_code == 200
+    receipt = verify_receipt(keys, answer.json())
+    assert receipt == {"kind": "templates", "unit_id": "unit-1", "accepted": ["E0001"], "revocations": []}
+    pub = fleet_public_key(keys)
+    relayed = decode_bundle(call(client, other, "GET", "bundle", query="after=0").content, pub)
+    assert [t.employee_id for t in relayed.templates] == ["E0001"]
+    assert relayed.templates[0].sealed == b"\x01" * 300
+    own = decode_bundle(call(client, unit, "GET", "bundle", query="after=0").content, pub)
+    assert own.templates == []  # never sent back to the unit it came from
+
+    manager = User.objects.create_user("boss", password="pw-long-enough")
+    from vendor_node.office.server import ensure_roles  # noqa: F401
+    from django.contrib.auth.models import Group
+
+    manager.groups.add(Group.objects.get(name="manager"))
+    client.force_login(manager)
+    page = client.post("/employees/E0001/delete-biometrics/", {"confirm_id": "wrong"})
+    assert page.status_code == 200 and b"to confirm" in page.content
+    assert client.post("/employees/E0001/delete-biometrics/", {"confirm_id": "E0001"}).status_code == 302
+    after = decode_bundle(call(client, other, "GET", "bundle", query=f"after={relayed.version}").content, pub)
+    assert after.deletions == ["E0001"] and "E0001" not in {e.id for e in after.employees}
+    assert after.templates == []
+    assert deletion_status()[0]["confirmed"] == []
+    assert call(client, other, "POST", "heartbeat", heartbeat_body(bundle_version=after.version)).status_code == 200
+    status = deletion_status()[0]
+    assert status["confirmed"] == ["unit-2"] and status["pending"] == ["unit-1"]
+    assert b"unit-2" in client.get("/units/").content
+    row = AuditEntry.objects.get(action="delete_biometrics")
+    assert row.user == "boss" and sealed not in row.detail
+    other.close()
+
+
+def test_heartbeat_health_and_alerts_json(setup):
+    from django.test import override_settings
+
+    client, unit, _ = setup
+    assert call(client, unit, "POST", "heartbeat", heartbeat_body(clock=time.time() + 900,
+                                                                  out_of_service="camera fault",
+                                                                  journal_ok=False)).status_code == 200
+    assert client.get("/api/v1/alerts").status_code == 401
+    with override_settings(VENDOR_NODE_MONITOR_TOKEN="s3cret-token"):
+        assert client.get("/api/v1/alerts", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        problems = client.get("/api/v1/alerts", headers={"Authorization": "Bearer s3cret-token"}).json()["alerts"]
+    text = " ".join(a["problem"] for a in problems)
+    assert "clock off" in text and "out of service: camera fault" in text and "journal broken" in text

@@ -1,0 +1,115 @@
+"""Helpers for the office tests (no tests here): one Django set-up per process on a SQLite file,
+a clean database per test, and real unit journals whose signed batches the office ingests."""
+from __future__ import annotations
+
+import base64
+import json
+import tempfile
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("django", reason="the office extra (Django) is not installed")
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey  # noqa: E402
+
+_STATE: dict = {}
+
+
+def office_keys_dir() -> Path:
+    """Configure Django once for this test process (SQLite in a temp folder) and migrate."""
+    if "keys" not in _STATE:
+        from vendor_node.office.server import prepare
+        from vendor_node.money.keys import generate_fleet_keys
+
+        root = Path(tempfile.mkdtemp(prefix="office-test-"))
+        generate_fleet_keys(root / "keys")
+        prepare(f"sqlite:///{root / 'office.db'}", root / "keys")
+        _STATE["keys"] = root / "keys"
+    return _STATE["keys"]
+
+
+@pytest.fixture
+def office(request):
+    """A freshly emptied office database (roles kept); yields the fleet keys folder."""
+    keys = office_keys_dir()
+    from django.core.management import call_command
+    from vendor_node.office.server import ensure_roles
+
+    call_command("flush", interactive=False, verbosity=0)
+    ensure_roles()
+    yield keys
+
+
+def fleet_public_key(keys: Path):
+    from vendor_node.money.keys import load_public_key_file
+
+    return load_public_key_file(keys / "fleet_public_key.pem")
+
+
+class FakeUnit:
+    """A unit's real journal and signing key; exports signed batches exactly as the unit does."""
+
+    def __init__(self, state_dir: Path, unit_id: str):
+        from vendor_node.money.journal import Journal
+
+        state_dir.mkdir(parents=True, exist_ok=True)
+        self.unit_id = unit_id
+        self.key = Ed25519PrivateKey.generate()
+        self.journal = Journal.open(state_dir)
+
+    @property
+    def fingerprint(self) -> str:
+        from vendor_node.office.unit_client import fingerprint
+
+        return fingerprint(self.key)
+
+    def buy(self, employee_id: str, cents: int, item: str = "12", succeed: bool = True):
+        session = self.journal.begin_session()
+        self.journal.approve(session, employee_id, item, cents)
+        if succeed:
+            self.journal.succeed(session)
+        else:
+            self.journal.void(session, "cancelled")
+
+    def batch(self) -> bytes:
+        from vendor_node.money.journal_export import _canonical, build_batch
+
+        return _canonical(build_batch(self.journal, self.key, self.unit_id)) + b"\n"
+
+    def ack(self, last_seq: int) -> None:
+        self.journal.mark_uploaded(last_seq)
+
+    def close(self):
+        self.journal.close()
+
+
+def call(client, unit: FakeUnit, method: str, what: str, body: bytes = b"", query: str = "", key=None,
+         unit_header: str | None = None, url_unit: str | None = None, timestamp=None, nonce=None, headers=None):
+    """A signed API request through Django's test client; returns the response."""
+    from vendor_node.office.unit_client import signed_headers
+
+    path = f"/api/v1/units/{url_unit or unit.unit_id}/{what}" + (f"?{query}" if query else "")
+    signed = signed_headers(key or unit.key, unit_header or unit.unit_id, method, path, body,
+                            timestamp=timestamp, nonce=nonce)
+    signed.update(headers or {})
+    if method == "GET":
+        return client.get(path, headers=signed)
+    return client.post(path, data=body, content_type="application/json", headers=signed)
+
+
+def verify_receipt(keys: Path, answer: dict) -> dict:
+    from vendor_node.office.unit_api import canonical_json
+
+    fleet_public_key(keys).verify(base64.b64decode(answer["signature"]), canonical_json(answer["receipt"]))
+    return answer["receipt"]
+
+
+def heartbeat_body(**changes) -> bytes:
+    import time
+
+    body = {"firmware": "0.1.0", "model": "palm-int8", "bundle_version": 0, "last_purchase_at": None,
+            "out_of_service": None, "faults": [], "free_disk_bytes": 10 ** 9, "journal_ok": True,
+            "journal_head_seq": 0, "clock": time.time(), "key_mode": "file"}
+    body.update(changes)
+    return json.dumps(body).encode()

@@ -1,0 +1,79 @@
+"""`vendor-node office serve | create-user | register-unit`: the back office (the `office` extra)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .args import positive_int
+from ..errors import UsageError
+
+DEFAULT_DB = "sqlite:///office.db"
+
+
+def add_office_commands(sub) -> None:
+    office = sub.add_parser("office", help="the back office server: ledger, employees, units (office extra)")
+    osub = office.add_subparsers(dest="office_command", required=True, metavar="ACTION")
+
+    def common(p):
+        p.add_argument("--db", default=DEFAULT_DB,
+                       help=f"database URL: sqlite:///PATH or postgresql://user:pass@host:port/name (default {DEFAULT_DB})")
+        p.add_argument("--fleet-keys", type=Path, metavar="DIR",
+                       help="folder made by `vendor-node fleet keygen --out DIR` (its signing key signs bundles "
+                            "and receipts)")
+
+    p = osub.add_parser("serve", help="migrate the database, then serve the office under gunicorn")
+    common(p)
+    p.add_argument("--bind", default="127.0.0.1:8000", help="HOST:PORT (default 127.0.0.1:8000; put TLS in front)")
+    p.add_argument("--demo", action="store_true",
+                   help="demo employees and login (printed), fleet keys beside the db; loopback only")
+    p.add_argument("--workers", type=positive_int, default=2, help="gunicorn worker processes (default 2)")
+    p.add_argument("--threads", type=positive_int, default=4, help="threads per worker (default 4)")
+    p.add_argument("--behind-tls", action="store_true",
+                   help="a TLS proxy is in front: secure cookies, trust X-Forwarded-Proto")
+    p.set_defaults(handler=_cmd_serve)
+
+    p = osub.add_parser("create-user", help="a manager or technician login (password read from stdin)")
+    common(p)
+    p.add_argument("username")
+    p.add_argument("--role", required=True, choices=["manager", "technician"])
+    p.set_defaults(handler=_cmd_create_user)
+
+    p = osub.add_parser("register-unit", help="register a unit by id and fingerprint (as the units page does)")
+    common(p)
+    p.add_argument("unit_id")
+    p.add_argument("--fingerprint", required=True, help="as `vendor-node provision` prints it")
+    p.add_argument("--site", default="")
+    p.set_defaults(handler=_cmd_register_unit)
+
+
+def _load():
+    try:
+        from ..office import server
+    except ImportError as exc:
+        raise UsageError(f"the office needs its extra: pip install 'vendor-node[office]' ({exc})") from None
+    return server
+
+
+def _cmd_serve(args) -> int:
+    return _load().serve(args)
+
+
+def _cmd_create_user(args) -> int:
+    import getpass
+    import sys
+
+    server = _load()
+    server.prepare(args.db, args.fleet_keys)
+    password = getpass.getpass("password: ") if sys.stdin.isatty() else sys.stdin.readline().rstrip("\n")
+    server.create_user(args.username, args.role, password)
+    print(f"user {args.username} ({args.role}) ready")
+    return 0
+
+
+def _cmd_register_unit(args) -> int:
+    server = _load()
+    server.prepare(args.db, args.fleet_keys)
+    from ..office.views import register_unit
+
+    unit = register_unit("command line", args.unit_id, args.fingerprint, args.site)
+    print(f"registered unit {unit.unit_id} (fingerprint {unit.fingerprint})")
+    return 0

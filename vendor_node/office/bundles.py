@@ -1,0 +1,96 @@
+"""Signed account bundles built by the office for one unit, from the ledger (format 2).
+
+Each employee's ``funds_cents`` is the ledger's balance, which includes every charge ingested
+from every unit, so also this unit's charges up to ``journal_position`` (its last ingested
+entry): the unit subtracts only its own later charges. A bundle is re-issued (new version) only
+when what it says changed, or when it is older than REFRESH_S so units never run out of date.
+Versions are per unit and never below the wall-clock second, so they stay above any version a
+technician issued with `fleet bundle` before the unit joined the office.
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+import hashlib
+import json
+import time
+from functools import lru_cache
+from pathlib import Path
+
+from django.conf import settings
+from django.db import transaction
+
+from ..money.bundle import Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_bundle
+from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
+from .ledger import balances, funds_cents
+from .models import Deletion, DeletionNotice, Employee, IssuedBundle, SealedTemplate, Unit
+
+REFRESH_S = 6 * 3600
+VALIDITY_S = 30 * 86400
+
+
+@lru_cache(maxsize=4)
+def fleet_signing_key(keys_dir: str):
+    return load_signing_key_file(Path(keys_dir) / FLEET_SIGNING_KEY_FILE)
+
+
+def signing_key():
+    return fleet_signing_key(settings.VENDOR_NODE_KEYS_DIR)
+
+
+def bundle_content(unit: Unit) -> dict:
+    """What a bundle for ``unit`` says now (no version, no times), from the ledger."""
+    money = balances()
+    employees = []
+    for e in Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id"):
+        employees.append(EmployeeRecord(id=e.employee_id, display_name=e.name, status=e.status, funding=e.funding,
+                                        funds_cents=funds_cents(e, money.get(e.employee_id, 0)),
+                                        per_purchase_cap_cents=e.per_purchase_cap_cents,
+                                        per_day_cap_cents=e.per_day_cap_cents))
+    listed = {e.id for e in employees}
+    templates = [TemplateRecord(t.employee.employee_id, bytes(t.sealed), t.consent_version, t.consented_at)
+                 for t in SealedTemplate.objects.select_related("employee")
+                 .filter(employee__deleted_at__isnull=True).exclude(from_unit=unit).order_by("employee__employee_id")]
+    deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
+    return {"employees": employees, "templates": templates, "deletions": deletions,
+            "journal_position": JournalPosition(unit.last_seq, unit.last_hash)}
+
+
+def _content_digest(content: dict) -> str:
+    text = json.dumps({"employees": [e.__dict__ for e in content["employees"]],
+                       "templates": [(t.employee_id, hashlib.sha256(t.sealed).hexdigest(), t.consent_version,
+                                      t.consented_at) for t in content["templates"]],
+                       "deletions": content["deletions"],
+                       "position": [content["journal_position"].seq, content["journal_position"].hash]},
+                      sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
+    """The newest bundle for ``unit``, issuing a new version when the ledger says something new."""
+    now = time.time() if now is None else now
+    with transaction.atomic():
+        locked = Unit.objects.select_for_update().get(pk=unit.pk)
+        content = bundle_content(locked)
+        digest = _content_digest(content)
+        latest = IssuedBundle.objects.filter(unit=locked).order_by("-version").first()
+        if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
+            return latest
+        version = max((latest.version + 1) if latest else 1, int(now))
+        bundle = Bundle(kind="snapshot", version=version, created=round(now, 3), expires=round(now + VALIDITY_S, 3),
+                        unit_id=locked.unit_id, journal_position=content["journal_position"],
+                        employees=content["employees"], templates=content["templates"],
+                        deletions=content["deletions"])
+        data = encode_bundle(bundle, signing_key())
+        issued = IssuedBundle.objects.create(unit=locked, version=version, content_sha256=digest,
+                                             created_at=now, data=data)
+        if content["deletions"]:
+            noticed = set(DeletionNotice.objects.filter(unit=locked).values_list("deletion_id", flat=True))
+            DeletionNotice.objects.bulk_create([
+                DeletionNotice(deletion=d, unit=locked, bundle_version=version)
+                for d in Deletion.objects.filter(employee_id__in=content["deletions"]) if d.pk not in noticed])
+        IssuedBundle.objects.filter(unit=locked, version__lt=version - 0).exclude(
+            pk__in=IssuedBundle.objects.filter(unit=locked).order_by("-version").values("pk")[:5]).delete()
+        return issued

@@ -1,0 +1,172 @@
+"""Units' signed journal batches into the ledger: signature, hash chain, idempotent by (unit, seq).
+
+The batch is the file `journal export` writes. Its signature must verify with the unit's own
+registered key; every entry's hash must recompute and chain from the office's last ingested
+(seq, hash) for that unit. A batch starting past last+1 is a gap: refused (409) and flagged on
+the unit, never papered over. A batch already ingested answers the same signed receipt again.
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+import base64
+import binascii
+import json
+import time
+
+from cryptography.exceptions import InvalidSignature
+from django.db import IntegrityError, transaction
+
+from ..errors import UnitRequestRefused
+from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
+from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
+from .models import JournalBatch, JournalEntry, Unit
+
+_ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
+_NULLABLE = {"employee_id": str, "item": str, "amount_cents": int, "detail": str}
+
+
+def _bad(message: str) -> UnitRequestRefused:
+    return UnitRequestRefused(400, message)
+
+
+def parse_batch(data: bytes, unit: Unit, public_key) -> dict:
+    """The verified batch body; UnitRequestRefused (400/401/403) naming what is wrong."""
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise _bad(f"body: not a journal batch (bad JSON: {exc})") from None
+    if not isinstance(document, dict) or not isinstance(document.get("body"), dict) \
+            or not isinstance(document.get("signature"), str):
+        raise _bad("body: not a journal batch (expected 'body' and 'signature')")
+    body = document["body"]
+    try:
+        public_key.verify(base64.b64decode(document["signature"], validate=True), _canonical(body))
+    except (binascii.Error, InvalidSignature, ValueError):
+        raise UnitRequestRefused(401, "signature: the batch is not signed by this unit's key (altered or "
+                                      "another unit's)") from None
+    if body.get("format") != BATCH_FORMAT or body.get("version") != BATCH_VERSION:
+        raise _bad(f"body.format: expected {BATCH_FORMAT} version {BATCH_VERSION}")
+    if body.get("unit_id") != unit.unit_id:
+        raise UnitRequestRefused(403, f"body.unit_id: batch of unit {body.get('unit_id')!r}, not {unit.unit_id!r}")
+    for name in ("first_seq", "last_seq"):
+        if isinstance(body.get(name), bool) or not isinstance(body.get(name), int) or body[name] < 0:
+            raise _bad(f"body.{name}: missing or not a non-negative integer")
+    for name in ("batch_id", "prev_hash", "last_hash"):
+        if not isinstance(body.get(name), str) or not body[name] or len(body[name]) > 80:
+            raise _bad(f"body.{name}: missing or not a short string")
+    entries = body.get("entries")
+    if not isinstance(entries, list):
+        raise _bad("body.entries: expected a list")
+    expected = max(0, body["last_seq"] - body["first_seq"] + 1)
+    if len(entries) != expected:
+        raise _bad(f"body.entries: {len(entries)} entries for seq {body['first_seq']}..{body['last_seq']}")
+    prev = body["prev_hash"]
+    for i, entry in enumerate(entries):
+        where = f"body.entries[{i}]"
+        if not isinstance(entry, dict):
+            raise _bad(f"{where}: expected an object")
+        for name, kind in _ENTRY_FIELDS.items():
+            if isinstance(entry.get(name), bool) or not isinstance(entry.get(name), kind):
+                raise _bad(f"{where}.{name}: missing or not {kind.__name__}")
+        for name, kind in _NULLABLE.items():
+            value = entry.get(name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, kind)):
+                raise _bad(f"{where}.{name}: not {kind.__name__}")
+        if entry["kind"] not in KINDS:
+            raise _bad(f"{where}.kind: unknown kind {entry['kind']!r}")
+        if entry["seq"] != body["first_seq"] + i:
+            raise _bad(f"{where}.seq: {entry['seq']} breaks the sequence (expected {body['first_seq'] + i})")
+        computed = chain_hash(prev, canonical_entry(entry["seq"], entry["ts_us"], entry["kind"], entry["session_id"],
+                                                    entry.get("employee_id"), entry.get("item"),
+                                                    entry.get("amount_cents"), entry.get("detail")))
+        if entry["prev_hash"] != prev or entry["hash"] != computed:
+            raise UnitRequestRefused(409, f"{where}: hash chain broken at seq {entry['seq']}")
+        prev = computed
+    if prev != body["last_hash"]:
+        raise UnitRequestRefused(409, "body.last_hash: does not match the last entry's hash")
+    return body
+
+
+def _charge(entry: dict) -> int:
+    amount = entry.get("amount_cents") or 0
+    if entry["kind"] == VEND_SUCCEEDED or (entry["kind"] == REVIEW_SETTLED and amount > 0):
+        return amount
+    return 0
+
+
+def receipt_for(unit: Unit, batch: JournalBatch) -> dict:
+    return {"kind": "journal", "unit_id": unit.unit_id, "batch_id": batch.batch_id, "last_seq": batch.last_seq,
+            "last_hash": batch.last_hash, "ingested_at": batch.ingested_at}
+
+
+def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
+    """Ingest one batch; returns the receipt (unsigned). Safe to call again with the same batch."""
+    body = parse_batch(data, unit, public_key)
+    first, last = body["first_seq"], body["last_seq"]
+    for _attempt in range(3):
+        try:
+            with transaction.atomic():
+                locked = Unit.objects.select_for_update().get(pk=unit.pk)
+                done = JournalBatch.objects.filter(unit=locked, batch_id=body["batch_id"]).first()
+                if done is not None:
+                    if (done.last_seq, done.last_hash) != (last, body["last_hash"]):
+                        raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
+                                                      "different entries")
+                    return receipt_for(locked, done)
+                return _ingest_locked(locked, body, first, last)
+        except _GapRefused as exc:
+            Unit.objects.filter(pk=unit.pk).update(gap=exc.gap[:300])  # flagged after the rollback
+            raise
+        except IntegrityError:
+            continue  # a concurrent upload of the same batch won: answer its receipt on the next pass
+    raise UnitRequestRefused(409, "body: the batch is being ingested concurrently; retry")
+
+
+def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
+    if first > unit.last_seq + 1 and last >= first:
+        raise _GapRefused(f"batch {body['batch_id']} starts at seq {first} but the office has up to seq "
+                          f"{unit.last_seq}: entries {unit.last_seq + 1}..{first - 1} missing")
+    # the batch's start must chain onto what the office holds
+    if first - 1 == unit.last_seq:
+        anchor = unit.last_hash
+    elif first - 1 == 0:
+        anchor = "0" * 64
+    else:
+        row = JournalEntry.objects.filter(unit=unit, seq=first - 1).values_list("hash", flat=True).first()
+        anchor = row
+    if anchor != body["prev_hash"]:
+        raise UnitRequestRefused(409, f"body.prev_hash: does not continue this unit's journal as the office "
+                                      f"holds it at seq {first - 1}")
+    entries = body["entries"]
+    overlap = [e for e in entries if e["seq"] <= unit.last_seq]
+    if overlap:
+        held = dict(JournalEntry.objects.filter(unit=unit, seq__gte=overlap[0]["seq"], seq__lte=overlap[-1]["seq"])
+                    .values_list("seq", "hash"))
+        for e in overlap:
+            if held.get(e["seq"]) != e["hash"]:
+                raise UnitRequestRefused(409, f"body.entries: seq {e['seq']} differs from the entry already "
+                                              "ingested (chain mismatch)")
+    new = [e for e in entries if e["seq"] > unit.last_seq]
+    JournalEntry.objects.bulk_create([
+        JournalEntry(unit=unit, seq=e["seq"], ts_us=e["ts_us"], kind=e["kind"], session_id=e["session_id"],
+                     employee_id=e.get("employee_id"), item=e.get("item"), amount_cents=e.get("amount_cents"),
+                     detail=e.get("detail"), prev_hash=e["prev_hash"], hash=e["hash"], charged_cents=_charge(e),
+                     batch_id=body["batch_id"])
+        for e in new], batch_size=500)
+    if new:
+        unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
+        unit.gap = ""
+    batch = JournalBatch.objects.create(unit=unit, batch_id=body["batch_id"], first_seq=first, last_seq=last,
+                                        last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
+                                        entries=len(new))
+    unit.save(update_fields=["last_seq", "last_hash", "gap"])
+    return receipt_for(unit, batch)
+
+
+class _GapRefused(UnitRequestRefused):
+    def __init__(self, gap: str):
+        super().__init__(409, f"journal gap: {gap}; upload the missing entries first")
+        self.gap = gap

@@ -1,0 +1,173 @@
+"""The back office's tables. Money is integer cents; a balance is always computed, never stored.
+
+balance(employee) = sum(TopUp.amount_cents) - sum(JournalEntry.charged_cents), where journal
+entries come only from units' signed, hash-chained batches, unique by (unit, seq).
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+from django.db import models
+
+STATUS_CHOICES = [("active", "active"), ("suspended", "suspended")]
+FUNDING_CHOICES = [("prepaid", "prepaid"), ("payroll", "payroll")]
+TOPUP_SOURCES = [("manual", "by hand"), ("csv", "CSV import"), ("payroll", "payroll deduction")]
+
+
+class Employee(models.Model):
+    employee_id = models.CharField(max_length=64, unique=True)
+    name = models.CharField(max_length=100)
+    status = models.CharField(max_length=16, choices=STATUS_CHOICES, default="active")
+    funding = models.CharField(max_length=16, choices=FUNDING_CHOICES, default="prepaid")
+    payroll_limit_cents = models.BigIntegerField(default=0)  # payroll: what may be deducted per period
+    per_purchase_cap_cents = models.BigIntegerField(null=True, blank=True)
+    per_day_cap_cents = models.BigIntegerField(null=True, blank=True)
+    consent_version = models.CharField(max_length=64, blank=True, default="")
+    consented_at = models.DateTimeField(null=True, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)  # biometric data deleted, gone from every unit
+
+    class Meta:
+        ordering = ["employee_id"]
+
+    def __str__(self):
+        return f"{self.employee_id} {self.name}"
+
+
+class TopUp(models.Model):
+    employee = models.ForeignKey(Employee, on_delete=models.PROTECT, related_name="topups")
+    amount_cents = models.BigIntegerField()
+    source = models.CharField(max_length=16, choices=TOPUP_SOURCES)
+    note = models.CharField(max_length=200, blank=True, default="")
+    period = models.CharField(max_length=7, blank=True, default="")  # payroll month end: YYYY-MM
+    created_at = models.DateTimeField(auto_now_add=True)
+    created_by = models.CharField(max_length=150, blank=True, default="")
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        constraints = [models.UniqueConstraint(fields=["employee", "period"], condition=~models.Q(period=""),
+                                               name="one_payroll_close_per_period")]
+
+
+class Unit(models.Model):
+    unit_id = models.CharField(max_length=64, unique=True)
+    fingerprint = models.CharField(max_length=64)  # sha256 hex of the raw Ed25519 public key
+    site = models.CharField(max_length=100, blank=True, default="")
+    active = models.BooleanField(default=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+    last_seq = models.BigIntegerField(default=0)  # last journal entry ingested from this unit
+    last_hash = models.CharField(max_length=64, default="0" * 64)
+    gap = models.CharField(max_length=300, blank=True, default="")  # a refused batch past last+1, flagged
+    last_sync_at = models.DateTimeField(null=True, blank=True)
+    heartbeat = models.JSONField(default=dict, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    clock_offset_s = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["unit_id"]
+
+    @property
+    def applied_bundle_version(self) -> int:
+        value = self.heartbeat.get("bundle_version") if isinstance(self.heartbeat, dict) else None
+        return value if isinstance(value, int) else 0
+
+
+class Nonce(models.Model):
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
+    nonce = models.CharField(max_length=32)
+    seen_at = models.DateTimeField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "nonce"], name="nonce_once_per_unit")]
+        indexes = [models.Index(fields=["seen_at"])]
+
+
+class JournalBatch(models.Model):
+    unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    batch_id = models.CharField(max_length=80)
+    first_seq = models.BigIntegerField()
+    last_seq = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    ingested_at = models.FloatField()
+    entries = models.IntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "batch_id"], name="batch_once_per_unit")]
+
+
+class JournalEntry(models.Model):
+    unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    seq = models.BigIntegerField()
+    ts_us = models.BigIntegerField()
+    kind = models.CharField(max_length=32)
+    session_id = models.CharField(max_length=64)
+    employee_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
+    item = models.CharField(max_length=64, null=True, blank=True)
+    amount_cents = models.BigIntegerField(null=True, blank=True)
+    detail = models.TextField(null=True, blank=True)
+    prev_hash = models.CharField(max_length=64)
+    hash = models.CharField(max_length=64)
+    charged_cents = models.BigIntegerField(default=0)  # > 0 only for a charge (vend succeeded / review charged)
+    batch_id = models.CharField(max_length=80)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "seq"], name="entry_once_per_unit_seq")]
+        indexes = [models.Index(fields=["employee_id", "charged_cents"])]
+
+
+class SealedTemplate(models.Model):
+    """A template sealed under the fleet template key: stored and relayed, never opened here."""
+    employee = models.OneToOneField(Employee, on_delete=models.CASCADE, related_name="template")
+    sealed = models.BinaryField()
+    consent_version = models.CharField(max_length=64)
+    consented_at = models.FloatField()
+    from_unit = models.ForeignKey(Unit, on_delete=models.SET_NULL, null=True)
+    received_at = models.DateTimeField(auto_now=True)
+
+
+class Deletion(models.Model):
+    """An employee's biometric data deleted: every unit must apply a bundle carrying it."""
+    employee_id = models.CharField(max_length=64, db_index=True)
+    requested_at = models.DateTimeField(auto_now_add=True)
+    requested_by = models.CharField(max_length=150, blank=True, default="")
+
+
+class DeletionNotice(models.Model):
+    """The first bundle version for ``unit`` carrying ``deletion``; confirmed when the unit applied it."""
+    deletion = models.ForeignKey(Deletion, on_delete=models.CASCADE, related_name="notices")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
+    bundle_version = models.BigIntegerField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["deletion", "unit"], name="one_notice_per_unit")]
+
+
+class IssuedBundle(models.Model):
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
+    version = models.BigIntegerField()
+    content_sha256 = models.CharField(max_length=64)  # of what the bundle says, without version and times
+    created_at = models.FloatField()
+    data = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "version"], name="bundle_version_once_per_unit")]
+
+
+class AuditEntry(models.Model):
+    at = models.DateTimeField(auto_now_add=True)
+    user = models.CharField(max_length=150)
+    action = models.CharField(max_length=64)
+    target = models.CharField(max_length=100, blank=True, default="")
+    detail = models.CharField(max_length=500, blank=True, default="")
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+
+def audit(user, action: str, target: str = "", detail: str = "") -> AuditEntry:
+    """One row per admin action; never biometric data (templates are never passed here)."""
+    name = getattr(user, "username", None) or str(user or "system")
+    return AuditEntry.objects.create(user=name[:150], action=action[:64], target=str(target)[:100],
+                                     detail=str(detail)[:500])

@@ -1,0 +1,248 @@
+"""The unit API (`/api/v1/units/<unit_id>/...`): every request signed by the unit's Ed25519 key.
+
+Signed bytes: "vendor-node-request-v1\\n" METHOD "\\n" path_with_query "\\n" timestamp "\\n" nonce "\\n"
+sha256_hex(body). Accepted only when the unit is registered and active, the key's sha256 is the
+registered fingerprint, the signature verifies, the timestamp is within 300 s, the nonce is new
+for this unit, and the URL's unit is X-VN-Unit. Answers the office sends (receipts, bundles) are
+signed by the fleet key the unit pins. Refusals: 400 names the field, 401 auth, 403 another
+unit's data, 409 journal gap or chain mismatch, 413 too large.
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+import base64
+import binascii
+import datetime as dt
+import hashlib
+import json
+import math
+import re
+import time
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.db import IntegrityError, transaction
+from django.http import HttpResponse, JsonResponse
+from django.utils import timezone
+from django.views.decorators.csrf import csrf_exempt
+
+from ..errors import UnitRequestRefused
+from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
+from .bundles import current_bundle, signing_key
+from .ingest import ingest_batch
+from .models import Employee, Nonce, SealedTemplate, Unit
+
+REQUEST_PREFIX = b"vendor-node-request-v1\n"
+CLOCK_WINDOW_S = 300
+NONCE_RE = re.compile(r"^[0-9a-f]{32}$")
+MAX_BODY = {"journal": 32 * 1024 * 1024, "templates": 4 * 1024 * 1024, "heartbeat": 64 * 1024, "bundle": 0}
+
+
+def canonical_json(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def signed_answer(receipt: dict) -> JsonResponse:
+    signature = signing_key().sign(canonical_json(receipt))
+    return JsonResponse({"receipt": receipt, "signature": base64.b64encode(signature).decode("ascii")})
+
+
+def fingerprint_of(raw_public_key: bytes) -> str:
+    return hashlib.sha256(raw_public_key).hexdigest()
+
+
+def normalise_fingerprint(text: str) -> str:
+    """Hex digits only, lower case (provision prints it grouped)."""
+    return re.sub(r"[^0-9a-f]", "", (text or "").lower())
+
+
+def request_bytes(method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
+    return REQUEST_PREFIX + "\n".join([method, path_with_query, timestamp, nonce,
+                                       hashlib.sha256(body).hexdigest()]).encode()
+
+
+def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519PublicKey, bytes]:
+    """The unit, its key and the body, or UnitRequestRefused."""
+    headers = request.headers
+    claimed = headers.get("X-VN-Unit", "")
+    timestamp, nonce = headers.get("X-VN-Timestamp", ""), headers.get("X-VN-Nonce", "")
+    key_b64, sig_b64 = headers.get("X-VN-Public-Key", ""), headers.get("X-VN-Signature", "")
+    for name, value in (("X-VN-Unit", claimed), ("X-VN-Timestamp", timestamp), ("X-VN-Nonce", nonce),
+                        ("X-VN-Public-Key", key_b64), ("X-VN-Signature", sig_b64)):
+        if not value:
+            raise UnitRequestRefused(401, f"{name}: header missing")
+    if not timestamp.isdigit():
+        raise UnitRequestRefused(400, "X-VN-Timestamp: expected integer unix seconds")
+    if not NONCE_RE.match(nonce):
+        raise UnitRequestRefused(400, "X-VN-Nonce: expected 32 lowercase hex digits")
+    try:
+        raw_key = base64.b64decode(key_b64, validate=True)
+        signature = base64.b64decode(sig_b64, validate=True)
+        public_key = Ed25519PublicKey.from_public_bytes(raw_key)
+    except (binascii.Error, ValueError):
+        raise UnitRequestRefused(400, "X-VN-Public-Key / X-VN-Signature: not base64 of an Ed25519 key and "
+                                      "signature") from None
+    unit = Unit.objects.filter(unit_id=claimed).first()
+    if unit is None or not unit.active:
+        raise UnitRequestRefused(401, f"X-VN-Unit: unit {claimed!r} is not registered (or not active) here")
+    if fingerprint_of(raw_key) != unit.fingerprint:
+        raise UnitRequestRefused(401, f"X-VN-Public-Key: its fingerprint is not the one registered for {claimed!r}")
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    if not length.isdigit():
+        raise UnitRequestRefused(400, "Content-Length: not a number")
+    if int(length) > MAX_BODY[what]:
+        raise UnitRequestRefused(413, f"body: {length} bytes is more than the {MAX_BODY[what]} a {what} "
+                                      "request may carry")
+    body = request.body
+    try:
+        public_key.verify(signature, request_bytes(request.method, request.get_full_path(), timestamp, nonce, body))
+    except InvalidSignature:
+        raise UnitRequestRefused(401, "X-VN-Signature: does not verify (wrong key, or the request was "
+                                      "changed)") from None
+    if abs(int(timestamp) - time.time()) > CLOCK_WINDOW_S:
+        raise UnitRequestRefused(401, f"X-VN-Timestamp: more than {CLOCK_WINDOW_S} s from the office's clock")
+    if url_unit_id != claimed:
+        raise UnitRequestRefused(403, f"unit {claimed!r} may not use the URL of unit {url_unit_id!r}")
+    now = timezone.now()
+    Nonce.objects.filter(unit=unit, seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
+    try:
+        with transaction.atomic():
+            Nonce.objects.create(unit=unit, nonce=nonce, seen_at=now)
+    except IntegrityError:
+        raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)") from None
+    return unit, public_key, body
+
+
+def unit_endpoint(what: str, method: str):
+    def decorate(handler):
+        @csrf_exempt
+        def view(request, unit_id):
+            if request.method != method:
+                return JsonResponse({"error": f"use {method}"}, status=405)
+            try:
+                unit, public_key, body = authenticate(request, unit_id, what)
+                response = handler(request, unit, public_key, body)
+                Unit.objects.filter(pk=unit.pk).update(last_sync_at=timezone.now())
+                return response
+            except UnitRequestRefused as exc:
+                return JsonResponse({"error": str(exc)}, status=exc.status)
+        return view
+    return decorate
+
+
+@unit_endpoint("journal", "POST")
+def journal(request, unit, public_key, body):
+    return signed_answer(ingest_batch(unit, body, public_key))
+
+
+def _json_body(body: bytes) -> dict:
+    try:
+        data = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UnitRequestRefused(400, f"body: not JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise UnitRequestRefused(400, "body: expected a JSON object")
+    return data
+
+
+def _number(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise UnitRequestRefused(400, f"{where}: expected a non-negative number")
+    return float(value)
+
+
+@unit_endpoint("templates", "POST")
+def templates(request, unit, public_key, body):
+    data = _json_body(body)
+    records, revocations = data.get("templates", []), data.get("revocations", [])
+    if not isinstance(records, list) or not isinstance(revocations, list):
+        raise UnitRequestRefused(400, "templates / revocations: expected lists")
+    parsed = []
+    for i, item in enumerate(records):
+        where = f"templates[{i}]"
+        if not isinstance(item, dict):
+            raise UnitRequestRefused(400, f"{where}: expected an object")
+        emp = item.get("employee_id")
+        if not isinstance(emp, str) or not EMPLOYEE_ID_RE.match(emp):
+            raise UnitRequestRefused(400, f"{where}.employee_id: not a valid employee id")
+        try:
+            sealed = base64.b64decode(item.get("sealed") or "", validate=True)
+        except (binascii.Error, ValueError, TypeError):
+            raise UnitRequestRefused(400, f"{where}.sealed: not base64") from None
+        if not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
+            raise UnitRequestRefused(400, f"{where}.sealed: {len(sealed)} bytes is not a sealed template")
+        consent = item.get("consent_version")
+        if not isinstance(consent, str) or not consent.strip() or len(consent) > 64:
+            raise UnitRequestRefused(400, f"{where}.consent_version: expected a short non-empty string")
+        parsed.append((emp, sealed, consent, _number(item.get("consented_at"), f"{where}.consented_at")))
+    revoked = []
+    for i, item in enumerate(revocations):
+        emp = item.get("employee_id") if isinstance(item, dict) else None
+        if not isinstance(emp, str) or not EMPLOYEE_ID_RE.match(emp):
+            raise UnitRequestRefused(400, f"revocations[{i}].employee_id: not a valid employee id")
+        revoked.append((emp, _number(item.get("revoked_at"), f"revocations[{i}].revoked_at")))
+    accepted = []
+    with transaction.atomic():
+        known = {e.employee_id: e for e in Employee.objects.filter(
+            employee_id__in=[p[0] for p in parsed], deleted_at__isnull=True)}
+        for emp, sealed, consent, consented_at in parsed:
+            employee = known.get(emp)
+            if employee is None:
+                continue  # unknown or deleted here: not accepted, the unit keeps (or drops) its copy
+            SealedTemplate.objects.update_or_create(employee=employee, defaults={
+                "sealed": sealed, "consent_version": consent, "consented_at": consented_at, "from_unit": unit})
+            employee.consent_version = consent
+            employee.consented_at = dt.datetime.fromtimestamp(consented_at, dt.timezone.utc)
+            employee.save(update_fields=["consent_version", "consented_at"])
+            accepted.append(emp)
+        for emp, _revoked_at in revoked:
+            SealedTemplate.objects.filter(employee__employee_id=emp).delete()  # never relayed again
+    return signed_answer({"kind": "templates", "unit_id": unit.unit_id, "accepted": accepted,
+                          "revocations": [emp for emp, _ in revoked]})
+
+
+HEARTBEAT_FIELDS = {"firmware": str, "model": str, "bundle_version": int, "last_purchase_at": (float, type(None)),
+                    "out_of_service": (str, type(None)), "faults": list, "free_disk_bytes": int,
+                    "journal_ok": bool, "journal_head_seq": int, "clock": float, "key_mode": str}
+
+
+@unit_endpoint("heartbeat", "POST")
+def heartbeat(request, unit, public_key, body):
+    data = _json_body(body)
+    clean = {}
+    for name, kinds in HEARTBEAT_FIELDS.items():
+        if name not in data:
+            raise UnitRequestRefused(400, f"{name}: missing")
+        value = data[name]
+        kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+        if float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if (isinstance(value, bool) and bool not in kinds) or not isinstance(value, kinds):
+            raise UnitRequestRefused(400, f"{name}: expected {' or '.join(k.__name__ for k in kinds)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UnitRequestRefused(400, f"{name}: not a finite number")
+        if isinstance(value, str) and len(value) > 200:
+            raise UnitRequestRefused(400, f"{name}: longer than 200 characters")
+        clean[name] = value
+    if not all(isinstance(f, str) and len(f) <= 200 for f in clean["faults"]) or len(clean["faults"]) > 50:
+        raise UnitRequestRefused(400, "faults: expected at most 50 short strings")
+    received = time.time()
+    Unit.objects.filter(pk=unit.pk).update(heartbeat=clean, heartbeat_at=timezone.now(),
+                                           clock_offset_s=round(clean["clock"] - received, 3))
+    return JsonResponse({"ok": True})
+
+
+@unit_endpoint("bundle", "GET")
+def bundle(request, unit, public_key, body):
+    after = request.GET.get("after", "0")
+    if not after.isdigit() or len(after) > 19:
+        raise UnitRequestRefused(400, "after: expected a non-negative integer version")
+    issued = current_bundle(unit)
+    if issued.version <= int(after):
+        return HttpResponse(status=204)
+    response = HttpResponse(bytes(issued.data), content_type="application/octet-stream")
+    response["X-VN-Bundle-Version"] = str(issued.version)
+    return response

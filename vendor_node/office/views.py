@@ -1,0 +1,292 @@
+"""The pages: employees, funds, sales, units, alerts, audit log; server-rendered, phone-sized.
+
+Roles are Django groups: ``manager`` (employees, funds, sales, audit) and ``technician``
+(units, alerts); both see units and alerts. Every page but /healthz needs a login; every form
+is CSRF-protected; every admin action writes one audit row (never biometric data).
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+import csv
+import datetime as dt
+import hmac
+import time
+from functools import wraps
+
+from django.conf import settings
+from django.contrib import messages
+from django.contrib.auth.decorators import login_required
+from django.db import connection, transaction
+from django.db.models import Count, Sum
+from django.db.models.functions import Cast
+from django.db.models import BigIntegerField, F
+from django.http import HttpResponse, HttpResponseForbidden, JsonResponse
+from django.shortcuts import redirect, render
+from django.utils import timezone
+from django.views.decorators.http import require_GET
+
+from ..errors import OfficeError
+from ..money.employees_csv import parse_amount_cents
+from . import ledger
+from .health import alerts as current_alerts, deletion_status, unit_problems
+from .models import AuditEntry, Deletion, Employee, JournalEntry, SealedTemplate, TopUp, Unit, audit
+from .unit_api import normalise_fingerprint
+
+ROLES = ("manager", "technician")
+
+
+def has_role(user, *roles) -> bool:
+    return user.is_authenticated and (user.is_superuser or user.groups.filter(name__in=roles).exists())
+
+
+def role_required(*roles):
+    def decorate(view):
+        @login_required
+        @wraps(view)
+        def wrapped(request, *args, **kwargs):
+            if not has_role(request.user, *roles):
+                return HttpResponseForbidden(f"this page is for: {', '.join(roles)}")
+            return view(request, *args, **kwargs)
+        return wrapped
+    return decorate
+
+
+def cents(value) -> str:
+    value = int(value or 0)
+    return f"{'-' if value < 0 else ''}{abs(value) // 100}.{abs(value) % 100:02d}"
+
+
+@require_GET
+def healthz(request):
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT 1")
+            cursor.fetchone()
+        return JsonResponse({"ok": True, "database": "ok", "vendor": connection.vendor})
+    except Exception as exc:  # the monitor wants the reason, not a 500 page
+        return JsonResponse({"ok": False, "database": f"{type(exc).__name__}: {exc}"[:300]}, status=503)
+
+
+@login_required
+def index(request):
+    return redirect("employees" if has_role(request.user, "manager") else "units")
+
+
+def _cents_field(request, name: str, what: str, required: bool = False) -> int | None:
+    text = (request.POST.get(name) or "").strip()
+    if not text:
+        if required:
+            raise OfficeError(f"{what}: required")
+        return None
+    try:
+        return parse_amount_cents(text)
+    except ValueError as exc:
+        raise OfficeError(f"{what}: {exc}") from None
+
+
+@role_required("manager")
+def employees(request):
+    if request.method == "POST":
+        try:
+            if request.POST.get("action") == "import":
+                upload = request.FILES.get("file")
+                if upload is None:
+                    raise OfficeError("file: choose a CSV file to import")
+                added, updated = ledger.import_employees_csv(request.user, upload.read())
+                messages.success(request, f"imported: {added} added, {updated} updated")
+            else:
+                funding = request.POST.get("funding", "prepaid")
+                amount = _cents_field(request, "funds", "funds") or 0
+                ledger.add_employee(request.user, request.POST.get("employee_id", ""), request.POST.get("name", ""),
+                                    funding=funding, opening_cents=amount if funding == "prepaid" else 0,
+                                    payroll_limit_cents=amount if funding == "payroll" else 0,
+                                    per_purchase_cap_cents=_cents_field(request, "per_purchase_cap", "per purchase cap"),
+                                    per_day_cap_cents=_cents_field(request, "per_day_cap", "per day cap"))
+                messages.success(request, f"added {request.POST.get('employee_id')}")
+            return redirect("employees")
+        except OfficeError as exc:
+            messages.error(request, str(exc))
+    money = ledger.balances()
+    rows = [{"e": e, "balance": cents(money.get(e.employee_id, 0)),
+             "funds": cents(ledger.funds_cents(e, money.get(e.employee_id, 0))),
+             "has_template": hasattr(e, "template")}
+            for e in Employee.objects.select_related("template").all()[:2000]]
+    return render(request, "office/employees.html", {"rows": rows})
+
+
+@role_required("manager")
+def employee(request, employee_id):
+    e = Employee.objects.filter(employee_id=employee_id).first()
+    if e is None:
+        return render(request, "office/message.html", {"text": f"no employee {employee_id!r}"}, status=404)
+    if request.method == "POST":
+        try:
+            action = request.POST.get("action")
+            if action in ("suspend", "reinstate"):
+                ledger.set_status(request.user, employee_id, "suspended" if action == "suspend" else "active")
+            elif action == "top_up":
+                ledger.top_up(request.user, employee_id, request.POST.get("amount", ""), request.POST.get("note", ""))
+                messages.success(request, "topped up")
+            else:
+                raise OfficeError(f"action: unknown {action!r}")
+            return redirect("employee", employee_id=employee_id)
+        except OfficeError as exc:
+            messages.error(request, str(exc))
+    balance = ledger.balance_cents(employee_id)
+    charges = JournalEntry.objects.filter(employee_id=employee_id, charged_cents__gt=0).select_related("unit") \
+        .order_by("-ts_us")[:100]
+    return render(request, "office/employee.html", {
+        "e": e, "balance": cents(balance), "funds": cents(ledger.funds_cents(e, balance)),
+        "has_template": SealedTemplate.objects.filter(employee=e).exists(),
+        "topups": [(t, cents(t.amount_cents)) for t in e.topups.all()[:100]],
+        "charges": [(c, cents(c.charged_cents), dt.datetime.fromtimestamp(c.ts_us / 1e6, dt.timezone.utc))
+                    for c in charges]})
+
+
+@role_required("manager")
+def delete_biometrics(request, employee_id):
+    e = Employee.objects.filter(employee_id=employee_id).first()
+    if e is None:
+        return render(request, "office/message.html", {"text": f"no employee {employee_id!r}"}, status=404)
+    if request.method == "POST":
+        if request.POST.get("confirm_id") != employee_id:
+            messages.error(request, f"confirmation: type the employee id {employee_id} to confirm")
+        else:
+            with transaction.atomic():
+                templates = SealedTemplate.objects.filter(employee=e).delete()[0]
+                e.deleted_at = timezone.now()
+                e.save(update_fields=["deleted_at"])
+                if not Deletion.objects.filter(employee_id=employee_id).exists():
+                    Deletion.objects.create(employee_id=employee_id, requested_by=request.user.username)
+                audit(request.user, "delete_biometrics", employee_id,
+                      f"{templates} sealed template(s) deleted; every unit told in its next bundle")
+            messages.success(request, f"{employee_id}: biometric data deleted here; units confirm on the units page")
+            return redirect("units")
+    return render(request, "office/delete.html", {"e": e})
+
+
+@role_required("manager")
+def funds(request):
+    if request.method == "POST":
+        try:
+            action = request.POST.get("action")
+            if action == "import":
+                upload = request.FILES.get("file")
+                if upload is None:
+                    raise OfficeError("file: choose a CSV file to import")
+                count = ledger.import_topups_csv(request.user, upload.read())
+                messages.success(request, f"{count} top-ups imported")
+            elif action == "payroll":
+                closed = ledger.payroll_month_end(request.user, request.POST.get("period") or None)
+                messages.success(request, f"payroll closed: {len(closed)} deductions, "
+                                          f"{cents(sum(c for _, c in closed))}")
+            else:
+                ledger.top_up(request.user, request.POST.get("employee_id", ""), request.POST.get("amount", ""),
+                              request.POST.get("note", ""))
+                messages.success(request, "topped up")
+            return redirect("funds")
+        except OfficeError as exc:
+            messages.error(request, str(exc))
+    history = [(t, cents(t.amount_cents)) for t in TopUp.objects.select_related("employee")[:300]]
+    return render(request, "office/funds.html", {"history": history,
+                                                 "employees": Employee.objects.filter(deleted_at__isnull=True),
+                                                 "period": timezone.now().strftime("%Y-%m")})
+
+
+SALES_GROUPS = {"unit": "unit__unit_id", "employee": "employee_id", "item": "item", "day": "day"}
+
+
+@role_required("manager")
+def sales(request):
+    by = request.GET.get("by", "day")
+    if by not in SALES_GROUPS:
+        return HttpResponse(f"by: must be one of {', '.join(SALES_GROUPS)}", status=400)
+    days_text = request.GET.get("days", "31")
+    if not days_text.isdigit() or not 1 <= int(days_text) <= 3660:
+        return HttpResponse("days: expected a whole number from 1 to 3660", status=400)
+    since_us = int((time.time() - int(days_text) * 86400) * 1e6)
+    qs = JournalEntry.objects.filter(charged_cents__gt=0, ts_us__gte=since_us)
+    if by == "day":
+        qs = qs.annotate(day=Cast(F("ts_us") / 86_400_000_000, BigIntegerField()))
+    rows = list(qs.values(SALES_GROUPS[by]).annotate(n=Count("id"), total=Sum("charged_cents"))
+                .order_by(SALES_GROUPS[by]))
+    table = []
+    for row in rows:
+        key = row[SALES_GROUPS[by]]
+        if by == "day":
+            key = dt.date(1970, 1, 1) + dt.timedelta(days=int(key))
+        table.append({"key": str(key if key is not None else "-"), "n": row["n"], "total": row["total"]})
+    if request.GET.get("format") == "csv":
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="sales-by-{by}.csv"'
+        writer = csv.writer(response)
+        writer.writerow([by, "purchases", "total"])
+        for row in table:
+            writer.writerow([row["key"], row["n"], cents(row["total"])])
+        return response
+    peak = max((r["total"] for r in table), default=0) or 1
+    bars = [{"x": 40 + i * (560 // max(1, len(table))), "w": max(2, 560 // max(1, len(table)) - 4),
+             "h": int(150 * r["total"] / peak), "label": r["key"], "total": cents(r["total"])}
+            for i, r in enumerate(table[-60:])]
+    for bar in bars:
+        bar["y"] = 170 - bar["h"]
+    return render(request, "office/sales.html", {
+        "by": by, "days": days_text, "groups": list(SALES_GROUPS),
+        "table": [{**r, "total": cents(r["total"])} for r in table], "bars": bars,
+        "sum": cents(sum(r["total"] for r in table)), "count": sum(r["n"] for r in table)})
+
+
+@role_required("manager", "technician")
+def units(request):
+    if request.method == "POST":
+        try:
+            unit_id = (request.POST.get("unit_id") or "").strip()
+            fingerprint = normalise_fingerprint(request.POST.get("fingerprint", ""))
+            register_unit(request.user, unit_id, fingerprint, request.POST.get("site", ""))
+            messages.success(request, f"registered unit {unit_id}")
+            return redirect("units")
+        except OfficeError as exc:
+            messages.error(request, str(exc))
+    rows = [{"u": u, "problems": unit_problems(u)} for u in Unit.objects.all()]
+    return render(request, "office/units.html", {"rows": rows, "deletions": deletion_status()})
+
+
+def register_unit(user, unit_id: str, fingerprint: str, site: str = "") -> Unit:
+    from ..money.bundle import EMPLOYEE_ID_RE
+
+    if not EMPLOYEE_ID_RE.match(unit_id or ""):
+        raise OfficeError(f"unit id: {unit_id!r} is not valid (letters, digits, . _ @ -)")
+    fingerprint = normalise_fingerprint(fingerprint)
+    if len(fingerprint) != 64:
+        raise OfficeError(f"fingerprint: expected 64 hex digits (as `vendor-node provision` prints), "
+                          f"got {len(fingerprint)}")
+    site = ledger._clean_text(site, "site", 100)
+    with transaction.atomic():
+        if Unit.objects.filter(unit_id=unit_id).exists():
+            raise OfficeError(f"unit id: {unit_id!r} is already registered")
+        unit = Unit.objects.create(unit_id=unit_id, fingerprint=fingerprint, site=site)
+        audit(user, "register_unit", unit_id, f"fingerprint {fingerprint[:16]}...")
+    return unit
+
+
+@role_required("manager", "technician")
+def alerts_page(request):
+    return render(request, "office/alerts.html", {"alerts": current_alerts()})
+
+
+def alerts_json(request):
+    token = settings.VENDOR_NODE_MONITOR_TOKEN
+    header = request.headers.get("Authorization", "")
+    by_token = bool(token) and hmac.compare_digest(header.encode(), f"Bearer {token}".encode())
+    if not by_token and not has_role(request.user, *ROLES):
+        return JsonResponse({"error": "log in, or send Authorization: Bearer <monitor token>"}, status=401)
+    found = current_alerts()
+    return JsonResponse({"ok": not found, "alerts": found, "units": Unit.objects.count()})
+
+
+@role_required("manager")
+def audit_log(request):
+    return render(request, "office/audit.html", {"rows": AuditEntry.objects.all()[:500]})
