@@ -29,11 +29,13 @@ ROI_SIDE = 1.45
 ROI_GAP = 0.3 / 1.45
 ROI_PALM_SHIFT = 0.1
 AXIS_TIP_BACK = 2.8  # fingers together: the ROI sits this many palm radii back from the farthest fingertip
-VALLEY_DEPTH = 0.45  # convexity-defect depth in palm radii
+VALLEY_DEPTH = 0.3  # convexity-defect depth in palm radii
 OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther out than the middle/ring one
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
+BORDER_STRICT = False
+PAIR_GAP = (0.35, 1.1)  # neighbouring finger valleys lie this many palm radii apart
 
 
 @dataclass
@@ -79,7 +81,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     on_border = lambda p: p[0] <= 1 or p[1] <= 1 or p[0] >= w - 2 or p[1] >= h - 2  # noqa: E731
     for s, e, f, depth in (defects.reshape(-1, 4) if defects is not None else ()):
         start, end, far = poly[s], poly[e], poly[f]
-        if depth / 256.0 < VALLEY_DEPTH * radius or on_border(start) or on_border(end):
+        if depth / 256.0 < VALLEY_DEPTH * radius or on_border(far) or (BORDER_STRICT and (on_border(start) or on_border(end))):
             continue
         v1, v2 = start - far, end - far
         if float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-6)) < -0.2:
@@ -88,6 +90,8 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
         tips_raw += [start, end]
     dist_all = np.linalg.norm(contour - center, axis=1)
     near = [v for v in valleys if np.linalg.norm(v - center) <= VALLEY_REACH * radius]
+    if wrist is not None and len(near) >= 2 and float((np.mean(near, axis=0) - center) @ (wrist - center)) > 0:
+        wrist = None  # a finger leaving the frame was taken for the arm: the valleys are on the fingers' side
     if wrist is not None:
         up = center - wrist
     elif near:
@@ -210,6 +214,10 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6:
                 a, b = v[i], v[i + 2]
                 break
+        if a is None:
+            pair = _valley_pair(v, center, radius, shape.up)
+            if pair is not None:
+                return pair
     span = 0.0
     if a is not None:
         span = float(np.linalg.norm(b - a))
@@ -244,6 +252,29 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         reach = (AXIS_TIP_BACK + ROI_PALM_SHIFT) * radius
     from_tip = center + up * (reach - AXIS_TIP_BACK * radius)
     return (from_circle + from_tip) / 2, axis_x, ROI_SIDE * radius, "axis"
+
+
+def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarray):
+    """Close-up frames often show only two neighbouring finger valleys (the outer fingers leave the
+    frame or lie dim): their line gives the palm's turn and its distance from the palm centre; which two
+    fingers they separate is unknown, so the palm circle places the square across the hand."""
+    for first, second in zip(valleys, valleys[1:]):
+        gap = float(np.linalg.norm(second - first))
+        middle = (first + second) / 2
+        if not PAIR_GAP[0] * radius < gap < PAIR_GAP[1] * radius:
+            continue
+        if abs(float((second - first) @ up)) / gap > 0.5 or float((middle - center) @ up) < 0.3 * radius:
+            continue
+        line = (second - first) / gap
+        towards_fingers = np.array([line[1], -line[0]])
+        if towards_fingers @ (middle - center) < 0:
+            towards_fingers = -towards_fingers
+        axis_x = np.array([-towards_fingers[1], towards_fingers[0]])
+        side = ROI_SIDE * radius
+        from_palm = ROI_PALM_SHIFT * radius
+        from_valleys = float((middle - center) @ towards_fingers) - (ROI_GAP + 0.5) * side
+        return center + towards_fingers * (from_palm + from_valleys) / 2, axis_x, side, "valley_pair"
+    return None
 
 
 def _continue_arch(known: np.ndarray, mr: np.ndarray, center: np.ndarray, along: float, down: float) -> np.ndarray:

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import handshape
+from . import handshape, palm_square
 from ..errors import HandRejected
 from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
 
 __all__ = ["ROI_SIZE", "REASONS", "FINGERS", "GEOMETRY_NAMES", "GEOMETRY_SIZE", "Hand", "extract_hand"]
 
-ROI_SIZE = 128
+ROI_SIZE = palm_square.ROI_SIZE
 WORK_SIZE = 320
 
 # What the employee is told for each refusal reason.
@@ -41,11 +41,13 @@ REASONS = {
 
 # Tuning (fractions are relative to the working image or the palm radius).
 HYSTERESIS = 0.8  # dim parts of a lit hand are kept down to this fraction of Otsu's threshold over background
+DIM_FINGERS_HYSTERESIS = 0.4  # the second try, for close-ups whose fingers get little light (nir_dev)
+RETRY_REASONS = ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image", "cut_off", "blurred")
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
 MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
-# Outline steepness (see _edge_sharpness): real photos 0.55 and up, also under gamma 0.6-1.6; a motion blur
+# Outline steepness (see palm_square.edge_sharpness): real photos 0.55 and up, also under gamma 0.6-1.6; a motion blur
 # of 2% of the frame width (where matching starts to miss) stays under 0.47.
 MIN_SHARPNESS = 0.47
 MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
@@ -69,8 +71,11 @@ def reject(reason: str) -> HandRejected:
     return HandRejected(reason, REASONS[reason])
 
 
-def extract_hand(image: np.ndarray) -> Hand:
-    """The aligned palm ROI, geometry and keypoints of the one hand in ``image``; HandRejected otherwise."""
+def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
+    """The aligned palm ROI, geometry and keypoints of the one hand in ``image``; HandRejected otherwise.
+
+    ``trace``, when given, collects what was found on the way (outline, key points, palm square, in
+    full-resolution pixels) even when the frame is refused: the debug view draws it."""
     grey = _validated(image)
     scale = max(grey.shape) / WORK_SIZE
     if scale > 1.0:
@@ -79,21 +84,42 @@ def extract_hand(image: np.ndarray) -> Hand:
         scale = grey.shape[1] / size[0]
     else:
         work, scale = grey, 1.0
+    first_trace: dict = {"scale": scale}
     try:
-        return _hand_in(grey, work, scale, by_background=False)
+        hand = _hand_in(grey, work, scale, "otsu", trace=first_trace)
+        if trace is not None:
+            trace.update(first_trace)
+        return hand
     except HandRejected as first:
-        if first.reason not in ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image"):
+        if first.reason not in RETRY_REASONS:
+            _keep_trace(trace, first_trace, first)
             raise
-        # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
-        # so the hand is looked for again as whatever differs from the background.
-        try:
-            return _hand_in(grey, work, scale, by_background=True)
-        except HandRejected:
-            raise first from None
+        # A close-up under the unit's LEDs: the fingers get far less light than the palm and Otsu cuts them
+        # off halfway, so dimmer parts touching the hand are taken in further down. A pale hand on a pale
+        # background next to a dark sleeve: the threshold split sleeve from the rest, so the hand is looked
+        # for again as whatever differs from the background.
+        for method in ("dim_fingers", "background"):
+            try:
+                return _hand_in(grey, work, scale, method, trace=trace)
+            except HandRejected:
+                pass
+        _keep_trace(trace, first_trace, first)
+        raise first from None
 
 
-def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bool) -> Hand:
-    mask, contrast, unfilled, center, radius = _find_hand(work, by_background)
+def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
+    if trace is not None:
+        trace.clear()
+        trace.update(found, reason=refusal.reason)
+
+
+def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None) -> Hand:
+    trace = {} if trace is None else trace
+    trace.clear()
+    trace["scale"], trace["method"] = scale, method
+    mask, contrast, unfilled, center, radius = _find_hand(work, method)
+    trace["outline"] = _outline(mask) * scale
+    trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     area = float(np.count_nonzero(mask)) / mask.size
     try:
         wrist = _wrist_contact(mask, center, radius)
@@ -101,7 +127,10 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bo
         if refusal.reason == "cut_off" and 2 * radius > MAX_PALM_SPAN * min(mask.shape):
             raise reject("too_close") from None
         raise
-    sharpness = _edge_sharpness(work, mask, contrast)
+    if wrist is not None:
+        trace["wrist"] = wrist * scale
+    sharpness = palm_square.edge_sharpness(work, mask, contrast)
+    trace["sharpness"] = sharpness
     if sharpness < MIN_SHARPNESS:
         raise reject("blurred")
     contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
@@ -110,12 +139,16 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, by_background: bo
         raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
     shape = handshape.find_fingers(contour, mask, center, radius, wrist, holes)
-    if shape.extent < 1.8:  # a fist: the fingers do not reach beyond the palm
+    trace["keypoints"] = {name: point * scale for name, point in shape.points.items()}
+    trace["tips"] = [t * scale for t in shape.tips]
+    trace["valleys"] = [v * scale for v in shape.valleys]
+    if shape.extent < 1.8 and len(shape.valleys) < 2:  # a fist: no fingers reach beyond the palm, none apart
         raise reject("fingers_closed")
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
-    if not _inside_frame(roi_center, axis_x, side, mask.shape):
+    trace["roi_square"] = palm_square.square_corners(roi_center, axis_x, side) * scale
+    if not palm_square.inside_frame(roi_center, axis_x, side, mask.shape):
         raise reject("cut_off")
-    roi, texture = _cut_roi(grey, mask, scale, roi_center, axis_x, side)
+    roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
     if np.count_nonzero(roi != 128) < MIN_COVERAGE * roi.size:  # the outline ran through the palm
@@ -146,25 +179,26 @@ def _validated(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _find_hand(work: np.ndarray, by_background: bool):
+def _find_hand(work: np.ndarray, method: str):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
-    mask, contrast, unfilled = _segment(work, by_background)
+    mask, contrast, unfilled = _segment(work, method)
     center, radius = _palm_circle(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
 
 
-def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray, float, np.ndarray]:
+def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float, np.ndarray]:
     """The hand as a filled 0/255 mask, the hand/background contrast, and the mask before its holes were
     filled; no_hand/two_hands/too_far/too_close.
 
-    Otsu's threshold splits hand from background; ``by_background`` instead takes everything that
+    Otsu's threshold splits hand from background ("otsu"; "dim_fingers" takes in dim parts touching the
+    hand further down); "background" instead takes everything that
     differs from the frame border's grey level (which is mostly background) by more than its noise."""
     smooth = cv2.GaussianBlur(work, (5, 5), 0)
     if float(smooth.std()) < MIN_CONTRAST / 4:
         raise reject("no_hand")
-    if by_background:
+    if method == "background":
         border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]]).astype(np.float32)
         level = float(np.median(border))
         spread = 1.4826 * float(np.median(np.abs(border - level)))
@@ -175,7 +209,8 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
         dark_hand = np.count_nonzero(border) > border.size / 2
         hand = cv2.bitwise_not(bright) if dark_hand else bright
         if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
-            hand = _grow_into_dim_parts(smooth, hand, threshold)
+            hand = _grow_into_dim_parts(smooth, hand, threshold,
+                                        DIM_FINGERS_HYSTERESIS if method == "dim_fingers" else HYSTERESIS)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
@@ -209,15 +244,15 @@ def _segment(work: np.ndarray, by_background: bool = False) -> tuple[np.ndarray,
     return filled, contrast, mask
 
 
-def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float) -> np.ndarray:
+def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float, fraction: float) -> np.ndarray:
     """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
-    to a fifth of the way from Otsu's threshold to the background level (not on light backgrounds, where
+    to ``fraction`` of the way from the background level to Otsu's threshold (not on light backgrounds, where
     that would take in the hand's shadow)."""
     background = smooth[hand == 0]
     if background.size == 0:
         return hand
     level = float(np.median(background))
-    weak = smooth > level + HYSTERESIS * (threshold - level)
+    weak = smooth > level + fraction * (threshold - level)
     count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
     if count <= 1:
         return hand
@@ -278,92 +313,19 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.nd
     return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32)
 
 
+def _outline(mask: np.ndarray) -> np.ndarray:
+    """The largest outline of ``mask`` as (N, 2) float32 points."""
+    contours = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0]
+    if not contours:
+        return np.zeros((0, 2), np.float32)
+    return max(contours, key=cv2.contourArea)[:, 0, :].astype(np.float32)
+
+
 def _solidity(contour: np.ndarray) -> float:
     """Outline area over its convex hull's area: 1 for a convex blob, about 0.6-0.95 for hands."""
     outline = contour.reshape(-1, 1, 2).astype(np.int32)
     hull_area = cv2.contourArea(cv2.convexHull(outline))
     return float(cv2.contourArea(outline) / hull_area) if hull_area > 0 else 1.0
-
-
-def _inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape: tuple[int, int]) -> bool:
-    """Whether the ROI square lies in the frame (up to a fifth of its side may stick out: those pixels
-    become background fill, which the matcher ignores)."""
-    axis_y = np.array([-axis_x[1], axis_x[0]])
-    corners = [roi_center + (sx * axis_x + sy * axis_y) * side / 2 for sx in (-1, 1) for sy in (-1, 1)]
-    slack = 0.2 * side
-    h, w = shape
-    return all(-slack <= x <= w - 1 + slack and -slack <= y <= h - 1 + slack for x, y in corners)
-
-
-def _edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float:
-    """How steep the hand's outline is: the gradient at the edge over the grey-level step across it
-    (measured 3 px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
-    worst orientation (motion blur softens only the edges across its direction). About 1 when sharp."""
-    smooth = work.astype(np.float32)
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
-    band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel) > 0
-    band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = False
-    ys, xs = np.nonzero(band)
-    ex, ey = gx[ys, xs], gy[ys, xs]
-    mag = np.hypot(ex, ey)
-    strong = mag > 0.15 * contrast / 4
-    if np.count_nonzero(strong) < 40 or contrast <= 0:
-        return 0.0
-    ys, xs, ex, ey, mag = ys[strong], xs[strong], ex[strong], ey[strong], mag[strong]
-    nx, ny = ex / mag, ey / mag
-    h, w = work.shape
-    def sample(sign: float) -> np.ndarray:
-        row = np.clip(np.round(ys + sign * 3 * ny).astype(int), 0, h - 1)
-        col = np.clip(np.round(xs + sign * 3 * nx).astype(int), 0, w - 1)
-        return smooth[row, col]
-
-    step = np.abs(sample(1.0) - sample(-1.0))
-    ok = step > 0.3 * contrast
-    if np.count_nonzero(ok) < 40:
-        return 0.0
-    ratio = mag[ok] * 6.0 / step[ok] / 3.0  # a clean step gives about 1, a step smeared over n px about 2/n
-    angle = np.mod(np.arctan2(ey[ok], ex[ok]), np.pi)
-    bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
-    per_bin = [np.percentile(ratio[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
-    return float(min(per_bin)) if per_bin else 0.0
-
-
-def _cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, float]:
-    """Warp the square ROI out of the full-resolution frame, normalise the palm's grey levels (mean 128,
-    sd 40) and set what lies outside the hand to 128; also how much fine texture the palm shows."""
-    axis_y = np.array([-axis_x[1], axis_x[0]])
-    # Prefilter: shrink the region around the ROI so warping never skips pixels.
-    full_side = side * scale
-    shrink = min(1.0, ROI_SIZE / full_side)
-    c = roi_center * scale
-    half = full_side * 0.75
-    x0, y0 = max(0, int(c[0] - half)), max(0, int(c[1] - half))
-    x1, y1 = min(grey.shape[1], int(c[0] + half) + 1), min(grey.shape[0], int(c[1] + half) + 1)
-    patch = grey[y0:y1, x0:x1]
-    if shrink < 1.0:
-        patch = cv2.resize(patch, None, fx=shrink, fy=shrink, interpolation=cv2.INTER_AREA)
-    k = full_side * shrink / ROI_SIZE
-    origin = (c - np.array([x0, y0])) * shrink - (axis_x + axis_y) * k * ROI_SIZE / 2
-    matrix = np.array([[axis_x[0] * k, axis_y[0] * k, origin[0]], [axis_x[1] * k, axis_y[1] * k, origin[1]]])
-    roi = cv2.warpAffine(patch, matrix, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                         borderMode=cv2.BORDER_REPLICATE)
-    k_work = side / ROI_SIZE
-    origin_w = roi_center - (axis_x + axis_y) * k_work * ROI_SIZE / 2
-    matrix_w = np.array([[axis_x[0] * k_work, axis_y[0] * k_work, origin_w[0]],
-                         [axis_x[1] * k_work, axis_y[1] * k_work, origin_w[1]]])
-    inside = cv2.warpAffine(mask, matrix_w, (ROI_SIZE, ROI_SIZE), flags=cv2.INTER_NEAREST | cv2.WARP_INVERSE_MAP) > 0
-    values = roi[inside] if np.count_nonzero(inside) > ROI_SIZE else roi.ravel()
-    mean, std = float(values.mean()), float(values.std()) + 1e-3
-    raw = roi.astype(np.float32)
-    detail = raw - cv2.GaussianBlur(raw, (0, 0), 3.0)  # lines and creases, without the lighting
-    core = cv2.erode(inside.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0  # away from the outline
-    values = detail[core] if np.count_nonzero(core) > ROI_SIZE else detail.ravel()
-    texture = 1.4826 * float(np.median(np.abs(values - np.median(values))))  # robust: a few edge pixels are not texture
-    normalised = (raw - mean) * (40.0 / std) + 128.0
-    normalised[~inside] = 128.0
-    return np.clip(normalised, 0, 255).astype(np.uint8), texture
 
 
 def _quality(sharpness, contrast, area, alignment, shape) -> float:
