@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vendor_node.money.accounts import AccountStore
 from vendor_node.money.authorize import AbuseGuard
-from vendor_node.money.bundle import (TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, TemplateRecord,
-                                encode_bundle, write_bundle_file)
+from vendor_node.money.bundle import (TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, JournalPosition,
+                                      TemplateRecord, encode_bundle, write_bundle_file)
 from vendor_node.config import Config
 from vendor_node.errors import AccountsError, BundleError, ConsentError, KeyFileError
 from vendor_node.money.keys import KeyStore, TemplateCipher, public_key_to_pem
@@ -29,8 +29,9 @@ class Fleet:
         self.dir.mkdir()
 
     def bundle(self, version, employees=(), templates=(), deletions=(), kind="snapshot", base_version=None,
-               created=NOW, expires=None, policy=None, signer=None) -> Path:
+               created=NOW, expires=None, policy=None, signer=None, unit_id="unit-dev", position=None) -> Path:
         bundle = Bundle(kind=kind, version=version, base_version=base_version, created=created,
+                        unit_id=unit_id, journal_position=position or JournalPosition(),
                         expires=expires or created + 7 * 24 * HOUR, policy=policy or {},
                         employees=list(employees), deletions=list(deletions),
                         templates=[TemplateRecord(emp, self.transport.seal(emp, plain), "consent-1", created - 60)
@@ -231,8 +232,8 @@ def test_no_bundle_means_out_of_service(store):
 
 
 def test_funds_count_this_units_charges_since_the_bundle(store, fleet):
-    buy(store, "E1", 300)  # before the bundle: already in the fleet's balance
-    store.import_bundle(fleet.bundle(1, STAFF, created=time.time()))
+    buy(store, "E1", 300)  # before the bundle's journal position: already in the fleet's balance
+    store.import_bundle(fleet.bundle(1, STAFF, created=time.time(), position=JournalPosition(*store.journal.head())))
     assert store.funds_left_cents(store.employee("E1")) == 2000
     buy(store, "E1", 500)
     buy(store, "E1", 400, outcome="void")  # a failed vend costs nothing
@@ -396,11 +397,11 @@ def test_a_resent_template_keeps_its_last_use(store, fleet):
     path = fleet.bundle(1, STAFF, templates=[("E1", b"t" * 30)])
     store.import_bundle(path)
     store.note_template_used("E1", now=NOW)
-    resent = Bundle(kind="snapshot", version=2, created=NOW, expires=NOW + HOUR, employees=STAFF,
+    resent = Bundle(kind="snapshot", version=2, created=NOW, expires=NOW + HOUR, employees=STAFF, unit_id="unit-dev",
                     templates=[TemplateRecord("E1", fleet.transport.seal("E1", b"t" * 30), "consent-1", NOW - 60)])
     store.apply_bundle(resent)
     assert store.employee("E1").last_used_at == NOW
-    renewed = Bundle(kind="snapshot", version=3, created=NOW, expires=NOW + HOUR, employees=STAFF,
+    renewed = Bundle(kind="snapshot", version=3, created=NOW, expires=NOW + HOUR, employees=STAFF, unit_id="unit-dev",
                      templates=[TemplateRecord("E1", fleet.transport.seal("E1", b"u" * 30), "consent-2", NOW)])
     store.apply_bundle(renewed)
     assert store.employee("E1").last_used_at is None and store.templates()["E1"] == b"u" * 30
@@ -463,3 +464,49 @@ def test_a_clock_jump_cannot_stretch_a_cool_down(tmp_path):
     state.write_text(json.dumps({"failures": [], "cool_until": time.time() + 10 * 24 * HOUR}))
     g = AbuseGuard(Config().replace(abuse={"cooldown_s": 120.0}), state_file=state)
     assert g.cooldown_left() <= 120.0
+
+
+# --- bundle format 2: one unit, funds as of a journal position ----------------------------
+def test_another_units_bundle_is_refused_and_nothing_is_deleted(store, fleet):
+    store.import_bundle(fleet.bundle(1, STAFF, templates=[("E1", b"t" * 30)]))
+    store.enroll("E2", b"e" * 40, "consent-1")  # queued, not uploaded yet
+    refused_without_change(store, fleet.bundle(2, [EmployeeRecord("X1", "Other site")], unit_id="unit-elsewhere"),
+                           "built for unit 'unit-elsewhere', but this is unit 'unit-dev'")
+    assert {e.id for e in store.employees() if e.status != "deleted"} == {"E1", "E2", "E3", "E4"}
+    assert [row[0] for row in store.pending_uploads()] == ["E2"]
+
+
+def test_a_journal_position_this_unit_does_not_have_is_refused(store, fleet):
+    store.import_bundle(fleet.bundle(1, STAFF))
+    buy(store, "E1", 100)
+    head_seq, head_hash = store.journal.head()
+    refused_without_change(store, fleet.bundle(2, STAFF, position=JournalPosition(head_seq + 5, head_hash)),
+                           "past this unit's last entry")
+    refused_without_change(store, fleet.bundle(3, STAFF, position=JournalPosition(head_seq, "ab" * 32)),
+                           "does not match this unit's entry")
+
+
+def test_a_bundle_built_before_the_last_upload_arrived_gives_no_money_back(store, fleet):
+    """The issue's case: 5.00 prepaid, 4.50 spent and uploaded; the office built the next bundle before
+    that upload arrived (funds still 5.00, position before the purchase): 4.50 must not be approved again."""
+    alone = [EmployeeRecord("E1", "Ann", funds_cents=500)]
+    store.import_bundle(fleet.bundle(1, alone, policy={"per_day_cap_cents": 100_000}))
+    buy(store, "E1", 450)
+    store.journal.mark_uploaded(store.journal.head()[0])  # the unit's upload was acknowledged
+    store.import_bundle(fleet.bundle(2, alone, policy={"per_day_cap_cents": 100_000}))  # stale: position 0
+    assert store.funds_left_cents(store.employee("E1")) == 50
+    assert store.authorize("E1", 450).reason_code == "insufficient_funds"
+    # once the office has ingested the purchase its bundle says 0.50 at that position: still 0.50
+    position = JournalPosition(*store.journal.head())
+    store.import_bundle(fleet.bundle(3, [EmployeeRecord("E1", "Ann", funds_cents=50)], position=position,
+                                     policy={"per_day_cap_cents": 100_000}))
+    assert store.spendable_cents("E1").funds_left_cents == 50
+
+
+def test_a_clock_stepping_back_gives_no_money_back(store, fleet):
+    store.import_bundle(fleet.bundle(1, [EmployeeRecord("E1", "Ann", funds_cents=500)], created=NOW))
+    buy(store, "E1", 400)
+    # a bundle stamped an hour *later* than the purchase (the office's clock ahead, or the unit's behind)
+    store.import_bundle(fleet.bundle(2, [EmployeeRecord("E1", "Ann", funds_cents=500)], created=NOW + HOUR))
+    assert store.authorize("E1", 200, now=NOW + HOUR + 1).reason_code == "insufficient_funds"
+    assert store.funds_left_cents(store.employee("E1")) == 100

@@ -1,5 +1,6 @@
 """The technician's commands end to end: keygen, provision, bundle, import, list, enroll, unenroll."""
 import os
+import re
 import sys
 import types
 
@@ -34,10 +35,10 @@ def unit(tmp_path, capsys):
                                  key=fleet / "fleet_signing.key")
 
 
-def make_bundle(unit, version, *extra, csv=None):
+def make_bundle(unit, version, *extra, csv=None, unit_id="U1"):
     out = unit.tmp / f"b{version}.vnb"
     code = main(["fleet", "bundle", "--employees", str(csv or unit.csv), "--signing-key", str(unit.key),
-                 "--out", str(out), "--version", str(version), *extra])
+                 "--out", str(out), "--unit-id", unit_id, "--version", str(version), *extra])
     return code, out
 
 
@@ -104,10 +105,10 @@ def test_tampered_bundle_is_refused_and_the_cache_is_unchanged(unit, capsys):
 
 
 @pytest.mark.parametrize("argv", [
-    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--expires-days", "0"],
-    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--version", "-3"],
-    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--delta"],
-    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--base-version", "2"],
+    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--unit-id", "U1", "--expires-days", "0"],
+    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--unit-id", "U1", "--version", "-3"],
+    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--unit-id", "U1", "--delta"],
+    ["fleet", "bundle", "--employees", "{csv}", "--signing-key", "{key}", "--out", "{tmp}/x", "--unit-id", "U1", "--base-version", "2"],
     ["fleet", "bundle", "--employees", "{tmp}/none.csv", "--signing-key", "{key}", "--out", "{tmp}/x"],
     ["fleet", "bundle", "--signing-key", "{key}", "--out", "{tmp}/x"],
     ["accounts", "import", "{tmp}/missing.vnb", "--state-dir", "{state}"],
@@ -224,7 +225,7 @@ def test_template_enrolled_at_one_unit_reaches_another_sealed(unit, fake_recogni
     second = unit.tmp / "second"
     main(["provision", "--fleet-public-key", str(unit.fleet / "fleet_public_key.pem"), "--unit-id", "U2",
           "--fleet-template-key", str(unit.fleet / "fleet_template.key"), "--state-dir", str(second)])
-    code, bundle = make_bundle(unit, 11, "--templates", str(exported), "--per-day-cap", "9.00")
+    code, bundle = make_bundle(unit, 11, "--templates", str(exported), "--per-day-cap", "9.00", unit_id="U2")
     assert code == 0
     assert main(["accounts", "import", str(bundle), "--state-dir", str(second)]) == 0
     capsys.readouterr()
@@ -292,3 +293,51 @@ def test_provisioning_again_with_the_same_keys_is_harmless(unit, capsys):
               "--state-dir", str(unit.state)])
     assert info.value.code == 2
     assert "already provisioned as 'U1'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--expires-days", "1e308"], "--expires-days: 1e308 days is more than 366"),
+    (["--expires-days", "nan"], "--expires-days"),
+    (["--version", str(2 ** 63)], "past the largest version"),
+    (["--journal-position", "12"], "expected SEQ:HASH"),
+    (["--journal-position", "0:" + "a" * 64], "genesis hash"),
+    (["--unit-id", "unit 7\n"], "--unit-id: .* is not a valid unit id"),
+])
+def test_fleet_bundle_refuses_what_units_would_refuse(unit, extra, fragment, capsys):
+    argv = ["fleet", "bundle", "--employees", str(unit.csv), "--signing-key", str(unit.key),
+            "--out", str(unit.tmp / "x.vnb"), "--unit-id", "U1", *extra]
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert re.search(fragment, capsys.readouterr().err)
+    assert not (unit.tmp / "x.vnb").exists()
+
+
+def test_fleet_bundle_refuses_control_characters_in_names(unit, capsys):
+    bad = unit.tmp / "bad.csv"
+    bad.write_text("employee_id,display_name,funds\nE1,Ann\x1b[2J,1\n")
+    code, out = make_bundle(unit, 5, csv=bad)
+    assert code == 1 and not out.exists()
+    assert "control character" in capsys.readouterr().err
+
+
+def test_fleet_bundle_journal_position_counts_only_later_charges(unit, capsys):
+    from vendor_node.config import Config
+    from vendor_node.money.accounts import AccountStore
+
+    make_bundle(unit, 10)
+    main(["accounts", "import", str(unit.tmp / "b10.vnb"), "--state-dir", str(unit.state)])
+    cfg = Config().replace(unit={"state_dir": unit.state, "unit_id": "U1"})
+    with AccountStore.open(cfg) as store:
+        session = store.journal.begin_session()
+        store.journal.approve(session, "E1", "A1", 300)
+        store.journal.succeed(session)
+        seq, digest = store.journal.head()
+    # the office ingested the purchase (seq) and its ledger says 17.00 for Ann
+    csv = unit.tmp / "after.csv"
+    csv.write_text("employee_id,display_name,funds\nE1,Ann Smith,17.00\n")
+    code, bundle = make_bundle(unit, 11, "--journal-position", f"{seq}:{digest}", csv=csv)
+    assert code == 0 and f"journal position {seq}" in capsys.readouterr().out
+    assert main(["accounts", "import", str(bundle), "--state-dir", str(unit.state)]) == 0
+    with AccountStore.open(cfg) as store:
+        assert store.funds_left_cents(store.employee("E1")) == 1700

@@ -17,7 +17,7 @@ NOW = time.time()
 
 
 def sample(**changes) -> Bundle:
-    fields = dict(kind="snapshot", version=3, created=NOW, expires=NOW + 86400,
+    fields = dict(kind="snapshot", version=3, created=NOW, expires=NOW + 86400, unit_id="U1",
                   policy={"per_day_cap_cents": 1000},
                   employees=[EmployeeRecord("E1", "Ann", funds_cents=1200),
                              EmployeeRecord("E2", "Bob", status="suspended", funding="payroll", funds_cents=0,
@@ -93,7 +93,18 @@ def payload_of(bundle: Bundle) -> dict:
 @pytest.mark.parametrize("mutate, fragment", [
     (lambda p: p.pop("version"), "missing field 'version'"),
     (lambda p: p.update(extra=1), "unknown field 'extra'"),
-    (lambda p: p.update(format=2), "unsupported bundle format"),
+    (lambda p: p.update(format=3), "unsupported bundle format"),
+    (lambda p: p.update(format=1), "format-1 bundle names no unit"),
+    (lambda p: p.pop("unit_id"), "missing field 'unit_id'"),
+    (lambda p: p.update(unit_id="bad unit!"), "unit_id: not a valid unit id"),
+    (lambda p: p.pop("journal_position"), "missing field 'journal_position'"),
+    (lambda p: p["journal_position"].update(seq=-1), "journal_position.seq"),
+    (lambda p: p["journal_position"].update(hash="xyz"), "journal_position.hash: expected 64"),
+    (lambda p: p["journal_position"].update(hash="a" * 64), "seq 0 .* goes with the genesis hash"),
+    (lambda p: p.update(version=2 ** 63), "version: .* past the largest storable integer"),
+    (lambda p: p.update(expires=p["created"] + 400 * 86400), "expires: valid for .* at most 366"),
+    (lambda p: p["employees"][0].update(name="Ann\u0085"), r"employees\[0\].name: contains the control"),
+    (lambda p: p["employees"][0].update(name="Ann\x7f"), r"employees\[0\].name: contains the control"),
     (lambda p: p.update(kind="full"), "kind: must be one of"),
     (lambda p: p.update(version=0), "version: must be at least 1"),
     (lambda p: p.update(version="3"), "version: expected a non-negative integer"),

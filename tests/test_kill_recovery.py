@@ -166,7 +166,7 @@ def _provision(state_dir: Path, bundles_dir: Path) -> None:
     keys.install_fleet_template_key(os.urandom(32))
     now = time.time()
     bundle = Bundle(kind="snapshot", version=1, base_version=None, created=now - 60, expires=now + 7 * 86400,
-                    policy={"per_day_cap_cents": DAILY_CAP_CENTS, "unsynced_total_cap_cents": UNSYNCED_CAP_CENTS},
+                    unit_id=cfg.unit.unit_id, policy={"per_day_cap_cents": DAILY_CAP_CENTS, "unsynced_total_cap_cents": UNSYNCED_CAP_CENTS},
                     employees=[EmployeeRecord(e, f"Employee {e}", funds_cents=FUNDS_CENTS) for e in EMPLOYEES],
                     deletions=[], templates=[])
     bundles_dir.mkdir()

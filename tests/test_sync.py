@@ -77,11 +77,12 @@ def cfg(tmp_path, fleet_key):
     keys = KeyStore.from_config(cfg)
     keys.pin_fleet_public_key(public_key_to_pem(fleet_key.public_key()))
     keys.install_fleet_template_key(os.urandom(32))
+    keys.write_unit_id("unit-7")
     return cfg
 
 
 def make_bundle(fleet_key, version, employees):
-    return encode_bundle(Bundle(kind="snapshot", version=version, base_version=None, created=NOW - 60,
+    return encode_bundle(Bundle(kind="snapshot", version=version, base_version=None, created=NOW - 60, unit_id="unit-7",
                                 expires=NOW + 86400, policy={}, employees=employees, deletions=[],
                                 templates=[]), fleet_key)
 

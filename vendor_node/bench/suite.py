@@ -52,7 +52,7 @@ def bench_accounts(args) -> int:  # owned by the accounts engineer
     templates = [TemplateRecord(e.id, transport.seal(e.id, os.urandom(1024)), "consent-1", now) for e in staff]
     policy = {"per_day_cap_cents": 10 ** 9, "unsynced_total_cap_cents": 10 ** 9}
     data = encode_bundle(Bundle(kind="snapshot", version=1, created=now, expires=now + 86400, policy=policy,
-                                employees=staff, templates=templates), signer)
+                                unit_id=Config().unit.unit_id, employees=staff, templates=templates), signer)
     print(f"bundle: {employees} employees with 1 KiB templates, {len(data) / 1e6:.1f} MB; {runs} runs; "
           f"{purchases} purchases timed after {history} synced ones")
 

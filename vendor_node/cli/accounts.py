@@ -1,12 +1,14 @@
 """`vendor-node provision | accounts | fleet | enroll | unenroll`: the technician's and back office's account tools."""
 from __future__ import annotations
 
+import argparse
 import logging
 import sys
 from pathlib import Path
 
 from .args import state_dir_arg, amount_arg, config_from_args, existing_dir, existing_file, money_text, positive_float, positive_int
-from ..errors import UsageError
+from ..errors import BundleError, UsageError
+from ..money.bundle import MAX_VALIDITY_DAYS
 
 log = logging.getLogger("vendor_node")
 
@@ -47,12 +49,18 @@ def add_accounts_commands(sub) -> None:
     p.set_defaults(handler=_cmd_fleet_keygen)
     from ..money.employees_csv import CSV_HELP
 
-    p = fleet.add_parser("bundle", help="a signed account bundle from a CSV of employees", epilog=CSV_HELP)
+    p = fleet.add_parser("bundle", help="a signed account bundle for one unit from a CSV of employees",
+                         epilog=CSV_HELP)
     p.add_argument("--employees", required=True, type=existing_file, help="CSV of employees")
     p.add_argument("--signing-key", required=True, type=existing_file, help="fleet signing key (PEM, 0600)")
     p.add_argument("--out", required=True, type=Path, help="bundle file to write")
-    p.add_argument("--version", type=positive_int, help="bundle version (default: now in Unix seconds)")
-    p.add_argument("--expires-days", type=positive_float, default=7.0, help="valid for this many days (default 7)")
+    p.add_argument("--unit-id", required=True, type=unit_id_arg, help="the unit this bundle is for (others refuse it)")
+    p.add_argument("--journal-position", type=journal_position_arg, metavar="SEQ:HASH",
+                   help="the unit's last journal entry the CSV's funds already count (default 0: none; the "
+                        "unit then subtracts every charge in its journal)")
+    p.add_argument("--version", type=bundle_version_arg, help="bundle version (default: now in Unix seconds)")
+    p.add_argument("--expires-days", type=expires_days_arg, default=7.0,
+                   help=f"valid for this many days (default 7, at most {MAX_VALIDITY_DAYS})")
     p.add_argument("--delta", action="store_true", help="a delta on --base-version instead of a full snapshot")
     p.add_argument("--base-version", type=positive_int, help="the version a delta applies on")
     p.add_argument("--templates", type=existing_file, help="sealed templates from `accounts export-uploads`")
@@ -75,6 +83,39 @@ def add_accounts_commands(sub) -> None:
 
 
 MAX_PRESENTATIONS = 5
+
+
+def unit_id_arg(text: str):
+    from ..money.bundle import EMPLOYEE_ID_RE
+
+    if not EMPLOYEE_ID_RE.match(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a valid unit id (letters, digits, . _ @ -)")
+    return text
+
+
+def journal_position_arg(text: str):
+    from ..money.bundle import JournalPosition
+
+    try:
+        return JournalPosition.parse(text)
+    except BundleError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def bundle_version_arg(text: str) -> int:
+    from ..money.bundle import MAX_INTEGER
+
+    value = positive_int(text)
+    if value > MAX_INTEGER:
+        raise argparse.ArgumentTypeError(f"{value} is past the largest version a unit stores (2^63-1)")
+    return value
+
+
+def expires_days_arg(text: str) -> float:
+    value = positive_float(text)
+    if value > MAX_VALIDITY_DAYS:
+        raise argparse.ArgumentTypeError(f"{text} days is more than {MAX_VALIDITY_DAYS}; units refuse it")
+    return value
 
 
 def _cmd_provision(args) -> int:
@@ -181,9 +222,8 @@ def _cmd_fleet_keygen(args) -> int:
 def _cmd_fleet_bundle(args) -> int:
     import time
 
-    from ..money.bundle import Bundle, encode_bundle, read_templates_json, write_bundle_file
+    from ..money.bundle import Bundle, JournalPosition, encode_bundle, read_templates_json, write_bundle_file
     from ..money.employees_csv import parse_employees_csv
-    from ..errors import BundleError
     from ..money.keys import load_signing_key_file
 
     if args.delta and args.base_version is None:
@@ -205,12 +245,15 @@ def _cmd_fleet_bundle(args) -> int:
     policy = {key: value for key, value in (("per_day_cap_cents", args.per_day_cap),
                                             ("unsynced_total_cap_cents", args.unsynced_cap),
                                             ("max_offline_age_h", args.max_offline_age_h)) if value is not None}
+    position = args.journal_position or JournalPosition()
     bundle = Bundle(kind="delta" if args.delta else "snapshot", version=version,
                     base_version=args.base_version, created=now, expires=now + args.expires_days * 86400,
+                    unit_id=args.unit_id, journal_position=position,
                     policy=policy, employees=employees, templates=templates, deletions=deletions)
     write_bundle_file(args.out, encode_bundle(bundle, signing_key))
-    print(f"wrote {bundle.kind} v{version} to {args.out}: {len(employees)} employees, {len(templates)} templates, "
-          f"{len(deletions)} deletions, expires in {args.expires_days:g} days")
+    print(f"wrote {bundle.kind} v{version} for unit {args.unit_id} (journal position {position.seq}) to {args.out}: "
+          f"{len(employees)} employees, {len(templates)} templates, {len(deletions)} deletions, "
+          f"expires in {args.expires_days:g} days")
     return 0
 
 

@@ -49,11 +49,15 @@ class AccountStore(HoldsConnection):
             for statement in SCHEMA.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(employees)")}
+            if "funds_after_seq" not in columns:  # a store from before bundle format 2: count every own charge
+                conn.execute("ALTER TABLE employees ADD COLUMN funds_after_seq INTEGER NOT NULL DEFAULT 0")
         stored = conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         if not self.keystore.has_data_key() and stored:
             raise KeyFileError(f"{self.keystore.data_key_path}: the unit data key is missing but {stored} "
                                "templates are stored under it; restore the key file (a new key cannot open them)")
         self._cipher = TemplateCipher(self.keystore.ensure_data_key(), TEMPLATE_STORAGE_PURPOSE)
+        self.journal  # its tables exist from the start: a bundle is checked against its position
 
     @classmethod
     def open(cls, cfg, journal=None) -> "AccountStore":
@@ -90,8 +94,31 @@ class AccountStore(HoldsConnection):
         bundle = read_bundle_file(path, fleet_key)  # signature checked before parsing
         return self.apply_bundle(bundle, now=now, source=str(path))
 
+    @property
+    def unit_id(self) -> str:
+        """This unit's id: as provisioned, else the config's."""
+        return self.keystore.read_unit_id() or self.cfg.unit.unit_id
+
+    def _check_bundle_is_ours(self, bundle: Bundle, source: str) -> None:
+        """Refuse a bundle for another unit, or one whose journal position is not in this unit's journal."""
+        if bundle.unit_id != self.unit_id:
+            raise BundleError(f"{source}: built for unit {bundle.unit_id!r}, but this is unit {self.unit_id!r}; "
+                              "refused, nothing changed")
+        position = bundle.journal_position
+        head_seq, _ = self.journal.head()
+        if position.seq > head_seq:
+            raise BundleError(f"{source}: its journal position seq {position.seq} is past this unit's last entry "
+                              f"(seq {head_seq}): built from another journal; refused, nothing changed")
+        if position.seq > 0:
+            ours = self.journal.entries(position.seq - 1, position.seq)
+            if not ours or ours[0].hash != position.hash:
+                raise BundleError(f"{source}: its journal position (seq {position.seq}, hash "
+                                  f"{position.hash[:16]}...) does not match this unit's entry {position.seq}: "
+                                  "built from another journal; refused, nothing changed")
+
     def apply_bundle(self, bundle: Bundle, now: float | None = None, source: str = "bundle") -> BundleInfo:
         now = time.time() if now is None else now
+        self._check_bundle_is_ours(bundle, source)
         if bundle.expires <= now:
             raise BundleError(f"{source}: expired at {datetime.fromtimestamp(bundle.expires):%Y-%m-%d %H:%M}")
         sealed_here = self._reseal_transport_templates(bundle, source)
@@ -139,13 +166,16 @@ class AccountStore(HoldsConnection):
     def _apply_rows(self, bundle: Bundle, sealed_here: list[tuple], funds_as_of: float, now: float, source: str):
         c = self.conn
         c.executemany(
-            "INSERT INTO employees VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT(id) DO UPDATE SET "
+            "INSERT INTO employees (id, display_name, status, funding, funds_cents, per_purchase_cap_cents, "
+            "per_day_cap_cents, funds_as_of, bundle_version, funds_after_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT(id) DO UPDATE SET "
             "display_name=excluded.display_name, status=excluded.status, funding=excluded.funding, "
             "funds_cents=excluded.funds_cents, per_purchase_cap_cents=excluded.per_purchase_cap_cents, "
             "per_day_cap_cents=excluded.per_day_cap_cents, funds_as_of=excluded.funds_as_of, "
-            "bundle_version=excluded.bundle_version",
+            "bundle_version=excluded.bundle_version, funds_after_seq=excluded.funds_after_seq",
             [(e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents,
-              e.per_day_cap_cents, funds_as_of, bundle.version) for e in bundle.employees])
+              e.per_day_cap_cents, funds_as_of, bundle.version, bundle.journal_position.seq)
+             for e in bundle.employees])
         c.executemany("UPDATE employees SET status='deleted', display_name='', funds_cents=0, bundle_version=? "
                       "WHERE id=?", [(bundle.version, d) for d in bundle.deletions])
         if bundle.kind == "snapshot":  # whoever the snapshot leaves out is gone
@@ -176,16 +206,16 @@ class AccountStore(HoldsConnection):
     # --- reading -------------------------------------------------------------------
     _EMPLOYEE_SQL = (
         "SELECT e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents, "
-        "e.per_day_cap_cents, e.funds_as_of, t.employee_id IS NOT NULL, t.consent_version, t.last_used_at "
-        "FROM employees e LEFT JOIN templates t ON t.employee_id = e.id")
+        "e.per_day_cap_cents, e.funds_as_of, t.employee_id IS NOT NULL, t.consent_version, t.last_used_at, "
+        "e.funds_after_seq FROM employees e LEFT JOIN templates t ON t.employee_id = e.id")
 
     def employees(self) -> list[Employee]:
         rows = self.conn.execute(self._EMPLOYEE_SQL + " ORDER BY e.id")
-        return [Employee(*r[:8], bool(r[8]), r[9], r[10]) for r in rows]
+        return [Employee(*r[:8], bool(r[8]), r[9], r[10], r[11]) for r in rows]
 
     def employee(self, employee_id: str) -> Employee | None:
         r = self.conn.execute(self._EMPLOYEE_SQL + " WHERE e.id = ?", (employee_id,)).fetchone()
-        return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10])
+        return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10], r[11])
 
     def templates_revision(self) -> tuple:
         """Changes whenever the gallery must be rebuilt: a new bundle, or an enrollment/deletion at the unit."""
@@ -237,8 +267,9 @@ class AccountStore(HoldsConnection):
         return floor_limits.decide(self, employee_id, None, now)
 
     def funds_left_cents(self, employee: Employee) -> int:
-        """Funds after this unit's charges since the bundle that set them (for `accounts list`)."""
-        return employee.funds_cents - self.journal.committed_cents(employee.id, employee.funds_as_of)
+        """Funds after this unit's charges the bundle's office had not seen yet (for `accounts list`)."""
+        return employee.funds_cents - floor_limits.committed_after_seq(self.journal, employee.id,
+                                                                      employee.funds_after_seq)
 
     # --- enrollment, deletion, retention ------------------------------------------------
     def enroll(self, employee_id: str, template: bytes, consent_version: str,

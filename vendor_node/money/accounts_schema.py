@@ -16,8 +16,9 @@ CREATE TABLE IF NOT EXISTS employees (
     funds_cents INTEGER NOT NULL CHECK (funds_cents >= 0),
     per_purchase_cap_cents INTEGER,
     per_day_cap_cents INTEGER,
-    funds_as_of REAL NOT NULL,          -- this unit's charges since then are not in funds_cents
-    bundle_version INTEGER NOT NULL
+    funds_as_of REAL NOT NULL,          -- when the bundle setting funds_cents was applied (for people)
+    bundle_version INTEGER NOT NULL,
+    funds_after_seq INTEGER NOT NULL DEFAULT 0  -- funds_cents includes this unit's charges up to this seq
 );
 CREATE TABLE IF NOT EXISTS templates (
     employee_id TEXT PRIMARY KEY REFERENCES employees(id),
@@ -69,6 +70,7 @@ class Employee:
     has_template: bool
     consent_version: str | None
     last_used_at: float | None
+    funds_after_seq: int = 0  # funds_cents already counts this unit's journal up to here (bundle position)
 
 
 @dataclass(frozen=True)

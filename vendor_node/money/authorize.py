@@ -1,7 +1,9 @@
 """Offline authorization, like a card terminal's floor limits, and the abuse cool-down.
 
 A purchase is approved only within every limit at once: the employee's funds as
-of their bundle less this unit's charges and approvals in flight since, the
+of their bundle less this unit's charges with a journal seq after the bundle's
+position (the office's ledger already has the earlier ones; by seq, never by
+wall clock) and its approvals in flight, the
 per-purchase cap, the daily cap since local midnight, and the unit's own cap on
 charges the back office has not acknowledged yet. A refusal names the limit hit.
 The store's data comes from accounts.AccountStore; the money from the journal.
@@ -16,6 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from .journal_schema import _CHARGE_SQL
 from .storage import write_file_atomically
 
 log = logging.getLogger("vendor_node.accounts")  # the store's logger, as before the split
@@ -46,6 +49,18 @@ def _local_midnight(now: float) -> float:
     return datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
 
 
+def committed_after_seq(journal, employee_id: str, after_seq: int) -> int:
+    """What funds must count: this unit's charges with seq > ``after_seq`` (the office has the rest), every
+    approval in flight and every outcome-unknown approval awaiting review (either may still be charged)."""
+    charged = journal.conn.execute(
+        f"SELECT COALESCE(SUM(amount_cents), 0) FROM journal WHERE employee_id = ? AND seq > ? AND {_CHARGE_SQL}",
+        (employee_id, after_seq)).fetchone()[0]
+    held = journal.conn.execute(
+        "SELECT COALESCE(SUM(j.amount_cents), 0) FROM journal_open o JOIN journal j ON j.seq = o.seq "
+        "WHERE j.employee_id = ? AND o.state IN ('approved', 'unknown')", (employee_id,)).fetchone()[0]
+    return charged + held
+
+
 def out_of_service_reason(store, now: float | None = None) -> str | None:
     """Why ``store`` can approve no purchase at all right now, or None."""
     now = time.time() if now is None else now
@@ -74,7 +89,7 @@ def decide(store, employee_id: str, price_cents: int | None, now: float | None) 
     policy = store.policy()
     journal = store.journal
     # committed = charged + approved-but-unsettled: an approval in flight is already spent
-    funds_left = emp.funds_cents - journal.committed_cents(employee_id, emp.funds_as_of)
+    funds_left = emp.funds_cents - committed_after_seq(journal, employee_id, emp.funds_after_seq)
     day_cap = policy["per_day_cap_cents"] if emp.per_day_cap_cents is None else emp.per_day_cap_cents
     day_left = day_cap - journal.committed_cents(employee_id, _local_midnight(now))
     unsettled = journal.open_approvals() + journal.unknown_outcomes()

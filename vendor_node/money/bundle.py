@@ -2,7 +2,7 @@
 
 File layout (all integers big-endian)::
 
-    b"VNBUNDLE1\\n"          10-byte magic
+    b"VNBUNDLE1\\n"          10-byte magic (the container; the payload's "format" is 2)
     payload length          4 bytes
     payload                 UTF-8 JSON (schema below)
     signature               64-byte Ed25519 over magic + length + payload
@@ -13,15 +13,24 @@ size must match the length field, so a truncated file is caught as such.
 
 Payload::
 
-    {"format": 1, "kind": "snapshot"|"delta", "version": N, "base_version": M (delta only),
+    {"format": 2, "unit_id": "<the one unit it is for>", "journal_position": {"seq": N, "hash": hex},
+     "kind": "snapshot"|"delta", "version": N, "base_version": M (delta only),
      "created": unix_s, "expires": unix_s, "policy": {...},
      "employees": [{"id", "name", "status": "active"|"suspended", "funding": "prepaid"|"payroll",
                     "funds_cents", "per_purchase_cap_cents": int|null, "per_day_cap_cents": int|null}],
      "templates": [{"employee_id", "sealed": base64, "consent_version", "consented_at"}],
      "deletions": ["id", ...]}
 
-``funds_cents`` is the prepaid balance, or what is left of the payroll-deduction
-limit for the period, as the back office knew it when it built the bundle.
+A bundle is built for one unit: the unit refuses a bundle naming another (a
+shared sync folder or a confused server can never replace its employees).
+``funds_cents`` is the balance the back office's ledger knows (top-ups minus
+every charge ingested from every unit; for payroll funding what is left of the
+period's deduction limit). It already includes this unit's charges up to
+``journal_position`` (the last entry of this unit's journal the office had
+ingested, seq 0 and the genesis hash when none), so the unit subtracts only its
+own charges with a later seq: ordering by journal seq, never by wall clock, so
+a bundle built before the unit's last upload arrived cannot give spent money
+back, nor can a clock stepping back. Format 1 (no unit, no position) is refused.
 
 Templates never travel in the clear: ``sealed`` is AES-256-GCM under the fleet
 template key installed at provisioning (employee id as associated data). The
@@ -36,6 +45,7 @@ import json
 import math
 import re
 import struct
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,12 +53,16 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import BundleError
+from .journal_schema import GENESIS_HASH
 
 MAGIC = b"VNBUNDLE1\n"
 HEADER = struct.Struct(">I")
 SIGNATURE_BYTES = 64
 MAX_PAYLOAD_BYTES = 128 * 1024 * 1024
-FORMAT = 1
+FORMAT = 2
+MAX_INTEGER = 2 ** 63 - 1  # SQLite's largest integer: versions, seqs and cents beyond it cannot be stored
+MAX_VALIDITY_DAYS = 366  # a bundle valid for longer is a typo (expires-days 1e308), not a policy
+HASH_RE = re.compile(r"^[0-9a-f]{64}$")
 TEMPLATE_TRANSPORT_PURPOSE = b"vendor-node template transport v1"
 EMPLOYEE_ID_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 MAX_NAME_CHARS = 100
@@ -78,12 +92,30 @@ class TemplateRecord:
 
 
 @dataclass(frozen=True)
+class JournalPosition:
+    """The last entry of the unit's journal the office had ingested when it built the bundle."""
+
+    seq: int = 0
+    hash: str = GENESIS_HASH
+
+    @classmethod
+    def parse(cls, text: str) -> "JournalPosition":
+        """``SEQ:HASH`` (as the CLI takes it); BundleError names what is wrong."""
+        seq_text, sep, digest = text.strip().partition(":")
+        if not sep or not seq_text.isdigit() or not HASH_RE.match(digest):
+            raise BundleError(f"journal position {text!r}: expected SEQ:HASH, e.g. 42:<64 lowercase hex digits>")
+        return _check_position(_Checker("journal position"), {"seq": int(seq_text), "hash": digest}, "position")
+
+
+@dataclass(frozen=True)
 class Bundle:
     kind: str
     version: int
     created: float
     expires: float
     base_version: int | None = None
+    unit_id: str = ""  # required: the one unit this bundle is for
+    journal_position: JournalPosition = field(default_factory=JournalPosition)
     policy: dict = field(default_factory=dict)
     employees: list[EmployeeRecord] = field(default_factory=list)
     templates: list[TemplateRecord] = field(default_factory=list)
@@ -93,9 +125,11 @@ class Bundle:
 
 # --- encoding (fleet side) -----------------------------------------------------
 def encode_bundle(bundle: Bundle, signing_key: Ed25519PrivateKey) -> bytes:
-    """The signed file bytes for ``bundle``."""
+    """The signed file bytes for ``bundle``; BundleError (nothing signed) for anything a unit would refuse."""
     payload = {
         "format": FORMAT,
+        "unit_id": bundle.unit_id,
+        "journal_position": {"seq": bundle.journal_position.seq, "hash": bundle.journal_position.hash},
         "kind": bundle.kind,
         "version": bundle.version,
         "created": bundle.created,
@@ -116,7 +150,8 @@ def encode_bundle(bundle: Bundle, signing_key: Ed25519PrivateKey) -> bytes:
     }
     if bundle.kind == "delta":
         payload["base_version"] = bundle.base_version
-    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    _validate_payload(payload, "bundle to sign")  # never sign what every unit would then refuse
+    body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode("utf-8")
     signed = MAGIC + HEADER.pack(len(body)) + body
     return signed + signing_key.sign(signed)
 
@@ -205,6 +240,8 @@ class _Checker:
             return None
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             self.fail(where, f"expected a non-negative integer, got {value!r}")
+        if value > MAX_INTEGER:
+            self.fail(where, f"{value} is past the largest storable integer (2^63-1)")
         return value
 
     def number(self, value, where: str) -> float:
@@ -215,8 +252,9 @@ class _Checker:
     def text(self, value, where: str, max_chars: int = 200) -> str:
         if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
             self.fail(where, f"expected a non-empty string of at most {max_chars} characters, got {value!r}")
-        if any(ord(c) < 32 for c in value):
-            self.fail(where, "contains control characters")
+        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        if bad is not None:
+            self.fail(where, f"contains the control character U+{ord(bad):04X}")
         return value
 
     def employee_id(self, value, where: str) -> str:
@@ -237,10 +275,16 @@ class _Checker:
 
 def _validate_payload(raw, source: str) -> Bundle:
     c = _Checker(source)
-    top = c.table(raw, "payload", {"format", "kind", "version", "created", "expires", "employees", "templates",
-                                   "deletions"}, {"policy", "base_version"})
+    if isinstance(raw, dict) and raw.get("format") == 1:
+        c.fail("format", "a format-1 bundle names no unit and no journal position; this unit reads format 2 "
+                         "only: rebuild it for this unit (`vendor-node fleet bundle --unit-id ...` or the office)")
+    top = c.table(raw, "payload", {"format", "unit_id", "journal_position", "kind", "version", "created",
+                                   "expires", "employees", "templates", "deletions"}, {"policy", "base_version"})
     if top["format"] != FORMAT:
         c.fail("format", f"unsupported bundle format {top['format']!r} (this unit reads {FORMAT})")
+    if not isinstance(top["unit_id"], str) or not EMPLOYEE_ID_RE.match(top["unit_id"]):
+        c.fail("unit_id", f"not a valid unit id: {top['unit_id']!r} (a bundle is built for one unit)")
+    position = _check_position(c, top["journal_position"], "journal_position")
     kind = c.choice(top["kind"], "kind", ("snapshot", "delta"))
     version = c.integer(top["version"], "version")
     if version < 1:
@@ -258,6 +302,8 @@ def _validate_payload(raw, source: str) -> Bundle:
     expires = c.number(top["expires"], "expires")
     if expires <= created:
         c.fail("expires", "must be after 'created'")
+    if expires - created > MAX_VALIDITY_DAYS * 86400.0:
+        c.fail("expires", f"valid for {(expires - created) / 86400:.3g} days; at most {MAX_VALIDITY_DAYS}")
     policy = {}
     for key, value in c.table(top.get("policy", {}), "policy", set(), set(POLICY_KEYS)).items():
         policy[key] = c.integer(value, f"policy.{key}") if POLICY_KEYS[key] is int else c.number(value, f"policy.{key}")
@@ -314,7 +360,19 @@ def _validate_payload(raw, source: str) -> Bundle:
             consented_at=c.number(item["consented_at"], f"{where}.consented_at"),
         ))
     return Bundle(kind=kind, version=version, base_version=base_version, created=created, expires=expires,
+                  unit_id=top["unit_id"], journal_position=position,
                   policy=policy, employees=employees, templates=templates, deletions=deletions)
+
+
+def _check_position(c: "_Checker", value, where: str) -> JournalPosition:
+    c.table(value, where, {"seq", "hash"})
+    seq = c.integer(value["seq"], f"{where}.seq")
+    digest = value["hash"]
+    if not isinstance(digest, str) or not HASH_RE.match(digest):
+        c.fail(f"{where}.hash", f"expected 64 lowercase hex digits, got {digest!r}")
+    if seq == 0 and digest != GENESIS_HASH:
+        c.fail(f"{where}.hash", "seq 0 (nothing ingested) goes with the genesis hash (64 zeros)")
+    return JournalPosition(seq, digest)
 
 
 # --- templates carried from a unit's upload queue to a bundle (no server needed) ------------

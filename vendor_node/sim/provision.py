@@ -129,8 +129,10 @@ def provision_bundle(cfg, employees: list[tuple], templates: dict[str, bytes], p
               for eid, template in templates.items()]
     policy = {"per_day_cap_cents": 10_000_000, "unsynced_total_cap_cents": 1_000_000_000} if policy is None \
         else policy
+    # funds are what each person was given (no other unit charges them): position 0, so the unit
+    # subtracts every charge in its own journal, as a real office's ledger would
     bundle = Bundle(kind="snapshot", version=int(now * 1000), created=now, expires=now + 7 * 86400,
-                    policy=policy, employees=records, templates=sealed)
+                    unit_id=cfg.unit.unit_id, policy=policy, employees=records, templates=sealed)
     path = state_dir / "sim_bundle.vnb"
     write_bundle_file(path, encode_bundle(bundle, load_signing_key_file(fleet_dir / "fleet_signing.key")))
     with AccountStore.open(cfg) as accounts:
