@@ -1,69 +1,186 @@
-"""The nightly sync against a real HTTP server on loopback and against a folder: safe to retry, steps independent."""
+"""The nightly sync against a fake back office on loopback (written here from the contract, not the
+Django one) and against a folder: signed requests, fleet-signed receipts, push before pull, bounded
+time and size, other units' bundles, stale bundles, two units, and a folder that never overwrites."""
+import base64
+import hashlib
 import json
+import logging
 import os
 import threading
 import time
+import tracemalloc
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from vendor_node.money.accounts import AccountStore
-from vendor_node.money.bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, encode_bundle
 from vendor_node.cli import main
 from vendor_node.config import Config
 from vendor_node.errors import SyncError
-from vendor_node.money.journal_export import read_batch
-from vendor_node.money.keys import KeyStore, TemplateCipher, public_key_to_pem
-from vendor_node.money.sync import FolderTransport, HttpTransport, run_sync, transport_from
+from vendor_node.money.accounts import AccountStore
+from vendor_node.money.bundle import Bundle, EmployeeRecord, JournalPosition, encode_bundle
+from vendor_node.money.journal_schema import GENESIS_HASH
+from vendor_node.money.keys import KeyStore, public_key_to_pem
+from vendor_node.money.sync import canonical_json, run_sync, transport_from
+from vendor_node.money.sync_transport import FolderTransport, HttpTransport, RunBudget
 
 NOW = time.time()
+MiB = 1024 * 1024
 
 
-class BackOffice(BaseHTTPRequestHandler):
-    """A minimal back office: serves bundles newer than ?after=, stores what units upload."""
+def canonical(obj) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
 
-    bundles: dict[int, bytes] = {}
-    received: list[tuple[str, bytes]] = []
-    fail_journal = False
 
-    def log_message(self, *args):  # keep pytest output clean
+def signed(key: Ed25519PrivateKey, receipt: dict) -> dict:
+    return {"receipt": receipt, "signature": base64.b64encode(key.sign(canonical(receipt))).decode()}
+
+
+class FakeOffice:
+    """The contract's office in miniature: authenticates units, keeps a ledger from their journals."""
+
+    def __init__(self, fleet_key: Ed25519PrivateKey):
+        self.fleet_key = fleet_key
+        self.receipt_key = fleet_key  # a fake office without the fleet key signs with another
+        self.units: dict[str, str] = {}  # unit id -> fingerprint
+        self.employees: dict[str, dict] = {}  # id -> {"name", "topups", "per_day_cap_cents"}
+        self.charges: dict[tuple[str, int], tuple[str, int]] = {}  # (unit, seq) -> (employee, cents)
+        self.heads: dict[str, tuple[int, str]] = {}
+        self.templates: dict[str, list] = {}
+        self.heartbeats: list[tuple[str, dict]] = []
+        self.requests: list[tuple[str, str]] = []
+        self.nonces: set[tuple[str, str]] = set()
+        self.version = 0
+        self.built: dict[tuple, bytes] = {}
+        self.wrong_batch = False
+        self.frozen_bundle: dict[str, bytes] = {}  # unit -> a bundle built earlier (served as is)
+        self.failures: list[int] = []  # statuses to answer before serving normally
+
+    def register(self, unit_id: str, fingerprint: str) -> None:
+        self.units[unit_id] = fingerprint
+
+    def balance(self, employee_id: str) -> int:
+        spent = sum(c for e, c in self.charges.values() if e == employee_id)
+        return self.employees[employee_id]["topups"] - spent
+
+    def build_bundle(self, unit_id: str, for_unit: str | None = None) -> bytes:
+        """The unit's bundle from the ledger; a new version only when something in it changed."""
+        seq, digest = self.heads.get(unit_id, (0, GENESIS_HASH))
+        staff = [EmployeeRecord(i, e["name"], funds_cents=max(0, self.balance(i)),
+                                per_day_cap_cents=e.get("per_day_cap_cents")) for i, e in self.employees.items()]
+        key = (unit_id, for_unit, seq, tuple(staff))
+        if key in self.built:
+            return self.built[key]
+        self.version += 1
+        self.built[key] = encode_bundle(Bundle(kind="snapshot", version=self.version, created=time.time() - 1,
+                                    expires=time.time() + 86400, unit_id=for_unit or unit_id,
+                                    journal_position=JournalPosition(seq, digest), employees=staff), self.fleet_key)
+        return self.built[key]
+
+    # --- the API ---------------------------------------------------------------------
+    def authenticate(self, handler, body: bytes) -> str | None:
+        h = handler.headers
+        unit = h.get("X-VN-Unit")
+        try:
+            raw = base64.b64decode(h["X-VN-Public-Key"], validate=True)
+            message = "\n".join(["vendor-node-request-v1", handler.command, handler.path, h["X-VN-Timestamp"],
+                                 h["X-VN-Nonce"], hashlib.sha256(body).hexdigest()]).encode()
+            Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(h["X-VN-Signature"]), message)
+        except (KeyError, ValueError, InvalidSignature):
+            return None
+        fresh = abs(int(h["X-VN-Timestamp"]) - time.time()) <= 300 and (unit, h["X-VN-Nonce"]) not in self.nonces
+        if self.units.get(unit) != hashlib.sha256(raw).hexdigest() or not fresh or len(h["X-VN-Nonce"]) != 32:
+            return None
+        if not handler.path.startswith(f"/api/v1/units/{unit}/"):
+            return None
+        self.nonces.add((unit, h["X-VN-Nonce"]))
+        return unit
+
+    def journal(self, unit: str, data: bytes) -> tuple[int, dict]:
+        document = json.loads(data)
+        body = document["body"]
+        public = Ed25519PublicKey.from_public_bytes(base64.b64decode(body["unit_public_key"]))
+        public.verify(base64.b64decode(document["signature"]), canonical(body))
+        last_seq, last_hash = self.heads.get(unit, (0, GENESIS_HASH))
+        if body["last_seq"] > last_seq:
+            if body["first_seq"] != last_seq + 1 or body["prev_hash"] != last_hash:
+                return 409, {"error": "journal gap"}
+            for entry in body["entries"]:
+                if entry["kind"] == "vend_succeeded" or (entry["kind"] == "review_settled" and entry["amount_cents"]):
+                    self.charges[(unit, entry["seq"])] = (entry["employee_id"], entry["amount_cents"])
+            self.heads[unit] = (body["last_seq"], body["last_hash"])
+        receipt = {"kind": "journal", "unit_id": unit, "batch_id": body["batch_id"], "last_seq": body["last_seq"],
+                   "last_hash": body["last_hash"], "ingested_at": time.time()}
+        if self.wrong_batch:
+            receipt.update(batch_id="00000001-00000001-feedfeedfeedfeed", last_seq=1)
+        return 200, signed(self.receipt_key, receipt)
+
+    def serve(self) -> "Served":
+        return Served(self)
+
+
+class Handler(BaseHTTPRequestHandler):
+    office: FakeOffice
+
+    def log_message(self, *args):
         pass
 
-    def do_GET(self):
-        after = int(self.path.split("after=")[1])
-        newer = sorted(v for v in self.bundles if v > after)
-        if not newer:
-            self.send_response(204)
-            self.end_headers()
-            return
-        body = self.bundles[newer[0]]
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
+    def answer(self, status: int, payload=None, raw: bytes | None = None):
+        data = raw if raw is not None else (b"" if payload is None else json.dumps(payload).encode())
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
         self.end_headers()
-        self.wfile.write(body)
+        self.wfile.write(data)
+
+    def handle_api(self, body: bytes):
+        office = self.office
+        office.requests.append((self.command, self.path))
+        unit = office.authenticate(self, body)
+        if unit is None:
+            return self.answer(401, {"error": "unknown unit, bad key or bad signature"})
+        if office.failures:
+            return self.answer(office.failures.pop(0), {"error": "busy"})
+        action = self.path.split(f"/api/v1/units/{unit}/", 1)[1]
+        if self.command == "POST" and action == "journal":
+            return self.answer(*office.journal(unit, body))
+        if self.command == "POST" and action == "templates":
+            document = json.loads(body)
+            office.templates.setdefault(unit, []).extend(document["templates"])
+            receipt = {"kind": "templates", "unit_id": unit, "accepted": [t["employee_id"] for t in document["templates"]],
+                       "revocations": [r["employee_id"] for r in document["revocations"]]}
+            return self.answer(200, signed(office.receipt_key, receipt))
+        if self.command == "POST" and action == "heartbeat":
+            office.heartbeats.append((unit, json.loads(body)))
+            return self.answer(200, {"ok": True})
+        if self.command == "GET" and action.startswith("bundle?after="):
+            after = int(action.split("=")[1])
+            data = office.frozen_bundle.pop(unit, None) or office.build_bundle(unit)
+            from vendor_node.money.bundle import decode_bundle
+            if decode_bundle(data, office.fleet_key.public_key()).version <= after:
+                return self.answer(204)
+            return self.answer(200, raw=data)
+        return self.answer(404, {"error": "no such endpoint"})
+
+    def do_GET(self):
+        self.handle_api(b"")
 
     def do_POST(self):
-        body = self.rfile.read(int(self.headers["Content-Length"]))
-        if self.path.endswith("/journal") and type(self).fail_journal:
-            self.send_response(503)
-            self.end_headers()
-            return
-        type(self).received.append((self.path, body))
-        self.send_response(200)
-        self.end_headers()
+        self.handle_api(self.rfile.read(int(self.headers["Content-Length"])))
 
 
-@pytest.fixture
-def server():
-    BackOffice.bundles, BackOffice.received, BackOffice.fail_journal = {}, [], False
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), BackOffice)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_address[1]}"
-    httpd.shutdown()
-    httpd.server_close()
+class Served:
+    def __init__(self, office, handler=Handler):
+        handler = type("BoundHandler", (handler,), {"office": office})
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
 
 
 @pytest.fixture
@@ -72,19 +189,36 @@ def fleet_key():
 
 
 @pytest.fixture
-def cfg(tmp_path, fleet_key):
-    cfg = Config().replace(unit={"state_dir": tmp_path / "state", "unit_id": "unit-7"})
+def office(fleet_key):
+    office = FakeOffice(fleet_key)
+    office.employees = {"E1": {"name": "Ann", "topups": 2000}, "E2": {"name": "Bob", "topups": 900}}
+    served = office.serve()
+    office.url = served.url
+    yield office
+    served.close()
+
+
+def provision(tmp_path, fleet_key, unit_id="unit-7", office=None, **sync):
+    cfg = Config().replace(unit={"state_dir": tmp_path / unit_id, "unit_id": unit_id}, sync=sync or {})
     keys = KeyStore.from_config(cfg)
     keys.pin_fleet_public_key(public_key_to_pem(fleet_key.public_key()))
     keys.install_fleet_template_key(os.urandom(32))
-    keys.write_unit_id("unit-7")
+    keys.write_unit_id(unit_id)
+    signing = keys.ensure_signing_key()
+    if office is not None:
+        from vendor_node.money.keys import fingerprint
+        office.register(unit_id, fingerprint(signing.public_key()))
     return cfg
 
 
-def make_bundle(fleet_key, version, employees):
-    return encode_bundle(Bundle(kind="snapshot", version=version, base_version=None, created=NOW - 60, unit_id="unit-7",
-                                expires=NOW + 86400, policy={}, employees=employees, deletions=[],
-                                templates=[]), fleet_key)
+@pytest.fixture
+def cfg(tmp_path, fleet_key, office):
+    return provision(tmp_path, fleet_key, office=office)
+
+
+def http(cfg, url, budget_s=60.0, **options):
+    signing = KeyStore.from_config(cfg).load_signing_key()
+    return HttpTransport(url, cfg.unit.unit_id, signing, RunBudget(budget_s), **options)
 
 
 def buy(cfg, employee_id, cents):
@@ -95,97 +229,310 @@ def buy(cfg, employee_id, cents):
         journal.succeed(session)
 
 
-def test_http_sync_pulls_bundles_pushes_journal_and_is_safe_to_retry(cfg, server, fleet_key):
-    BackOffice.bundles = {1: make_bundle(fleet_key, 1, [EmployeeRecord("E1", "Ann", funds_cents=2000)]),
-                          2: make_bundle(fleet_key, 2, [EmployeeRecord("E1", "Ann", funds_cents=3000),
-                                                        EmployeeRecord("E2", "Bob", funds_cents=900)])}
-    transport = HttpTransport(server, "unit-7")
-    report = run_sync(cfg, transport)
-    assert report.ok, report.errors
-    assert report.bundles_applied == [1, 2]
+def state(cfg):
     with AccountStore.open(cfg) as store:
-        assert store.current_bundle().version == 2
-        assert {e.id for e in store.employees()} == {"E1", "E2"}
+        return {"unsynced": store.journal.unsynced_total_cents(), "uploaded": store.journal.uploaded_upto_seq(),
+                "funds": {e.id: store.funds_left_cents(e) for e in store.employees() if e.status != "deleted"},
+                "queued": [r[0] for r in store.pending_uploads()]}
+
+
+# --- the whole round ----------------------------------------------------------------------
+def test_signed_round_push_before_pull_receipt_moves_the_mark(cfg, office):
+    report = run_sync(cfg, http(cfg, office.url))
+    assert report.ok, report.errors
+    assert report.bundles_applied == [1] and report.heartbeat_sent
+    assert state(cfg)["funds"] == {"E1": 2000, "E2": 900}
 
     buy(cfg, "E1", 150)
-    report = run_sync(cfg, transport)
-    assert report.ok and report.bundles_applied == [] and report.journal_entries_uploaded > 0
-    journal_posts = [body for path, body in BackOffice.received if path.endswith("/journal")]
-    assert len(journal_posts) == 1
-    batch = json.loads(journal_posts[0])
-    assert batch["body"]["unit_id"] == "unit-7"
     with AccountStore.open(cfg) as store:
-        assert store.journal.unsynced_total_cents() == 0
+        store.enroll("E2", b"t" * 64, "consent-1")
+    office.requests.clear()
+    report = run_sync(cfg, http(cfg, office.url))
+    assert report.ok, report.errors
+    assert [r[1].rsplit("/", 1)[1] for r in office.requests] == ["journal", "templates", "heartbeat", "bundle?after=1"]
+    assert report.journal_entries_uploaded == 3 and report.templates_uploaded == 1
+    assert office.balance("E1") == 1850 and office.heads["unit-7"][0] == 3
+    now = state(cfg)
+    assert now["unsynced"] == 0 and now["uploaded"] == 3 and now["queued"] == []
+    assert now["funds"]["E1"] == 1850  # the office's balance at position 3: the purchase not counted twice
+    unit, beat = office.heartbeats[-1]
+    assert unit == "unit-7" and beat["journal_ok"] and beat["journal_head_seq"] == 3
+    assert beat["bundle_version"] == 1 and beat["out_of_service"] is None and beat["key_mode"] == "file"
+    assert set(beat) == {"firmware", "model", "bundle_version", "last_purchase_at", "out_of_service", "faults",
+                         "free_disk_bytes", "journal_ok", "journal_head_seq", "clock", "key_mode"}
 
-    # Retrying with nothing new uploads nothing more.
-    report = run_sync(cfg, transport)
-    assert report.ok and report.journal_entries_uploaded == 0
-    assert len([p for p, _ in BackOffice.received if p.endswith("/journal")]) == 1
-
-
-def test_failed_upload_keeps_the_charges_unsynced_and_retries_the_same_batch(cfg, server, fleet_key):
-    BackOffice.bundles = {1: make_bundle(fleet_key, 1, [EmployeeRecord("E1", "Ann", funds_cents=2000)])}
-    transport = HttpTransport(server, "unit-7")
-    run_sync(cfg, transport)
-    buy(cfg, "E1", 200)
-    BackOffice.fail_journal = True
-    report = run_sync(cfg, transport)
-    assert not report.ok and "push journal" in report.errors[0] and "503" in report.errors[0]
-    with AccountStore.open(cfg) as store:
-        assert store.journal.unsynced_total_cents() == 200  # nothing lost, nothing marked as sent
-    BackOffice.fail_journal = False
-    assert run_sync(cfg, transport).ok
-    with AccountStore.open(cfg) as store:
-        assert store.journal.unsynced_total_cents() == 0
+    office.requests.clear()
+    assert run_sync(cfg, http(cfg, office.url)).journal_entries_uploaded == 0  # nothing new: nothing sent
+    assert [r[1].rsplit("/", 1)[1] for r in office.requests] == ["heartbeat", "bundle?after=2"]
 
 
-def test_unreachable_server_is_a_clear_error_and_other_steps_still_run(cfg, fleet_key):
-    report = run_sync(cfg, HttpTransport("http://127.0.0.1:9", "unit-7", timeout_s=2))
+def test_an_unregistered_unit_is_refused_with_the_offices_message(tmp_path, fleet_key, office):
+    stranger = provision(tmp_path, fleet_key, unit_id="unit-9")  # never registered
+    buy_cfg = stranger
+    report = run_sync(buy_cfg, http(stranger, office.url))
     assert not report.ok
-    assert any("pull bundles" in e for e in report.errors)
+    assert any("401" in e and "unknown unit, bad key or bad signature" in e for e in report.errors)
 
 
-def test_forged_bundle_from_the_server_is_refused_and_nothing_changes(cfg, server):
-    forger = Ed25519PrivateKey.generate()
-    BackOffice.bundles = {1: make_bundle(forger, 1, [EmployeeRecord("E9", "Mallory", funds_cents=99999)])}
-    report = run_sync(cfg, HttpTransport(server, "unit-7"))
-    assert not report.ok and "signature" in report.errors[0]
+def test_a_fake_office_without_the_fleet_key_moves_nothing(cfg, office):
+    run_sync(cfg, http(cfg, office.url))
+    buy(cfg, "E1", 700)
+    office.receipt_key = Ed25519PrivateKey.generate()
+    report = run_sync(cfg, http(cfg, office.url))
+    assert any("not signed by the pinned fleet key" in e for e in report.errors)
+    after = state(cfg)
+    assert after["unsynced"] == 700 and after["uploaded"] == 0  # the cap on unsynced charges still counts them
     with AccountStore.open(cfg) as store:
-        assert store.employees() == [] and store.current_bundle() is None
+        policy_cap = store.policy()["unsynced_total_cap_cents"]
+        assert store.spendable_cents("E2").funds_left_cents <= policy_cap - 700
 
 
-def test_folder_sync_for_units_without_network(cfg, tmp_path, fleet_key):
-    share = tmp_path / "usb"
-    (share / "inbox").mkdir(parents=True)
-    (share / "inbox" / "0001.bundle").write_bytes(
-        make_bundle(fleet_key, 1, [EmployeeRecord("E1", "Ann", funds_cents=2000)]))
-    assert run_sync(cfg, FolderTransport(share, "unit-7")).ok
-    buy(cfg, "E1", 120)
-    report = run_sync(cfg, FolderTransport(share, "unit-7"))
-    assert report.ok and report.bundles_skipped == 1 and report.journal_entries_uploaded > 0
-    batches = list((share / "outbox" / "unit-7").glob("journal-*.json"))
-    assert len(batches) == 1
+def test_a_receipt_for_another_batch_moves_nothing(cfg, office):
+    run_sync(cfg, http(cfg, office.url))
+    buy(cfg, "E1", 300)
+    buy(cfg, "E1", 200)
+    office.wrong_batch = True
+    report = run_sync(cfg, http(cfg, office.url))
+    assert any("receipt names batch 00000001-00000001" in e for e in report.errors)
+    assert state(cfg)["unsynced"] == 500 and state(cfg)["uploaded"] == 0
+    office.wrong_batch = False
+    assert run_sync(cfg, http(cfg, office.url)).ok  # the same batch again, now acknowledged
+    assert state(cfg)["unsynced"] == 0
+
+
+def test_a_busy_office_is_retried_with_backoff_within_the_run(cfg, office):
+    office.failures = [503]
+    report = run_sync(cfg, http(cfg, office.url))
+    assert report.ok, report.errors
+
+
+# --- other units, stale bundles, two units ------------------------------------------------
+def test_another_units_bundle_is_refused_and_nothing_is_deleted(cfg, office):
+    run_sync(cfg, http(cfg, office.url))
     with AccountStore.open(cfg) as store:
-        body = read_batch(batches[0], store.keystore.load_signing_key().public_key())
-    assert body["last_seq"] >= 1
+        store.enroll("E1", b"e" * 64, "consent-1")
+    office.frozen_bundle["unit-7"] = office.build_bundle("unit-7", for_unit="unit-other")
+    office.receipt_key = Ed25519PrivateKey.generate()  # and keep the template queued to see it survive
+    report = run_sync(cfg, http(cfg, office.url))
+    assert any("built for unit 'unit-other', but this is unit 'unit-7'" in e for e in report.errors)
+    after = state(cfg)
+    assert after["funds"] == {"E1": 2000, "E2": 900} and after["queued"] == ["E1"]
 
 
-def test_sync_target_errors():
-    cfg = Config()
-    with pytest.raises(SyncError, match="no sync target"):
-        transport_from(cfg)
-    with pytest.raises(SyncError, match="server_url"):
-        HttpTransport("ftp://example", "u")
+def test_a_bundle_built_before_the_last_upload_arrived_gives_no_money_back(tmp_path, fleet_key, office):
+    """The issue's case: 5.00 prepaid, 4.50 spent; the next bundle was built before the upload arrived."""
+    office.employees = {"E1": {"name": "Ann", "topups": 500, "per_day_cap_cents": 10_000}}
+    cfg = provision(tmp_path, fleet_key, office=office)
+    assert run_sync(cfg, http(cfg, office.url)).ok
+    office.employees["E1"]["name"] = "Ann B."  # an edit in the office: a new bundle, built now ...
+    stale = office.build_bundle("unit-7")  # ... with funds 5.00 at position 0
+    buy(cfg, "E1", 450)
+    office.frozen_bundle["unit-7"] = stale
+    report = run_sync(cfg, http(cfg, office.url))
+    assert report.ok and report.bundles_applied == [2] and report.journal_entries_uploaded == 3
+    with AccountStore.open(cfg) as store:
+        assert store.funds_left_cents(store.employee("E1")) == 50
+        assert store.authorize("E1", 450).reason_code == "insufficient_funds"
+        assert store.authorize("E1", 50).approved
+
+
+def test_two_units_charging_one_employee_on_one_day(tmp_path, fleet_key, office):
+    office.employees = {"E1": {"name": "Ann", "topups": 1000}}
+    a = provision(tmp_path, fleet_key, "unit-a", office=office)
+    b = provision(tmp_path, fleet_key, "unit-b", office=office)
+    for unit in (a, b):
+        assert run_sync(unit, http(unit, office.url)).ok
+    buy(a, "E1", 600)
+    buy(b, "E1", 300)
+    for unit in (a, b, a):
+        assert run_sync(unit, http(unit, office.url)).ok
+    assert office.balance("E1") == 100
+    assert state(a)["funds"]["E1"] == 100 and state(b)["funds"]["E1"] == 100
+    buy(b, "E1", 100)  # b spends the last 1.00; a learns it at its next sync
+    assert run_sync(b, http(b, office.url)).ok and run_sync(a, http(a, office.url)).ok
+    with AccountStore.open(a) as store:
+        assert store.authorize("E1", 1).reason_code == "insufficient_funds"
+
+
+def test_between_syncs_the_daily_cap_bounds_what_two_units_approve(tmp_path, fleet_key, office):
+    office.employees = {"E1": {"name": "Ann", "topups": 500, "per_day_cap_cents": 400}}
+    units = [provision(tmp_path, fleet_key, f"unit-{n}", office=office) for n in "ab"]
+    for unit in units:
+        assert run_sync(unit, http(unit, office.url)).ok
+    for unit in units:  # neither knows of the other's purchase
+        with AccountStore.open(unit) as store:
+            assert store.spendable_cents("E1").funds_left_cents == 400
+        buy(unit, "E1", 400)
+    for unit in units + units[:1]:
+        assert run_sync(unit, http(unit, office.url)).ok
+    assert office.balance("E1") == -300 >= -(len(units) - 1) * 400  # the documented bound
+    assert all(state(u)["funds"]["E1"] == 0 for u in units)
+
+
+# --- a hostile server: size and time ------------------------------------------------------
+class Hostile(BaseHTTPRequestHandler):
+    mode = "huge"
+    sent = 0
+    stop = threading.Event()
+
+    def log_message(self, *args):
+        pass
+
+    def do_GET(self):
+        cls = type(self)
+        self.send_response(200)
+        if cls.mode == "huge":
+            self.send_header("Content-Length", str(700 * MiB))
+        self.end_headers()
+        chunk = b"\0" * MiB if cls.mode != "drip" else b"\0"
+        try:
+            while not cls.stop.is_set() and cls.sent < 700 * MiB:
+                self.wfile.write(chunk)
+                self.wfile.flush()
+                cls.sent += len(chunk)
+                if cls.mode == "drip":
+                    cls.stop.wait(1.0)  # the server's behaviour under test: one byte a second
+        except OSError:
+            pass
+
+    do_POST = do_GET
+
+
+@pytest.fixture
+def hostile():
+    Hostile.sent, Hostile.stop = 0, threading.Event()
+    served = Served(None, Hostile)
+    yield served.url
+    Hostile.stop.set()
+    served.close()
+
+
+@pytest.mark.parametrize("mode", ["huge", "undeclared"])
+def test_a_700_mb_answer_is_refused_at_the_limit_and_memory_stays_flat(cfg, hostile, mode):
+    Hostile.mode = mode
+    transport = http(cfg, hostile, max_bundle_bytes=MiB)
+    tracemalloc.start()
+    try:
+        with pytest.raises(SyncError, match="limit"):
+            list(transport.bundles(0))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 8 * MiB, f"peak {peak / MiB:.1f} MiB while refusing a 700 MB answer"
+    assert Hostile.sent < 100 * MiB  # it stopped reading long before the end
+
+
+def test_a_dripping_server_cannot_hold_the_run_past_its_budget(cfg, hostile):
+    Hostile.mode = "drip"
+    budget_s = 2.0
+    started = time.monotonic()
+    report = run_sync(cfg, http(cfg, hostile, budget_s=budget_s, timeout_s=30.0))
+    elapsed = time.monotonic() - started
+    assert not report.ok and any("out of time" in e or "took longer" in e for e in report.errors)
+    assert elapsed < budget_s + 10, f"the run took {elapsed:.1f} s on a {budget_s} s budget"
+
+
+# --- targets and transports ---------------------------------------------------------------
+def test_sync_targets(tmp_path, fleet_key, cfg):
+    assert transport_from(Config()) is None  # nothing configured: nothing to do
+    with pytest.raises(SyncError, match="plain http:// to office.example is refused"):
+        http(cfg, "http://office.example")
+    assert http(cfg, "http://office.example", allow_insecure_http=True).host == "office.example"
+    assert http(cfg, "https://office.example/vn").base_path == "/vn/api/v1/units/unit-7"
+    with pytest.raises(SyncError, match="https:// URL"):
+        http(cfg, "ftp://office.example")
     with pytest.raises(SyncError, match="sync folder not found"):
         FolderTransport(Path("/nonexistent/share"), "u")
 
 
-def test_sync_cli(cfg, tmp_path, fleet_key, capsys):
+def test_no_sync_target_exits_0_with_one_line(tmp_path, fleet_key, caplog):
+    cfg = provision(tmp_path, fleet_key)
+    with caplog.at_level(logging.INFO, logger="vendor_node"):
+        assert main(["sync", "--state-dir", str(cfg.state_dir)]) == 0
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("vendor_node")]
+    assert len(lines) == 1 and "nothing to do" in lines[0]
+
+
+def test_unit_fingerprint_command_matches_the_key(tmp_path, fleet_key, capsys):
+    cfg = provision(tmp_path, fleet_key)
+    assert main(["unit", "fingerprint", "--state-dir", str(cfg.state_dir)]) == 0
+    out = capsys.readouterr().out
+    from vendor_node.money.keys import fingerprint
+    expected = fingerprint(KeyStore.from_config(cfg).load_signing_key().public_key())
+    printed = "".join(out.split("fingerprint", 1)[1].split())
+    assert printed == expected and "unit unit-7" in out
+
+
+# --- the folder transport -----------------------------------------------------------------
+def test_folder_sync_twice_in_a_second_overwrites_nothing(tmp_path, fleet_key, office):
+    cfg = provision(tmp_path, fleet_key)
+    share = tmp_path / "usb"
+    (share / "inbox").mkdir(parents=True)
+    (share / "inbox" / "v1.vnb").write_bytes(office.build_bundle("unit-7"))
+    (share / "inbox" / "v2.vnb").write_bytes(office.build_bundle("unit-7", for_unit="unit-other"))
+    (share / "inbox" / "notes.txt").write_text("hello")
+    report = run_sync(cfg, FolderTransport(share, "unit-7"))
+    assert report.ok, report.errors
+    assert report.bundles_applied == [1]
+    assert any("v2.vnb" in s and "built for unit 'unit-other'" in s for s in report.skipped)
+    assert any("notes.txt" in s and "not a bundle file name" in s for s in report.skipped)
+
+    buy(cfg, "E1", 120)
+    with AccountStore.open(cfg) as store:
+        store.enroll("E1", b"a" * 64, "consent-1")
+    first = run_sync(cfg, FolderTransport(share, "unit-7"))
+    with AccountStore.open(cfg) as store:
+        store.enroll("E2", b"b" * 64, "consent-1")
+    second = run_sync(cfg, FolderTransport(share, "unit-7"))  # the same second, most likely
+    assert first.ok and second.ok, (first.errors, second.errors)
+    outbox = share / "outbox" / "unit-7"
+    templates = sorted(outbox.glob("templates-*.json"))
+    assert len(templates) == 2  # two documents, neither replaced
+    assert {len(json.loads(p.read_text())["templates"]) for p in templates} == {1, 2}
+    assert len(list(outbox.glob("journal-*.json"))) == 1 and len(list(outbox.glob("heartbeat-*.json"))) == 3
+    assert state(cfg)["unsynced"] == 120 and state(cfg)["queued"] == ["E1", "E2"]  # no receipt yet
+
+    # the office imports the outbox and leaves its signed receipts for this unit
+    batch = json.loads(next(outbox.glob("journal-*.json")).read_bytes())["body"]
+    receipts = share / "inbox" / "receipts" / "unit-7"
+    receipts.mkdir(parents=True)
+    (receipts / "journal.json").write_text(json.dumps(signed(office.fleet_key, {
+        "kind": "journal", "unit_id": "unit-7", "batch_id": batch["batch_id"], "last_seq": batch["last_seq"],
+        "last_hash": batch["last_hash"], "ingested_at": time.time()})))
+    (receipts / "templates.json").write_text(json.dumps(signed(office.fleet_key, {
+        "kind": "templates", "unit_id": "unit-7", "accepted": ["E1", "E2"], "revocations": []})))
+    third = run_sync(cfg, FolderTransport(share, "unit-7"))
+    assert third.ok, third.errors
+    assert third.journal_entries_uploaded == 3 and third.templates_uploaded == 2
+    assert state(cfg)["unsynced"] == 0 and state(cfg)["queued"] == []
+
+
+def test_folder_receipt_signed_by_another_key_is_refused(tmp_path, fleet_key, office):
+    cfg = provision(tmp_path, fleet_key)
+    share = tmp_path / "usb"
+    (share / "inbox").mkdir(parents=True)
+    (share / "inbox" / "v1.vnb").write_bytes(office.build_bundle("unit-7"))
+    run_sync(cfg, FolderTransport(share, "unit-7"))
+    buy(cfg, "E1", 120)
+    run_sync(cfg, FolderTransport(share, "unit-7"))
+    batch = json.loads(next((share / "outbox" / "unit-7").glob("journal-*.json")).read_bytes())["body"]
+    receipts = share / "inbox" / "receipts" / "unit-7"
+    receipts.mkdir(parents=True)
+    (receipts / "forged.json").write_text(json.dumps(signed(Ed25519PrivateKey.generate(), {
+        "kind": "journal", "unit_id": "unit-7", "batch_id": batch["batch_id"], "last_seq": batch["last_seq"],
+        "last_hash": batch["last_hash"], "ingested_at": time.time()})))
+    report = run_sync(cfg, FolderTransport(share, "unit-7"))
+    assert any("not signed by the pinned fleet key" in e for e in report.errors)
+    assert state(cfg)["unsynced"] == 120
+
+
+def test_sync_cli_with_a_folder(tmp_path, fleet_key, office, capsys):
+    cfg = provision(tmp_path, fleet_key)
     share = tmp_path / "share"
     (share / "inbox").mkdir(parents=True)
-    (share / "inbox" / "a.bundle").write_bytes(make_bundle(fleet_key, 3, [EmployeeRecord("E1", "Ann")]))
+    (share / "inbox" / "a.vnb").write_bytes(office.build_bundle("unit-7"))
     assert main(["sync", "--state-dir", str(cfg.state_dir), "--folder", str(share)]) == 0
-    assert "bundles applied: v3" in capsys.readouterr().out
+    assert "bundles applied: v1" in capsys.readouterr().out
     with pytest.raises(SystemExit) as info:
         main(["sync", "--folder", str(tmp_path / "missing")])
     assert info.value.code == 2

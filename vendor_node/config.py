@@ -112,7 +112,10 @@ class SyncConfig:
     """The nightly sync: where bundles come from and journals go."""
 
     server_url: str = ""
-    timeout_s: float = setting(30.0, 1.0, 600.0)
+    timeout_s: float = setting(30.0, 1.0, 600.0)  # one request at most (and never past max_run_s)
+    max_run_s: float = setting(240.0, 5.0, 3600.0)  # the whole run, retries included (a dripping server too)
+    max_bundle_bytes: int = setting(64 * 1024 * 1024, 1024 * 1024, 160 * 1024 * 1024)  # refused before reading
+    allow_insecure_http: bool = False  # plain http:// only to loopback unless this is set (test networks)
 
 
 @dataclass(frozen=True)

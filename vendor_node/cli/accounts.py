@@ -23,6 +23,12 @@ def add_accounts_commands(sub) -> None:
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_provision)
 
+    unit = sub.add_parser("unit", help="this unit's identity for the back office").add_subparsers(
+        dest="unit_command", required=True, metavar="ACTION")
+    p = unit.add_parser("fingerprint", help="the unit id and signing-key fingerprint the office registers")
+    state_dir_arg(p)
+    p.set_defaults(handler=_cmd_unit_fingerprint)
+
     accounts = sub.add_parser("accounts", help="the unit's offline account cache").add_subparsers(
         dest="accounts_command", required=True, metavar="ACTION")
     p = accounts.add_parser("import", help="verify a signed account bundle and apply it atomically")
@@ -120,7 +126,7 @@ def expires_days_arg(text: str) -> float:
 
 def _cmd_provision(args) -> int:
     from ..money.bundle import EMPLOYEE_ID_RE
-    from ..money.keys import KeyStore, load_symmetric_key_file, public_key_to_pem
+    from ..money.keys import KeyStore, fingerprint, grouped, load_symmetric_key_file, public_key_to_pem
 
     if not EMPLOYEE_ID_RE.match(args.unit_id):
         raise UsageError(f"--unit-id: {args.unit_id!r} is not a valid id (letters, digits, . _ @ -)")
@@ -143,7 +149,22 @@ def _cmd_provision(args) -> int:
     print(f"  fleet key pinned: {store.fleet_public_key_path}")
     template_key = "installed" if store.has_fleet_template_key() else "none (enrolled templates stay on this unit)"
     print(f"  fleet template key: {template_key}")
-    print(f"  unit signing public key (give it to the back office): {public_pem}")
+    print(f"  unit signing public key: {public_pem}")
+    print(f"  register this unit in the back office as {args.unit_id}, fingerprint "
+          f"{grouped(fingerprint(signing.public_key()))}")
+    return 0
+
+
+def _cmd_unit_fingerprint(args) -> int:
+    from ..money.keys import KeyStore, fingerprint, grouped
+
+    cfg = config_from_args(args)
+    store = KeyStore.from_config(cfg)
+    unit_id = store.read_unit_id()
+    if unit_id is None:
+        raise UsageError(f"{cfg.state_dir}: this unit is not provisioned yet (run `vendor-node provision`)")
+    print(f"unit {unit_id}")
+    print(f"fingerprint {grouped(fingerprint(store.load_signing_key().public_key()))}")
     return 0
 
 

@@ -307,6 +307,13 @@ class AccountStore(HoldsConnection):
         with self._transaction():
             self.conn.executemany("DELETE FROM upload_queue WHERE employee_id = ?", [(i,) for i in employee_ids])
 
+    def mark_uploaded_as_sent(self, sent: dict[str, float]) -> int:
+        """Drop queued templates the office confirmed, only if still the enrollment sent (id -> consented_at):
+        a re-enrollment since then stays queued. Returns how many left the queue."""
+        with self._transaction():
+            return sum(self.conn.execute("DELETE FROM upload_queue WHERE employee_id = ? AND consented_at = ?",
+                                         (employee_id, at)).rowcount for employee_id, at in sent.items())
+
     def unenroll(self, employee_id: str, now: float | None = None) -> bool:
         """Delete the template and any queued copy at once, and scrub them from the file. True if one existed."""
         now = time.time() if now is None else now

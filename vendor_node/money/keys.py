@@ -11,6 +11,7 @@ that overrides ``_seal`` / ``_unseal``; nothing else reads the key files.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -115,6 +116,20 @@ def public_key_to_pem(key: Ed25519PublicKey) -> bytes:
     return key.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
+def raw_public_key(key: Ed25519PublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fingerprint(key: Ed25519PublicKey) -> str:
+    """sha256 hex of the raw 32-byte public key: the office registers a unit by its id and this."""
+    return hashlib.sha256(raw_public_key(key)).hexdigest()
+
+
+def grouped(fingerprint_hex: str) -> str:
+    """The fingerprint in groups of four, easier to read aloud and compare (the office compares hex digits)."""
+    return " ".join(fingerprint_hex[i:i + 4] for i in range(0, len(fingerprint_hex), 4))
+
+
 def parse_signing_key(data: bytes, path: Path | str) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(data, password=None)
@@ -170,6 +185,8 @@ class KeyStore:
     @classmethod
     def from_config(cls, cfg) -> "KeyStore":
         return cls(cfg.state_dir, cfg.fleet_public_key_path)
+
+    key_mode = "file"  # reported in the heartbeat; an OTP-sealed store says "otp"
 
     def _seal(self, data: bytes) -> bytes:
         return data
