@@ -250,6 +250,8 @@ def _cmd_selftest(args) -> int:
         try:
             detail = probe()
             ok = True
+        except VendorNodeError as exc:  # what the check found, in its own words
+            detail, ok = str(exc), False
         except Exception as exc:  # a technician's tool: every failure is reported, none stops the others
             detail, ok = f"{type(exc).__name__}: {exc}", False
         results.append(ok)
@@ -259,10 +261,13 @@ def _cmd_selftest(args) -> int:
         from ..money.keys import KeyStore
 
         store = KeyStore.from_config(cfg)
+        from ..money.keys import fingerprint, grouped
+
         store.load_data_key()
-        store.load_signing_key()
+        signing = store.load_signing_key()
         store.load_fleet_public_key()
-        return f"data key, unit signing key and pinned fleet key load ({store.keys_dir})"
+        return (f"data key, unit signing key and pinned fleet key load ({store.keys_dir}); unit "
+                f"{store.read_unit_id() or cfg.unit.unit_id} fingerprint {grouped(fingerprint(signing.public_key()))}")
 
     def model():
         from ..hand.model import Embedder

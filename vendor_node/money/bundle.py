@@ -183,14 +183,14 @@ def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundl
         raise BundleError(f"{source}: truncated ({len(data)} bytes, the header promises {expected})")
     if len(data) > expected:
         raise BundleError(f"{source}: {len(data) - expected} unexpected bytes after the signature")
-    signed, signature = data[:-SIGNATURE_BYTES], data[-SIGNATURE_BYTES:]
+    view = memoryview(data)  # no copies of a bundle of tens of MB: the sync runs under a MemoryMax
+    signed, signature = view[:-SIGNATURE_BYTES], bytes(view[-SIGNATURE_BYTES:])
     try:
         fleet_key.verify(signature, signed)
     except InvalidSignature:
         raise BundleError(f"{source}: bad signature (not signed by the pinned fleet key, or altered)") from None
-    body = signed[len(MAGIC) + HEADER.size:]
     try:
-        raw = json.loads(body.decode("utf-8"))
+        raw = json.loads(bytes(signed[len(MAGIC) + HEADER.size:]))  # the copy is dropped once parsed
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{source}: signed payload is not valid JSON: {exc}") from None
     bundle = _validate_payload(raw, source)

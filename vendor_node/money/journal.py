@@ -28,6 +28,7 @@ from .journal_schema import (_CHARGE_SQL, _COLUMNS, GENESIS_HASH, OUTCOME_UNKNOW
                              REVIEW_SETTLED, SESSION_BEGUN, VEND_APPROVED, VEND_SUCCEEDED, VEND_VOIDED,
                              VOID_REASONS, Approval, Entry, canonical_entry, chain_hash, set_up_tables,
                              update_open_index)
+from .journal_guard import JournalMark
 from .storage import HoldsConnection, open_owning, transaction
 
 if TYPE_CHECKING:
@@ -43,6 +44,12 @@ class Journal(HoldsConnection):
         self._clock = clock
         self._lock = threading.RLock()
         set_up_tables(conn)
+        self.mark = JournalMark.beside(conn)  # high-water mark beside unit.db (journal_guard.py)
+
+    def close(self) -> None:
+        if self.mark is not None:
+            self.mark.close()
+        super().close()
 
     @classmethod
     def open(cls, state_dir: Path | str, clock=time.time) -> "Journal":
@@ -56,14 +63,22 @@ class Journal(HoldsConnection):
         ``decide(entries_of_session)`` runs inside the transaction and returns either an
         existing Entry (an idempotent repeat: nothing written) or a dict of the new entry's
         fields (employee_id, item, amount_cents, detail); it raises JournalRefused to refuse.
+        After the COMMIT the entry is noted in the high-water mark file beside the database.
         """
+        with self._lock:
+            entry, written = self._append_in_transaction(kind, session_id, decide)
+            if written and self.mark is not None:
+                self.mark.note(entry.seq, entry.hash)
+            return entry
+
+    def _append_in_transaction(self, kind: str, session_id: str, decide) -> tuple[Entry, bool]:
         with self._lock, transaction(
                 self.conn, JournalError, "cannot write the charging journal",
                 nested="journal append inside another transaction would not be durable on return"):
             decided = decide(self._session_entries(session_id))
             if isinstance(decided, Entry):
                 self.conn.execute("ROLLBACK")
-                return decided
+                return decided, False
             head = self.conn.execute("SELECT seq, hash FROM journal_head WHERE id = 1").fetchone()
             last = self.conn.execute("SELECT seq, hash FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
             if head is None or tuple(head) != (tuple(last) if last else (0, GENESIS_HASH)):
@@ -80,7 +95,7 @@ class Journal(HoldsConnection):
                               tuple(entry.as_dict().values()))
             self.conn.execute("UPDATE journal_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
             update_open_index(self.conn, entry)
-            return entry
+        return entry, True
 
     def open_index(self) -> dict[str, tuple[str, int]]:
         """session -> (state, seq) as the derived index holds it (verify compares it with the chain)."""

@@ -8,6 +8,7 @@ after it, which the back office's copy of the uploaded batches would expose.
 """
 from __future__ import annotations
 
+import sqlite3
 from dataclasses import dataclass, field
 
 from ..errors import JournalCorrupt
@@ -46,7 +47,11 @@ def _link_problems(entry: Entry, prev_seq: int, prev_hash: str) -> list[str]:
     if entry.prev_hash != prev_hash:
         differs.append(f"its prev_hash {entry.prev_hash[:16]} is not the hash of the entry before it "
                        f"(seq {prev_seq}: {prev_hash[:16]}); rows were removed, reordered or rewritten")
-    computed = entry.computed_hash()
+    try:
+        computed = entry.computed_hash()
+    except (ValueError, TypeError) as exc:  # a damaged row: prev_hash not hex, a field of the wrong type
+        differs.append(f"the entry is damaged and cannot be hashed ({exc})")
+        return differs
     if computed != entry.hash:
         differs.append(f"its contents ({entry.kind}, session {entry.session_id[:12]}, employee "
                        f"{entry.employee_id}, amount_cents {entry.amount_cents}, detail {entry.detail}) "
@@ -86,15 +91,21 @@ def verify_journal(journal) -> VerifyReport:
     problems: list[tuple[int, str]] = []
     prev_seq, prev_hash, count = 0, GENESIS_HASH, 0
     sessions: dict[str, list[Entry]] = {}
-    for row in journal.conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY seq"):
-        entry = Entry(*row)
-        count += 1
-        differs = _link_problems(entry, prev_seq, prev_hash)
-        if differs:
-            problems.append((entry.seq, "; ".join(differs)))
-        sessions.setdefault(entry.session_id, []).append(entry)
-        prev_seq, prev_hash = entry.seq, entry.hash
-    head = journal.conn.execute("SELECT seq, hash FROM journal_head WHERE id = 1").fetchone()
+    try:
+        for row in journal.conn.execute(f"SELECT {_COLUMNS} FROM journal ORDER BY seq"):
+            entry = Entry(*row)
+            count += 1
+            differs = _link_problems(entry, prev_seq, prev_hash)
+            if differs:
+                problems.append((entry.seq, "; ".join(differs)))
+            sessions.setdefault(entry.session_id, []).append(entry)
+            prev_seq, prev_hash = entry.seq, entry.hash
+        head = journal.conn.execute("SELECT seq, hash FROM journal_head WHERE id = 1").fetchone()
+        index = journal.open_index()
+    except sqlite3.DatabaseError as exc:  # the file itself is damaged: say where the readable part ends
+        problems.append((prev_seq + 1, f"the database file is damaged after seq {prev_seq} ({exc}); "
+                         "restore it from the back office's copy of the uploaded batches"))
+        return VerifyReport(count, prev_seq, prev_hash, problems)
     if head is None:
         problems.append((prev_seq + 1, "the journal head record is missing"))
         head = (prev_seq, prev_hash)
@@ -105,10 +116,11 @@ def verify_journal(journal) -> VerifyReport:
             what = "entries were added without updating the head"
         problems.append((min(head[0], prev_seq) + 1, f"the head records seq {head[0]} hash {head[1][:16]} "
                          f"but the last entry is seq {prev_seq} hash {prev_hash[:16]}: {what}"))
+    problems.extend(_shortened_problems(journal, head[0]))
     # chain breaks first (the tampering itself), then what follows from them or stands alone:
     # impossible session histories and a derived index that disagrees with the chain
     problems.sort(key=lambda p: p[0])
-    problems.extend(sorted(_session_problems(sessions) + _open_index_problems(sessions, journal.open_index()),
+    problems.extend(sorted(_session_problems(sessions) + _open_index_problems(sessions, index),
                            key=lambda p: p[0]))
     return VerifyReport(count, head[0], head[1], problems)
 
@@ -162,3 +174,18 @@ def _open_index_problems(sessions: dict[str, list[Entry]], index: dict[str, tupl
                              f"{session_id[:12]} but the chain says {expected.get(session_id)} "
                              "(an open approval could be missed at recovery)"))
     return problems
+
+
+def _shortened_problems(journal, head_seq: int) -> list[tuple[int, str]]:
+    """Committed entries beyond the head, by the high-water mark kept beside the database (journal_guard.py)."""
+    mark = getattr(journal, "mark", None)
+    if mark is None:
+        return []
+    try:
+        _, _, high_water = mark.read()
+    except JournalCorrupt as exc:
+        return [(head_seq + 1, str(exc))]
+    if head_seq >= high_water:
+        return []
+    return [(head_seq + 1, f"the journal was SHORTENED: entries up to seq {high_water} were committed but it ends at "
+             f"seq {head_seq} (seq {head_seq + 1}..{high_water} lost: a deleted WAL or an older copy of the database)")]

@@ -249,6 +249,7 @@ class _Run:
                 self.transport.skip(source, f"v{bundle.version} is not newer than v{version} (already applied)")
             else:
                 newer.append((bundle.version, source))
+            del bundle, data  # one decoded bundle in memory at a time
         for _, source in sorted(newer):  # deltas need their base first
             self._apply(self._decode(Path(source).read_bytes(), source), source)
 

@@ -212,7 +212,7 @@ class HttpTransport:
                     break
             if expired.is_set():
                 raise _Retryable(f"the server took longer than what was left of the run ({left:.1f} s)")
-            return response.status, bytes(data)
+            return response.status, data  # a bytearray: no second copy of a large bundle
         except (OSError, http.client.HTTPException) as exc:
             if expired.is_set():
                 raise _Retryable(f"the server took longer than what was left of the run ({left:.1f} s)") from None

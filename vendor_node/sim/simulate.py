@@ -121,7 +121,8 @@ class SimUnit:
         self.stop_event.set()
         if self._thread is not None:
             self._thread.join(timeout=15)
-        for closer in (self.board.close, self.panel.close, self.camera.close, self.vmc.stop, self.conn.close):
+        for closer in (self.board.close, self.panel.close, self.camera.close, self.vmc.stop, self.journal.close,
+                       self.conn.close):
             try:
                 closer()
             except Exception as close_exc:

@@ -9,16 +9,18 @@ from __future__ import annotations
 import logging
 import threading
 
-from ..errors import BoardLinkError, CameraError
+from ..errors import AccountsError, BoardLinkError, CameraError, JournalError
 from ..devices.notify import Notifier
 from .service import PurchaseLoop
 
 log = logging.getLogger("vendor_node.unit")
 
+STORE_RETRY_S = 5.0  # a database that cannot be opened (full or read-only disk) is tried again this often
+
 
 def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | None = None):
     """The board link from [board]; a port that cannot be opened yet is retried by the loop (out of service)."""
-    from ..devices.board import BoardLink, SerialTransport
+    from ..devices.board import BoardLink, SerialTransport, board_link_options
 
     path = str(port or cfg.board.port)
 
@@ -30,12 +32,12 @@ def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | No
     except BoardLinkError as exc:
         log.error("board link: %s (retrying with backoff)", exc)
         transport = None
-    return BoardLink(transport, price_format=cfg.board.price_format, reply_timeout_s=cfg.board.reply_timeout_s,
-                     reopen_transport=open_transport, max_backoff_s=cfg.board.reconnect_max_backoff_s)
+    return BoardLink(transport, reopen_transport=open_transport,
+                     **board_link_options(cfg.board, cfg.recognition.max_attempts))
 
 
 def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
-             notifier: Notifier | None = None) -> int:
+             notifier: Notifier | None = None, store_retry_s: float = STORE_RETRY_S) -> int:
     """The unit on the hardware named by cfg.unit.hardware, until ``stop_event`` is set."""
     from ..money.accounts import AccountStore
     from ..money.authorize import AbuseGuard
@@ -47,11 +49,14 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
 
     recognizer = Recognizer.from_config(cfg)  # ModelError: exit non-zero, `vendor-node selftest` says why
     notifier = notifier or Notifier()
-    conn = open_db(cfg.state_dir)
+    opened = _open_stores_when_possible(cfg, stop_event, notifier, open_db, Journal, AccountStore, store_retry_s)
+    if opened is None:  # stopped while waiting for the disk
+        notifier.stopping()
+        notifier.close()
+        return 0
+    conn, journal, accounts = opened
     camera = None
     try:
-        journal = Journal(conn)
-        accounts = AccountStore(cfg, conn, journal)
 
         def camera_factory():
             return open_camera(cfg)
@@ -72,5 +77,33 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
     finally:
         if camera is not None:
             camera.close()
+        journal.close()
         conn.close()
         notifier.close()
+
+
+def _open_stores_when_possible(cfg, stop_event: threading.Event, notifier: Notifier, open_db, journal_cls,
+                               store_cls, retry_s: float = STORE_RETRY_S):
+    """(conn, journal, accounts) once the unit's database opens; until then out of service, not a crash.
+
+    A full or read-only disk at boot makes even opening the WAL database fail. Exiting would only restart the
+    service in a loop; instead the unit tells systemd it is up but out of service (the board is never enabled,
+    so the machine shows no reader), keeps the watchdog fed while it retries, and serves once the disk takes writes.
+    """
+    told = None
+    while not stop_event.is_set():
+        conn = None
+        try:
+            conn = open_db(cfg.state_dir)
+            journal = journal_cls(conn)
+            return conn, journal, store_cls(cfg, conn, journal)
+        except (JournalError, AccountsError) as exc:
+            if conn is not None:
+                conn.close()
+            if told != str(exc):
+                told = str(exc)
+                log.error("out of service (journal): %s (retrying every %.0f s)", exc, retry_s)
+                notifier.ready(f"out of service (journal): {exc}")
+            notifier.watchdog()
+            stop_event.wait(retry_s)
+    return None

@@ -19,8 +19,9 @@ from collections import Counter
 
 from ..devices.board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
                     SessionComplete, VendFailed, VendSucceeded)
-from ..errors import AccountsError, BoardLinkError, CameraError, RecognitionError
+from ..errors import AccountsError, BoardLinkError, CameraError, JournalError, RecognitionError
 from ..devices.notify import Notifier
+from ..money.journal_guard import check_integrity, probe_durable_write
 from .purchase import Purchase, State, money
 
 log = logging.getLogger("vendor_node.unit")
@@ -69,6 +70,7 @@ class UnitHealth:
         self._reader_on: bool | None = None
         self._unsettled: Purchase | None = None  # approved, link lost before the outcome
         self._recovery_pending = False
+        self._journal_unverified = True  # the chain and the high-water mark are checked before serving
         self._late_outcome: tuple[str, float] | None = None  # (session, until): an unknown outcome still expected
         self._next_status_check = 0.0
         self._next_fault_retry = 0.0
@@ -95,6 +97,7 @@ class UnitHealth:
     def _check_service(self, force: bool = False) -> None:
         now = self.clock()
         self._next_status_check = now + STATUS_CHECK_S
+        self._check_journal_mark()
         reason = self.accounts.out_of_service_reason()
         if reason:
             self._fault("accounts", reason)
@@ -133,16 +136,30 @@ class UnitHealth:
             return
         self._clear("camera")
 
+    def _check_journal_mark(self) -> None:
+        """A high-water note the disk refused: the journal's next write will fail too, so stop approving now."""
+        mark = getattr(self.journal, "mark", None)
+        if mark is not None and mark.failed and "journal" not in self.faults:
+            self._fault("journal", mark.failed)
+
     def _retry_journal(self) -> None:
+        """Cleared only by a real durable write (a probe row committed, the disk taking a synced file), the chain
+        checked again when it was the fault, and the start-up recovery finished: never by a BEGIN alone."""
+        self.counts["journal_retries"] += 1
         try:
-            self.journal.conn.execute("BEGIN IMMEDIATE")
-            self.journal.conn.execute("ROLLBACK")
-        except sqlite3.Error as exc:
-            log.warning("journal still unwritable: %s", exc)
+            if self._journal_unverified:
+                log.info("%s", check_integrity(self.journal))
+                self._journal_unverified = False
+            probe_durable_write(self.journal.conn)
+            if getattr(self.journal, "mark", None) is not None:
+                self.journal.mark.failed = None  # the disk takes writes again; the next note says if not
+            if self._recovery_pending and "board" not in self.faults:  # recovery failed at start: finish it first
+                self.recover()
+                self._recovery_pending = False
+        except JournalError as exc:
+            self.faults["journal"] = str(exc)
+            log.warning("journal still out of service: %s", exc)
             return
-        if self._recovery_pending and "board" not in self.faults:  # recovery failed at start: finish it first
-            self.recover()
-            self._recovery_pending = False
         self._clear("journal")
 
     def _refresh_gallery(self) -> None:

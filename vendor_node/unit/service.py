@@ -29,6 +29,7 @@ from ..devices.board import (AdapterReset, CommandRefused, LinkRestored, ReaderD
 from ..errors import (AccountsError, BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError,
                      SensorError)
 from .purchase import Purchase, State, first_name, hand_hint, money
+from ..money.journal_guard import check_integrity
 from .health import UnitHealth
 
 log = logging.getLogger("vendor_node.unit")
@@ -57,12 +58,14 @@ class PurchaseLoop(UnitHealth):
 
     def start(self) -> None:
         try:
+            log.info("%s", check_integrity(self.journal))  # a broken or shortened journal never serves
+            self._journal_unverified = False
             self.recover()
         except BoardLinkError as exc:  # no board to hear from yet: recover once the link is back
             log.error("board link: %s (recovery waits for it)", exc)
             self.faults["board"] = str(exc)
             self._recovery_pending = True
-        except JournalError as exc:  # e.g. disk full: out of service, recovery retried when it writes again
+        except JournalError as exc:  # disk full, or the chain broken: out of service, retried (journal_guard.py)
             self.faults["journal"] = str(exc)
             log.error("out of service (journal): %s (recovery waits for it)", exc)
             self._recovery_pending = True
@@ -95,6 +98,7 @@ class PurchaseLoop(UnitHealth):
         except (SensorError, ProtocolError) as exc:
             log.warning("%s: %s", type(exc).__name__, exc)
         self.state = State.IDLE
+        self._check_journal_mark()
         self.notifier.watchdog()
 
     # --- the idle state -------------------------------------------------------------------

@@ -1,0 +1,194 @@
+"""What the journal cannot check inside its own database: that it was not shortened, and that the disk still takes writes.
+
+The mark file ``<state_dir>/journal.mark`` lives beside ``unit.db``, not in it, so losing the WAL or putting
+back an older copy of the database does not take the mark with it:
+
+- line 1: JSON ``{"verified_seq": N, "verified_hash": H}``: the chain up to N was verified (by the unit at
+  start-up); the next start verifies only what came after it (incremental, fast at any journal size);
+- then one ``<seq> <hash>`` line per entry appended (a small write and an fdatasync after each commit): the
+  high-water mark. A journal whose head is below it lost committed entries (a deleted WAL, a restored
+  copy), and the unit refuses to serve on it.
+
+``probe_durable_write`` is how a journal fault is judged cleared: a row written and committed in the database
+and a file written and synced in the state folder, not just a BEGIN that touches nothing.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+from ..errors import JournalCorrupt, JournalError
+from .storage import write_file_atomically
+
+log = logging.getLogger("vendor_node.journal")
+
+MARK_NAME = "journal.mark"
+PROBE_NAME = ".journal-probe"
+PROBE_BYTES = 256 * 1024  # room for a few hundred more entries and a checkpoint, or the disk counts as full
+_WARN_EVERY_S = 60.0
+
+
+def db_folder(conn: sqlite3.Connection) -> Path | None:
+    """The folder of the connection's main database file (None for an in-memory database)."""
+    try:
+        row = conn.execute("PRAGMA database_list").fetchone()
+    except sqlite3.Error:
+        return None
+    return Path(row[2]).parent if row and row[2] else None
+
+
+class JournalMark:
+    """The verified mark and the high-water mark of one unit's journal, in a file beside its database."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fd: int | None = None
+        self._last_warning = 0.0
+        self.failed: str | None = None  # why the last note could not be written (the disk is full, ...)
+
+    @classmethod
+    def beside(cls, conn: sqlite3.Connection) -> "JournalMark | None":
+        folder = db_folder(conn)
+        return cls(folder / MARK_NAME) if folder else None
+
+    def read(self) -> tuple[int, str | None, int]:
+        """(verified_seq, verified_hash, high_water_seq); (0, None, 0) when there is no mark yet.
+
+        A torn last line (power cut mid-append) is ignored: the entry it names was committed
+        before it, so the head can only be at or past it.
+        """
+        try:
+            lines = self.path.read_text(encoding="ascii").splitlines()
+        except FileNotFoundError:
+            return 0, None, 0
+        except (OSError, UnicodeDecodeError) as exc:
+            raise JournalCorrupt(f"{self.path}: cannot read the journal's mark ({exc}); "
+                                 "the unit cannot tell whether entries were lost") from None
+        try:
+            first = json.loads(lines[0]) if lines else {}
+            verified_seq, verified_hash = int(first["verified_seq"]), str(first["verified_hash"])
+        except (ValueError, KeyError, TypeError, IndexError):
+            raise JournalCorrupt(f"{self.path}: line 1 is not a journal mark; "
+                                 "the unit cannot tell whether entries were lost") from None
+        high_water = verified_seq
+        for line in lines[1:]:
+            seq, _, digest = line.partition(" ")
+            if seq.isdigit() and len(digest) == 64:
+                high_water = max(high_water, int(seq))
+        return verified_seq, verified_hash, high_water
+
+    def note(self, seq: int, digest: str) -> None:
+        """Record that entry ``seq`` was committed (after its COMMIT). A failure is logged, never raised:
+        the entry itself is durable, and a disk that refuses this write fails the next probe too."""
+        try:
+            if self._fd is None:
+                if not self.path.exists():
+                    self.rewrite(0, None)
+                self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
+            os.write(self._fd, f"{seq} {digest}\n".encode("ascii"))
+            os.fdatasync(self._fd)
+            self.failed = None
+        except OSError as exc:
+            self.close()
+            self.failed = f"{self.path}: cannot record the journal's high-water mark ({exc.strerror or exc})"
+            now = time.monotonic()
+            if now - self._last_warning > _WARN_EVERY_S:
+                self._last_warning = now
+                log.error("%s: cannot record the journal's high-water mark: %s", self.path, exc)
+
+    def rewrite(self, verified_seq: int, verified_hash: str | None) -> None:
+        """Replace the file with one verified mark (compacts the high-water lines). OSError passes up."""
+        from .journal_schema import GENESIS_HASH
+
+        self.close()
+        body = json.dumps({"verified_seq": verified_seq, "verified_hash": verified_hash or GENESIS_HASH})
+        write_file_atomically(self.path, (body + "\n").encode("ascii"), 0o600)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = None
+
+
+def check_integrity(journal) -> str:
+    """At start-up: the chain after the verified mark holds and nothing below the high-water mark is gone.
+
+    Raises JournalCorrupt naming the first bad entry (or the lost range); on success moves the verified
+    mark to the head and returns a one-line summary. Without a mark file (first start, or a unit from
+    before the mark existed) the whole chain is verified once.
+    """
+    from .journal_verify import check_range
+
+    mark = journal.mark
+    if mark is None:
+        return "journal not checked (in-memory database)"
+    verified_seq, verified_hash, high_water = mark.read()
+    try:
+        head_seq, head_hash = journal.head()
+        if head_seq < high_water:
+            raise JournalCorrupt(
+                f"journal SHORTENED: it ends at seq {head_seq} but entries up to seq {high_water} were committed "
+                f"(seq {head_seq + 1}..{high_water} are lost: the WAL file was deleted or the database replaced "
+                "by an older copy); the unit will not serve until a technician restores it")
+        if verified_seq:
+            row = journal.conn.execute("SELECT hash FROM journal WHERE seq = ?", (verified_seq,)).fetchone()
+            if row is None or row[0] != verified_hash:
+                found = "missing" if row is None else f"hash {str(row[0])[:16]}"
+                raise JournalCorrupt(
+                    f"journal BROKEN at seq {verified_seq}: verified earlier with hash {verified_hash[:16]}, "
+                    f"now {found}: the entry was changed or removed after it was written")
+        start = time.perf_counter()
+        check_range(journal, verified_seq, head_seq)
+    except sqlite3.DatabaseError as exc:
+        raise JournalCorrupt(f"journal database damaged: {exc}; run `vendor-node journal verify`") from None
+    try:
+        mark.rewrite(head_seq, head_hash)
+    except OSError as exc:
+        raise JournalError(f"{mark.path}: cannot write the journal's mark: {exc}") from None
+    return (f"journal verified: seq {verified_seq + 1}..{head_seq} in {1000 * (time.perf_counter() - start):.0f} ms "
+            f"(head {head_hash[:16]})")
+
+
+def probe_durable_write(conn: sqlite3.Connection) -> None:
+    """A real durable write, or JournalError saying why not: a committed row, and PROBE_BYTES synced to disk."""
+    try:
+        conn.execute("CREATE TABLE IF NOT EXISTS journal_probe (id INTEGER PRIMARY KEY CHECK (id = 1), "
+                     "at REAL NOT NULL, pad BLOB)")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("INSERT INTO journal_probe (id, at, pad) VALUES (1, ?, randomblob(4096)) "
+                         "ON CONFLICT(id) DO UPDATE SET at = excluded.at, pad = excluded.pad", (time.time(),))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    except sqlite3.Error as exc:
+        raise JournalError(f"the journal database does not take writes: {exc}") from None
+    folder = db_folder(conn)
+    if folder is None:
+        return
+    probe = folder / PROBE_NAME
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        try:
+            view = memoryview(bytes(PROBE_BYTES))
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise JournalError(f"{folder}: the disk does not take writes ({exc.strerror or exc})") from None
+    finally:
+        try:
+            probe.unlink()
+        except OSError:
+            pass
