@@ -29,6 +29,10 @@ def _add_recognition_commands(sub) -> None:
                    help="leave out subjects the model manifest says it was trained on (figures on held-out people)")
     p.add_argument("--same-person", type=_subject_pair, action="append", metavar="A,B",
                    help="two subjects that may be one person labelled twice: never scored as impostors (repeatable)")
+    p.add_argument("--robustness", action="store_true",
+                   help="probes turned, scaled, blurred, darkened, infrared-like and close-up: one line each")
+    p.add_argument("--debug-dir", type=Path, metavar="DIR",
+                   help="write every frame with its key points and palm square drawn on it into DIR")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")

@@ -90,7 +90,11 @@ def run_eval(args, cfg) -> int:
         log.warning("... and %d more problems (listed in the report)", len(dataset.problems) - 10)
     recognizer = Recognizer.from_config(cfg)
     pairs = {frozenset(pair) for pair in (getattr(args, "same_person", None) or [])}
-    report = evaluate(recognizer, dataset, enroll_n, not_impostors=pairs)
+    debug_dir = getattr(args, "debug_dir", None)
+    if getattr(args, "robustness", False):
+        return _run_robustness(args, recognizer, dataset, enroll_n, pairs, excluded, debug_dir)
+    on_image = _debug_writer(Path(debug_dir)) if debug_dir else None
+    report = evaluate(recognizer, dataset, enroll_n, not_impostors=pairs, on_image=on_image)
     manifest = getattr(getattr(recognizer, "embedder", None), "manifest", {}) or {}
     report["model"] = {"file": manifest.get("model_file"), "sha256": manifest.get("sha256")}
     report["not_compared"] = sorted(sorted(pair) for pair in pairs)
@@ -114,13 +118,49 @@ def run_eval(args, cfg) -> int:
     return 0
 
 
-def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not_impostors=()) -> dict:
+def _run_robustness(args, recognizer, dataset, enroll_n, pairs, excluded, debug_dir) -> int:
+    from .robustness import format_robustness, robustness_rows
+
+    writer = _debug_writer(Path(debug_dir)) if debug_dir else None
+    on_image = None
+    if writer is not None:
+        on_image = lambda name, sample, image, probe: writer(sample, image, probe, name)  # noqa: E731
+    rows = robustness_rows(evaluate, recognizer, dataset, enroll_n, pairs, on_image=on_image)
+    report = {"created": datetime.now().isoformat(timespec="seconds"), "dataset": str(args.dataset),
+              "enroll": enroll_n, "excluded_trained_subjects": sorted(excluded), "robustness": rows}
+    report_path = Path(args.report)
+    report_path.parent.mkdir(parents=True, exist_ok=True)
+    report_path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    print(format_robustness(rows))
+    print(f"report: {report_path}")
+    return 0
+
+
+def _debug_writer(folder: Path):
+    """Writes each presented frame with what preprocessing found on it (debug_view) under ``folder``:
+    ``[<probes>/]<subject>/<image>.png``, refused frames as ``<image>.refused-<reason>.png``."""
+    from .debug_view import traced_extract, write_debug_image
+
+    def write(sample: Sample, image, probe: _Probe, probes: str = "") -> None:
+        _, trace, refusal = traced_extract(image)
+        where = folder / probes.replace(" ", "_").replace("(", "").replace(")", "") if probes else folder
+        name = Path(sample.path).stem + (f".refused-{refusal.reason}" if refusal else "") + ".png"
+        write_debug_image(where / sample.subject / name, image, trace, f"{sample.subject} {Path(sample.path).name}")
+
+    return write
+
+
+def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not_impostors=(),
+             probe_transform=None, acquired: dict | None = None, on_image=None) -> dict:
     """All figures for one dataset, as a JSON-ready dict (plus ``_curves`` for plotting).
 
     ``recognizer`` is a recognition.Recognizer: features(image), enroll_features([features]),
     score_matrix(probes, gallery), identify(features, gallery), threshold, margin;
     ``make_gallery`` turns {subject: template} into its gallery (Gallery.from_templates);
-    ``not_impostors`` holds subject pairs (frozensets) that may be one person labelled twice.
+    ``not_impostors`` holds subject pairs (frozensets) that may be one person labelled twice;
+    ``probe_transform(image, sample)`` changes probe images only (enrollment stays as photographed);
+    ``acquired`` caches untransformed results by path between runs; ``on_image(sample, image, probe)``
+    sees every image as it was presented (the debug view).
     """
     not_impostors = set(not_impostors)
     if make_gallery is None:
@@ -131,7 +171,17 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for sample in dataset:
         groups[(sample.extra, sample.subject)].append(sample)
-    probes = {sample.path: _acquire(recognizer, sample) for sample in _progress(list(dataset), "features")}
+    enrolling_paths = {s.path for samples in groups.values() for s in samples[:enroll_n]}
+    acquired = {} if acquired is None else acquired
+    probes = {}
+    for sample in _progress(list(dataset), "features"):
+        transform = None if sample.path in enrolling_paths else probe_transform
+        if transform is None and sample.path in acquired and on_image is None:
+            probes[sample.path] = acquired[sample.path]
+            continue
+        probes[sample.path] = _acquire(recognizer, sample, transform, on_image)
+        if transform is None:
+            acquired[sample.path] = probes[sample.path]
     enrolled: dict[str, dict[str, _Enrolled]] = defaultdict(dict)  # extra -> subject -> template
     enroll_failures, probe_list = [], []
     for (extra, subject), samples in sorted(groups.items()):
@@ -193,18 +243,22 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     return report
 
 
-def _acquire(recognizer, sample: Sample) -> _Probe:
+def _acquire(recognizer, sample: Sample, transform=None, on_image=None) -> _Probe:
     probe = _Probe(sample)
     image = _read_grey(sample.path)
     if image is None:
         probe.reason = "unreadable"
         return probe
+    if transform is not None:
+        image = transform(image, sample)
     start = time.perf_counter()
     try:
         probe.features = recognizer.features(image)
     except HandRejected as refusal:
         probe.reason = refusal.reason
     probe.seconds = time.perf_counter() - start
+    if on_image is not None:
+        on_image(sample, image, probe)
     return probe
 
 

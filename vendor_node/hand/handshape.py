@@ -34,7 +34,7 @@ OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther o
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
-BORDER_STRICT = False
+MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over the palm radius, at most
 PAIR_GAP = (0.35, 1.1)  # neighbouring finger valleys lie this many palm radii apart
 
 
@@ -79,9 +79,8 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     except cv2.error:
         defects = None
     on_border = lambda p: p[0] <= 1 or p[1] <= 1 or p[0] >= w - 2 or p[1] >= h - 2  # noqa: E731
-    for s, e, f, depth in (defects.reshape(-1, 4) if defects is not None else ()):
-        start, end, far = poly[s], poly[e], poly[f]
-        if depth / 256.0 < VALLEY_DEPTH * radius or on_border(far) or (BORDER_STRICT and (on_border(start) or on_border(end))):
+    for start, end, far, depth in _defects_split_at_border(poly, defects, on_border):
+        if depth < VALLEY_DEPTH * radius or on_border(far):
             continue
         v1, v2 = start - far, end - far
         if float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-6)) < -0.2:
@@ -126,6 +125,37 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     valleys_sorted = sorted(near, key=angle)
     tip_index = {name: index for name, (index, _) in zip(names, tips) if name}
     return Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index)
+
+
+def _defects_split_at_border(poly: np.ndarray, defects, on_border):
+    """Convexity defects as (start, end, deepest point, depth in pixels). Where fingers leave the frame the
+    hull runs along the frame's edge over several finger gaps at once: such a defect is split at the
+    outline points touching the edge, one part per gap."""
+    n = len(poly)
+    for s, e, f, depth in (defects.reshape(-1, 4) if defects is not None else ()):
+        arc = np.arange(s, e + 1) if e >= s else np.r_[np.arange(s, n), np.arange(0, e + 1)]
+        touching = np.array([on_border(poly[i]) for i in arc])
+        if len(arc) < 3 or not touching[1:-1].any():
+            yield poly[s], poly[e], poly[f], depth / 256.0
+            continue
+        k = 0
+        while k < len(arc):
+            if touching[k]:
+                k += 1
+                continue
+            first = k
+            while k < len(arc) and not touching[k]:
+                k += 1
+            a, b = arc[max(first - 1, 0)], arc[min(k, len(arc) - 1)]
+            run = poly[arc[first:k]]
+            chord = poly[b] - poly[a]
+            length = float(np.linalg.norm(chord))
+            if length < 1:
+                continue
+            rel = run - poly[a]
+            dist = np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0]) / length
+            deepest = int(np.argmax(dist))
+            yield poly[a], poly[b], run[deepest], float(dist[deepest])
 
 
 def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
@@ -186,6 +216,13 @@ def _name_fingers(tips: list[np.ndarray]) -> list[str]:
     return list(FINGERS) if first_gap > last_gap else list(reversed(FINGERS))
 
 
+def palm_cut_by_frame(shape: Shape, radius: float) -> bool:
+    """The finger valleys span far more than the palm circle is wide: the frame's edge cuts the palm and
+    the circle found is only the part inside (valley span over radius measured 0.8-1.1 on whole palms)."""
+    im, rl = shape.points.get("valley_index_middle"), shape.points.get("valley_ring_little")
+    return im is not None and rl is not None and float(np.linalg.norm(rl - im)) > MAX_SPAN_OVER_RADIUS * radius
+
+
 def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float):
     """ROI centre, its x axis, side (working pixels) and which alignment placed it."""
     p = shape.points
@@ -215,7 +252,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
                 a, b = v[i], v[i + 2]
                 break
         if a is None:
-            pair = _valley_pair(v, center, radius, shape.up)
+            pair = _valley_pair(v, center, radius, shape.up, finger_axis(shape.contour, v, radius))
             if pair is not None:
                 return pair
     span = 0.0
@@ -232,6 +269,8 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         if up @ ((a + b) / 2 - center) < 0:
             up = -up  # from the palm towards the fingers
         fingers_up = _finger_direction(p)
+        if fingers_up is None:  # fingertips unnamed or outside the frame: the fingers' outlines point the way
+            fingers_up = finger_axis(shape.contour, shape.valleys, radius)
         if fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
             up = up + fingers_up
             up = up / (np.linalg.norm(up) + 1e-6)
@@ -254,7 +293,29 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
     return (from_circle + from_tip) / 2, axis_x, ROI_SIDE * radius, "axis"
 
 
-def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarray):
+def finger_axis(contour: np.ndarray, valleys: list, radius: float) -> np.ndarray | None:
+    """The mean direction the fingers between neighbouring valleys point in: from the middle of their two
+    valleys to the middle of the finger's outline between them (works on fingers cut off by the frame)."""
+    if len(valleys) < 2 or not len(contour):
+        return None
+    n = len(contour)
+    at = [int(np.argmin(np.linalg.norm(contour - v, axis=1))) for v in valleys]
+    directions = []
+    for (ia, va), (ib, vb) in zip(zip(at, valleys), zip(at[1:], valleys[1:])):
+        forward = (ib - ia) % n
+        arc = (ia + np.arange(forward + 1)) % n if forward <= n - forward else (ib + np.arange(n - forward + 1)) % n
+        if len(arc) > n // 3:  # not a finger: the way round the rest of the hand
+            continue
+        d = contour[arc].mean(axis=0) - (va + vb) / 2
+        if np.linalg.norm(d) > 0.3 * radius:
+            directions.append(d / np.linalg.norm(d))
+    if not directions:
+        return None
+    mean = np.mean(directions, axis=0)
+    return mean / (np.linalg.norm(mean) + 1e-6)
+
+
+def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarray, fingers: np.ndarray | None):
     """Close-up frames often show only two neighbouring finger valleys (the outer fingers leave the
     frame or lie dim): their line gives the palm's turn and its distance from the palm centre; which two
     fingers they separate is unknown, so the palm circle places the square across the hand."""
@@ -269,6 +330,8 @@ def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarra
         towards_fingers = np.array([line[1], -line[0]])
         if towards_fingers @ (middle - center) < 0:
             towards_fingers = -towards_fingers
+        if fingers is not None and fingers @ towards_fingers > 0.5:  # neighbouring valleys are staggered
+            towards_fingers = (towards_fingers + 2 * fingers) / (np.linalg.norm(towards_fingers + 2 * fingers) + 1e-6)
         axis_x = np.array([-towards_fingers[1], towards_fingers[0]])
         side = ROI_SIDE * radius
         from_palm = ROI_PALM_SHIFT * radius
@@ -322,73 +385,3 @@ def _principal_axis(mask: np.ndarray, center: np.ndarray, radius: float, up: np.
     theta = 0.5 * np.arctan2(2 * mu11, mu20 - mu02)
     axis = np.array([np.cos(theta), np.sin(theta)])
     return axis if axis @ up >= 0 else -axis
-
-
-# --- measurements -------------------------------------------------------------
-def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, limit: float) -> float:
-    """Length of the foreground run through ``point`` along ``direction`` (working pixels)."""
-    h, w = mask.shape
-    total = 0.0
-    for sign in (1.0, -1.0):
-        t = 0.0
-        while t < limit:
-            q = point + sign * (t + 1.0) * direction
-            x, y = int(round(q[0])), int(round(q[1]))
-            if x < 0 or y < 0 or x >= w or y >= h or mask[y, x] == 0:
-                break
-            t += 1.0
-        total += t
-    return total + 1.0
-
-
-def geometry(shape: Shape, mask, center, radius) -> np.ndarray:
-    """Finger lengths and widths over palm width (the palm circle's diameter, steadier than any one
-    cut across the palm), in the order of GEOMETRY_NAMES; zeros where unmeasurable."""
-    out = np.zeros(GEOMETRY_SIZE, dtype=np.float32)
-    palm_width = 2.0 * radius
-    if palm_width < 4:
-        return out
-    p = shape.points
-    valley_of = {  # the thumb valley sits far below the index finger's base, so the index uses one valley
-        "thumb": ["thumb_index"], "index": ["index_middle"], "middle": ["index_middle", "middle_ring"],
-        "ring": ["middle_ring", "ring_little"], "little": ["ring_little"],
-    }
-    for i, finger in enumerate(FINGERS):
-        tip = p.get(f"tip_{finger}")
-        bases = [p[f"valley_{v}"] for v in valley_of[finger] if f"valley_{v}" in p]
-        if tip is None or not bases:
-            continue
-        if len(bases) == 1:
-            bases.append(_opposite_base(shape, finger, bases[0]))
-        base = np.mean(bases, axis=0)
-        along = tip - base
-        length = float(np.linalg.norm(along))
-        if length < 2:
-            continue
-        out[i] = length / palm_width
-        axis = along / length
-        normal = np.array([-axis[1], axis[0]])
-        for j, frac in enumerate((0.25, 0.5, 0.75)):
-            out[5 + 3 * i + j] = _run_width(mask, base + along * frac, normal, radius) / palm_width
-    if all(f"valley_{v}" in p for v in ("index_middle", "middle_ring", "ring_little")):
-        out[20] = np.linalg.norm(p["valley_index_middle"] - p["valley_middle_ring"]) / palm_width
-        out[21] = np.linalg.norm(p["valley_middle_ring"] - p["valley_ring_little"]) / palm_width
-        line_middle = (p["valley_index_middle"] + p["valley_ring_little"]) / 2
-        out[22] = np.linalg.norm(line_middle - center) / palm_width
-    return out
-
-
-def _opposite_base(shape: Shape, finger: str, valley: np.ndarray) -> np.ndarray:
-    """For a finger with a valley on one side only: the outline point on its other side as far from the
-    tip as the valley is, so the finger's base is the middle of the two."""
-    contour, tip_at = shape.contour, shape.tip_index.get(finger)
-    if tip_at is None or not len(contour):
-        return valley
-    n = len(contour)
-    tip = contour[tip_at]
-    reach = float(np.linalg.norm(valley - tip))
-    valley_at = int(np.argmin(np.linalg.norm(contour - valley, axis=1)))
-    towards_valley = 1 if (valley_at - tip_at) % n < n / 2 else -1
-    steps = (tip_at - towards_valley * np.arange(1, n // 4)) % n
-    far = np.flatnonzero(np.linalg.norm(contour[steps] - tip, axis=1) >= reach)
-    return contour[steps[far[0]]] if far.size else valley

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from . import handshape, palm_square
+from . import hand_geometry, handshape, palm_square
 from ..errors import HandRejected
 from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
 
@@ -53,6 +53,8 @@ MIN_SHARPNESS = 0.47
 MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
 MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
+PALM_BEYOND_FRAME = 0.25  # how far past the frame's edge the hand is taken to go on (of the short side)
+PALM_OUTSIDE = 0.3  # share of the palm circle's radius that may lie beyond the frame's edge
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
 
@@ -121,11 +123,12 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["outline"] = _outline(mask) * scale
     trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     area = float(np.count_nonzero(mask)) / mask.size
+    spill = "too_close" if 2 * radius > MAX_PALM_SPAN * min(mask.shape) else "cut_off"
     try:
-        wrist = _wrist_contact(mask, center, radius)
+        wrist, spills = _wrist_contact(mask, center, radius)
     except HandRejected as refusal:
-        if refusal.reason == "cut_off" and 2 * radius > MAX_PALM_SPAN * min(mask.shape):
-            raise reject("too_close") from None
+        if refusal.reason == "cut_off":
+            raise reject(spill) from None
         raise
     if wrist is not None:
         trace["wrist"] = wrist * scale
@@ -144,16 +147,23 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["valleys"] = [v * scale for v in shape.valleys]
     if shape.extent < 1.8 and len(shape.valleys) < 2:  # a fist: no fingers reach beyond the palm, none apart
         raise reject("fingers_closed")
+    if handshape.palm_cut_by_frame(shape, radius):
+        raise reject(spill)
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
     trace["roi_square"] = palm_square.square_corners(roi_center, axis_x, side) * scale
     if not palm_square.inside_frame(roi_center, axis_x, side, mask.shape):
-        raise reject("cut_off")
+        raise reject(spill if spills else "cut_off")
+    cut_sides = _palm_cut_sides(center, radius, axis_x, mask.shape)
+    if (spills or cut_sides) and alignment == "axis":  # no valleys place the palm, and it runs out of the frame
+        raise reject(spill)
+    if "across" in cut_sides:  # the frame cuts the palm beside the square, not just its heel
+        raise reject(spill)
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
     if np.count_nonzero(roi != 128) < MIN_COVERAGE * roi.size:  # the outline ran through the palm
         raise HandRejected("bad_image", "The hand could not be told from the background.")
-    geometry = handshape.geometry(shape, mask, center, radius)
+    geometry = hand_geometry.geometry(shape, mask, center, radius)
     keypoints = {name: (float(p[0] * scale), float(p[1] * scale)) for name, p in shape.points.items()}
     keypoints["palm_center"] = (float(center[0] * scale), float(center[1] * scale))
     keypoints["roi_center"] = (float(roi_center[0] * scale), float(roi_center[1] * scale))
@@ -268,22 +278,33 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
 
 
 def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre and radius of the largest circle inside the hand: the palm."""
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the frame edge is not palm
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
-    _, radius, _, loc = cv2.minMaxLoc(dist)
-    return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)
+    """Centre and radius of the largest circle inside the hand: the palm. Where the hand leaves the frame
+    it is taken to go on as it left (the outline continued straight out), so the frame's edge does not
+    shrink or move the circle when the wrist or the heel of the hand lies outside; at most a
+    ``PALM_OUTSIDE`` share of the radius may lie beyond the frame."""
+    h, w = mask.shape
+    pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
+    extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
+    ys, xs = np.ogrid[0:h, 0:w]
+    to_edge = np.minimum(np.minimum(xs, w - 1 - xs), np.minimum(ys, h - 1 - ys)).astype(np.float32)
+    allowed = np.where(to_edge + 1 >= (1 - PALM_OUTSIDE) * dist, dist, 0)
+    _, radius, _, loc = cv2.minMaxLoc(allowed)
+    return np.array(loc, dtype=np.float32), float(radius)
 
 
-def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.ndarray | None:
-    """Midpoint of where the arm leaves the frame (None if the whole hand is inside); cut_off/too_close."""
+def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
+    """Midpoint of where the arm leaves the frame (None if the whole hand is inside or the arm cannot be
+    told from the fingers), and whether the hand spills out of the frame more widely than an arm would
+    (usable only if the finger valleys still place the palm square inside); cut_off/too_close."""
     h, w = mask.shape
     # The frame border walked clockwise as one closed path: (x, y) per step.
     xs = np.concatenate([np.arange(w), np.full(h, w - 1), np.arange(w - 1, -1, -1), np.zeros(h, int)])
     ys = np.concatenate([np.zeros(w, int), np.arange(h), np.full(w, h - 1), np.arange(h - 1, -1, -1)])
     on = mask[ys, xs] > 0
     if not on.any():
-        return None
+        return None, False
     if on.all():
         raise reject("too_close")
     start = int(np.argmin(on))  # begin walking at a background pixel so runs do not wrap
@@ -296,21 +317,39 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> np.nd
     for a, b in runs:
         if merged and a - merged[-1][1] < 0.6 * radius:
             merged[-1][1] = b
+            merged[-1][2] += 1
         else:
-            merged.append([a, b])
+            merged.append([a, b, 1])
     runs = sorted((r for r in merged if r[1] - r[0] >= max(3.0, 0.2 * radius)), key=lambda r: r[0] - r[1])
+    if runs and runs[0][2] >= 3:  # three or more pieces side by side are fingers leaving the frame, not an arm
+        return None, True
     if not runs:
-        return None
-    a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
+        return None, False
+    a, b = runs[0][:2]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
     # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
-    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
-        raise reject("cut_off")
-    if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
-        raise reject("cut_off")  # two broad contacts: no telling the arm from the hand
     border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
     if border_gap < 0.5 * radius:
         raise reject("cut_off")
-    return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32)
+    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
+        return None, True
+    if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
+        return None, True  # two broad contacts: no telling the arm from the hand
+    return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32), False
+
+
+def _palm_cut_sides(center: np.ndarray, radius: float, axis_x: np.ndarray, shape: tuple[int, int]) -> set[str]:
+    """Where the frame's edge cuts the palm circle, seen from the palm: "heel" (towards the wrist, harmless
+    to the square, which sits towards the fingers), "fingers", or "across" (beside the square)."""
+    h, w = shape
+    up = np.array([axis_x[1], -axis_x[0]])
+    sides = set()
+    for gap, outward in ((center[0], (-1, 0)), (w - 1 - center[0], (1, 0)), (center[1], (0, -1)),
+                         (h - 1 - center[1], (0, 1))):
+        if gap + 1 >= radius:
+            continue
+        along = float(np.dot(outward, up))
+        sides.add("fingers" if along > 0.7 else "heel" if along < -0.7 else "across")
+    return sides
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -283,8 +283,8 @@ def draw_fingers_together(person_seed: int, sample_seed: int = 0, size: tuple[in
 
 
 def draw_cut_off(person_seed: int, sample_seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
-    """The hand pushed over the top-left of the view: fingers leave the frame."""
-    return draw_hand(person_seed, sample_seed, size, shift=(-0.3, -0.3), rotation=0, scale=1.0)
+    """The hand pushed over the left edge of the view: fingers and part of the palm leave the frame."""
+    return draw_hand(person_seed, sample_seed, size, shift=(-0.45, -0.2), rotation=0, scale=1.0)
 
 
 def draw_blurred(person_seed: int, sample_seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
