@@ -115,6 +115,9 @@ def answer(code, employee_id, name, funds_left) -> Authorization:
 class AbuseGuard:
     """After ``max_failures`` unknown hands or refusals within ``window_s``, cool down for ``cooldown_s``.
 
+    The window slides over failures alone: a success in between clears nothing, or an attacker could
+    interleave one paying colleague with every few tries of a stolen palm image.
+
     Takes ``cfg.abuse`` (or the whole Config); times are ``time.monotonic()``. With ``state_file`` the
     recent failures and a running cool-down survive a restart (as wall-clock times), so pulling the
     plug is no way to try hands at speed; a clock that jumps can never stretch a cool-down past
@@ -171,12 +174,6 @@ class AbuseGuard:
             log.warning("%d failures within %.0f s: cooling down for %.0f s", self.max_failures, self.window_s,
                         self.cooldown_s)
         self._save(now)
-
-    def record_success(self, now: float | None = None) -> None:
-        """A paying employee clears the failure count (not a running cool-down)."""
-        if self._failures:
-            self._failures.clear()
-            self._save(time.monotonic() if now is None else now)
 
     def cooldown_left(self, now: float | None = None) -> float:
         now = time.monotonic() if now is None else now

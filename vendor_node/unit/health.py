@@ -310,7 +310,6 @@ class UnitHealth:
         if isinstance(event, VendSucceeded):
             self.journal.succeed(p.session_id)
             p.outcome, p.charged = "vended", True
-            self.abuse.record_success()
             self._feedback("vended", f"Enjoy! Charged {money(p.price_cents)}")
         elif isinstance(event, VendFailed):
             self.journal.void(p.session_id, "failed")
