@@ -536,3 +536,24 @@ def test_sync_cli_with_a_folder(tmp_path, fleet_key, office, capsys):
     with pytest.raises(SystemExit) as info:
         main(["sync", "--folder", str(tmp_path / "missing")])
     assert info.value.code == 2
+
+
+def test_a_confirmed_revocation_is_not_sent_again(cfg, office):
+    """An old revocation resent forever would delete a later enrollment made at another unit."""
+    run_sync(cfg, http(cfg, office.url))
+    with AccountStore.open(cfg) as store:
+        store.enroll("E1", b"a" * 64, "consent-1")
+    run_sync(cfg, http(cfg, office.url))
+    with AccountStore.open(cfg) as store:
+        assert store.unenroll("E1")
+    report = run_sync(cfg, http(cfg, office.url))
+    assert report.ok and report.revocations_sent == 1
+    assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 0
+    office.receipt_key = Ed25519PrivateKey.generate()  # an unconfirmed revocation is sent again
+    with AccountStore.open(cfg) as store:
+        store.enroll("E2", b"b" * 64, "consent-1")
+        store.unenroll("E2")
+    assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 1
+    office.receipt_key = office.fleet_key
+    assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 1
+    assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 0

@@ -52,6 +52,9 @@ class AccountStore(HoldsConnection):
             columns = {row[1] for row in conn.execute("PRAGMA table_info(employees)")}
             if "funds_after_seq" not in columns:  # a store from before bundle format 2: count every own charge
                 conn.execute("ALTER TABLE employees ADD COLUMN funds_after_seq INTEGER NOT NULL DEFAULT 0")
+            columns = {row[1] for row in conn.execute("PRAGMA table_info(template_revocations)")}
+            if "reported" not in columns:
+                conn.execute("ALTER TABLE template_revocations ADD COLUMN reported INTEGER NOT NULL DEFAULT 0")
         stored = conn.execute("SELECT COUNT(*) FROM templates").fetchone()[0]
         if not self.keystore.has_data_key() and stored:
             raise KeyFileError(f"{self.keystore.data_key_path}: the unit data key is missing but {stored} "
@@ -314,13 +317,26 @@ class AccountStore(HoldsConnection):
             return sum(self.conn.execute("DELETE FROM upload_queue WHERE employee_id = ? AND consented_at = ?",
                                          (employee_id, at)).rowcount for employee_id, at in sent.items())
 
+    def unreported_revocations(self) -> list[tuple[str, float]]:
+        """(employee id, revoked at) of unenrollments here the office has not confirmed yet."""
+        return self.conn.execute("SELECT employee_id, revoked_at FROM template_revocations WHERE reported = 0 "
+                                 "ORDER BY revoked_at").fetchall()
+
+    def mark_revocations_reported(self, sent: dict[str, float]) -> None:
+        """The office confirmed these revocations (id -> revoked_at as sent): never send them again, so an old
+        revocation cannot delete a later enrollment at another unit. The rows stay: older copies stay refused."""
+        with self._transaction():
+            self.conn.executemany("UPDATE template_revocations SET reported = 1 WHERE employee_id = ? AND revoked_at = ?",
+                                  list(sent.items()))
+
     def unenroll(self, employee_id: str, now: float | None = None) -> bool:
         """Delete the template and any queued copy at once, and scrub them from the file. True if one existed."""
         now = time.time() if now is None else now
         with self._transaction():
             had = self.conn.execute("DELETE FROM templates WHERE employee_id = ?", (employee_id,)).rowcount
             had += self.conn.execute("DELETE FROM upload_queue WHERE employee_id = ?", (employee_id,)).rowcount
-            self.conn.execute("INSERT OR REPLACE INTO template_revocations VALUES (?, ?)", (employee_id, now))
+            self.conn.execute("INSERT OR REPLACE INTO template_revocations (employee_id, revoked_at) VALUES (?, ?)",
+                              (employee_id, now))
         self._scrub()
         return had > 0
 

@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS upload_queue (
 );
 CREATE TABLE IF NOT EXISTS template_revocations (
     employee_id TEXT PRIMARY KEY,       -- unenrolled here: tell the fleet, refuse older copies from bundles
-    revoked_at REAL NOT NULL
+    revoked_at REAL NOT NULL,
+    reported INTEGER NOT NULL DEFAULT 0 -- the office's signed receipt named it: not sent again
 );
 CREATE TABLE IF NOT EXISTS bundle_history (
     version INTEGER PRIMARY KEY,

@@ -185,26 +185,34 @@ class _Run:
         for source, answer, digest in list(self._folder_receipts("templates")):
             receipt = verify_receipt(answer, self.fleet_key, "templates", self.unit_id, source)
             sent = self._read_state(TEMPLATES_SENT_FILE, {})
-            self._mark_accepted(receipt, sent)
+            self._mark_accepted(receipt, sent.get("templates", {}))
+            self._mark_revocations(receipt, sent.get("revocations", {}))
             self._remember_receipt(digest)
         pending = self.store.pending_uploads()
-        revoked = self.store.conn.execute("SELECT employee_id, revoked_at FROM template_revocations").fetchall()
+        revoked = self.store.unreported_revocations()
         if not pending and not revoked:
             return
         document = {
             "templates": json.loads(templates_to_json([TemplateRecord(*row) for row in pending])),
             "revocations": [{"employee_id": employee_id, "revoked_at": at} for employee_id, at in revoked],
         }
-        sent = {row[0]: row[3] for row in pending}
+        sent = {"templates": {row[0]: row[3] for row in pending}, "revocations": dict(revoked)}
         answer = self.transport.push_templates(json.dumps(document, sort_keys=True).encode())
-        if answer is None:
-            self._write_state(TEMPLATES_SENT_FILE, {**self._read_state(TEMPLATES_SENT_FILE, {}), **sent})
+        self.report.revocations_sent += len(revoked)
+        if answer is None:  # the folder: the receipt comes later, naming ids; remember which copy each was
+            before = self._read_state(TEMPLATES_SENT_FILE, {})
+            self._write_state(TEMPLATES_SENT_FILE, {kind: {**before.get(kind, {}), **sent[kind]} for kind in sent})
             self.report.templates_delivered += len(pending)
-            self.report.revocations_sent += len(revoked)
             return
         receipt = verify_receipt(answer, self.fleet_key, "templates", self.unit_id, "templates upload")
-        self._mark_accepted(receipt, sent)
-        self.report.revocations_sent += len(revoked)
+        self._mark_accepted(receipt, sent["templates"])
+        self._mark_revocations(receipt, sent["revocations"])
+
+    def _mark_revocations(self, receipt: dict, sent: dict) -> None:
+        confirmed = receipt.get("revocations")
+        if not isinstance(confirmed, list):
+            raise SyncError("templates receipt: 'revocations' is not a list; nothing marked reported")
+        self.store.mark_revocations_reported({i: sent[i] for i in confirmed if isinstance(i, str) and i in sent})
 
     def _mark_accepted(self, receipt: dict, sent: dict) -> None:
         accepted = receipt.get("accepted")
