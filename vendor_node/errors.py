@@ -59,6 +59,10 @@ class DatasetError(RecognitionError):
     """An evaluation folder or manifest cannot be used."""
 
 
+class ImageFileError(VendorNodeError):
+    """An image file cannot be used: unreadable, not an image, or claiming an absurd size (images.py)."""
+
+
 # --- accounts, journal, sync ----------------------------------------------
 class AccountsError(VendorNodeError):
     """Base for the local account store."""

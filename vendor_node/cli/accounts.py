@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .args import state_dir_arg, amount_arg, config_from_args, existing_dir, existing_file, money_text, positive_float, positive_int
-from ..errors import BundleError, UsageError
+from ..errors import BundleError, ImageFileError, UsageError
 from ..money.bundle import MAX_VALIDITY_DAYS
 
 log = logging.getLogger("vendor_node")
@@ -279,7 +279,7 @@ def _cmd_fleet_bundle(args) -> int:
 
 
 def _enrollment_images_from_folder(folder: Path) -> list:
-    import cv2
+    from ..images import read_grey
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
@@ -289,10 +289,10 @@ def _enrollment_images_from_folder(folder: Path) -> list:
         files = files[:MAX_PRESENTATIONS]
     images = []
     for path in files:
-        image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        if image is None:
-            raise UsageError(f"--images: {path} is not an image that can be read")
-        images.append(image)
+        try:
+            images.append(read_grey(path))
+        except ImageFileError as exc:
+            raise UsageError(f"--images: {exc}") from None
     return images, [p.name for p in files]
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import CameraError
+from ..errors import CameraError, ImageFileError
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".pgm", ".tif", ".tiff")
 
@@ -197,12 +197,12 @@ class SimCamera(Camera):
 
 
 def _read_grey(path: Path) -> np.ndarray:
-    import cv2
+    from ..images import read_grey
 
-    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise CameraError(f"{path}: not a readable image")
-    return image
+    try:
+        return read_grey(path)
+    except ImageFileError as exc:
+        raise CameraError(str(exc)) from None
 
 
 def open_camera(cfg, picamera2_class=None) -> Camera:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import DatasetError, HandRejected, UsageError
+from ..errors import DatasetError, ImageFileError, HandRejected, UsageError
 from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
 from .dataset import Dataset, Sample, load_dataset, trained_subjects
 from .evaluation_output import format_table, plot_det
@@ -47,9 +47,14 @@ class _Enrolled:
 
 
 def _read_grey(path: Path):
-    import cv2
+    """The photo, or None (counted as "unreadable") with a warning naming what is wrong with the file."""
+    from ..images import read_grey
 
-    return cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    try:
+        return read_grey(path)
+    except ImageFileError as exc:
+        log.warning("%s", exc)
+        return None
 
 
 def _progress(items, label: str):

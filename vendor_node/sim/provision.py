@@ -17,7 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UsageError
 
 log = logging.getLogger("vendor_node.simulate")
 
@@ -52,9 +51,9 @@ def load_sim_image(key: str, ref) -> np.ndarray:
         return draw_hand(int(key.split(":", 1)[1]), int(ref), size=(CAMERA_SIZE[1], CAMERA_SIZE[0]))
     import cv2
 
-    image = cv2.imread(str(ref), cv2.IMREAD_GRAYSCALE)
-    if image is None:
-        raise UsageError(f"{ref}: not a readable image")
+    from ..images import read_grey
+
+    image = read_grey(ref)
     scale = min(CAMERA_SIZE[0] / image.shape[1], CAMERA_SIZE[1] / image.shape[0], 1.0)
     if scale < 1.0:
         image = cv2.resize(image, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
