@@ -200,3 +200,16 @@ def test_missing_csv(tmp_path):
 @pytest.mark.parametrize("text, cents", [("0", 0), ("1", 100), ("1.5", 150), ("12.34", 1234), (" 7.05 ", 705)])
 def test_amounts(text, cents):
     assert parse_amount_cents(text) == cents
+
+
+def test_a_signed_bundle_nested_200000_deep_is_a_bundle_error_not_a_crash():
+    """Even a payload the fleet key signed is parsed defensively: a RecursionError once escaped."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vendor_node.errors import BundleError
+
+    key = Ed25519PrivateKey.generate()
+    payload = b"[" * 200_000 + b"]" * 200_000
+    signed = MAGIC + HEADER.pack(len(payload)) + payload
+    with pytest.raises(BundleError, match="nests too deeply"):
+        decode_bundle(signed + key.sign(signed), key.public_key())

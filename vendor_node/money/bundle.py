@@ -193,6 +193,8 @@ def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundl
         raw = json.loads(bytes(signed[len(MAGIC) + HEADER.size:]))  # the copy is dropped once parsed
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{source}: signed payload is not valid JSON: {exc}") from None
+    except RecursionError:  # a signed bundle is still input: nesting deep enough to crash the parser is refused
+        raise BundleError(f"{source}: signed payload nests too deeply to be a bundle") from None
     bundle = _validate_payload(raw, source)
     return _with_hash(bundle, hashlib.sha256(data).hexdigest())
 
@@ -390,6 +392,8 @@ def read_templates_json(path: Path | str) -> list[TemplateRecord]:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path}: not a templates file: {exc}") from None
+    except RecursionError:
+        raise BundleError(f"{path}: not a templates file: nested too deeply") from None
     c = _Checker(str(path))
     records, seen = [], set()
     for i, item in enumerate(c.array(raw, "templates")):

@@ -132,6 +132,8 @@ def read_batch(path, public_key) -> dict:
         raise JournalError(f"{path}: cannot read the batch: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise JournalError(f"{path}: not a journal batch (bad JSON: {exc})") from None
+    except RecursionError:
+        raise JournalError(f"{path}: not a journal batch (nested too deeply)") from None
     if not isinstance(document, dict) or not isinstance(document.get("body"), dict) \
             or not isinstance(document.get("signature"), str):
         raise JournalError(f"{path}: not a journal batch (expected body and signature)")
