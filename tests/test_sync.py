@@ -557,3 +557,36 @@ def test_a_confirmed_revocation_is_not_sent_again(cfg, office):
     office.receipt_key = office.fleet_key
     assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 1
     assert run_sync(cfg, http(cfg, office.url)).revocations_sent == 0
+
+
+def test_an_office_without_a_server_signs_folder_receipts_with_the_cli(tmp_path, fleet_key, office, capsys):
+    from vendor_node.money.keys import fingerprint, signing_key_to_pem
+
+    cfg = provision(tmp_path, fleet_key)
+    key_file = tmp_path / "fleet_signing.key"
+    key_file.write_bytes(signing_key_to_pem(fleet_key))
+    key_file.chmod(0o600)
+    share = tmp_path / "usb"
+    (share / "inbox").mkdir(parents=True)
+    (share / "inbox" / "v1.vnb").write_bytes(office.build_bundle("unit-7"))
+    run_sync(cfg, FolderTransport(share, "unit-7"))
+    buy(cfg, "E1", 250)
+    with AccountStore.open(cfg) as store:
+        store.enroll("E2", b"b" * 64, "consent-1")
+    run_sync(cfg, FolderTransport(share, "unit-7"))
+    outbox = share / "outbox" / "unit-7"
+    uploads = sorted(outbox.glob("journal-*.json")) + sorted(outbox.glob("templates-*.json"))
+    unit_fp = fingerprint(KeyStore.from_config(cfg).load_signing_key().public_key())
+    receipts = share / "inbox" / "receipts" / "unit-7"
+    argv = ["fleet", "receipt", *map(str, uploads), "--unit-id", "unit-7", "--signing-key", str(key_file),
+            "--out", str(receipts)]
+    assert main(argv + ["--unit-fingerprint", "ab" * 32]) == 1  # not the unit's key: no receipt
+    assert "not signed by the key registered for unit-7" in capsys.readouterr().err
+    assert main(argv + ["--unit-fingerprint", unit_fp]) == 0
+    out = capsys.readouterr().out
+    with AccountStore.open(cfg) as store:
+        seq, digest = store.journal.head()
+    assert f"--journal-position {seq}:{digest}" in out and "E1 2.50" in out
+    report = run_sync(cfg, FolderTransport(share, "unit-7"))
+    assert report.ok and report.journal_entries_uploaded == 3 and report.templates_uploaded == 1
+    assert state(cfg)["unsynced"] == 0 and state(cfg)["queued"] == []

@@ -50,6 +50,13 @@ def add_accounts_commands(sub) -> None:
 
     fleet = sub.add_parser("fleet", help="back-office tools: fleet keys and account bundles").add_subparsers(
         dest="fleet_command", required=True, metavar="ACTION")
+    p = fleet.add_parser("receipt", help="sign receipts for a unit's sync-folder uploads (an office without a server)")
+    p.add_argument("uploads", nargs="+", type=existing_file, help="journal-*.json / templates-*.json from the outbox")
+    p.add_argument("--unit-id", required=True, type=unit_id_arg, help="the unit that wrote them")
+    p.add_argument("--unit-fingerprint", required=True, help="the unit's fingerprint, as `provision` printed it")
+    p.add_argument("--signing-key", required=True, type=existing_file, help="fleet signing key (PEM, 0600)")
+    p.add_argument("--out", required=True, type=Path, help="the unit's receipts folder: <share>/inbox/receipts/<unit>")
+    p.set_defaults(handler=_cmd_fleet_receipt)
     p = fleet.add_parser("keygen", help="a new fleet signing key pair and fleet template key")
     p.add_argument("--out", required=True, type=Path, help="folder to write the keys to (must not hold keys)")
     p.set_defaults(handler=_cmd_fleet_keygen)
@@ -275,6 +282,39 @@ def _cmd_fleet_bundle(args) -> int:
     print(f"wrote {bundle.kind} v{version} for unit {args.unit_id} (journal position {position.seq}) to {args.out}: "
           f"{len(employees)} employees, {len(templates)} templates, {len(deletions)} deletions, "
           f"expires in {args.expires_days:g} days")
+    return 0
+
+
+def _cmd_fleet_receipt(args) -> int:
+    """Receipts the unit accepts (fleet-signed); for batches, the journal position and charges for the next bundle."""
+    import json
+
+    from ..money.journal_export import fleet_receipt
+    from ..money.keys import load_signing_key_file
+    from ..money.storage import write_file_atomically
+
+    signing_key = load_signing_key_file(args.signing_key)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for upload in args.uploads:
+        data = upload.read_bytes()
+        answer = fleet_receipt(data, args.unit_id, args.unit_fingerprint, signing_key, str(upload))
+        target = args.out / f"receipt-{upload.stem}.json"
+        if target.exists():
+            print(f"{upload}: {target} already exists; left as it is")
+            continue
+        write_file_atomically(target, json.dumps(answer).encode(), 0o644)
+        receipt = answer["receipt"]
+        if receipt["kind"] == "templates":
+            print(f"{upload}: receipt for {len(receipt['accepted'])} templates and {len(receipt['revocations'])} "
+                  f"revocations -> {target}")
+            continue
+        charged: dict[str, int] = {}
+        for entry in json.loads(data)["body"]["entries"]:
+            if entry["kind"] == "vend_succeeded" or (entry["kind"] == "review_settled" and entry["amount_cents"]):
+                charged[entry["employee_id"]] = charged.get(entry["employee_id"], 0) + entry["amount_cents"]
+        print(f"{upload}: receipt -> {target}; next bundle for {args.unit_id}: --journal-position "
+              f"{receipt['last_seq']}:{receipt['last_hash']} (subtract these charges from the CSV's funds first: "
+              + (", ".join(f"{e} {money_text(c)}" for e, c in sorted(charged.items())) or "none") + ")")
     return 0
 
 

@@ -168,3 +168,47 @@ def acknowledge_batch(journal, path, public_key) -> int:
         raise JournalRefused(f"{path}: the batch's last entry (seq {body['last_seq']}) does not match this "
                              "journal; nothing changed")
     return journal.mark_uploaded(body["last_seq"])
+
+
+
+def fleet_receipt(data: bytes, unit_id: str, unit_fingerprint: str, fleet_signing_key, source: str = "upload") -> dict:
+    """The fleet-signed receipt for a sync-folder upload (a journal batch or a templates document), for an
+    office without a server. A batch must be signed by the key registered for ``unit_id`` (its fingerprint)."""
+    import hashlib
+    import time
+
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    try:
+        document = json.loads(data)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise JournalError(f"{source}: not JSON ({exc})") from None
+    except RecursionError:
+        raise JournalError(f"{source}: not a journal batch (nested too deeply)") from None
+    if not isinstance(document, dict):
+        raise JournalError(f"{source}: neither a journal batch nor a templates document")
+    if isinstance(document.get("body"), dict):
+        body = document["body"]
+        wanted = "".join(c for c in unit_fingerprint.lower() if c in "0123456789abcdef")
+        try:
+            raw = base64.b64decode(body.get("unit_public_key", ""), validate=True)
+            if hashlib.sha256(raw).hexdigest() != wanted:
+                raise JournalError(f"{source}: not signed by the key registered for {unit_id} "
+                                   f"(fingerprint {unit_fingerprint}); no receipt")
+            Ed25519PublicKey.from_public_bytes(raw).verify(base64.b64decode(document.get("signature", ""),
+                                                                            validate=True), _canonical(body))
+        except (binascii.Error, ValueError, TypeError, InvalidSignature):
+            raise JournalError(f"{source}: the batch signature does not verify; no receipt") from None
+        if body.get("unit_id") != unit_id or body.get("format") != BATCH_FORMAT:
+            raise JournalError(f"{source}: a batch of unit {body.get('unit_id')!r}, not {unit_id!r}; no receipt")
+        receipt = {"kind": "journal", "unit_id": unit_id, "batch_id": body.get("batch_id"),
+                   "last_seq": body.get("last_seq"), "last_hash": body.get("last_hash"), "ingested_at": time.time()}
+    elif isinstance(document.get("templates"), list) and isinstance(document.get("revocations"), list):
+        receipt = {"kind": "templates", "unit_id": unit_id,
+                   "accepted": [t.get("employee_id") for t in document["templates"] if isinstance(t, dict)],
+                   "revocations": [r.get("employee_id") for r in document["revocations"] if isinstance(r, dict)]}
+    else:
+        raise JournalError(f"{source}: neither a journal batch nor a templates document")
+    signature = fleet_signing_key.sign(_canonical(receipt))
+    return {"receipt": receipt, "signature": base64.b64encode(signature).decode("ascii")}
