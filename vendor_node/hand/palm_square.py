@@ -6,6 +6,7 @@ import cv2
 import numpy as np
 
 ROI_SIZE = 128
+STEP_REACH = 6  # the grey-level step across the outline is measured this many working pixels either side
 
 
 def square_corners(roi_center: np.ndarray, axis_x: np.ndarray, side: float) -> np.ndarray:
@@ -27,7 +28,7 @@ def inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape:
 
 def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float:
     """How steep the hand's outline is: the gradient at the edge over the grey-level step across it
-    (measured 3 px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
+    (measured STEP_REACH px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
     worst orientation (motion blur softens only the edges across its direction). About 1 when sharp."""
     smooth = work.astype(np.float32)
     gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
@@ -45,15 +46,15 @@ def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float
     nx, ny = ex / mag, ey / mag
     h, w = work.shape
     def sample(sign: float) -> np.ndarray:
-        row = np.clip(np.round(ys + sign * 3 * ny).astype(int), 0, h - 1)
-        col = np.clip(np.round(xs + sign * 3 * nx).astype(int), 0, w - 1)
+        row = np.clip(np.round(ys + sign * STEP_REACH * ny).astype(int), 0, h - 1)
+        col = np.clip(np.round(xs + sign * STEP_REACH * nx).astype(int), 0, w - 1)
         return smooth[row, col]
 
     step = np.abs(sample(1.0) - sample(-1.0))
     ok = step > 0.3 * contrast
     if np.count_nonzero(ok) < 40:
         return 0.0
-    ratio = mag[ok] * 6.0 / step[ok] / 3.0  # a clean step gives about 1, a step smeared over n px about 2/n
+    ratio = 2.0 * mag[ok] / step[ok]  # a clean step gives about 1, a step smeared over n px about 2/n
     angle = np.mod(np.arctan2(ey[ok], ex[ok]), np.pi)
     bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
     per_bin = [np.percentile(ratio[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
