@@ -62,11 +62,12 @@ def committed_after_seq(journal, employee_id: str, after_seq: int) -> int:
 
 
 def out_of_service_reason(store, now: float | None = None) -> str | None:
-    """Why ``store`` can approve no purchase at all right now, or None."""
-    now = time.time() if now is None else now
+    """Why ``store`` can approve no purchase at all right now, or None (judged on the journal's trusted time)."""
     bundle = store.current_bundle()
     if bundle is None:
         return "no account bundle imported"
+    if now is None:  # never earlier than when this bundle was applied either
+        now = max(store.journal.trusted_now(), bundle.applied_at)
     max_age_h = store.policy()["max_offline_age_h"]
     age_h = (now - bundle.created) / 3600.0
     if age_h > max_age_h:
@@ -77,8 +78,12 @@ def out_of_service_reason(store, now: float | None = None) -> str | None:
 
 
 def decide(store, employee_id: str, price_cents: int | None, now: float | None) -> Authorization:
-    """Approve ``price_cents`` (None: just say how much is spendable) against every floor limit."""
-    now = time.time() if now is None else now
+    """Approve ``price_cents`` (None: just say how much is spendable) against every floor limit.
+
+    Day caps and the bundle's age are judged on ``journal.trusted_now()``: a clock stepped back after a
+    reboot neither reopens today's cap nor makes an old bundle young; funds never depend on the clock.
+    """
+    now = store.journal.trusted_now() if now is None else now
     emp = store.employee(employee_id)
     if emp is None or emp.status == "deleted":
         return answer("unknown_employee", employee_id, "", 0)

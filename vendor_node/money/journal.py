@@ -43,6 +43,7 @@ class Journal(HoldsConnection):
         self.conn = conn
         self._clock = clock
         self._lock = threading.RLock()
+        self._floor: tuple[float, float] | None = None  # (newest entry's time, time.monotonic() then)
         set_up_tables(conn)
         self.mark = JournalMark.beside(conn)  # high-water mark beside unit.db (journal_guard.py)
 
@@ -86,7 +87,7 @@ class Journal(HoldsConnection):
                     f"journal head {tuple(head) if head else 'missing'} does not match the last entry "
                     f"{tuple(last) if last else 'none'}; nothing written (run `vendor-node journal verify`)")
             seq = head[0] + 1
-            ts_us = int(round(self._clock() * 1e6))
+            ts_us = int(round(self.trusted_now() * 1e6))
             fields = (decided.get("employee_id"), decided.get("item"), decided.get("amount_cents"),
                       decided.get("detail"))
             digest = chain_hash(head[1], canonical_entry(seq, ts_us, kind, session_id, *fields))
@@ -95,7 +96,28 @@ class Journal(HoldsConnection):
                               tuple(entry.as_dict().values()))
             self.conn.execute("UPDATE journal_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
             update_open_index(self.conn, entry)
+        self._floor = (ts_us / 1e6, time.monotonic())
         return entry, True
+
+    # --- time that cannot go backwards for money -----------------------------------
+    def trusted_now(self) -> float:
+        """The time money is judged by: the wall clock, but never earlier than the newest entry plus the time
+        that has passed since (counted on the monotonic clock).
+
+        A Pi has no real-time clock: after a reboot without network it restores an older saved time, and a
+        clock set back would otherwise reopen a day's cap or make an old bundle young again. Entries are
+        stamped with this time, so the journal's times never go backwards either.
+        """
+        with self._lock:
+            if self._floor is None:
+                row = self.conn.execute("SELECT ts_us FROM journal ORDER BY seq DESC LIMIT 1").fetchone()
+                self._floor = ((row[0] if row else 0) / 1e6, time.monotonic())
+            newest, at = self._floor
+            return max(self._clock(), newest + (time.monotonic() - at))
+
+    def clock_behind_s(self) -> float:
+        """How far the wall clock is behind the trusted time (0 when it is not): a fault worth reporting."""
+        return max(0.0, self.trusted_now() - self._clock())
 
     def open_index(self) -> dict[str, tuple[str, int]]:
         """session -> (state, seq) as the derived index holds it (verify compares it with the chain)."""
