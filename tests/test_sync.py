@@ -171,11 +171,14 @@ class Handler(BaseHTTPRequestHandler):
 
 
 class Served:
-    def __init__(self, office, handler=Handler):
+    def __init__(self, office, handler=Handler, tls=None):
         handler = type("BoundHandler", (handler,), {"office": office})
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
         self.httpd.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        if tls is not None:
+            self.httpd.socket = tls.wrap_socket(self.httpd.socket, server_side=True)
+        scheme = "https" if tls is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
 
     def close(self):
@@ -590,3 +593,53 @@ def test_an_office_without_a_server_signs_folder_receipts_with_the_cli(tmp_path,
     report = run_sync(cfg, FolderTransport(share, "unit-7"))
     assert report.ok and report.journal_entries_uploaded == 3 and report.templates_uploaded == 1
     assert state(cfg)["unsynced"] == 0 and state(cfg)["queued"] == []
+
+
+def make_tls_files(folder: Path, host="127.0.0.1"):
+    """A private CA and a server certificate for ``host`` signed by it (PEM files)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(text):
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, text)])
+
+    now = datetime.datetime.now(datetime.timezone.utc)
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (x509.CertificateBuilder().subject_name(name("test office CA")).issuer_name(name("test office CA"))
+          .public_key(ca_key.public_key()).serial_number(1).not_valid_before(now - datetime.timedelta(hours=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True).sign(ca_key, hashes.SHA256()))
+    cert = (x509.CertificateBuilder().subject_name(name(host)).issuer_name(ca.subject).public_key(key.public_key())
+            .serial_number(2).not_valid_before(now - datetime.timedelta(hours=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]), critical=False)
+            .sign(ca_key, hashes.SHA256()))
+    pem = serialization.Encoding.PEM
+    (folder / "ca.pem").write_bytes(ca.public_bytes(pem))
+    (folder / "server.pem").write_bytes(cert.public_bytes(pem) + key.private_bytes(
+        pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    return folder / "ca.pem", folder / "server.pem"
+
+
+def test_https_to_an_office_with_a_private_ca(tmp_path, fleet_key, office):
+    import ssl
+
+    ca_file, server_pem = make_tls_files(tmp_path)
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(server_pem)
+    served = Served(office, tls=tls)
+    try:
+        url = served.url
+        cfg = provision(tmp_path, fleet_key, office=office)
+        report = run_sync(cfg, http(cfg, url))  # the system's CAs do not know this office
+        assert not report.ok and any("certificate does not verify" in e for e in report.errors)
+        report = run_sync(cfg, http(cfg, url, ca_file=ca_file))
+        assert report.ok, report.errors
+        assert report.bundles_applied == [1] and report.heartbeat_sent
+    finally:
+        served.close()

@@ -116,6 +116,7 @@ class SyncConfig:
     max_run_s: float = setting(240.0, 5.0, 3600.0)  # the whole run, retries included (a dripping server too)
     max_bundle_bytes: int = setting(64 * 1024 * 1024, 1024 * 1024, 160 * 1024 * 1024)  # refused before reading
     allow_insecure_http: bool = False  # plain http:// only to loopback unless this is set (test networks)
+    ca_file: Path | None = None  # a private CA (PEM) the office's certificate chains to; None: the system's CAs
 
 
 @dataclass(frozen=True)

@@ -338,4 +338,4 @@ def transport_from(cfg, folder: Path | None = None, server_url: str | None = Non
 
     signing_key = KeyStore.from_config(cfg).load_signing_key()
     return HttpTransport(url, cfg.unit.unit_id, signing_key, budget or RunBudget(sync.max_run_s), sync.timeout_s,
-                         sync.allow_insecure_http, sync.max_bundle_bytes)
+                         sync.allow_insecure_http, sync.max_bundle_bytes, sync.ca_file)

@@ -106,8 +106,15 @@ class HttpTransport:
     kind = "server"
 
     def __init__(self, server_url: str, unit_id: str, signing_key, budget: RunBudget, timeout_s: float = 30.0,
-                 allow_insecure_http: bool = False, max_bundle_bytes: int = 64 * 1024 * 1024):
+                 allow_insecure_http: bool = False, max_bundle_bytes: int = 64 * 1024 * 1024,
+                 ca_file: Path | str | None = None):
         parsed = check_server_url(server_url, allow_insecure_http)
+        self.tls = None
+        if parsed.scheme == "https":
+            try:  # the system's CAs, or only the given private CA; hostname always checked
+                self.tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+            except (OSError, ssl.SSLError) as exc:
+                raise SyncError(f"sync.ca_file: {ca_file}: not a readable CA certificate (PEM): {exc}") from None
         self.scheme, self.host, self.port = parsed.scheme, parsed.hostname, parsed.port
         self.base_path = parsed.path.rstrip("/") + API_PREFIX + urllib.parse.quote(unit_id, safe="")
         self.where = f"{parsed.scheme}://{parsed.netloc}"
@@ -171,8 +178,7 @@ class HttpTransport:
         """One attempt; a watchdog shuts the socket when the budget runs out, whatever the server does."""
         timeout = min(self.timeout_s, left)
         if self.scheme == "https":
-            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout,
-                                               context=ssl.create_default_context())
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=timeout, context=self.tls)
         else:
             conn = http.client.HTTPConnection(self.host, self.port, timeout=timeout)
         expired = threading.Event()
@@ -213,6 +219,9 @@ class HttpTransport:
             if expired.is_set():
                 raise _Retryable(f"the server took longer than what was left of the run ({left:.1f} s)")
             return response.status, data  # a bytearray: no second copy of a large bundle
+        except ssl.SSLCertVerificationError as exc:  # not worth a retry: the wrong server, or a missing CA
+            raise SyncError(f"{method} {self.host}: the office's TLS certificate does not verify ({exc.verify_message}); "
+                            "set sync.ca_file if it comes from a private CA") from None
         except (OSError, http.client.HTTPException) as exc:
             if expired.is_set():
                 raise _Retryable(f"the server took longer than what was left of the run ({left:.1f} s)") from None
