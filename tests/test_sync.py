@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 from cryptography.exceptions import InvalidSignature
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from vendor_node.cli import main
@@ -65,13 +67,13 @@ class FakeOffice:
         spent = sum(c for e, c in self.charges.values() if e == employee_id)
         return self.employees[employee_id]["topups"] - spent
 
-    def build_bundle(self, unit_id: str, for_unit: str | None = None) -> bytes:
-        """The unit's bundle from the ledger; a new version only when something in it changed."""
+    def build_bundle(self, unit_id: str, for_unit: str | None = None, fresh: bool = False) -> bytes:
+        """The unit's bundle from the ledger; a new version only when something in it changed (or ``fresh``)."""
         seq, digest = self.heads.get(unit_id, (0, GENESIS_HASH))
         staff = [EmployeeRecord(i, e["name"], funds_cents=max(0, self.balance(i)),
                                 per_day_cap_cents=e.get("per_day_cap_cents")) for i, e in self.employees.items()]
         key = (unit_id, for_unit, seq, tuple(staff))
-        if key in self.built:
+        if key in self.built and not fresh:
             return self.built[key]
         self.version += 1
         self.built[key] = encode_bundle(Bundle(kind="snapshot", version=self.version, created=time.time() - 1,
@@ -643,3 +645,88 @@ def test_https_to_an_office_with_a_private_ca(tmp_path, fleet_key, office):
         assert report.bundles_applied == [1] and report.heartbeat_sent
     finally:
         served.close()
+
+
+# --- the money invariant under random interleavings ---------------------------------------------
+class InProcess:
+    """The fake office without sockets (the transport is tested above): many random runs stay fast."""
+
+    kind = "server"
+
+    def __init__(self, office: FakeOffice, unit_id: str):
+        self.office, self.unit_id = office, unit_id
+
+    def push_journal(self, batch: bytes, batch_id: str) -> dict:
+        status, answer = self.office.journal(self.unit_id, batch)
+        if status != 200:
+            raise SyncError(f"journal: {status} {answer}")
+        return answer
+
+    def push_templates(self, document: bytes) -> dict:
+        return signed(self.office.receipt_key, {"kind": "templates", "unit_id": self.unit_id, "accepted": [],
+                                                "revocations": []})
+
+    def heartbeat(self, document: bytes) -> dict:
+        return {"ok": True}
+
+    def receipts(self) -> list:
+        return []
+
+    def bundles(self, after_version: int):
+        data = self.office.frozen_bundle.pop(self.unit_id, None) or self.office.build_bundle(self.unit_id)
+        from vendor_node.money.bundle import decode_bundle
+        if decode_bundle(data, self.office.fleet_key.public_key()).version > after_version:
+            yield "office", data
+
+
+ACTIONS = st.lists(st.one_of(
+    st.tuples(st.just("buy"), st.integers(0, 2), st.sampled_from(["E1", "E2"]), st.integers(1, 400)),
+    st.tuples(st.just("sync"), st.integers(0, 2), st.booleans())), min_size=1, max_size=30)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(actions=ACTIONS)
+def test_money_invariant_under_random_interleavings(tmp_path_factory, actions):
+    """Three units, stale bundles at random: no unit ever believes in money it has itself spent, the
+    office's overdraft stays within (units - 1) x the daily cap, and after a full sync all agree."""
+    import datetime
+
+    tmp = tmp_path_factory.mktemp("units")
+    fleet = Ed25519PrivateKey.generate()
+    office = FakeOffice(fleet)
+    day_cap = 500
+    office.employees = {"E1": {"name": "Ann", "topups": 1000, "per_day_cap_cents": day_cap},
+                        "E2": {"name": "Bob", "topups": 300, "per_day_cap_cents": day_cap}}
+    units = [provision(tmp, fleet, f"unit-{n}") for n in range(3)]
+    own = {(u.unit.unit_id, e): 0 for u in units for e in office.employees}
+    days = {datetime.date.today()}
+    for unit in units:
+        assert run_sync(unit, InProcess(office, unit.unit.unit_id)).ok
+    for action in actions:
+        if action[0] == "buy":
+            _, n, employee, cents = action
+            with AccountStore.open(units[n]) as store:
+                if store.authorize(employee, cents).approved:
+                    session = store.journal.begin_session()
+                    store.journal.approve(session, employee, "A1", cents)
+                    store.journal.succeed(session)
+                    own[(units[n].unit.unit_id, employee)] += cents
+        else:
+            _, n, stale = action
+            unit_id = units[n].unit.unit_id
+            if stale:  # built before this sync's upload arrives: an old position with a new version
+                office.frozen_bundle[unit_id] = office.build_bundle(unit_id, fresh=True)
+            assert run_sync(units[n], InProcess(office, unit_id)).ok
+        days.add(datetime.date.today())
+        for unit in units:
+            for employee, funds in state(unit)["funds"].items():
+                topups = office.employees[employee]["topups"]
+                assert funds <= topups - own[(unit.unit.unit_id, employee)], "spent money came back"
+    for _ in range(2):
+        for unit in units:
+            assert run_sync(unit, InProcess(office, unit.unit.unit_id)).ok
+    for employee, info in office.employees.items():
+        spent = sum(c for (u, e), c in own.items() if e == employee)
+        assert office.balance(employee) == info["topups"] - spent  # every charge ingested once, to the cent
+        assert office.balance(employee) >= -(len(units) - 1) * day_cap * len(days)
+        assert all(state(unit)["funds"][employee] == max(0, office.balance(employee)) for unit in units)
