@@ -78,7 +78,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
         defects = cv2.convexityDefects(poly.reshape(-1, 1, 2).astype(np.int32), hull.reshape(-1, 1))
     except cv2.error:
         defects = None
-    on_border = lambda p: p[0] <= 1 or p[1] <= 1 or p[0] >= w - 2 or p[1] >= h - 2  # noqa: E731
+    on_border = lambda p: (p[0] <= 1) | (p[1] <= 1) | (p[0] >= w - 2) | (p[1] >= h - 2)  # noqa: E731
     for start, end, far, depth in _defects_split_at_border(poly, defects, on_border):
         if depth < VALLEY_DEPTH * radius or on_border(far):
             continue
@@ -132,9 +132,10 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
     hull runs along the frame's edge over several finger gaps at once: such a defect is split at the
     outline points touching the edge, one part per gap."""
     n = len(poly)
+    border = on_border(poly.T) if defects is not None else None
     for s, e, f, depth in (defects.reshape(-1, 4) if defects is not None else ()):
         arc = np.arange(s, e + 1) if e >= s else np.r_[np.arange(s, n), np.arange(0, e + 1)]
-        touching = np.array([on_border(poly[i]) for i in arc])
+        touching = border[arc]
         if len(arc) < 3 or not touching[1:-1].any():
             yield poly[s], poly[e], poly[f], depth / 256.0
             continue
@@ -252,7 +253,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
                 a, b = v[i], v[i + 2]
                 break
         if a is None:
-            pair = _valley_pair(v, center, radius, shape.up, finger_axis(shape.contour, v, radius))
+            pair = _valley_pair(v, center, radius, shape.up, shape.contour)
             if pair is not None:
                 return pair
     span = 0.0
@@ -270,7 +271,8 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             up = -up  # from the palm towards the fingers
         fingers_up = _finger_direction(p)
         if fingers_up is None:  # fingertips unnamed or outside the frame: the fingers' outlines point the way
-            fingers_up = finger_axis(shape.contour, shape.valleys, radius)
+            between = [v for v in (im, mr, rl) if v is not None]
+            fingers_up = finger_axis(shape.contour, between if len(between) >= 2 else [a, b], radius)
         if fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
             up = up + fingers_up
             up = up / (np.linalg.norm(up) + 1e-6)
@@ -315,7 +317,7 @@ def finger_axis(contour: np.ndarray, valleys: list, radius: float) -> np.ndarray
     return mean / (np.linalg.norm(mean) + 1e-6)
 
 
-def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarray, fingers: np.ndarray | None):
+def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarray, contour: np.ndarray):
     """Close-up frames often show only two neighbouring finger valleys (the outer fingers leave the
     frame or lie dim): their line gives the palm's turn and its distance from the palm centre; which two
     fingers they separate is unknown, so the palm circle places the square across the hand."""
@@ -330,6 +332,7 @@ def _valley_pair(valleys: list, center: np.ndarray, radius: float, up: np.ndarra
         towards_fingers = np.array([line[1], -line[0]])
         if towards_fingers @ (middle - center) < 0:
             towards_fingers = -towards_fingers
+        fingers = finger_axis(contour, [first, second], radius)  # the finger between the two valleys
         if fingers is not None and fingers @ towards_fingers > 0.5:  # neighbouring valleys are staggered
             towards_fingers = (towards_fingers + 2 * fingers) / (np.linalg.norm(towards_fingers + 2 * fingers) + 1e-6)
         axis_x = np.array([-towards_fingers[1], towards_fingers[0]])

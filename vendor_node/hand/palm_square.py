@@ -16,12 +16,13 @@ def square_corners(roi_center: np.ndarray, axis_x: np.ndarray, side: float) -> n
                      for sx, sy in ((-1, -1), (1, -1), (1, 1), (-1, 1))], dtype=np.float32)
 
 
-def inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape: tuple[int, int]) -> bool:
-    """Whether the ROI square lies in the frame (up to a fifth of its side may stick out: those pixels
+def inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape: tuple[int, int],
+                 slack: float = 0.2) -> bool:
+    """Whether the ROI square lies in the frame (up to ``slack`` of its side may stick out: those pixels
     become background fill, which the matcher ignores)."""
     axis_y = np.array([-axis_x[1], axis_x[0]])
     corners = [roi_center + (sx * axis_x + sy * axis_y) * side / 2 for sx in (-1, 1) for sy in (-1, 1)]
-    slack = 0.2 * side
+    slack = slack * side
     h, w = shape
     return all(-slack <= x <= w - 1 + slack and -slack <= y <= h - 1 + slack for x, y in corners)
 

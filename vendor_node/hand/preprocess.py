@@ -45,7 +45,7 @@ DIM_FINGERS_HYSTERESIS = 0.4  # the second try, for close-ups whose fingers get 
 RETRY_REASONS = ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image", "cut_off")  # not blurred: that is the frame
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
-MAX_HAND_AREA = 0.60  # of the frame: larger is "too close"
+MAX_HAND_AREA = 0.85  # of the frame: larger is "too close" (near-IR close-ups: 0.33-0.57, and nearer still)
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
 # Outline steepness (see palm_square.edge_sharpness, step measured 6 working px either side): photos 0.46 and up,
 # the soft near-IR close-ups (nir_dev) 0.28-0.47. Measured with the probe blurred (enrollment not) on coep_dev's
@@ -91,6 +91,15 @@ def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
     first_trace: dict = {"scale": scale}
     try:
         hand = _hand_in(grey, work, scale, "otsu", trace=first_trace)
+        if hand.alignment != "valleys" and first_trace.get("dark_background"):
+            # Placed without all three finger valleys: dim fingers cut short by the threshold may hide them.
+            second: dict = {}
+            try:
+                fuller = _hand_in(grey, work, scale, "dim_fingers", trace=second)
+                if fuller.alignment == "valleys":
+                    hand, first_trace = fuller, second
+            except HandRejected:
+                pass
         if trace is not None:
             trace.update(first_trace)
         return hand
@@ -122,6 +131,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace.clear()
     trace["scale"], trace["method"] = scale, method
     mask, contrast, unfilled, center, radius = _find_hand(work, method)
+    trace["dark_background"] = cv2.mean(work, cv2.bitwise_not(mask))[0] < cv2.mean(work, mask)[0]
     trace["outline"] = _outline(mask) * scale
     trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     area = float(np.count_nonzero(mask)) / mask.size
@@ -158,8 +168,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     cut_sides = _palm_cut_sides(center, radius, axis_x, mask.shape)
     if (spills or cut_sides) and alignment == "axis":  # no valleys place the palm, and it runs out of the frame
         raise reject(spill)
-    if "across" in cut_sides:  # the frame cuts the palm beside the square, not just its heel
-        raise reject(spill)
+    if "across" in cut_sides and not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05):
+        raise reject(spill)  # the frame cuts the palm beside the square, and the square with it
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
@@ -263,7 +273,8 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     background = smooth[hand == 0]
     if background.size == 0:
         return hand
-    level = float(np.median(background))
+    counts = np.cumsum(np.bincount(background, minlength=256))  # the median from a histogram: uint8, fast
+    level = float(np.searchsorted(counts, counts[-1] / 2))
     weak = smooth > level + fraction * (threshold - level)
     count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
     if count <= 1:
@@ -285,6 +296,10 @@ def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
     shrink or move the circle when the wrist or the heel of the hand lies outside; at most a
     ``PALM_OUTSIDE`` share of the radius may lie beyond the frame."""
     h, w = mask.shape
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    _, radius, _, loc = cv2.minMaxLoc(cv2.distanceTransform(padded, cv2.DIST_L2, 5))
+    if min(loc[0] - 1, loc[1] - 1, w - loc[0], h - loc[1]) > radius + 1:
+        return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)  # clear of the frame's edge
     pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
     extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
