@@ -12,6 +12,8 @@ from vendor_node.devices.board import (
     VendFailed, VendRequest, VendSucceeded, display_text, format_price, parse_price,
 )
 from vendor_node.config import BoardConfig
+from vendor_node.devices.board import UnreadableVendRequest
+from vendor_node.devices.board_setup import default_adapter_settings
 from vendor_node.errors import BoardLinkError, ProtocolError
 
 
@@ -60,7 +62,19 @@ def drain(link, timeout=0.0):
 def make_link(*chunks, replies=None, **kwargs):
     transport = ScriptedTransport(*chunks, replies=replies)
     kwargs.setdefault("reply_timeout_s", 0.05)
+    kwargs.setdefault("start_retry_s", 0.01)
     return BoardLink(transport, **kwargs), transport
+
+
+SETTINGS = default_adapter_settings("decimal")
+SETCONF_LINES = [f"C,SETCONF,{key}={value}" for key, value in SETTINGS]
+SET_UP = ["C,0", *SETCONF_LINES, "V"]  # what every enable sends before C,1
+ADAPTER_OK = {line: b"c,SET,OK\r\n" for line in SETCONF_LINES} | {"V": b"v,3.8.0.0,ABC\r\n"}
+
+
+def adapter(**replies: bytes) -> dict:
+    """An adapter that accepts the set-up, plus ``replies`` (keys: lines with ',' written as '_')."""
+    return ADAPTER_OK | {key.replace("_", ","): value for key, value in replies.items()}
 
 
 # --- framing ------------------------------------------------------------------
@@ -90,9 +104,15 @@ def test_garbage_and_malformed_lines_are_ignored_never_raised(caplog):
         b"c,STATUS,VEND,2.00,9\r\n",
     )
     with caplog.at_level(logging.WARNING, logger="vendor_node.board"):
-        assert drain(link) == [VendRequest(200, "9")]
-    assert 1 <= len(caplog.records) <= 6  # rate-limited: the first five, not one per line
-    assert transport.written == []
+        events = drain(link)
+    assert events[-1] == VendRequest(200, "9")
+    unreadable = [e.line for e in events if isinstance(e, UnreadableVendRequest)]
+    assert unreadable == ["c,STATUS,VEND,abc,12", "c,STATUS,VEND,1.505,12", "c,STATUS,VEND,-1.50,12",
+                          "c,STATUS,VEND,1.50,"]
+    assert len(events) == 5  # nothing else became an event
+    garbage_warnings = [r for r in caplog.records if "ignored line" in r.getMessage()]
+    assert 1 <= len(garbage_warnings) <= 6  # rate-limited: the first five, not one per line
+    assert transport.written == ["C,VEND,-1"] * 4  # a request we cannot read is denied, never left waiting
 
 
 def test_nul_bytes_are_dropped_and_surrounding_spaces_trimmed():
@@ -160,22 +180,22 @@ def test_cents_price_format_on_the_wire():
 
 # --- commands and their acknowledgements -----------------------------------------
 def test_enable_reader_waits_for_a_status_line_then_the_machine_enables():
-    link, transport = make_link(replies={"C,1": b"c,STATUS,INACTIVE\r\n"})
+    link, transport = make_link(replies=adapter(C_1=b"c,STATUS,INACTIVE\r\n"))
     link.enable_reader()
-    assert transport.written == ["C,1"]
+    assert transport.written == SET_UP + ["C,1"]
     transport.feed(b"r,ACK\r\nc,STATUS,DISABLED\r\nr,ACK\r\nc,STATUS,ENABLED\r\n")
     assert drain(link) == [ReaderDisabled("inactive"), ReaderEnabled()]
     assert link.state == "enabled"
 
 
 def test_enable_reader_already_on_is_acknowledged():
-    link, transport = make_link(replies={"C,1": b'c,ERR,"cashless is on"\r\n'})
+    link, transport = make_link(replies=adapter(C_1=b'c,ERR,"cashless is on"\r\n'))
     link.enable_reader()
     assert drain(link) == []
 
 
 def test_enable_reader_without_an_answer_raises_within_the_timeout():
-    link, transport = make_link(reply_timeout_s=0.1)
+    link, transport = make_link(reply_timeout_s=0.1, replies=ADAPTER_OK)
     started = time.monotonic()
     with pytest.raises(BoardLinkError, match="did not answer C,1 within 0.1 s"):
         link.enable_reader()
@@ -212,13 +232,15 @@ def test_late_session_answer_after_a_timeout_becomes_an_event():
 
 
 def test_commands_write_exact_lines():
-    link, transport = make_link()
+    link, transport = make_link(b"c,STATUS,ENABLED\r\n")
+    assert drain(link) == [ReaderEnabled()]  # display requests are accepted only while Enabled
+    assert link.display("Hi José - €3,50 left\r\nC,1") is True
     link.approve_vend(150)
     link.deny_vend()
     link.end_session()
-    link.display("Hi José - €3,50 left\r\nC,1")
     link.disable_reader()
-    assert transport.written == ["C,VEND,1.50", "C,VEND,-1", "C,STOP", "C,DISPLAY,Hi Jose - 3,50 left C,1", "C,0"]
+    assert transport.written == ["C,DISPLAY,Hi Jose - 3,50 left C,1", "C,VEND,1.50", "C,VEND,-1", "C,STOP", "C,0"]
+    assert link.display("later") is False and transport.written[-1] == "C,0"  # off: held for Enabled
     with pytest.raises(ValueError):
         link.approve_vend(0)
     with pytest.raises(ValueError):
@@ -301,7 +323,7 @@ class FlakyFactory:
 
     def __init__(self, failures: int, replies=None):
         self.failures = failures
-        self.replies = {"C,1": b"c,STATUS,INACTIVE\r\n", "V": b"v,3.8.0.0,X\r\n"} if replies is None else replies
+        self.replies = adapter(C_1=b"c,STATUS,INACTIVE\r\n") if replies is None else replies
         self.opened: list[ScriptedTransport] = []
 
     def __call__(self):
@@ -316,7 +338,7 @@ class FlakyFactory:
 def test_reopen_backs_off_exponentially_capped_and_resyncs():
     waits = []
     factory = FlakyFactory(failures=5)
-    old = ScriptedTransport(replies={"C,1": b"c,STATUS,INACTIVE\r\n"})
+    old = ScriptedTransport(replies=adapter(C_1=b"c,STATUS,INACTIVE\r\n"))
     link = BoardLink(old, reopen_transport=factory, reply_timeout_s=0.05, initial_backoff_s=0.1,
                      max_backoff_s=0.5, wait=lambda delay, stop: waits.append(delay))
     link.enable_reader()
@@ -332,7 +354,7 @@ def test_reopen_backs_off_exponentially_capped_and_resyncs():
     assert old.closed
     assert restored == LinkRestored(interrupted="vend_approved", vend=VendRequest(150, "12"), approved_cents=150)
     new = factory.opened[-1]
-    assert new.written == ["C,0", "C,1"]  # any half session ends with C,0 [S1], then the reader comes back
+    assert new.written == SET_UP + ["C,1"]  # any half session ends with C,0 [S1]; set up again, then C,1
     assert link.open_vend is None and link.state == "off"
     new.feed(b"c,STATUS,DISABLED\r\nc,STATUS,ENABLED\r\n")
     assert drain(link) == [ReaderEnabled()]
@@ -367,7 +389,7 @@ def test_reopen_stops_on_the_stop_event_and_on_its_deadline():
 def test_a_resync_without_an_answer_counts_as_a_failed_attempt():
     factory = FlakyFactory(failures=0, replies={})
     waits = []
-    link = BoardLink(ScriptedTransport(replies={"C,1": b"c,STATUS,ENABLED\r\n"}), reopen_transport=factory,
+    link = BoardLink(ScriptedTransport(replies=adapter(C_1=b"c,STATUS,ENABLED\r\n")), reopen_transport=factory,
                      reply_timeout_s=0.01, wait=lambda d, s: waits.append(d))
     link.enable_reader()
     with pytest.raises(BoardLinkError, match="gave up"):
@@ -383,7 +405,7 @@ def test_reopen_without_a_factory_is_an_error():
 
 def test_reconnecting_link_turns_a_loss_into_link_restored():
     factory = FlakyFactory(failures=2)
-    first = ScriptedTransport(replies={"C,1": b"c,STATUS,INACTIVE\r\n"})
+    first = ScriptedTransport(replies=adapter(C_1=b"c,STATUS,INACTIVE\r\n"))
     link = ReconnectingBoardLink(first, reopen_transport=factory, reply_timeout_s=0.05,
                                  wait=lambda d, s: None)
     link.enable_reader()

@@ -200,7 +200,9 @@ def test_disconnect_raises_then_reopen_resyncs_with_backoff(sim):
         assert restored == LinkRestored(interrupted=None, vend=None, approved_cents=None)
         assert sim.connections == 2
         wait_event(link, ReaderEnabled)
-        assert sim.commands[-2:] == ["C,0", "C,1"]
+        set_up = ["C,0"] + [f"C,SETCONF,{k}={v}" for k, v in link.adapter_settings] + ["V", "C,1"]
+        assert sim.commands[-len(set_up):] == set_up  # the adapter restarted: set up again before C,1
+        assert sim.settings["mdb-always-idle"] == "1"
         _, outcome = buy_hand_first(sim, link)
         assert outcome == VendSucceeded()
 

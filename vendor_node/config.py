@@ -73,8 +73,26 @@ class BoardConfig:
     hand_wait_s: float = setting(10.0, 1.0, 120.0)
     reconnect_max_backoff_s: float = setting(30.0, 0.1, 600.0)
     # How the adapter writes money: "decimal" currency units ("1.50", Qibixx default with 2 decimals)
-    # or "cents" (a scaled integer, "150"); see board.py.
+    # or "cents" (a scaled integer, "150"); the unit sets the adapter's mdb-decimal-places to match.
     price_format: typing.Literal["decimal", "cents"] = "decimal"
+    # The adapter's settings a site must choose (docs' names; sent with C,SETCONF at every start, see
+    # devices/board_setup.py): "0x1" + the ISO 4217 numeric currency code, and the cashless address.
+    mdb_currency_code: str = "0x1978"
+    mdb_address: typing.Literal["0x10", "0x60"] = "0x10"
+    # C,START tries while the machine answers busy, and the pause between them (like real clients)
+    start_attempts: int = setting(12, 1, 30)
+    start_retry_s: float = setting(0.4, 0.0, 5.0)
+
+    def __post_init__(self):
+        check_mdb_currency_code(self.mdb_currency_code)
+
+
+def check_mdb_currency_code(code) -> str:
+    """ "0x1" + a 3-digit ISO 4217 numeric code, as the adapter's mdb-currency-code takes it."""
+    if not isinstance(code, str) or len(code) != 6 or not code.startswith("0x1") or not code[3:].isdigit():
+        raise ConfigError(f"board.mdb_currency_code: must be 0x1 and the 3-digit ISO 4217 numeric code "
+                          f"(0x1978 EUR, 0x1840 USD, 0x1756 CHF, 0x1826 GBP), got {code!r}")
+    return code
 
 
 @dataclass(frozen=True)

@@ -3,78 +3,60 @@
 Why this split: Python cannot meet MDB's 5 ms bus timing, so a Qibixx-style adapter (MDB Pi Hat,
 MDB-USB) answers the vending machine controller (VMC) on the bus and talks to us in text lines.
 The adapter does the bus; this module does the session. ``SerialTransport`` (board_transport.py,
-re-exported here) moves lines, ``BoardLink`` speaks the protocol and turns lines into typed events.
+re-exported here) moves lines, ``BoardLink`` speaks the protocol: it configures the adapter at every
+enable (its settings are volatile), retries a busy ``C,START`` on a bounded schedule, binds each
+approval to the request it answers, and shows display text only where the adapter accepts it. What
+each received line means is board_lines.py's; the settings the unit needs are board_setup.py's.
 
-The line protocol (what we write, what we read and the event each line becomes), its sources
-[Q1]..[S3] cited in the code, and the assumptions made where they are silent are in
-docs/mdb-protocol.md. Prices, amounts and display text in the adapter's formats are board_format.py's
-(re-exported here).
+The line protocol, its sources ([Q1].., [P1].., [S1]..) and the assumptions made where they are
+silent are in docs/mdb-protocol.md. Prices, amounts and display text in the adapter's formats are
+board_format.py's (re-exported here).
 """
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections import deque
-from typing import Callable
+from typing import Callable, Sequence
 
 from .board_events import (  # noqa: F401 (re-exported: the events are part of this module's contract)
     BoardEvent, ReaderEnabled, ReaderDisabled, SessionStarted, VendRequest, VendSucceeded, VendFailed,
     SessionCancelled, SessionComplete, AdapterReset, CommandRefused, AdapterError, LinkRestored,
+    UnreadableVendRequest, RevalueRefused, CashSale,
 )
 from .board_format import DISPLAY_WIDTH, display_text, format_price, parse_price  # noqa: F401 (re-exported)
+from .board_lines import (  # noqa: F401 (the states are part of this module's contract)
+    DISABLED, ENABLED, ENDING, OFF, OPEN_STAGES, SESSION, UNKNOWN, VEND_APPROVED, VEND_REQUESTED,
+    LineInterpreter, RateLimitedWarning,
+)
+from .board_setup import START_ATTEMPTS, START_RETRY_S, default_adapter_settings, adapter_settings_from
 from .board_transport import MAX_LINE_BYTES, LineTransport, SerialTransport  # noqa: F401 (re-exported)
-from ..errors import BoardLinkError, ProtocolError
+from ..errors import BoardLinkError
 
 log = logging.getLogger(__name__)
 
 LATE_LINE_LIMIT = 64  # lines poll() still reads after its deadline when none carries an event
-_PRINTABLE = re.compile(r"[\x20-\x7e]+")
+DISPLAY_HOLD_S = 5.0  # display text asked for outside Enabled is shown if Enabled comes within this
 
 
-class _RateLimitedWarning:
-    """Log the first few bad lines per period, then only how many were suppressed."""
-
-    def __init__(self, burst: int = 5, period_s: float = 60.0):
-        self.burst, self.period_s = burst, period_s
-        self._window_start = -1e18
-        self._count = 0
-        self._suppressed = 0
-
-    def __call__(self, message: str, *args) -> None:
-        now = time.monotonic()
-        if now - self._window_start >= self.period_s:
-            if self._suppressed:
-                log.warning("MDB adapter: %d more unusable lines were ignored", self._suppressed)
-            self._window_start, self._count, self._suppressed = now, 0, 0
-        self._count += 1
-        if self._count <= self.burst:
-            log.warning(message, *args)
-        else:
-            self._suppressed += 1
-
-
-# reader states we track (the adapter is the authority; this is our best knowledge)
-UNKNOWN, OFF, DISABLED, ENABLED = "unknown", "off", "disabled", "enabled"
-SESSION, VEND_REQUESTED, VEND_APPROVED, ENDING = "session", "vend_requested", "vend_approved", "ending"
-_OPEN_STAGES = (SESSION, VEND_REQUESTED, VEND_APPROVED)
-_QUIET_HEADS = {"r", "d", "x", "v", "f", "l", "h"}  # answers of the adapter's other instances
-
-
-class BoardLink:
+class BoardLink(LineInterpreter):
     """The cashless-peripheral session protocol over a line transport (context manager).
 
     Commands write one line; those with a documented answer wait at most ``reply_timeout_s`` for
     it and raise BoardLinkError without one. ``poll()`` returns typed events; lines it cannot use are
     logged (rate-limited) and ignored, only a lost port raises (BoardLinkError). ``reopen()``
     reopens the port with capped exponential backoff and re-synchronises the reader.
+    ``adapter_settings`` are the ``C,SETCONF`` (key, value) pairs sent before every ``C,1``.
     """
 
     def __init__(self, transport: LineTransport, *, price_format: str = "decimal",
                  reply_timeout_s: float = 1.0, reopen_transport: Callable[[], LineTransport] | None = None,
                  initial_backoff_s: float = 0.1, max_backoff_s: float = 30.0,
-                 wait: Callable[[float, threading.Event | None], None] | None = None):
+                 wait: Callable[[float, threading.Event | None], None] | None = None,
+                 adapter_settings: Sequence[tuple[str, str]] | None = None,
+                 start_attempts: int = START_ATTEMPTS, start_retry_s: float = START_RETRY_S,
+                 display_hold_s: float = DISPLAY_HOLD_S):
         if price_format not in ("decimal", "cents"):
             raise ValueError(f"price_format must be 'decimal' or 'cents', got {price_format!r}")
         self._transport: LineTransport | None = transport
@@ -84,9 +66,20 @@ class BoardLink:
         self.initial_backoff_s = initial_backoff_s
         self.max_backoff_s = max_backoff_s
         self._wait = wait or _wait_or_stop
+        self.adapter_settings = list(adapter_settings if adapter_settings is not None
+                                     else default_adapter_settings(price_format))
+        self.start_attempts, self.start_retry_s = max(1, int(start_attempts)), start_retry_s
+        self.display_hold_s = display_hold_s
+        self.start_commands: list[str] = []  # what the last set-up sent, C,0 to C,1 (for reports)
+        self.adapter_version: str | None = None
         self._pending: deque[BoardEvent] = deque()
-        self._warn = _RateLimitedWarning()
+        self._warn = RateLimitedWarning()
         self._reader_wanted = False
+        self._reenable_needed = False
+        self._off_answers_due = 0  # our C,0 lines whose answer may still come
+        self._request_seq = 0
+        self._display_due: tuple[str, float] | None = None
+        self._recording: list[str] | None = None
         self.state = UNKNOWN
         self.open_vend: VendRequest | None = None
         self.approved_cents: int | None = None
@@ -104,68 +97,116 @@ class BoardLink:
         if transport is not None:
             transport.close()
 
-    @property
-    def interrupted_stage(self) -> str | None:
-        """The open session stage a loss of the link would interrupt, or None."""
-        return self.state if self.state in _OPEN_STAGES else None
-
     # --- commands ---
     def enable_reader(self) -> None:
-        """Switch the cashless peripheral on; the machine enables it later (ReaderEnabled)."""
-        self._reader_wanted = True
-        self._send("C,1")
-        self._await("C,1", lambda line: True if line.startswith("c,STATUS,") or line == 'c,ERR,"cashless is on"'
-                    else None, keep_events=True)
+        """Set the adapter up (C,0, every C,SETCONF checked, V logged) and switch the peripheral on (C,1);
+        the machine enables it later (ReaderEnabled). BoardLinkError names a refused setting."""
+        self._reader_wanted, self._reenable_needed = True, False
+        self._recording, before = [], self.state
+        try:
+            self._switch_off()
+            for key, value in self.adapter_settings:
+                self._configure(key, value)
+            self.adapter_version = self.ping()
+            log.info("MDB adapter %s set up: %s", self.adapter_version,
+                     ", ".join(f"{key}={value}" for key, value in self.adapter_settings))
+            self._send("C,1")
+            self.state = before if before in (UNKNOWN, OFF) else UNKNOWN  # the machine tells us the rest
+            self._await("C,1", lambda line: True if line.startswith("c,STATUS,") or line == "c,1"
+                        or line == 'c,ERR,"cashless is on"' else None, keep_events=True)
+            self._off_answers_due = 0  # answers come in order: any to our C,0 came before C,1's
+            self.start_commands = self._recording
+        finally:
+            self._recording = None
 
     def disable_reader(self) -> None:
         """Switch the peripheral off so the machine shows card payment unavailable (out of service)."""
         self._reader_wanted = False
-        self._send("C,0")
-        self._set_state(OFF)
+        self._switch_off()
 
     def start_session(self, funds_cents: int) -> bool:
-        """Open a session offering ``funds_cents`` (hand first). False when the machine refused it,
-        e.g. the reader is not enabled or a vend request is already pending (poll() delivers it)."""
-        self._send(f"C,START,{format_price(funds_cents, self.price_format)}")
-
-        def answer(line: str):
-            if line.startswith("c,STATUS,IDLE,"):
-                try:
-                    parse_price(line[len("c,STATUS,IDLE,"):], self.price_format)
-                except ProtocolError:
-                    return None  # garbled: not the answer, and _interpret logs it
+        """Open a session offering ``funds_cents`` (hand first), retrying a busy machine on a bounded
+        schedule (``start_attempts`` tries, ``start_retry_s`` apart, like real clients [P3]). False when
+        the machine stayed busy, a vend request came first (poll() delivers it) or the reader is off;
+        BoardLinkError when the adapter answered none of the tries."""
+        line = f"C,START,{format_price(funds_cents, self.price_format)}"
+        answered, queued_before = False, len(self._pending)
+        for attempt in range(1, self.start_attempts + 1):
+            self._send(line)
+            answer = self._read_until(time.monotonic() + self.reply_timeout_s, _start_answer, keep_events=False)
+            if answer == "started":
+                if attempt > 1:  # the machine ended its last session meanwhile: that end is not this one's
+                    log.info("MDB adapter: session started at try %d", attempt)
+                    kept = [e for i, e in enumerate(self._pending)
+                            if i < queued_before or not isinstance(e, (SessionComplete, ReaderEnabled))]
+                    self._pending = deque(kept)
                 return True
-            if line.startswith('c,ERR,"START') or line.startswith("c,ERR,START"):
-                return False
-            return None
+            answered = answered or answer is not None
+            if answer == "off" or self.state in (VEND_REQUESTED, OFF):
+                break  # a selection came first, or the reader must be set up again: not for retrying
+            if attempt < self.start_attempts:  # busy (START -3) or no answer yet: listen, then try again
+                self._read_until(time.monotonic() + self.start_retry_s, lambda _line: None, keep_events=True,
+                                 until=lambda: self.state in (VEND_REQUESTED, OFF))
+                if self.state in (VEND_REQUESTED, OFF):
+                    break
+        if not answered:
+            raise BoardLinkError(f"MDB adapter did not answer C,START in {self.start_attempts} tries")
+        log.info("MDB adapter: the machine did not start a session (state %s)", self.state)
+        return False
 
-        started = self._await("C,START", answer, keep_events=False)
-        if not started:
-            log.info("MDB adapter: the machine refused to start a session (state %s)", self.state)
-        return started
+    def request_pending(self, request: VendRequest) -> bool:
+        """True when ``request`` is still the machine's pending request (lines already received are read
+        first), i.e. an approval now would answer it and nothing newer."""
+        self._absorb()
+        current = self.open_vend
+        return (self.state == VEND_REQUESTED and current is not None and current.seq == request.seq
+                and (current.price_cents, current.item) == (request.price_cents, request.item))
 
-    def approve_vend(self, amount_cents: int) -> None:
-        """Give the pending vend request ``amount_cents`` of credit; the outcome arrives via poll()."""
+    def approve_vend(self, amount_cents: int, request: VendRequest | None = None) -> bool:
+        """Give the pending vend request ``amount_cents`` of credit; the outcome arrives via poll().
+
+        With ``request``, the approval is bound to it: it must still be pending (request_pending) and
+        ``amount_cents`` must be its price, else nothing is sent and False is returned.
+        """
         if amount_cents <= 0:
             raise ValueError(f"an approved amount must be positive, got {amount_cents!r}")
-        if self.state != VEND_REQUESTED:
+        if request is not None:
+            if amount_cents != request.price_cents:
+                raise ValueError(f"approving {amount_cents} cents for a {request.price_cents}-cent request")
+            if not self.request_pending(request):
+                log.warning("MDB adapter: approval of %s for %d cents not sent: the machine's request changed "
+                            "(now %s)", request.item, amount_cents, self.open_vend)
+                return False
+        elif self.state != VEND_REQUESTED:
             log.warning("MDB adapter: approving %d cents with no vend request seen (state %s)", amount_cents, self.state)
         self._send(f"C,VEND,{format_price(amount_cents, self.price_format)}")
         self.state, self.approved_cents = VEND_APPROVED, amount_cents
+        return True
 
     def deny_vend(self) -> None:
         """Refuse the pending vend request; the machine then ends the session."""
         self._send("C,VEND,-1")
-        if self.state in _OPEN_STAGES:
+        if self.state in OPEN_STAGES:
             self._set_state(ENDING)
 
     def end_session(self) -> None:
         """End a session that has no pending vend request (customer walked away, hand timeout)."""
         self._send("C,STOP")
 
-    def display(self, text: str) -> None:
-        """Show ``text`` (made ASCII, at most 32 characters) on the machine's display."""
-        self._send(f"C,DISPLAY,{display_text(text)}")
+    def display(self, text: str) -> bool:
+        """Show ``text`` (made ASCII, at most 32 characters) on the machine's display.
+
+        The adapter accepts a display request only while the reader is Enabled [P1]: outside it the
+        text waits (the newest only) up to ``display_hold_s`` for Enabled, and False is returned, so
+        the caller's LED and buzzer carry the message meanwhile.
+        """
+        text = display_text(text)
+        if self.state == ENABLED:
+            self._display_due = None
+            self._send(f"C,DISPLAY,{text}")
+            return True
+        self._display_due = (text, time.monotonic() + self.display_hold_s)
+        return False
 
     def ping(self) -> str:
         """The adapter's version line; proves it is alive (BoardLinkError otherwise)."""
@@ -175,6 +216,7 @@ class BoardLink:
     # --- events ---
     def poll(self, timeout: float) -> BoardEvent | None:
         """The next event, waiting at most ``timeout`` s; None when none came."""
+        self._catch_up()
         if self._pending:
             return self._pending.popleft()
         deadline = time.monotonic() + max(0.0, timeout)
@@ -185,12 +227,24 @@ class BoardLink:
             if line is None:
                 return None
             self._pending.extend(self._interpret(line))
+            self._catch_up()
             if self._pending:
                 return self._pending.popleft()
             if remaining <= 0:  # lines already there still count, but a chatter flood cannot hold us
                 late_lines += 1
                 if late_lines > LATE_LINE_LIMIT:
                     return None
+
+    def _catch_up(self) -> None:
+        """What a received line asked of us: set the adapter up again, show held display text."""
+        if self._reenable_needed:
+            log.warning("MDB adapter: setting the adapter up again and re-enabling the reader")
+            self.enable_reader()
+        if self._display_due is not None and self.state == ENABLED:
+            text, until = self._display_due
+            self._display_due = None
+            if time.monotonic() <= until:
+                self._send(f"C,DISPLAY,{text}")
 
     # --- reconnecting ---
     def reopen(self, *, stop_event: threading.Event | None = None, deadline_s: float | None = None) -> LinkRestored:
@@ -222,20 +276,36 @@ class BoardLink:
         return LinkRestored(interrupted=interrupted, vend=vend, approved_cents=approved)
 
     def _resync(self) -> None:
-        """Bring adapter and reader to a known state: any half session ends with C,0 [S1]."""
-        self.state, self.open_vend, self.approved_cents, self._unsettled = UNKNOWN, None, None, None
-        self._send("C,0")
-        self._set_state(OFF)
+        """Bring adapter and reader to a known state: any half session ends with C,0 [S1], and the
+        adapter (which may have restarted) is set up again before the reader comes back."""
+        self.state, self.open_vend, self.approved_cents, self._unsettled = OFF, None, None, None
+        self._display_due = None
         if self._reader_wanted:
             self.enable_reader()
         else:
+            self._switch_off()
             self.ping()
 
     # --- internals ---
+    def _switch_off(self) -> None:
+        self._send("C,0")
+        self._off_answers_due += 1
+        self._set_state(OFF)
+
+    def _configure(self, key: str, value: str) -> None:
+        line = f"C,SETCONF,{key}={value}"
+        self._send(line)
+        answer = self._await(line, _setconf_answer, keep_events=True)
+        if answer is not True:
+            raise BoardLinkError(f"MDB adapter refused setting {key}={value} ({answer}); "
+                                 "check the adapter's firmware and the [board] config")
+
     def _send(self, line: str) -> None:
         if self._transport is None:
             raise BoardLinkError("the board link is closed")
         log.debug("MDB -> %s", line)
+        if self._recording is not None:
+            self._recording.append(line)
         self._transport.write_line(line)
 
     def _readline(self, timeout: float) -> str | None:
@@ -246,13 +316,28 @@ class BoardLink:
             log.debug("MDB <- %s", line)
         return line
 
+    def _absorb(self) -> None:
+        """Read the lines already received (no waiting), so the state is as current as it can be."""
+        for _ in range(LATE_LINE_LIMIT):
+            line = self._readline(0.0)
+            if line is None:
+                return
+            self._pending.extend(self._interpret(line))
+
     def _await(self, what: str, match: Callable[[str], object], *, keep_events: bool):
         """Read until ``match(line)`` is not None; other lines still become events (queued)."""
-        deadline = time.monotonic() + self.reply_timeout_s
+        result = self._read_until(time.monotonic() + self.reply_timeout_s, match, keep_events=keep_events)
+        if result is None:
+            raise BoardLinkError(f"MDB adapter did not answer {what} within {self.reply_timeout_s:.1f} s")
+        return result
+
+    def _read_until(self, deadline: float, match: Callable[[str], object], *, keep_events: bool, until=None):
+        """The first ``match(line)`` that is not None before ``deadline`` (None: none came); stops early
+        when ``until()`` turns true. Lines that do not match still become events (queued)."""
         while True:
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise BoardLinkError(f"MDB adapter did not answer {what} within {self.reply_timeout_s:.1f} s")
+            if remaining <= 0 or (until is not None and until()):
+                return None
             line = self._readline(remaining)
             if line is None:
                 continue
@@ -263,92 +348,27 @@ class BoardLink:
             if result is not None:
                 return result
 
-    def _set_state(self, state: str) -> None:
-        self.state = state
-        if state not in (VEND_REQUESTED, VEND_APPROVED):
-            self.open_vend, self.approved_cents = None, None
 
-    def _interpret(self, line: str) -> list[BoardEvent]:
-        """Events for one line, state updated; lines we cannot use are logged and give none."""
-        try:
-            if not _PRINTABLE.fullmatch(line):
-                raise ProtocolError("not printable ASCII")
-            fields = line.split(",")
-            if fields[0] in _QUIET_HEADS or line in ("c,SET,OK", "c,1", "c,0"):
-                return []
-            if fields[0] != "c" or len(fields) < 2:
-                raise ProtocolError("not a cashless-slave answer")
-            if fields[1] == "STATUS" and len(fields) >= 3:
-                return self._on_status(fields[2:])
-            if fields[1:] == ["VEND", "SUCCESS"]:
-                self._set_state(ENDING)
-                self._unsettled = None
-                return [VendSucceeded()]
-            if fields[1] == "ERR" and len(fields) >= 3:
-                return self._on_error(",".join(fields[2:]).strip().strip('"').strip())
-            raise ProtocolError("unknown answer")
-        except ProtocolError as exc:
-            self._warn("MDB adapter: ignored line %r: %s", line[:80], exc)
-            return []
+def _start_answer(line: str):
+    """C,START's answers: a session (IDLE,<funds>[,...]), busy (START <n>), or the reader is off."""
+    if line.startswith("c,STATUS,IDLE,"):
+        return "started"
+    if line.startswith('c,ERR,"START') or line.startswith("c,ERR,START"):
+        return "busy"
+    if line == 'c,ERR,"cashless is off"':
+        return "off"
+    return None
 
-    def _on_status(self, args: list[str]) -> list[BoardEvent]:
-        name, previous = args[0], self.state
-        if name == "ENABLED" and len(args) == 1:
-            unsettled, self._unsettled = self._unsettled, None
-            self._set_state(ENABLED)
-            if previous not in (SESSION, VEND_REQUESTED, VEND_APPROVED, ENDING):
-                return [ReaderEnabled()]
-            interrupted = previous if previous in (VEND_REQUESTED, VEND_APPROVED) else unsettled
-            return [SessionComplete(interrupted=interrupted)]
-        if name in ("INACTIVE", "DISABLED", "OFF") and len(args) == 1:
-            events: list[BoardEvent] = []
-            if previous in _OPEN_STAGES:
-                events.append(AdapterReset(interrupted=previous))
-            self._set_state(DISABLED if name == "DISABLED" else OFF)
-            if previous not in (OFF, DISABLED):
-                events.append(ReaderDisabled(name.lower()))
-            return events
-        if name == "IDLE" and len(args) == 1:
-            if previous in (VEND_REQUESTED, VEND_APPROVED):
-                self._unsettled = previous
-            if previous in _OPEN_STAGES:
-                self._set_state(ENDING)
-            return []
-        if name == "IDLE" and len(args) == 2:
-            funds = parse_price(args[1], self.price_format)
-            self._set_state(SESSION)
-            return [SessionStarted(funds)]
-        if name == "VEND" and len(args) == 3:
-            price = parse_price(args[1], self.price_format)
-            item = args[2].strip()
-            if not item:
-                raise ProtocolError("vend request without an item")
-            request = VendRequest(price, item)
-            self.state, self.open_vend, self.approved_cents = VEND_REQUESTED, request, None
-            return [request]
-        raise ProtocolError("unknown status")
 
-    def _on_error(self, text: str) -> list[BoardEvent]:
-        if text in ("cashless is on", "cashless is off"):
-            return []  # answers to C,1 / C,0 when already in that state
-        vend = re.fullmatch(r"VEND\s+(-?\d+)", text)
-        if vend and int(vend.group(1)) >= 0:
-            code, stage = int(vend.group(1)), self.interrupted_stage or self._unsettled
-            self._unsettled = None
-            if code == 1:
-                self._set_state(ENDING)
-                return [SessionCancelled()]
-            if code == 5:
-                self._set_state(UNKNOWN)
-                return [AdapterReset(interrupted=stage)]
-            self._set_state(ENDING)
-            return [VendFailed(f"VEND {code}")]
-        refused = re.fullmatch(r"([A-Z]*)\s*(-\d+)", text)
-        if refused:
-            if refused.group(1) == "VEND" and self.state == VEND_APPROVED:  # the approval never took effect
-                self.state, self.approved_cents = (VEND_REQUESTED if self.open_vend else ENDING), None
-            return [CommandRefused(refused.group(1), int(refused.group(2)))]
-        return [AdapterError(text)]
+def _setconf_answer(line: str):
+    """C,SETCONF's answer: True for c,SET,OK [P2], the line itself for a refusal, None for other lines."""
+    if line == "c,SET,OK":
+        return True
+    if line == 'c,ERR,"cashless is off"':
+        return None  # the answer to our C,0, not to this setting
+    if line.startswith(("c,ERR", "c,UNKNOWN", "c,SET,")):
+        return line
+    return None
 
 
 class ReconnectingBoardLink(BoardLink):
@@ -373,10 +393,7 @@ class ReconnectingBoardLink(BoardLink):
 
 
 def _wait_or_stop(delay_s: float, stop_event: threading.Event | None) -> None:
-    if stop_event is None:
-        time.sleep(delay_s)
-    else:
-        stop_event.wait(delay_s)
+    time.sleep(delay_s) if stop_event is None else stop_event.wait(delay_s)
 
 
 def open_board_link(board_cfg, *, port: str | None = None,
@@ -387,8 +404,13 @@ def open_board_link(board_cfg, *, port: str | None = None,
     def open_transport() -> SerialTransport:
         return SerialTransport(path, board_cfg.baudrate, write_timeout_s=board_cfg.reply_timeout_s)
 
-    return ReconnectingBoardLink(
-        open_transport(), stop_event=stop_event, reopen_transport=open_transport,
-        price_format=board_cfg.price_format, reply_timeout_s=board_cfg.reply_timeout_s,
-        max_backoff_s=board_cfg.reconnect_max_backoff_s,
-    )
+    return ReconnectingBoardLink(open_transport(), stop_event=stop_event, reopen_transport=open_transport,
+                                 **board_link_options(board_cfg))
+
+
+def board_link_options(board_cfg, recognition_attempts: int = 2) -> dict:
+    """BoardLink's keyword arguments from the [board] config (the unit's own waits size the adapter's)."""
+    return dict(price_format=board_cfg.price_format, reply_timeout_s=board_cfg.reply_timeout_s,
+                max_backoff_s=board_cfg.reconnect_max_backoff_s,
+                adapter_settings=adapter_settings_from(board_cfg, recognition_attempts),
+                start_attempts=board_cfg.start_attempts, start_retry_s=board_cfg.start_retry_s)

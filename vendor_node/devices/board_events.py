@@ -5,7 +5,7 @@ board.py re-exports every name, so ``from vendor_node.devices.board import VendR
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 
 @dataclass(frozen=True)
@@ -30,13 +30,34 @@ class SessionStarted(BoardEvent):
 
 @dataclass(frozen=True)
 class VendRequest(BoardEvent):
+    """The machine asks for ``price_cents`` for ``item``.
+
+    ``seq`` numbers the requests this link has seen, so an approval is bound to the one it answers: a
+    request that changed since (same or other price) has another number. Not part of equality.
+    """
+
     price_cents: int
     item: str
+    seq: int = field(default=0, compare=False)
+
+
+@dataclass(frozen=True)
+class UnreadableVendRequest(BoardEvent):
+    """A vend request whose price was not in the configured format: BoardLink already denied it."""
+
+    line: str
+    reason: str
 
 
 @dataclass(frozen=True)
 class VendSucceeded(BoardEvent):
-    """The item dropped: the one outcome that charges."""
+    """The item dropped: the one outcome that charges.
+
+    ``stray`` is True when no approval of this link was open (e.g. a late success of an earlier,
+    timed-out session): it is not the outcome of the current request. Not part of equality.
+    """
+
+    stray: bool = field(default=False, compare=False)
 
 
 @dataclass(frozen=True)
@@ -76,6 +97,21 @@ class CommandRefused(BoardEvent):
 @dataclass(frozen=True)
 class AdapterError(BoardEvent):
     message: str
+
+
+@dataclass(frozen=True)
+class RevalueRefused(BoardEvent):
+    """The machine asked to put money back on the customer's "card"; refused on purpose (C,REVALUE,0):
+    the unit holds no stored value, funds come only from the back office's signed bundles."""
+
+    line: str
+
+
+@dataclass(frozen=True)
+class CashSale(BoardEvent):
+    """The machine reported a sale paid in cash: not ours to charge; logged and otherwise ignored."""
+
+    line: str
 
 
 @dataclass(frozen=True)

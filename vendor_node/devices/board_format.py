@@ -11,13 +11,29 @@ from decimal import Decimal, InvalidOperation
 
 from ..errors import ProtocolError
 
-DISPLAY_WIDTH = 32  # [S2]: the display request carries at most 32 characters
+DISPLAY_WIDTH = 32  # [P1]: the display request carries at most 32 characters
 _DECIMAL_PRICE = re.compile(r"\d{1,7}(\.\d{1,2})?")
 _CENTS_PRICE = re.compile(r"\d{1,9}")
+_STRICT_DECIMAL_PRICE = re.compile(r"\d{1,7}\.\d{1,2}")
+DECIMAL_PLACES = 2  # money is integer cents: "decimal" prices carry two places (mdb-decimal-places=2)
 
 
-def parse_price(text: str, price_format: str = "decimal") -> int:
-    """The adapter's price text as integer cents; ProtocolError when it is not a price."""
+def adapter_decimal_places(price_format: str) -> int:
+    """The adapter's ``mdb-decimal-places`` that makes it print prices in ``price_format``."""
+    if price_format == "cents":
+        return 0  # the bus's scaled integer, printed as is ("150"): an assumption, see docs/mdb-protocol.md
+    if price_format == "decimal":
+        return DECIMAL_PLACES
+    raise ValueError(f"unknown price format {price_format!r}")
+
+
+def parse_price(text: str, price_format: str = "decimal", *, strict: bool = False) -> int:
+    """The adapter's price text as integer cents; ProtocolError when it is not a price.
+
+    ``strict`` (what BoardLink uses): a "decimal" price must carry its decimal point and one or two
+    decimals, as the adapter prints them once configured with ``mdb-decimal-places=2``, so "500" (a
+    scaled integer from an adapter set up otherwise) or "1.000" (three places) is refused, never guessed.
+    """
     text = text.strip()
     if price_format == "cents":
         if not _CENTS_PRICE.fullmatch(text):
@@ -25,6 +41,9 @@ def parse_price(text: str, price_format: str = "decimal") -> int:
         return int(text)
     if price_format != "decimal":
         raise ValueError(f"unknown price format {price_format!r}")
+    if strict and not _STRICT_DECIMAL_PRICE.fullmatch(text):
+        raise ProtocolError(f"price {text!r} is not in the configured format (currency units with "
+                            f"{DECIMAL_PLACES} decimal places)")
     if not _DECIMAL_PRICE.fullmatch(text):
         raise ProtocolError(f"price {text!r} is not a decimal amount with at most 2 decimal places")
     try:

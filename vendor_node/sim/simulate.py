@@ -306,6 +306,9 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
         summary = journal_summary(unit.journal, after_seq)
         chain = unit.journal.verify()
         vmc = unit.vmc
+        adapter = {"start_commands": list(unit.board.start_commands), "version": unit.board.adapter_version,
+                   "start_busy_answers": vmc.start_busy_answers, "display_refused": len(vmc.display_refused),
+                   "protocol_errors": list(vmc.protocol_errors)}
     latencies = [r.trigger_to_board_ms for r in records if r.trigger_to_board_ms is not None]
     approve_vend = [r.trigger_to_approve_vend_ms for r in records if r.trigger_to_approve_vend_ms is not None]
     stage_values: dict[str, list[float]] = {}
@@ -351,6 +354,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
                     "selection (simulated think time)"},
         "identification": identification_summary(truth),
         "charges_equal_vends": bool(charges_equal),
+        "adapter": adapter,  # what the unit sent the adapter at start (C,0 ... C,1) and how the machine answered
         "journal_chain_ok": bool(chain.ok),
         "elapsed_s": round(elapsed, 1),
         "latency_note": "hand first: IR trigger to the session with the employee's funds written to the board "

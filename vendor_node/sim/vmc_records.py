@@ -8,7 +8,7 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-BEHAVIOURS = ("normal", "jam", "cancel", "slow")
+BEHAVIOURS = ("normal", "jam", "cancel", "slow", "change", "change_on_approval", "ghost", "multi")
 ORDERS = ("hand_first", "selection_first")
 
 
@@ -50,7 +50,13 @@ class Customer:
     Behaviours: "normal", "jam" (approved, the item does not drop: c,ERR,VEND 3), "cancel" (hand
     first: presses cancel instead of selecting, the session ends with no request; selection first:
     cancels the pending request after ``cancel_after_s`` unless approved by then: c,ERR,VEND 1),
-    "slow" (waits ``slow_s`` before selecting and takes twice that to vend).
+    "slow" (waits ``slow_s`` before selecting and takes twice that to vend). A confused machine (issue 11):
+    "change" (presses another selection ``change_after_s`` after the first, while it is pending: a second
+    request replaces the first), "change_on_approval" (the same, crossing the unit's approval on the wire:
+    the machine vends the new selection for the amount approved for the old one), "ghost" (the item
+    drops but the success line is withheld; the session closes without an outcome and the line comes
+    during the next approved vend, whoever's it is), "multi" (after the success, selects a second item in
+    the same session: multi-vend; the unit must approve or deny it). ``change_to`` is the new (price, item).
 
     Outcomes: "vended", "failed" (jam), "denied", "cancelled", "timeout" (the unit did not answer the
     vend request in time), "insufficient_funds", "no_session" (no session within patience),
@@ -67,6 +73,9 @@ class Customer:
     phase: str = "queued"
     step: int = 0
     timers: list = field(default_factory=list, repr=False)
+    change_to: tuple[int, str] | None = None
+    changed: bool = False
+    vends: int = 0  # items dropped for this customer (a multi-vend customer may get a second)
 
     def wait(self, timeout: float) -> str | None:
         self.done.wait(timeout)

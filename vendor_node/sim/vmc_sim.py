@@ -4,9 +4,12 @@ Why: the purchase loop, its tests and ``vendor-node simulate`` need a machine th
 real one, faults included, on a real serial port. The simulator owns a pty pair (``os.openpty()``),
 keeps a stable symlink to the slave (like /dev/serial/by-id) for the unit to open with
 ``SerialTransport``, and runs in its own thread speaking the adapter's lines as documented in
-docs/mdb-protocol.md: it answers C,1 with INACTIVE/DISABLED/ENABLED, opens sessions on C,START,
-sends vend requests for customers' selections, vends on approval and reports success or a jam, and
-ends the session (c,STATUS,IDLE then c,STATUS,ENABLED).
+docs/mdb-protocol.md: it answers C,1 with INACTIVE/DISABLED/ENABLED (with the r,ACK chatter, after
+``status_delay_s``), opens sessions on C,START (busy first ``start_busy`` times per session, or at
+``start_busy_rate``), sends vend requests for customers' selections in the adapter's configured price
+format, vends on approval and reports success or a jam, and ends the session (c,STATUS,IDLE then
+c,STATUS,ENABLED). Selection first reaches the bus only when the machine supports it (``always_idle``)
+and the adapter was set to ``mdb-always-idle=1`` since its last power-up (``power_cycle()``).
 
 The adapter's answers to the unit's commands are vmc_adapter.py's (``AdapterCommands``, the base
 class); purchase orders and customer behaviours are described on ``Customer`` (vmc_records.py).
@@ -28,8 +31,10 @@ import re
 import time
 from collections import Counter, deque
 
+import random
+
 from ..devices.board_format import format_price
-from .vmc_adapter import AdapterCommands
+from .vmc_adapter import POWER_UP_SETTINGS, AdapterCommands
 from .vmc_pty import PtyLine
 from .vmc_records import BEHAVIOURS, ORDERS, Customer, History, Vended  # noqa: F401 (re-exported)
 
@@ -43,8 +48,24 @@ class VendingMachineSimulator(AdapterCommands):
                  think_s: float = 0.02, slow_s: float = 0.3, cancel_after_s: float = 0.3,
                  patience_s: float = 10.0, reader_timeout_s: float = 10.0, session_timeout_s: float = 30.0,
                  price_format: str = "decimal", link_dir: str | os.PathLike | None = None,
-                 keep_history: int | None = None):
-        self.always_idle = always_idle
+                 keep_history: int | None = None, start_busy: int = 0, start_busy_rate: float = 0.0,
+                 status_delay_s: float = 0.01, change_after_s: float = 0.1, seed: int = 0):
+        self.always_idle = always_idle  # the machine supports selection first (the adapter must agree)
+        self.start_busy, self.start_busy_rate = start_busy, start_busy_rate
+        self.status_delay_s, self.change_after_s = status_delay_s, change_after_s
+        self._rng = random.Random(seed)
+        # the adapter's volatile settings; "cents" machines' adapters print minor units at power-up
+        self._power_up = dict(POWER_UP_SETTINGS, **({"mdb-decimal-places": "0"} if price_format == "cents" else {}))
+        self.settings: dict[str, str] = dict(self._power_up)
+        self.set_since_power_up: set[str] = set()
+        self.refused_settings: list[str] = []
+        self.display_refused: list[str] = History(keep_history)
+        self.revalue_answers: list[str] = []
+        self.cash_sales: list[tuple[str, str]] = []
+        self.start_busy_answers = 0
+        self.wrong_price_vends = 0  # approvals that vended an item priced otherwise
+        self._busy_left: int | None = None
+        self._ghost_success = False  # a success line the machine withheld, released in the next session
         self.reply_delay_s, self.vend_time_s, self.think_s = reply_delay_s, vend_time_s, think_s
         self.slow_s, self.cancel_after_s, self.patience_s = slow_s, cancel_after_s, patience_s
         self.reader_timeout_s, self.session_timeout_s = reader_timeout_s, session_timeout_s
@@ -125,6 +146,16 @@ class VendingMachineSimulator(AdapterCommands):
     def send_raw(self, data: bytes) -> None:
         self._call(lambda: self._write_raw(data))
 
+    def power_cycle(self) -> None:
+        """The adapter loses power (the port stays, as on a Pi Hat's UART): its settings are forgotten,
+        the cashless comes back off, an open session is lost."""
+        self._call(self._power_off)
+
+    @property
+    def selection_first_on_bus(self) -> bool:
+        """Selection first needs the machine's support and the adapter's mdb-always-idle=1 [Q3]."""
+        return self.always_idle and self.settings.get("mdb-always-idle") == "1"
+
     def disconnect(self, down_s: float = 0.3) -> None:
         """Cut the line: close the pty, recreate it under the same path after ``down_s``."""
         self._call(lambda: self._cut(down_s))
@@ -175,7 +206,7 @@ class VendingMachineSimulator(AdapterCommands):
         elif customer.order == "hand_first":
             self._set_phase(customer, "waiting_session")
             self._customer_after(customer, self.patience_s, lambda: self._no_session(customer))
-        elif self.always_idle:
+        elif self.selection_first_on_bus:
             self._set_phase(customer, "selecting")
             self._customer_after(customer, self._think_time(customer), lambda: self._select(customer))
         else:
@@ -213,10 +244,33 @@ class VendingMachineSimulator(AdapterCommands):
             return
         self._set_phase(customer, "requested")
         self.reader_state, self._request = "vend", customer
-        self._emit(f"c,STATUS,VEND,{format_price(customer.price_cents, self.price_format)},{customer.item}")
+        self._emit(f"c,STATUS,VEND,{self.price_text(customer.price_cents)},{customer.item}")
         self._customer_after(customer, self.reader_timeout_s, lambda: self._cancel_request(customer, "timeout"))
+        if customer.behaviour == "change":
+            customer.timers.append(self._after(self.change_after_s, lambda: self._change_if_pending(customer)))
         if customer.behaviour == "cancel":
             self._customer_after(customer, self.cancel_after_s, lambda: self._cancel_request(customer, "cancelled"))
+
+    def _change_if_pending(self, customer: Customer) -> None:
+        if self._request is customer and self.reader_state == "vend" and not customer.changed:
+            self._change_request(customer)
+
+    def _change_request(self, customer: Customer) -> None:
+        """The customer pressed another selection while the first was pending: a new request replaces it."""
+        customer.price_cents, customer.item = customer.change_to or (customer.price_cents + 150, "D1")
+        customer.changed = True
+        self._emit(f"c,STATUS,VEND,{self.price_text(customer.price_cents)},{customer.item}")
+
+    def _approve(self, customer: Customer, amount: int) -> None:
+        """Credit given for the pending request: the machine vends its current item for ``amount``."""
+        self.reader_state, self._approved_cents = "vending", amount
+        self._reply("r,ACK")
+        if self._ghost_success:  # a confused machine: the last session's success, reported in this one
+            self._ghost_success = False
+            self._emit("c,VEND,SUCCESS")
+        vend_time = self.slow_s * 2 if customer.behaviour == "slow" else self.vend_time_s
+        step = customer.step
+        customer.timers.append(self._after(vend_time, lambda: self._vend_done(customer, step)))
 
     def _cancel_request(self, customer: Customer, outcome: str) -> None:
         if self.reader_state != "vend":
@@ -234,7 +288,7 @@ class VendingMachineSimulator(AdapterCommands):
         customer = self._request
         self.machine_messages.append("payment refused")
         if customer is not None:
-            self._finish(customer, "denied")
+            self._finish(customer, "vended" if customer.vends else "denied")
         self._end_session()
 
     def _vend_done(self, customer: Customer, step: int) -> None:
@@ -243,13 +297,26 @@ class VendingMachineSimulator(AdapterCommands):
         if customer.behaviour == "jam":
             self._emit("c,ERR,VEND 3")
             self._finish(customer, "failed")
+        elif customer.behaviour == "ghost":  # it dropped, but the machine reports it only later
+            self._record_vend(customer, reported=False)
+            self._ghost_success = True
+            self._finish(customer, "vended_unreported")
         else:
             self._record_vend(customer, reported=True)
             self._emit("c,VEND,SUCCESS")
+            if customer.behaviour == "multi" and customer.vends == 1:  # a second selection, same session
+                self._set_phase(customer, "requested")
+                customer.price_cents, customer.item = customer.change_to or (customer.price_cents, "M2")
+                self.reader_state, self._request = "vend", customer
+                self._emit(f"c,STATUS,VEND,{self.price_text(customer.price_cents)},{customer.item}")
+                self._customer_after(customer, self.reader_timeout_s, lambda: self._cancel_request(customer, "vended"))
+                return
             self._finish(customer, "vended")
         self._end_session()
 
     def _record_vend(self, customer: Customer, reported: bool) -> None:
+        self.wrong_price_vends += self._approved_cents != customer.price_cents
+        customer.vends += 1
         self.vended.append(Vended(customer.item, customer.price_cents, self._approved_cents, reported, time.time()))
         self.vended_count += 1
         self.vended_cents += self._approved_cents
@@ -282,7 +349,7 @@ class VendingMachineSimulator(AdapterCommands):
 
     def _end_session(self) -> None:
         """The machine closes the session: IDLE, then ENABLED, then the next customer."""
-        self.reader_state, self._funds, self._request = "ending", None, None
+        self.reader_state, self._funds, self._request, self._busy_left = "ending", None, None, None
         if self._session_timer is not None:
             self._line.cancel(self._session_timer)
             self._session_timer = None
@@ -295,7 +362,7 @@ class VendingMachineSimulator(AdapterCommands):
                 self.reader_state = "enabled"
                 self._next_customer()
 
-        self._after(0.005, back_to_enabled)
+        self._after(self.status_delay_s, back_to_enabled)
 
     def _abort(self, why: str) -> None:
         """The reader vanished from the bus: the session is lost; an approved vend still drops."""
@@ -311,10 +378,19 @@ class VendingMachineSimulator(AdapterCommands):
             self.machine_messages.append(f"reader lost: {why}")
         self.reader_state, self._funds, self._request = "off", None, None
 
+    def _power_off(self) -> None:
+        self._link_epoch += 1
+        if self._adapter_on:
+            self._abort("adapter lost power")
+        self._adapter_on = False
+        self.reader_state = "off"
+        self.settings, self.set_since_power_up = dict(self._power_up), set()
+
     def _cut(self, down_s: float) -> None:
         self._line.cut(down_s)
         self._link_epoch += 1
         if self._adapter_on:
             self._abort("line cut")
-        self._adapter_on = False  # it comes back from a reboot, switched off
+        self._adapter_on = False  # it comes back from a reboot, switched off and with its settings lost
         self.reader_state = "off"
+        self.settings, self.set_since_power_up = dict(self._power_up), set()

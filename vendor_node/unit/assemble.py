@@ -20,7 +20,7 @@ STORE_RETRY_S = 5.0  # a database that cannot be opened (full or read-only disk)
 
 def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | None = None):
     """The board link from [board]; a port that cannot be opened yet is retried by the loop (out of service)."""
-    from ..devices.board import BoardLink, SerialTransport
+    from ..devices.board import BoardLink, SerialTransport, board_link_options
 
     path = str(port or cfg.board.port)
 
@@ -32,8 +32,8 @@ def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | No
     except BoardLinkError as exc:
         log.error("board link: %s (retrying with backoff)", exc)
         transport = None
-    return BoardLink(transport, price_format=cfg.board.price_format, reply_timeout_s=cfg.board.reply_timeout_s,
-                     reopen_transport=open_transport, max_backoff_s=cfg.board.reconnect_max_backoff_s)
+    return BoardLink(transport, reopen_transport=open_transport,
+                     **board_link_options(cfg.board, cfg.recognition.max_attempts))
 
 
 def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,

@@ -18,7 +18,7 @@ import time
 from collections import Counter
 
 from ..devices.board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
-                    SessionComplete, VendFailed, VendSucceeded)
+                    SessionComplete, VendFailed, VendRequest, VendSucceeded)
 from ..errors import AccountsError, BoardLinkError, CameraError, JournalError, RecognitionError
 from ..devices.notify import Notifier
 from ..money.journal_guard import check_integrity, probe_durable_write
@@ -30,6 +30,7 @@ STATUS_CHECK_S = 1.0  # bundle age, faults, gallery refresh
 LATE_OUTCOME_GRACE_S = 120.0  # a vend success this late after an unknown outcome still settles it
 FAULT_RETRY_S = 5.0  # camera / journal retry while out of service
 RECONNECT_WINDOW_S = 5.0  # one reopen attempt series of the board's port per loop iteration
+SESSION_END_WAIT_S = 0.5  # after an outcome, let the machine close the session (a contradiction shows here)
 DEBUG_IMAGES_MAX = 50
 PURGE_EVERY_S = 24 * 3600.0
 
@@ -274,10 +275,66 @@ class UnitHealth:
     def _feedback(self, outcome: str, text: str) -> None:
         """LED and buzzer, and the same words on the machine's display."""
         self.panel.show(outcome)
+        self._show_on_machine(text)
+
+    def _show_on_machine(self, text: str) -> None:
+        """The machine's display (the link shows it only while the reader is Enabled, else when it is)."""
         try:
             self.board.display(text)
         except BoardLinkError as exc:
             log.warning("could not show %r on the machine: %s", text, exc)
+
+    def _settle_approved(self, p: Purchase) -> None:
+        """Settle an approval from its own session's report: bound to the request and the session that asked.
+
+        A new request while the approval is open (the machine changed its selection) is denied and makes a
+        success ambiguous: held for review, never charged at a price nobody approved. A success charges only
+        when its session closes without a contradicting outcome (a late line of an earlier session must not
+        charge this customer); a request after the outcome (multi-vend) is denied, never left waiting.
+        """
+        changed, deadline = False, self.clock() + self.cfg.board.vend_outcome_timeout_s
+        kinds = (VendSucceeded, VendFailed, SessionCancelled, SessionComplete, AdapterReset, LinkRestored,
+                 CommandRefused, VendRequest)
+        while True:
+            event = self._wait_for(kinds, max(0.0, deadline - self.clock()), finish_even_if_stopping=True,
+                                   accept=lambda e: not isinstance(e, CommandRefused) or (e.command == "VEND"
+                                                                                        and not changed))
+            if not isinstance(event, VendRequest):
+                break
+            log.warning("the machine asked for %s at %s while %s was approved: denied; its outcome goes to review",
+                        event.item, money(event.price_cents), p.item)
+            self.board.deny_vend()
+            changed = True
+        if isinstance(event, VendSucceeded):
+            contradiction = self._close_session()
+            if changed or contradiction is not None:
+                self._hold_for_review(p, "request changed after the approval" if changed
+                                      else f"contradicting outcomes ({type(contradiction).__name__})")
+            else:
+                self._record_outcome(p, event)
+            return
+        self._record_outcome(p, event)
+        if isinstance(self._close_session(), VendSucceeded) and self._settle_late_success():
+            p.outcome, p.charged, p.reason = "vended", True, "reported late"  # charged after all
+            self._feedback("vended", f"Enjoy! Charged {money(p.price_cents)}")
+
+    def _close_session(self):
+        """Wait for the session to close; the first outcome line seen meanwhile (else None). Requests denied."""
+        deadline = self.clock() + SESSION_END_WAIT_S
+        while True:
+            event = self._wait_for((SessionComplete, AdapterReset, LinkRestored, VendSucceeded, VendFailed,
+                                    SessionCancelled, VendRequest), max(0.0, deadline - self.clock()))
+            if isinstance(event, VendRequest):
+                log.info("multi-vend request for %s denied: each purchase is one presented hand", event.item)
+                self.board.deny_vend()
+                continue
+            return event if isinstance(event, (VendSucceeded, VendFailed, SessionCancelled)) else None
+
+    def _hold_for_review(self, p: Purchase, reason: str) -> None:
+        self.journal.mark_outcome_unknown(p.session_id)
+        p.outcome, p.reason = "outcome_unknown", reason
+        log.warning("session %s held for review: %s", p.session_id[:8], reason)
+        self._feedback("refused", "Vend outcome unknown")
 
     def _wait_for(self, kinds: tuple, timeout: float, finish_even_if_stopping: bool = False, accept=None):
         """The first board event of ``kinds`` (and ``accept(event)``) within ``timeout``; others are dropped."""
@@ -294,7 +351,14 @@ class UnitHealth:
                 continue
             if isinstance(event, kinds) and (accept is None or accept(event)):
                 return event
-            log.debug("board event ignored in %s: %s", self.state.value, event)
+            if isinstance(event, VendRequest):  # nobody serves it now: answer it, never let the machine wait
+                log.info("vend request for %s while %s: denied", event.item, self.state.value)
+                self.board.deny_vend()
+            elif isinstance(event, VendSucceeded) and not isinstance(event, kinds):
+                if not self._settle_late_success():
+                    log.warning("the board reported a vend success no session of ours awaits: nothing charged")
+            else:
+                log.debug("board event ignored in %s: %s", self.state.value, event)
 
     def _settle_late_success(self) -> bool:
         """A vend success after we gave up waiting: the snack dropped, so charge the session left for review."""
@@ -326,8 +390,8 @@ class UnitHealth:
         elif isinstance(event, LinkRestored) or event is None or getattr(event, "interrupted", None):
             # No word whether the snack dropped: never guess a charge; held for a technician's review.
             self.journal.mark_outcome_unknown(p.session_id)
-            if event is None:  # the board may still report it late: remember which session it would be
-                self._late_outcome = (p.session_id, self.clock() + LATE_OUTCOME_GRACE_S)
+            # the board may still report it late (also after a session closed without it): remember which
+            self._late_outcome = (p.session_id, self.clock() + LATE_OUTCOME_GRACE_S)
             p.outcome = "outcome_unknown"
             p.reason = "no vend outcome in time" if event is None else type(event).__name__
             self._feedback("refused", "Vend outcome unknown")

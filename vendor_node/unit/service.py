@@ -24,8 +24,8 @@ import sqlite3
 import time
 from pathlib import Path
 
-from ..devices.board import (AdapterReset, CommandRefused, LinkRestored, ReaderDisabled, SessionCancelled,
-                    SessionComplete, VendFailed, VendRequest, VendSucceeded)
+from ..devices.board import (AdapterReset, CashSale, LinkRestored, ReaderDisabled, RevalueRefused,
+                             SessionCancelled, SessionComplete, UnreadableVendRequest, VendRequest, VendSucceeded)
 from ..errors import (AccountsError, BoardLinkError, CameraError, HandRejected, JournalError, ProtocolError,
                      SensorError)
 from .purchase import Purchase, State, first_name, hand_hint, money
@@ -36,7 +36,6 @@ log = logging.getLogger("vendor_node.unit")
 
 IDLE_SLICE_S = 0.01  # how long the idle loop waits on the sensor before a non-blocking board poll
 FEEDBACK_HOLD_S = 2.0  # an outcome's LED colour stays this long before "ready"
-SESSION_END_WAIT_S = 0.5  # after the outcome, let the machine close the session
 
 
 class PurchaseLoop(UnitHealth):
@@ -137,6 +136,8 @@ class PurchaseLoop(UnitHealth):
         elif isinstance(event, VendSucceeded):
             if not self._settle_late_success():
                 log.warning("the board reported a vend success with no approval open: nothing charged")
+        elif isinstance(event, (UnreadableVendRequest, RevalueRefused, CashSale)):
+            log.info("board: %s (handled by the link)", event)
         elif isinstance(event, ReaderDisabled) and self._reader_on:
             log.debug("the machine disabled the reader (%s); it enables it again when ready", event.state)
         else:
@@ -160,6 +161,8 @@ class PurchaseLoop(UnitHealth):
             self._refuse(p, auth)
             return
         self._drain_board()  # reader status lines from before this customer must not end their session
+        greeting = f"Hi {first_name(p.display_name)} {money(auth.funds_left_cents)} avail."
+        self._show_on_machine(greeting)  # now, while the reader is Enabled: the only state that shows it
         started = self.board.start_session(auth.funds_left_cents)
         p.timed("board", t)
         if not started:
@@ -170,7 +173,7 @@ class PurchaseLoop(UnitHealth):
         p.board_stages = dict(p.stages)
         p.session_id = self.journal.begin_session()
         self._note_template_used(p.employee_id)
-        self._feedback("approved", f"Hi {first_name(p.display_name)} {money(auth.funds_left_cents)} avail.")
+        self.panel.show("approved")
         self.state = State.SESSION
         event = self._wait_for((VendRequest, SessionCancelled, SessionComplete, AdapterReset, LinkRestored),
                                self.cfg.board.selection_timeout_s)
@@ -192,12 +195,16 @@ class PurchaseLoop(UnitHealth):
             self.board.deny_vend()
             self._cooled_down(p)
             return
-        self.board.display(f"{money(request.price_cents)}: hold hand over reader")
-        self.panel.show("retry")
+        self.panel.show("retry")  # LED and buzzer: the display takes text only while Enabled
         trigger, event = self._wait_for_hand(self.cfg.board.hand_wait_s)
         if trigger is None:
             if event is None:
                 self.board.deny_vend()
+            if isinstance(event, VendRequest):  # another request replaced this one: serve neither blindly
+                self.board.deny_vend()
+                p.outcome, p.reason = "refused", "request_changed"
+                self._feedback("refused", "Selection changed - try again")
+                return
             p.outcome = "no_hand" if event is None else "cancelled"
             self._feedback("refused", "No hand seen - not charged" if event is None else "Cancelled")
             return
@@ -206,7 +213,8 @@ class PurchaseLoop(UnitHealth):
         self.panel.show("working")
         match = self._identify(p)
         if match is None:
-            self.board.deny_vend()
+            if self.board.state == "vend_requested":
+                self.board.deny_vend()
             return
         p.session_id = self.journal.begin_session()
         self._vend(p, request)
@@ -219,6 +227,9 @@ class PurchaseLoop(UnitHealth):
             p.attempts = attempt
             if attempt > 1:
                 trigger, event = self._wait_for_hand(self.cfg.board.hand_wait_s)
+                if isinstance(event, VendRequest):  # a new or changed request: not the one being served
+                    self.board.deny_vend()
+                    p.reason = "request_changed"
                 if trigger is None:
                     break
                 p.trigger_at = trigger
@@ -273,10 +284,15 @@ class PurchaseLoop(UnitHealth):
             self.journal.void(p.session_id, "refused")
             self._refuse(p, auth)
             return
+        if not self.board.request_pending(request):  # bound to the request it answers: item and price
+            self._request_changed(p)
+            return
         self.journal.approve(p.session_id, p.employee_id, request.item, request.price_cents)  # durable first
         t = p.timed("journal", t)
         p.approved = True
-        self.board.approve_vend(request.price_cents)
+        if not self.board.approve_vend(request.price_cents, request=request):  # changed meanwhile: not sent
+            self._request_changed(p)
+            return
         p.timed("board", t)
         now = self.clock()
         p.request_to_approval_ms = (now - received) * 1000
@@ -284,18 +300,18 @@ class PurchaseLoop(UnitHealth):
         if p.order == "selection_first":
             p.trigger_to_board_ms = (now - p.trigger_at) * 1000
             p.board_stages = dict(p.stages)
-            self.board.display(f"Hi {first_name(p.display_name)}, vending...")
         self.state = State.OUTCOME
-        event = self._wait_for((VendSucceeded, VendFailed, SessionCancelled, SessionComplete, AdapterReset,
-                                LinkRestored, CommandRefused), self.cfg.board.vend_outcome_timeout_s,
-                               finish_even_if_stopping=True, accept=lambda e: not isinstance(e, CommandRefused)
-                               or e.command == "VEND")
-        self._record_outcome(p, event)
+        self._settle_approved(p)
         self._note_template_used(p.employee_id)
-        closing = self._wait_for((SessionComplete, VendSucceeded), SESSION_END_WAIT_S)
-        if isinstance(closing, VendSucceeded) and self._settle_late_success():
-            p.outcome, p.charged, p.reason = "vended", True, "reported late"  # charged after all
-            self._feedback("vended", f"Enjoy! Charged {money(p.price_cents)}")
+
+    def _request_changed(self, p: Purchase) -> None:
+        """The machine's request is no longer the one authorized: refuse it, never approve another price."""
+        if self.board.state == "vend_requested":
+            self.board.deny_vend()
+        self.journal.void(p.session_id, "refused")
+        p.approved = False
+        p.outcome, p.reason = "refused", "request_changed"
+        self._feedback("refused", "Selection changed - try again")
 
     def _note_template_used(self, employee_id: str) -> None:
         """Retention bookkeeping only: a failure here is logged, never allowed to disturb a purchase."""
@@ -368,10 +384,13 @@ class PurchaseLoop(UnitHealth):
         while (event := self.board.poll(0)) is not None:
             if isinstance(event, VendRequest):  # someone pressed a selection meanwhile: not this customer's
                 self.board.deny_vend()
+            elif isinstance(event, VendSucceeded):  # never this customer's: at most an earlier unknown outcome
+                self._settle_late_success()
             log.debug("board event before the session: %s", event)
 
     def _wait_for_hand(self, timeout: float):
-        """(trigger, None) when a hand comes, (None, event) when the machine ends the request, (None, None)."""
+        """(trigger, None) when a hand comes, (None, event) when the machine ends or changes the request
+        (a new VendRequest), (None, None) when no hand came in time."""
         deadline = self.clock() + timeout
         while not self.stop_event.is_set() and self.clock() < deadline:
             trigger = self.panel.wait_for_hand(min(IDLE_SLICE_S * 5, max(0.0, deadline - self.clock())))
@@ -379,8 +398,10 @@ class PurchaseLoop(UnitHealth):
                 return trigger, None
             event = self.board.poll(0)
             self.notifier.watchdog()
-            if isinstance(event, (SessionCancelled, SessionComplete, AdapterReset, LinkRestored)):
+            if isinstance(event, (SessionCancelled, SessionComplete, AdapterReset, LinkRestored, VendRequest)):
                 return None, event
+            if isinstance(event, VendSucceeded) and not self._settle_late_success():
+                log.warning("the board reported a vend success with no approval open: nothing charged")
         return None, None
 
     def _keep_debug_image(self, frame) -> None:
