@@ -113,3 +113,83 @@ def heartbeat_body(**changes) -> bytes:
             "journal_head_seq": 0, "clock": time.time(), "key_mode": "file"}
     body.update(changes)
     return json.dumps(body).encode()
+
+
+class OfficeProcess:
+    """`vendor-node office serve` in its own process group, on a free loopback port."""
+
+    def __init__(self, db_url: str, keys_dir: Path | None, demo: bool = False, env: dict | None = None):
+        import socket
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.db_url, self.keys_dir, self.demo, self.env = db_url, keys_dir, demo, env or {}
+        self.proc = None
+        self.log = Path(tempfile.mkdtemp(prefix="office-log-")) / "office.log"
+
+    def command(self, *args: str) -> str:
+        """Run another `vendor-node office ...` command against the same database; its stdout."""
+        import subprocess
+        import sys
+
+        extra = ["--fleet-keys", str(self.keys_dir)] if self.keys_dir else []
+        done = subprocess.run([sys.executable, "-m", "vendor_node", "office", *args, "--db", self.db_url, *extra],
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def start(self) -> "OfficeProcess":
+        import os
+        import subprocess
+        import sys
+
+        args = [sys.executable, "-m", "vendor_node", "office", "serve", "--db", self.db_url,
+                "--bind", f"127.0.0.1:{self.port}", "--workers", "2"]
+        if self.keys_dir:
+            args += ["--fleet-keys", str(self.keys_dir)]
+        if self.demo:
+            args.append("--demo")
+        self.proc = subprocess.Popen(args, stdout=open(self.log, "ab"), stderr=subprocess.STDOUT,
+                                     start_new_session=True, env={**os.environ, **self.env})
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        """Poll /healthz until it answers (the server migrates first), or fail with its log."""
+        import time
+        import urllib.request
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"office exited {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.base + "/healthz", timeout=2) as answer:
+                    if json.loads(answer.read()).get("ok"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.1)  # polling a condition in another process, bounded by the deadline
+        raise AssertionError(f"office not ready in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def stop(self, kill: bool = False) -> None:
+        import os
+        import signal
+        import subprocess
+
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")

@@ -43,6 +43,7 @@ def add_office_commands(sub) -> None:
     p.add_argument("--fingerprint", required=True, help="as `vendor-node provision` prints it")
     p.add_argument("--site", default="")
     p.set_defaults(handler=_cmd_register_unit)
+    add_office_import_command(osub, common)
 
 
 def _load():
@@ -76,4 +77,25 @@ def _cmd_register_unit(args) -> int:
 
     unit = register_unit("command line", args.unit_id, args.fingerprint, args.site)
     print(f"registered unit {unit.unit_id} (fingerprint {unit.fingerprint})")
+    return 0
+
+
+def add_office_import_command(osub, common) -> None:
+    p = osub.add_parser("import-employees", help="import the employees CSV (as the employees page does)")
+    common(p)
+    p.add_argument("csv", type=Path, help="employee_id, display_name, funds[, status, funding, caps]")
+    p.set_defaults(handler=_cmd_import_employees)
+
+
+def _cmd_import_employees(args) -> int:
+    server = _load()
+    server.prepare(args.db, args.fleet_keys)
+    from ..office.ledger import import_employees_csv
+
+    try:
+        data = args.csv.read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{args.csv}: cannot read: {exc.strerror}") from None
+    added, updated = import_employees_csv("command line", data)
+    print(f"employees: {added} added, {updated} updated")
     return 0
