@@ -257,3 +257,56 @@ def test_eval_on_real_palm_photos(handdata, tmp_path):
     report = json.loads(report_path.read_text())
     assert report["failure_to_acquire"] <= 0.03
     assert report["verification"]["eer"] < 0.05 and report["identification"]["rank1"] > 0.9
+
+
+@pytest.mark.skipif(not _model_present(), reason="no model in firmware_assets yet")
+def test_eval_robustness_prints_one_line_per_probe_change(tmp_path, capsys):
+    from vendor_node.cli import main
+    from vendor_node.hand.robustness import TRANSFORMS
+
+    data = tmp_path / "hands"
+    _drawn_dataset(data, people=3, samples=2, size=(480, 640))
+    report_path = tmp_path / "robust.json"
+    assert main(["eval", "--dataset", str(data), "--robustness", "--report", str(report_path)]) == 0
+    out = capsys.readouterr().out
+    rows = json.loads(report_path.read_text())["robustness"]
+    assert [row["probes"] for row in rows] == list(TRANSFORMS)
+    for row in rows:
+        assert row["mated_probes"] == 3 and 0 <= row["failed_to_acquire"] <= 3
+        assert row["probes"] in out
+    plain = rows[0]
+    assert plain["failed_to_acquire"] == 0 and plain["rank1_counting_fta"] == 1.0
+
+
+def test_robustness_changes_only_the_probes_and_keeps_the_frame_size():
+    from vendor_node.hand.robustness import TRANSFORMS
+
+    frame = synthetic.draw_hand(2, 0, (480, 640))
+    for name, change in TRANSFORMS.items():
+        if change is None:
+            continue
+        changed = change(frame, None)
+        assert changed.dtype == np.uint8 and changed.ndim == 2, name
+        if not name.startswith("close-up"):
+            assert changed.shape == frame.shape, name
+    # Zooming in crops the photo itself: the middle of a 1.3x probe is the photo's middle, enlarged.
+    zoomed = TRANSFORMS["scaled 1.3"](frame, None)
+    middle = cv2.resize(frame[240 - 185:240 + 185, 320 - 246:320 + 246], (640, 480))
+    assert np.abs(zoomed.astype(int) - middle.astype(int)).mean() < 3
+
+
+@pytest.mark.skipif(not _model_present(), reason="no model in firmware_assets yet")
+def test_eval_debug_dir_draws_every_frame_and_names_refusals(tmp_path, capsys):
+    from vendor_node.cli import main
+
+    data = tmp_path / "hands"
+    _drawn_dataset(data, people=2, samples=2, size=(480, 640))
+    _write(data / "p0" / "9_blank.png", synthetic.blank_frame((480, 640)))
+    debug = tmp_path / "debug"
+    assert main(["eval", "--dataset", str(data), "--report", str(tmp_path / "r.json"), "--debug-dir", str(debug)]) == 0
+    drawn = sorted(p.relative_to(debug).as_posix() for p in debug.rglob("*.png"))
+    assert drawn == ["p0/0.png", "p0/1.png", "p0/9_blank.refused-no_hand.png", "p1/0.png", "p1/1.png"]
+    picture = cv2.imread(str(debug / "p0" / "0.png"))
+    assert picture.shape == (480, 640, 3)
+    red = (picture[:, :, 2] > 200) & (picture[:, :, 1] < 60) & (picture[:, :, 0] < 60)
+    assert red.sum() > 200  # the palm square is drawn

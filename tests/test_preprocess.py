@@ -166,3 +166,70 @@ def test_real_photos_are_mostly_acquired(handdata):
             except HandRejected:
                 pass
         assert acquired / len(paths) >= at_least, name
+
+
+# --- the unit's own framing: turned, near or far, close-ups, soft, left hands ---------------------
+def _roi_in_canvas(person, **pose):
+    """The palm square's centre and turn (degrees) mapped back onto the drawn hand's own canvas."""
+    size = (480, 640)
+    pose = {"rotation": 0.0, "shift": (0.0, 0.0), "scale": 1.0, **pose}
+    extra = {k: pose.pop(k) for k in list(pose) if k not in ("rotation", "shift", "scale")}
+    hand = extract_hand(synthetic.draw_hand(person, 0, size, spread=1.0, **pose, **extra))
+    matrix = synthetic.canvas_to_frame(size, pose["rotation"], pose["shift"], pose["scale"])
+    back = lambda point: np.linalg.solve(matrix[:, :2], np.asarray(point, float) - matrix[:, 2])  # noqa: E731
+    top = back(hand.square[1]) - back(hand.square[0])
+    return back(hand.keypoints["roi_center"]), float(np.degrees(np.arctan2(top[1], top[0]))), hand
+
+
+@pytest.mark.parametrize("person", [1, 3, 6, 8])
+@pytest.mark.parametrize("pose", [
+    {"rotation": 30.0}, {"rotation": -30.0}, {"rotation": 15.0, "shift": (0.05, 0.0)},
+    {"scale": 1.6, "shift": (0.0, 0.05)}, {"scale": 1.3}, {"scale": 0.8},
+    {"scale": 1.8, "shift": (0.0, -0.02)},  # a close-up: fingertips and wrist leave the frame
+    {"scale": 1.8, "shift": (0.0, -0.02), "rotation": 25.0}, {"scale": 1.8, "shift": (0.0, -0.02), "rotation": -25.0},
+    {"blur": 2.5},  # soft focus, as the unit's near-IR frames
+], ids=lambda pose: ",".join(f"{k}={v}" for k, v in pose.items()))
+def test_the_palm_square_lands_on_the_same_spot_of_the_palm(person, pose):
+    """Turned +-30 degrees, nearer, a close-up whose fingertips and wrist leave the frame, soft focus:
+    the palm square stays within 6% of the palm's width and 10 degrees of where the upright hand puts it
+    (the matcher itself absorbs 3 cells of shift and 10 degrees of turn)."""
+    center, turn, _ = _roi_in_canvas(person)
+    moved_center, moved_turn, hand = _roi_in_canvas(person, **pose)
+    assert hand.alignment == "valleys"
+    assert np.linalg.norm(moved_center - center) < 0.06 * synthetic.PALM
+    assert abs(moved_turn - turn) < 10.0
+
+
+def test_a_small_far_hand_is_still_placed():
+    """0.6 of the nominal size: the palm is about 45 working pixels wide, so placement is coarser."""
+    for person in (3, 8):
+        center, turn, _ = _roi_in_canvas(person)
+        far_center, far_turn, hand = _roi_in_canvas(person, scale=0.6)
+        assert np.linalg.norm(far_center - center) < 0.08 * synthetic.PALM and abs(far_turn - turn) < 12.0
+
+
+def test_a_close_up_with_fingertips_and_wrist_outside_is_not_fingers_closed():
+    frame = synthetic.draw_hand(4, 0, scale=1.8, shift=(0.0, -0.02), spread=1.0)
+    assert (frame[0] > 100).any() and (frame[-1] > 100).any()  # fingers leave the top, the wrist the bottom
+    hand = extract_hand(frame)
+    assert hand.alignment == "valleys" and "valley_middle_ring" in hand.keypoints
+
+
+@pytest.mark.parametrize("person", [2, 5])
+def test_a_left_hand_is_found_and_its_palm_square_is_the_mirror_image(person):
+    """A left hand (drawn as the mirror image of a right one) is placed from its own valleys: its palm
+    square is the right hand's mirrored, so each person's enrolled hand always gives the same square."""
+    frame = synthetic.draw_hand(person, 0, spread=1.0, noise=0, blur=0)
+    right = extract_hand(frame)
+    left = extract_hand(np.ascontiguousarray(frame[:, ::-1]))
+    assert left.alignment == "valleys"
+    mirrored = right.roi[:, ::-1].astype(np.float32)
+    other = left.roi.astype(np.float32)
+    correlation = np.corrcoef(mirrored.ravel(), other.ravel())[0, 1]
+    assert correlation > 0.8
+
+
+def test_a_hand_with_half_its_palm_outside_is_cut_off_not_matched():
+    """Fingertips may leave the frame; the palm may not: a hand pushed over the edge is refused."""
+    for shift in ((-0.45, -0.2), (-0.45, 0.0), (0.0, -0.45)):
+        assert _reason(synthetic.draw_hand(3, 0, shift=shift, rotation=0, scale=1.0)) == "cut_off"

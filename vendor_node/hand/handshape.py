@@ -139,7 +139,9 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
         if len(arc) < 3 or not touching[1:-1].any():
             yield poly[s], poly[e], poly[f], depth / 256.0
             continue
-        k = 0
+        # Each part runs from the middle of one finger's stretch along the edge to the middle of the next's,
+        # so a finger cut off by the frame has one tip (not one per corner, which would merge across the gap).
+        k, edge_start = 0, 0
         while k < len(arc):
             if touching[k]:
                 k += 1
@@ -147,7 +149,12 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
             first = k
             while k < len(arc) and not touching[k]:
                 k += 1
-            a, b = arc[max(first - 1, 0)], arc[min(k, len(arc) - 1)]
+            edge_end = k
+            while edge_end < len(arc) and touching[edge_end]:
+                edge_end += 1
+            a = arc[(edge_start + max(first - 1, 0)) // 2]
+            b = arc[min((k + edge_end - 1) // 2, len(arc) - 1)]
+            edge_start = k
             run = poly[arc[first:k]]
             chord = poly[b] - poly[a]
             length = float(np.linalg.norm(chord))

@@ -67,8 +67,11 @@ class Hand:
     geometry: np.ndarray  # float32 (GEOMETRY_SIZE,), normalised by palm width; 0 where unmeasurable
     keypoints: dict[str, tuple[float, float]]
     quality: float  # 0..1
-    alignment: str = "valleys"  # "valleys" or "axis" (fingers together: placed from the palm circle)
+    alignment: str = "valleys"  # "valleys", "valley_pair" (two neighbouring valleys, as in close-ups) or "axis"
+    # (fingers together: placed from the palm circle)
     measures: dict[str, float] = field(default_factory=dict)  # sharpness, contrast, area: for eval reports
+    square: np.ndarray | None = None  # the palm square's corners (4, 2) in frame pixels: ROI top-left, top-right,
+    # bottom-right, bottom-left (its top edge faces the fingers)
 
 
 def reject(reason: str) -> HandRejected:
@@ -168,8 +171,10 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     cut_sides = _palm_cut_sides(center, radius, axis_x, mask.shape)
     if (spills or cut_sides) and alignment == "axis":  # no valleys place the palm, and it runs out of the frame
         raise reject(spill)
-    if "across" in cut_sides and not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05):
-        raise reject(spill)  # the frame cuts the palm beside the square, and the square with it
+    if "across" in cut_sides and (alignment == "valley_pair" or
+                                  not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05)):
+        raise reject(spill)  # the frame cuts the palm beside the square, and the square with it (or two valleys
+        # alone cannot tell how much of the palm is outside)
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
@@ -184,7 +189,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     quality = _quality(sharpness, contrast, area, alignment, shape)
     measures = {"sharpness": sharpness, "contrast": contrast, "area": area, "palm_radius": radius * scale,
                 "roi_side": side * scale, "texture": texture}
-    return Hand(roi, geometry, keypoints, quality, alignment, measures)
+    return Hand(roi, geometry, keypoints, quality, alignment, measures, trace["roi_square"])
 
 
 # --- input and segmentation ---------------------------------------------------
