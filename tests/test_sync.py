@@ -685,7 +685,7 @@ ACTIONS = st.lists(st.one_of(
     st.tuples(st.just("sync"), st.integers(0, 2), st.booleans())), min_size=1, max_size=30)
 
 
-@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(actions=ACTIONS)
 def test_money_invariant_under_random_interleavings(tmp_path_factory, actions):
     """Three units, stale bundles at random: no unit ever believes in money it has itself spent, the
