@@ -43,3 +43,58 @@ def bench_journal_append(n: int = 1000, authorize=None, state_dir: Path | str | 
         finally:
             journal.close()
     return {"approve": summary(approve_ms), "authorize_approve": summary(total_ms), "succeed": summary(succeed_ms)}
+
+
+def bench_store_after_history(unsynced: int, employees: int = 100, probes: int = 500) -> dict:
+    """The store's part of a purchase (spendable funds + authorize: every floor limit) after ``unsynced``
+    purchases the office has not acknowledged. Milliseconds {"p50", "p95", "max", "n"} and the fill time.
+
+    The history is written through the real journal (hash chain, running totals) with synchronous=OFF,
+    only to fill it fast; the timed part reads, as at the machine.
+    """
+    import os
+    import statistics
+    import tempfile
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from ..config import Config
+    from ..money.accounts import AccountStore
+    from ..money.bundle import Bundle, EmployeeRecord, encode_bundle
+    from ..money.keys import KeyStore, public_key_to_pem
+
+    signer = Ed25519PrivateKey.generate()
+    now = time.time()
+    staff = [EmployeeRecord(f"E{i:04d}", f"Employee {i}", funds_cents=10 ** 12) for i in range(employees)]
+    policy = {"per_day_cap_cents": 10 ** 13, "unsynced_total_cap_cents": 10 ** 15}
+    with tempfile.TemporaryDirectory(prefix="bench-history-") as tmp:
+        cfg = Config().replace(unit={"state_dir": Path(tmp) / "state", "unit_id": "bench-unit"})
+        keys = KeyStore.from_config(cfg)
+        keys.pin_fleet_public_key(public_key_to_pem(signer.public_key()))
+        keys.install_fleet_template_key(os.urandom(32))
+        data = encode_bundle(Bundle(kind="snapshot", version=1, created=now, expires=now + 86400, policy=policy,
+                                    employees=staff, unit_id="bench-unit"), signer)
+        (Path(tmp) / "b.vnb").write_bytes(data)
+        with AccountStore.open(cfg) as store:
+            store.import_bundle(Path(tmp) / "b.vnb")
+            journal = store.journal
+            journal.conn.execute("PRAGMA synchronous=OFF")
+            t0 = time.perf_counter()
+            for i in range(unsynced):
+                session = journal.begin_session()
+                journal.approve(session, staff[i % employees].id, "A1", 150)
+                journal.succeed(session)
+            fill_s = time.perf_counter() - t0
+            journal.conn.execute("PRAGMA synchronous=FULL")
+            samples = []
+            for i in range(probes):
+                employee = staff[(i * 37) % employees].id
+                t0 = time.perf_counter()
+                store.spendable_cents(employee)
+                answer = store.authorize(employee, 150)
+                samples.append((time.perf_counter() - t0) * 1e3)
+                if not answer.approved:
+                    raise RuntimeError(f"bench purchase refused: {answer.reason_code}")
+    samples.sort()
+    return {"p50": statistics.median(samples), "p95": samples[min(len(samples) - 1, int(0.95 * len(samples)))],
+            "max": samples[-1], "n": len(samples), "fill_s": fill_s}

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from .journal_schema import _CHARGE_SQL
 from .storage import write_file_atomically
 
 log = logging.getLogger("vendor_node.accounts")  # the store's logger, as before the split
@@ -52,9 +51,7 @@ def _local_midnight(now: float) -> float:
 def committed_after_seq(journal, employee_id: str, after_seq: int) -> int:
     """What funds must count: this unit's charges with seq > ``after_seq`` (the office has the rest), every
     approval in flight and every outcome-unknown approval awaiting review (either may still be charged)."""
-    charged = journal.conn.execute(
-        f"SELECT COALESCE(SUM(amount_cents), 0) FROM journal WHERE employee_id = ? AND seq > ? AND {_CHARGE_SQL}",
-        (employee_id, after_seq)).fetchone()[0]
+    charged = journal.charged_after_seq_cents(employee_id, after_seq)
     held = journal.conn.execute(
         "SELECT COALESCE(SUM(j.amount_cents), 0) FROM journal_open o JOIN journal j ON j.seq = o.seq "
         "WHERE j.employee_id = ? AND o.state IN ('approved', 'unknown')", (employee_id,)).fetchone()[0]

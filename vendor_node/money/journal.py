@@ -24,10 +24,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import JournalCorrupt, JournalError, JournalRefused
-from .journal_schema import (_CHARGE_SQL, _COLUMNS, GENESIS_HASH, OUTCOME_UNKNOWN, OUTCOMES,
+from .journal_schema import (_COLUMNS, GENESIS_HASH, OUTCOME_UNKNOWN, OUTCOMES,
                              REVIEW_SETTLED, SESSION_BEGUN, VEND_APPROVED, VEND_SUCCEEDED, VEND_VOIDED,
-                             VOID_REASONS, Approval, Entry, canonical_entry, chain_hash, set_up_tables,
-                             update_open_index)
+                             VOID_REASONS, Approval, Entry, canonical_entry, chain_hash, rebuild_charge_totals,
+                             set_up_tables, update_charge_totals, update_open_index)
 from .journal_guard import JournalMark
 from .storage import HoldsConnection, open_owning, transaction
 
@@ -96,6 +96,7 @@ class Journal(HoldsConnection):
                               tuple(entry.as_dict().values()))
             self.conn.execute("UPDATE journal_head SET seq = ?, hash = ? WHERE id = 1", (seq, digest))
             update_open_index(self.conn, entry)
+            update_charge_totals(self.conn, entry)
         self._floor = (ts_us / 1e6, time.monotonic())
         return entry, True
 
@@ -273,11 +274,31 @@ class Journal(HoldsConnection):
 
     # --- money ---------------------------------------------------------------------
     def charged_cents(self, employee_id: str, since: float) -> int:
-        """Charges (vend succeeded, or charged on review) of one employee at or after ``since``."""
-        row = self.conn.execute(
-            f"SELECT COALESCE(SUM(amount_cents), 0) FROM journal WHERE employee_id = ? AND ts_us >= ? "
-            f"AND {_CHARGE_SQL}", (employee_id, int(since * 1e6))).fetchone()
-        return row[0]
+        """Charges (vend succeeded, or charged on review) of one employee at or after ``since``: two index seeks
+        on the running totals (entries are stamped with the trusted time, so time order is journal order)."""
+        latest = self.conn.execute("SELECT employee_total FROM journal_charges WHERE employee_id = ? "
+                                   "ORDER BY seq DESC LIMIT 1", (employee_id,)).fetchone()
+        if latest is None:
+            return 0
+        before = self.conn.execute("SELECT employee_total FROM journal_charges WHERE employee_id = ? AND ts_us < ? "
+                                   "ORDER BY ts_us DESC, seq DESC LIMIT 1", (employee_id, int(since * 1e6))).fetchone()
+        return latest[0] - (before[0] if before else 0)
+
+    def charged_after_seq_cents(self, employee_id: str, after_seq: int) -> int:
+        """One employee's charges with seq > ``after_seq``: two index seeks on the running totals."""
+        latest = self.conn.execute("SELECT employee_total FROM journal_charges WHERE employee_id = ? "
+                                   "ORDER BY seq DESC LIMIT 1", (employee_id,)).fetchone()
+        if latest is None:
+            return 0
+        before = self.conn.execute("SELECT employee_total FROM journal_charges WHERE employee_id = ? AND seq <= ? "
+                                   "ORDER BY seq DESC LIMIT 1", (employee_id, after_seq)).fetchone()
+        return latest[0] - (before[0] if before else 0)
+
+    def rebuild_totals(self) -> None:
+        """Recompute the running totals from the chain (at start-up, after the chain was verified)."""
+        with self._lock, transaction(self.conn, JournalError, "cannot rebuild the journal's running totals",
+                                     nested="rebuilding totals inside another transaction"):
+            rebuild_charge_totals(self.conn)
 
     def charged_today_cents(self, employee_id: str, day_start: float) -> int:
         return self.charged_cents(employee_id, day_start)
@@ -292,11 +313,14 @@ class Journal(HoldsConnection):
         return self.charged_cents(employee_id, since) + row[0]
 
     def unsynced_total_cents(self) -> int:
-        """All charges the back office has not acknowledged yet (the unit's offline exposure)."""
-        row = self.conn.execute(
-            f"SELECT COALESCE(SUM(amount_cents), 0) FROM journal WHERE seq > "
-            f"(SELECT uploaded_upto_seq FROM journal_sync WHERE id = 1) AND {_CHARGE_SQL}").fetchone()
-        return row[0]
+        """All charges the back office has not acknowledged yet (the unit's offline exposure): two index seeks."""
+        latest = self.conn.execute("SELECT unit_total FROM journal_charges ORDER BY seq DESC LIMIT 1").fetchone()
+        if latest is None:
+            return 0
+        before = self.conn.execute(
+            "SELECT unit_total FROM journal_charges WHERE seq <= (SELECT uploaded_upto_seq FROM journal_sync "
+            "WHERE id = 1) ORDER BY seq DESC LIMIT 1").fetchone()
+        return latest[0] - (before[0] if before else 0)
 
     # --- sync watermark ----------------------------------------------------------------
     def head(self) -> tuple[int, str]:

@@ -67,7 +67,24 @@ _OPEN_INDEX_SCHEMA = """
 CREATE TABLE IF NOT EXISTS journal_open (session_id TEXT PRIMARY KEY, state TEXT NOT NULL, seq INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS journal_open_by_state ON journal_open(state, seq);
 """
+# Derived, not money: one row per charge with running totals (the employee's and the unit's, up to and
+# including that charge), so funds, day caps and the unsynced total are index seeks, flat however long
+# the history. Kept in the same transaction as each append; rebuilt from the (verified) chain at every
+# start-up and whenever it is missing, so a hand-edited total never outlives a restart.
+_CHARGE_TOTALS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS journal_charges (
+    seq INTEGER PRIMARY KEY, employee_id TEXT NOT NULL, ts_us INTEGER NOT NULL, amount_cents INTEGER NOT NULL,
+    employee_total INTEGER NOT NULL, unit_total INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS journal_charges_by_employee ON journal_charges(employee_id, seq);
+CREATE INDEX IF NOT EXISTS journal_charges_by_day ON journal_charges(employee_id, ts_us);
+"""
 _COLUMNS = "seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, prev_hash, hash"
+
+
+def is_charge(entry) -> bool:
+    """The entries that charge money: a vend success, or a review that decided "charged"."""
+    return entry.kind == VEND_SUCCEEDED or (entry.kind == REVIEW_SETTLED and (entry.amount_cents or 0) > 0)
 
 
 def canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail) -> bytes:
@@ -139,8 +156,38 @@ def set_up_tables(conn: sqlite3.Connection) -> None:
                         if statement.strip():
                             conn.execute(statement)
                     rebuild_open_index(conn)
+        if not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'journal_charges'").fetchone():
+            if conn.in_transaction:
+                raise JournalError("cannot create the journal's totals inside another transaction")
+            with transaction(conn, JournalError, "cannot set up the journal's running totals"):
+                rebuild_charge_totals(conn)
     except sqlite3.Error as exc:
         raise JournalError(f"cannot set up the charging journal: {exc}") from None
+
+
+def update_charge_totals(conn: sqlite3.Connection, entry: Entry) -> None:
+    """Add a charge's row with its running totals (inside the append's transaction); other entries add nothing."""
+    if not is_charge(entry):
+        return
+    employee = conn.execute("SELECT employee_total FROM journal_charges WHERE employee_id = ? ORDER BY seq DESC "
+                            "LIMIT 1", (entry.employee_id,)).fetchone()
+    unit = conn.execute("SELECT unit_total FROM journal_charges ORDER BY seq DESC LIMIT 1").fetchone()
+    conn.execute("INSERT INTO journal_charges VALUES (?, ?, ?, ?, ?, ?)",
+                 (entry.seq, entry.employee_id, entry.ts_us, entry.amount_cents,
+                  (employee[0] if employee else 0) + entry.amount_cents, (unit[0] if unit else 0) + entry.amount_cents))
+
+
+def rebuild_charge_totals(conn: sqlite3.Connection) -> None:
+    """Recompute journal_charges from the chain (inside the caller's transaction): one pass in SQL."""
+    for statement in _CHARGE_TOTALS_SCHEMA.split(";"):
+        if statement.strip():
+            conn.execute(statement)
+    conn.execute("DELETE FROM journal_charges")
+    conn.execute(
+        "INSERT INTO journal_charges (seq, employee_id, ts_us, amount_cents, employee_total, unit_total) "
+        "SELECT seq, employee_id, ts_us, amount_cents, "
+        "SUM(amount_cents) OVER (PARTITION BY employee_id ORDER BY seq), SUM(amount_cents) OVER (ORDER BY seq) "
+        f"FROM journal WHERE {_CHARGE_SQL}")
 
 
 def update_open_index(conn: sqlite3.Connection, entry: Entry) -> None:
