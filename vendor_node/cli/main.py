@@ -206,6 +206,8 @@ def _add_unit_commands(sub) -> None:
     p.add_argument("--employees", type=positive_int, default=12, help="employees to enroll when provisioning")
     p.add_argument("--seed", type=int, default=1, help="random seed for customers and selections")
     p.add_argument("--quiet", action="store_true", help="do not print each purchase")
+    p.add_argument("--office", metavar="URL", help="sync with this running back office (the unit provisioned "
+                   "with its fleet keys and registered there; see scripts/dev.sh)")
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
     p.set_defaults(handler=_cmd_simulate)
 

@@ -214,8 +214,8 @@ def run_simulation(args) -> int:
     rng = random.Random(args.seed)
     unit_log = logging.getLogger("vendor_node.unit")
     level = unit_log.level
-    if not getattr(args, "quiet", False) and not unit_log.isEnabledFor(logging.DEBUG):
-        unit_log.setLevel(logging.WARNING)  # each purchase is printed on stdout; do not log it twice
+    if not unit_log.isEnabledFor(logging.DEBUG):  # -v shows the unit's own lines
+        unit_log.setLevel(logging.WARNING)  # each purchase is printed on stdout (or, with --quiet, not at all)
     try:
         return _simulate_command(args, cfg, rng)
     finally:
