@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A newcomer's one entry point on a laptop or CI: sets up .venv (once, again when
 # setup.cfg changes) and then
-#   scripts/dev.sh            runs the simulated unit, showing each purchase
+#   scripts/dev.sh            runs a whole office: the back office (SQLite) and a simulated unit syncing to it
 #   scripts/dev.sh test ...   runs the test suite (extra args go to pytest)
 #   scripts/dev.sh ARGS...    runs `vendor-node ARGS...`
 set -euo pipefail
@@ -30,7 +30,43 @@ if [ "${1:-}" = "test" ]; then
   exec "$VENV/bin/python" -m pytest -q "$@"
 fi
 
-if [ $# -eq 0 ]; then
-  set -- simulate --customers 20 --state-dir state/sim --report reports/sim.json
+if [ $# -gt 0 ]; then
+  exec "$VENV/bin/vendor-node" "$@"
 fi
-exec "$VENV/bin/vendor-node" "$@"
+
+# No arguments: a whole office on this laptop. The back office on SQLite (state/office), a simulated
+# unit provisioned with its fleet keys and registered as a technician would, 20 customers, the sync,
+# then where to log in. Ctrl-C stops the office; the state is kept for the next run.
+VN="$VENV/bin/vendor-node"
+OFFICE=state/office
+UNIT=state/sim-office
+UNIT_ID=sim-office-1
+PORT=${OFFICE_PORT:-8000}
+URL="http://127.0.0.1:$PORT"
+DB="sqlite:///$OFFICE/office.db"
+healthy() { "$VENV/bin/python" -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=2)' \
+  "$URL/healthz" >/dev/null 2>&1; }
+mkdir -p "$OFFICE" reports
+if healthy; then
+  echo "dev.sh: something already answers on $URL; stop it or set OFFICE_PORT" >&2
+  exit 1
+fi
+setsid "$VN" office serve --demo --db "$DB" --bind "127.0.0.1:$PORT" >"$OFFICE/office.log" 2>&1 &
+OFFICE_PID=$!
+trap 'kill -TERM -- -$OFFICE_PID 2>/dev/null || true' EXIT INT TERM
+for _ in $(seq 300); do  # the office migrates its database first
+  if healthy; then break; fi
+  if ! kill -0 "$OFFICE_PID" 2>/dev/null; then cat "$OFFICE/office.log" >&2; exit 1; fi
+  sleep 0.2
+done
+if [ ! -f "$UNIT/unit_id" ]; then
+  "$VN" provision --state-dir "$UNIT" --unit-id "$UNIT_ID" \
+    --fleet-public-key "$OFFICE/fleet-keys/fleet_public_key.pem" --fleet-template-key "$OFFICE/fleet-keys/fleet_template.key"
+fi
+FINGERPRINT=$("$VN" unit fingerprint --state-dir "$UNIT" | sed -n 's/^fingerprint //p')
+"$VN" office register-unit "$UNIT_ID" --exist-ok --fingerprint "$FINGERPRINT" --db "$DB" --fleet-keys "$OFFICE/fleet-keys"
+"$VN" simulate --office "$URL" --customers 20 --state-dir "$UNIT" --report reports/sim.json
+echo
+grep -o 'log in as .*' "$OFFICE/office.log" | tail -1 | sed "s|^|dev.sh: the back office is at $URL/ : |"
+echo "dev.sh: sales, balances, the unit's health and the audit log are there; Ctrl-C stops the office."
+wait "$OFFICE_PID"

@@ -3,6 +3,7 @@ downloaded) against `office serve --demo`: log in, import employees, top one up,
 and see that unit's sale and the employee's balance after the unit synced."""
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -23,6 +24,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture
 def browser(tmp_path):
     if not (CHROMIUM.exists() and DRIVER.exists()):
+        if os.environ.get("CI"):
+            pytest.fail("CI must have chromium and chromium-driver: .ci/run installs them")
         pytest.skip("chromium and chromium-driver are not installed (.ci/run installs them)")
     from selenium.webdriver.chrome.service import Service
 

@@ -3,6 +3,7 @@ drive it: signed uploads from two units at once, receipts, bundles, the database
 office killed mid-upload: nothing lost, nothing counted twice."""
 from __future__ import annotations
 
+import os
 import json
 import threading
 
@@ -20,6 +21,8 @@ pytestmark = pytest.mark.slow
 @pytest.fixture(scope="module")
 def postgres():
     if not pgtemp.available():
+        if os.environ.get("CI"):
+            pytest.fail("CI must have PostgreSQL: .ci/run installs Debian's postgresql")
         pytest.skip("PostgreSQL binaries are not installed (.ci/run installs Debian's postgresql)")
     with pgtemp.ThrowawayPostgres() as pg:
         yield pg

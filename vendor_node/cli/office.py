@@ -42,6 +42,8 @@ def add_office_commands(sub) -> None:
     p.add_argument("unit_id")
     p.add_argument("--fingerprint", required=True, help="as `vendor-node provision` prints it")
     p.add_argument("--site", default="")
+    p.add_argument("--exist-ok", action="store_true",
+                   help="succeed when the unit is already registered with this fingerprint")
     p.set_defaults(handler=_cmd_register_unit)
     add_office_import_command(osub, common)
 
@@ -73,8 +75,14 @@ def _cmd_create_user(args) -> int:
 def _cmd_register_unit(args) -> int:
     server = _load()
     server.prepare(args.db, args.fleet_keys)
+    from ..office.models import Unit
+    from ..office.unit_api import normalise_fingerprint
     from ..office.views import register_unit
 
+    known = Unit.objects.filter(unit_id=args.unit_id).first()
+    if args.exist_ok and known is not None and known.fingerprint == normalise_fingerprint(args.fingerprint):
+        print(f"unit {known.unit_id} already registered with this fingerprint")
+        return 0
     unit = register_unit("command line", args.unit_id, args.fingerprint, args.site)
     print(f"registered unit {unit.unit_id} (fingerprint {unit.fingerprint})")
     return 0

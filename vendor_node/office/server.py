@@ -41,8 +41,10 @@ def is_loopback(host: str) -> bool:
 
 def default_keys_dir(db_url: str, demo: bool) -> Path:
     settings_db = database_from_url(db_url)
-    if demo and settings_db["ENGINE"].endswith("sqlite3"):
-        return Path(settings_db["NAME"]).parent / "fleet-keys"
+    if settings_db["ENGINE"].endswith("sqlite3"):  # a demo's keys live beside its database
+        beside = Path(settings_db["NAME"]).parent / "fleet-keys"
+        if demo or (beside / "fleet_signing.key").is_file():
+            return beside
     raise UsageError("--fleet-keys DIR is required (the folder `vendor-node fleet keygen --out DIR` made)")
 
 

@@ -198,8 +198,8 @@ def templates(request, unit, public_key, body):
             employee.consented_at = dt.datetime.fromtimestamp(consented_at, dt.timezone.utc)
             employee.save(update_fields=["consent_version", "consented_at"])
             accepted.append(emp)
-        for emp, _revoked_at in revoked:
-            SealedTemplate.objects.filter(employee__employee_id=emp).delete()  # never relayed again
+        for emp, revoked_at in revoked:  # a later enrollment (at any unit) outlives an older unenrollment
+            SealedTemplate.objects.filter(employee__employee_id=emp, consented_at__lte=revoked_at).delete()
     return signed_answer({"kind": "templates", "unit_id": unit.unit_id, "accepted": accepted,
                           "revocations": [emp for emp, _ in revoked]})
 
@@ -224,11 +224,12 @@ def heartbeat(request, unit, public_key, body):
             raise UnitRequestRefused(400, f"{name}: expected {' or '.join(k.__name__ for k in kinds)}")
         if isinstance(value, float) and not math.isfinite(value):
             raise UnitRequestRefused(400, f"{name}: not a finite number")
-        if isinstance(value, str) and len(value) > 200:
-            raise UnitRequestRefused(400, f"{name}: longer than 200 characters")
+        if isinstance(value, str):
+            value = value[:500]  # a long fault text is still a fault: kept, cut to size
         clean[name] = value
-    if not all(isinstance(f, str) and len(f) <= 200 for f in clean["faults"]) or len(clean["faults"]) > 50:
-        raise UnitRequestRefused(400, "faults: expected at most 50 short strings")
+    if not all(isinstance(f, str) for f in clean["faults"]) or len(clean["faults"]) > 100:
+        raise UnitRequestRefused(400, "faults: expected a list of at most 100 strings")
+    clean["faults"] = [f[:500] for f in clean["faults"]]
     received = time.time()
     Unit.objects.filter(pk=unit.pk).update(heartbeat=clean, heartbeat_at=timezone.now(),
                                            clock_offset_s=round(clean["clock"] - received, 3))
@@ -246,3 +247,16 @@ def bundle(request, unit, public_key, body):
     response = HttpResponse(bytes(issued.data), content_type="application/octet-stream")
     response["X-VN-Bundle-Version"] = str(issued.version)
     return response
+
+
+@unit_endpoint("bundle", "GET")
+def summary(request, unit, public_key, body):
+    """What the office's ledger holds from this unit, signed: `simulate --office` reports it."""
+    from django.db.models import Count, Sum
+
+    from .models import JournalEntry
+
+    totals = JournalEntry.objects.filter(unit=unit).aggregate(n=Count("id"), charged=Sum("charged_cents"))
+    return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
+                          "last_hash": unit.last_hash, "entries": totals["n"] or 0,
+                          "charged_cents": totals["charged"] or 0})

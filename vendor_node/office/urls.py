@@ -24,4 +24,5 @@ urlpatterns = [
     path("api/v1/units/<str:unit_id>/templates", unit_api.templates),
     path("api/v1/units/<str:unit_id>/heartbeat", unit_api.heartbeat),
     path("api/v1/units/<str:unit_id>/bundle", unit_api.bundle),
+    path("api/v1/units/<str:unit_id>/summary", unit_api.summary),
 ]
