@@ -226,7 +226,14 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
     from ..hand.recognition import Recognizer
 
     recognizer = Recognizer.from_config(cfg)
-    people = load_or_create_people(cfg, args, rng, recognizer)
+    office = getattr(args, "office", None)
+    if office:  # a running back office is this unit's: its employees, funds and ledger
+        from .office_link import office_config, office_people
+
+        cfg = office_config(cfg, office)
+        people = office_people(cfg, args, rng, recognizer)
+    else:
+        people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
     strangers = [p for p in people if not p.employee_id]
     images = {p.key: p.images("present") for p in people}
@@ -236,6 +243,12 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
     report = simulate_customers(cfg, recognizer, people, images, args.customers, rng,
                                 echo=not getattr(args, "quiet", False))
     report.update({"state_dir": str(cfg.state_dir), "hand_images": source, "seed": args.seed})
+    if office:
+        from .office_link import office_summary
+
+        report["office"] = office_summary(cfg)
+        print(f"office {office}: its ledger holds {report['office']['charged_cents']} cents charged at unit "
+              f"{cfg.unit.unit_id} (the unit's journal: {report['charged_cents']})", flush=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
