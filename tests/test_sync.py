@@ -527,9 +527,11 @@ def test_folder_receipt_signed_by_another_key_is_refused(tmp_path, fleet_key, of
     (receipts / "forged.json").write_text(json.dumps(signed(Ed25519PrivateKey.generate(), {
         "kind": "journal", "unit_id": "unit-7", "batch_id": batch["batch_id"], "last_seq": batch["last_seq"],
         "last_hash": batch["last_hash"], "ingested_at": time.time()})))
+    buy(cfg, "E1", 80)
     report = run_sync(cfg, FolderTransport(share, "unit-7"))
     assert any("not signed by the pinned fleet key" in e for e in report.errors)
-    assert state(cfg)["unsynced"] == 120
+    assert state(cfg)["unsynced"] == 200
+    assert report.journal_entries_delivered == 3 and report.heartbeat_sent  # the bad file blocks nothing else
 
 
 def test_sync_cli_with_a_folder(tmp_path, fleet_key, office, capsys):

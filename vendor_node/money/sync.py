@@ -99,10 +99,8 @@ class _Run:
     """One sync pass over one store and one transport."""
 
     def __init__(self, cfg, store, transport, report: SyncReport):
-        from .journal import Journal
-
         self.cfg, self.store, self.transport, self.report = cfg, store, transport, report
-        self.journal = Journal(store.conn)
+        self.journal = store.journal
         self.unit_id = store.unit_id
         self.fleet_key = store.keystore.load_fleet_public_key()
         self.signing_key = store.keystore.ensure_signing_key()
@@ -145,9 +143,13 @@ class _Run:
 
         info = self.journal.export(self.batch_path, self.signing_key, self.unit_id)
         for source, answer, digest in list(self._folder_receipts("journal")):
-            if info.entries and self._accept_journal_receipt(answer, source, read_batch(
-                    self.batch_path, self.signing_key.public_key())):
-                info = self.journal.export(self.batch_path, self.signing_key, self.unit_id)
+            try:
+                if info.entries and self._accept_journal_receipt(answer, source, read_batch(
+                        self.batch_path, self.signing_key.public_key())):
+                    info = self.journal.export(self.batch_path, self.signing_key, self.unit_id)
+            except SyncError as exc:  # a bad receipt file is reported every run, and never blocks the upload
+                self.report.errors.append(f"push journal: {exc}")
+                continue
             self._remember_receipt(digest)
         if info.entries == 0:
             return
@@ -183,10 +185,14 @@ class _Run:
         from .bundle import TemplateRecord, templates_to_json
 
         for source, answer, digest in list(self._folder_receipts("templates")):
-            receipt = verify_receipt(answer, self.fleet_key, "templates", self.unit_id, source)
-            sent = self._read_state(TEMPLATES_SENT_FILE, {})
-            self._mark_accepted(receipt, sent.get("templates", {}))
-            self._mark_revocations(receipt, sent.get("revocations", {}))
+            try:
+                receipt = verify_receipt(answer, self.fleet_key, "templates", self.unit_id, source)
+                sent = self._read_state(TEMPLATES_SENT_FILE, {})
+                self._mark_accepted(receipt, sent.get("templates", {}))
+                self._mark_revocations(receipt, sent.get("revocations", {}))
+            except SyncError as exc:
+                self.report.errors.append(f"push templates: {exc}")
+                continue
             self._remember_receipt(digest)
         pending = self.store.pending_uploads()
         revoked = self.store.unreported_revocations()
@@ -304,12 +310,13 @@ def _model_name(cfg) -> str:
         return "unknown"
 
 
-def run_sync(cfg, transport) -> SyncReport:
-    """One sync pass: push journal, push templates, heartbeat, then pull; each step tried on its own."""
+def run_sync(cfg, transport, keystore=None) -> SyncReport:
+    """One sync pass: push journal, push templates, heartbeat, then pull; each step tried on its own.
+    ``keystore``: the unit's keys opened by the CLI (otp mode needs the board's key source)."""
     from .accounts import AccountStore
 
     report = SyncReport()
-    with AccountStore.open(cfg) as store:
+    with AccountStore.open(cfg, keystore=keystore) as store:
         run = _Run(cfg, store, transport, report)
         for name, step in (("push journal", run.push_journal), ("push templates", run.push_templates),
                            ("heartbeat", run.heartbeat), ("pull bundles", run.pull_bundles)):
@@ -326,7 +333,8 @@ def run_sync(cfg, transport) -> SyncReport:
     return report
 
 
-def transport_from(cfg, folder: Path | None = None, server_url: str | None = None, budget: RunBudget | None = None):
+def transport_from(cfg, folder: Path | None = None, server_url: str | None = None, budget: RunBudget | None = None,
+                   keystore=None):
     """The transport a sync run uses: a folder if given, else the server URL; None when there is no target."""
     sync = cfg.sync
     if folder is not None:
@@ -336,6 +344,6 @@ def transport_from(cfg, folder: Path | None = None, server_url: str | None = Non
         return None
     from .keys import KeyStore
 
-    signing_key = KeyStore.from_config(cfg).load_signing_key()
+    signing_key = (keystore or KeyStore.from_config(cfg)).load_signing_key()
     return HttpTransport(url, cfg.unit.unit_id, signing_key, budget or RunBudget(sync.max_run_s), sync.timeout_s,
                          sync.allow_insecure_http, sync.max_bundle_bytes, sync.ca_file)
