@@ -116,7 +116,8 @@ class HttpTransport:
             except (OSError, ssl.SSLError) as exc:
                 raise SyncError(f"sync.ca_file: {ca_file}: not a readable CA certificate (PEM): {exc}") from None
         self.scheme, self.host, self.port = parsed.scheme, parsed.hostname, parsed.port
-        self.base_path = parsed.path.rstrip("/") + API_PREFIX + urllib.parse.quote(unit_id, safe="")
+        # "@" stays as is: the office verifies the signature over the path as its framework re-escapes it
+        self.base_path = parsed.path.rstrip("/") + API_PREFIX + urllib.parse.quote(unit_id, safe="@")
         self.where = f"{parsed.scheme}://{parsed.netloc}"
         self.unit_id, self.signing_key, self.budget = unit_id, signing_key, budget
         self.timeout_s, self.max_bundle_bytes = timeout_s, max_bundle_bytes
