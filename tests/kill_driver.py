@@ -23,6 +23,7 @@ SIGKILLs that child. The zygote itself never opens the db, so no state crosses a
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import os
 import random
@@ -33,6 +34,7 @@ from pathlib import Path
 
 from vendor_node.money.accounts import AccountStore
 from vendor_node.config import Config
+from vendor_node.errors import AccountsError, JournalError
 from vendor_node.money.journal import Journal
 from vendor_node.money.journal_export import acknowledge_batch, read_batch
 from vendor_node.money.keys import KeyStore
@@ -185,23 +187,40 @@ def main(argv=None) -> int:
     parser.add_argument("--ledger", type=Path, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--purchases", type=int, default=400, help="purchases this run (0: recover only)")
+    parser.add_argument("--server-dir", type=Path, help="where uploaded batches go (default: beside the state)")
+    parser.add_argument("--disk-may-fill", action="store_true",
+                        help="a full disk ends the run as the unit would go out of service (marker disk-full)")
     args = parser.parse_args(argv)
     rng = random.Random(args.seed)
     cfg = Config().replace(unit={"state_dir": args.state_dir})
-    server_dir = args.state_dir.parent / "server"
+    server_dir = args.server_dir or args.state_dir.parent / "server"
     server_dir.mkdir(exist_ok=True)
     marker("open")
-    with Journal.open(args.state_dir) as journal:
-        store = AccountStore(cfg, journal.conn, journal=journal)
-        signing_key = KeyStore.from_config(cfg).ensure_signing_key()
-        board = BoardLedger(args.ledger)
-        recover(journal, board)
-        for _ in range(args.purchases):
-            if journal.unsynced_total_cents() >= SYNC_AT_CENTS:
-                sync(journal, signing_key, server_dir, args.state_dir.parent / "outgoing.json")
-            purchase(journal, store, board, rng)
+    try:
+        with Journal.open(args.state_dir) as journal:
+            store = AccountStore(cfg, journal.conn, journal=journal)
+            signing_key = KeyStore.from_config(cfg).ensure_signing_key()
+            board = BoardLedger(args.ledger)
+            recover(journal, board)
+            for _ in range(args.purchases):
+                if journal.unsynced_total_cents() >= SYNC_AT_CENTS:
+                    sync(journal, signing_key, server_dir, args.state_dir.parent / "outgoing.json")
+                purchase(journal, store, board, rng)
+    except (JournalError, AccountsError, OSError) as exc:
+        if not args.disk_may_fill or not _disk_full(exc):
+            raise
+        marker("disk-full")  # out of service until there is room: the next run recovers what is open
+        return 0
     marker("exit")
     return 0
+
+
+def _disk_full(exc: BaseException) -> bool:
+    """ENOSPC as the OS says it, or as SQLite words it inside a JournalError/AccountsError."""
+    if isinstance(exc, OSError):
+        return exc.errno == errno.ENOSPC
+    text = str(exc)
+    return "full" in text or "disk I/O error" in text or "No space left" in text
 
 
 if __name__ == "__main__":

@@ -200,7 +200,7 @@ def _server_problems(server_dir: Path, entries, uploaded_upto: int, public_key) 
     return problems
 
 
-def _audit(state_dir: Path, ledger: Path) -> dict:
+def _audit(state_dir: Path, ledger: Path, server_dir: str | None = None) -> dict:
     """Compare the journal with what the board says dropped; returns counts of each kind of error."""
     board = BoardLedger(ledger)
     board_events: dict[str, set[str]] = collections.defaultdict(set)
@@ -217,7 +217,7 @@ def _audit(state_dir: Path, ledger: Path) -> dict:
         unit_exposure = journal.unsynced_total_cents() + sum(a.amount_cents for a in journal.unknown_outcomes())
         uploaded_upto = journal.uploaded_upto_seq()
     signing_key = KeyStore(state_dir).load_signing_key()
-    server_problems = _server_problems(state_dir.parent / "server", entries, uploaded_upto, signing_key.public_key())
+    server_problems = _server_problems(Path(server_dir) if server_dir else state_dir.parent / "server", entries, uploaded_upto, signing_key.public_key())
     sessions: dict[str, list] = collections.defaultdict(list)
     for entry in entries:
         sessions[entry.session_id].append(entry)
@@ -262,23 +262,27 @@ def _audit(state_dir: Path, ledger: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_sigkill_at_random_points_never_double_charges_or_loses_a_charge(tmp_path):
+def _kill_rounds(tmp_path, state_dir: Path, ledger: Path, kill_points: int, extra_argv=(), before_round=None):
+    """Kill the driver at ``kill_points`` random points (half after a random delay, half right after a chosen
+    step), then let a fresh interpreter recover; returns (kills per step, the audit, a one-line summary)."""
     started = time.monotonic()
     rng = random.Random(SEED)
-    state_dir, ledger = tmp_path / "state", tmp_path / "board.ledger"
-    _provision(state_dir, tmp_path / "bundles")
     kills_at = collections.Counter()
     rounds = fresh_runs = 0
+    ended_by_full_disk = []
     stderr_log = tmp_path / "driver-stderr.log"
     with open(stderr_log, "wb") as err:
         zygote_proc = subprocess.Popen([sys.executable, str(DRIVER), "--zygote"], stdin=subprocess.PIPE,
                                        stdout=subprocess.PIPE, stderr=err)
     zygote_lines = LineReader(zygote_proc.stdout)
     try:
-        while sum(kills_at.values()) < KILL_POINTS:
+        while sum(kills_at.values()) < kill_points:
             rounds += 1
-            assert rounds < KILL_POINTS * 3, f"too few rounds ended in a kill: {kills_at}"
-            argv = ["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED * 10_000 + rounds)]
+            assert rounds < kill_points * 3, f"too few rounds ended in a kill: {kills_at}"
+            if before_round is not None:
+                before_round(rng)
+            argv = ["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED * 10_000 + rounds),
+                    *extra_argv]
             if rounds % 10 == 0:  # now and then a whole new interpreter, as after a real power cut
                 driver = Driver.fresh(argv, stderr_log)
                 fresh_runs += 1
@@ -306,21 +310,24 @@ def test_sigkill_at_random_points_never_double_charges_or_loses_a_charge(tmp_pat
             where = driver.kill_now()
             if where is not None:
                 kills_at[where] += 1
+            if "disk-full" in driver.markers:
+                ended_by_full_disk.append(rounds)
     finally:
         zygote_proc.stdin.close()
         zygote_proc.wait(ROUND_TIMEOUT_S)
         zygote_lines.close()
     assert "Traceback" not in stderr_log.read_text(), stderr_log.read_text()
     final = Driver.fresh(["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED),
-                          "--purchases", "0"], stderr_log)  # a fresh interpreter that only recovers
+                          "--purchases", "0", *extra_argv], stderr_log)  # a fresh interpreter that only recovers
     final.finish()
-    audit = _audit(state_dir, ledger)
-    elapsed = time.monotonic() - started
-    print(f"\nkill test: {sum(kills_at.values())} kill points in {rounds} runs ({fresh_runs} fresh "
-          f"interpreters, the rest forked), {elapsed:.1f} s; "
-          f"kills per step: {dict(sorted(kills_at.items()))}")
-    print({k: (v if isinstance(v, int) else len(v)) for k, v in audit.items()})
+    audit = _audit(state_dir, ledger, *(extra_argv[1:2] if "--server-dir" in extra_argv else ()))
+    summary = (f"{sum(kills_at.values())} kill points in {rounds} runs ({fresh_runs} fresh interpreters, the rest "
+               f"forked, {len(ended_by_full_disk)} ended by a full disk), {time.monotonic() - started:.1f} s; "
+               f"kills per step: {dict(sorted(kills_at.items()))}")
+    return kills_at, audit, summary
 
+
+def _assert_money_intact(audit) -> None:
     assert audit["chain_problems"] == []
     assert audit["double_charges"] == []
     assert audit["lost_charges"] == []
@@ -335,11 +342,66 @@ def test_sigkill_at_random_points_never_double_charges_or_loses_a_charge(tmp_pat
     assert audit["over_funds"] == []
     assert audit["unit_exposure_over_cap"] == 0
     assert audit["server_problems"] == []
-    assert audit["uploaded_upto_seq"] > 0, "the simulated nightly sync should have run"
     assert audit["open_after_recovery"] == 0
+
+
+def test_sigkill_at_random_points_never_double_charges_or_loses_a_charge(tmp_path):
+    state_dir, ledger = tmp_path / "state", tmp_path / "board.ledger"
+    _provision(state_dir, tmp_path / "bundles")
+    kills_at, audit, summary = _kill_rounds(tmp_path, state_dir, ledger, KILL_POINTS)
+    print(f"\nkill test: {summary}")
+    print({k: (v if isinstance(v, int) else len(v)) for k, v in audit.items()})
+
+    _assert_money_intact(audit)
+    assert audit["uploaded_upto_seq"] > 0, "the simulated nightly sync should have run"
     assert audit["charges"] > 50, "the driver should have completed many purchases"
     if KILL_POINTS >= 200:  # the kills really spread over every purchase step (authorize is a quick read)
         for step in MAIN_STEPS:
             wanted = 1 if step == "authorize" else 3
             assert kills_at[step] >= wanted, f"only {kills_at[step]} kills in step {step!r}: {kills_at}"
         assert kills_at["recover-settle"] >= 1 and kills_at["sync-export"] + kills_at["sync-upload"] >= 1, kills_at
+
+
+def test_sigkill_while_the_disk_fills_never_double_charges_or_loses_a_charge(tmp_path):
+    """50 kill points with the unit's state on an 8 MiB disk that fills up and empties between runs: a full
+    disk ends a run as the unit goes out of service, the next run with room recovers, the money stays exact."""
+    import contextlib
+
+    from test_journal_faults import fill
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here")
+    try:
+        state_dir, ledger, server = disk / "state", tmp_path / "board.ledger", tmp_path / "server"
+        _provision(state_dir, tmp_path / "bundles")
+        full_runs = []
+
+        def squeeze(rng):
+            """Before each run: leave the disk as it is, fill it to a random last few KiB, or free it."""
+            filler = disk / "filler"
+            choice = rng.random()
+            if choice < 0.35:
+                with contextlib.suppress(FileNotFoundError):
+                    filler.unlink()
+                fill(disk)
+                spare = rng.choice([0, 4096, 16384, 65536, 262144])
+                if spare:
+                    with open(filler, "r+b") as handle:
+                        handle.truncate(max(0, filler.stat().st_size - spare))
+                full_runs.append(spare)
+            elif choice < 0.65:
+                with contextlib.suppress(FileNotFoundError):
+                    filler.unlink()
+
+        kills_at, audit, summary = _kill_rounds(tmp_path, state_dir, ledger, 50,
+                                                ["--server-dir", str(server), "--disk-may-fill"], squeeze)
+        print(f"\nkill test with a filling disk: {summary}; {len(full_runs)} runs began on a nearly full disk")
+        print({k: (v if isinstance(v, int) else len(v)) for k, v in audit.items()})
+        _assert_money_intact(audit)
+        assert len(full_runs) >= 10 and audit["charges"] > 20
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -5,7 +5,8 @@ back an older copy of the database does not take the mark with it:
 
 - line 1: JSON ``{"verified_seq": N, "verified_hash": H}``: the chain up to N was verified (by the unit at
   start-up); the next start verifies only what came after it (incremental, fast at any journal size);
-- then one ``<seq> <hash>`` line per entry appended (a small write after each commit): the high-water mark. A journal whose head is below it lost committed entries (a deleted WAL, a restored
+- then one ``<seq> <hash> <crc32>`` line per entry appended (a small write after each commit): the
+  high-water mark (a torn or fused line fails its checksum and is ignored: the mark can only lag). A journal whose head is below it lost committed entries (a deleted WAL, a restored
   copy), and the unit refuses to serve on it.
 
 ``probe_durable_write`` is how a journal fault is judged cleared: a row written and committed in the database
@@ -18,6 +19,7 @@ import logging
 import os
 import sqlite3
 import time
+import zlib
 from pathlib import Path
 
 from ..errors import JournalCorrupt, JournalError
@@ -75,9 +77,9 @@ class JournalMark:
                                  "the unit cannot tell whether entries were lost") from None
         high_water = verified_seq
         for line in lines[1:]:
-            seq, _, digest = line.partition(" ")
-            if seq.isdigit() and len(digest) == 64:
-                high_water = max(high_water, int(seq))
+            seq = _checked_note(line)
+            if seq is not None:
+                high_water = max(high_water, seq)
         return verified_seq, verified_hash, high_water
 
     def note(self, seq: int, digest: str) -> None:
@@ -94,7 +96,8 @@ class JournalMark:
                 if not self.path.exists():
                     self.rewrite(0, None)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND)
-            os.write(self._fd, f"{seq} {digest}\n".encode("ascii"))  # no fsync: see note()
+            line = _note_line(seq, digest)
+            os.write(self._fd, (b"\n" + line) if self.failed else line)  # no fsync: see note()
             self.failed = None
         except OSError as exc:
             self.close()
@@ -119,6 +122,21 @@ class JournalMark:
             except OSError:
                 pass
             self._fd = None
+
+
+def _note_line(seq: int, digest: str) -> bytes:
+    """``<seq> <hash> <crc32>``: a line torn by a full disk or a power cut, or fused with the next, fails its check."""
+    body = f"{seq} {digest}"
+    return f"{body} {zlib.crc32(body.encode('ascii')):08x}\n".encode("ascii")
+
+
+def _checked_note(line: str) -> int | None:
+    """The seq a high-water line names, or None for a torn, fused or foreign line (ignored: the mark only lags)."""
+    parts = line.split(" ")
+    if len(parts) != 3 or not parts[0].isdigit() or len(parts[1]) != 64:
+        return None
+    body = f"{parts[0]} {parts[1]}"
+    return int(parts[0]) if f"{zlib.crc32(body.encode('ascii')):08x}" == parts[2] else None
 
 
 def check_integrity(journal) -> str:
