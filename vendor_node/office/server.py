@@ -129,8 +129,9 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     class OfficeServer(BaseApplication):
         def load_config(self):
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+            access = None if os.environ.get("VENDOR_NODE_OFFICE_ACCESS_LOG") == "0" else "-"  # benches: off
             for key, value in {"bind": bind, "workers": workers, "threads": threads, "timeout": 60,
-                               "accesslog": "-", "graceful_timeout": 10, "limit_request_line": 8190}.items():
+                               "accesslog": access, "graceful_timeout": 10, "limit_request_line": 8190}.items():
                 self.cfg.set(key, value)
 
         def load(self):

@@ -1,0 +1,218 @@
+#!/usr/bin/env python3
+"""Load figure for the back office: many simulated units upload a night of purchases, post a heartbeat
+and pull their bundle, N at a time, over loopback HTTP against `vendor-node office serve` on PostgreSQL.
+
+    .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --concurrency 50
+    .venv/bin/python scripts/bench_office.py --bundle-employees 10000      # bundle build time only
+
+A throwaway PostgreSQL server is started (Debian's postgresql) unless --db names one. Each unit's batch
+is the exact signed format `journal export` writes (entries hash-chained, signed by the unit's own key).
+Prints per-request p50/p95/max, then checks the ledger: every entry ingested once, every balance equal
+to top-ups minus charges. Exit 1 when a check fails.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import os
+import random
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from vendor_node.money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
+from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
+from vendor_node.office.unit_client import UnitClient, fingerprint, raw_public_key
+
+PRICES = (90, 120, 150, 175, 200, 250, 300)
+
+
+def night_batch(key, unit_id: str, employees: list[str], purchases: int, rng: random.Random) -> tuple[bytes, dict]:
+    """A signed journal batch of ``purchases`` vended sales (begin, approve, succeed each); per-employee charges."""
+    entries, prev, seq, charged = [], GENESIS_HASH, 0, {}
+    ts = int((time.time() - 8 * 3600) * 1e6)
+    for _ in range(purchases):
+        session, employee, amount, item = uuid.uuid4().hex, rng.choice(employees), rng.choice(PRICES), str(rng.randint(1, 40))
+        for kind, emp, it, cents in (("session_begun", None, None, None), ("vend_approved", employee, item, amount),
+                                     ("vend_succeeded", employee, item, amount)):
+            seq += 1
+            ts += rng.randint(1000, 90_000_000)
+            digest = chain_hash(prev, canonical_entry(seq, ts, kind, session, emp, it, cents, None))
+            entries.append({"seq": seq, "ts_us": ts, "kind": kind, "session_id": session, "employee_id": emp,
+                            "item": it, "amount_cents": cents, "detail": None, "prev_hash": prev, "hash": digest})
+            prev = digest
+        charged[employee] = charged.get(employee, 0) + amount
+    body = {"format": BATCH_FORMAT, "version": BATCH_VERSION, "unit_id": unit_id,
+            "batch_id": f"00000001-{seq:08d}-{prev[:16]}", "first_seq": 1, "last_seq": seq, "created_us": ts,
+            "prev_hash": GENESIS_HASH, "last_hash": prev, "charged_cents": sum(charged.values()),
+            "unit_public_key": base64.b64encode(raw_public_key(key)).decode(), "entries": entries}
+    document = {"body": body, "signature": base64.b64encode(key.sign(_canonical(body))).decode()}
+    return _canonical(document) + b"\n", charged
+
+
+def heartbeat() -> bytes:
+    return json.dumps({"firmware": "bench", "model": "bench", "bundle_version": 0, "last_purchase_at": time.time(),
+                       "out_of_service": None, "faults": [], "free_disk_bytes": 10 ** 9, "journal_ok": True,
+                       "journal_head_seq": 0, "clock": time.time(), "key_mode": "software"}).encode()
+
+
+def pct(values, q):
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
+
+
+def start_office(db_url: str, keys: Path, workers: int, threads: int) -> tuple[subprocess.Popen, str]:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(keys.parent / "office.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "vendor_node", "office", "serve", "--db", db_url, "--fleet-keys",
+                             str(keys), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads",
+                             str(threads)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            env={**os.environ, "VENDOR_NODE_OFFICE_ACCESS_LOG": "0"})
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            urllib.request.urlopen(base + "/healthz", timeout=2).read()
+            return proc, base
+        except OSError:
+            if proc.poll() is not None:
+                break
+            time.sleep(0.2)
+    raise SystemExit(f"office did not start; see {keys.parent / 'office.log'}")
+
+
+def bundle_build_time(employees: int) -> float:
+    from django.db import transaction
+
+    from vendor_node.office.bundles import current_bundle
+    from vendor_node.office.models import Employee, TopUp, Unit
+
+    with transaction.atomic():
+        made = Employee.objects.bulk_create([Employee(employee_id=f"B{i:06d}", name=f"Bench Person {i}")
+                                             for i in range(employees)], batch_size=2000)
+        TopUp.objects.bulk_create([TopUp(employee=e, amount_cents=2000, source="manual") for e in made], batch_size=2000)
+        unit = Unit.objects.create(unit_id="bundle-bench", fingerprint="0" * 64)
+    started = time.perf_counter()
+    issued = current_bundle(unit)
+    elapsed = time.perf_counter() - started
+    print(f"bundle for {Employee.objects.filter(deleted_at__isnull=True).count()} employees: built and signed in "
+          f"{elapsed:.2f} s ({len(bytes(issued.data)) / 1e6:.1f} MB)", flush=True)
+    return elapsed
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--db", help="postgresql://... (default: a throwaway PostgreSQL server)")
+    parser.add_argument("--units", type=int, default=1000)
+    parser.add_argument("--purchases", type=int, default=200, help="purchases per unit in its night")
+    parser.add_argument("--employees", type=int, default=500)
+    parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--workers", type=int, default=4)
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--bundle-employees", type=int, default=0, help="only time one bundle of this many employees")
+    parser.add_argument("--seed", type=int, default=1)
+    args = parser.parse_args()
+
+    from vendor_node.money.keys import generate_fleet_keys
+    from vendor_node.office import pgtemp
+    from vendor_node.office.server import prepare
+
+    root = Path(tempfile.mkdtemp(prefix="bench-office-"))
+    keys = root / "keys"
+    generate_fleet_keys(keys)
+    pg = None if args.db else pgtemp.ThrowawayPostgres().start()
+    db_url = args.db or pg.url
+    proc = None
+    try:
+        prepare(db_url, keys)
+        if args.bundle_employees:
+            return 0 if bundle_build_time(args.bundle_employees) <= 2.0 else 1
+        from django.db import connections, transaction
+
+        from vendor_node.office.models import Employee, JournalEntry, TopUp, Unit
+        from vendor_node.office import ledger
+
+        rng = random.Random(args.seed)
+        employees = [f"E{i:05d}" for i in range(args.employees)]
+        unit_keys = [Ed25519PrivateKey.generate() for _ in range(args.units)]
+        with transaction.atomic():
+            made = Employee.objects.bulk_create([Employee(employee_id=e, name=f"Employee {e}") for e in employees])
+            TopUp.objects.bulk_create([TopUp(employee=e, amount_cents=1_000_000, source="manual") for e in made])
+            Unit.objects.bulk_create([Unit(unit_id=f"bench-{i:04d}", fingerprint=fingerprint(k))
+                                      for i, k in enumerate(unit_keys)])
+        connections.close_all()
+        proc, base = start_office(db_url, keys, args.workers, args.threads)
+        timings = {"journal": [], "heartbeat": [], "bundle": []}
+        failures, charged_total, lock = [], {}, threading.Lock()
+
+        # each unit's night is made before the clock starts (a real unit builds its batch on its own CPU)
+        nights = root / "nights"
+        nights.mkdir()
+        for i, key in enumerate(unit_keys):
+            batch, charged = night_batch(key, f"bench-{i:04d}", employees, args.purchases,
+                                         random.Random(args.seed * 100_003 + i))
+            (nights / f"{i}.json").write_bytes(batch)
+            for e, c in charged.items():
+                charged_total[e] = charged_total.get(e, 0) + c
+
+        def one_unit(i: int):
+            unit_id, key = f"bench-{i:04d}", unit_keys[i]
+            batch = (nights / f"{i}.json").read_bytes()
+            client = UnitClient(base, unit_id, key, timeout=120)
+            for what, method, body, query in (("journal", "POST", batch, ""), ("heartbeat", "POST", heartbeat(), ""),
+                                              ("bundle", "GET", b"", "after=0")):
+                started = time.perf_counter()
+                status, data = client.request(method, what, body, query)
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    timings[what].append(elapsed)
+                    if status != 200:
+                        failures.append(f"{unit_id} {what}: {status} {data[:200]!r}")
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(args.concurrency) as pool:
+            list(pool.map(one_unit, range(args.units)))
+        wall = time.perf_counter() - started
+        everything = [t for v in timings.values() for t in v]
+        print(f"{args.units} units x {args.purchases} purchases ({args.units * args.purchases * 3} journal entries), "
+              f"{args.concurrency} concurrent, PostgreSQL, gunicorn {args.workers}x{args.threads}: {wall:.1f} s")
+        for what, values in timings.items():
+            print(f"  {what:9} n={len(values):5}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms  "
+                  f"max {max(values):7.1f} ms")
+        print(f"  all       n={len(everything):5}  p50 {pct(everything, 50):7.1f} ms  p95 {pct(everything, 95):7.1f} ms")
+        ingested = JournalEntry.objects.count()
+        expected_entries = args.units * args.purchases * 3
+        balances = ledger.balances()
+        wrong = [e for e in employees if balances[e] != 1_000_000 - charged_total.get(e, 0)]
+        print(f"ledger: {ingested} entries ingested (expected {expected_entries}), {len(failures)} failed requests, "
+              f"{len(wrong)} balances differing from top-ups minus charges")
+        for line in failures[:5]:
+            print("  " + line)
+        return 0 if ingested == expected_entries and not failures and not wrong else 1
+    finally:
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+        if pg is not None:
+            from django.db import connections
+
+            connections.close_all()
+            pg.stop()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
