@@ -318,7 +318,7 @@ def test_fleet_bundle_refuses_control_characters_in_names(unit, capsys):
     bad.write_text("employee_id,display_name,funds\nE1,Ann\x1b[2J,1\n")
     code, out = make_bundle(unit, 5, csv=bad)
     assert code == 1 and not out.exists()
-    assert "control character" in capsys.readouterr().err
+    assert "line 2, column display_name: contains the control character U+001B" in capsys.readouterr().err
 
 
 def test_fleet_bundle_journal_position_counts_only_later_charges(unit, capsys):

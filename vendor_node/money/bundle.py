@@ -46,7 +46,7 @@ import math
 import re
 import struct
 import unicodedata
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
@@ -196,7 +196,7 @@ def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundl
     except RecursionError:  # a signed bundle is still input: nesting deep enough to crash the parser is refused
         raise BundleError(f"{source}: signed payload nests too deeply to be a bundle") from None
     bundle = _validate_payload(raw, source)
-    return _with_hash(bundle, hashlib.sha256(data).hexdigest())
+    return replace(bundle, sha256=hashlib.sha256(data).hexdigest())
 
 
 def read_bundle_file(path: Path | str, fleet_key: Ed25519PublicKey) -> Bundle:
@@ -211,10 +211,11 @@ def read_bundle_file(path: Path | str, fleet_key: Ed25519PublicKey) -> Bundle:
     return decode_bundle(data, fleet_key, str(path))
 
 
-def _with_hash(bundle: Bundle, digest: str) -> Bundle:
-    from dataclasses import replace
-
-    return replace(bundle, sha256=digest)
+def control_character(text: str) -> str | None:
+    """The first control character (or line/paragraph separator) in ``text`` as U+XXXX, or None: a name
+    reaches a display, a log line and a CSV export, none of which may be steered by it."""
+    bad = next((c for c in text if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+    return None if bad is None else f"U+{ord(bad):04X}"
 
 
 class _Checker:
@@ -254,9 +255,9 @@ class _Checker:
     def text(self, value, where: str, max_chars: int = 200) -> str:
         if not isinstance(value, str) or not value.strip() or len(value) > max_chars:
             self.fail(where, f"expected a non-empty string of at most {max_chars} characters, got {value!r}")
-        bad = next((c for c in value if unicodedata.category(c) in ("Cc", "Zl", "Zp")), None)
+        bad = control_character(value)
         if bad is not None:
-            self.fail(where, f"contains the control character U+{ord(bad):04X}")
+            self.fail(where, f"contains the control character {bad}")
         return value
 
     def employee_id(self, value, where: str) -> str:

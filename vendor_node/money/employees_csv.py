@@ -11,7 +11,7 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 from ..errors import BundleError
-from .bundle import EMPLOYEE_ID_RE, FUNDING, MAX_NAME_CHARS, STATUSES, EmployeeRecord
+from .bundle import EMPLOYEE_ID_RE, FUNDING, MAX_NAME_CHARS, STATUSES, EmployeeRecord, control_character
 
 CSV_REQUIRED = ("employee_id", "display_name", "funds")
 CSV_OPTIONAL = ("status", "funding", "per_purchase_cap", "per_day_cap")
@@ -86,6 +86,8 @@ def parse_employees_csv(path: Path | str) -> tuple[list[EmployeeRecord], list[st
                 name = cells["display_name"]
                 if not name or len(name) > MAX_NAME_CHARS:
                     fail(line, "display_name", f"must be 1 to {MAX_NAME_CHARS} characters")
+                if control_character(name):
+                    fail(line, "display_name", f"contains the control character {control_character(name)}")
                 funding = cells.get("funding") or "prepaid"
                 if funding not in FUNDING:
                     fail(line, "funding", f"must be prepaid or payroll, got {funding!r}")
