@@ -194,3 +194,26 @@ def test_heartbeat_health_and_alerts_json(setup):
         problems = client.get("/api/v1/alerts", headers={"Authorization": "Bearer s3cret-token"}).json()["alerts"]
     text = " ".join(a["problem"] for a in problems)
     assert "clock off" in text and "out of service: camera fault" in text and "journal broken" in text
+
+
+def test_a_revocation_deletes_only_an_older_enrollment(setup):
+    from vendor_node.office.models import SealedTemplate
+
+    client, unit, keys = setup
+    enrolled_at = time.time()
+    record = {"employee_id": "E0001", "sealed": base64.b64encode(b"\x02" * 200).decode(), "consent_version": "v1",
+              "consented_at": enrolled_at}
+
+    def send(document):
+        answer = call(client, unit, "POST", "templates", json.dumps(document).encode())
+        assert answer.status_code == 200, answer.content
+        return verify_receipt(keys, answer.json())
+
+    send({"templates": [record], "revocations": []})
+    receipt = send({"templates": [], "revocations": [{"employee_id": "E0001", "revoked_at": enrolled_at - 60}]})
+    assert receipt["revocations"] == ["E0001"]
+    assert SealedTemplate.objects.filter(employee__employee_id="E0001").exists()  # a later enrollment stays
+    send({"templates": [], "revocations": [{"employee_id": "E0001", "revoked_at": enrolled_at + 60}]})
+    assert not SealedTemplate.objects.filter(employee__employee_id="E0001").exists()
+    bad = call(client, unit, "POST", "templates", json.dumps({"templates": [dict(record, sealed="!!")]}).encode())
+    assert bad.status_code == 400 and "templates[0].sealed" in bad.json()["error"]
