@@ -264,6 +264,7 @@ def test_signed_round_push_before_pull_receipt_moves_the_mark(cfg, office):
     assert unit == "unit-7" and beat["journal_ok"] and beat["journal_head_seq"] == 3
     assert beat["bundle_version"] == 1 and beat["out_of_service"] is None
     assert beat["key_mode"] == KeyStore.from_config(cfg).key_mode
+    assert beat["faults"] == [] and abs(beat["clock"] - time.time()) < 60
     assert set(beat) == {"firmware", "model", "bundle_version", "last_purchase_at", "out_of_service", "faults",
                          "free_disk_bytes", "journal_ok", "journal_head_seq", "clock", "key_mode"}
 

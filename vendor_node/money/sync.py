@@ -32,6 +32,7 @@ from .sync_transport import FolderTransport, HttpTransport, RunBudget
 
 log = logging.getLogger("vendor_node.sync")
 
+CLOCK_FAULT_S = 300.0  # a wall clock this far behind the journal's own time is reported as a fault
 TEMPLATES_SENT_FILE = "templates-sent.json"  # folder transport: which enrollment each queued id was sent as
 RECEIPTS_APPLIED_FILE = "receipts-applied.json"  # folder transport: receipt files already acted on
 
@@ -291,6 +292,9 @@ def heartbeat_document(cfg, store, journal) -> dict:
     unknown = len(journal.unknown_outcomes())
     if unknown:
         faults.append(f"{unknown} vend outcomes await a technician's review")
+    behind = journal.clock_behind_s()
+    if behind > CLOCK_FAULT_S:  # the office sees the offset too; this says the unit noticed it itself
+        faults.append(f"clock: {behind:.0f} s behind the journal's newest entry")
     try:
         free = shutil.disk_usage(cfg.state_dir).free
     except OSError:
