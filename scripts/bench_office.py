@@ -197,7 +197,7 @@ def main() -> int:
         ingested = JournalEntry.objects.count()
         expected_entries = args.units * args.purchases * 3
         balances = ledger.balances()
-        wrong = [e for e in employees if balances[e] != 1_000_000 - charged_total.get(e, 0)]
+        wrong = [e for e in employees if balances[e] != 1_000_000 - charged_total.get(e, 0)] + ledger.check_totals()
         print(f"ledger: {ingested} entries ingested (expected {expected_entries}), {len(failures)} failed requests, "
               f"{len(wrong)} balances differing from top-ups minus charges")
         for line in failures[:5]:

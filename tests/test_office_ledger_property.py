@@ -78,6 +78,7 @@ def test_balance_is_topups_minus_charges_under_any_interleaving(office, steps):
             for e in EMPLOYEES:
                 assert ledger.balance_cents(e) == topped[e] - charges[e]
             assert JournalEntry.objects.count() == sum(ingested_upto)  # each (unit, seq) exactly once
+            assert ledger.check_totals() == []  # the running totals agree with the entries
         for u, unit in enumerate(units):  # the nightly sync: everything reaches the office
             response = call(client, unit, "POST", "journal", unit.batch())
             assert response.status_code == 200

@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
-from .models import JournalBatch, JournalEntry, Unit
+from .models import ChargeTotal, JournalBatch, JournalEntry, Unit
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
 _NULLABLE = {"employee_id": str, "item": str, "amount_cents": int, "detail": str}
@@ -156,6 +156,7 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                      detail=e.get("detail"), prev_hash=e["prev_hash"], hash=e["hash"], charged_cents=_charge(e),
                      batch_id=body["batch_id"])
         for e in new], batch_size=500)
+    _add_to_totals(new)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = ""
@@ -164,6 +165,24 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                                         entries=len(new))
     unit.save(update_fields=["last_seq", "last_hash", "gap"])
     return receipt_for(unit, batch)
+
+
+def _add_to_totals(entries: list[dict]) -> None:
+    """Add the new charges to each employee's running total (same transaction as the entries). Rows are
+    touched in employee order, so two units' uploads never wait on each other in a circle."""
+    from django.db import connection
+
+    sums: dict[str, int] = {}
+    for e in entries:
+        if _charge(e) and e.get("employee_id"):
+            sums[e["employee_id"]] = sums.get(e["employee_id"], 0) + _charge(e)
+    if not sums:
+        return
+    table = ChargeTotal._meta.db_table
+    with connection.cursor() as cursor:
+        cursor.executemany(
+            f"INSERT INTO {table} (employee_id, charged_cents) VALUES (%s, %s) ON CONFLICT (employee_id) "
+            f"DO UPDATE SET charged_cents = {table}.charged_cents + excluded.charged_cents", sorted(sums.items()))
 
 
 class _GapRefused(UnitRequestRefused):

@@ -24,7 +24,7 @@ from django.utils import timezone
 from ..errors import BundleError, OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.employees_csv import parse_amount_cents, parse_employees_csv
-from .models import Employee, JournalEntry, TopUp, audit
+from .models import ChargeTotal, Employee, JournalEntry, TopUp, audit
 
 MAX_TOPUP_CENTS = 1_000_000_00  # one top-up above 1,000,000.00 is a typo, not a top-up
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -35,7 +35,7 @@ def topped_up_cents(employee_id: str) -> int:
 
 
 def charged_cents(employee_id: str) -> int:
-    return JournalEntry.objects.filter(employee_id=employee_id).aggregate(s=Sum("charged_cents"))["s"] or 0
+    return ChargeTotal.objects.filter(employee_id=employee_id).values_list("charged_cents", flat=True).first() or 0
 
 
 def balance_cents(employee_id: str) -> int:
@@ -47,9 +47,18 @@ def balances() -> dict[str, int]:
     result = {eid: 0 for eid in Employee.objects.values_list("employee_id", flat=True)}
     for row in TopUp.objects.values("employee__employee_id").annotate(s=Sum("amount_cents")):
         result[row["employee__employee_id"]] = row["s"] or 0
-    for row in JournalEntry.objects.filter(charged_cents__gt=0).values("employee_id").annotate(s=Sum("charged_cents")):
-        result[row["employee_id"]] = result.get(row["employee_id"], 0) - (row["s"] or 0)
+    for employee_id, charged in ChargeTotal.objects.values_list("employee_id", "charged_cents"):
+        result[employee_id] = result.get(employee_id, 0) - charged
     return result
+
+
+def check_totals() -> list[str]:
+    """Each running charge total against the sum of the ingested entries themselves; the differences."""
+    summed = {row["employee_id"]: row["s"] for row in JournalEntry.objects.filter(charged_cents__gt=0)
+              .values("employee_id").annotate(s=Sum("charged_cents"))}
+    kept = dict(ChargeTotal.objects.values_list("employee_id", "charged_cents"))
+    return [f"{e}: total {kept.get(e, 0)}, entries {summed.get(e, 0)}"
+            for e in sorted(set(summed) | set(kept)) if kept.get(e, 0) != summed.get(e, 0)]
 
 
 def funds_cents(employee: Employee, balance: int) -> int:

@@ -171,3 +171,10 @@ def audit(user, action: str, target: str = "", detail: str = "") -> AuditEntry:
     name = getattr(user, "username", None) or str(user or "system")
     return AuditEntry.objects.create(user=name[:150], action=action[:64], target=str(target)[:100],
                                      detail=str(detail)[:500])
+
+
+class ChargeTotal(models.Model):
+    """Running sum of an employee's ingested charges, kept in each ingest's transaction so a bundle reads
+    one row per employee instead of summing the whole history; `ledger.check_totals` recomputes it."""
+    employee_id = models.CharField(max_length=64, unique=True)
+    charged_cents = models.BigIntegerField(default=0)
