@@ -29,7 +29,8 @@ ROI_SIDE = 1.45
 ROI_GAP = 0.3 / 1.45
 ROI_PALM_SHIFT = 0.1
 AXIS_TIP_BACK = 2.8  # fingers together: the ROI sits this many palm radii back from the farthest fingertip
-VALLEY_DEPTH = 0.3  # convexity-defect depth in palm radii
+VALLEY_DEPTH = 0.45  # convexity-defect depth in palm radii
+VALLEY_DEPTH_CLOSE = 0.3  # the same in close-ups and between fingers that leave the frame: fingers look shorter
 OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther out than the middle/ring one
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
@@ -48,6 +49,7 @@ class Shape:
     extent: float  # how far the hand reaches from the palm centre towards the fingers, in palm radii
     contour: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     tip_index: dict[str, int] = field(default_factory=dict)  # named fingertip -> its index on ``contour``
+    fingers_leave_frame: bool = False  # a close-up, or a valley was found between fingers that leave the frame
 
 
 def gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius: float) -> list[np.ndarray]:
@@ -66,27 +68,29 @@ def gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius
 
 
 def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radius: float,
-                 wrist: np.ndarray | None, holes: list[np.ndarray] = ()) -> Shape:
+                 wrist: np.ndarray | None, holes: list[np.ndarray] = (), close_up: bool = False) -> Shape:
     """Fingertips from the convex hull, valleys from the contour (and gap holes) between neighbouring tips."""
     h, w = mask.shape
     step = max(1, len(contour) // 400)
     poly = contour[::step]
     hull = cv2.convexHull(poly.reshape(-1, 1, 2).astype(np.int32), returnPoints=False)
     hull = np.sort(hull.reshape(-1))
-    valleys, tips_raw = [], []
+    valleys, tips_raw, leave = [], [], False
     try:
         defects = cv2.convexityDefects(poly.reshape(-1, 1, 2).astype(np.int32), hull.reshape(-1, 1))
     except cv2.error:
         defects = None
     on_border = lambda p: (p[0] <= 1) | (p[1] <= 1) | (p[0] >= w - 2) | (p[1] >= h - 2)  # noqa: E731
     for start, end, far, depth in _defects_split_at_border(poly, defects, on_border):
-        if depth < VALLEY_DEPTH * radius or on_border(far):
+        at_edge = bool(on_border(start) or on_border(end))  # fingers cut off by the frame look shorter
+        if depth < (VALLEY_DEPTH_CLOSE if at_edge or close_up else VALLEY_DEPTH) * radius or on_border(far):
             continue
         v1, v2 = start - far, end - far
         if float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-6)) < -0.2:
             continue  # wider than ~100 degrees: not between two fingers
         valleys.append(far)
         tips_raw += [start, end]
+        leave = leave or at_edge or close_up
     dist_all = np.linalg.norm(contour - center, axis=1)
     near = [v for v in valleys if np.linalg.norm(v - center) <= VALLEY_REACH * radius]
     if wrist is not None and len(near) >= 2 and float((np.mean(near, axis=0) - center) @ (wrist - center)) > 0:
@@ -124,7 +128,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
                 points[f"valley_{pair[0]}_{pair[1]}"] = valley
     valleys_sorted = sorted(near, key=angle)
     tip_index = {name: index for name, (index, _) in zip(names, tips) if name}
-    return Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index)
+    return Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index, leave)
 
 
 def _defects_split_at_border(poly: np.ndarray, defects, on_border):
@@ -259,7 +263,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6:
                 a, b = v[i], v[i + 2]
                 break
-        if a is None:
+        if a is None and shape.fingers_leave_frame:  # a close-up; with whole fingers in view the axis is steadier
             pair = _valley_pair(v, center, radius, shape.up, shape.contour)
             if pair is not None:
                 return pair

@@ -28,14 +28,14 @@ ROI_SIZE = palm_square.ROI_SIZE
 WORK_SIZE = 320
 
 # What the employee is told for each refusal reason.
-REASONS = {
-    "no_hand": "No hand seen: hold your open palm over the unit.",
-    "two_hands": "Two hands seen: hold one hand over the unit.",
-    "fingers_closed": "Open your hand and spread your fingers a little.",
-    "cut_off": "Part of your hand is outside the view: move it to the centre.",
-    "blurred": "Hold your hand still for a moment.",
-    "too_far": "Bring your hand a little closer.",
-    "too_close": "Move your hand a little further away.",
+REASONS = {  # short, and each says what to do (the unit looks up at the hand: nearer is lower)
+    "no_hand": "Hold your open hand flat over the unit.",
+    "two_hands": "One hand at a time, please.",
+    "fingers_closed": "Spread your fingers a little.",
+    "cut_off": "Move your hand to the centre.",
+    "blurred": "Hold still for a moment.",
+    "too_far": "Hold your hand a little lower.",
+    "too_close": "Hold your hand a little higher.",
     "bad_image": "The camera delivered an unusable picture.",
 }
 
@@ -45,6 +45,8 @@ DIM_FINGERS_HYSTERESIS = 0.4  # the second try, for close-ups whose fingers get 
 RETRY_REASONS = ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image", "cut_off")  # not blurred: that is the frame
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
+CLOSE_UP_AREA = 0.3  # a hand covering this much of the frame is a close-up (nir_dev 0.31-0.63; whole-hand
+# photos: 11k_full 0.16-0.29, webcam_hand2 0.16-0.30, coep_dev 0.22-0.38)
 MAX_HAND_AREA = 0.85  # of the frame: larger is "too close" (near-IR close-ups: 0.33-0.57, and nearer still)
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
 # Outline steepness (see palm_square.edge_sharpness, step measured 6 working px either side): photos 0.46 and up,
@@ -56,7 +58,7 @@ MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real pal
 MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
 PALM_BEYOND_FRAME = 0.25  # how far past the frame's edge the hand is taken to go on (of the short side)
-PALM_OUTSIDE = 0.3  # share of the palm circle's radius that may lie beyond the frame's edge
+PALM_OUTSIDE = 0.0  # share of the palm circle's radius that may lie beyond the frame's edge
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
 
@@ -114,7 +116,12 @@ def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
         # off halfway, so dimmer parts touching the hand are taken in further down. A pale hand on a pale
         # background next to a dark sleeve: the threshold split sleeve from the rest, so the hand is looked
         # for again as whatever differs from the background.
-        for method in ("dim_fingers", "background"):
+        # A wide wrist leaving the frame (the back of the hand, fingers down) can draw the palm circle out
+        # of the frame: tried again with the circle kept inside it.
+        # Whatever differs from the background would take in the hand's shadow at the frame's edge: not for
+        # a hand refused as cut off.
+        retries = ("otsu_in_frame", "dim_fingers") if first.reason == "cut_off" else ("dim_fingers", "background")
+        for method in retries:
             try:
                 return _hand_in(grey, work, scale, method, trace=trace)
             except HandRejected:
@@ -156,7 +163,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
         raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
-    shape = handshape.find_fingers(contour, mask, center, radius, wrist, holes)
+    shape = handshape.find_fingers(contour, mask, center, radius, wrist, holes, close_up=area >= CLOSE_UP_AREA)
     trace["keypoints"] = {name: point * scale for name, point in shape.points.items()}
     trace["tips"] = [t * scale for t in shape.tips]
     trace["valleys"] = [v * scale for v in shape.valleys]
@@ -169,7 +176,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     if not palm_square.inside_frame(roi_center, axis_x, side, mask.shape):
         raise reject(spill if spills else "cut_off")
     cut_sides = _palm_cut_sides(center, radius, axis_x, mask.shape)
-    if (spills or cut_sides) and alignment == "axis":  # no valleys place the palm, and it runs out of the frame
+    if alignment == "axis" and (spills or cut_sides - {"heel"}):  # no valleys place it, and it runs out of view
         raise reject(spill)
     if "across" in cut_sides and (alignment == "valley_pair" or
                                   not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05)):
@@ -208,8 +215,9 @@ def _validated(image) -> np.ndarray:
 
 def _find_hand(work: np.ndarray, method: str):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
-    mask, contrast, unfilled = _segment(work, method)
-    center, radius = _palm_circle(mask)
+    in_frame = method.endswith("_in_frame")
+    mask, contrast, unfilled = _segment(work, method.removesuffix("_in_frame"))
+    center, radius = _palm_circle(mask, 0.0 if in_frame else PALM_OUTSIDE)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
@@ -295,15 +303,15 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
 
 
-def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
+def _palm_circle(mask: np.ndarray, outside: float = PALM_OUTSIDE) -> tuple[np.ndarray, float]:
     """Centre and radius of the largest circle inside the hand: the palm. Where the hand leaves the frame
     it is taken to go on as it left (the outline continued straight out), so the frame's edge does not
     shrink or move the circle when the wrist or the heel of the hand lies outside; at most a
-    ``PALM_OUTSIDE`` share of the radius may lie beyond the frame."""
+    ``outside`` share of the radius may lie beyond the frame."""
     h, w = mask.shape
     padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     _, radius, _, loc = cv2.minMaxLoc(cv2.distanceTransform(padded, cv2.DIST_L2, 5))
-    if min(loc[0] - 1, loc[1] - 1, w - loc[0], h - loc[1]) > radius + 1:
+    if outside <= 0 or min(loc[0] - 1, loc[1] - 1, w - loc[0], h - loc[1]) > radius + 1:
         return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)  # clear of the frame's edge
     pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
     extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
@@ -311,7 +319,7 @@ def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
     dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
     ys, xs = np.ogrid[0:h, 0:w]
     to_edge = np.minimum(np.minimum(xs, w - 1 - xs), np.minimum(ys, h - 1 - ys)).astype(np.float32)
-    allowed = np.where(to_edge + 1 >= (1 - PALM_OUTSIDE) * dist, dist, 0)
+    allowed = np.where(to_edge + 1 >= (1 - outside) * dist, dist, 0)
     _, radius, _, loc = cv2.minMaxLoc(allowed)
     return np.array(loc, dtype=np.float32), float(radius)
 
@@ -336,17 +344,20 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple
     # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
     # barely grazing the edge is kept, anything more is a part of the hand outside the view.
     merged: list[list[int]] = []
+    finger_like = lambda a, b: 0.2 * radius <= b - a <= 0.8 * radius  # noqa: E731
     for a, b in runs:
         if merged and a - merged[-1][1] < 0.6 * radius:
             merged[-1][1] = b
-            merged[-1][2] += 1
+            merged[-1][2] += finger_like(a, b)
         else:
-            merged.append([a, b, 1])
+            merged.append([a, b, int(finger_like(a, b))])
     runs = sorted((r for r in merged if r[1] - r[0] >= max(3.0, 0.2 * radius)), key=lambda r: r[0] - r[1])
-    if runs and runs[0][2] >= 3:  # three or more pieces side by side are fingers leaving the frame, not an arm
-        return None, True
     if not runs:
         return None, False
+    if runs and runs[0][2] >= 3:  # three finger-wide pieces side by side: fingers leaving the frame, not an arm
+        return None, True
+    if len(runs) >= 2 and runs[0][1] - runs[0][0] < 0.8 * radius:  # only finger-wide contacts: no arm in sight
+        return None, True
     a, b = runs[0][:2]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
     # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
     border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
@@ -367,7 +378,7 @@ def _palm_cut_sides(center: np.ndarray, radius: float, axis_x: np.ndarray, shape
     sides = set()
     for gap, outward in ((center[0], (-1, 0)), (w - 1 - center[0], (1, 0)), (center[1], (0, -1)),
                          (h - 1 - center[1], (0, 1))):
-        if gap + 1 >= radius:
+        if gap > radius + 1.5:  # clear of this edge (a circle touching it was cut short by it)
             continue
         along = float(np.dot(outward, up))
         sides.add("fingers" if along > 0.7 else "heel" if along < -0.7 else "across")
