@@ -108,3 +108,18 @@ def test_a_success_with_no_approval_open_is_marked_stray():
     events = drain(link)
     assert isinstance(events[-1], VendSucceeded) and events[-1].stray
     assert link.state == "session"  # a stray line does not end the session it arrived in
+
+
+def test_a_request_changed_across_the_approval_with_no_outcome_stays_in_review(unit):
+    from vendor_node.sim.simulate import Customer
+
+    unit.vmc._vend_done = lambda *args: None  # the machine goes silent after taking the approval
+    customer = Customer(unit, [hand(1)], (150, "A2"), "change_on_approval", "hand_first")
+    unit.panel.listeners.append(customer.on_panel)
+    customer.present()
+    purchase = unit.next_purchase(5.0)  # the machine never finishes: do not wait for it
+    unit.panel.listeners.remove(customer.on_panel)
+    assert purchase.outcome == "outcome_unknown" and "no outcome" in purchase.reason
+    unit.vmc.send_raw(b"c,VEND,SUCCESS\r\n")  # a success with nothing to bind it to: it settles nothing
+    assert not unit.vmc.wait_until(lambda: money_check(unit)["charged"], 1.0)
+    assert money_check(unit)["review"] == 1 and money_check(unit)["wrong"] == 0

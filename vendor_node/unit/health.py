@@ -313,6 +313,10 @@ class UnitHealth:
             else:
                 self._record_outcome(p, event)
             return
+        if changed and not isinstance(event, (VendFailed, SessionCancelled)):  # no word: never settled late
+            self._hold_for_review(p, "request changed after the approval, no outcome")
+            self._close_session()
+            return
         self._record_outcome(p, event)
         if isinstance(self._close_session(), VendSucceeded) and self._settle_late_success():
             p.outcome, p.charged, p.reason = "vended", True, "reported late"  # charged after all
