@@ -30,6 +30,22 @@
 #                                            # who pulls the card, so delete them there
 # Then `vendor-node accounts import BUNDLE`, `selftest`, `systemctl start vendor-node`.
 #
+# First-boot settings (what Raspberry Pi Imager's "OS customisation" writes), all given together:
+#        --hostname H --user U --ssh-key KEY.pub --wifi-country CC --timezone Area/City
+#        [--wifi-ssid SSID --wifi-psk-file FILE] [--camera auto|ov5647|imx219|imx477|imx708|imx296|ov9281]
+#        [--mdb uart|usb] [--password-hash HASH] [--os auto|bookworm|trixie]
+#  6. bookworm: firstrun.sh on the boot partition, run once via systemd.run= in cmdline.txt
+#     (hostname, user with the SSH key and no password login unless --password-hash, Wi-Fi, time zone);
+#     trixie: cloud-init's user-data, network-config and meta-data there instead. --os auto (default)
+#     takes trixie when the image's boot partition already holds cloud-init files, else bookworm.
+#     The Wi-Fi passphrase is read from a file and written only as its WPA PSK hash.
+#     config.txt gets the camera (camera_auto_detect=1 or the named sensor's overlay) and, for
+#     --mdb uart (default: an MDB HAT on GPIO 14/15), enable_uart=1 and dtoverlay=disable-bt
+#     (dtparam=uart0=on on a Pi 5); cmdline.txt loses its serial console and gets the Wi-Fi country.
+#  7. --wheelhouse DIR (from `scripts/install.sh --build-wheelhouse DIR --os ...`): copied to
+#     vendor-node/wheelhouse, so on the Pi `install.sh --wheelhouse /boot/firmware/vendor-node/wheelhouse`
+#     needs no internet.
+#
 # Exit codes: 0 card written (and provisioned), 1 refused or failed (the message says
 # why), 2 bad arguments.
 set -euo pipefail
@@ -37,17 +53,26 @@ SRC=$(cd "$(dirname "$0")/.." && pwd)
 PROG=flash.sh
 
 die() { echo "$PROG: $*" >&2; exit 1; }
-usage_error() { echo "$PROG: $*" >&2; echo "usage: $PROG --image IMG[.xz] --sha256 HEX --device /dev/sdX [--unit-id ID --fleet-public-key FLEET.pem [--fleet-template-key KEY]] [--yes] [--allow-file]" >&2; exit 2; }
+usage_error() { echo "$PROG: $*" >&2; echo "usage: $PROG --image IMG[.xz] --sha256 HEX --device /dev/sdX [--unit-id ID --fleet-public-key FLEET.pem [--fleet-template-key KEY]] [--hostname H --user U --ssh-key KEY.pub --wifi-country CC --timezone TZ [--wifi-ssid S --wifi-psk-file F] ...] [--wheelhouse DIR] [--yes] [--allow-file] (--help for all)" >&2; exit 2; }
 
 IMAGE='' SHA256='' DEVICE='' UNIT_ID='' FLEET_KEY='' TEMPLATE_KEY='' ASSUME_YES=0 ALLOW_FILE=0
+WHEELHOUSE='' OS_STYLE=auto FIRSTBOOT_ARGS=() FIRSTBOOT_REQUIRED=(--hostname --user --ssh-key --wifi-country --timezone)
+declare -A FIRSTBOOT_GIVEN=()
 while [ $# -gt 0 ]; do
   case "$1" in
-    --image|--sha256|--device|--unit-id|--fleet-public-key|--fleet-template-key)
+    --image|--sha256|--device|--unit-id|--fleet-public-key|--fleet-template-key|--wheelhouse|--os)
       [ $# -ge 2 ] || usage_error "$1 needs a value"
       case "$1" in
         --image) IMAGE=$2 ;; --sha256) SHA256=$2 ;; --device) DEVICE=$2 ;;
         --unit-id) UNIT_ID=$2 ;; --fleet-public-key) FLEET_KEY=$2 ;; --fleet-template-key) TEMPLATE_KEY=$2 ;;
+        --wheelhouse) WHEELHOUSE=$2 ;; --os) OS_STYLE=$2 ;;
       esac
+      shift 2 ;;
+    --hostname|--user|--ssh-key|--wifi-country|--timezone|--wifi-ssid|--wifi-psk-file|--camera|--mdb|--password-hash)
+      [ $# -ge 2 ] || usage_error "$1 needs a value"
+      FIRSTBOOT_GIVEN[$1]=1
+      case "$1" in --ssh-key|--wifi-psk-file) FIRSTBOOT_ARGS+=("$1" "$(readlink -f -- "$2" || printf '%s' "$2")") ;;
+                   *) FIRSTBOOT_ARGS+=("$1" "$2") ;; esac
       shift 2 ;;
     --yes) ASSUME_YES=1; shift ;;
     --allow-file) ALLOW_FILE=1; shift ;;
@@ -74,6 +99,18 @@ if [ -n "$UNIT_ID$FLEET_KEY$TEMPLATE_KEY" ]; then
   if [ -n "$TEMPLATE_KEY" ]; then [ -f "$TEMPLATE_KEY" ] || usage_error "--fleet-template-key $TEMPLATE_KEY: no such file"; fi
   PROVISION=1
 fi
+case "$OS_STYLE" in auto|bookworm|trixie) ;; *) usage_error "--os must be auto, bookworm or trixie, got '$OS_STYLE'" ;; esac
+if [ -n "$WHEELHOUSE" ]; then
+  [ -d "$WHEELHOUSE" ] || usage_error "--wheelhouse $WHEELHOUSE: no such folder"
+  ls "$WHEELHOUSE"/*.whl >/dev/null 2>&1 || usage_error "--wheelhouse $WHEELHOUSE: holds no .whl files (build it with scripts/install.sh --build-wheelhouse)"
+fi
+FIRSTBOOT=0
+if [ ${#FIRSTBOOT_ARGS[@]} -gt 0 ]; then
+  for option in "${FIRSTBOOT_REQUIRED[@]}"; do
+    [ -n "${FIRSTBOOT_GIVEN[$option]:-}" ] || usage_error "$option is required with the first-boot settings (${FIRSTBOOT_REQUIRED[*]})"
+  done
+  FIRSTBOOT=1
+fi
 
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 not found: install $2"; }
 need sha256sum coreutils
@@ -81,6 +118,21 @@ need dd coreutils
 case "$IMAGE" in *.xz) need xz xz-utils ;; esac
 if [ "$PROVISION" = 1 ]; then
   need mcopy mtools; need mmd mtools; need mdir mtools; need sfdisk fdisk; need git git
+fi
+if [ "$FIRSTBOOT" = 1 ] || [ -n "$WHEELHOUSE" ]; then
+  need mcopy mtools; need mmd mtools; need mdir mtools; need sfdisk fdisk; need python3 python3
+fi
+if [ "$FIRSTBOOT" = 1 ]; then
+  # every value checked now, on a scratch copy, so a typo never leaves a half-configured card
+  CHECK_DIR=$(mktemp -d)
+  printf 'console=serial0,115200 console=tty1 root=PARTUUID=0 rootwait\n' >"$CHECK_DIR/cmdline.txt"
+  : >"$CHECK_DIR/config.txt"
+  if ! check_output=$(python3 "$SRC/scripts/firstboot_files.py" --style bookworm --boot-dir "$CHECK_DIR" "${FIRSTBOOT_ARGS[@]}" 2>&1); then
+    rm -rf "$CHECK_DIR"
+    echo "$PROG: ${check_output##*error: }" >&2
+    exit 2
+  fi
+  rm -rf "$CHECK_DIR"
 fi
 
 # ---- 1. the target: refuse anything that could be the wrong disk ----
@@ -131,12 +183,14 @@ if [ "$PROVISION" = 1 ]; then
   fi
   mkdir "$WORK/src"
   git -C "$SRC" archive --format=tar HEAD | tar -x -C "$WORK/src"
+fi
+if [ "$PROVISION" = 1 ] || [ "$FIRSTBOOT" = 1 ] || [ -n "$WHEELHOUSE" ]; then
   # The boot partition's offset, from the image's first MiB (the partition table), before any write.
   { decompress 2>/dev/null || true; } | head -c 1048576 >"$WORK/head.img"
   dump=$(sfdisk -d "$WORK/head.img" 2>/dev/null) || dump=''
   sector_size=$(printf '%s\n' "$dump" | sed -n 's/^sector-size: *\([0-9]*\).*/\1/p')
   first_start=$(printf '%s\n' "$dump" | sed -n 's/^[^:]* : *start= *\([0-9]*\),.*/\1/p' | head -n 1)
-  [ -n "$first_start" ] || die "$IMAGE has no partition table, so no boot partition to provision: nothing written"
+  [ -n "$first_start" ] || die "$IMAGE has no partition table, so no boot partition for the settings: nothing written"
   BOOT_OFFSET=$((first_start * ${sector_size:-512}))
 fi
 
@@ -194,5 +248,41 @@ if [ "$PROVISION" = 1 ]; then
   mcopy -s -i "$BOOT" "$WORK/src" ::/vendor-node/src
   sync
   echo "$PROG: provisioned unit $UNIT_ID. On first boot, see the steps at the top of $0." >&2
+fi
+if [ "$FIRSTBOOT" = 1 ] || [ -n "$WHEELHOUSE" ]; then
+  BOOT="$DEVICE@@$BOOT_OFFSET"
+  export MTOOLS_SKIP_CHECK=1
+  mdir -i "$BOOT" :: >/dev/null 2>&1 || die "$DEVICE: the first partition is not a FAT filesystem (not a Raspberry Pi OS image?)"
+fi
+if [ "$FIRSTBOOT" = 1 ]; then
+  mkdir "$WORK/boot"
+  for name in cmdline.txt config.txt; do
+    mcopy -n -i "$BOOT" "::/$name" "$WORK/boot/$name" 2>/dev/null \
+      || die "$DEVICE: the boot partition has no $name (not a Raspberry Pi OS image?)"
+  done
+  if [ "$OS_STYLE" = auto ]; then
+    OS_STYLE=bookworm
+    for name in user-data meta-data network-config; do
+      if mdir -b -i "$BOOT" "::/$name" >/dev/null 2>&1; then OS_STYLE=trixie; fi
+    done
+    echo "$PROG: first-boot style $OS_STYLE (cloud-init files on the image: $([ "$OS_STYLE" = trixie ] && echo yes || echo no); --os overrides)" >&2
+  fi
+  written=$(python3 "$SRC/scripts/firstboot_files.py" --style "$OS_STYLE" --boot-dir "$WORK/boot" "${FIRSTBOOT_ARGS[@]}") \
+    || die "could not prepare the first-boot settings"
+  for name in $written; do
+    mcopy -o -i "$BOOT" "$WORK/boot/$name" "::/$name" || die "$DEVICE: could not write $name to the boot partition"
+  done
+  sync
+  echo "$PROG: first-boot settings ($OS_STYLE): $written" >&2
+fi
+if [ -n "$WHEELHOUSE" ]; then
+  mdir -i "$BOOT" ::/vendor-node >/dev/null 2>&1 || mmd -i "$BOOT" ::/vendor-node
+  mmd -i "$BOOT" ::/vendor-node/wheelhouse
+  for wheel in "$WHEELHOUSE"/*; do
+    mcopy -i "$BOOT" "$wheel" "::/vendor-node/wheelhouse/" \
+      || die "$DEVICE: could not copy $(basename "$wheel") to the boot partition (full? a wheelhouse is ~55 MB)"
+  done
+  sync
+  echo "$PROG: wheelhouse copied: on the Pi, install.sh --wheelhouse /boot/firmware/vendor-node/wheelhouse" >&2
 fi
 echo "$PROG: done; the card can be removed." >&2

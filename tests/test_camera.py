@@ -156,3 +156,31 @@ def test_sim_camera_folder_errors_name_the_folder(tmp_path):
         SimCamera(tmp_path / "missing")
     with pytest.raises(CameraError, match="holds no images"):
         SimCamera(tmp_path)
+
+
+def _fake_picamera2_package(tmp_path, monkeypatch, body: str) -> None:
+    """A `picamera2` package on sys.path whose import runs ``body`` (what a broken install does)."""
+    package = tmp_path / "fake_site" / "picamera2"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(body)
+    monkeypatch.syspath_prepend(str(package.parent))
+    monkeypatch.delitem(__import__("sys").modules, "picamera2", raising=False)
+
+
+def test_picamera2_built_against_another_numpy_names_the_cause_and_the_fix(tmp_path, monkeypatch):
+    # the message simplejpeg raises when a pip numpy 2 shadows the apt numpy (picamera2 issues 1088, 1211)
+    _fake_picamera2_package(tmp_path, monkeypatch, "raise ValueError('numpy.dtype size changed, may indicate "
+                                                   "binary incompatibility. Expected 96 from C header, got 88 "
+                                                   "from PyObject')\n")
+    with pytest.raises(CameraError) as caught:
+        open_camera(Config())
+    message = str(caught.value)
+    assert "numpy.dtype size changed" in message  # the cause, as Python said it
+    assert f"numpy {np.__version__}" in message  # which numpy was loaded
+    assert "pip uninstall numpy" in message and "install.sh" in message  # the fix
+
+
+def test_picamera2_failing_for_another_reason_is_a_camera_error_naming_it(tmp_path, monkeypatch):
+    _fake_picamera2_package(tmp_path, monkeypatch, "raise RuntimeError('libcamera: no cameras available')\n")
+    with pytest.raises(CameraError, match="RuntimeError: libcamera: no cameras available"):
+        open_camera(Config())

@@ -107,7 +107,8 @@ def test_selftest_passes_on_a_provisioned_sim_unit_and_fails_on_an_empty_one(tmp
     for check in ("config", "keys", "model", "camera", "gpio", "serial", "journal", "accounts"):
         assert f"PASS  {check}" in out
     empty = tmp_path / "empty"
-    assert main(["selftest", "--sim", "--state-dir", str(empty)]) == 1
+    assert main(["selftest", "--sim", "--state-dir", str(empty)]) == 3  # exit code = number of failed checks
     out = capsys.readouterr().out
+    assert out.count("FAIL  ") == 3 and "not provisioned" in out
     assert "FAIL  keys" in out and "FAIL  journal" in out and "PASS  serial" in out
     assert not empty.exists() or not any(empty.rglob("*.key"))  # a selftest never creates keys or a db

@@ -115,3 +115,58 @@ def test_config_example_parses_with_the_strict_loader_and_lists_every_key():
     # the commented-out keys are valid too once a technician sets them
     uncommented = re.sub(r"^# (\w+ = )", r"\1", text, flags=re.M)
     parse_config(uncommented, "uncommented example")
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def _offline_security_supported() -> bool:
+    if shutil.which("systemd-analyze") is None:
+        return False
+    probe = subprocess.run(["systemd-analyze", "security", "--help"], capture_output=True, text=True, timeout=60)
+    return "--offline" in probe.stdout
+
+
+@pytest.mark.skipif(not _offline_security_supported(), reason="systemd-analyze security --offline needs systemd >= 250")
+@pytest.mark.parametrize("name", ["vendor-node.service", "vendor-node-sync.service"])
+def test_security_exposure_is_at_most_2(tmp_path, name):
+    binary = Path(sys.executable).with_name("vendor-node")
+    text = (SYSTEMD / name).read_text(encoding="utf-8").replace(INSTALLED_BINARY, str(binary))
+    (tmp_path / name).write_text(text, encoding="utf-8")
+    result = subprocess.run(["systemd-analyze", "security", "--offline=true", "--no-pager", name], cwd=tmp_path,
+                            capture_output=True, text=True, timeout=120)
+    import re
+
+    found = re.search(r"Overall exposure level for \S+: (\d+\.\d)", result.stdout)
+    assert found, result.stdout + result.stderr
+    assert float(found.group(1)) <= 2.0, result.stdout
+
+
+def test_service_waits_for_a_synchronized_clock_with_a_bounded_wait():
+    unit = read_unit("vendor-node.service")["Unit"]
+    assert "time-sync.target" in unit["Wants"].split()  # After= alone never pulls the target in
+    assert "time-sync.target" in unit["After"].split()
+    drop_in = configparser.ConfigParser()
+    drop_in.read_string((DEPLOY / "time-wait-sync-bounded.conf").read_text(encoding="utf-8"))
+    assert 0 < int(drop_in["Service"]["TimeoutStartSec"]) <= 300
+    script = (Path(__file__).resolve().parents[1] / "scripts" / "install.sh").read_text(encoding="utf-8")
+    assert "systemd-time-wait-sync.service.d" in script and "enable systemd-time-wait-sync" in script
+
+
+def test_log_lines_carry_their_priority_prefix():
+    assert read_unit("vendor-node.service")["Service"]["SyslogLevelPrefix"] == "yes"
+
+
+@pytest.mark.skipif(shutil.which("udevadm") is None, reason="udevadm is not installed")
+def test_udev_rule_parses_and_names_the_adapter(tmp_path):
+    rule = DEPLOY / "99-vendor-mdb.rules"
+    result = subprocess.run(["udevadm", "verify", str(rule)], capture_output=True, text=True, timeout=60)
+    if "Unknown command" in result.stderr or "unknown" in result.stderr.lower() and result.returncode:
+        pytest.skip("udevadm verify needs systemd >= 254")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_udev_rule_gives_the_uart_a_stable_name_and_the_dialout_group():
+    lines = [line for line in (DEPLOY / "99-vendor-mdb.rules").read_text(encoding="utf-8").splitlines()
+             if line.strip() and not line.startswith("#")]
+    assert lines == ['SUBSYSTEM=="tty", KERNEL=="ttyAMA0", SYMLINK+="vendor-mdb", GROUP="dialout", MODE="0660"']

@@ -15,6 +15,8 @@ import tracemalloc
 
 import numpy as np
 
+from .figures import record
+
 TOTAL_TARGET_MS = 30.0
 GALLERY_SIZES = (100, 1000, 10000)
 MAX_TEMPLATE_BYTES = 1024
@@ -111,10 +113,19 @@ def run(args, cfg) -> int:
     print(f"vendor-node bench recognition: {probes_n} drawn probes, one thread (cv2 threads {cv2.getNumThreads()})")
     print(f"{'stage':40} {'median ms':>10} {'p95 ms':>9} {'target':>8} {'p95/target':>11}")
     for name, median, p95, target in rows:
+        record(name + ", p95", p95, "ms", target or None, median=median)
         target_text = f"{target:.0f}" if target else "-"
         ratio = f"{p95 / target:.2f}" if target else "-"
         print(f"{name:40} {median:10.2f} {p95:9.2f} {target_text:>8} {ratio:>11}")
     template_bytes = max(len(t) for t in own.values())
+    record("template bytes", template_bytes, "B", MAX_TEMPLATE_BYTES)
+    record("model file bytes", model_bytes, "B", MAX_MODEL_BYTES)
+    record("gallery arrays at 10,000", gallery_bytes / 2**20, "MiB")
+    record("identify peak allocation at 10,000", identify_peak / 2**20, "MiB")
+    for size in GALLERY_SIZES:
+        record(f"peak RSS after {size:,} templates", rss_gallery[size], "MiB")
+    for size, (_, hits) in results.items():
+        record(f"probes found their own template vs {size:,}", hits, "of", None, probes=probes_n)
     print()
     print(f"{'size / memory':40} {'value':>10} {'limit':>9} {'ratio':>8}")
     print(f"{'template bytes':40} {template_bytes:10d} {MAX_TEMPLATE_BYTES:9d} {template_bytes / MAX_TEMPLATE_BYTES:8.2f}")

@@ -4,6 +4,8 @@ Benchmarks live here, not in unit tests, so a slow CI machine never flakes a tes
 """
 from __future__ import annotations
 
+from .figures import record
+
 
 def run(what: str, args, cfg) -> int:
     """Dispatch to one benchmark; each prints a table and returns an exit code.
@@ -114,6 +116,7 @@ def bench_accounts(args) -> int:  # owned by the accounts engineer
     print(f"{'figure':<56} {'measured':>10} {'target':>8} {'ratio':>6}")
     met = True
     for name, value, unit, target in rows:
+        record(name, value, unit, target)
         ratio = f"{value / target:.2f}" if target else "-"
         met = met and (target is None or value <= target)
         print(f"{name:<56} {value:>8.3f} {unit:<2}" + (f" {target:>6g} {unit:<2}" if target else f" {'-':>9}")
@@ -216,7 +219,9 @@ def bench_loop(args) -> int:  # owned by the unit engineer
           f"{summary['charged']} charged, {vended} vended")
     print(f"{'metric':<44} {'measured':>10}    {'target':>8}    {'ratio':>6}")
     met = equal
+    record("charges equal successful vends", float(equal), "bool", None)
     for name, value, unit_name, target in rows:
+        record(name, value, unit_name, target)
         ratio = f"{value / target:.2f}" if target else "-"
         met = met and (target is None or value <= target)
         print(f"{name:<44} {value:>10.1f} {unit_name:<3}" + (f" {target:>8g} {unit_name:<3}" if target else

@@ -36,6 +36,7 @@ def add_accounts_commands(sub) -> None:
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_import)
     p = accounts.add_parser("list", help="employees on this unit (never a template)")
+    p.add_argument("--json", action="store_true", help="one JSON object: bundle, service state, employees")
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_accounts_list)
     p = accounts.add_parser("purge-templates", help="delete templates unused for template_retention_days")
@@ -193,11 +194,16 @@ def _cmd_accounts_list(args) -> int:
     with AccountStore.open(config_from_args(args)) as store:
         bundle = store.current_bundle()
         reason = store.out_of_service_reason()
-        rows = [(e.id, e.display_name, e.status, e.funding,
-                 money_text(store.funds_left_cents(e)) if e.status != "deleted" else "-",
-                 "yes" if e.has_template else "no",
-                 datetime.datetime.fromtimestamp(e.last_used_at).strftime("%Y-%m-%d") if e.last_used_at else "-")
-                for e in store.employees()]
+        employees = store.employees()
+        funds = [store.funds_left_cents(e) if e.status != "deleted" else None for e in employees]
+    if args.json:
+        print(_accounts_json(bundle, reason, [(e.id, e.display_name, e.status, e.funding, cents, e.has_template,
+                                               e.last_used_at) for e, cents in zip(employees, funds)]))
+        return 0
+    rows = [(e.id, e.display_name, e.status, e.funding, money_text(cents) if cents is not None else "-",
+             "yes" if e.has_template else "no",
+             datetime.datetime.fromtimestamp(e.last_used_at).strftime("%Y-%m-%d") if e.last_used_at else "-")
+            for e, cents in zip(employees, funds)]
     if bundle is None:
         print("no account bundle imported")
     else:
@@ -209,6 +215,18 @@ def _cmd_accounts_list(args) -> int:
     for row in [header] + rows:
         print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
     return 0
+
+
+def _accounts_json(bundle, reason, rows) -> str:
+    """`accounts list --json`: money in integer cents (null when the employee is deleted), no template."""
+    import dataclasses
+    import json
+
+    keys = ("id", "name", "status", "funding", "funds_left_cents", "has_template", "last_used_at")
+    return json.dumps({
+        "bundle": dataclasses.asdict(bundle) if bundle is not None else None,
+        "in_service": not reason, "out_of_service_reason": reason or None,
+        "employees": [dict(zip(keys, row)) for row in rows]}, indent=2)
 
 
 def _cmd_accounts_purge(args) -> int:

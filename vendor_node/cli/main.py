@@ -12,6 +12,8 @@ import sys
 from pathlib import Path
 
 from .accounts import add_accounts_commands
+from .logs import print_error, setup_logging
+from .selftest import add_selftest_command
 from .office import add_office_commands
 from .args import state_dir_arg, config_from_args, existing_dir, existing_file, positive_int
 from ..errors import UsageError, VendorNodeError
@@ -37,6 +39,7 @@ def _add_recognition_commands(sub) -> None:
 
     p = sub.add_parser("bench", help="print speed and memory figures")
     p.add_argument("what", choices=["recognition", "accounts", "loop"], help="which benchmark")
+    p.add_argument("--json", action="store_true", help="the figures as one JSON object on stdout (tables on stderr)")
     p.set_defaults(handler=_cmd_bench)
 
 
@@ -56,7 +59,17 @@ def _cmd_eval(args) -> int:
 def _cmd_bench(args) -> int:
     from .. import bench
 
-    return bench.run(args.what, args, config_from_args(args))
+    if not getattr(args, "json", False):
+        return bench.run(args.what, args, config_from_args(args))
+    import contextlib
+    import json
+
+    from ..bench.figures import collecting
+
+    with collecting() as figures, contextlib.redirect_stdout(sys.stderr):  # the tables still show, on stderr
+        code = bench.run(args.what, args, config_from_args(args))
+    print(json.dumps({"bench": args.what, "targets_met": code == 0, "figures": figures}, indent=2))
+    return code
 
 
 # --- the charging journal (issue 3) -----------------------------------------
@@ -79,6 +92,7 @@ def _add_journal_commands(sub) -> None:
     p.set_defaults(handler=_cmd_journal_ack)
 
     p = jsub.add_parser("open", help="list approvals with no outcome and outcomes awaiting review")
+    p.add_argument("--json", action="store_true", help="one JSON object: the sessions needing attention")
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_journal_open)
 
@@ -143,6 +157,13 @@ def _cmd_journal_open(args) -> int:
     _, journal = _open_existing_journal(args)
     with journal:
         rows = [("open", a) for a in journal.open_approvals()] + [("unknown", a) for a in journal.unknown_outcomes()]
+    if args.json:
+        import json
+
+        print(json.dumps({"sessions": [{"state": state, "session_id": a.session_id, "approved_at": a.approved_at,
+                                        "employee_id": a.employee_id, "item": a.item,
+                                        "amount_cents": a.amount_cents} for state, a in rows]}, indent=2))
+        return 0
     for state, a in rows:
         when = datetime.datetime.fromtimestamp(a.approved_at).isoformat(timespec="seconds")
         print(f"{state:8} {a.session_id} {when} employee {a.employee_id} item {a.item} {a.amount_cents} cents")
@@ -211,10 +232,7 @@ def _add_unit_commands(sub) -> None:
     p.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
     p.set_defaults(handler=_cmd_simulate)
 
-    p = sub.add_parser("selftest", help="technician: check config, keys, model, camera, GPIO, serial adapter, journal")
-    p.add_argument("--sim", action="store_true", help="check the simulated hardware instead")
-    common(p)
-    p.set_defaults(handler=_cmd_selftest)
+    add_selftest_command(sub, common)
 
 
 def _cmd_run(args) -> int:
@@ -232,6 +250,7 @@ def _cmd_run(args) -> int:
 
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
+    _report_clock_sync()
     if cfg.unit.hardware != "sim":
         return run_unit(cfg, stop)
     from ..sim.vmc_sim import VendingMachineSimulator
@@ -241,117 +260,41 @@ def _cmd_run(args) -> int:
         return run_unit(cfg, stop, board_port=machine.port_path)
 
 
+def _report_clock_sync() -> None:
+    """A Pi has no battery clock: say at start when NTP has not synchronized it (journalctl -p warning)."""
+    from ..devices.clock_sync import clock_sync_state
+
+    state = clock_sync_state()
+    if state.synchronized is False:
+        log.warning("%s; day caps and bundle age use the journal's trusted time meanwhile", state.detail)
+    else:
+        log.info("%s", state.detail)
+
+
 def _cmd_simulate(args) -> int:
     from ..sim.simulate import run_simulation
 
     return run_simulation(args)
 
 
-def _cmd_selftest(args) -> int:
-    """Each check prints PASS or FAIL with what it saw; exit 1 when any failed."""
-    cfg = config_from_args(args)
-    results: list[bool] = []
+class VersionAction(argparse.Action):
+    """`vendor-node --version`: what a technician reads out on the phone (package, model, bundle)."""
 
-    def check(name, probe):
-        try:
-            detail = probe()
-            ok = True
-        except VendorNodeError as exc:  # what the check found, in its own words
-            detail, ok = str(exc), False
-        except Exception as exc:  # a technician's tool: every failure is reported, none stops the others
-            detail, ok = f"{type(exc).__name__}: {exc}", False
-        results.append(ok)
-        print(f"{'PASS' if ok else 'FAIL'}  {name:<8} {detail}", flush=True)
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
 
-    def keys():
-        from ..money.keys import KeyStore
+    def __call__(self, parser, namespace, values, option_string=None):
+        from .version import version_text
 
-        store = KeyStore.from_config(cfg)
-        from ..money.keys import fingerprint, grouped
-
-        store.load_data_key()
-        signing = store.load_signing_key()
-        store.load_fleet_public_key()
-        return (f"data key, unit signing key and pinned fleet key load ({store.keys_dir}); unit "
-                f"{store.read_unit_id() or cfg.unit.unit_id} fingerprint {grouped(fingerprint(signing.public_key()))}")
-
-    def model():
-        from ..hand.model import Embedder
-
-        embedder = Embedder.load(cfg.unit.assets_dir)
-        return f"{embedder.model_path.name} matches the sha256 in its manifest"
-
-    def camera():
-        from ..devices.camera import open_camera
-
-        with open_camera(cfg) as cam:
-            cam.check()
-        return f"{cfg.unit.hardware} camera delivers frames ({cfg.camera.width}x{cfg.camera.height})"
-
-    def gpio():
-        from ..devices.panel import open_panel
-
-        with open_panel(cfg) as panel:
-            panel.show("working")
-            present = panel.hand_present()
-            panel.show("ready")
-        return (f"sensor pin {cfg.gpio.proximity_pin} reads {'a hand' if present else 'nothing'}, "
-                f"LED and buzzer set up")
-
-    def serial_adapter():
-        from ..unit.assemble import open_board
-
-        def ping(port=None):
-            with open_board(cfg, port=port) as board:
-                return f"{port or cfg.board.port} answers {board.ping()}"
-
-        if cfg.unit.hardware != "sim":
-            return ping()
-        from ..sim.vmc_sim import VendingMachineSimulator
-
-        with VendingMachineSimulator() as machine:
-            return ping(machine.port_path)
-
-    def journal():
-        from ..money.journal import Journal
-        from ..money.storage import DB_NAME
-
-        if not (cfg.state_dir / DB_NAME).is_file():
-            raise VendorNodeError(f"{cfg.state_dir / DB_NAME}: no unit database (run `vendor-node provision`)")
-        with Journal.open(cfg.state_dir) as j:
-            report = j.verify()
-            if not report.ok:
-                raise VendorNodeError(str(report))
-            review = len(j.unknown_outcomes())
-        return f"hash chain intact ({report.entries} entries); {review} outcome(s) awaiting review"
-
-    def accounts():
-        from ..money.accounts import AccountStore
-        from ..money.storage import DB_NAME
-
-        if not (cfg.state_dir / DB_NAME).is_file():  # never create a db or a key from a selftest
-            raise VendorNodeError(f"{cfg.state_dir / DB_NAME}: no unit database (run `vendor-node provision`)")
-        with AccountStore.open(cfg) as store:
-            reason = store.out_of_service_reason()
-            count = len(store.templates())
-        if reason:
-            raise VendorNodeError(reason)
-        return f"bundle current, {count} enrolled employees"
-
-    print(f"PASS  config   {getattr(args, 'config', None) or 'defaults/env'}: hardware {cfg.unit.hardware}, "
-          f"state {cfg.state_dir}")
-    for name, probe in [("keys", keys), ("model", model), ("camera", camera), ("gpio", gpio),
-                        ("serial", serial_adapter), ("journal", journal), ("accounts", accounts)]:
-        check(name, probe)
-    failed = results.count(False)
-    print(f"{len(results) + 1 - failed} passed, {failed} failed")
-    return 1 if failed else 0
+        print(version_text(getattr(namespace, "config", None)))
+        parser.exit(0)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="vendor-node", description=__doc__.splitlines()[0])
     parser.add_argument("--config", type=Path, help="config file (default $VENDOR_NODE_CONFIG or /etc/vendor-node/config.toml)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--version", action=VersionAction, help="version, model id and bundle version, then exit")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_recognition_commands(sub)
     add_accounts_commands(sub)
@@ -365,17 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    setup_logging(args.verbose)
     try:
         return int(args.handler(args) or 0)
     except UsageError as exc:
         parser.exit(2, f"vendor-node {args.command}: {exc}\n")
     except VendorNodeError as exc:
-        print(f"vendor-node {args.command}: {exc}", file=sys.stderr)
+        print_error(f"vendor-node {args.command}: {exc}")
         return 1
     except KeyboardInterrupt:
         return 130

@@ -56,11 +56,8 @@ class Picamera2Camera(Camera):
         if picamera2_class is None:
             try:
                 from picamera2 import Picamera2 as picamera2_class  # only on a Pi (apt: python3-picamera2)
-            except ImportError as exc:
-                raise CameraError(
-                    f"picamera2 is not installed ({exc}); on the Pi: apt install python3-picamera2, "
-                    "or use unit.hardware = \"sim\""
-                ) from None
+            except Exception as exc:  # a binary mismatch raises ValueError or AttributeError, not ImportError
+                raise picamera2_load_error(exc) from None
         self._cam = None
         try:
             cam = picamera2_class()
@@ -110,6 +107,31 @@ class Picamera2Camera(Camera):
             cam.close()
         except Exception:
             pass
+
+
+NUMPY_MISMATCH_SIGNS = ("numpy.dtype size changed", "_ARRAY_API not found", "compiled using NumPy",
+                        "numpy.core.multiarray failed to import", "binary incompatibility")
+
+
+def picamera2_load_error(exc: BaseException) -> CameraError:
+    """A CameraError naming why picamera2 did not load and what fixes it.
+
+    The usual cause on a Pi: a pip numpy (2.x) in the venv shadows the apt numpy that picamera2's
+    compiled parts (simplejpeg, python3-libcamera) were built against (picamera2 issues 1088, 1211).
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, ImportError) and getattr(exc, "name", None) in ("picamera2", "libcamera"):
+        return CameraError(
+            f"picamera2 is not installed ({text}); on the Pi: sudo apt install python3-picamera2 and a venv made "
+            "with --system-site-packages (scripts/install.sh does both), or set unit.hardware = \"sim\"")
+    if any(sign in str(exc) for sign in NUMPY_MISMATCH_SIGNS):
+        return CameraError(
+            f"picamera2 cannot load with numpy {np.__version__} from {Path(np.__file__).parent} ({text}): its "
+            "compiled parts were built against the OS's numpy; remove the pip numpy from the venv "
+            "(/opt/vendor-node/venv/bin/pip uninstall numpy) or re-run scripts/install.sh, which uses "
+            "python3-numpy from apt")
+    return CameraError(f"picamera2 failed to load ({text}); check `python3 -c 'import picamera2'` as the "
+                       "vendor-node user and `sudo apt install --reinstall python3-picamera2`")
 
 
 def luminance(array, width: int, height: int) -> np.ndarray:
