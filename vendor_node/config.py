@@ -138,6 +138,16 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
+class KeysConfig:
+    """How the unit's key files are protected (docs/threat-model.md): "otp" binds them to this board."""
+
+    mode: typing.Literal["software", "otp"] = "software"  # software: plain files, reported as a warning
+    # otp mode: None reads the Pi's OTP device key (vcmailbox); a path is an emulated OTP key (32 bytes,
+    # simulator and tests), kept outside the state dir so a copied state dir does not carry it
+    otp_file: Path | None = None
+
+
+@dataclass(frozen=True)
 class Config:
     unit: UnitConfig = field(default_factory=UnitConfig)
     camera: CameraConfig = field(default_factory=CameraConfig)
@@ -147,6 +157,7 @@ class Config:
     accounts: AccountsConfig = field(default_factory=AccountsConfig)
     abuse: AbuseConfig = field(default_factory=AbuseConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    keys: KeysConfig = field(default_factory=KeysConfig)
 
     @property
     def state_dir(self) -> Path:

@@ -18,6 +18,10 @@ def run(what: str, args, cfg) -> int:
         return bench_accounts(args)
     if what == "loop":
         return bench_loop(args)
+    if what == "template-guard":  # renewing the fleet's template guard secret (bench/template_guard.py)
+        from . import template_guard
+
+        return template_guard.run(args, cfg)
     raise ValueError(what)
 
 

@@ -6,6 +6,7 @@ import logging
 import sys
 from pathlib import Path
 
+from .keys import add_keys_commands, open_accounts
 from .args import state_dir_arg, amount_arg, config_from_args, existing_dir, existing_file, money_text, positive_float, positive_int
 from ..errors import BundleError, ImageFileError, UsageError
 from ..money.bundle import MAX_VALIDITY_DAYS
@@ -19,6 +20,9 @@ def add_accounts_commands(sub) -> None:
     p.add_argument("--unit-id", required=True, help="this unit's id (letters, digits, . _ @ -)")
     p.add_argument("--fleet-template-key", type=existing_file,
                    help="fleet template key (32-byte file from `fleet keygen`): templates travel under it")
+    p.add_argument("--template-guard-key", type=existing_file,
+                   help="the fleet's current template guard secret (after a renewal); default: derived from "
+                        "--fleet-template-key, or this unit's own when there is none")
     p.add_argument("--replace-fleet-key", action="store_true", help="trust a new fleet key over the pinned one")
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_provision)
@@ -94,6 +98,7 @@ def add_accounts_commands(sub) -> None:
     p.add_argument("employee_id")
     state_dir_arg(p)
     p.set_defaults(handler=_cmd_unenroll)
+    add_keys_commands(sub)
 
 
 MAX_PRESENTATIONS = 5
@@ -134,14 +139,19 @@ def expires_days_arg(text: str) -> float:
 
 def _cmd_provision(args) -> int:
     from ..money.bundle import EMPLOYEE_ID_RE
-    from ..money.keys import KeyStore, fingerprint, grouped, load_symmetric_key_file, public_key_to_pem
+    from ..money.keys import fingerprint, grouped, load_symmetric_key_file, public_key_to_pem
+    from ..unit.keysource import unit_keystore
+    from .keys import key_mode_line
 
     if not EMPLOYEE_ID_RE.match(args.unit_id):
         raise UsageError(f"--unit-id: {args.unit_id!r} is not a valid id (letters, digits, . _ @ -)")
     cfg = config_from_args(args)
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)
+    store.check_board()  # otp mode without a programmed OTP key: stop before writing anything
     template_key = (load_symmetric_key_file(args.fleet_template_key, "fleet template key")
                     if args.fleet_template_key else None)
+    guard_key = (load_symmetric_key_file(args.template_guard_key, "template guard key")
+                 if args.template_guard_key else None)
     current_id = store.read_unit_id()
     if current_id not in (None, args.unit_id):  # checked before anything is written
         raise UsageError(f"--unit-id: this unit is already provisioned as {current_id!r}")
@@ -150,6 +160,8 @@ def _cmd_provision(args) -> int:
         store.install_fleet_template_key(template_key)
     store.write_unit_id(args.unit_id)
     store.ensure_data_key()
+    if guard_key is not None:  # else the fleet's is derived from the fleet template key (unit/keysource.py)
+        store.ensure_template_guard_key(guard_key)
     signing = store.ensure_signing_key()
     public_pem = store.state_dir / "unit_signing_public.pem"
     public_pem.write_bytes(public_key_to_pem(signing.public_key()))
@@ -157,6 +169,7 @@ def _cmd_provision(args) -> int:
     print(f"  fleet key pinned: {store.fleet_public_key_path}")
     template_key = "installed" if store.has_fleet_template_key() else "none (enrolled templates stay on this unit)"
     print(f"  fleet template key: {template_key}")
+    print(f"  {key_mode_line(store)}")
     print(f"  unit signing public key: {public_pem}")
     print(f"  register this unit in the back office as {args.unit_id}, fingerprint "
           f"{grouped(fingerprint(signing.public_key()))}")
@@ -164,10 +177,11 @@ def _cmd_provision(args) -> int:
 
 
 def _cmd_unit_fingerprint(args) -> int:
-    from ..money.keys import KeyStore, fingerprint, grouped
+    from ..money.keys import fingerprint, grouped
+    from ..unit.keysource import unit_keystore
 
     cfg = config_from_args(args)
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)
     unit_id = store.read_unit_id()
     if unit_id is None:
         raise UsageError(f"{cfg.state_dir}: this unit is not provisioned yet (run `vendor-node provision`)")
@@ -177,9 +191,8 @@ def _cmd_unit_fingerprint(args) -> int:
 
 
 def _cmd_accounts_import(args) -> int:
-    from ..money.accounts import AccountStore
 
-    with AccountStore.open(config_from_args(args)) as store:
+    with open_accounts(config_from_args(args)) as store:
         info = store.import_bundle(args.bundle)
     print(f"imported {info.kind} v{info.version}: {info.employees} employees, {info.templates} templates, "
           f"{info.deletions} deletions")
@@ -189,9 +202,8 @@ def _cmd_accounts_import(args) -> int:
 def _cmd_accounts_list(args) -> int:
     import datetime
 
-    from ..money.accounts import AccountStore
 
-    with AccountStore.open(config_from_args(args)) as store:
+    with open_accounts(config_from_args(args)) as store:
         bundle = store.current_bundle()
         reason = store.out_of_service_reason()
         employees = store.employees()
@@ -230,19 +242,17 @@ def _accounts_json(bundle, reason, rows) -> str:
 
 
 def _cmd_accounts_purge(args) -> int:
-    from ..money.accounts import AccountStore
 
-    with AccountStore.open(config_from_args(args)) as store:
+    with open_accounts(config_from_args(args)) as store:
         count = store.purge_expired_templates()
     print(f"deleted {count} templates unused for {store.cfg.accounts.template_retention_days} days")
     return 0
 
 
 def _cmd_accounts_export_uploads(args) -> int:
-    from ..money.accounts import AccountStore
     from ..money.bundle import TemplateRecord, templates_to_json
 
-    with AccountStore.open(config_from_args(args)) as store:
+    with open_accounts(config_from_args(args)) as store:
         pending = store.pending_uploads()
         text = templates_to_json([TemplateRecord(*row) for row in pending])
         try:
@@ -369,13 +379,12 @@ def _enrollment_images_from_camera(cfg) -> list:
 
 
 def _cmd_enroll(args) -> int:
-    from ..money.accounts import AccountStore
     from ..errors import ConsentError
 
     if not args.consent.strip():
         raise ConsentError("--consent: a consent version is required; no template is stored without one")
     cfg = config_from_args(args)
-    with AccountStore.open(cfg) as store:
+    with open_accounts(cfg) as store:
         employee = store.employee(args.employee_id)
         if employee is None or employee.status == "deleted":
             raise UsageError(f"unknown employee {args.employee_id!r}: import a bundle that lists them first")
@@ -384,8 +393,12 @@ def _cmd_enroll(args) -> int:
         else:
             images, names = _enrollment_images_from_camera(cfg)
         from ..hand.recognition import Recognizer
+        from ..unit.keysource import adopt_clear_templates, unit_template_guard
 
-        enrollment = Recognizer.from_config(cfg).enroll(images)
+        recognizer = Recognizer.from_config(cfg)
+        recognizer.guard = unit_template_guard(store.keystore)  # stored only in the fleet's guarded domain
+        adopt_clear_templates(store, recognizer.guard)
+        enrollment = recognizer.enroll(images)
         queued = store.enroll(args.employee_id, enrollment.template, args.consent)
     print(f"enrolled {args.employee_id} ({employee.display_name}) from {len(enrollment.used)} of {len(images)} "
           f"images (consent {args.consent}); "
@@ -396,9 +409,8 @@ def _cmd_enroll(args) -> int:
 
 
 def _cmd_unenroll(args) -> int:
-    from ..money.accounts import AccountStore
 
-    with AccountStore.open(config_from_args(args)) as store:
+    with open_accounts(config_from_args(args)) as store:
         removed = store.unenroll(args.employee_id)
     print(f"template of {args.employee_id} deleted" if removed else f"no template stored for {args.employee_id}")
     return 0

@@ -38,7 +38,7 @@ def _add_recognition_commands(sub) -> None:
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")
-    p.add_argument("what", choices=["recognition", "accounts", "loop"], help="which benchmark")
+    p.add_argument("what", choices=["recognition", "accounts", "loop", "template-guard"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="the figures as one JSON object on stdout (tables on stderr)")
     p.set_defaults(handler=_cmd_bench)
 
@@ -127,11 +127,11 @@ def _cmd_journal_verify(args) -> int:
 
 
 def _cmd_journal_export(args) -> int:
-    from ..money.keys import KeyStore
+    from ..unit.keysource import unit_keystore
 
     cfg, journal = _open_existing_journal(args)
     with journal:
-        signing_key = KeyStore.from_config(cfg).ensure_signing_key()
+        signing_key = unit_keystore(cfg).ensure_signing_key()
         info = journal.export(args.out, signing_key, cfg.unit.unit_id)
     print(f"wrote {info.path}: batch {info.batch_id}, {info.entries} entries (seq {info.first_seq}.."
           f"{info.last_seq}), {info.charged_cents} cents charged")
@@ -140,11 +140,11 @@ def _cmd_journal_export(args) -> int:
 
 def _cmd_journal_ack(args) -> int:
     from ..money.journal_export import acknowledge_batch
-    from ..money.keys import KeyStore
+    from ..unit.keysource import unit_keystore
 
     cfg, journal = _open_existing_journal(args)
     with journal:
-        public_key = KeyStore.from_config(cfg).load_signing_key().public_key()
+        public_key = unit_keystore(cfg).load_signing_key().public_key()
         watermark = acknowledge_batch(journal, args.batch, public_key)
         unsynced = journal.unsynced_total_cents()
     print(f"acknowledged: entries up to seq {watermark} are uploaded; {unsynced} cents still unsynced")
@@ -193,12 +193,15 @@ def _add_sync_commands(sub) -> None:
 def _cmd_sync(args) -> int:
     from ..money.sync import run_sync, transport_from
 
+    from ..unit.keysource import unit_keystore
+
     cfg = config_from_args(args)
-    transport = transport_from(cfg, folder=args.folder, server_url=args.server)
+    keystore = unit_keystore(cfg)
+    transport = transport_from(cfg, folder=args.folder, server_url=args.server, keystore=keystore)
     if transport is None:  # a unit run from bundles imported by hand: the nightly timer must not fail
         log.warning("sync: nothing to do: no sync target (sync.server_url is empty; --server URL or --folder DIR)")
         return 0
-    report = run_sync(cfg, transport)
+    report = run_sync(cfg, transport, keystore)
     print(report.summary())
     return 0 if report.ok else 1
 

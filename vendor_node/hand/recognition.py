@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import palmcode
+from . import palmcode, template_guard
 from ..errors import ConfigError, HandRejected, RecognitionError
 from .model import Embedder
 
@@ -73,6 +73,13 @@ class Template:
     images_used: int
     feature_id: int
 
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.code.shape
+
+    def bit_planes(self) -> np.ndarray:
+        return palmcode.johnson_planes(self.code)
+
     def to_bytes(self) -> bytes:
         h, w = self.code.shape
         planes = np.packbits(palmcode.johnson_planes(self.code).ravel(), bitorder="little")
@@ -91,6 +98,8 @@ class Template:
         if not isinstance(data, (bytes, bytearray, memoryview)):
             raise RecognitionError(f"{name}: expected bytes, got {type(data).__name__}")
         data = bytes(data)
+        if template_guard.is_guarded(data):  # the stored form: see template_guard.py
+            return template_guard.GuardedTemplate.from_bytes(data, name)
         if len(data) < _HEADER.size + _CRC.size:
             raise RecognitionError(f"{name}: truncated ({len(data)} bytes, a template has at least "
                                    f"{_HEADER.size + _CRC.size})")
@@ -131,6 +140,7 @@ class Gallery:
         self.masks = np.zeros((0, 0), np.uint64)
         self.feature_ids = np.zeros(0, np.uint32)
         self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
+        self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
 
     @classmethod
     def from_templates(cls, templates: dict[str, bytes]) -> "Gallery":
@@ -166,11 +176,15 @@ class Gallery:
     def _append(self, ids: list[str], templates: list[Template]) -> None:
         if not templates:
             return
-        grids = {t.code.shape for t in templates} | ({self.grid} if self.grid else set())
+        grids = {t.grid for t in templates} | ({self.grid} if self.grid else set())
         if len(grids) > 1:
             raise RecognitionError(f"templates have different code grids {sorted(grids)}; re-enroll with one model")
-        self.grid = templates[0].code.shape
-        planes = palmcode.pack_cells(np.array([palmcode.johnson_planes(t.code) for t in templates]))
+        guards = {getattr(t, "guard_id", None) for t in templates} | ({self.guard_id} if len(self.ids) else set())
+        if len(guards) > 1:
+            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
+                                   "run `vendor-node keys renew-template-guard` to bring them under one")
+        self.grid, self.guard_id = templates[0].grid, guards.pop()
+        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates]))
         masks = palmcode.pack_cells(np.array([t.valid for t in templates]))
         if len(self.ids):
             planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
@@ -207,6 +221,7 @@ class Recognizer:
         self._min_bits = int(self.params.min_overlap * self.grid[0] * self.grid[1])
         self._full_shifts = palmcode.shifts(self.params.max_shift)
         self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
+        self.guard: template_guard.TemplateGuard | None = None  # set by the unit: templates made are guarded
 
     @classmethod
     def from_config(cls, cfg) -> "Recognizer":
@@ -288,7 +303,8 @@ class Recognizer:
             raise RecognitionError(f"enrollment takes 1 to {MAX_ENROLL_IMAGES} images, got {len(found)}")
         if len(found) == 1:
             f = found[0]
-            return Enrollment(self._template(f.codes[0], f.valid[0], f.geometry, 1), [0], [])
+            template = self._template(f.codes[0], f.valid[0], f.geometry, 1)
+            return Enrollment(self.guard.protect(template) if self.guard else template, [0], [])
         singles = Gallery()
         singles._append([str(i) for i in range(len(found))],
                         [Template(f.codes[0], f.valid[0], f.geometry, 1, self.feature_id) for f in found])
@@ -321,7 +337,7 @@ class Recognizer:
         same_size = len({g.shape for g in geometries}) == 1
         geometry = np.median(np.array(geometries), axis=0) if same_size else reference.geometry
         template = self._template(reference.codes[0], reference.valid[0] & stable, geometry, len(used))
-        return Enrollment(template, sorted(used), rejected)
+        return Enrollment(self.guard.protect(template) if self.guard else template, sorted(used), rejected)
 
     def _aligned_to(self, f: Features, reference: Features) -> tuple[np.ndarray, np.ndarray]:
         """``f``'s code moved onto the reference by the best rotation and shift."""
@@ -372,6 +388,8 @@ class Recognizer:
 
     def _scores(self, probe: Features, gallery: Gallery, rows, offsets, rotations: int) -> np.ndarray:
         planes, masks, _ = palmcode.probe_variants(probe.codes, probe.valid, offsets, rotations)
+        if gallery.guard_id is not None:  # the same keyed transform as the stored templates: distances unchanged
+            planes, masks = self.guard.protect_variants(planes, masks, self.grid)
         g_planes = gallery.planes if rows is None else gallery.planes[rows]
         g_masks = gallery.masks if rows is None else gallery.masks[rows]
         out = np.empty(len(g_planes), np.float32)
@@ -387,6 +405,10 @@ class Recognizer:
         return np.clip(out, 0.0, 1.0)
 
     def _check_gallery(self, gallery: Gallery) -> None:
+        if gallery.guard_id is not None:
+            if self.guard is None:
+                raise RecognitionError("the templates are guarded but this recognizer has no template guard key")
+            self.guard.check_gallery(gallery.guard_id)
         if len(gallery) and gallery.grid != self.grid:
             raise RecognitionError(f"templates use a {gallery.grid} code grid, this model makes {self.grid}: re-enroll")
         foreign = np.flatnonzero(gallery.feature_ids != self.feature_id)

@@ -63,9 +63,9 @@ class AccountStore(HoldsConnection):
         self.journal  # its tables exist from the start: a bundle is checked against its position
 
     @classmethod
-    def open(cls, cfg, journal=None) -> "AccountStore":
+    def open(cls, cfg, journal=None, keystore: KeyStore | None = None) -> "AccountStore":
         """A store owning its own connection to <state_dir>/unit.db (closed by close())."""
-        return open_owning(cfg.state_dir, lambda conn: cls(cfg, conn, journal))
+        return open_owning(cfg.state_dir, lambda conn: cls(cfg, conn, journal, keystore))
 
     @property
     def journal(self):
@@ -339,6 +339,27 @@ class AccountStore(HoldsConnection):
                               (employee_id, now))
         self._scrub()
         return had > 0
+
+    def retransform_templates(self, transform) -> int:
+        """Every stored template and queued upload rewritten by ``transform(list[bytes]) -> list[bytes]`` in one
+        transaction, old forms scrubbed (template guard renewal: no image needed). How many were rewritten."""
+        rows = self.conn.execute("SELECT employee_id, sealed FROM templates").fetchall()
+        queued = self.conn.execute("SELECT employee_id, sealed FROM upload_queue").fetchall()
+        transport = (TemplateCipher(self.keystore.load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
+                     if queued else None)
+        try:
+            stored = [self._cipher.open(emp_id, sealed) for emp_id, sealed in rows]
+            pending = [transport.open(emp_id, sealed) for emp_id, sealed in queued]
+        except InvalidTag:
+            raise AccountsError("a stored template does not open with this unit's keys; nothing was changed") from None
+        new_stored, new_pending = transform(stored), transform(pending)
+        with self._transaction():
+            self.conn.executemany("UPDATE templates SET sealed = ? WHERE employee_id = ?",
+                                  [(self._cipher.seal(e, t), e) for (e, _), t in zip(rows, new_stored)])
+            self.conn.executemany("UPDATE upload_queue SET sealed = ? WHERE employee_id = ?",
+                                  [(transport.seal(e, t), e) for (e, _), t in zip(queued, new_pending)])
+        self._scrub()
+        return len(rows)
 
     def _scrub(self) -> None:
         """secure_delete zeroed the freed cells; checkpoint and truncate the WAL so no old copy lingers there."""

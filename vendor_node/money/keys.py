@@ -6,22 +6,30 @@ make every stored template unreadable, so an existing key is always reused.
 A key file with looser permissions, the wrong size or the wrong kind is refused
 with KeyFileError rather than used, because a key others could read is no key.
 
-Sealing with the Pi's OTP device key later needs only a ``KeyStore`` subclass
-that overrides ``_seal`` / ``_unseal``; nothing else reads the key files.
+Key modes (``[keys] mode``): in ``otp`` mode every secret file is wrapped with
+AES-256-GCM under a key derived (HKDF-SHA256) from the board's OTP device secret,
+so a copied SD card opens nothing on any other board; the secret is read by the
+CLI/unit layer (devices/otp.py) and handed in as a callable, since money never
+imports devices. ``software`` mode keeps plain 0600 files (a copied card opens
+everything); selftest and the heartbeat say so.
 """
 from __future__ import annotations
 
 import hashlib
 import os
-import stat
 from pathlib import Path
+
+from typing import Callable
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from ..errors import KeyFileError
+from .key_files import _read_public, _read_secret, _write_new_secret
+from .key_wrap import SEAL_COMMAND, KeyWrap, is_wrapped
 from .storage import write_file_atomically
+from .template_cipher import NONCE_BYTES, TAG_BYTES, TemplateCipher  # noqa: F401  (importable from here)
 
 KEYS_DIR = "keys"
 DATA_KEY_FILE = "data.key"
@@ -31,76 +39,7 @@ SYMMETRIC_KEY_BYTES = 32  # AES-256
 FLEET_SIGNING_KEY_FILE = "fleet_signing.key"
 FLEET_PUBLIC_KEY_FILE = "fleet_public_key.pem"
 UNIT_ID_FILE = "unit_id"
-
-
-# --- file helpers ------------------------------------------------------------
-def _write_new_secret(path: Path, data: bytes) -> None:
-    """Write ``data`` to a new 0600 file, atomically (temp file + fsync + rename); never overwrite."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    if path.exists():
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)  # in case the umask was odd
-        os.link(tmp, path)  # fails if someone created the key meanwhile: never replace one
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot write the key: {exc}") from None
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-
-
-def _read_secret(path: Path, what: str) -> bytes:
-    """Read a secret key file, refusing anything but a regular 0600 (or stricter) file."""
-    try:
-        st = path.stat()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: {what} not found (run `vendor-node provision`)") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
-    if not stat.S_ISREG(st.st_mode):
-        raise KeyFileError(f"{path}: the {what} is not a regular file")
-    if st.st_mode & 0o077:
-        raise KeyFileError(
-            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} are too open for the {what}; "
-            f"it must be 0600 (chmod 600 {path})"
-        )
-    try:
-        return path.read_bytes()
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
-
-
-def _read_public(path: Path, what: str) -> bytes:
-    """Read a public key file; it need not be secret but must not be writable by others."""
-    try:
-        st = path.stat()
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise KeyFileError(f"{path}: {what} not found") from None
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read the {what}: {exc}") from None
-    if st.st_mode & 0o022:
-        raise KeyFileError(
-            f"{path}: permissions {stat.S_IMODE(st.st_mode):04o} let others replace the {what}; "
-            f"it must not be group- or world-writable (chmod 644 {path})"
-        )
-    return data
+TEMPLATE_GUARD_KEY_FILE = "template_guard.key"
 
 
 def generate_symmetric_key() -> bytes:
@@ -163,36 +102,71 @@ def load_public_key_file(path: Path | str) -> Ed25519PublicKey:
 
 def load_symmetric_key_file(path: Path | str, what: str) -> bytes:
     path = Path(path)
-    key = _read_secret(path, what)
+    return load_symmetric_key_bytes(_read_secret(path, what), path, what)
+
+
+def load_symmetric_key_bytes(key: bytes, where, what: str) -> bytes:
     if len(key) != SYMMETRIC_KEY_BYTES:
-        raise KeyFileError(f"{path}: the {what} is {len(key)} bytes, expected {SYMMETRIC_KEY_BYTES}")
+        raise KeyFileError(f"{where}: the {what} is {len(key)} bytes, expected {SYMMETRIC_KEY_BYTES}")
     return key
 
 
 # --- the unit's key store ------------------------------------------------------
 class KeyStore:
-    """The unit's keys under ``<state_dir>/keys``; the one seam for sealing them later.
+    """The unit's keys under ``<state_dir>/keys``, plain (``software``) or wrapped to the board (``otp``).
 
-    ``_seal``/``_unseal`` are the identity here; an OTP-sealed store overrides
-    them to wrap the bytes with a key derived from the Pi's device secret.
+    ``device_secret`` is a callable giving the board's 32-byte OTP secret (devices/otp.py builds it
+    from config, the CLI/unit layer passes it in); it is called only when a key file is read or written.
     """
 
-    def __init__(self, state_dir: Path | str, fleet_public_key_path: Path | str | None = None):
+    def __init__(self, state_dir: Path | str, fleet_public_key_path: Path | str | None = None,
+                 mode: str = "software", device_secret: Callable[[], bytes] | None = None):
         self.state_dir = Path(state_dir)
         self.keys_dir = self.state_dir / KEYS_DIR
         self.fleet_public_key_path = Path(fleet_public_key_path or self.state_dir / FLEET_PUBLIC_KEY_FILE)
+        self._wrap = KeyWrap(mode, device_secret)
 
     @classmethod
-    def from_config(cls, cfg) -> "KeyStore":
-        return cls(cfg.state_dir, cfg.fleet_public_key_path)
+    def from_config(cls, cfg, device_secret: Callable[[], bytes] | None = None) -> "KeyStore":
+        keys_cfg = getattr(cfg, "keys", None)
+        return cls(cfg.state_dir, cfg.fleet_public_key_path, keys_cfg.mode if keys_cfg else "software",
+                   device_secret)
 
-    key_mode = "file"  # reported in the heartbeat; an OTP-sealed store says "otp"
+    @property
+    def key_mode(self) -> str:
+        """"otp" or "software"; reported in the heartbeat and by selftest."""
+        return self._wrap.mode
 
-    def _seal(self, data: bytes) -> bytes:
-        return data
+    def _seal(self, data: bytes, path: Path) -> bytes:
+        return self._wrap.seal(data, path)
 
-    def _unseal(self, data: bytes) -> bytes:
-        return data
+    def _unseal(self, data: bytes, path: Path) -> bytes:
+        return self._wrap.unseal(data, path)
+
+    def check_board(self) -> None:
+        """Fail now, naming the cause, if this board's OTP key cannot be read (otp mode)."""
+        self._wrap.check_board()
+
+    def seal_existing_keys(self) -> list[Path]:
+        """Wrap every plain key file to this board (software -> otp migration); the files it sealed."""
+        if self.key_mode != "otp":
+            raise KeyFileError(f"`{SEAL_COMMAND}` needs keys.mode = \"otp\" in the config")
+        self.check_board()  # no usable OTP key: fail before touching any file
+        sealed = []
+        for path in (self.data_key_path, self.signing_key_path, self.fleet_template_key_path,
+                     self.template_guard_key_path):
+            if not path.exists():
+                continue
+            data = _read_secret(path, "key")
+            if is_wrapped(data):
+                self._unseal(data, path)  # already sealed, and to this board
+                continue
+            try:
+                write_file_atomically(path, self._seal(data, path), 0o600)
+            except OSError as exc:
+                raise KeyFileError(f"{path}: cannot seal the key: {exc}") from None
+            sealed.append(path)
+        return sealed
 
     @property
     def data_key_path(self) -> Path:
@@ -212,7 +186,7 @@ class KeyStore:
 
     def load_data_key(self) -> bytes:
         """The 32-byte AES-256 key that encrypts templates at rest; KeyFileError if unusable."""
-        key = self._unseal(_read_secret(self.data_key_path, "unit data key"))
+        key = self._unseal(_read_secret(self.data_key_path, "unit data key"), self.data_key_path)
         if len(key) != SYMMETRIC_KEY_BYTES:
             raise KeyFileError(
                 f"{self.data_key_path}: the unit data key is {len(key)} bytes, expected {SYMMETRIC_KEY_BYTES}"
@@ -221,7 +195,7 @@ class KeyStore:
 
     def create_data_key(self) -> bytes:
         key = generate_symmetric_key()
-        _write_new_secret(self.data_key_path, self._seal(key))
+        _write_new_secret(self.data_key_path, self._seal(key, self.data_key_path))
         return key
 
     def ensure_data_key(self) -> bytes:
@@ -236,14 +210,15 @@ class KeyStore:
 
     # unit signing key (signs journal exports)
     def load_signing_key(self) -> Ed25519PrivateKey:
-        return parse_signing_key(self._unseal(_read_secret(self.signing_key_path, "unit signing key")),
+        return parse_signing_key(self._unseal(_read_secret(self.signing_key_path, "unit signing key"),
+                                              self.signing_key_path),
                                  self.signing_key_path)
 
     def ensure_signing_key(self) -> Ed25519PrivateKey:
         if not self.signing_key_path.exists():
             key = Ed25519PrivateKey.generate()
             try:
-                _write_new_secret(self.signing_key_path, self._seal(signing_key_to_pem(key)))
+                _write_new_secret(self.signing_key_path, self._seal(signing_key_to_pem(key), self.signing_key_path))
                 return key
             except KeyFileError:
                 if not self.signing_key_path.exists():
@@ -284,7 +259,8 @@ class KeyStore:
 
     def load_fleet_template_key(self) -> bytes:
         """The fleet-wide AES-256 key that templates travel under (bundles, upload queue)."""
-        key = self._unseal(_read_secret(self.fleet_template_key_path, "fleet template key"))
+        key = self._unseal(_read_secret(self.fleet_template_key_path, "fleet template key"),
+                           self.fleet_template_key_path)
         if len(key) != SYMMETRIC_KEY_BYTES:
             raise KeyFileError(f"{self.fleet_template_key_path}: the fleet template key is {len(key)} bytes, "
                                f"expected {SYMMETRIC_KEY_BYTES}")
@@ -298,8 +274,46 @@ class KeyStore:
                 return
             raise KeyFileError(f"{self.fleet_template_key_path}: a different fleet template key is already "
                                "installed; refusing to replace it (templates travelling under it would be lost)")
-        _write_new_secret(self.fleet_template_key_path, self._seal(key))
+        _write_new_secret(self.fleet_template_key_path, self._seal(key, self.fleet_template_key_path))
 
+    # the fleet's template guard secret (hand/template_guard.py): templates are stored only under it
+    @property
+    def template_guard_key_path(self) -> Path:
+        return self.keys_dir / TEMPLATE_GUARD_KEY_FILE
+
+    def has_template_guard_key(self) -> bool:
+        return self.template_guard_key_path.exists()
+
+    def load_template_guard_key(self) -> bytes:
+        return load_symmetric_key_bytes(self._unseal(_read_secret(self.template_guard_key_path, "template guard key"),
+                                                     self.template_guard_key_path), self.template_guard_key_path,
+                                        "template guard key")
+
+    def ensure_template_guard_key(self, fleet_key: bytes | None = None) -> bytes:
+        """The guard secret: the fleet's (installed once at provisioning) or, for a lone unit, its own."""
+        if not self.has_template_guard_key():
+            key = fleet_key if fleet_key is not None else generate_symmetric_key()
+            load_symmetric_key_bytes(key, "template guard key", "template guard key")
+            try:
+                _write_new_secret(self.template_guard_key_path, self._seal(key, self.template_guard_key_path))
+                return key
+            except KeyFileError:
+                if not self.has_template_guard_key():
+                    raise
+        current = self.load_template_guard_key()
+        if fleet_key is not None and fleet_key != current:
+            raise KeyFileError(f"{self.template_guard_key_path}: a different template guard key is installed; "
+                               "change it only with `vendor-node keys renew-template-guard` (re-transforms templates)")
+        return current
+
+    def replace_template_guard_key(self, new_key: bytes) -> None:
+        """Renewal's last step (after every template is re-transformed): the old secret is overwritten."""
+        load_symmetric_key_bytes(new_key, "new template guard key", "template guard key")
+        try:
+            write_file_atomically(self.template_guard_key_path, self._seal(new_key, self.template_guard_key_path),
+                                  0o600)
+        except OSError as exc:
+            raise KeyFileError(f"{self.template_guard_key_path}: cannot write the template guard key: {exc}") from None
 
     # the unit's identity, fixed at provisioning
     @property
@@ -354,37 +368,3 @@ def generate_fleet_keys(out_dir: Path | str) -> dict[str, Path]:
     except OSError as exc:
         raise KeyFileError(f"{paths['public_key']}: cannot write: {exc}") from None
     return paths
-
-
-# --- AES-256-GCM sealing of one employee's template ------------------------------
-NONCE_BYTES = 12  # 96-bit random nonce, the GCM standard size
-TAG_BYTES = 16
-
-
-class TemplateCipher:
-    """AES-256-GCM for templates: ``nonce || ciphertext+tag``, a fresh random nonce each time.
-
-    The associated data is ``purpose | employee id``, so a sealed template moved to
-    another employee's row, or from transport form into storage form, fails to open.
-    """
-
-    def __init__(self, key: bytes, purpose: bytes):
-        from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-        if len(key) != SYMMETRIC_KEY_BYTES:
-            raise KeyFileError(f"a template key must be {SYMMETRIC_KEY_BYTES} bytes, got {len(key)}")
-        self._aead = AESGCM(key)
-        self._purpose = purpose + b"|"
-
-    def seal(self, employee_id: str, plaintext: bytes) -> bytes:
-        nonce = os.urandom(NONCE_BYTES)
-        return nonce + self._aead.encrypt(nonce, plaintext, self._purpose + employee_id.encode("utf-8"))
-
-    def open(self, employee_id: str, sealed: bytes) -> bytes:
-        """The plaintext, or ``cryptography.exceptions.InvalidTag`` if key, employee or bytes differ."""
-        from cryptography.exceptions import InvalidTag
-
-        if len(sealed) < NONCE_BYTES + TAG_BYTES:
-            raise InvalidTag()
-        return self._aead.decrypt(sealed[:NONCE_BYTES], sealed[NONCE_BYTES:],
-                                  self._purpose + employee_id.encode("utf-8"))

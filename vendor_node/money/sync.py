@@ -314,12 +314,13 @@ def _model_name(cfg) -> str:
         return "unknown"
 
 
-def run_sync(cfg, transport) -> SyncReport:
-    """One sync pass: push journal, push templates, heartbeat, then pull; each step tried on its own."""
+def run_sync(cfg, transport, keystore=None) -> SyncReport:
+    """One sync pass: push journal, push templates, heartbeat, then pull; each step tried on its own.
+    ``keystore``: the unit's keys opened by the CLI (otp mode needs the board's key source)."""
     from .accounts import AccountStore
 
     report = SyncReport()
-    with AccountStore.open(cfg) as store:
+    with AccountStore.open(cfg, keystore=keystore) as store:
         run = _Run(cfg, store, transport, report)
         for name, step in (("push journal", run.push_journal), ("push templates", run.push_templates),
                            ("heartbeat", run.heartbeat), ("pull bundles", run.pull_bundles)):
@@ -336,7 +337,8 @@ def run_sync(cfg, transport) -> SyncReport:
     return report
 
 
-def transport_from(cfg, folder: Path | None = None, server_url: str | None = None, budget: RunBudget | None = None):
+def transport_from(cfg, folder: Path | None = None, server_url: str | None = None, budget: RunBudget | None = None,
+                   keystore=None):
     """The transport a sync run uses: a folder if given, else the server URL; None when there is no target."""
     sync = cfg.sync
     if folder is not None:
@@ -346,6 +348,6 @@ def transport_from(cfg, folder: Path | None = None, server_url: str | None = Non
         return None
     from .keys import KeyStore
 
-    signing_key = KeyStore.from_config(cfg).load_signing_key()
+    signing_key = (keystore or KeyStore.from_config(cfg)).load_signing_key()
     return HttpTransport(url, cfg.unit.unit_id, signing_key, budget or RunBudget(sync.max_run_s), sync.timeout_s,
                          sync.allow_insecure_http, sync.max_bundle_bytes, sync.ca_file)

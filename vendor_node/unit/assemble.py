@@ -47,14 +47,23 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
     from ..hand.recognition import Recognizer
     from ..money.storage import open_db
 
+    from .keysource import adopt_clear_templates, check_unit_keys, guarded_gallery, unit_template_guard
+
+    keystore = check_unit_keys(cfg)  # KeyFileError (copied state dir, no OTP key): refuse to start, say why
     recognizer = Recognizer.from_config(cfg)  # ModelError: exit non-zero, `vendor-node selftest` says why
+    recognizer.guard = unit_template_guard(keystore)
     notifier = notifier or Notifier()
-    opened = _open_stores_when_possible(cfg, stop_event, notifier, open_db, Journal, AccountStore, store_retry_s)
+    opened = _open_stores_when_possible(cfg, stop_event, notifier, open_db, Journal,
+                                        lambda c, conn, j: AccountStore(c, conn, j, keystore), store_retry_s)
     if opened is None:  # stopped while waiting for the disk
         notifier.stopping()
         notifier.close()
         return 0
     conn, journal, accounts = opened
+    try:  # a store from before template guarding; the gallery guards them in memory meanwhile
+        adopt_clear_templates(accounts, recognizer.guard)
+    except AccountsError as exc:
+        log.error("templates stay in the old form for now: %s", exc)
     camera = None
     try:
 
@@ -69,7 +78,8 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
             abuse = AbuseGuard(cfg, state_file=cfg.state_dir / "abuse_state.json")  # survives restarts
             loop = PurchaseLoop(cfg, camera=camera, panel=panel, board=board, recognizer=recognizer,
                                 accounts=accounts, journal=journal, abuse=abuse, stop_event=stop_event,
-                                notifier=notifier, open_camera=camera_factory)
+                                notifier=notifier, open_camera=camera_factory,
+                                gallery_factory=guarded_gallery(recognizer.guard))
             try:
                 return loop.run()
             finally:
