@@ -344,21 +344,17 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple
     # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
     # barely grazing the edge is kept, anything more is a part of the hand outside the view.
     merged: list[list[int]] = []
-    finger_like = lambda a, b: 0.2 * radius <= b - a <= 0.8 * radius  # noqa: E731
     for a, b in runs:
         if merged and a - merged[-1][1] < 0.6 * radius:
             merged[-1][1] = b
-            merged[-1][2] += finger_like(a, b)
         else:
-            merged.append([a, b, int(finger_like(a, b))])
+            merged.append([a, b])
     runs = sorted((r for r in merged if r[1] - r[0] >= max(3.0, 0.2 * radius)), key=lambda r: r[0] - r[1])
     if not runs:
         return None, False
-    if runs and runs[0][2] >= 3:  # three finger-wide pieces side by side: fingers leaving the frame, not an arm
-        return None, True
     if len(runs) >= 2 and runs[0][1] - runs[0][0] < 0.8 * radius:  # only finger-wide contacts: no arm in sight
         return None, True
-    a, b = runs[0][:2]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
+    a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
     # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
     border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
     if border_gap < 0.5 * radius:
