@@ -256,3 +256,24 @@ def test_firmware_otp_errors_name_the_cause():
     store = KeyStore("/tmp/x", mode="otp", device_secret=FirmwareOtp(run=FakeMailbox()).read)
     with pytest.raises(KeyFileError, match="all zeros \\(not programmed\\)"):
         store.check_board()
+
+
+def test_selftest_names_a_copied_state_dir_and_warns_in_software_mode(otp_unit, tmp_path, capsys):
+    assert cli(otp_unit.config, "selftest", "--state-dir", str(otp_unit.state)) >= 0
+    keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
+    assert keys_line.startswith("PASS") and "key mode otp" in keys_line
+    copy = tmp_path / "copy"
+    shutil.copytree(otp_unit.state, copy)
+    other = board_config(tmp_path, "boardB", copy)
+    EmulatedOtp(tmp_path / "boardB" / "otp.key").program(os.urandom(32))
+    cli(other, "selftest", "--state-dir", str(copy))
+    keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
+    assert keys_line.startswith("FAIL") and "sealed to another board's OTP key" in keys_line
+    state = tmp_path / "soft"
+    soft = board_config(tmp_path, "boardS", state, mode="software")
+    fleet = tmp_path / "fleet"
+    assert provision(soft, fleet, state) == 0
+    capsys.readouterr()
+    cli(soft, "selftest", "--state-dir", str(state))
+    keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
+    assert keys_line.startswith("PASS") and "WARNING keys.mode = \"software\"" in keys_line

@@ -80,10 +80,11 @@ def _finish(args, source: str, results: list[CheckResult]) -> int:
 
 
 def _checks(cfg):
-    from ..money.keys import KeyStore
     from ..money.storage import DB_NAME
+    from ..unit.keysource import check_unit_keys, unit_keystore
+    from .keys import key_mode_line
 
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)
     db_path = cfg.state_dir / DB_NAME
     provisioned = store.read_unit_id() is not None
 
@@ -96,11 +97,13 @@ def _checks(cfg):
 
         if not provisioned and not store.has_data_key():
             raise not_provisioned()
+        check_unit_keys(cfg)  # otp mode: sealed to this board (a copied state dir is named here)
         store.load_data_key()
         signing = store.load_signing_key()
         store.load_fleet_public_key()
         return (f"data key, unit signing key and pinned fleet key load ({store.keys_dir}); unit "
-                f"{store.read_unit_id() or cfg.unit.unit_id} fingerprint {grouped(fingerprint(signing.public_key()))}")
+                f"{store.read_unit_id() or cfg.unit.unit_id} fingerprint {grouped(fingerprint(signing.public_key()))}; "
+                f"{key_mode_line(store)}")
 
     def model():
         from ..hand.model import Embedder
@@ -155,7 +158,7 @@ def _checks(cfg):
                 raise not_provisioned()
             raise VendorNodeError("no account bundle imported yet: the unit is out of service until "
                                   "`vendor-node accounts import BUNDLE` (or the nightly sync brings one)")
-        with AccountStore.open(cfg) as accounts_store:
+        with AccountStore.open(cfg, keystore=store) as accounts_store:
             reason = accounts_store.out_of_service_reason()
             bundle = accounts_store.current_bundle()
             count = len(accounts_store.templates())

@@ -19,7 +19,7 @@ from ..money.keys import KeyStore
 def unit_keystore(cfg) -> KeyStore:
     if cfg.keys.mode != "otp":
         return KeyStore.from_config(cfg)
-    return KeyStore.from_config(cfg, otp_source(cfg.keys, cfg.state_dir).read)
+    return KeyStore.from_config(cfg, lambda: otp_source(cfg.keys, cfg.state_dir).read())  # errors when used
 
 
 def check_unit_keys(cfg) -> KeyStore:
