@@ -310,3 +310,16 @@ def test_eval_debug_dir_draws_every_frame_and_names_refusals(tmp_path, capsys):
     assert picture.shape == (480, 640, 3)
     red = (picture[:, :, 2] > 200) & (picture[:, :, 1] < 60) & (picture[:, :, 0] < 60)
     assert red.sum() > 200  # the palm square is drawn
+
+
+def test_exclude_tuned_leaves_out_the_people_the_hand_finding_was_tuned_on(tmp_path):
+    from vendor_node.hand.dataset import tuned_subjects
+
+    assets = tmp_path / "assets"
+    assets.mkdir()
+    (assets / "manifest.json").write_text(json.dumps({"preprocessing": {"tuned_on": {"hands": ["p0", "p2"]}}}))
+    assert tuned_subjects(assets, tmp_path / "hands") == {"p0", "p2"}
+    assert tuned_subjects(assets, tmp_path / "other") == set()
+    (assets / "manifest.json").write_text(json.dumps({"training": {}}))
+    with pytest.raises(DatasetError, match="preprocessing.tuned_on"):
+        tuned_subjects(assets, tmp_path / "hands")

@@ -31,6 +31,8 @@ def _add_recognition_commands(sub) -> None:
                    help="leave out subjects the model manifest says it was trained on (figures on held-out people)")
     p.add_argument("--same-person", type=_subject_pair, action="append", metavar="A,B",
                    help="two subjects that may be one person labelled twice: never scored as impostors (repeatable)")
+    p.add_argument("--exclude-tuned", action="store_true",
+                   help="also leave out subjects the manifest says the hand finding was tuned on")
     p.add_argument("--robustness", action="store_true",
                    help="probes turned, scaled, blurred, darkened, infrared-like and close-up: one line each")
     p.add_argument("--debug-dir", type=Path, metavar="DIR",

@@ -136,3 +136,18 @@ def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
                            "cannot tell which people the model saw")
     name = Path(dataset).resolve().name
     return {str(s) for s in subjects.get(name, [])}
+
+
+def tuned_subjects(assets_dir: Path, dataset: Path) -> set[str]:
+    """Subjects of ``dataset`` that the preprocessing was tuned on (manifest ``preprocessing.tuned_on``), for
+    --exclude-tuned: figures on people neither the model nor the hand finding ever saw."""
+    manifest_path = Path(assets_dir) / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise DatasetError(f"{manifest_path}: cannot read the manifest to exclude tuned subjects ({exc})") from None
+    tuned = (manifest.get("preprocessing") or {}).get("tuned_on")
+    if not isinstance(tuned, dict):
+        raise DatasetError(f"{manifest_path}: preprocessing.tuned_on (set name -> subjects) is missing; "
+                           "cannot tell which people the preprocessing was tuned on")
+    return {str(s) for s in tuned.get(Path(dataset).resolve().name, [])}

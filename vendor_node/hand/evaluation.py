@@ -22,7 +22,7 @@ import numpy as np
 
 from ..errors import DatasetError, ImageFileError, HandRejected, UsageError
 from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
-from .dataset import Dataset, Sample, load_dataset, trained_subjects
+from .dataset import Dataset, Sample, load_dataset, trained_subjects, tuned_subjects
 from .evaluation_output import format_table, plot_det
 
 __all__ = ["Sample", "Dataset", "load_dataset", "run_eval", "evaluate", "format_table", "trained_subjects"]
@@ -80,15 +80,19 @@ def run_eval(args, cfg) -> int:
         raise UsageError(f"--enroll must be 1 to {MAX_ENROLL_IMAGES} (the unit enrolls at most that many), got {enroll_n}")
     dataset = load_dataset(args.dataset)
     excluded: set[str] = set()
-    if getattr(args, "exclude_trained", False):
-        excluded = trained_subjects(cfg.unit.assets_dir, args.dataset)
+    if getattr(args, "exclude_trained", False) or getattr(args, "exclude_tuned", False):
+        excluded = trained_subjects(cfg.unit.assets_dir, args.dataset) if getattr(args, "exclude_trained", False) else set()
+        if getattr(args, "exclude_tuned", False):
+            excluded |= tuned_subjects(cfg.unit.assets_dir, args.dataset)
         before = len(dataset)
         dataset = Dataset([s for s in dataset if s.subject not in excluded], dataset.problems, dataset.has_captured)
         if not excluded:
-            log.info("the model manifest names no subject of %s as trained on: nothing excluded", args.dataset)
-        log.info("excluded %d images of %d subjects the model was trained on", before - len(dataset), len(excluded))
+            log.info("the manifest names no subject of %s as trained or tuned on: nothing excluded", args.dataset)
+        log.info("excluded %d images of %d subjects the model was trained on or the preprocessing tuned on",
+                 before - len(dataset), len(excluded))
         if not dataset:
-            raise DatasetError(f"{args.dataset}: every subject was used to train the model; nothing is held out")
+            raise DatasetError(f"{args.dataset}: every subject was used to train the model or tune the "
+                               "preprocessing; nothing is held out")
     for problem in dataset.problems[:10]:
         log.warning("%s", problem)
     if len(dataset.problems) > 10:
