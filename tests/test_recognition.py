@@ -312,3 +312,32 @@ def test_probe_variants_are_shifted_codes():
     d = palmcode.variant_distances(planes, masks, g_planes, g_masks, min_bits=10)[:, 0]
     assert d[what.index((0, 1, -2))] == 0.0
     assert palmcode.distances(planes, masks, g_planes, g_masks, min_bits=10_000)[0] == 1.0
+
+
+def test_enrollment_replaces_refused_and_disagreeing_presentations(recognizer):
+    """One bad frame cannot spoil a template: a refused frame and a frame of another hand are each replaced
+    by a new presentation, and the template is built from frames that all agree."""
+    from vendor_node.hand.enrollment import enroll_presentations
+    synthetic = pytest.importorskip("vendor_node.sim.drawn_hands")
+
+    frames = iter([synthetic.draw_hand(21, 0), synthetic.blank_frame(), synthetic.draw_hand(22, 0),
+                   synthetic.draw_hand(21, 1), synthetic.draw_hand(21, 2), synthetic.draw_hand(21, 3)])
+    told = []
+    checked = enroll_presentations(recognizer, lambda: next(frames), wanted=3, max_presentations=6, tell=told.append)
+    assert checked.used == [0, 3, 4]
+    assert checked.replaced == [(1, "no_hand"), (2, "disagrees")]
+    assert checked.agreement >= recognizer.threshold
+    assert len(told) == 2 and told[0].endswith(".")
+    gallery = Gallery.from_templates({"21": checked.template,
+                                      "22": recognizer.enroll([synthetic.draw_hand(22, 1)]).template})
+    assert recognizer.identify(synthetic.draw_hand(21, 5), gallery).employee_id == "21"
+
+
+def test_enrollment_gives_up_when_the_presentations_never_agree(recognizer):
+    from vendor_node.hand.enrollment import enroll_presentations
+    synthetic = pytest.importorskip("vendor_node.sim.drawn_hands")
+
+    people = iter(range(30, 40))
+    with pytest.raises(HandRejected) as refused:
+        enroll_presentations(recognizer, lambda: synthetic.draw_hand(next(people), 0), wanted=2, max_presentations=4)
+    assert refused.value.reason == "inconsistent"
