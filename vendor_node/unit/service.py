@@ -405,14 +405,18 @@ class PurchaseLoop(UnitHealth):
         return None, None
 
     def _keep_debug_image(self, frame) -> None:
-        """Only when a technician turned it on: frames under <state_dir>/debug, capped in count."""
+        """Only when a technician turned it on: frames under <state_dir>/debug, capped in count, with the
+        key points and palm square preprocessing found drawn on them (or why the frame was refused)."""
         if not self.cfg.recognition.keep_debug_images:
             return
         import cv2
 
+        from ..hand.debug_view import draw_trace, traced_extract
+
         folder = Path(self.cfg.state_dir) / "debug"
         folder.mkdir(parents=True, exist_ok=True, mode=0o700)
-        cv2.imwrite(str(folder / f"frame-{time.time():.3f}.png"), frame)
+        _, trace, _ = traced_extract(frame)
+        cv2.imwrite(str(folder / f"frame-{time.time():.3f}.png"), draw_trace(frame, trace))
         kept = sorted(folder.glob("frame-*.png"))
         for old in kept[:-self.debug_images_max]:
             old.unlink(missing_ok=True)
