@@ -277,3 +277,24 @@ def test_selftest_names_a_copied_state_dir_and_warns_in_software_mode(otp_unit, 
     cli(soft, "selftest", "--state-dir", str(state))
     keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
     assert keys_line.startswith("PASS") and "WARNING keys.mode = \"software\"" in keys_line
+
+
+def test_the_simulator_runs_a_unit_whose_keys_are_sealed_to_its_emulated_board(tmp_path, capsys):
+    import json
+
+    state = tmp_path / "state"
+    config = board_config(tmp_path, "boardA", state)
+    EmulatedOtp(tmp_path / "boardA" / "otp.key").program(os.urandom(32))
+    report = tmp_path / "report.json"
+    assert main(["simulate", "--config", str(config), "--customers", "4", "--state-dir", str(state), "--report",
+                 str(report), "--seed", "3", "--synthetic", "--employees", "3"]) == 0
+    result = json.loads(report.read_text())
+    assert result["charges_equal_vends"] is True and result["identification"]["wrong_payer"] == 0
+    assert all(p.read_bytes().startswith(WRAP_MAGIC) for p in (state / "keys").iterdir())
+    from vendor_node.hand.template_guard import is_guarded
+    from vendor_node.money.accounts import AccountStore
+
+    cfg = load_config(config)
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as accounts:
+        templates = accounts.templates()
+    assert len(templates) == 3 and all(is_guarded(t) for t in templates.values())

@@ -22,9 +22,9 @@ CONSENT_VERSION = "sim-consent-1"
 
 def office_config(cfg, server_url: str):
     """The simulated unit's config pointed at the office, with the provisioned unit id."""
-    from ..money.keys import KeyStore
+    from ..unit.keysource import unit_keystore
 
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)
     unit_id = store.read_unit_id()
     if unit_id is None or not store.fleet_public_key_path.is_file():
         raise UsageError(f"{cfg.state_dir}: not provisioned for an office; run `vendor-node provision --state-dir "
@@ -36,7 +36,10 @@ def office_config(cfg, server_url: str):
 def sync_once(cfg, what: str):
     from ..money.sync import run_sync, transport_from
 
-    report = run_sync(cfg, transport_from(cfg))
+    from ..unit.keysource import unit_keystore
+
+    keystore = unit_keystore(cfg)
+    report = run_sync(cfg, transport_from(cfg, keystore=keystore), keystore)
     if report.errors:
         raise SyncError(f"{what}: {'; '.join(report.errors)}")
     return report
@@ -45,6 +48,7 @@ def sync_once(cfg, what: str):
 def office_people(cfg, args, rng, recognizer):
     """People for the run, their employees enrolled at this unit and known to the office."""
     from ..money.accounts import AccountStore
+    from ..unit.keysource import unit_keystore
     from .provision import HANDDATA_DEFAULT, PEOPLE_FILE, SimPerson, choose_people
 
     path = Path(cfg.state_dir) / PEOPLE_FILE
@@ -57,7 +61,7 @@ def office_people(cfg, args, rng, recognizer):
         path.write_text(json.dumps([p.__dict__ for p in people], indent=1), encoding="utf-8")
     sync_once(cfg, "first sync with the office")  # its employees and their funds
     enrolled = 0
-    with AccountStore.open(cfg) as store:
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
         have = set(store.templates())
         for person in people:
             emp = store.employee(person.employee_id) if person.employee_id else None
@@ -77,12 +81,12 @@ def office_people(cfg, args, rng, recognizer):
 
 def office_summary(cfg) -> dict:
     """The office's ledger for this unit (fleet-signed), after a final sync pushed the journal."""
-    from ..money.keys import KeyStore
     from ..money.sync import verify_receipt
+    from ..unit.keysource import unit_keystore
     from ..money.sync_transport import signed_headers
 
     sync_once(cfg, "final sync with the office")
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)
     path = f"/api/v1/units/{cfg.unit.unit_id}/summary"
     headers = signed_headers(store.load_signing_key(), cfg.unit.unit_id, "GET", path, b"")
     request = urllib.request.Request(cfg.sync.server_url.rstrip("/") + path, headers=headers)

@@ -107,14 +107,14 @@ def provision_bundle(cfg, employees: list[tuple], templates: dict[str, bytes], p
     from ..money.accounts import AccountStore
     from ..money.bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, EmployeeRecord, TemplateRecord, encode_bundle, \
         write_bundle_file
-    from ..money.keys import KeyStore, TemplateCipher, generate_fleet_keys, load_signing_key_file, \
-        load_symmetric_key_file
+    from ..money.keys import TemplateCipher, generate_fleet_keys, load_signing_key_file, load_symmetric_key_file
+    from ..unit.keysource import unit_keystore
 
     state_dir = Path(cfg.state_dir)
     fleet_dir = state_dir / FLEET_DIR
     if not (fleet_dir / "fleet_signing.key").exists():
         generate_fleet_keys(fleet_dir)
-    store = KeyStore.from_config(cfg)
+    store = unit_keystore(cfg)  # [keys] mode = "otp" with keys.otp_file: the simulated board's OTP key
     store.pin_fleet_public_key((fleet_dir / "fleet_public_key.pem").read_bytes())
     template_key = load_symmetric_key_file(fleet_dir / "fleet_template.key", "fleet template key")
     store.install_fleet_template_key(template_key)
@@ -134,7 +134,7 @@ def provision_bundle(cfg, employees: list[tuple], templates: dict[str, bytes], p
                     unit_id=cfg.unit.unit_id, policy=policy, employees=records, templates=sealed)
     path = state_dir / "sim_bundle.vnb"
     write_bundle_file(path, encode_bundle(bundle, load_signing_key_file(fleet_dir / "fleet_signing.key")))
-    with AccountStore.open(cfg) as accounts:
+    with AccountStore.open(cfg, keystore=store) as accounts:
         accounts.import_bundle(path)
 
 
@@ -145,8 +145,9 @@ def load_or_create_people(cfg, args, rng: random.Random, recognizer) -> list[Sim
         raw = json.loads(path.read_text(encoding="utf-8"))
         people = [SimPerson(**p) for p in raw]
         from ..money.accounts import AccountStore
+        from ..unit.keysource import unit_keystore
 
-        with AccountStore.open(cfg) as accounts:
+        with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as accounts:
             stale = accounts.out_of_service_reason()
         if stale:  # the simulated back office sends a fresh bundle, as the nightly sync would
             log.info("bundle needs renewing (%s): provisioning a new one", stale)

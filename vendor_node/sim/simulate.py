@@ -65,6 +65,7 @@ class SimUnit:
 
     def __enter__(self):
         from ..money.accounts import AccountStore
+        from ..unit.keysource import unit_keystore
         from ..money.authorize import AbuseGuard
         from ..devices.camera import SimCamera
         from ..money.journal import Journal
@@ -77,7 +78,7 @@ class SimUnit:
         self.vmc = VendingMachineSimulator(**self.vmc_options).start()
         self.conn = open_db(self.cfg.state_dir)
         self.journal = Journal(self.conn)
-        self.accounts = AccountStore(self.cfg, self.conn, self.journal)
+        self.accounts = AccountStore(self.cfg, self.conn, self.journal, unit_keystore(self.cfg))
         self.camera = self._camera or SimCamera()
         self.panel = open_panel(self.cfg)
         self.board = open_board(self.cfg, port=self.vmc.port_path, stop_event=self.stop_event)
@@ -231,6 +232,10 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
         from .office_link import office_config, office_people
 
         cfg = office_config(cfg, office)
+    from ..unit.keysource import unit_keystore, unit_template_guard
+
+    recognizer.guard = unit_template_guard(unit_keystore(cfg))  # templates stored guarded, as on a unit
+    if office:
         people = office_people(cfg, args, rng, recognizer)
     else:
         people = load_or_create_people(cfg, args, rng, recognizer)
@@ -296,7 +301,10 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
                "status_delay_s": 0.05, "start_busy_rate": 0.2, "seed": rng.randrange(1 << 30)}  # a real adapter's pace
     options.update(vmc_options or {})
     started = time.monotonic()
-    with SimUnit(cfg, recognizer, vmc_options=options, on_purchase=printer) as unit:
+    from ..unit.keysource import guarded_gallery
+
+    gallery = guarded_gallery(recognizer.guard) if getattr(recognizer, "guard", None) else None
+    with SimUnit(cfg, recognizer, vmc_options=options, on_purchase=printer, gallery_factory=gallery) as unit:
         if not unit.wait_in_service(10.0):
             raise UsageError(f"the simulated unit did not come into service: {unit.loop.faults}")
         after_seq = unit.journal.head()[0]
