@@ -162,6 +162,10 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
         f"p{p}": hands.recognizer.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (1, 2, 3)}
     before = guarded_recognizer(old).score_matrix(hands.probes, Gallery.from_templates(templates))
 
+    from vendor_node.money.accounts import AccountStore
+
+    with AccountStore.open(unit.cfg) as store:
+        store.mark_uploaded(["p1", "p2", "p3"])  # the office has them, in the old form
     new_key = unit.tmp / "guard2.key"
     assert main(["keys", "new-guard-key", "--out", str(new_key)]) == 0
     assert os.stat(new_key).st_mode & 0o777 == 0o600
@@ -173,16 +177,17 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
     assert all(GuardedTemplate.from_bytes(t).guard_id == new.guard_id for t in renewed.values())
     after = guarded_recognizer(new).score_matrix(hands.probes, Gallery.from_templates(renewed))
     np.testing.assert_array_equal(before, after)
-    # the queued transport copies were renewed too (the fleet template key opens them: same palms, new guard)
+    # the renewed forms are queued again (sealed for transport) so the office relays them to the other units
     from vendor_node.money.keys import TemplateCipher
     from vendor_node.money.bundle import TEMPLATE_TRANSPORT_PURPOSE
 
     transport = TemplateCipher(KeyStore.from_config(unit.cfg).load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
-    from vendor_node.money.accounts import AccountStore
 
     with AccountStore.open(unit.cfg) as store:
-        for employee_id, sealed, _, _ in store.pending_uploads():
-            assert transport.open(employee_id, sealed) == renewed[employee_id]
+        pending = store.pending_uploads()
+        assert sorted(row[0] for row in pending) == ["p1", "p2", "p3"]
+        for employee_id, sealed, consent, _ in pending:
+            assert transport.open(employee_id, sealed) == renewed[employee_id] and consent == "c1"
     # again with the same key: nothing to do; an interrupted renewal (key file not yet replaced) runs again
     assert main(["keys", "renew-template-guard", "--new-key", str(new_key), "--state-dir", str(unit.state)]) == 0
     assert "already under this guard key" in capsys.readouterr().out

@@ -133,9 +133,12 @@ def cmd_renew_template_guard(args) -> int:
         return 0
     started = time.perf_counter()
     with AccountStore.open(cfg, keystore=store) as accounts:
-        count = accounts.retransform_templates(lambda templates: renew_templates(templates, old, new))
+        count = accounts.retransform_templates(lambda templates: renew_templates(templates, old, new),
+                                               requeue_enrolled=True)
+        queued = len(accounts.pending_uploads())
     store.replace_template_guard_key(new_key=load_symmetric_key_file(args.new_key, "new template guard key"))
     print(f"renewed {count} template(s) under guard {new.guard_id:08x} in {time.perf_counter() - started:.2f} s; "
-          f"the old guard {old.guard_id:08x} is overwritten")
+          f"the old guard {old.guard_id:08x} is overwritten; {queued} queued for upload, so the office relays the "
+          "renewed forms to units that renew with the same key (renew every unit of the fleet with it)")
     return 0
 

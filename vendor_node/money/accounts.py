@@ -340,24 +340,31 @@ class AccountStore(HoldsConnection):
         self._scrub()
         return had > 0
 
-    def retransform_templates(self, transform) -> int:
+    def retransform_templates(self, transform, requeue_enrolled: bool = False) -> int:
         """Every stored template and queued upload rewritten by ``transform(list[bytes]) -> list[bytes]`` in one
-        transaction, old forms scrubbed (template guard renewal: no image needed). How many were rewritten."""
-        rows = self.conn.execute("SELECT employee_id, sealed FROM templates").fetchall()
+        transaction, old forms scrubbed (template guard renewal: no image needed). ``requeue_enrolled`` also
+        queues the new form of every template enrolled here, so the office relays it to the other units (only
+        this unit's own enrollments: a bundle copy may be older than the office's). How many were rewritten."""
+        rows = self.conn.execute("SELECT employee_id, sealed, source, consent_version, consented_at "
+                                 "FROM templates").fetchall()
         queued = self.conn.execute("SELECT employee_id, sealed FROM upload_queue").fetchall()
         transport = (TemplateCipher(self.keystore.load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
-                     if queued else None)
+                     if queued or (requeue_enrolled and self.keystore.has_fleet_template_key()) else None)
         try:
-            stored = [self._cipher.open(emp_id, sealed) for emp_id, sealed in rows]
+            stored = [self._cipher.open(row[0], row[1]) for row in rows]
             pending = [transport.open(emp_id, sealed) for emp_id, sealed in queued]
         except InvalidTag:
             raise AccountsError("a stored template does not open with this unit's keys; nothing was changed") from None
-        new_stored, new_pending = transform(stored), transform(pending)
+        new_stored, new_pending, now = transform(stored), transform(pending), time.time()
         with self._transaction():
             self.conn.executemany("UPDATE templates SET sealed = ? WHERE employee_id = ?",
-                                  [(self._cipher.seal(e, t), e) for (e, _), t in zip(rows, new_stored)])
+                                  [(self._cipher.seal(row[0], t), row[0]) for row, t in zip(rows, new_stored)])
             self.conn.executemany("UPDATE upload_queue SET sealed = ? WHERE employee_id = ?",
                                   [(transport.seal(e, t), e) for (e, _), t in zip(queued, new_pending)])
+            if transport is not None and requeue_enrolled:
+                self.conn.executemany("INSERT OR REPLACE INTO upload_queue VALUES (?, ?, ?, ?, ?)",
+                                      [(row[0], transport.seal(row[0], t), row[3], row[4], now)
+                                       for row, t in zip(rows, new_stored) if row[2] == "enrolled"])
         self._scrub()
         return len(rows)
 
