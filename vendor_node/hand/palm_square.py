@@ -27,13 +27,18 @@ def inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape:
     return all(-slack <= x <= w - 1 + slack and -slack <= y <= h - 1 + slack for x, y in corners)
 
 
-def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float) -> float:
+def gradients(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sobel gradients of the working image (x, y), computed once per frame for every reading of it."""
+    smooth = work.astype(np.float32)
+    return cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+
+
+def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float, grads=None) -> float:
     """How steep the hand's outline is: the gradient at the edge over the grey-level step across it
     (measured STEP_REACH px either side, so lighting and gamma cancel out), 90th percentile per edge orientation,
     worst orientation (motion blur softens only the edges across its direction). About 1 when sharp."""
     smooth = work.astype(np.float32)
-    gx = cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0
-    gy = cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    gx, gy = grads if grads is not None else gradients(work)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
     band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel) > 0
     band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = False

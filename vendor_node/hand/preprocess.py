@@ -57,8 +57,6 @@ MIN_SHARPNESS = 0.24
 MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
 MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
-PALM_BEYOND_FRAME = 0.25  # how far past the frame's edge the hand is taken to go on (of the short side)
-PALM_OUTSIDE = 0.0  # share of the palm circle's radius that may lie beyond the frame's edge
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
 
@@ -93,14 +91,20 @@ def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
         scale = grey.shape[1] / size[0]
     else:
         work, scale = grey, 1.0
+    # A close-up under the unit's LEDs (a big bright hand on a dark background): the fingers get far less
+    # light than the palm and Otsu cuts them off halfway, so dimmer parts touching the hand are taken in
+    # further down ("dim_fingers") first; elsewhere that is the second reading.
+    first_method = "dim_fingers" if _looks_like_close_up(work) else "otsu"
+    grads = palm_square.gradients(work)  # shared by every reading of this frame
+    other = "otsu" if first_method == "dim_fingers" else "dim_fingers"
     first_trace: dict = {"scale": scale}
     try:
-        hand = _hand_in(grey, work, scale, "otsu", trace=first_trace)
+        hand = _hand_in(grey, work, scale, first_method, first_trace, grads)
         if hand.alignment != "valleys" and first_trace.get("dark_background"):
-            # Placed without all three finger valleys: dim fingers cut short by the threshold may hide them.
+            # Placed without all three finger valleys: the other reading of the fingers may show them.
             second: dict = {}
             try:
-                fuller = _hand_in(grey, work, scale, "dim_fingers", trace=second)
+                fuller = _hand_in(grey, work, scale, other, second, grads)
                 if fuller.alignment == "valleys":
                     hand, first_trace = fuller, second
             except HandRejected:
@@ -112,22 +116,29 @@ def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
         if first.reason not in RETRY_REASONS:
             _keep_trace(trace, first_trace, first)
             raise
-        # A close-up under the unit's LEDs: the fingers get far less light than the palm and Otsu cuts them
-        # off halfway, so dimmer parts touching the hand are taken in further down. A pale hand on a pale
-        # background next to a dark sleeve: the threshold split sleeve from the rest, so the hand is looked
-        # for again as whatever differs from the background.
-        # A wide wrist leaving the frame (the back of the hand, fingers down) can draw the palm circle out
-        # of the frame: tried again with the circle kept inside it.
-        # Whatever differs from the background would take in the hand's shadow at the frame's edge: not for
-        # a hand refused as cut off.
-        retries = ("otsu_in_frame", "dim_fingers") if first.reason == "cut_off" else ("dim_fingers", "background")
+        # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
+        # so the hand is looked for again as whatever differs from the background (not for a hand refused
+        # as cut off: that would take in its shadow at the frame's edge).
+        retries = (other,) if first.reason == "cut_off" else (other, "background")
         for method in retries:
+            retry_trace: dict = {}
             try:
-                return _hand_in(grey, work, scale, method, trace=trace)
-            except HandRejected:
-                pass
+                hand = _hand_in(grey, work, scale, method, retry_trace, grads)
+                if trace is not None:
+                    trace.update(retry_trace)
+                return hand
+            except HandRejected as refusal:
+                if method == "otsu":  # the plain reading's reason is the one to tell (e.g. too close)
+                    first, first_trace = refusal, retry_trace
         _keep_trace(trace, first_trace, first)
         raise first from None
+
+
+def _looks_like_close_up(work: np.ndarray) -> bool:
+    """A bright hand covering much of a frame whose edge is mostly dark: the unit's own framing."""
+    _, bright = cv2.threshold(work, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+    return np.count_nonzero(border) < border.size / 2 and cv2.countNonZero(bright) >= CLOSE_UP_AREA * bright.size
 
 
 def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
@@ -136,7 +147,8 @@ def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
         trace.update(found, reason=refusal.reason)
 
 
-def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None) -> Hand:
+def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None,
+             grads=None) -> Hand:
     trace = {} if trace is None else trace
     trace.clear()
     trace["scale"], trace["method"] = scale, method
@@ -154,7 +166,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
         raise
     if wrist is not None:
         trace["wrist"] = wrist * scale
-    sharpness = palm_square.edge_sharpness(work, mask, contrast)
+    sharpness = palm_square.edge_sharpness(work, mask, contrast, grads)
     trace["sharpness"] = sharpness
     if sharpness < MIN_SHARPNESS:
         raise reject("blurred")
@@ -215,9 +227,8 @@ def _validated(image) -> np.ndarray:
 
 def _find_hand(work: np.ndarray, method: str):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
-    in_frame = method.endswith("_in_frame")
-    mask, contrast, unfilled = _segment(work, method.removesuffix("_in_frame"))
-    center, radius = _palm_circle(mask, 0.0 if in_frame else PALM_OUTSIDE)
+    mask, contrast, unfilled = _segment(work, method)
+    center, radius = _palm_circle(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
@@ -294,7 +305,9 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
         return hand
     touching = np.unique(labels[(hand > 0) & weak])
     touching = touching[touching > 0]
-    grown = np.isin(labels, touching)
+    keep = np.zeros(count, bool)
+    keep[touching] = True
+    grown = keep[labels]  # a lookup table: much faster than np.isin over every pixel
     # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
     outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     filled = np.zeros_like(hand)
@@ -303,25 +316,14 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
 
 
-def _palm_circle(mask: np.ndarray, outside: float = PALM_OUTSIDE) -> tuple[np.ndarray, float]:
-    """Centre and radius of the largest circle inside the hand: the palm. Where the hand leaves the frame
-    it is taken to go on as it left (the outline continued straight out), so the frame's edge does not
-    shrink or move the circle when the wrist or the heel of the hand lies outside; at most a
-    ``outside`` share of the radius may lie beyond the frame."""
-    h, w = mask.shape
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    _, radius, _, loc = cv2.minMaxLoc(cv2.distanceTransform(padded, cv2.DIST_L2, 5))
-    if outside <= 0 or min(loc[0] - 1, loc[1] - 1, w - loc[0], h - loc[1]) > radius + 1:
-        return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)  # clear of the frame's edge
-    pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
-    extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
-    extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
-    ys, xs = np.ogrid[0:h, 0:w]
-    to_edge = np.minimum(np.minimum(xs, w - 1 - xs), np.minimum(ys, h - 1 - ys)).astype(np.float32)
-    allowed = np.where(to_edge + 1 >= (1 - outside) * dist, dist, 0)
-    _, radius, _, loc = cv2.minMaxLoc(allowed)
-    return np.array(loc, dtype=np.float32), float(radius)
+def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and radius of the largest circle inside the hand and the frame: the palm. (Letting it run
+    past the frame's edge kept a near hand's palm square in place on coep_dev, but slid it into the
+    forearm on 11k_full, where the wrist is as wide as the palm: measured worse on real photos.)"""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the frame edge is not palm
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
+    _, radius, _, loc = cv2.minMaxLoc(dist)
+    return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)
 
 
 def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
