@@ -158,7 +158,9 @@ class Handler(BaseHTTPRequestHandler):
             return self.answer(200, {"ok": True})
         if self.command == "GET" and action.startswith("bundle?after="):
             after = int(action.split("=")[1])
-            data = office.frozen_bundle.pop(unit, None) or office.build_bundle(unit)
+            if unit in office.frozen_bundle:  # served as it is, whatever it holds
+                return self.answer(200, raw=office.frozen_bundle.pop(unit))
+            data = office.build_bundle(unit)
             from vendor_node.money.bundle import decode_bundle
             if decode_bundle(data, office.fleet_key.public_key()).version <= after:
                 return self.answer(204)
@@ -734,3 +736,22 @@ def test_money_invariant_under_random_interleavings(tmp_path_factory, actions):
         assert office.balance(employee) == info["topups"] - spent  # every charge ingested once, to the cent
         assert office.balance(employee) >= -(len(units) - 1) * day_cap * len(days)
         assert all(state(unit)["funds"][employee] == max(0, office.balance(employee)) for unit in units)
+
+
+def test_an_unreachable_office_is_a_clear_error_and_every_step_is_tried(cfg):
+    report = run_sync(cfg, http(cfg, "http://127.0.0.1:9", budget_s=3.0))
+    assert not report.ok
+    steps = {e.split(":")[0] for e in report.errors}
+    assert {"heartbeat", "pull bundles"} <= steps  # nothing to push yet; the rest each say why
+
+
+def test_a_forged_bundle_from_the_office_is_refused_and_nothing_changes(cfg, office):
+    run_sync(cfg, http(cfg, office.url))
+    before = state(cfg)
+    forger = FakeOffice(Ed25519PrivateKey.generate())
+    forger.employees = {"E9": {"name": "Mallory", "topups": 99_999}}
+    forger.version = 100
+    office.frozen_bundle["unit-7"] = forger.build_bundle("unit-7")
+    report = run_sync(cfg, http(cfg, office.url))
+    assert any("bad signature" in e for e in report.errors)
+    assert state(cfg) == before
