@@ -480,11 +480,13 @@ def test_folder_sync_twice_in_a_second_overwrites_nothing(tmp_path, fleet_key, o
     (share / "inbox" / "v1.vnb").write_bytes(office.build_bundle("unit-7"))
     (share / "inbox" / "v2.vnb").write_bytes(office.build_bundle("unit-7", for_unit="unit-other"))
     (share / "inbox" / "notes.txt").write_text("hello")
+    (share / "inbox" / ".v3.vnb.tmp").write_bytes(b"half a bundle being copied in")
     report = run_sync(cfg, FolderTransport(share, "unit-7"))
     assert report.ok, report.errors
     assert report.bundles_applied == [1]
     assert any("v2.vnb" in s and "built for unit 'unit-other'" in s for s in report.skipped)
     assert any("notes.txt" in s and "not a bundle file name" in s for s in report.skipped)
+    assert len(report.skipped) == 2  # a file still being written (a dot name) is not one to warn about
 
     buy(cfg, "E1", 120)
     with AccountStore.open(cfg) as store:

@@ -269,7 +269,7 @@ class FolderTransport:
         if not self.inbox.is_dir():
             return
         for path in sorted(self.inbox.iterdir()):
-            if path.is_dir():
+            if path.is_dir() or path.name.startswith("."):  # folders (receipts/), and files still being written
                 continue
             if path.suffix not in BUNDLE_SUFFIXES:
                 self.skip(str(path), f"not a bundle file name (expected {' or '.join(BUNDLE_SUFFIXES)})")
