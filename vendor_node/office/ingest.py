@@ -156,7 +156,6 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                      detail=e.get("detail"), prev_hash=e["prev_hash"], hash=e["hash"], charged_cents=_charge(e),
                      batch_id=body["batch_id"])
         for e in new], batch_size=500)
-    _add_to_totals(new)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = ""
@@ -164,6 +163,7 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                                         last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                                         entries=len(new))
     unit.save(update_fields=["last_seq", "last_hash", "gap"])
+    _add_to_totals(new)  # last: the shared per-employee rows stay locked only until the commit just after
     return receipt_for(unit, batch)
 
 
@@ -179,10 +179,14 @@ def _add_to_totals(entries: list[dict]) -> None:
     if not sums:
         return
     table = ChargeTotal._meta.db_table
+    rows = sorted(sums.items())
     with connection.cursor() as cursor:
-        cursor.executemany(
-            f"INSERT INTO {table} (employee_id, charged_cents) VALUES (%s, %s) ON CONFLICT (employee_id) "
-            f"DO UPDATE SET charged_cents = {table}.charged_cents + excluded.charged_cents", sorted(sums.items()))
+        for start in range(0, len(rows), 400):  # one statement per chunk: one round trip, not one per employee
+            chunk = rows[start:start + 400]
+            cursor.execute(
+                f"INSERT INTO {table} (employee_id, charged_cents) VALUES {', '.join(['(%s, %s)'] * len(chunk))} "
+                f"ON CONFLICT (employee_id) DO UPDATE SET charged_cents = {table}.charged_cents + "
+                "excluded.charged_cents", [value for row in chunk for value in row])
 
 
 class _GapRefused(UnitRequestRefused):
