@@ -511,3 +511,35 @@ def test_a_clock_stepping_back_gives_no_money_back(store, fleet):
     store.import_bundle(fleet.bundle(2, [EmployeeRecord("E1", "Ann", funds_cents=500)], created=NOW + HOUR))
     assert store.authorize("E1", 200, now=NOW + HOUR + 1).reason_code == "insufficient_funds"
     assert store.funds_left_cents(store.employee("E1")) == 100
+
+
+def test_a_template_revoked_elsewhere_is_deleted_here_and_never_comes_back(store, fleet):
+    """Unenrolled at another unit (or deleted in the office): the bundle's revocation removes this unit's copy,
+    confirmed by applying it; an older copy in a later bundle is refused, a newer enrollment is welcome."""
+    staff = [EmployeeRecord("E1", "Ann", funds_cents=2000)]
+    store.import_bundle(fleet.bundle(1, staff, templates=[("E1", b"t" * 40)]))
+    assert "E1" in store.templates()
+    consented = NOW - 60  # what Fleet.bundle stamps on templates
+    revoked = Bundle(kind="snapshot", version=3, created=NOW + 2, expires=NOW + HOUR, employees=staff, unit_id="unit-dev",
+                     template_revocations={"E1": consented + 1})
+    path = fleet.dir / "v3.vnb"
+    write_bundle_file(path, encode_bundle(revoked, fleet.signer))
+    store.import_bundle(path)
+    assert "E1" not in store.templates()
+    assert store.employee("E1").status == "active"  # the account stays: only the biometric data goes
+    store.import_bundle(fleet.bundle(4, staff, templates=[("E1", b"t" * 40)]))  # the same old enrollment again
+    assert "E1" not in store.templates(), "an older copy came back"
+    assert store.unreported_revocations() == []  # the office sent it: nothing to report back
+    store.import_bundle(fleet.bundle(5, staff, templates=[("E1", b"n" * 40)], created=NOW + 120))  # enrolled anew
+    assert store.templates()["E1"] == b"n" * 40
+
+
+def test_a_bundle_with_a_template_older_than_its_own_revocation_is_refused(fleet):
+    from vendor_node.errors import BundleError
+
+    bundle = Bundle(kind="snapshot", version=1, created=NOW, expires=NOW + HOUR, unit_id="unit-dev",
+                    employees=[EmployeeRecord("E1", "Ann", funds_cents=1)],
+                    templates=[TemplateRecord("E1", fleet.transport.seal("E1", b"t" * 40), "c1", NOW - 100)],
+                    template_revocations={"E1": NOW - 50})
+    with pytest.raises(BundleError, match="consented before its own revocation"):
+        encode_bundle(bundle, fleet.signer)

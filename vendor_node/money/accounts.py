@@ -143,6 +143,8 @@ class AccountStore(HoldsConnection):
                  len(bundle.employees), len(sealed_here), len(bundle.deletions)))
         log.info("account bundle %s v%d applied: %d employees, %d templates, %d deletions", bundle.kind,
                  bundle.version, len(bundle.employees), len(sealed_here), len(bundle.deletions))
+        if bundle.deletions or bundle.template_revocations:
+            self._scrub()  # deleted templates leave no copy in the WAL either
         return self.current_bundle()
 
     def _reseal_transport_templates(self, bundle: Bundle, source: str) -> list[tuple]:
@@ -189,6 +191,13 @@ class AccountStore(HoldsConnection):
         gone = "SELECT id FROM employees WHERE status='deleted'"
         c.execute(f"DELETE FROM templates WHERE employee_id IN ({gone})")
         c.execute(f"DELETE FROM upload_queue WHERE employee_id IN ({gone})")
+        for emp_id, revoked_at in bundle.template_revocations.items():  # revoked at another unit or the office
+            c.execute("DELETE FROM templates WHERE employee_id = ? AND consented_at <= ?", (emp_id, revoked_at))
+            c.execute("DELETE FROM upload_queue WHERE employee_id = ? AND consented_at <= ?", (emp_id, revoked_at))
+            c.execute("INSERT INTO template_revocations (employee_id, revoked_at, reported) VALUES (?, ?, 1) "
+                      "ON CONFLICT(employee_id) DO UPDATE SET reported = CASE WHEN excluded.revoked_at >= revoked_at "
+                      "THEN 1 ELSE reported END, revoked_at = MAX(revoked_at, excluded.revoked_at)",
+                      (emp_id, revoked_at))
         known = {r[0] for r in c.execute("SELECT id FROM employees WHERE status != 'deleted'")}
         queued = {r[0] for r in c.execute("SELECT employee_id FROM upload_queue")}
         revoked = dict(c.execute("SELECT employee_id, revoked_at FROM template_revocations"))

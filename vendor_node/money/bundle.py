@@ -86,6 +86,9 @@ def encode_bundle(bundle: Bundle, signing_key: Ed25519PrivateKey) -> bytes:
         ],
         "deletions": list(bundle.deletions),
     }
+    if bundle.template_revocations:
+        payload["template_revocations"] = [{"employee_id": emp, "revoked_at": at}
+                                           for emp, at in sorted(bundle.template_revocations.items())]
     if bundle.kind == "delta":
         payload["base_version"] = bundle.base_version
     _validate_payload(payload, "bundle to sign")  # never sign what every unit would then refuse

@@ -76,6 +76,9 @@ class Bundle:
     employees: list[EmployeeRecord] = field(default_factory=list)
     templates: list[TemplateRecord] = field(default_factory=list)
     deletions: list[str] = field(default_factory=list)
+    # employee id -> when their biometric data was revoked (at a unit or by the office): every template of
+    # theirs consented at or before that time is deleted, and never brought back by a later bundle
+    template_revocations: dict[str, float] = field(default_factory=dict)
     sha256: str = ""
 
 
@@ -150,7 +153,8 @@ def _validate_payload(raw, source: str) -> Bundle:
         c.fail("format", "a format-1 bundle names no unit and no journal position; this unit reads format 2 "
                          "only: rebuild it for this unit (`vendor-node fleet bundle --unit-id ...` or the office)")
     top = c.table(raw, "payload", {"format", "unit_id", "journal_position", "kind", "version", "created",
-                                   "expires", "employees", "templates", "deletions"}, {"policy", "base_version"})
+                                   "expires", "employees", "templates", "deletions"},
+                {"policy", "base_version", "template_revocations"})
     if top["format"] != FORMAT:
         c.fail("format", f"unsupported bundle format {top['format']!r} (this unit reads {FORMAT})")
     if not isinstance(top["unit_id"], str) or not EMPLOYEE_ID_RE.match(top["unit_id"]):
@@ -207,6 +211,15 @@ def _validate_payload(raw, source: str) -> Bundle:
         deletions.append(emp_id)
     deleted = set(deletions)
 
+    revocations: dict[str, float] = {}
+    for i, item in enumerate(c.array(top.get("template_revocations", []), "template_revocations")):
+        where = f"template_revocations[{i}]"
+        c.table(item, where, {"employee_id", "revoked_at"})
+        emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
+        if emp_id in revocations:
+            c.fail(f"{where}.employee_id", f"second revocation for {emp_id!r}")
+        revocations[emp_id] = c.number(item["revoked_at"], f"{where}.revoked_at")
+
     templates, with_template = [], set()
     for i, item in enumerate(c.array(top["templates"], "templates")):
         where = f"templates[{i}]"
@@ -216,6 +229,8 @@ def _validate_payload(raw, source: str) -> Bundle:
             c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
         if emp_id in deleted:
             c.fail(f"{where}.employee_id", f"template for deleted employee {emp_id!r}")
+        if emp_id in revocations and c.number(item["consented_at"], f"{where}.consented_at") <= revocations[emp_id]:
+            c.fail(f"{where}.employee_id", f"template for {emp_id!r} consented before its own revocation")
         with_template.add(emp_id)
         if not isinstance(item["sealed"], str):
             c.fail(f"{where}.sealed", "expected base64 text")
@@ -232,7 +247,8 @@ def _validate_payload(raw, source: str) -> Bundle:
         ))
     return Bundle(kind=kind, version=version, base_version=base_version, created=created, expires=expires,
                   unit_id=top["unit_id"], journal_position=position,
-                  policy=policy, employees=employees, templates=templates, deletions=deletions)
+                  policy=policy, employees=employees, templates=templates, deletions=deletions,
+                  template_revocations=revocations)
 
 
 def _check_position(c: "_Checker", value, where: str) -> JournalPosition:
