@@ -252,3 +252,26 @@ def test_the_start_up_check_is_incremental_from_the_verified_mark(tmp_path):
         journal.approve(session, "E1", "A1", 100)
         assert "seq 31..32" in check_integrity(journal)
     assert (state / MARK_NAME).read_text().count("\n") == 1  # compacted to the verified mark
+
+
+def test_a_read_only_state_folder_is_named_as_such_by_every_command(tmp_path, capsys):
+    """A card remounted read-only (a common SD-card failure): sync, verify and selftest say so, no traceback."""
+    if os.geteuid() != 0:
+        pytest.skip("a read-only bind mount needs root")
+    cfg = make_cfg(tmp_path)
+    provision_bundle(cfg, EMPLOYEES, TEMPLATES)
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if subprocess.run(["mount", "--bind", str(cfg.state_dir), str(frozen)], capture_output=True).returncode:
+        pytest.skip("cannot bind-mount here")
+    try:
+        assert subprocess.run(["mount", "-o", "remount,ro,bind", str(frozen)], capture_output=True).returncode == 0
+        folder = tmp_path / "sync"
+        folder.mkdir()
+        for argv in (["sync", "--folder", str(folder)], ["journal", "verify"], ["selftest", "--sim"]):
+            code = main([*argv, "--state-dir", str(frozen)])
+            out = capsys.readouterr()
+            assert code != 0 and "Traceback" not in out.out + out.err, argv
+            assert "read-only file system" in out.out + out.err, (argv, out.out + out.err)
+    finally:
+        subprocess.run(["umount", "-l", str(frozen)], capture_output=True)

@@ -31,12 +31,28 @@ def open_db(state_dir: Path | str) -> sqlite3.Connection:
         conn.execute("PRAGMA synchronous=FULL")
         conn.execute("PRAGMA foreign_keys=ON")
     except (OSError, sqlite3.Error) as exc:
-        raise JournalError(f"{state_dir / DB_NAME}: cannot open the unit database: {exc}") from None
+        raise JournalError(f"{state_dir / DB_NAME}: cannot open the unit database: {exc}{_why_not(state_dir)}") from None
     try:
         os.chmod(state_dir / DB_NAME, 0o600)
     except OSError:
         pass
     return conn
+
+
+def _why_not(state_dir: Path) -> str:
+    """The likely cause when the database will not open: a read-only or full file system (SQLite only says
+    "unable to open database file" or "disk I/O error")."""
+    try:
+        info = os.statvfs(state_dir)
+    except OSError:
+        return ""
+    if info.f_flag & os.ST_RDONLY:
+        return f" ({state_dir} is on a read-only file system)"
+    if info.f_bavail == 0:
+        return f" ({state_dir} is on a full disk)"
+    if not os.access(state_dir, os.W_OK):
+        return f" ({state_dir} is not writable by this user)"
+    return ""
 
 
 @contextmanager
