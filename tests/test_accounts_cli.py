@@ -341,3 +341,16 @@ def test_fleet_bundle_journal_position_counts_only_later_charges(unit, capsys):
     assert main(["accounts", "import", str(bundle), "--state-dir", str(unit.state)]) == 0
     with AccountStore.open(cfg) as store:
         assert store.funds_left_cents(store.employee("E1")) == 1700
+
+
+def test_unenroll_of_nobody_is_an_error_and_queues_no_revocation(unit, capsys):
+    make_bundle(unit, 10)
+    main(["accounts", "import", str(unit.tmp / "b10.vnb"), "--state-dir", str(unit.state)])
+    capsys.readouterr()
+    assert main(["unenroll", "NOBODY", "--state-dir", str(unit.state)]) == 1
+    assert "no employee 'NOBODY' on this unit" in capsys.readouterr().err
+    from vendor_node.config import Config
+    from vendor_node.money.accounts import AccountStore
+
+    with AccountStore.open(Config().replace(unit={"state_dir": unit.state})) as store:
+        assert store.unreported_revocations() == []

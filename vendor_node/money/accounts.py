@@ -344,6 +344,11 @@ class AccountStore(HoldsConnection):
         with self._transaction():
             had = self.conn.execute("DELETE FROM templates WHERE employee_id = ?", (employee_id,)).rowcount
             had += self.conn.execute("DELETE FROM upload_queue WHERE employee_id = ?", (employee_id,)).rowcount
+            known = self.conn.execute("SELECT 1 FROM employees WHERE id = ? AND status != 'deleted'",
+                                      (employee_id,)).fetchone()
+            if not had and not known:  # a typo must not send the fleet a revocation for somebody else's id
+                raise AccountsError(f"no employee {employee_id!r} on this unit and no template of theirs: "
+                                    "nothing deleted, no revocation queued")
             self.conn.execute("INSERT OR REPLACE INTO template_revocations (employee_id, revoked_at) VALUES (?, ?)",
                               (employee_id, now))
         self._scrub()
