@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Install vendor-node on a Raspberry Pi (64-bit Raspberry Pi OS, bookworm or trixie), as root:
-#   sudo scripts/install.sh [--wheelhouse DIR] [--mdb-usb /dev/ttyACM0]
+#   sudo scripts/install.sh [--wheelhouse DIR] [--mdb-usb /dev/ttyACM0] [--with-hw-tests]
 # and, without root:
 #   scripts/install.sh --build-wheelhouse DIR --os bookworm|trixie   (on a laptop with internet: the
 #                           pinned aarch64 wheels for an offline install; flash.sh --wheelhouse puts DIR on the card)
@@ -16,6 +16,7 @@
 # - the udev rule naming the MDB adapter /dev/vendor-mdb (the GPIO UART, or the USB adapter given)
 # - systemd-time-wait-sync enabled with a bounded wait (the service waits for NTP, at most 90 s)
 # - the systemd units, enabled
+# - --with-hw-tests: pytest too (from the wheelhouse, which carries it), for tests/test_hardware.py
 # Running it again upgrades the package and the units; state in /var/lib/vendor-node is kept.
 # Exit codes: 0 installed, 1 failed (the message says why), 2 bad arguments.
 set -euo pipefail
@@ -26,6 +27,7 @@ USER_NAME=vendor-node
 CONF_DIR=/etc/vendor-node
 APT_PACKAGES=(python3-venv python3-numpy python3-picamera2 python3-lgpio)
 REQUIREMENTS="$SRC/deploy/pi-requirements.txt"
+HW_TEST_TOOLS=(pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1)  # for tests/test_hardware.py on the unit only
 # numpy of each Pi OS release (what picamera2 there is built against) and its Python, for --build-wheelhouse
 declare -A OS_NUMPY=([bookworm]=1.24.2 [trixie]=2.2.4)
 declare -A OS_PYTHON=([bookworm]=3.11 [trixie]=3.13)
@@ -33,7 +35,7 @@ declare -A OS_PYTHON=([bookworm]=3.11 [trixie]=3.13)
 die() { echo "$PROG: $*" >&2; exit 1; }
 usage_error() { echo "$PROG: $*" >&2; sed -n '2,8p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
 
-WHEELHOUSE='' MDB_USB='' BUILD_DIR='' BUILD_OS='' PRINT_RULE=''
+WHEELHOUSE='' MDB_USB='' BUILD_DIR='' BUILD_OS='' PRINT_RULE='' WITH_HW_TESTS=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --wheelhouse|--mdb-usb|--build-wheelhouse|--os|--print-udev-rule)
@@ -43,6 +45,7 @@ while [ $# -gt 0 ]; do
         --os) BUILD_OS=$2 ;; --print-udev-rule) PRINT_RULE=$2 ;;
       esac
       shift 2 ;;
+    --with-hw-tests) WITH_HW_TESTS=1; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) usage_error "unknown argument: $1" ;;
   esac
@@ -81,7 +84,7 @@ if [ -n "$BUILD_DIR" ]; then
   python3 -m pip download --disable-pip-version-check --only-binary=:all: --dest "$BUILD_DIR" \
     --platform manylinux_2_27_aarch64 --platform manylinux_2_28_aarch64 --platform manylinux2014_aarch64 \
     --platform linux_aarch64 --python-version "$python_version" --implementation cp \
-    -r "$REQUIREMENTS" -c "$BUILD_DIR/os-numpy-constraint.txt" "setuptools>=61" wheel \
+    -r "$REQUIREMENTS" -c "$BUILD_DIR/os-numpy-constraint.txt" "setuptools>=61" wheel "${HW_TEST_TOOLS[@]}" \
     || die "pip download failed (network? a pinned version without an aarch64 wheel for Python $python_version?)"
   rm -f "$BUILD_DIR"/numpy-*.whl
   cp "$REQUIREMENTS" "$BUILD_DIR/pi-requirements.txt"
@@ -89,15 +92,15 @@ if [ -n "$BUILD_DIR" ]; then
   exit 0
 fi
 
-if [ "$(id -u)" != 0 ]; then
-  echo "$PROG: run as root (sudo $0)" >&2
-  exit 2
-fi
 case "$(uname -m)" in
   aarch64|x86_64) ;;
   armv7l|armv6l) die "this is a 32-bit OS ($(uname -m)): LiteRT and OpenCV publish no 32-bit ARM wheels, so the unit cannot run its model here; flash Raspberry Pi OS (64-bit)" ;;
   *) die "unsupported machine $(uname -m): the unit runs on 64-bit Raspberry Pi OS (aarch64)" ;;
 esac
+if [ "$(id -u)" != 0 ]; then
+  echo "$PROG: run as root (sudo $0)" >&2
+  exit 2
+fi
 if [ -n "$WHEELHOUSE" ]; then
   [ -d "$WHEELHOUSE" ] || usage_error "--wheelhouse $WHEELHOUSE: no such folder"
   WHEELHOUSE=$(cd "$WHEELHOUSE" && pwd)
@@ -143,6 +146,9 @@ pip_source=()
 PIP=("$PREFIX/venv/bin/pip" install -q --disable-pip-version-check "${pip_source[@]}")
 "${PIP[@]}" -r "$REQUIREMENTS" -c "$PREFIX/os-numpy-constraint.txt" \
   || die "pip could not install deploy/pi-requirements.txt${WHEELHOUSE:+ from $WHEELHOUSE} (offline without a wheelhouse? build one with --build-wheelhouse)"
+if [ "$WITH_HW_TESTS" = 1 ]; then
+  "${PIP[@]}" "${HW_TEST_TOOLS[@]}" -c "$PREFIX/os-numpy-constraint.txt" || die "pip could not install pytest for the hardware tests"
+fi
 # the package itself: its dependencies are the pinned ones above, never re-resolved
 "${PIP[@]}" --no-deps "$PREFIX/src" || die "pip could not install vendor-node from $PREFIX/src"
 numpy_path=$("$PREFIX/venv/bin/python" -c 'import numpy; print(numpy.__file__)')
