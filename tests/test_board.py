@@ -454,3 +454,28 @@ def test_a_flood_does_not_hold_poll_past_its_timeout(chunk):
     started = time.monotonic()
     assert link.poll(0.05) is None
     assert time.monotonic() - started < 0.5
+
+
+def test_megabytes_of_serial_noise_log_a_handful_of_warnings(caplog):
+    """2 MB of noise without a line end once logged ~500 warnings; now a few, then how many were dropped."""
+    import logging
+    import random
+
+    from vendor_node.devices.board_transport import LineTransport
+
+    class Noise(LineTransport):
+        def __init__(self, data):
+            super().__init__()
+            self.data = data
+
+        def _read_bytes(self, timeout):
+            chunk, self.data = self.data[:65536], self.data[65536:]
+            return chunk
+
+    rng = random.Random(3)
+    transport = Noise(bytes(rng.randrange(32, 127) for _ in range(2_000_000)) + b"\nc,STATUS,ENABLED\n")
+    with caplog.at_level(logging.WARNING, logger="vendor_node.board"):
+        for _ in range(40):
+            transport._feed(transport._read_bytes(0))
+    assert len([r for r in caplog.records if r.levelno == logging.WARNING]) <= 6
+    assert transport._lines and transport._lines[-1] == "c,STATUS,ENABLED"

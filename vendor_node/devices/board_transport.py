@@ -34,6 +34,9 @@ class LineTransport:
         self._lines: deque[str] = deque()
         self._discarding = False
         self._max_line_bytes = max_line_bytes
+        from .board_lines import RateLimitedWarning  # the same limiter the protocol's bad lines use
+
+        self._noise_warning = RateLimitedWarning()  # 2 MB of noise once logged ~500 warnings
 
     def _read_bytes(self, timeout: float) -> bytes:
         """Whatever bytes arrive within ``timeout`` (b"" for none); BoardLinkError when lost."""
@@ -89,13 +92,15 @@ class LineTransport:
                 self._discarding = False
                 continue
             if len(raw) > self._max_line_bytes:
-                log.warning("MDB adapter: dropped a %d-byte line (longer than %d)", len(raw), self._max_line_bytes)
+                self._noise_warning("MDB adapter: dropped a %d-byte line (longer than %d)", len(raw),
+                                    self._max_line_bytes)
                 continue
             text = raw.replace(b"\x00", b"").decode("utf-8", errors="replace").strip()
             if text:
                 self._lines.append(text)
         if len(self._buffer) > self._max_line_bytes:
-            log.warning("MDB adapter: no line end after %d bytes; dropping up to the next one", len(self._buffer))
+            self._noise_warning("MDB adapter: no line end after %d bytes; dropping up to the next one",
+                                len(self._buffer))
             self._buffer.clear()
             self._discarding = True
 
