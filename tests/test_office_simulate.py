@@ -40,6 +40,7 @@ def test_simulated_unit_syncs_with_the_office(tmp_path):
                             "--synthetic", "--quiet", "--report", report_file)  # the kept state goes on
         second = json.loads(report_file.read_text())
         assert second["office"]["charged_cents"] == report["charged_cents"] + second["charged_cents"], again
+        assert second["office"]["unit_charged_cents_all_runs"] == second["office"]["charged_cents"]
         assert "sim-test-1" in office.command("register-unit", "sim-test-1", "--exist-ok",
                                               "--fingerprint", fingerprint)
     finally:

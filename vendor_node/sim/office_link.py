@@ -97,4 +97,15 @@ def office_summary(cfg) -> dict:
         raise SyncError(f"office summary: {exc}") from None
     receipt = verify_receipt(document, store.load_fleet_public_key(), "summary", cfg.unit.unit_id, "office summary")
     return {"url": cfg.sync.server_url, "unit_id": cfg.unit.unit_id, "charged_cents": receipt["charged_cents"],
-            "entries": receipt["entries"], "last_seq": receipt["last_seq"]}
+            "entries": receipt["entries"], "last_seq": receipt["last_seq"],
+            "unit_charged_cents_all_runs": unit_charged_all_runs(cfg)}
+
+
+def unit_charged_all_runs(cfg) -> int:
+    """Every charge in this unit's journal (all runs of a kept state dir): what the office must hold."""
+    from ..money.journal import Journal
+    from ..money.journal_schema import REVIEW_SETTLED, VEND_SUCCEEDED
+
+    with Journal.open(cfg.state_dir) as journal:
+        return sum(e.amount_cents or 0 for e in journal.entries(0)
+                   if e.kind == VEND_SUCCEEDED or (e.kind == REVIEW_SETTLED and (e.amount_cents or 0) > 0))

@@ -238,6 +238,13 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
     if office:
         people = office_people(cfg, args, rng, recognizer)
     else:
+        office = getattr(args, "office", None)
+    if office:  # a running back office is this unit's: its employees, funds and ledger
+        from .office_link import office_config, office_people
+
+        cfg = office_config(cfg, office)
+        people = office_people(cfg, args, rng, recognizer)
+    else:
         people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
     strangers = [p for p in people if not p.employee_id]
@@ -248,6 +255,14 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
     report = simulate_customers(cfg, recognizer, people, images, args.customers, rng,
                                 echo=not getattr(args, "quiet", False))
     report.update({"state_dir": str(cfg.state_dir), "hand_images": source, "seed": args.seed})
+    if office:
+        from .office_link import office_summary
+
+        report["office"] = office_summary(cfg)
+        held = report["office"]
+        print(f"office {office}: its ledger holds {held['charged_cents']} cents charged at unit {cfg.unit.unit_id}; "
+              f"the unit's journal {held['unit_charged_cents_all_runs']} over all runs ({report['charged_cents']} "
+              "this run)", flush=True)
     if office:
         from .office_link import office_summary
 
