@@ -238,13 +238,6 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
     if office:
         people = office_people(cfg, args, rng, recognizer)
     else:
-        office = getattr(args, "office", None)
-    if office:  # a running back office is this unit's: its employees, funds and ledger
-        from .office_link import office_config, office_people
-
-        cfg = office_config(cfg, office)
-        people = office_people(cfg, args, rng, recognizer)
-    else:
         people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
     strangers = [p for p in people if not p.employee_id]
@@ -263,12 +256,6 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
         print(f"office {office}: its ledger holds {held['charged_cents']} cents charged at unit {cfg.unit.unit_id}; "
               f"the unit's journal {held['unit_charged_cents_all_runs']} over all runs ({report['charged_cents']} "
               "this run)", flush=True)
-    if office:
-        from .office_link import office_summary
-
-        report["office"] = office_summary(cfg)
-        print(f"office {office}: its ledger holds {report['office']['charged_cents']} cents charged at unit "
-              f"{cfg.unit.unit_id} (the unit's journal: {report['charged_cents']})", flush=True)
     if args.report:
         args.report.parent.mkdir(parents=True, exist_ok=True)
         args.report.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
