@@ -217,3 +217,19 @@ def test_a_revocation_deletes_only_an_older_enrollment(setup):
     assert not SealedTemplate.objects.filter(employee__employee_id="E0001").exists()
     bad = call(client, unit, "POST", "templates", json.dumps({"templates": [dict(record, sealed="!!")]}).encode())
     assert bad.status_code == 400 and "templates[0].sealed" in bad.json()["error"]
+
+
+def test_a_unit_silent_for_26_hours_is_unhealthy(setup):
+    import datetime as dt
+
+    from django.utils import timezone
+    from vendor_node.office.health import alerts
+    from vendor_node.office.models import Unit
+
+    client, unit, _ = setup
+    assert call(client, unit, "POST", "heartbeat", heartbeat_body()).status_code == 200
+    assert alerts() == []
+    Unit.objects.filter(unit_id="unit-1").update(last_sync_at=timezone.now() - dt.timedelta(hours=27))
+    assert [a["problem"] for a in alerts()] == ["no sync for 27 h"]
+    assert call(client, unit, "POST", "heartbeat", heartbeat_body()).status_code == 200  # it comes back
+    assert alerts() == []
