@@ -36,6 +36,8 @@ OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther o
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
 MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over the palm radius, at most
+VALLEY_UP_WEIGHT = 0.5  # whole-hand photos: how much three finger valleys count against the arm for "up"
+MAX_VALLEY_TILT = 0.85  # |cos| between the valley line and the wrist-to-palm direction, at most
 PAIR_GAP = (0.35, 1.1)  # neighbouring finger valleys lie this many palm radii apart
 
 
@@ -95,7 +97,13 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     near = [v for v in valleys if np.linalg.norm(v - center) <= VALLEY_REACH * radius]
     if wrist is not None and len(near) >= 2 and float((np.mean(near, axis=0) - center) @ (wrist - center)) > 0:
         wrist = None  # a finger leaving the frame was taken for the arm: the valleys are on the fingers' side
-    if wrist is not None:
+    if wrist is not None and len(near) >= 3 and not close_up:
+        # The arm's contact with the frame is shifted by the thumb's base and the sleeve; three valleys
+        # across the fingers say more about which way the hand points: both, weighted.
+        from_wrist = (center - wrist) / (np.linalg.norm(center - wrist) + 1e-6)
+        from_valleys = np.mean(near, axis=0) - center
+        up = (1 - VALLEY_UP_WEIGHT) * from_wrist + VALLEY_UP_WEIGHT * from_valleys / (np.linalg.norm(from_valleys) + 1e-6)
+    elif wrist is not None:
         up = center - wrist
     elif near:
         up = np.mean(near, axis=0) - center
@@ -257,12 +265,14 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         else:
             a, b = _continue_arch(rl, mr, center, 0.80, 0.45), rl
     elif not shape.names or not shape.names[0]:
-        v = shape.valleys  # fingers not named: three evenly spaced valleys in a row are the finger valleys
+        v = shape.valleys  # fingers not named: three evenly spaced valleys in a row are the finger valleys;
+        # of several such rows (the thumb's valley can make one), the one lying most across the hand
+        best = MAX_VALLEY_TILT
         for i in range(len(v) - 2):
             gaps = np.linalg.norm(v[i + 1] - v[i]), np.linalg.norm(v[i + 2] - v[i + 1])
-            if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6:
-                a, b = v[i], v[i + 2]
-                break
+            tilt = abs(float((v[i + 2] - v[i]) @ shape.up)) / (float(np.linalg.norm(v[i + 2] - v[i])) + 1e-6)
+            if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6 and tilt < best:
+                a, b, best = v[i], v[i + 2], tilt
         if a is None and shape.fingers_leave_frame:  # a close-up; with whole fingers in view the axis is steadier
             pair = _valley_pair(v, center, radius, shape.up, shape.contour)
             if pair is not None:
@@ -271,7 +281,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
     if a is not None:
         span = float(np.linalg.norm(b - a))
         # Finger valleys lie across the hand, on the fingers' side of the palm centre.
-        across = abs(float((b - a) @ shape.up)) / (span + 1e-6) < 0.5
+        across = abs(float((b - a) @ shape.up)) / (span + 1e-6) < MAX_VALLEY_TILT
         ahead = float(((a + b) / 2 - center) @ shape.up) > 0.3 * radius
         if not (across and ahead):
             a = None
