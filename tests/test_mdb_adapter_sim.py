@@ -239,3 +239,19 @@ def test_simulate_reports_the_adapter_start_commands(tmp_path):
     assert commands[0] == "C,0" and commands[-2:] == ["V", "C,1"]
     assert "C,SETCONF,mdb-always-idle=1" in commands and "C,SETCONF,mdb-decimal-places=2" in commands
     assert report["adapter"]["protocol_errors"] == [] and report["adapter"]["version"].startswith("v,")
+
+
+def test_a_start_answered_after_the_reply_timeout_is_still_the_session():
+    board = BoardConfig(reply_timeout_s=0.3, start_retry_s=0.5)
+    with VendingMachineSimulator(reply_delay_s=0.4) as sim, open_board_link(board, port=sim.port_path) as link:
+        link.reply_timeout_s = 1.0  # set-up with a patient link, then sessions with the short timeout
+        link.enable_reader()
+        wait_event(link, ReaderEnabled)
+        link.reply_timeout_s = 0.3
+        sim.next_customer((150, "12"))
+        assert link.start_session(500) is True  # the answer came during the pause before a second try
+        assert sim.commands.count("C,START,5.00") == 1
+        request, _ = wait_event(link, VendRequest)
+        link.approve_vend(150, request=request)
+        wait_event(link, VendSucceeded)
+        assert sim.protocol_errors == []

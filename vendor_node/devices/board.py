@@ -28,7 +28,8 @@ from .board_events import (  # noqa: F401 (re-exported: the events are part of t
 from .board_format import DISPLAY_WIDTH, display_text, format_price, parse_price  # noqa: F401 (re-exported)
 from .board_lines import (  # noqa: F401 (the states are part of this module's contract)
     DISABLED, ENABLED, ENDING, OFF, OPEN_STAGES, SESSION, UNKNOWN, VEND_APPROVED, VEND_REQUESTED,
-    LineInterpreter, RateLimitedWarning,
+    LineInterpreter, RateLimitedWarning, late_start as _late_start, setconf_answer as _setconf_answer,
+    start_answer as _start_answer,
 )
 from .board_setup import START_ATTEMPTS, START_RETRY_S, default_adapter_settings, adapter_settings_from
 from .board_transport import MAX_LINE_BYTES, LineTransport, SerialTransport  # noqa: F401 (re-exported)
@@ -145,8 +146,10 @@ class BoardLink(LineInterpreter):
             if answer == "off" or self.state in (VEND_REQUESTED, OFF):
                 break  # a selection came first, or the reader must be set up again: not for retrying
             if attempt < self.start_attempts:  # busy (START -3) or no answer yet: listen, then try again
-                self._read_until(time.monotonic() + self.start_retry_s, lambda _line: None, keep_events=True,
-                                 until=lambda: self.state in (VEND_REQUESTED, OFF))
+                late = self._read_until(time.monotonic() + self.start_retry_s, _late_start, keep_events=False,
+                                        until=lambda: self.state in (VEND_REQUESTED, OFF))
+                if late:  # a slow adapter's answer to the previous try: the session is open
+                    return True
                 if self.state in (VEND_REQUESTED, OFF):
                     break
         if not answered:
@@ -347,28 +350,6 @@ class BoardLink(LineInterpreter):
                 self._pending.extend(events)
             if result is not None:
                 return result
-
-
-def _start_answer(line: str):
-    """C,START's answers: a session (IDLE,<funds>[,...]), busy (START <n>), or the reader is off."""
-    if line.startswith("c,STATUS,IDLE,"):
-        return "started"
-    if line.startswith('c,ERR,"START') or line.startswith("c,ERR,START"):
-        return "busy"
-    if line == 'c,ERR,"cashless is off"':
-        return "off"
-    return None
-
-
-def _setconf_answer(line: str):
-    """C,SETCONF's answer: True for c,SET,OK [P2], the line itself for a refusal, None for other lines."""
-    if line == "c,SET,OK":
-        return True
-    if line == 'c,ERR,"cashless is off"':
-        return None  # the answer to our C,0, not to this setting
-    if line.startswith(("c,ERR", "c,UNKNOWN", "c,SET,")):
-        return line
-    return None
 
 
 class ReconnectingBoardLink(BoardLink):

@@ -215,3 +215,30 @@ class LineInterpreter:
     def interrupted_stage(self) -> str | None:
         """The open session stage a loss of the link would interrupt, or None."""
         return self.state if self.state in OPEN_STAGES else None
+
+
+# --- the answers BoardLink's commands wait for -----------------------------------------------
+def start_answer(line: str):
+    """C,START's answers: a session (IDLE,<funds>[,...]), busy (START <n>), or the reader is off."""
+    if line.startswith("c,STATUS,IDLE,"):
+        return "started"
+    if line.startswith('c,ERR,"START') or line.startswith("c,ERR,START"):
+        return "busy"
+    if line == 'c,ERR,"cashless is off"':
+        return "off"
+    return None
+
+
+def late_start(line: str):
+    return True if line.startswith("c,STATUS,IDLE,") else None
+
+
+def setconf_answer(line: str):
+    """C,SETCONF's answer: True for c,SET,OK [Q4], the line itself for a refusal, None for other lines."""
+    if line == "c,SET,OK":
+        return True
+    if line == 'c,ERR,"cashless is off"':
+        return None  # the answer to our C,0, not to this setting
+    if line.startswith(("c,ERR", "c,UNKNOWN", "c,SET,")):
+        return line
+    return None

@@ -161,11 +161,23 @@ class AdapterCommands:
         self._reply(f"c,STATUS,IDLE,{self.price_text(funds)}")
         session = self._session_id
         self._session_timer = self._after(self.session_timeout_s, lambda: self._session_timed_out(session))
-        customer = self._current
-        if customer is not None and customer.phase in ("waiting_session", "prompting"):
-            self._in_session(customer, immediately=customer.phase == "prompting")
+
+        self._session_begun = False
+
+        def begin():  # the machine acts on the session once the adapter's answer is out, never before it
+            if self._session_id != session or self.reader_state != "session":
+                return
+            self._session_begun = True
+            customer = self._current
+            if customer is not None and customer.phase in ("waiting_session", "prompting"):
+                self._in_session(customer, immediately=customer.phase == "prompting")
+            else:
+                self._next_customer()
+
+        if self.reply_delay_s > 0:
+            self._after(self.reply_delay_s, begin)
         else:
-            self._next_customer()
+            begin()
 
     def _start_is_busy(self) -> bool:
         """The machine is still busy for this many STARTs of each session (a real VMC between polls)."""

@@ -65,6 +65,7 @@ class VendingMachineSimulator(AdapterCommands):
         self.start_busy_answers = 0
         self.wrong_price_vends = 0  # approvals that vended an item priced otherwise
         self._busy_left: int | None = None
+        self._session_begun = True  # False between C,START and its (possibly delayed) answer
         self._ghost_success = False  # a success line the machine withheld, released in the next session
         self.reply_delay_s, self.vend_time_s, self.think_s = reply_delay_s, vend_time_s, think_s
         self.slow_s, self.cancel_after_s, self.patience_s = slow_s, cancel_after_s, patience_s
@@ -200,6 +201,8 @@ class VendingMachineSimulator(AdapterCommands):
     def _next_customer(self) -> None:
         if self._current is not None or not self._queue or self.reader_state not in ("enabled", "session"):
             return
+        if self.reader_state == "session" and not self._session_begun:
+            return  # the session's answer is not out yet: the machine starts nothing before it
         customer = self._current = self._queue.popleft()
         if self.reader_state == "session":
             self._in_session(customer)

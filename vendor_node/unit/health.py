@@ -334,6 +334,15 @@ class UnitHealth:
                 continue
             return event if isinstance(event, (VendSucceeded, VendFailed, SessionCancelled)) else None
 
+    def _request_changed(self, p: Purchase) -> None:
+        """The machine's request is no longer the one authorized: refuse it, never approve another price."""
+        if self.board.state == "vend_requested":
+            self.board.deny_vend()
+        self.journal.void(p.session_id, "refused")
+        p.approved = False
+        p.outcome, p.reason = "refused", "request_changed"
+        self._feedback("refused", "Selection changed - try again")
+
     def _hold_for_review(self, p: Purchase, reason: str) -> None:
         self.journal.mark_outcome_unknown(p.session_id)
         p.outcome, p.reason = "outcome_unknown", reason

@@ -304,15 +304,6 @@ class PurchaseLoop(UnitHealth):
         self._settle_approved(p)
         self._note_template_used(p.employee_id)
 
-    def _request_changed(self, p: Purchase) -> None:
-        """The machine's request is no longer the one authorized: refuse it, never approve another price."""
-        if self.board.state == "vend_requested":
-            self.board.deny_vend()
-        self.journal.void(p.session_id, "refused")
-        p.approved = False
-        p.outcome, p.reason = "refused", "request_changed"
-        self._feedback("refused", "Selection changed - try again")
-
     def _note_template_used(self, employee_id: str) -> None:
         """Retention bookkeeping only: a failure here is logged, never allowed to disturb a purchase."""
         try:
