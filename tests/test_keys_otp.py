@@ -298,3 +298,16 @@ def test_the_simulator_runs_a_unit_whose_keys_are_sealed_to_its_emulated_board(t
     with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as accounts:
         templates = accounts.templates()
     assert len(templates) == 3 and all(is_guarded(t) for t in templates.values())
+
+
+@pytest.mark.parametrize("unit_file", ["vendor-node.service", "vendor-node-sync.service"])
+def test_the_services_may_open_the_firmware_mailbox_and_nothing_more(unit_file):
+    """otp mode under systemd: both the unit and the sync read the OTP key through /dev/vcio (group video)."""
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parent.parent / "systemd" / unit_file).read_text(encoding="utf-8")
+    lines = {line.strip() for line in text.splitlines()}
+    assert "DevicePolicy=closed" in lines and "DeviceAllow=/dev/vcio rw" in lines
+    groups = next(line for line in lines if line.startswith("SupplementaryGroups="))
+    assert "video" in groups.split("=", 1)[1].split()
+    assert "PrivateDevices=yes" not in lines  # it would hide /dev/vcio
