@@ -228,3 +228,44 @@ def test_the_units_gallery_guards_old_clear_templates_and_leaves_a_foreign_one_o
     assert recognizer.identify(hands.probes[0], gallery).employee_id == "p1"
     with pytest.raises(RecognitionError, match="template of p3 was made under another template guard"):
         build({"p3": foreign.protect(hands.clear["p3"])})
+
+
+def test_renewal_requeues_only_what_was_enrolled_here(hands, unit, capsys):
+    """A copy that came in a bundle may be older than the office's: only this unit's own enrollments go back up."""
+    from vendor_node.money.accounts import AccountStore
+
+    enroll_drawn(unit, 1)
+    second = unit.tmp / "second"
+    fleet = unit.tmp / "fleet"
+    assert main(["provision", "--fleet-public-key", str(fleet / "fleet_public_key.pem"), "--unit-id", "U2",
+                 "--fleet-template-key", str(fleet / "fleet_template.key"), "--state-dir", str(second)]) == 0
+    bundle = unit.tmp / "u2.vnb"
+    assert main(["fleet", "bundle", "--employees", str(unit.tmp / "staff.csv"), "--signing-key",
+                 str(fleet / "fleet_signing.key"), "--out", str(bundle), "--unit-id", "U2", "--version", "2"]) == 0
+    assert main(["accounts", "import", str(bundle), "--state-dir", str(second)]) == 0
+    uploads = unit.tmp / "uploads.json"
+    assert main(["accounts", "export-uploads", "--out", str(uploads), "--mark-uploaded",
+                 "--state-dir", str(unit.state)]) == 0
+    relayed = unit.tmp / "u2b.vnb"
+    assert main(["fleet", "bundle", "--employees", str(unit.tmp / "staff.csv"), "--signing-key",
+                 str(fleet / "fleet_signing.key"), "--out", str(relayed), "--unit-id", "U2", "--version", "3",
+                 "--templates", str(uploads)]) == 0
+    assert main(["accounts", "import", str(relayed), "--state-dir", str(second)]) == 0
+    folder = unit.tmp / "hand5"
+    folder.mkdir()
+    for s in (0, 1):
+        cv2.imwrite(str(folder / f"{s}.png"), draw_hand(5, s))
+    assert main(["enroll", "p5", "--consent", "c1", "--images", str(folder), "--state-dir", str(second)]) == 0
+    cfg2 = Config().replace(unit={"state_dir": second})
+    with AccountStore.open(cfg2) as store:
+        store.mark_uploaded(["p5"])
+        assert set(store.templates()) == {"p1", "p5"}  # p1 from the bundle, p5 enrolled here
+    new_key = unit.tmp / "guard3.key"
+    assert main(["keys", "new-guard-key", "--out", str(new_key)]) == 0
+    assert main(["keys", "renew-template-guard", "--new-key", str(new_key), "--state-dir", str(second)]) == 0
+    assert "renewed 2 template(s)" in capsys.readouterr().out
+    with AccountStore.open(cfg2) as store:
+        assert [row[0] for row in store.pending_uploads()] == ["p5"]
+        renewed = store.templates()
+    new = TemplateGuard(new_key.read_bytes())
+    assert new.reveal(renewed["p1"]) == hands.recognizer.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
