@@ -12,16 +12,16 @@ from .handshape import FINGERS, GEOMETRY_SIZE, Shape
 def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, limit: float) -> float:
     """Length of the foreground run through ``point`` along ``direction`` (working pixels)."""
     h, w = mask.shape
-    steps = np.arange(1.0, float(limit) + 1.0)
     total = 0.0
     for sign in (1.0, -1.0):
-        q = point[None, :] + sign * steps[:, None] * direction[None, :]
-        x, y = np.round(q[:, 0]).astype(int), np.round(q[:, 1]).astype(int)
-        inside = (x >= 0) & (y >= 0) & (x < w) & (y < h)
-        on = np.zeros(len(steps), bool)
-        on[inside] = mask[y[inside], x[inside]] > 0
-        off = np.flatnonzero(~on)
-        total += float(off[0]) if off.size else float(len(steps))
+        t = 0.0
+        while t < limit:
+            q = point + sign * (t + 1.0) * direction
+            x, y = int(round(q[0])), int(round(q[1]))
+            if x < 0 or y < 0 or x >= w or y >= h or mask[y, x] == 0:
+                break
+            t += 1.0
+        total += t
     return total + 1.0
 
 
