@@ -218,3 +218,17 @@ def test_bench_json_prints_the_recorded_figures_and_keeps_the_table_on_stderr(ca
         {"name": "trigger->board p95", "value": 75.0, "unit": "ms", "target": 60.0, "met": False}]}
     assert "figure table for people" in out.err
     record("outside any collection", 1.0, "x")  # a no-op: nothing collects it, nothing breaks
+
+
+def test_gpio_that_cannot_be_driven_names_the_library_to_install(provisioned, capsys):
+    try:
+        import lgpio  # noqa: F401
+        pytest.skip("lgpio is installed: the pins may be drivable here")
+    except ImportError:
+        pass
+    code, report = selftest_json(capsys, "--state-dir", str(provisioned.state))  # --sim: mock pins work
+    assert {c["name"]: c["ok"] for c in report["checks"]}["gpio"] is True
+    run("selftest", "--state-dir", str(provisioned.state))  # hardware "pi" on a machine that is not a Pi
+    gpio = next(line for line in capsys.readouterr().out.splitlines() if line.startswith(("FAIL  gpio", "PASS  gpio")))
+    if gpio.startswith("FAIL"):
+        assert "python3-lgpio" in gpio and "--system-site-packages" in gpio, gpio

@@ -121,7 +121,11 @@ def _checks(cfg):
     def gpio():
         from ..devices.panel import open_panel
 
-        with open_panel(cfg) as panel:
+        try:
+            panel = open_panel(cfg)
+        except VendorNodeError as exc:
+            raise VendorNodeError(f"{exc}{_gpio_hint(str(exc))}") from None
+        with panel:
             panel.show("working")
             present = panel.hand_present()
             panel.show("ready")
@@ -208,6 +212,16 @@ def serial_device_problem(port: str) -> str | None:
         return (f"{port}: {os.strerror(errno.EACCES)} for user {user} (add it to group {group}; "
                 f"the service runs with SupplementaryGroups=dialout)")
     return None
+
+
+def _gpio_hint(message: str) -> str:
+    """The usual reasons gpiozero finds no way to drive the pins, named for a technician."""
+    if "pin factory" in message:
+        return (" (no GPIO library could drive the pins: on a Pi 5 or bookworm and later, apt install python3-lgpio "
+                "and a venv made with --system-site-packages, as install.sh does; the user needs group gpio)")
+    if "ermission" in message or "busy" in message.lower():
+        return " (another process holds the pins: sudo systemctl stop vendor-node first; the user needs group gpio)"
+    return ""
 
 
 def _serial_hint(port: str) -> str:
