@@ -233,3 +233,20 @@ def test_a_unit_silent_for_26_hours_is_unhealthy(setup):
     assert [a["problem"] for a in alerts()] == ["no sync for 27 h"]
     assert call(client, unit, "POST", "heartbeat", heartbeat_body()).status_code == 200  # it comes back
     assert alerts() == []
+
+
+def test_a_deactivated_unit_is_refused_until_reactivated(setup):
+    from django.contrib.auth.models import Group, User
+    from vendor_node.office.models import AuditEntry
+
+    client, unit, _ = setup
+    tech = User.objects.create_user("tess", password="a-long-password")
+    tech.groups.add(Group.objects.get(name="technician"))
+    client.force_login(tech)
+    assert client.post("/units/", {"unit_id": "unit-1", "action": "deactivate"}).status_code == 302
+    refused = call(client, unit, "POST", "heartbeat", heartbeat_body())
+    assert refused.status_code == 401 and "not active" in refused.json()["error"]
+    client.post("/units/", {"unit_id": "unit-1", "action": "reactivate"})
+    assert call(client, unit, "POST", "heartbeat", heartbeat_body()).status_code == 200
+    assert list(AuditEntry.objects.filter(target="unit-1").values_list("action", flat=True)[:2]) == \
+        ["reactivate_unit", "deactivate_unit"]

@@ -244,6 +244,11 @@ def units(request):
     if request.method == "POST":
         try:
             unit_id = (request.POST.get("unit_id") or "").strip()
+            action = request.POST.get("action", "register")
+            if action in ("deactivate", "reactivate"):
+                set_unit_active(request.user, unit_id, action == "reactivate")
+                messages.success(request, f"unit {unit_id} {action}d")
+                return redirect("units")
             fingerprint = normalise_fingerprint(request.POST.get("fingerprint", ""))
             register_unit(request.user, unit_id, fingerprint, request.POST.get("site", ""))
             messages.success(request, f"registered unit {unit_id}")
@@ -270,6 +275,14 @@ def register_unit(user, unit_id: str, fingerprint: str, site: str = "") -> Unit:
         unit = Unit.objects.create(unit_id=unit_id, fingerprint=fingerprint, site=site)
         audit(user, "register_unit", unit_id, f"fingerprint {fingerprint[:16]}...")
     return unit
+
+
+def set_unit_active(user, unit_id: str, active: bool) -> None:
+    """A lost or stolen unit is deactivated: its key opens nothing here until it is reactivated."""
+    with transaction.atomic():
+        if not Unit.objects.filter(unit_id=unit_id).update(active=active):
+            raise OfficeError(f"unit id: no unit {unit_id!r}")
+        audit(user, "reactivate_unit" if active else "deactivate_unit", unit_id)
 
 
 @role_required("manager", "technician")
