@@ -131,3 +131,21 @@ def test_register_unit_page_refuses_a_bad_fingerprint(manager):
     grouped = " ".join(["abcd"] * 16)
     answer = manager.post("/units/", {"unit_id": "u-1", "fingerprint": grouped}, follow=True)
     assert b"registered unit u-1" in answer.content and b"never synced" not in answer.content
+
+
+def test_limits_are_edited_and_reach_the_bundle(manager):
+    from vendor_node.office import ledger
+    from vendor_node.office.bundles import bundle_content
+    from vendor_node.office.models import AuditEntry, Employee, Unit
+
+    ledger.add_employee("t", "E1", "Ada", funding="payroll", payroll_limit_cents=1000)
+    answer = manager.post("/employees/E1/", {"action": "limits", "per_purchase_cap": "2.50", "per_day_cap": "",
+                                             "payroll_limit": "40.00"}, follow=True)
+    assert b"limits saved" in answer.content and b'value="2.50"' in answer.content
+    e = Employee.objects.get(employee_id="E1")
+    assert (e.per_purchase_cap_cents, e.per_day_cap_cents, e.payroll_limit_cents) == (250, None, 4000)
+    record = bundle_content(Unit.objects.create(unit_id="u", fingerprint="0" * 64))["employees"][0]
+    assert (record.per_purchase_cap_cents, record.funds_cents) == (250, 4000)
+    bad = manager.post("/employees/E1/", {"action": "limits", "per_purchase_cap": "two"}, follow=True)
+    assert b"per purchase cap" in bad.content
+    assert AuditEntry.objects.filter(action="set_limits").count() == 1

@@ -257,3 +257,19 @@ def payroll_month_end(user, period: str | None = None) -> list[tuple[str, int]]:
                 closed.append((employee.employee_id, owed))
         audit(user, "payroll_month_end", period, f"{len(closed)} deductions, {sum(c for _, c in closed)} cents")
     return closed
+
+
+def set_limits(user, employee_id: str, per_purchase_cap_cents=None, per_day_cap_cents=None,
+               payroll_limit_cents=None) -> Employee:
+    """Caps (None: the unit's default) and, for payroll funding, the period's deduction limit."""
+    with transaction.atomic():
+        employee = Employee.objects.select_for_update().filter(employee_id=employee_id).first()
+        if employee is None:
+            raise OfficeError(f"employee: no employee {employee_id!r}")
+        employee.per_purchase_cap_cents, employee.per_day_cap_cents = per_purchase_cap_cents, per_day_cap_cents
+        if payroll_limit_cents is not None:
+            employee.payroll_limit_cents = payroll_limit_cents
+        employee.save(update_fields=["per_purchase_cap_cents", "per_day_cap_cents", "payroll_limit_cents"])
+        audit(user, "set_limits", employee_id, f"per purchase {per_purchase_cap_cents}, per day {per_day_cap_cents}, "
+                                               f"payroll limit {employee.payroll_limit_cents} (cents)")
+    return employee

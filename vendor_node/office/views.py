@@ -127,6 +127,12 @@ def employee(request, employee_id):
             action = request.POST.get("action")
             if action in ("suspend", "reinstate"):
                 ledger.set_status(request.user, employee_id, "suspended" if action == "suspend" else "active")
+            elif action == "limits":
+                ledger.set_limits(request.user, employee_id,
+                                  per_purchase_cap_cents=_cents_field(request, "per_purchase_cap", "per purchase cap"),
+                                  per_day_cap_cents=_cents_field(request, "per_day_cap", "per day cap"),
+                                  payroll_limit_cents=_cents_field(request, "payroll_limit", "payroll limit"))
+                messages.success(request, "limits saved")
             elif action == "top_up":
                 ledger.top_up(request.user, employee_id, request.POST.get("amount", ""), request.POST.get("note", ""))
                 messages.success(request, "topped up")
@@ -140,6 +146,8 @@ def employee(request, employee_id):
         .order_by("-ts_us")[:100]
     return render(request, "office/employee.html", {
         "e": e, "balance": cents(balance), "funds": cents(ledger.funds_cents(e, balance)),
+        "caps": {"purchase": cents(e.per_purchase_cap_cents), "day": cents(e.per_day_cap_cents),
+                 "payroll": cents(e.payroll_limit_cents)},
         "has_template": SealedTemplate.objects.filter(employee=e).exists(),
         "topups": [(t, cents(t.amount_cents)) for t in e.topups.all()[:100]],
         "charges": [(c, cents(c.charged_cents), dt.datetime.fromtimestamp(c.ts_us / 1e6, dt.timezone.utc))
