@@ -149,3 +149,17 @@ def test_limits_are_edited_and_reach_the_bundle(manager):
     bad = manager.post("/employees/E1/", {"action": "limits", "per_purchase_cap": "two"}, follow=True)
     assert b"per purchase cap" in bad.content
     assert AuditEntry.objects.filter(action="set_limits").count() == 1
+
+
+def test_sales_csv_never_carries_a_formula(manager, tmp_path):
+    from vendor_node.office import ledger
+    from vendor_node.office.views import register_unit
+
+    ledger.add_employee("t", "E1", "Ada", opening_cents=500)
+    unit = FakeUnit(tmp_path / "u", "unit-1")
+    register_unit("t", unit.unit_id, unit.fingerprint)
+    unit.buy("E1", 100, item="=HYPERLINK(1)")
+    assert call(manager, unit, "POST", "journal", unit.batch()).status_code == 200
+    lines = manager.get("/sales/?by=item&format=csv").content.decode().splitlines()
+    assert lines[1].startswith("'=HYPERLINK(1)")
+    unit.close()

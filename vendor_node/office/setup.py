@@ -91,6 +91,8 @@ def configure(db_url: str, keys_dir: Path, *, debug: bool = False, allowed_hosts
         USE_TZ=True, TIME_ZONE="UTC",
         SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SECURE=secure_cookies, CSRF_COOKIE_SECURE=secure_cookies,
         SECURE_PROXY_SSL_HEADER=("HTTP_X_FORWARDED_PROTO", "https") if secure_cookies else None,
+        SECURE_HSTS_SECONDS=31536000 if secure_cookies else 0,
+        SECURE_REFERRER_POLICY="same-origin", X_FRAME_OPTIONS="DENY",
         DATA_UPLOAD_MAX_MEMORY_SIZE=40 * 1024 * 1024,
         VENDOR_NODE_KEYS_DIR=str(keys_dir),
         VENDOR_NODE_MONITOR_TOKEN=monitor_token,

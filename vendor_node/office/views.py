@@ -232,8 +232,9 @@ def sales(request):
         response["Content-Disposition"] = f'attachment; filename="sales-by-{by}.csv"'
         writer = csv.writer(response)
         writer.writerow([by, "purchases", "total"])
-        for row in table:
-            writer.writerow([row["key"], row["n"], cents(row["total"])])
+        for row in table:  # a unit's item text never becomes a spreadsheet formula
+            key = "'" + row["key"] if row["key"][:1] in ("=", "+", "-", "@", "\t", "\r") else row["key"]
+            writer.writerow([key, row["n"], cents(row["total"])])
         return response
     peak = max((r["total"] for r in table), default=0) or 1
     bars = [{"x": 40 + i * (560 // max(1, len(table))), "w": max(2, 560 // max(1, len(table)) - 4),
