@@ -163,3 +163,17 @@ def test_sales_csv_never_carries_a_formula(manager, tmp_path):
     lines = manager.get("/sales/?by=item&format=csv").content.decode().splitlines()
     assert lines[1].startswith("'=HYPERLINK(1)")
     unit.close()
+
+
+def test_five_wrong_passwords_lock_that_login_for_a_while(office):
+    from django.test import Client
+
+    _user("tom", "technician")
+    client = Client()
+    for _ in range(5):
+        assert client.post("/login/", {"username": "tom", "password": "guess"}).status_code == 200
+    locked = client.post("/login/", {"username": "tom", "password": "a-long-password"})
+    assert locked.status_code == 429 and b"Too many wrong passwords" in locked.content
+    assert client.get("/units/").status_code == 302  # still not logged in
+    _user("ann", "technician")  # another name is not locked
+    assert client.post("/login/", {"username": "ann", "password": "a-long-password"}).status_code == 302

@@ -178,3 +178,9 @@ class ChargeTotal(models.Model):
     one row per employee instead of summing the whole history; `ledger.check_totals` recomputes it."""
     employee_id = models.CharField(max_length=64, unique=True)
     charged_cents = models.BigIntegerField(default=0)
+
+
+class LoginFailure(models.Model):
+    """A failed login, kept briefly: five in 15 minutes lock that user name for the rest of the window."""
+    username = models.CharField(max_length=150, db_index=True)
+    at = models.DateTimeField(db_index=True)

@@ -5,10 +5,11 @@ from django.contrib.auth import views as auth_views
 from django.urls import path
 
 from . import unit_api, views
+from .login import ThrottledLoginView
 
 urlpatterns = [
     path("healthz", views.healthz),
-    path("login/", auth_views.LoginView.as_view(template_name="office/login.html"), name="login"),
+    path("login/", ThrottledLoginView.as_view(), name="login"),
     path("logout/", auth_views.LogoutView.as_view(), name="logout"),
     path("", views.index, name="index"),
     path("employees/", views.employees, name="employees"),
