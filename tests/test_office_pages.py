@@ -113,6 +113,8 @@ def test_topups_payroll_sales_and_audit(manager, tmp_path):
     assert b"already closed" in manager.post("/funds/", {"action": "payroll", "period": "2026-11"},
                                               follow=True).content
     assert TopUp.objects.filter(source="payroll").count() == 1
+    assert manager.get("/funds/?payroll=2026-11").content.decode().splitlines() == \
+        ["employee_id,name,deduction,period", "E2,Grace,4.00,2026-11"]
 
     by_item = manager.get("/sales/?by=item&days=31")
     assert by_item.status_code == 200 and b"<svg" in by_item.content

@@ -198,6 +198,17 @@ def funds(request):
             return redirect("funds")
         except OfficeError as exc:
             messages.error(request, str(exc))
+    period = request.GET.get("payroll", "")
+    if period:  # the deductions of a closed period, for the payroll department
+        rows = TopUp.objects.select_related("employee").filter(source="payroll", period=period) \
+            .order_by("employee__employee_id")
+        response = HttpResponse(content_type="text/csv")
+        response["Content-Disposition"] = f'attachment; filename="payroll-{period[:7]}.csv"'
+        writer = csv.writer(response)
+        writer.writerow(["employee_id", "name", "deduction", "period"])
+        for t in rows:
+            writer.writerow([t.employee.employee_id, t.employee.name, cents(t.amount_cents), t.period])
+        return response
     history = [(t, cents(t.amount_cents)) for t in TopUp.objects.select_related("employee")[:300]]
     return render(request, "office/funds.html", {"history": history,
                                                  "employees": Employee.objects.filter(deleted_at__isnull=True),
