@@ -132,26 +132,23 @@ class BoardLink(LineInterpreter):
         BoardLinkError when the adapter answered none of the tries."""
         line = f"C,START,{format_price(funds_cents, self.price_format)}"
         answered, queued_before = False, len(self._pending)
+        stop = lambda: self.state == VEND_REQUESTED or self._reenable_needed  # noqa: E731
         for attempt in range(1, self.start_attempts + 1):
             self._send(line)
             answer = self._read_until(time.monotonic() + self.reply_timeout_s, _start_answer, keep_events=False)
+            if answer != "started" and attempt < self.start_attempts and answer != "off" and not stop():
+                # busy (START -3) or no answer yet: listen (a slow adapter's answer may still come), try again
+                answer = self._read_until(time.monotonic() + self.start_retry_s, _late_start, keep_events=False,
+                                          until=stop) or answer
             if answer == "started":
                 if attempt > 1:  # the machine ended its last session meanwhile: that end is not this one's
-                    log.info("MDB adapter: session started at try %d", attempt)
-                    kept = [e for i, e in enumerate(self._pending)
-                            if i < queued_before or not isinstance(e, (SessionComplete, ReaderEnabled))]
-                    self._pending = deque(kept)
+                    log.debug("MDB adapter: session started at try %d", attempt)
+                    self._pending = deque(e for i, e in enumerate(self._pending)
+                                          if i < queued_before or not isinstance(e, (SessionComplete, ReaderEnabled)))
                 return True
             answered = answered or answer is not None
-            if answer == "off" or self.state in (VEND_REQUESTED, OFF):
+            if answer == "off" or stop():
                 break  # a selection came first, or the reader must be set up again: not for retrying
-            if attempt < self.start_attempts:  # busy (START -3) or no answer yet: listen, then try again
-                late = self._read_until(time.monotonic() + self.start_retry_s, _late_start, keep_events=False,
-                                        until=lambda: self.state in (VEND_REQUESTED, OFF))
-                if late:  # a slow adapter's answer to the previous try: the session is open
-                    return True
-                if self.state in (VEND_REQUESTED, OFF):
-                    break
         if not answered:
             raise BoardLinkError(f"MDB adapter did not answer C,START in {self.start_attempts} tries")
         log.info("MDB adapter: the machine did not start a session (state %s)", self.state)

@@ -230,7 +230,7 @@ def start_answer(line: str):
 
 
 def late_start(line: str):
-    return True if line.startswith("c,STATUS,IDLE,") else None
+    return "started" if line.startswith("c,STATUS,IDLE,") else None
 
 
 def setconf_answer(line: str):
