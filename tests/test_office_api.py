@@ -215,6 +215,14 @@ def test_a_revocation_deletes_only_an_older_enrollment(setup):
     assert SealedTemplate.objects.filter(employee__employee_id="E0001").exists()  # a later enrollment stays
     send({"templates": [], "revocations": [{"employee_id": "E0001", "revoked_at": enrolled_at + 60}]})
     assert not SealedTemplate.objects.filter(employee__employee_id="E0001").exists()
+    stale = send({"templates": [record], "revocations": []})  # an older queued copy arrives late
+    assert stale["accepted"] == ["E0001"]  # acknowledged so the unit drops it, never stored
+    assert not SealedTemplate.objects.filter(employee__employee_id="E0001").exists()
+    from vendor_node.money.bundle import decode_bundle
+
+    bundle = decode_bundle(call(client, unit, "GET", "bundle", query="after=0").content, fleet_public_key(keys))
+    assert bundle.template_revocations == {"E0001": enrolled_at + 60}  # every unit deletes its older copies
+    assert "E0001" in {e.id for e in bundle.employees}  # the account stays
     bad = call(client, unit, "POST", "templates", json.dumps({"templates": [dict(record, sealed="!!")]}).encode())
     assert bad.status_code == 400 and "templates[0].sealed" in bad.json()["error"]
 

@@ -25,7 +25,7 @@ from django.db import transaction
 from ..money.bundle import Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_bundle
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
 from .ledger import balances, funds_cents
-from .models import Deletion, DeletionNotice, Employee, IssuedBundle, SealedTemplate, Unit
+from .models import Deletion, DeletionNotice, Employee, IssuedBundle, SealedTemplate, TemplateRevocation, Unit
 
 REFRESH_S = 6 * 3600
 VALIDITY_S = 30 * 86400
@@ -54,7 +54,9 @@ def bundle_content(unit: Unit) -> dict:
                  for t in SealedTemplate.objects.select_related("employee")
                  .filter(employee__deleted_at__isnull=True).exclude(from_unit=unit).order_by("employee__employee_id")]
     deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
-    return {"employees": employees, "templates": templates, "deletions": deletions,
+    revocations = {emp: at for emp, at in TemplateRevocation.objects.values_list("employee_id", "revoked_at")
+                   if emp in listed}
+    return {"employees": employees, "templates": templates, "deletions": deletions, "revocations": revocations,
             "journal_position": JournalPosition(unit.last_seq, unit.last_hash)}
 
 
@@ -62,7 +64,7 @@ def _content_digest(content: dict) -> str:
     text = json.dumps({"employees": [e.__dict__ for e in content["employees"]],
                        "templates": [(t.employee_id, hashlib.sha256(t.sealed).hexdigest(), t.consent_version,
                                       t.consented_at) for t in content["templates"]],
-                       "deletions": content["deletions"],
+                       "deletions": content["deletions"], "revocations": sorted(content["revocations"].items()),
                        "position": [content["journal_position"].seq, content["journal_position"].hash]},
                       sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(text.encode()).hexdigest()
@@ -82,7 +84,7 @@ def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
         bundle = Bundle(kind="snapshot", version=version, created=round(now, 3), expires=round(now + VALIDITY_S, 3),
                         unit_id=locked.unit_id, journal_position=content["journal_position"],
                         employees=content["employees"], templates=content["templates"],
-                        deletions=content["deletions"])
+                        deletions=content["deletions"], template_revocations=content["revocations"])
         data = encode_bundle(bundle, signing_key())
         issued = IssuedBundle.objects.create(unit=locked, version=version, content_sha256=digest,
                                              created_at=now, data=data)

@@ -184,3 +184,10 @@ class LoginFailure(models.Model):
     """A failed login, kept briefly: five in 15 minutes lock that user name for the rest of the window."""
     username = models.CharField(max_length=150, db_index=True)
     at = models.DateTimeField(db_index=True)
+
+
+class TemplateRevocation(models.Model):
+    """A unit reported an employee's template revoked (unenrolled) at this time: relayed in every bundle so
+    other units delete their copies consented before it; an older copy is never relayed again."""
+    employee_id = models.CharField(max_length=64, unique=True)
+    revoked_at = models.FloatField()

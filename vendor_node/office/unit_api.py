@@ -33,7 +33,7 @@ from ..errors import UnitRequestRefused
 from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
-from .models import Employee, Nonce, SealedTemplate, Unit
+from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit
 
 REQUEST_PREFIX = b"vendor-node-request-v1\n"
 CLOCK_WINDOW_S = 300
@@ -188,18 +188,28 @@ def templates(request, unit, public_key, body):
     with transaction.atomic():
         known = {e.employee_id: e for e in Employee.objects.filter(
             employee_id__in=[p[0] for p in parsed], deleted_at__isnull=True)}
+        revoked_at = dict(TemplateRevocation.objects.filter(employee_id__in=[p[0] for p in parsed])
+                          .values_list("employee_id", "revoked_at"))
         for emp, sealed, consent, consented_at in parsed:
             employee = known.get(emp)
             if employee is None:
                 continue  # unknown or deleted here: not accepted, the unit keeps (or drops) its copy
+            if consented_at <= revoked_at.get(emp, -1.0):
+                accepted.append(emp)  # an older copy than a revocation: acknowledged, never stored or relayed
+                continue
             SealedTemplate.objects.update_or_create(employee=employee, defaults={
                 "sealed": sealed, "consent_version": consent, "consented_at": consented_at, "from_unit": unit})
             employee.consent_version = consent
             employee.consented_at = dt.datetime.fromtimestamp(consented_at, dt.timezone.utc)
             employee.save(update_fields=["consent_version", "consented_at"])
             accepted.append(emp)
-        for emp, revoked_at in revoked:  # a later enrollment (at any unit) outlives an older unenrollment
-            SealedTemplate.objects.filter(employee__employee_id=emp, consented_at__lte=revoked_at).delete()
+        for emp, at in revoked:  # a later enrollment (at any unit) outlives an older unenrollment
+            SealedTemplate.objects.filter(employee__employee_id=emp, consented_at__lte=at).delete()
+            row, created = TemplateRevocation.objects.select_for_update().get_or_create(
+                employee_id=emp, defaults={"revoked_at": at})
+            if not created and at > row.revoked_at:
+                row.revoked_at = at
+                row.save(update_fields=["revoked_at"])
     return signed_answer({"kind": "templates", "unit_id": unit.unit_id, "accepted": accepted,
                           "revocations": [emp for emp, _ in revoked]})
 
