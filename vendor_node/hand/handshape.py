@@ -266,11 +266,13 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             a, b = _continue_arch(rl, mr, center, 0.80, 0.45), rl
     elif not shape.names or not shape.names[0]:
         v = shape.valleys  # fingers not named: three evenly spaced valleys in a row are the finger valleys;
-        # of several such rows (the thumb's valley can make one), the one lying most across the hand
+        # of several such rows (the thumb's valley can make one), the one lying most across its own fingers
         best = MAX_VALLEY_TILT
         for i in range(len(v) - 2):
             gaps = np.linalg.norm(v[i + 1] - v[i]), np.linalg.norm(v[i + 2] - v[i + 1])
-            tilt = abs(float((v[i + 2] - v[i]) @ shape.up)) / (float(np.linalg.norm(v[i + 2] - v[i])) + 1e-6)
+            pointing = finger_axis(shape.contour, v[i:i + 3], radius)  # the two fingers between the three valleys
+            pointing = shape.up if pointing is None else pointing
+            tilt = abs(float((v[i + 2] - v[i]) @ pointing)) / (float(np.linalg.norm(v[i + 2] - v[i])) + 1e-6)
             if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6 and tilt < best:
                 a, b, best = v[i], v[i + 2], tilt
         if a is None and shape.fingers_leave_frame:  # a close-up; with whole fingers in view the axis is steadier
