@@ -242,7 +242,7 @@ def test_simulate_reports_the_adapter_start_commands(tmp_path):
 
 
 def test_a_start_answered_after_the_reply_timeout_is_still_the_session():
-    board = BoardConfig(reply_timeout_s=0.3, start_retry_s=0.5)
+    board = BoardConfig(reply_timeout_s=0.3, start_retry_s=3.0)  # the answer (0.4 s) comes inside the pause
     with VendingMachineSimulator(reply_delay_s=0.4) as sim, open_board_link(board, port=sim.port_path) as link:
         link.reply_timeout_s = 1.0  # set-up with a patient link, then sessions with the short timeout
         link.enable_reader()

@@ -16,6 +16,7 @@ from test_service import FAST_RETRY, VMC_FAST, MarkerRecognizer, buy, cfg, hand,
 
 @pytest.fixture
 def unit(cfg):  # noqa: F811 (the cfg fixture comes from test_service)
+    cfg = cfg.replace(board={"hand_wait_s": 3.0})  # the change, not the hand wait, must end a selection
     with SimUnit(cfg, MarkerRecognizer(), vmc_options=dict(VMC_FAST, change_after_s=0.05),
                  gallery_factory=marker_gallery, loop_options=FAST_RETRY) as unit:
         assert unit.wait_in_service(5.0), unit.loop.faults
