@@ -300,7 +300,8 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
     truth: list[tuple[str | None, str | None]] = []  # (who really came, whom the unit identified)
     printer = (lambda p: print(p.line(), flush=True)) if echo else None
     options = {"patience_s": 2.0, "reader_timeout_s": 5.0, "session_timeout_s": 10.0, "keep_history": 1000,
-               "status_delay_s": 0.05, "start_busy_rate": 0.2, "seed": rng.randrange(1 << 30)}  # a real adapter's pace
+               "status_delay_s": 0.05, "start_busy_rate": 0.02,  # a real adapter's pace; now and then busy
+               "seed": rng.randrange(1 << 30)}
     options.update(vmc_options or {})
     started = time.monotonic()
     from ..unit.keysource import guarded_gallery
