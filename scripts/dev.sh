@@ -19,12 +19,14 @@ fi
 if [ "${1:-}" = "test" ]; then
   shift
   # Older Pi images carry tflite-runtime 2.14 (built against numpy 1.x): a side venv
-  # lets a test run the shipped model there and prove every op version loads.
+  # lets a test run the shipped model there and prove every op version loads. It holds
+  # what such a unit holds: numpy 1.x and the OpenCV pinned for it (hand/ needs cv2).
   TFL=.venv-tflite214
-  if [ ! -x "$TFL/bin/python" ] || ! "$TFL/bin/python" -c "import tflite_runtime" 2>/dev/null; then
+  if [ ! -x "$TFL/bin/python" ] || ! "$TFL/bin/python" -c "import tflite_runtime, cv2" 2>/dev/null; then
     echo "dev.sh: setting up $TFL for the tflite-runtime 2.14 compatibility test ..." >&2
     "$PY" -m venv "$TFL"
-    "$TFL/bin/pip" install -q --disable-pip-version-check "tflite-runtime==2.14.0" "numpy<2"
+    "$TFL/bin/pip" install -q --disable-pip-version-check "tflite-runtime==2.14.0" "numpy<2" \
+      "opencv-python-headless==4.11.0.86"
   fi
   export VENDOR_NODE_TFLITE214_PYTHON="$PWD/$TFL/bin/python"
   exec "$VENV/bin/python" -m pytest -q "$@"
