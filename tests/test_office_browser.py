@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 from pathlib import Path
 
 import pytest
@@ -41,13 +40,23 @@ def browser(tmp_path):
 
 def submit(driver, button_id: str) -> None:
     """Click and wait until the next page replaced this one (an event, not a sleep)."""
+    from selenium.common.exceptions import WebDriverException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import WebDriverWait
 
     page = driver.find_element(By.TAG_NAME, "html")
     driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 60).until(expected_conditions.staleness_of(page))
+
+    def replaced(d) -> bool:
+        """The old document is gone and the new one loaded. While it is being swapped, chromedriver may say
+        "Node with given id does not belong to the document" instead of a stale element: gone too."""
+        try:
+            page.tag_name
+            return False
+        except WebDriverException:
+            return d.execute_script("return document.readyState") == "complete"
+
+    WebDriverWait(driver, 60).until(replaced)
 
 
 def test_manager_imports_tops_up_registers_a_unit_and_sees_its_sale(browser, tmp_path):
