@@ -1,11 +1,11 @@
 """Key files on disk: written once (0600, atomic, never overwritten) and refused when others could read them."""
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
 from ..errors import KeyFileError
+from .storage import write_new_file
 
 
 def _write_new_secret(path: Path, data: bytes) -> None:
@@ -13,30 +13,12 @@ def _write_new_secret(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     if path.exists():
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key")
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, 0o600)  # in case the umask was odd
-        os.link(tmp, path)  # fails if someone created the key meanwhile: never replace one
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        write_new_file(path, data, 0o600)  # fails if someone created the key meanwhile: never replace one
     except FileExistsError:
         raise KeyFileError(f"{path}: already exists; refusing to overwrite a key") from None
     except OSError as exc:
         raise KeyFileError(f"{path}: cannot write the key: {exc}") from None
-    finally:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
 
 
 def _read_secret(path: Path, what: str) -> bytes:

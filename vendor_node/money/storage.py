@@ -142,3 +142,32 @@ def write_file_atomically(path: Path | str, data: bytes, mode: int = 0o600) -> N
         except OSError:
             pass
         raise
+
+
+def write_new_file(path: Path | str, data: bytes, mode: int = 0o600) -> None:
+    """Create ``path`` with ``data`` whole or not at all, never replacing a file already there: a temp file
+    beside it, fsync, hard link to the name (FileExistsError if it appeared), fsync of the folder.
+    Raises FileExistsError or OSError (callers name their error)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)  # whatever the umask was
+        os.link(tmp, path)  # fails if the name appeared meanwhile: never an overwrite
+    finally:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)

@@ -22,7 +22,6 @@ import http.client
 import ipaddress
 import json
 import logging
-import os
 import secrets
 import socket
 import ssl
@@ -34,6 +33,7 @@ from pathlib import Path
 
 from ..errors import SyncError
 from .keys import raw_public_key
+from .storage import write_new_file
 
 log = logging.getLogger("vendor_node.sync")
 
@@ -85,13 +85,14 @@ def check_server_url(url: str, allow_insecure_http: bool = False) -> urllib.pars
         raise SyncError(f"sync.server_url: expected an https:// URL, got {url!r}")
     if parsed.query or parsed.fragment:
         raise SyncError(f"sync.server_url: {url!r} must not carry a query or fragment")
-    if parsed.scheme == "http" and not allow_insecure_http and not _is_loopback(parsed.hostname):
+    if parsed.scheme == "http" and not allow_insecure_http and not is_loopback(parsed.hostname):
         raise SyncError(f"sync.server_url: plain http:// to {parsed.hostname} is refused (anyone on the way could "
                         "read and change it); use https://, or set sync.allow_insecure_http = true on a test network")
     return parsed
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
+    """localhost or a loopback address (where plain http and the office's demo are allowed)."""
     if host == "localhost":
         return True
     try:
@@ -317,21 +318,7 @@ class FolderTransport:
                     log.info("sync folder: %s is already in the outbox", target)
                     return
                 raise SyncError(f"{target}: exists with other content; not replaced")
-            tmp = self.outbox / f".{name}.{secrets.token_hex(4)}.tmp"
-            with open(tmp, "xb") as out:
-                out.write(data)
-                out.flush()
-                os.fsync(out.fileno())
-            try:
-                os.chmod(tmp, 0o644)
-                os.link(tmp, target)  # fails if the name appeared meanwhile: never an overwrite
-            finally:
-                tmp.unlink()
-            fd = os.open(self.outbox, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            write_new_file(target, data, 0o644)  # fails if the name appeared meanwhile: never an overwrite
         except FileExistsError:
             raise SyncError(f"{target}: appeared while writing; not replaced") from None
         except OSError as exc:

@@ -6,13 +6,13 @@ but loopback (a demo login must never face a network).
 """
 from __future__ import annotations
 
-import ipaddress
 import os
 import secrets
 import sys
 from pathlib import Path
 
 from ..errors import ConfigError, OfficeError, UsageError
+from ..money.sync_transport import is_loopback
 from .setup import configure, database_from_url
 
 DEMO_USER = "demo"
@@ -28,15 +28,6 @@ def parse_bind(text: str) -> tuple[str, int]:
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"--bind {text!r}: expected HOST:PORT, e.g. 127.0.0.1:8000")
     return host, int(port)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def default_keys_dir(db_url: str, demo: bool) -> Path:
