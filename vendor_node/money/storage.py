@@ -115,27 +115,37 @@ def open_owning(state_dir: Path | str, build: Callable[[sqlite3.Connection], T])
     return holder
 
 
+def _write_synced(tmp: Path, data: bytes, mode: int, flags: int) -> None:
+    """``data`` whole into the temp file ``tmp`` with ``mode`` (whatever the umask was), fsync'd."""
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | flags, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.chmod(tmp, mode)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make a new name in ``folder`` survive a power cut."""
+    dir_fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
 def write_file_atomically(path: Path | str, data: bytes, mode: int = 0o600) -> None:
     """Replace ``path`` with ``data`` so a power cut leaves the old file or the new, never half of one:
     a temp file beside it, fsync, rename, fsync of the folder. Raises OSError (callers name their error)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)  # whatever the umask was
+        _write_synced(tmp, data, mode, os.O_TRUNC)
         os.replace(tmp, path)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+        _fsync_folder(path.parent)
     except OSError:
         try:
             tmp.unlink()
@@ -151,23 +161,11 @@ def write_new_file(path: Path | str, data: bytes, mode: int = 0o600) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)  # whatever the umask was
+        _write_synced(tmp, data, mode, os.O_EXCL)
         os.link(tmp, path)  # fails if the name appeared meanwhile: never an overwrite
     finally:
         try:
             tmp.unlink()
         except OSError:
             pass
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    _fsync_folder(path.parent)
