@@ -417,3 +417,4 @@ def _principal_axis(mask: np.ndarray, center: np.ndarray, radius: float, up: np.
     theta = 0.5 * np.arctan2(2 * mu11, mu20 - mu02)
     axis = np.array([np.cos(theta), np.sin(theta)])
     return axis if axis @ up >= 0 else -axis
+
