@@ -9,8 +9,8 @@ and run, one thread, on the people the model was not trained on:
         --sets nir_dev coep_dev webcam_hand2 11k_full --report /tmp/landmarks.json
 
 No detector is run (the unit has no time for one): the landmark model reads the whole frame letterboxed to
-224x224, then once more a square around what it found, turned so the wrist is down (MediaPipe's own tracking
-step). The palm square is built from the index and little-finger knuckles (MCP 5 and 17): its top edge
+224x224 (turned by quarter turns until it is sure of a hand, as the model wants fingers up), then once more a
+square around what it found, turned so the wrist is down (MediaPipe's own tracking step). The palm square is built from the index and little-finger knuckles (MCP 5 and 17): its top edge
 parallel to their line, its side and its drop below them fitted (median) to where the classical path puts
 the square on the photos where it found all three finger valleys (on the tuning people only), so the
 squares cut follow the ROI contract. Three ways are measured per set, each with vendor-node's own
@@ -39,6 +39,7 @@ from vendor_node.hand.robustness import TRANSFORMS, robustness_rows
 
 INPUT = 224
 PRESENCE = 0.5  # MediaPipe's own default for hand presence
+TURNS = (0.0, np.pi / 2, -np.pi / 2, np.pi)  # first reading: the whole frame turned by each until a hand is sure
 SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}
 
 
@@ -85,9 +86,15 @@ def find_landmarks(model: LandmarkModel, grey: np.ndarray):
     """Landmarks in frame pixels (21, 2), presence and right-hand score, from the whole frame then a turned
     square around the first reading (MediaPipe's tracking step: wrist down, 2x the knuckles' extent)."""
     h, w = grey.shape
-    crop, to_frame = _crop(grey, (w / 2, h / 2), float(max(h, w)), 0.0)
-    points, presence, right = model.run(crop)
-    frame_points = np.c_[points, np.ones(21)] @ to_frame.T
+    best = None
+    for turn in TURNS:  # the model expects fingers up; without a detector, the four quarter turns are tried
+        crop, to_frame = _crop(grey, (w / 2, h / 2), float(max(h, w)), turn)
+        points, presence, right = model.run(crop)
+        if best is None or presence > best[1]:
+            best = (np.c_[points, np.ones(21)] @ to_frame.T, presence, right)
+        if presence >= 0.9:
+            break
+    frame_points, presence, right = best
     if presence < PRESENCE:
         return frame_points, presence, right
     wrist, middle = frame_points[0], frame_points[9]
