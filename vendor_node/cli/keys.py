@@ -2,8 +2,8 @@
 
 The unit's key custody. Programming the OTP key is irreversible (OTP bits never go back to 0), and so
 is programming a secure element (a random secret written into its slot, then its data zone locked for
-ever), so both ask for the unit id typed back unless --yes; renewal re-transforms every stored template under a new fleet secret
-without any image and overwrites the old secret (docs/threat-model.md).
+ever), so both ask for the unit id typed back unless --yes; renewal re-transforms every stored
+template under a new fleet secret without any image and overwrites the old secret (docs/threat-model.md).
 """
 from __future__ import annotations
 
