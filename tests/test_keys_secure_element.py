@@ -327,3 +327,16 @@ def test_program_asks_and_a_software_unit_migrates(tmp_path, fleet, capsys):  # 
     with pytest.raises(SystemExit):
         cli(soft, "keys", "program-secure-element", "--yes")
     assert "set keys.mode = \"secure_element\"" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("unit_file", ["vendor-node.service", "vendor-node-sync.service"])
+def test_the_services_may_open_the_i2c_bus_with_the_i2c_group(unit_file):
+    """secure_element mode under systemd: both the unit and the sync ask the chip (group i2c, char-i2c devices)."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    lines = {line.strip() for line in (root / "systemd" / unit_file).read_text(encoding="utf-8").splitlines()}
+    assert "DevicePolicy=closed" in lines and "DeviceAllow=char-i2c rw" in lines
+    groups = next(line for line in lines if line.startswith("SupplementaryGroups="))
+    assert "i2c" in groups.split("=", 1)[1].split()
+    assert "for group in video gpio dialout i2c; do" in (root / "scripts" / "install.sh").read_text(encoding="utf-8")

@@ -50,13 +50,13 @@ def test_service_is_notify_with_a_watchdog_and_restarts():
 def test_service_runs_as_a_dedicated_user_with_hardware_groups_and_hardening():
     service = read_unit("vendor-node.service")["Service"]
     assert service["User"] == "vendor-node"
-    assert set(service["SupplementaryGroups"].split()) == {"video", "gpio", "dialout"}
+    assert set(service["SupplementaryGroups"].split()) == {"video", "gpio", "dialout", "i2c"}
     assert service["StateDirectory"] == "vendor-node"
     for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
                        "NoNewPrivileges": "yes", "DevicePolicy": "closed"}.items():
         assert service[key] == value, key
     text = (SYSTEMD / "vendor-node.service").read_text(encoding="utf-8")
-    for device in ("char-video4linux", "char-gpiochip", "char-ttyAMA", "char-ttyUSB"):
+    for device in ("char-video4linux", "char-gpiochip", "char-ttyAMA", "char-ttyUSB", "char-i2c"):
         assert f"DeviceAllow={device} rw" in text
 
 
