@@ -12,10 +12,9 @@ import threading
 from ..errors import AccountsError, BoardLinkError, CameraError, JournalError
 from ..devices.notify import Notifier
 from .service import PurchaseLoop
+from .watchdog import STORE_RETRY_S
 
 log = logging.getLogger("vendor_node.unit")
-
-STORE_RETRY_S = 5.0  # a database that cannot be opened (full or read-only disk) is tried again this often
 
 
 def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | None = None):
