@@ -172,9 +172,19 @@ def test_programming_writes_the_slot_locks_it_and_never_again(tmp_path):
     assert SecureElement(other.open, SLOT, "other").respond(challenge) != element.respond(challenge)
 
 
-def test_the_i2c_adapter_names_a_missing_bus():
+def test_the_i2c_adapter_names_a_missing_bus_a_busy_chip_and_a_non_i2c_device(tmp_path):
+    import fcntl
+
     with pytest.raises(KeyFileError, match="/dev/i2c-250: no such I2C bus .* dtparam=i2c_arm=on"):
         I2cTransport(250, 0x60)
+    not_a_bus = tmp_path / "i2c-9"
+    not_a_bus.write_bytes(b"")
+    with pytest.raises(KeyFileError, match="i2c-9: cannot address 0x60"):  # I2C_SLAVE on a plain file
+        I2cTransport(9, 0x60, path=str(not_a_bus))
+    with open(not_a_bus, "rb") as holder:  # the nightly sync holds the bus: the unit waits, bounded
+        fcntl.flock(holder, fcntl.LOCK_EX)
+        with pytest.raises(KeyFileError, match="another process has held the secure element for 0.05 s"):
+            I2cTransport(9, 0x60, path=str(not_a_bus), lock_wait_s=0.05)
 
 
 # --- config ------------------------------------------------------------------------------------------
@@ -340,3 +350,18 @@ def test_the_services_may_open_the_i2c_bus_with_the_i2c_group(unit_file):
     groups = next(line for line in lines if line.startswith("SupplementaryGroups="))
     assert "i2c" in groups.split("=", 1)[1].split()
     assert "for group in video gpio dialout i2c; do" in (root / "scripts" / "install.sh").read_text(encoding="utf-8")
+
+
+def test_the_simulator_runs_a_unit_whose_keys_are_sealed_to_its_emulated_chip(tmp_path):
+    import json
+
+    state = tmp_path / "state"
+    config = board_config(tmp_path, "boardA", state)
+    SecureElement(new_chip(tmp_path, "boardA").open, SLOT, "A").program(os.urandom(32))
+    report = tmp_path / "report.json"
+    assert main(["simulate", "--config", str(config), "--customers", "4", "--state-dir", str(state), "--report",
+                 str(report), "--seed", "3", "--synthetic", "--employees", "3"]) == 0
+    result = json.loads(report.read_text())
+    assert result["charges_equal_vends"] is True and result["identification"]["wrong_payer"] == 0
+    keys = [p for p in (state / "keys").iterdir() if p.suffix == ".key"]
+    assert keys and all(p.read_bytes().startswith(WRAP_MAGICS["secure_element"]) for p in keys)

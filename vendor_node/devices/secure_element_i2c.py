@@ -15,16 +15,17 @@ from ..errors import KeyFileError
 
 I2C_SLAVE = 0x0703  # linux/i2c-dev.h
 WAKE_HIGH_S = 0.0015  # tWHI: after the wake pulse, before the chip answers
+LOCK_WAIT_S = 2.0  # the unit and the nightly sync may both ask the chip: one session at a time
 
 
 class I2cTransport:
     """One open /dev/i2c-N aimed at one 7-bit address; ``wake``, ``write``, ``read``, ``close``."""
 
-    def __init__(self, bus: int, address: int):
+    def __init__(self, bus: int, address: int, *, path: str | None = None, lock_wait_s: float = LOCK_WAIT_S):
         import fcntl
 
-        self._ioctl = fcntl.ioctl
-        self.path, self.address = f"/dev/i2c-{bus}", address
+        self._ioctl, self._flock = fcntl.ioctl, fcntl.flock
+        self.path, self.address, self.lock_wait_s = path or f"/dev/i2c-{bus}", address, lock_wait_s
         try:
             self._fd = os.open(self.path, os.O_RDWR | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -34,7 +35,22 @@ class I2cTransport:
             raise KeyFileError(f"{self.path}: permission denied; the service user needs the group i2c") from None
         except OSError as exc:
             raise KeyFileError(f"{self.path}: cannot open: {exc}") from None
+        self._lock(fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._aim(address)
+
+    def _lock(self, how: int) -> None:
+        """Hold the bus for this session (an advisory lock another vendor-node process honours), bounded."""
+        deadline = time.monotonic() + self.lock_wait_s
+        while True:
+            try:
+                self._flock(self._fd, how)
+                return
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self.close()
+                    raise KeyFileError(f"{self.path}: another process has held the secure element for "
+                                       f"{self.lock_wait_s:g} s") from None
+                time.sleep(0.01)
 
     def _aim(self, address: int) -> None:
         try:
