@@ -96,8 +96,9 @@ def test_a_step_that_keeps_returning_but_overruns_its_limit_stops_the_pings(capl
     assert notifier.pings()[-1][0] == 61.0
 
 
-def test_the_configured_waits_fit_under_the_shipped_watchdog_and_a_long_one_is_named():
+def test_the_configured_waits_fit_under_the_shipped_watchdog_and_a_long_one_is_named(caplog):
     from vendor_node.config import Config
+    from vendor_node.unit.watchdog import warn_unsafe_waits
 
     watchdog_s = shipped_watchdog_s()
     assert unsafe_waits(Config(), watchdog_s) == []
@@ -105,6 +106,10 @@ def test_the_configured_waits_fit_under_the_shipped_watchdog_and_a_long_one_is_n
     named = unsafe_waits(slow, watchdog_s)
     assert [line.split(" = ")[0] for line in named] == ["camera.frame_timeout_s", "board.reply_timeout_s"]
     assert "keep it under 7 s with WatchdogSec=10" in named[0]
+    with caplog.at_level(logging.ERROR, logger="vendor_node.unit"):
+        warn_unsafe_waits(slow, watchdog_s)  # what `vendor-node run` logs at start under systemd
+    assert "camera.frame_timeout_s = 9 s" in caplog.text and "restarted as if it hung" in caplog.text
+    assert warn_unsafe_waits(slow, None) == []  # outside systemd there is no watchdog to trip
     cfg = Config()  # a whole purchase with every wait at its maximum fits in an iteration's limit
     board = cfg.board
     purchase = (2 * (board.hand_wait_s + cfg.camera.frame_timeout_s) + board.start_attempts

@@ -23,7 +23,7 @@ from ..errors import AccountsError, BoardLinkError, CameraError, JournalError, R
 from ..devices.notify import Notifier
 from ..money.journal_guard import check_integrity, probe_durable_write
 from .purchase import Purchase, State, money
-from .watchdog import RECONNECT_WINDOW_S, iteration_limit_s
+from .watchdog import RECONNECT_WINDOW_S, attach_watchdog
 
 log = logging.getLogger("vendor_node.unit")
 
@@ -58,9 +58,7 @@ class UnitHealth:
         self.recognizer, self.accounts, self.journal, self.abuse = recognizer, accounts, journal, abuse
         self.stop_event = stop_event
         self.notifier = notifier or Notifier(address="")
-        if hasattr(board, "progress"):  # a long set-up or reconnect of the board is progress; a hung call is not
-            board.progress = self.notifier.watchdog
-        self.iteration_limit_s = iteration_limit_s(cfg)
+        self.iteration_limit_s = attach_watchdog(cfg, board, self.notifier)
         self.on_purchase = on_purchase
         self._open_camera = open_camera
         self._gallery_factory = gallery_factory or default_gallery

@@ -31,7 +31,6 @@ from ..errors import (AccountsError, BoardLinkError, CameraError, HandRejected, 
 from .purchase import Purchase, State, first_name, hand_hint, money
 from ..money.journal_guard import check_integrity
 from .health import UnitHealth
-from .watchdog import warn_unsafe_waits
 
 log = logging.getLogger("vendor_node.unit")
 
@@ -57,7 +56,6 @@ class PurchaseLoop(UnitHealth):
         return 0
 
     def start(self) -> None:
-        warn_unsafe_waits(self.cfg, self.notifier.watchdog_s)  # a config wait that would look like a hang
         try:
             log.info("%s", check_integrity(self.journal))  # a broken or shortened journal never serves
             self._journal_unverified = False

@@ -29,6 +29,14 @@ def iteration_limit_s(cfg) -> float:
     return 2 * (identify + session + reconnect) + 30.0
 
 
+def attach_watchdog(cfg, board, notifier) -> float:
+    """The board's bounded steps (reads, reopen attempts, backoff waits) become progress points that feed
+    ``notifier``: a long set-up or reconnect is alive, a hung call is not. Returns the iteration's limit."""
+    if hasattr(board, "progress"):
+        board.progress = notifier.watchdog
+    return iteration_limit_s(cfg)
+
+
 def single_waits_s(cfg) -> dict[str, float]:
     """The waits the loop makes in one call, with no progress point inside, by their config key."""
     return {"camera.frame_timeout_s": cfg.camera.frame_timeout_s, "board.reply_timeout_s": cfg.board.reply_timeout_s,
