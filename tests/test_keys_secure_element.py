@@ -112,6 +112,34 @@ def test_a_mac_on_scripted_bytes(tmp_path):
         secret + challenge + message_tail).digest()
 
 
+def test_programming_on_scripted_bytes_writes_locks_and_checks_the_chips_mac():
+    """Write (0x12, 32 bytes of the data zone at slot << 3), Lock (0x17, data zone, no CRC summary), then a MAC
+    the host recomputes from the secret it wrote."""
+    import hashlib
+
+    config = fresh_config(SLOT)  # configuration locked, data zone not: a chip fresh from its configuration
+    serial = config[0:4] + config[8:13]
+    secret = bytes(range(1, 33))
+    probe = hashlib.sha256(b"vendor-node secure element probe" + serial).digest()
+    ok = answer(b"\x00")
+    wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343"))] + config_script(config)
+                        + [("write", bytes([0x03]) + command_packet(0x12, 0x82, SLOT << 3, secret)), ("read", NACK)]
+                        + reads_of(ok)
+                        + [("write", bytes.fromhex("030717810000") + crc16(bytes.fromhex("0717810000")))]
+                        + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x08, 0x40, SLOT, probe))]
+                        + reads_of(answer(expected_mac(secret, probe, SLOT, serial))) + [("write", b"\x01")])
+    SecureElement(lambda: wire, SLOT, "scripted chip", sleep=lambda s: None).program(secret)
+    assert wire.script == []
+    liar = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343"))] + config_script(config)
+                        + [("write", bytes([0x03]) + command_packet(0x12, 0x82, SLOT << 3, secret))] + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x17, 0x81, 0))] + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x08, 0x40, SLOT, probe))]
+                        + reads_of(answer(bytes(32))) + [("write", b"\x01")])
+    with pytest.raises(KeyFileError, match="the chip's MAC differs from the host's"):
+        SecureElement(lambda: liar, SLOT, "scripted chip", sleep=lambda s: None).program(secret)
+
+
 @pytest.mark.parametrize("frame, error", [
     (bytes.fromhex("04113344"), "no ATECC wake answer"),
 ])
