@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -335,6 +336,12 @@ def test_status_selftest_and_heartbeat_report_the_mode(se_unit, capsys):
     out = capsys.readouterr().out
     assert "key mode secure_element" in out and f"slot {SLOT} ready" in out
     assert "data.key: sealed to a board's secure element" in out
+    chip = Path(cfg.keys.secure_element.emulated_file)
+    chip.rename(chip.with_suffix(".away"))  # the chip is unplugged: the cause is named, the files still listed
+    assert cli(config, "keys", "status", "--state-dir", str(state)) == 1
+    out = capsys.readouterr().out
+    assert "no secure element on this board" in out and "data.key: sealed to a board's secure element" in out
+    chip.with_suffix(".away").rename(chip)
     cli(config, "selftest", "--state-dir", str(state))
     keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
     assert keys_line.startswith("PASS") and "key mode secure_element" in keys_line
