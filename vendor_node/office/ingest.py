@@ -150,12 +150,7 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                 raise UnitRequestRefused(409, f"body.entries: seq {e['seq']} differs from the entry already "
                                               "ingested (chain mismatch)")
     new = [e for e in entries if e["seq"] > unit.last_seq]
-    JournalEntry.objects.bulk_create([
-        JournalEntry(unit=unit, seq=e["seq"], ts_us=e["ts_us"], kind=e["kind"], session_id=e["session_id"],
-                     employee_id=e.get("employee_id"), item=e.get("item"), amount_cents=e.get("amount_cents"),
-                     detail=e.get("detail"), prev_hash=e["prev_hash"], hash=e["hash"], charged_cents=_charge(e),
-                     batch_id=body["batch_id"])
-        for e in new], batch_size=500)
+    _insert_entries(unit.pk, body["batch_id"], new)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = ""
@@ -165,6 +160,31 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
     unit.save(update_fields=["last_seq", "last_hash", "gap"])
     _add_to_totals(new)  # last: the shared per-employee rows stay locked only until the commit just after
     return receipt_for(unit, batch)
+
+
+_ENTRY_COLUMNS = ("unit_id", "seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail",
+                  "prev_hash", "hash", "charged_cents", "batch_id")
+
+
+def _insert_entries(unit_pk: int, batch_id: str, entries: list[dict]) -> None:
+    """The new entries in one statement: COPY on PostgreSQL, one prepared INSERT on SQLite. A night's 600
+    entries built as ORM objects cost more CPU than all of the request's checks (profiled under the bench)."""
+    from django.db import connection
+
+    if not entries:
+        return
+    rows = [(unit_pk, e["seq"], e["ts_us"], e["kind"], e["session_id"], e.get("employee_id"), e.get("item"),
+             e.get("amount_cents"), e.get("detail"), e["prev_hash"], e["hash"], _charge(e), batch_id)
+            for e in entries]
+    table, columns = JournalEntry._meta.db_table, ", ".join(_ENTRY_COLUMNS)
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+                for row in rows:
+                    copy.write_row(row)
+        else:
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(_ENTRY_COLUMNS))})",
+                               rows)
 
 
 def _add_to_totals(entries: list[dict]) -> None:
