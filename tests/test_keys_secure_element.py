@@ -141,12 +141,15 @@ def test_programming_on_scripted_bytes_writes_locks_and_checks_the_chips_mac():
         SecureElement(lambda: liar, SLOT, "scripted chip", sleep=lambda s: None).program(secret)
 
 
-@pytest.mark.parametrize("frame, error", [
-    (bytes.fromhex("04113344"), "no ATECC wake answer"),
-])
-def test_a_wrong_wake_answer_is_named(frame, error):
-    wire = ScriptedWire([("wake", None), ("read", frame)])
-    with pytest.raises(KeyFileError, match=error):
+def test_a_chip_left_awake_is_put_to_sleep_and_woken_again_else_the_cause_is_named():
+    config = fresh_config(SLOT)
+    stale = answer(b"\x00")[:4]  # an answer left in a chip whose last session died before its sleep
+    wire = ScriptedWire([("wake", None), ("read", stale), ("write", b"\x01"), ("wake", None),
+                         ("read", bytes.fromhex("04113343"))] + config_script(config) + [("write", b"\x01")])
+    assert SecureElement(lambda: wire, SLOT, "scripted chip").chip_config().raw == config
+    wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113344")), ("write", b"\x01"), ("wake", None),
+                         ("read", bytes.fromhex("04113344"))])
+    with pytest.raises(KeyFileError, match="no ATECC wake answer \\(got 04113344\\).*i2c_arm_baudrate=100000"):
         SecureElement(lambda: wire, SLOT, "scripted chip").chip_config()
 
 
@@ -159,11 +162,13 @@ def test_garbled_answers_and_failure_statuses_are_named():
     wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343")), read0] + reads_of(answer(b"\x0f")))
     with pytest.raises(KeyFileError, match="Read config failed, status 0x0f \\(execution error"):
         SecureElement(lambda: wire, SLOT, "scripted chip").chip_config()
-    clock = iter(range(100))
-    wire = ScriptedWire([("wake", None)] + [("read", NACK)] * 3)
-    with pytest.raises(KeyFileError, match="no answer to wake within"):
+    clock = iter(range(100))  # each look at the clock: 60 ms later
+    silent = [("wake", None), ("read", NACK), ("read", NACK)]  # polled until COMMAND_WAIT_S has passed
+    wire = ScriptedWire(silent + [("write", b"\x01")] + silent)
+    with pytest.raises(KeyFileError, match="no ATECC wake answer \\(got nothing\\); is the chip at this bus"):
         SecureElement(lambda: wire, SLOT, "scripted chip", sleep=lambda s: None,
                       clock=lambda: next(clock) * 0.06).chip_config()
+    assert wire.script == []
 
 
 @pytest.mark.parametrize("changes, problem", [
