@@ -13,9 +13,9 @@ No detector is run (the unit has no time for one): the landmark model reads the 
 square around what it found, turned so the wrist is down (MediaPipe's own tracking step). The palm square is built from the index and little-finger knuckles (MCP 5 and 17): its top edge
 parallel to their line, its side and its drop below them fitted (median) to where the classical path puts
 the square on the photos where it found all three finger valleys (on the tuning people only), so the
-squares cut follow the ROI contract. Three ways are measured per set, each with vendor-node's own
-evaluation (enroll 1, FTA counted as a miss): "classical", "landmarks" alone, and "fallback" (classical,
-landmarks where the classical path refuses). Never imported by the package; mediapipe is never imported.
+squares cut follow the ROI contract. Four ways are measured per set, each with vendor-node's own
+evaluation (enroll 1, FTA counted as a miss): "classical", "landmarks" alone, "fallback" (classical,
+landmarks where the classical path refuses) and "landmarks_first" (the other way round). Never imported by the package; mediapipe is never imported.
 """
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ from vendor_node.hand.robustness import TRANSFORMS, robustness_rows
 
 INPUT = 224
 PRESENCE = 0.5  # MediaPipe's own default for hand presence
+WAYS = ("classical", "landmarks", "fallback", "landmarks_first")
 TURNS = (0.0, np.pi / 2, -np.pi / 2, np.pi)  # first reading: the whole frame turned by each until a hand is sure
 SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}
 
@@ -122,8 +123,8 @@ def square_from_landmarks(points: np.ndarray, side_per_span: float, drop_per_spa
 
 
 class LandmarkRecognizer:
-    """vendor-node's recognizer with the palm square placed by the landmark model ("landmarks") or by the
-    classical path with the landmarks where it refuses ("fallback")."""
+    """vendor-node's recognizer with the palm square placed by the classical path, the landmark model, or
+    one of them with the other where it refuses (see WAYS)."""
 
     def __init__(self, recognizer: Recognizer, model: LandmarkModel, fit: tuple[float, float], mode: str):
         self.recognizer, self.model, self.fit, self.mode = recognizer, model, fit, mode
@@ -147,8 +148,16 @@ class LandmarkRecognizer:
                     raise
         try:
             roi = self.roi(image)
-        finally:
-            self.seconds.append(time.perf_counter() - start)  # finding the palm only, not coding it
+        except HandRejected:
+            if self.mode != "landmarks_first":
+                self.seconds.append(time.perf_counter() - start)
+                raise
+            try:
+                hand = extract_hand(image)
+            finally:
+                self.seconds.append(time.perf_counter() - start)
+            return self.recognizer.features_from_hand(hand)
+        self.seconds.append(time.perf_counter() - start)  # finding the palm only, not coding it
         return self.recognizer.features_from_roi(roi)
 
     def roi(self, image) -> np.ndarray:
@@ -213,6 +222,7 @@ def main() -> int:
     parser.add_argument("--data", type=Path, default=Path("../shared/handdata"))
     parser.add_argument("--sets", nargs="+", default=["nir_dev", "coep_dev", "webcam_hand2", "11k_full"])
     parser.add_argument("--robustness", nargs="*", default=[], help="transform names of eval --robustness")
+    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
     cv2.setNumThreads(1)
@@ -232,7 +242,7 @@ def main() -> int:
         pairs = {frozenset(p) for p in SAME_PERSON.get(name, [])}
         out = {"fit": {"side_per_span": side, "drop_per_span": drop, "photos": fitted},
                "people": sorted({s.subject for s in measured}), "ways": {}}
-        for mode in ("classical", "landmarks", "fallback"):
+        for mode in args.ways:
             rec = LandmarkRecognizer(recognizer, model, (side, drop), mode)
             start = time.perf_counter()
             report = evaluate(rec, measured, 1, not_impostors=pairs)
