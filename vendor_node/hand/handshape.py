@@ -292,7 +292,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         # their own fingers (a row through the thumb's valley, or valleys misread on fingers held together,
         # lies slanted to them), on the fingers' side of the palm centre.
         across = abs(float((b - a) @ shape.up)) / (span + 1e-6) < MAX_VALLEY_TILT
-        if fingers_up is not None:
+        if fingers_up is not None and not shape.fingers_leave_frame:  # (cut-off fingers point less surely)
             across = across and abs(float((b - a) @ fingers_up)) / (span + 1e-6) < ACROSS_TILT
         ahead = float(((a + b) / 2 - center) @ shape.up) > 0.3 * radius
         if not (across and ahead):
