@@ -41,9 +41,9 @@ REASONS = {  # short, and each says what to do (the unit looks up at the hand: n
 
 # Left hands cut mirrored, so every ROI is a right palm? Off: the thumb's side is told right on 90-98% of the
 # frames where it is told at all (11k_small palmar views, 11k_full), and a person whose frames are told both
-# ways (or unknown) is mirrored on some frames only; measured on the held-out people, mirroring cost 11k_full
-# rank-1 88.9% -> 75.8% and nir_dev 100% -> 90% (one person), while coep_dev (all right) and webcam_hand2
-# (all left) are told without a miss. Hand.side is reported either way.
+# ways (or unknown) is mirrored on some frames only; on the model's held-out people mirroring cost 11k_full
+# rank-1 88.9% -> 75.8%, nir_dev 100% -> 90% (one person), 11k_small palmar left EER 25.4% -> 38.1%, while
+# coep_dev (all right) and webcam_hand2 (all left) are told without a miss. Hand.side is reported either way.
 MIRROR_LEFT_HANDS = False
 
 # Tuning (fractions are relative to the working image or the palm radius).
