@@ -272,7 +272,8 @@ def summary(request, unit, public_key, body):
 
     from .models import JournalEntry
 
-    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(n=Count("id"), charged=Sum("charged_cents"))
+    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(
+        n=Count("id"), charged=Sum("charged_cents"))
     return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
                           "last_hash": unit.last_hash, "entries": totals["n"] or 0,
                           "charged_cents": totals["charged"] or 0})
