@@ -90,8 +90,7 @@ def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
                         employees=content["employees"], templates=content["templates"],
                         deletions=content["deletions"], template_revocations=content["revocations"])
         data = encode_bundle(bundle, signing_key())
-        issued = IssuedBundle.objects.create(unit=locked, version=version, content_sha256=digest,
-                                             created_at=now, data=data)
+        issued = _store(IssuedBundle(unit=locked, version=version, content_sha256=digest, created_at=now, data=data))
         if content["deletions"]:
             noticed = set(DeletionNotice.objects.filter(unit=locked).values_list("deletion_id", flat=True))
             DeletionNotice.objects.bulk_create([
@@ -100,3 +99,22 @@ def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
         IssuedBundle.objects.filter(unit=locked, version__lt=version - 0).exclude(
             pk__in=IssuedBundle.objects.filter(unit=locked).order_by("-version").values("pk")[:5]).delete()
         return issued
+
+
+def _store(issued: IssuedBundle) -> IssuedBundle:
+    """Insert the issued bundle. On PostgreSQL its bytes go as a binary parameter: Django's client-side
+    binding would escape a 100 KB bundle into the statement's text on every sync (profiled: ~9 ms)."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        issued.save(force_insert=True)
+        return issued
+    import psycopg
+
+    connection.ensure_connection()
+    with psycopg.Cursor(connection.connection) as cursor:
+        cursor.execute(f"INSERT INTO {IssuedBundle._meta.db_table} (unit_id, version, content_sha256, created_at, "
+                       "data) VALUES (%s, %s, %s, %s, %b) RETURNING id",
+                       (issued.unit_id, issued.version, issued.content_sha256, issued.created_at, bytes(issued.data)))
+        issued.pk = cursor.fetchone()[0]
+    return issued
