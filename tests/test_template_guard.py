@@ -10,7 +10,8 @@ from vendor_node.cli import main
 from vendor_node.config import Config, load_config
 from vendor_node.errors import RecognitionError
 from vendor_node.hand import palmcode
-from vendor_node.hand.recognition import Gallery, Recognizer, Template
+from vendor_node.hand.gallery import parse_template
+from vendor_node.hand.recognition import Gallery, Recognizer
 from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, is_guarded
 from vendor_node.sim.drawn_hands import draw_hand
 
@@ -59,7 +60,7 @@ def test_enrollment_by_a_guarded_recognizer_stores_only_the_guarded_form(hands):
     template = recognizer.enroll_features(hands.enroll["p1"]).template
     assert is_guarded(template) and template == guard.protect(hands.clear["p1"])
     assert guard.reveal(template) == hands.clear["p1"]
-    parsed = Template.from_bytes(template)
+    parsed = parse_template(template)
     assert isinstance(parsed, GuardedTemplate) and parsed.guard_id == guard.guard_id
 
 
@@ -107,10 +108,10 @@ def test_layout_is_fixed_by_the_secret_alone():
 def test_guarded_templates_are_checked_like_clear_ones(hands):
     data = bytearray(TemplateGuard(os.urandom(32)).protect(hands.clear["p1"]))
     with pytest.raises(RecognitionError, match="truncated"):
-        Template.from_bytes(bytes(data[:-3]))
+        parse_template(bytes(data[:-3]))
     data[40] ^= 1
     with pytest.raises(RecognitionError, match="checksum mismatch"):
-        Template.from_bytes(bytes(data))
+        parse_template(bytes(data))
     with pytest.raises(RecognitionError, match="32 bytes"):
         TemplateGuard(b"short")
 

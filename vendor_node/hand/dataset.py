@@ -122,9 +122,20 @@ def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[l
     return samples, has_captured
 
 
+def _active_manifest(assets_dir: Path) -> Path:
+    """The active model's manifest (firmware_assets/models.json), or the folder's own one."""
+    from ..assets import active_manifest_path
+    from ..errors import ModelError
+
+    try:
+        return active_manifest_path(assets_dir)
+    except ModelError as exc:
+        raise DatasetError(str(exc)) from None
+
+
 def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
     """Subjects of ``dataset`` that the model manifest says it was trained on (for --exclude-trained)."""
-    manifest_path = Path(assets_dir) / "manifest.json"
+    manifest_path = _active_manifest(assets_dir)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
@@ -141,7 +152,7 @@ def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
 def tuned_subjects(assets_dir: Path, dataset: Path) -> set[str]:
     """Subjects of ``dataset`` that the preprocessing was tuned on (manifest ``preprocessing.tuned_on``), for
     --exclude-tuned: figures on people neither the model nor the hand finding ever saw."""
-    manifest_path = Path(assets_dir) / "manifest.json"
+    manifest_path = _active_manifest(assets_dir)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from ..assets import MANIFEST_NAME, model_set
 from ..errors import ModelError
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMATS = (1, 2)  # 1: oriented-filter responses made into palm codes; 2: a learned embedding
 MAX_MODEL_BYTES = 1024 * 1024
+EMBEDDING_LEVELS = 127  # int8 template values are in -127..127 (symmetric, so a sign flip stays in range)
 
 # Builtin operator codes (tensorflow/lite/schema/schema.fbs) of the ops a palm model may use;
 # anything else is still listed, by number.
@@ -41,7 +42,8 @@ class OpInfo:
 
 
 class Embedder:
-    """One TFLite interpreter (one thread) turning an aligned palm ROI into oriented texture responses."""
+    """One TFLite interpreter (one thread) turning an aligned palm ROI into oriented texture responses
+    (``kind`` "palm_code", manifest format 1) or into a learned embedding (``kind`` "embedding", format 2)."""
 
     def __init__(self, interpreter, manifest: dict, model_path: Path):
         self._interpreter = interpreter
@@ -55,12 +57,17 @@ class Embedder:
         self._pixel_offset = float(q_in["pixel_offset"])
         self._pixel_divisor = float(q_in["pixel_divisor"])
         self.input_size = int(q_in["shape"][1])
-        self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C)
+        self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C), or (D,) for an embedding
+        self.kind = manifest.get("kind", "palm_code")
+        self.model_id = manifest.get("model_id") or model_path.parent.name
 
     @classmethod
     def load(cls, assets_dir: Path | str) -> "Embedder":
-        """Verify the manifest and the model's sha256, then build the interpreter once; ModelError otherwise."""
-        assets_dir = Path(assets_dir)
+        """Verify the manifest and the model's sha256, then build the interpreter once; ModelError otherwise.
+
+        ``assets_dir`` is a model folder, or ``firmware_assets/`` whose ``models.json`` names the active one.
+        """
+        assets_dir = model_set(assets_dir).active
         manifest = read_manifest(assets_dir)
         model_path = assets_dir / manifest["model_file"]
         data = _read_model_bytes(model_path)
@@ -92,9 +99,16 @@ class Embedder:
         raw = self._interpreter.get_tensor(self._output["index"])[0]
         return (raw.astype(np.float32) - self._out_zero) * self._out_scale
 
+    @classmethod
+    def load_all(cls, assets_dir: Path | str) -> "list[Embedder]":
+        """Every model the unit matches with (``models.json``): the active one first, then the accepted ones."""
+        return [cls.load(folder) for folder in model_set(assets_dir).all]
+
     def embed(self, roi: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 (D,) embedding: the flattened response map (reshape with ``output_shape``)."""
+        """float32 (D,): an embedding model's dequantized output; else the L2-normalised flattened response map."""
         flat = self.responses(roi).ravel()
+        if self.kind == "embedding":
+            return flat
         norm = float(np.linalg.norm(flat))
         return flat / norm if norm > 0 else flat
 
@@ -111,8 +125,11 @@ _IO_KEYS = {"shape": list, "dtype": str, "scale": (int, float), "zero_point": in
 
 
 def read_manifest(assets_dir: Path | str) -> dict:
-    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong."""
-    path = Path(assets_dir) / MANIFEST_NAME
+    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong.
+
+    ``assets_dir``: a model folder, or ``firmware_assets/`` (then the active model's manifest).
+    """
+    path = model_set(assets_dir).active / MANIFEST_NAME
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -130,8 +147,9 @@ def read_manifest(assets_dir: Path | str) -> dict:
             raise ModelError(f"{path}: missing key {key!r}")
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             raise ModelError(f"{path}: {key}: expected {kind.__name__}, got {manifest[key]!r}")
-    if manifest["format"] != MANIFEST_FORMAT:
-        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected {MANIFEST_FORMAT})")
+    if manifest["format"] not in MANIFEST_FORMATS:
+        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected one of {MANIFEST_FORMATS})")
+    embedding = manifest["format"] == 2
     if len(manifest["sha256"]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in manifest["sha256"]):
         raise ModelError(f"{path}: sha256: expected 64 hex digits, got {manifest['sha256']!r}")
     if "/" in manifest["model_file"] or manifest["model_file"] in ("", ".", ".."):
@@ -145,7 +163,10 @@ def read_manifest(assets_dir: Path | str) -> dict:
                 raise ModelError(f"{path}: {side}.{key}: bad value {block[key]!r}")
         if block["dtype"] != "int8":
             raise ModelError(f"{path}: {side}.dtype: the unit runs full-integer models only, got {block['dtype']!r}")
-        if len(block["shape"]) != 4 or block["shape"][0] != 1:
+        if side == "output" and embedding:
+            if len(block["shape"]) != 2 or block["shape"][0] != 1:
+                raise ModelError(f"{path}: output.shape: expected [1, D] for an embedding, got {block['shape']!r}")
+        elif len(block["shape"]) != 4 or block["shape"][0] != 1:
             raise ModelError(f"{path}: {side}.shape: expected [1, H, W, C], got {block['shape']!r}")
         if not block["scale"] > 0:
             raise ModelError(f"{path}: {side}.scale: must be positive, got {block['scale']!r}")
@@ -158,7 +179,47 @@ def read_manifest(assets_dir: Path | str) -> dict:
         value = manifest["decision"].get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise ModelError(f"{path}: decision.{key}: expected a number in 0..1, got {value!r}")
+    if embedding:
+        _check_embedding_manifest(path, manifest)
     return manifest
+
+
+def _check_embedding_manifest(path: Path, manifest: dict) -> None:
+    """Format 2: a model id, kind "embedding", and the calibrated false-match points the threshold policy uses."""
+    if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
+        raise ModelError(f"{path}: model_id: missing (format 2 names its model)")
+    if manifest.get("kind") != "embedding":
+        raise ModelError(f"{path}: kind: expected 'embedding' for format 2, got {manifest.get('kind')!r}")
+    decision = manifest["decision"]
+    points = decision.get("fmr_points")
+    if not isinstance(points, list) or len(points) < 2:
+        raise ModelError(f"{path}: decision.fmr_points: expected a list of at least two [fmr, threshold] pairs")
+    for i, point in enumerate(points):
+        if (not isinstance(point, list) or len(point) != 2 or not all(isinstance(v, (int, float)) for v in point)
+                or not 0 < point[0] < 1 or not -1 <= point[1] <= 1):
+            raise ModelError(f"{path}: decision.fmr_points[{i}]: expected [fmr in (0, 1), threshold], got {point!r}")
+    floor = decision.get("min_threshold")
+    if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not -1 <= floor <= 1:
+        raise ModelError(f"{path}: decision.min_threshold: expected a number, got {floor!r}")
+
+
+# --- embedding templates: the same functions the calibration used -------------------------------------
+def embedding_template(e: np.ndarray) -> np.ndarray:
+    """int8 (D,) template of a dequantized embedding: round(127 e / |e|), clipped to -127..127."""
+    e = np.asarray(e, np.float64).ravel()
+    norm = float(np.linalg.norm(e))
+    if not norm > 0:
+        return np.zeros(e.shape, np.int8)
+    return np.clip(np.round(EMBEDDING_LEVELS * e / norm), -EMBEDDING_LEVELS, EMBEDDING_LEVELS).astype(np.int8)
+
+
+def embedding_scores(q_probe: np.ndarray, q_gallery: np.ndarray) -> np.ndarray:
+    """Cosine of int8 templates: dot(qa, qb) / (|qa| |qb|), float32 (N,) for a gallery (N, D); 0 for a zero vector."""
+    probe = np.asarray(q_probe).astype(np.float32).ravel()
+    gallery = np.asarray(q_gallery).astype(np.float32).reshape(-1, probe.size)
+    norms = np.linalg.norm(gallery, axis=1) * np.linalg.norm(probe)
+    dots = gallery @ probe  # exact: int8 products summed over D <= 1024 stay below 2**24
+    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
 
 
 def _read_model_bytes(model_path: Path) -> bytes:
