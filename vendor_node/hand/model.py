@@ -23,7 +23,6 @@ from ..errors import ModelError
 
 MANIFEST_FORMATS = (1, 2)  # 1: oriented-filter responses made into palm codes; 2: a learned embedding
 MAX_MODEL_BYTES = 1024 * 1024
-EMBEDDING_LEVELS = 127  # int8 template values are in -127..127 (symmetric, so a sign flip stays in range)
 
 # Builtin operator codes (tensorflow/lite/schema/schema.fbs) of the ops a palm model may use;
 # anything else is still listed, by number.
@@ -58,7 +57,6 @@ class Embedder:
         self._pixel_divisor = float(q_in["pixel_divisor"])
         self.input_size = int(q_in["shape"][1])
         self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C), or (D,) for an embedding
-        self.kind = manifest.get("kind", "palm_code")
         self.model_id = manifest.get("model_id") or model_path.parent.name
 
     @classmethod
@@ -104,13 +102,14 @@ class Embedder:
         """Every model the unit matches with (``models.json``): the active one first, then the accepted ones."""
         return [cls.load(folder) for folder in model_set(assets_dir).all]
 
+    @property
+    def kind(self) -> str:
+        """"embedding" for a learned model (format 2), "palm_code" for the oriented-filter maps (format 1)."""
+        return self.manifest.get("kind", "palm_code")
+
     def embed(self, roi: np.ndarray) -> np.ndarray:
-        """float32 (D,): an embedding model's dequantized output; else the L2-normalised flattened response map."""
-        flat = self.responses(roi).ravel()
-        if self.kind == "embedding":
-            return flat
-        norm = float(np.linalg.norm(flat))
-        return flat / norm if norm > 0 else flat
+        """The model's int8 output dequantized, float32 (D,), not normalised: feed it to :func:`embedding_template`."""
+        return self.responses(roi).ravel()
 
     def ops(self) -> list[OpInfo]:
         """Every operator of the model with its version, in execution order."""
@@ -149,7 +148,6 @@ def read_manifest(assets_dir: Path | str) -> dict:
             raise ModelError(f"{path}: {key}: expected {kind.__name__}, got {manifest[key]!r}")
     if manifest["format"] not in MANIFEST_FORMATS:
         raise ModelError(f"{path}: format {manifest['format']} is not supported (expected one of {MANIFEST_FORMATS})")
-    embedding = manifest["format"] == 2
     if len(manifest["sha256"]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in manifest["sha256"]):
         raise ModelError(f"{path}: sha256: expected 64 hex digits, got {manifest['sha256']!r}")
     if "/" in manifest["model_file"] or manifest["model_file"] in ("", ".", ".."):
@@ -163,11 +161,10 @@ def read_manifest(assets_dir: Path | str) -> dict:
                 raise ModelError(f"{path}: {side}.{key}: bad value {block[key]!r}")
         if block["dtype"] != "int8":
             raise ModelError(f"{path}: {side}.dtype: the unit runs full-integer models only, got {block['dtype']!r}")
-        if side == "output" and embedding:
-            if len(block["shape"]) != 2 or block["shape"][0] != 1:
-                raise ModelError(f"{path}: output.shape: expected [1, D] for an embedding, got {block['shape']!r}")
-        elif len(block["shape"]) != 4 or block["shape"][0] != 1:
-            raise ModelError(f"{path}: {side}.shape: expected [1, H, W, C], got {block['shape']!r}")
+        want_rank = 2 if side == "output" and manifest["format"] == 2 else 4
+        if len(block["shape"]) != want_rank or block["shape"][0] != 1:
+            expected = "[1, D]" if want_rank == 2 else "[1, H, W, C]"
+            raise ModelError(f"{path}: {side}.shape: expected {expected}, got {block['shape']!r}")
         if not block["scale"] > 0:
             raise ModelError(f"{path}: {side}.scale: must be positive, got {block['scale']!r}")
     for key in ("pixel_offset", "pixel_divisor"):
@@ -179,47 +176,48 @@ def read_manifest(assets_dir: Path | str) -> dict:
         value = manifest["decision"].get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise ModelError(f"{path}: decision.{key}: expected a number in 0..1, got {value!r}")
-    if embedding:
+    if manifest["format"] == 2:
         _check_embedding_manifest(path, manifest)
     return manifest
 
 
 def _check_embedding_manifest(path: Path, manifest: dict) -> None:
-    """Format 2: a model id, kind "embedding", and the calibrated false-match points the threshold policy uses."""
-    if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
-        raise ModelError(f"{path}: model_id: missing (format 2 names its model)")
+    """Format 2: a learned embedding, its id (templates name it) and its false-match-rate curve."""
     if manifest.get("kind") != "embedding":
-        raise ModelError(f"{path}: kind: expected 'embedding' for format 2, got {manifest.get('kind')!r}")
-    decision = manifest["decision"]
-    points = decision.get("fmr_points")
-    if not isinstance(points, list) or len(points) < 2:
-        raise ModelError(f"{path}: decision.fmr_points: expected a list of at least two [fmr, threshold] pairs")
-    for i, point in enumerate(points):
-        if (not isinstance(point, list) or len(point) != 2 or not all(isinstance(v, (int, float)) for v in point)
-                or not 0 < point[0] < 1 or not -1 <= point[1] <= 1):
-            raise ModelError(f"{path}: decision.fmr_points[{i}]: expected [fmr in (0, 1), threshold], got {point!r}")
-    floor = decision.get("min_threshold")
-    if not isinstance(floor, (int, float)) or isinstance(floor, bool) or not -1 <= floor <= 1:
-        raise ModelError(f"{path}: decision.min_threshold: expected a number, got {floor!r}")
+        raise ModelError(f"{path}: kind: format 2 expects \"embedding\", got {manifest.get('kind')!r}")
+    if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
+        raise ModelError(f"{path}: model_id: expected a non-empty string, got {manifest.get('model_id')!r}")
+    dim = manifest["output"]["shape"][1]
+    if not isinstance(manifest.get("embedding"), dict) or manifest["embedding"].get("dim") != dim:
+        raise ModelError(f"{path}: embedding.dim: expected {dim} (the output width)")
+    points = manifest["decision"].get("fmr_points")
+    if not isinstance(points, list) or not points or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) and 0 < p[0] < 1
+            for p in points):
+        raise ModelError(f"{path}: decision.fmr_points: expected [[fmr, threshold], ...] with 0 < fmr < 1")
+    for key in ("min_threshold", "min_margin"):
+        value = manifest["decision"].get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1 <= value <= 1:
+            raise ModelError(f"{path}: decision.{key}: expected a number in -1..1, got {value!r}")
 
 
-# --- embedding templates: the same functions the calibration used -------------------------------------
+# --- embedding templates and their score (the contract the matcher and the calibration share) -----
 def embedding_template(e: np.ndarray) -> np.ndarray:
-    """int8 (D,) template of a dequantized embedding: round(127 e / |e|), clipped to -127..127."""
-    e = np.asarray(e, np.float64).ravel()
+    """int8 template of an embedding: clip(round(127 * e / |e|), -127, 127); all zeros for a zero vector."""
+    e = np.asarray(e, dtype=np.float32).ravel()
     norm = float(np.linalg.norm(e))
-    if not norm > 0:
+    if norm == 0:
         return np.zeros(e.shape, np.int8)
-    return np.clip(np.round(EMBEDDING_LEVELS * e / norm), -EMBEDDING_LEVELS, EMBEDDING_LEVELS).astype(np.int8)
+    return np.clip(np.round(127.0 * e / norm), -127, 127).astype(np.int8)
 
 
 def embedding_scores(q_probe: np.ndarray, q_gallery: np.ndarray) -> np.ndarray:
-    """Cosine of int8 templates: dot(qa, qb) / (|qa| |qb|), float32 (N,) for a gallery (N, D); 0 for a zero vector."""
+    """Cosine of int8 templates: dot(qa, qb) / (|qa| |qb|), float32 (N,) for a gallery (N, D); 0 for a zero template."""
     probe = np.asarray(q_probe).astype(np.float32).ravel()
     gallery = np.asarray(q_gallery).astype(np.float32).reshape(-1, probe.size)
     norms = np.linalg.norm(gallery, axis=1) * np.linalg.norm(probe)
-    dots = gallery @ probe  # exact: int8 products summed over D <= 1024 stay below 2**24
-    return np.where(norms > 0, dots / np.where(norms > 0, norms, 1.0), 0.0).astype(np.float32)
+    dots = gallery @ probe
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 def _read_model_bytes(model_path: Path) -> bytes:
