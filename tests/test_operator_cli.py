@@ -86,7 +86,7 @@ def test_selftest_right_after_provision_names_the_next_step(provisioned, capsys)
     assert not (provisioned.state / "unit.db").exists()  # a selftest never creates a database
     import_bundle(provisioned, capsys)
     code, report = selftest_json(capsys, "--state-dir", str(provisioned.state))
-    assert code == 0 and report["failed"] == 0 and report["passed"] == len(report["checks"]) == 9
+    assert code == 0 and report["failed"] == 0 and report["passed"] == len(report["checks"]) == 10
 
 
 def test_selftest_names_the_config_file_it_loaded(provisioned, tmp_path, capsys, monkeypatch):

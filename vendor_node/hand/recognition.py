@@ -22,9 +22,10 @@ from . import palmcode
 from .decision import DecisionPolicy
 from .embed_matcher import EmbeddingMatcher
 from .gallery import Gallery, PalmCodeBank, parse_template
-from .model import Embedder
+from .model import Embedder, read_manifest
 from .palm_matcher import Enrollment, Features, PalmCodeMatcher, feature_id
-from .templates import MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, Template
+from .templates import MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, EmbeddingTemplate, Template, model_tag
+from ..assets import model_set
 from ..errors import ConfigError, HandRejected, RecognitionError
 
 __all__ = ["Recognizer", "Match", "Features", "Enrollment", "Gallery", "Template", "MAX_TEMPLATE_BYTES",
@@ -252,3 +253,27 @@ class Recognizer:
                 name = matcher.model_id if matcher else "unknown model"
                 out[name] = out.get(name, 0) + len(bank)
         return out
+
+
+def templates_by_model(templates, assets_dir) -> dict[str, int]:
+    """How many of the stored ``templates`` (bytes) each shipped model made, read from their headers (no model
+    runs): {model_id: n}, plus "unknown model ..." / "unreadable" for templates no shipped model can match."""
+    names: dict[tuple, str] = {}
+    for folder in model_set(assets_dir).all:
+        manifest = read_manifest(folder)
+        name = manifest.get("model_id") or folder.name
+        key = ("tag", model_tag(name)) if manifest.get("kind") == "embedding" else ("code", feature_id(manifest))
+        names[key] = name
+    counts: dict[str, int] = {}
+    for blob in templates:
+        try:
+            t = parse_template(blob)
+        except RecognitionError:
+            name = "unreadable"
+        else:
+            if isinstance(t, EmbeddingTemplate):
+                name = names.get(("tag", t.model_tag), f"unknown model {t.model_tag:08x}")
+            else:
+                name = names.get(("code", t.feature_id), "unknown palm-code model")
+        counts[name] = counts.get(name, 0) + 1
+    return counts
