@@ -59,11 +59,7 @@ class EmbeddingMatcher:
         return bank.scores(self._probe_vector(probe, bank, guard))
 
     def best_two(self, probe: Features, bank: EmbeddingBank, guard) -> tuple[int, float, float]:
-        scores = self.scores(probe, bank, guard)
-        row = int(np.argmax(scores))
-        best = float(scores[row])
-        scores[row] = -np.inf
-        return row, best, float(scores.max()) if len(scores) > 1 else 0.0
+        return bank.best_two(self._probe_vector(probe, bank, guard))
 
     def _probe_vector(self, probe: Features, bank: EmbeddingBank, guard) -> np.ndarray:
         if probe.vector is None or probe.model_id != self.model_id:

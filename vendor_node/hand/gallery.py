@@ -112,6 +112,14 @@ class EmbeddingBank:
         out *= (1.0 / norm) if norm > 0 else 0.0
         return out
 
+    def best_two(self, probe: np.ndarray) -> tuple[int, float, float]:
+        """(row, best score, runner-up score; 0 with one row): the 1:N search, two passes over N scores."""
+        scores = self.scores(probe)
+        row = int(np.argmax(scores))
+        best = float(scores[row])
+        scores[row] = -np.inf
+        return row, best, float(scores.max()) if len(scores) > 1 else 0.0
+
 
 class PalmCodeBank:
     """v1 palm codes as packed bit matrices (the palm-code matcher reads ``planes``, ``masks``, ``geometry``)."""
