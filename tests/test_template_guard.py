@@ -270,3 +270,30 @@ def test_renewal_requeues_only_what_was_enrolled_here(hands, unit, capsys):
         renewed = store.templates()
     new = TemplateGuard(new_key.read_bytes())
     assert new.reveal(renewed["p1"]) == hands.recognizer.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
+
+
+def test_cli_renewal_moves_embedding_templates_and_palm_codes_alike(unit, capsys):
+    """`keys renew-template-guard` on a unit mid-way through a model change: both kinds renewed, nothing lost."""
+    from vendor_node.hand.model import embedding_template
+    from vendor_node.hand.templates import EmbeddingTemplate, model_tag
+    from vendor_node.hand.template_guard import guard_id_of_template
+    from vendor_node.money.accounts import AccountStore
+    from vendor_node.money.keys import KeyStore
+    from vendor_node.unit.keysource import unit_template_guard
+
+    enroll_drawn(unit, 1)  # a palm code (the active model of this firmware)
+    old = unit_template_guard(KeyStore.from_config(unit.cfg))
+    vector = embedding_template(np.random.default_rng(3).normal(size=128))
+    clear_embedding = EmbeddingTemplate(vector, model_tag("palm-embed-1"), 2).to_bytes()
+    with AccountStore.open(unit.cfg) as store:
+        store.enroll("p2", old.protect(clear_embedding), "c1")
+    clear_code = old.reveal(stored_templates(unit)[0]["p1"])
+    new_key = unit.tmp / "guard2.key"
+    assert main(["keys", "new-guard-key", "--out", str(new_key)]) == 0
+    assert main(["keys", "renew-template-guard", "--new-key", str(new_key), "--state-dir", str(unit.state)]) == 0
+    assert "renewed 2 template(s)" in capsys.readouterr().out
+    new = TemplateGuard(new_key.read_bytes())
+    renewed, _ = stored_templates(unit)
+    assert {guard_id_of_template(t) for t in renewed.values()} == {new.guard_id}
+    assert new.reveal(renewed["p1"]) == clear_code and new.reveal(renewed["p2"]) == clear_embedding
+    assert renewed["p2"] != old.protect(clear_embedding) and len(renewed["p2"]) == 152
