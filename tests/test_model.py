@@ -68,9 +68,9 @@ def test_embed_is_the_dequantized_output_and_matches_the_float_filters(embedder)
     assert vector.dtype == np.float32 and vector.shape == (h * w * c,)
     assert np.array_equal(vector, embedder.responses(roi).ravel())
     # The int8 path (quantize, invoke, dequantize) must pick the same winning orientation as float maths.
-    spec = importlib.util.spec_from_file_location("train_model", ASSETS_DIR.parent / "scripts" / "train_model.py")
+    spec = importlib.util.spec_from_file_location("train_gabor", ASSETS_DIR.parent / "scripts" / "train_gabor.py")
     train_model = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_model", train_model)
+    sys.modules.setdefault("train_gabor", train_model)
     spec.loader.exec_module(train_model)
     filters = embedder.manifest["filters"]
     reference = train_model.FloatEmbedder(
@@ -222,9 +222,9 @@ def test_import_needs_no_tflite_runtime():
 # --- the training script's bookkeeping (no TensorFlow needed) -------------------------
 @pytest.fixture(scope="module")
 def train_model():
-    spec = importlib.util.spec_from_file_location("train_model", ASSETS_DIR.parent / "scripts" / "train_model.py")
+    spec = importlib.util.spec_from_file_location("train_gabor", ASSETS_DIR.parent / "scripts" / "train_gabor.py")
     module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("train_model", module)
+    sys.modules.setdefault("train_gabor", module)
     spec.loader.exec_module(module)
     return module
 
