@@ -68,17 +68,18 @@ def bench_search(size: int, rng: np.random.Generator, dim: int = 128) -> dict:
     vectors = np.clip(np.round(rng.normal(0, 127 / np.sqrt(dim), (size, dim))), -127, 127).astype(np.int8)
     ids = [f"employee-{i:06d}" for i in range(size)]
     blobs = [EmbeddingTemplate(v, tag).to_bytes() for v in vectors]
+    start = time.perf_counter()
+    Gallery.from_rows(ids, blobs)
+    build_s = time.perf_counter() - start
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    start = time.perf_counter()
     gallery = Gallery.from_rows(ids, blobs)
-    build_s = time.perf_counter() - start
     held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     del blobs
     bank = gallery.embeddings[tag]
     targets = rng.integers(0, size, SEARCH_PROBES)
-    probes = [embedding_template(vectors[t].astype(np.float32) + rng.normal(0, 40, dim)) for t in targets]
+    probes = [embedding_template(vectors[t].astype(np.float32) + rng.normal(0, 5, dim)) for t in targets]  # cos ~0.9
     matrix = vectors.astype(np.float32)  # the baseline's own copy, made once (not timed)
     for probe in probes[:5]:  # warm-up
         bank.best_two(probe)
@@ -147,7 +148,7 @@ def run(args, cfg) -> int:
     print()
     print(f"1:N search, {SEARCH_PROBES} probes each (int8 gallery vs plain numpy brute force, same vectors):")
     print(f"{'templates':>10} {'p50 ms':>8} {'p95 ms':>8} {'target':>7} {'brute p50':>10} {'brute p95':>10} "
-          f"{'brute/ours p95':>15} {'KiB/1,000':>10} {'same answer':>12}")
+          f"{'brute/ours p95':>15} {'KiB/1,000':>10} {'same answer':>12} {'build ms':>9} {'right':>8}")
     for s in searches:
         target = SEARCH_TARGETS_MS[s["size"]]
         ratio = s["brute"][1] / s["ours"][1]
@@ -156,7 +157,8 @@ def run(args, cfg) -> int:
                build_ms=s["build_ms"], found_right=s["right"], agree_with_brute_force=s["agree"], probes=s["probes"])
         record(f"gallery memory per 1,000 at {s['size']:,}", s["kib_per_1000"], "KiB", MEMORY_TARGET_KIB)
         print(f"{s['size']:>10,} {s['ours'][0]:8.2f} {s['ours'][1]:8.2f} {target or '-':>7} {s['brute'][0]:10.2f} "
-              f"{s['brute'][1]:10.2f} {ratio:15.1f} {s['kib_per_1000']:10.0f} {s['agree']:>7}/{s['probes']}")
+              f"{s['brute'][1]:10.2f} {ratio:15.1f} {s['kib_per_1000']:10.0f} {s['agree']:>7}/{s['probes']} "
+              f"{s['build_ms']:9.0f} {s['right']:>4}/{s['probes']}")
     template_bytes = max(len(t) for t in own.values())
     record("template bytes", template_bytes, "B", MAX_TEMPLATE_BYTES if recognizer.active.kind == "embedding" else 1024)
     record("model file bytes", model_bytes, "B", MAX_MODEL_BYTES)
@@ -167,7 +169,10 @@ def run(args, cfg) -> int:
     over += [s for s in searches if s["kib_per_1000"] > MEMORY_TARGET_KIB]
     print("1:N and memory: " + ("OVER target at " + ", ".join(f"{s['size']:,}" for s in over) if over
                                 else "within every target"))
-    return 0
+    total_p95 = rows[-1][2]
+    print(f"preprocess + model + match vs 1,000: p95 {total_p95:.1f} ms, "
+          f"{'within' if total_p95 <= TOTAL_TARGET_MS else 'OVER'} the {TOTAL_TARGET_MS:.0f} ms target")
+    return 0 if not over and total_p95 <= TOTAL_TARGET_MS else 1
 
 
 def _fillers(recognizer, own: dict, count: int) -> dict[str, bytes]:
