@@ -16,8 +16,8 @@ import pytest
 from vendor_node.config import ASSETS_DIR, Config
 from vendor_node.hand.gallery import parse_template
 from vendor_node.hand.model import Embedder
-from vendor_node.hand.recognition import Recognizer, templates_by_model
-from vendor_node.hand.templates import EmbeddingTemplate, model_tag
+from vendor_node.hand.recognition import Match, Recognizer, templates_by_model
+from vendor_node.hand.templates import EmbeddingTemplate, TemplateSet, model_tag
 from vendor_node.money.accounts import AccountStore
 from vendor_node.sim.drawn_hands import draw_hand
 from vendor_node.sim.provision import provision_bundle
@@ -83,19 +83,20 @@ def test_a_unit_moves_to_a_new_model_without_locking_anyone_out(tmp_path, kind):
     assert unit.error is None
     assert all(who == eid and outcome == "vended" for eid, who, outcome in paid), paid  # nobody locked out
     assert 0 < refreshed_after[0] <= refreshed_after[-1], refreshed_after  # refreshed on confident matches
-    assert counts.get(new_model.model_id, 0) == refreshed_after[-1]
-    assert sum(counts.values()) == len(PEOPLE)
+    assert counts == {"palm-gabor-1": len(PEOPLE), new_model.model_id: refreshed_after[-1]}  # old ones kept too
 
     with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
         stored = store.templates()
         queued = {eid: (version, at) for eid, _sealed, version, at in store.pending_uploads()}
         kept = dict(store.conn.execute("SELECT employee_id, consented_at FROM templates"))
-    moved = {eid for eid, t in stored.items() if isinstance(parse_template(t), EmbeddingTemplate)}
+    moved = {eid for eid, t in stored.items() if isinstance(parse_template(t), TemplateSet)}
     assert len(moved) == refreshed_after[-1]
+    guard = unit_recognizer.guard
     for eid in moved:
-        template = parse_template(stored[eid])
-        assert template.model_tag == new_tag and template.guard_id == unit_recognizer.guard.guard_id
-        assert len(stored[eid]) <= 256
+        kept_set = parse_template(stored[eid])  # the new template first, the old one kept beside it
+        new_template = parse_template(kept_set.members[0])
+        assert new_template.model_tag == new_tag and kept_set.guard_id == new_template.guard_id == guard.guard_id
+        assert len(kept_set.members[0]) <= 256 and guard.reveal(kept_set.members[1]) == enrolled[eid]
         assert queued[eid] == ("sim-consent-1", consented[eid]) and kept[eid] == consented[eid]  # consent kept
     for eid in set(PEOPLE) - moved:
         assert stored[eid] == enrolled[eid] or parse_template(stored[eid]).guard_id  # untouched (maybe adopted)
@@ -116,7 +117,8 @@ def test_selftest_counts_templates_on_each_model(tmp_path, capsys):
     assert check["ok"] and check["figures"] == {"palm-gabor-1": 3} and "3 templates by model" in check["detail"]
     with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
         assert templates_by_model(store.templates().values(), ASSETS_DIR) == {"palm-gabor-1": 3}
-        store.refresh_template("E6", EmbeddingTemplate(np.ones(128, np.int8), model_tag("palm-embed-retired")).to_bytes())
+        retired = EmbeddingTemplate(np.ones(128, np.int8), model_tag("palm-embed-retired")).to_bytes()
+        store.refresh_template("E6", lambda old: retired)
     assert main(["selftest", "--sim", "--state-dir", str(cfg.state_dir)]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].lstrip().startswith("templates"))
     assert line.startswith("FAIL") and "1 made by no model this firmware ships" in line and "enroll again" in line
@@ -168,3 +170,29 @@ def test_two_models_each_naming_someone_is_ambiguous_and_a_clash_is_not_refreshe
     assert parse_template(new.refreshed_template(probe, claimed, alone)).model_tag == model_tag("palm-embed-standin")
     weak = Match("B", new.policies["palm-gabor-1"].threshold + 0.01, 0.1, "match", "palm-gabor-1")
     assert new.refreshed_template(probe, weak, alone) is None  # not confident enough: not refreshed
+
+
+def test_a_refreshed_employee_keeps_the_old_template_beside_the_new(two_models):
+    """After a refresh the old model still knows the employee: a probe the new model misses is not left to the
+    old model's nearest other employee (it would be, were the old template dropped), and both naming the
+    same employee is a match."""
+    from vendor_node.hand.gallery import Gallery
+
+    old, new = two_models
+    old_templates = {f"E{p}": old.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (6, 7, 10)}
+    probe = new.features(draw_hand(7, 2))
+    match = new.identify(probe, Gallery.from_templates(old_templates))
+    fresh = new.refreshed_template(probe, match, Gallery.from_templates(old_templates))
+    assert match.employee_id == "E7" and fresh is not None
+    stored = new.with_old_template(fresh, old_templates["E7"])
+    kept = parse_template(stored)
+    assert isinstance(kept, TemplateSet) and kept.members == (fresh, old_templates["E7"])
+    gallery = Gallery.from_templates({**old_templates, "E7": stored})
+    assert gallery.counts() == {"palm-code": 3, model_tag("palm-embed-standin"): 1} and len(gallery) == 4
+    assert new.templates_by_model(gallery) == {"palm-gabor-1": 3, "palm-embed-standin": 1}
+    again = new.identify(new.features(draw_hand(7, 4)), gallery)
+    assert (again.employee_id, again.reason) == ("E7", "match")
+    assert new.refreshed_template(new.features(draw_hand(7, 4)), Match("E7", 0.99, 0.1, "match", "palm-gabor-1"),
+                                  gallery) is None  # already on the active model: never a set inside a set
+    gallery.remove("E7")
+    assert "E7" not in gallery and len(gallery) == 2
