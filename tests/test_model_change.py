@@ -158,10 +158,25 @@ def test_two_models_each_naming_someone_is_ambiguous_and_a_clash_is_not_refreshe
     from vendor_node.hand.recognition import Match
 
     old, new = two_models
-    # the same person under both models (as if two employees shared a hand): never a payer
+    # the same person under both models (as if two employees shared a hand): a payer only when one model's
+    # excess over its threshold beats the other's by more than the margin, else ambiguous
     both = Gallery.from_templates({"A": new.enroll([draw_hand(6, 0)]).template,
                                    "B": old.enroll([draw_hand(6, 0), draw_hand(6, 1)]).template})
-    assert new.identify(new.features(draw_hand(6, 2)), both).reason == "ambiguous"
+    for sample in (2, 3, 4):
+        probe = new.features(draw_hand(6, sample))
+        excess = {}
+        for matcher in new.matchers:
+            row, best, _ = matcher.best_two(new._features_for(probe, matcher), matcher.bank(both), None)
+            excess[matcher.bank(both).ids[row]] = (best - new.policies[matcher.model_id].threshold_for(2),
+                                                  new.policies[matcher.model_id].margin)
+        (winner, (top, margin)), (_, (other, _)) = sorted(excess.items(), key=lambda kv: -kv[1][0])
+        match = new.identify(probe, both)
+        if other < 0 or top - other > margin:
+            assert match.employee_id == winner
+        else:
+            assert match.reason == "ambiguous"
+    tied = Recognizer(StandInEmbedder(), margin=1.0, accepted=(old.embedder,))  # no excess can beat 1.0
+    assert tied.identify(tied.features(draw_hand(6, 2)), both).reason == "ambiguous"
     # a confident old-model match whose new template would land on another employee's: left as it is
     probe = new.features(draw_hand(6, 3))
     claimed = Match("B", 0.99, 0.1, "match", "palm-gabor-1")

@@ -10,7 +10,8 @@ paying with their old one.
 
 The decision: the best score must reach its model's threshold for the gallery's size (decision.py; else
 "unknown") and beat the runner-up by more than the margin (else "ambiguous"; the unit then asks for a
-second presentation rather than guessing a payer); two models each naming someone is "ambiguous" too.
+second presentation rather than guessing a payer). Across models the common scale is the excess over each
+model's threshold: another model naming someone else must trail the winner by more than the margin too.
 """
 from __future__ import annotations
 
@@ -222,7 +223,10 @@ class Recognizer:
         excess, best, runner_up, employee_id, matcher, policy = results[0]
         if excess < 0:
             return Match(None, best, runner_up, "unknown", matcher.model_id)
-        if best - runner_up <= policy.margin or any(r[0] >= 0 and r[3] != employee_id for r in results[1:]):
+        # Another model naming someone else over its own threshold is a runner-up on the common scale (the
+        # excess over each model's threshold): it must trail by more than the margin too.
+        rival = max((r[0] for r in results[1:] if r[3] != employee_id and r[0] >= 0), default=-1.0)
+        if best - runner_up <= policy.margin or excess - rival <= policy.margin:
             return Match(None, best, runner_up, "ambiguous", matcher.model_id)  # a tie is never a payer
         return Match(employee_id, best, runner_up, "match", matcher.model_id)
 
