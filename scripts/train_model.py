@@ -66,19 +66,22 @@ def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_ro
                  train_labels: np.ndarray):
     """batches(phase, step): a seeded batch of augmented ROIs and class labels (mirrored palm = new class)."""
     from palm_net import to_input
-    classes = int(train_labels.max()) + 1
+    classes, synth_classes = int(train_labels.max()) + 1, int(synth_labels.max()) + 1
 
     def batches(phase: int, step: int):
+        """Phase 0: synthetic only; phase 1: training palms, a --mix-synthetic share of synthetic ones after them
+        (classes: palms, mirrored palms, synthetic, mirrored synthetic)."""
         rng = np.random.default_rng([args.seed, step])
-        pool, labels = (synthetic, synth_labels) if phase == 0 else (train_rois, train_labels)
-        pick = rng.integers(0, len(pool), args.batch)
-        mirror = rng.random(args.batch) < 0.5
         x, y = [], []
-        for i, flip in zip(pick, mirror):
+        for _ in range(args.batch):
+            synthetic_one = phase == 0 or rng.random() < args.mix_synthetic
+            pool, labels, offset, n = ((synthetic, synth_labels, 0 if phase == 0 else 2 * classes, synth_classes)
+                                       if synthetic_one else (train_rois, train_labels, 0, classes))
+            i = int(rng.integers(0, len(pool)))
+            flip = bool(rng.random() < 0.5)
             roi = pool[i][:, ::-1] if flip else pool[i]
             x.append(unit_levels(augment(np.ascontiguousarray(roi), rng)))  # the levels the unit's ROIs have
-            offset = (int(synth_labels.max()) + 1) if phase == 0 else classes
-            y.append(int(labels[i]) + (offset if flip else 0))
+            y.append(offset + int(labels[i]) + (n if flip else 0))
         return to_input(np.stack(x)), np.array(y, np.int32)
     return batches
 
@@ -133,6 +136,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
+    parser.add_argument("--mix-synthetic", type=float, default=0.0,
+                        help="share of synthetic palms in phase-2 batches (keeps the features general)")
     args = parser.parse_args(argv)
     tongji = args.data / "tongji_dev"
     if not (tongji / "manifest.csv").is_file():
@@ -162,9 +168,11 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = np.stack(synthetic + drawn)
     synth_labels = np.array(synth_labels + [args.synthetic_ids + d for d in drawn_labels])
 
-    model = palm_net.build_embedder()
-    heads = [palm_net.CosFaceHead(128, 2 * (int(synth_labels.max()) + 1), args.seed),
-             palm_net.CosFaceHead(128, 2 * len(split["train"]), args.seed + 1)]
+    model = palm_net.build_embedder(head=args.head)
+    synth_classes = 2 * (int(synth_labels.max()) + 1)
+    heads = [palm_net.CosFaceHead(128, synth_classes, args.seed),
+             palm_net.CosFaceHead(128, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
+                                  args.seed + 1)]
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz")
     resumed = trainer.restore()
@@ -239,8 +247,9 @@ def main(argv: list[str] | None = None) -> int:
         "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
                 "orientations, depthwise-separable trunk to 8x8, fully connected 128-d embedding; CosFace loss "
                 "(s 32, m 0.3); Adam with cosine learning rate; phase 1 synthetic palms + simulator drawn hands, "
-                "phase 2 Tongji training palms (mirrored palm = extra identity)",
-        "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr,
+                "phase 2 Tongji training palms (mirrored palm = extra identity) with a --mix-synthetic share of synthetic",
+        "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
+        "mix_synthetic": args.mix_synthetic,
         "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
         "data": {"tongji_train_palms": len(split["train"]), "tongji_train_images": int(len(train_rois)),
                  "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
