@@ -35,8 +35,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from palm_data import augment, load_tongji, split_palms, synthetic_palm  # noqa: E402
 from train_gabor import check_tflite_214, io_quantization  # noqa: E402
 from training_metrics import all_pairs, fmr_points, session_protocol, threshold_at  # noqa: E402
-from vendor_node.hand.evaluation_embedding import unit_levels  # noqa: E402
-from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr, upper_bound_95  # noqa: E402
+from vendor_node.hand.evaluation_embedding import rate, unit_levels  # noqa: E402
+from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr  # noqa: E402
 from vendor_node.hand.model import Embedder, embedding_template, model_ops  # noqa: E402
 
 MODEL_ID = "palm-embed-1"
@@ -90,11 +90,6 @@ def embed_all(embedder: Embedder, rois, progress, desc: str) -> np.ndarray:
     return np.stack([embedding_template(embedder.embed(r)) for r in progress(rois, desc=desc)])
 
 
-def rate(errors: int, trials: int) -> dict:
-    return {"errors": int(errors), "trials": int(trials), "rate": round(errors / trials, 6) if trials else None,
-            "upper_95": float(f"{upper_bound_95(errors, trials):.3g}") if trials else None}
-
-
 def measure_test(templates, palms, sessions, decision) -> dict:
     """The issue's protocol on TEST palms: enroll 1 from session 1, probe session 2; plus all-pairs impostors."""
     threshold, margin = decision["threshold"], decision["margin"]
@@ -111,7 +106,8 @@ def measure_test(templates, palms, sessions, decision) -> dict:
     accepted = run["accepted_right"]
     out["operating_point"] = {
         "threshold": threshold, "margin": margin, "gallery": run["enrolled"],
-        "genuine_accepted_as_right_palm": rate(accepted, run["probes"]),
+        "genuine_accepted_as_right_palm": {"count": accepted, "of": run["probes"],
+                                           "rate": round(accepted / max(1, run["probes"]), 6)},
         "refused_or_wrong": rate(run["probes"] - accepted, run["probes"]),
         "wrong_palm_accepted": rate(run["accepted_wrong"], run["probes"]),
         "false_matches_all_test_pairs": rate(int(np.sum(pairs_impostor >= threshold)), pairs_impostor.size),
