@@ -160,7 +160,7 @@ def test_excluding_trained_subjects_keeps_the_session_protocol(tmp_path, palm_da
     _roi_folder(tmp_path / "rois", palm_data, palms=4)
     model = tmp_path / "model"
     import shutil
-    shutil.copytree(ASSETS_DIR, model, ignore=shutil.ignore_patterns("palm-embed-*"))
+    shutil.copytree(ASSETS_DIR / "palm-gabor-1", model)  # a model folder (firmware_assets/ holds one per model)
     manifest = json.loads((model / "manifest.json").read_text())
     manifest["training"]["subjects"]["rois"] = ["000"]
     (model / "manifest.json").write_text(json.dumps(manifest))
