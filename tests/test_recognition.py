@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from vendor_node.hand import recognition
-from vendor_node.config import Config
+from vendor_node.assets import model_set
+from vendor_node.config import ASSETS_DIR, Config
 from vendor_node.errors import HandRejected, RecognitionError
 from vendor_node.hand.model import Embedder
 from vendor_node.hand.recognition import (MAX_TEMPLATE_BYTES, Features, Gallery, Recognizer, Template,
@@ -35,9 +36,12 @@ def palm_roi(person: int, sample: int) -> np.ndarray:
     return np.clip(moved, 0, 255).astype(np.uint8)
 
 
+GABOR_DIR = ASSETS_DIR / "palm-gabor-1"  # these tests are about palm codes: the palm-code model, active or not
+
+
 @pytest.fixture(scope="module")
 def recognizer() -> Recognizer:
-    return Recognizer.from_config(Config())
+    return Recognizer(Embedder.load(GABOR_DIR))
 
 
 def features(recognizer, person, sample) -> Features:
@@ -75,10 +79,10 @@ def test_truncated_template_is_refused(recognizer):
 
 def test_template_with_another_version_is_refused(recognizer):
     data = bytearray(template(recognizer, 1))
-    data[4] = TEMPLATE_VERSION + 1
+    data[4] = TEMPLATE_VERSION + 2
     body = bytes(data[:-4])
     data = body + struct.pack("<I", zlib.crc32(body))
-    with pytest.raises(RecognitionError, match=f"version {TEMPLATE_VERSION + 1} is not supported"):
+    with pytest.raises(RecognitionError, match=f"version {TEMPLATE_VERSION + 2} is not supported"):
         Template.from_bytes(data)
 
 
@@ -104,7 +108,7 @@ def test_gallery_add_replace_remove(recognizer):
     g.add("a", template(recognizer, 3))  # replaces
     assert len(g) == 2 and sorted(g.ids) == ["a", "b"]
     g.remove("a")
-    assert g.ids == ["b"] and len(g.planes) == len(g.masks) == 1
+    assert g.ids == ["b"] and len(g.codes.planes) == len(g.codes.masks) == 1
     with pytest.raises(KeyError):
         g.remove("nobody")
 
@@ -235,10 +239,11 @@ def test_model_is_loaded_once(monkeypatch):
 
     monkeypatch.setattr(Embedder, "load", classmethod(counting_load))
     r = Recognizer.from_config(Config())
-    g = Gallery.from_templates({"a": template(r, 1)})
+    assert len(loads) == len(model_set(ASSETS_DIR).all)  # each shipped model once
+    g = Gallery.from_templates({"a": r.enroll_features([r.features_from_roi(palm_roi(1, 0))]).template})
     for sample in range(3):
-        r.identify(features(r, 1, sample), g)
-    assert len(loads) == 1
+        r.identify(r.features_from_roi(palm_roi(1, sample)), g)
+    assert len(loads) == len(model_set(ASSETS_DIR).all)
 
 
 def test_threshold_and_margin_come_from_config_or_manifest(recognizer):

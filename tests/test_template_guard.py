@@ -7,11 +7,13 @@ import numpy as np
 import pytest
 
 from vendor_node.cli import main
-from vendor_node.config import Config, load_config
+from vendor_node.config import ASSETS_DIR, Config, load_config
 from vendor_node.errors import RecognitionError
 from vendor_node.hand import palmcode
-from vendor_node.hand.recognition import Gallery, Recognizer, Template
-from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, is_guarded
+from vendor_node.hand.gallery import parse_template
+from vendor_node.hand.recognition import Gallery, Recognizer
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, guard_id_of_template, is_guarded
 from vendor_node.sim.drawn_hands import draw_hand
 
 PEOPLE = range(1, 7)
@@ -25,16 +27,18 @@ def no_system_config(monkeypatch):
 
 @pytest.fixture(scope="module")
 def hands():
-    """Drawn hands: two enrollment frames and one later probe per person, coded by the real model."""
-    recognizer = Recognizer.from_config(Config())
+    """Drawn hands: two enrollment frames and one later probe per person, coded by the palm-code model."""
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
     enroll = {f"p{p}": [recognizer.features(draw_hand(p, s)) for s in (0, 1)] for p in PEOPLE}
     probes = [recognizer.features(draw_hand(p, 7)) for p in PEOPLE]
     clear = {k: recognizer.enroll_features(v).template for k, v in enroll.items()}
     return types.SimpleNamespace(recognizer=recognizer, enroll=enroll, probes=probes, clear=clear)
 
 
-def guarded_recognizer(guard):
-    recognizer = Recognizer.from_config(Config())
+def guarded_recognizer(guard, every_shipped_model: bool = False):
+    """The palm-code model's recognizer under ``guard`` (or the unit's, with every shipped model)."""
+    recognizer = (Recognizer.from_config(Config()) if every_shipped_model
+                  else Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1")))
     recognizer.guard = guard
     return recognizer
 
@@ -59,7 +63,7 @@ def test_enrollment_by_a_guarded_recognizer_stores_only_the_guarded_form(hands):
     template = recognizer.enroll_features(hands.enroll["p1"]).template
     assert is_guarded(template) and template == guard.protect(hands.clear["p1"])
     assert guard.reveal(template) == hands.clear["p1"]
-    parsed = Template.from_bytes(template)
+    parsed = parse_template(template)
     assert isinstance(parsed, GuardedTemplate) and parsed.guard_id == guard.guard_id
 
 
@@ -107,10 +111,10 @@ def test_layout_is_fixed_by_the_secret_alone():
 def test_guarded_templates_are_checked_like_clear_ones(hands):
     data = bytearray(TemplateGuard(os.urandom(32)).protect(hands.clear["p1"]))
     with pytest.raises(RecognitionError, match="truncated"):
-        Template.from_bytes(bytes(data[:-3]))
+        parse_template(bytes(data[:-3]))
     data[40] ^= 1
     with pytest.raises(RecognitionError, match="checksum mismatch"):
-        Template.from_bytes(bytes(data))
+        parse_template(bytes(data))
     with pytest.raises(RecognitionError, match="32 bytes"):
         TemplateGuard(b"short")
 
@@ -158,9 +162,9 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
     templates, queued = stored_templates(unit)
     old = unit_template_guard(KeyStore.from_config(unit.cfg))
     assert all(is_guarded(t) for t in templates.values()) and len(queued) == 3
-    assert {k: old.reveal(t) for k, t in templates.items()} == {
-        f"p{p}": hands.recognizer.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (1, 2, 3)}
-    before = guarded_recognizer(old).score_matrix(hands.probes, Gallery.from_templates(templates))
+    assert {k: old.reveal(t) for k, t in templates.items()} == {  # the active model's templates
+        f"p{p}": Recognizer.from_config(Config()).enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (1, 2, 3)}
+    before = guarded_recognizer(old, True).score_matrix(hands.probes, Gallery.from_templates(templates))
 
     from vendor_node.money.accounts import AccountStore
 
@@ -174,8 +178,8 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
     new = unit_template_guard(KeyStore.from_config(unit.cfg))
     assert new.guard_id == TemplateGuard(new_key.read_bytes()).guard_id != old.guard_id
     renewed, renewed_queue = stored_templates(unit)
-    assert all(GuardedTemplate.from_bytes(t).guard_id == new.guard_id for t in renewed.values())
-    after = guarded_recognizer(new).score_matrix(hands.probes, Gallery.from_templates(renewed))
+    assert all(guard_id_of_template(t) == new.guard_id for t in renewed.values())
+    after = guarded_recognizer(new, True).score_matrix(hands.probes, Gallery.from_templates(renewed))
     np.testing.assert_array_equal(before, after)
     # the renewed forms are queued again (sealed for transport) so the office relays them to the other units
     from vendor_node.money.keys import TemplateCipher
@@ -268,4 +272,31 @@ def test_renewal_requeues_only_what_was_enrolled_here(hands, unit, capsys):
         assert [row[0] for row in store.pending_uploads()] == ["p5"]
         renewed = store.templates()
     new = TemplateGuard(new_key.read_bytes())
-    assert new.reveal(renewed["p1"]) == hands.recognizer.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
+    active = Recognizer.from_config(Config())  # what the CLI enrolled with
+    assert new.reveal(renewed["p1"]) == active.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
+
+
+def test_cli_renewal_moves_embedding_templates_and_palm_codes_alike(unit, capsys):
+    """`keys renew-template-guard` on a unit mid-way through a model change: both kinds renewed, nothing lost."""
+    from vendor_node.hand.model import embedding_template
+    from vendor_node.hand.templates import EmbeddingTemplate, model_tag
+    from vendor_node.money.accounts import AccountStore
+    from vendor_node.money.keys import KeyStore
+    from vendor_node.unit.keysource import unit_template_guard
+
+    enroll_drawn(unit, 1)  # a palm code (the active model of this firmware)
+    old = unit_template_guard(KeyStore.from_config(unit.cfg))
+    vector = embedding_template(np.random.default_rng(3).normal(size=128))
+    clear_embedding = EmbeddingTemplate(vector, model_tag("palm-embed-1"), 2).to_bytes()
+    with AccountStore.open(unit.cfg) as store:
+        store.enroll("p2", old.protect(clear_embedding), "c1")
+    clear_code = old.reveal(stored_templates(unit)[0]["p1"])
+    new_key = unit.tmp / "guard2.key"
+    assert main(["keys", "new-guard-key", "--out", str(new_key)]) == 0
+    assert main(["keys", "renew-template-guard", "--new-key", str(new_key), "--state-dir", str(unit.state)]) == 0
+    assert "renewed 2 template(s)" in capsys.readouterr().out
+    new = TemplateGuard(new_key.read_bytes())
+    renewed, _ = stored_templates(unit)
+    assert {guard_id_of_template(t) for t in renewed.values()} == {new.guard_id}
+    assert new.reveal(renewed["p1"]) == clear_code and new.reveal(renewed["p2"]) == clear_embedding
+    assert renewed["p2"] != old.protect(clear_embedding) and len(renewed["p2"]) == 152
