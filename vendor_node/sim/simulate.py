@@ -241,7 +241,7 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
         people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
     strangers = [p for p in people if not p.employee_id]
-    images = {p.key: p.images("present") for p in people}
+    images = {p.key: p.presentations() for p in people}  # drawn or read when shown
     source = "real photos" if people[0].key.startswith("photo:") else "synthetic hands"
     print(f"simulated unit in {cfg.state_dir}: {len(employees)} employees, {len(strangers)} strangers "
           f"({source}); {args.customers} customers", flush=True)
