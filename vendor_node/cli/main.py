@@ -40,8 +40,14 @@ def _add_recognition_commands(sub) -> None:
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")
-    p.add_argument("what", choices=["recognition", "accounts", "loop", "template-guard"], help="which benchmark")
+    p.add_argument("what", choices=["recognition", "accounts", "loop", "memory", "template-guard"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="the figures as one JSON object on stdout (tables on stderr)")
+    p.add_argument("--employees", type=positive_int, default=10_000,
+                   help="loop, memory: the office's size, measured beside 100 employees (default 10000; drawn "
+                        "employees' templates are made once and cached in $VENDOR_NODE_CACHE_DIR, default "
+                        "~/.cache/vendor-node/templates-<model id>-hands1000.npz)")
+    p.add_argument("--customers", type=positive_int,
+                   help="loop: customers served at each size (default $VENDOR_NODE_BENCH_CUSTOMERS or 1000)")
     p.set_defaults(handler=_cmd_bench)
 
 

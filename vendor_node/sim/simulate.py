@@ -74,7 +74,9 @@ class SimUnit:
         from ..money.storage import open_db
         from ..unit.assemble import open_board
         from .vmc_sim import VendingMachineSimulator
+        from ..heap import keep_large_blocks_unheaped
 
+        keep_large_blocks_unheaped()  # as `vendor-node run` does (heap.py)
         self.vmc = VendingMachineSimulator(**self.vmc_options).start()
         self.conn = open_db(self.cfg.state_dir)
         self.journal = Journal(self.conn)
