@@ -195,3 +195,101 @@ def calibrate(train_metrics: dict[str, dict]) -> dict:
 
 def public(metrics: dict) -> dict:
     return {k: v for k, v in metrics.items() if not k.startswith("_")}
+
+
+# --- learned embeddings: the unit's score and the calibration of its threshold -------------------
+FMR_DECADES = [10.0 ** -k for k in range(2, 10)]  # 1e-2 .. 1e-9: the fmr_points of a format-2 manifest
+
+
+def template_scores(q_a: np.ndarray, q_b: np.ndarray) -> np.ndarray:
+    """Score matrix (A, B) of int8 templates, the unit's score: cosine of the int8 vectors (model.embedding_scores)."""
+    a = q_a.astype(np.float32)
+    b = q_b.astype(np.float32)
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return a @ b.T
+
+
+def all_pairs(templates: np.ndarray, labels: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Genuine and impostor scores over every unordered pair of templates (same label = genuine)."""
+    scores = template_scores(templates, templates)
+    upper = np.triu_indices(len(labels), 1)
+    ids = np.unique(labels, return_inverse=True)[1]
+    same = ids[upper[0]] == ids[upper[1]]
+    values = scores[upper]
+    return values[same], values[~same]
+
+
+def threshold_for_fmr(impostor_desc: np.ndarray, fmr: float) -> float:
+    """Lowest threshold (accept when score >= threshold) letting at most floor(fmr * n) impostor scores through."""
+    allowed = int(np.floor(fmr * impostor_desc.size))
+    return float(np.nextafter(np.float32(impostor_desc[allowed]), np.float32(np.inf)))
+
+
+def fmr_points(impostor: np.ndarray) -> dict:
+    """Threshold per FMR decade: counted where there are >= 3/fmr impostor scores, else an exponential tail fit.
+
+    The tail: above u (the threshold at FMR 1e-3, or 100/n if fewer scores), impostor scores are modelled as
+    P(S >= t) = p_u * exp(-(t - u) / beta), beta the mean excess over u (its maximum-likelihood value). An
+    exponential tail falls more slowly than a Gaussian one, so the thresholds it gives are the cautious side.
+    """
+    desc = np.sort(np.asarray(impostor, np.float64))[::-1]
+    n = desc.size
+    measured_down_to = min((f for f in FMR_DECADES if n >= 3.0 / f), default=None)
+    p_u = max(1e-3, 100.0 / n)
+    u = threshold_for_fmr(desc, p_u)
+    excess = desc[desc >= u] - u
+    beta = float(excess.mean()) if excess.size else 1e-3
+    points, sources, previous = [], [], -1.0
+    for fmr in FMR_DECADES:
+        if measured_down_to is not None and fmr >= measured_down_to:
+            t, source = threshold_for_fmr(desc, fmr), "measured"
+        else:
+            t, source = u + beta * np.log(p_u / fmr), "tail fit"
+        t = max(float(t), previous)  # a lower FMR never needs a lower threshold
+        previous = t
+        points.append([fmr, round(t, 5)])
+        sources.append(source)
+    return {"fmr_points": points, "fmr_point_sources": sources, "measured_down_to": measured_down_to,
+            "calibration_impostors": int(n),
+            "tail": {"u": round(u, 5), "p_u": p_u, "beta": round(beta, 6), "scores_above_u": int(excess.size)}}
+
+
+def threshold_at(points: list[list[float]], fmr: float) -> float:
+    """The matcher's policy: threshold at ``fmr``, log10(fmr) interpolated linearly between fmr_points."""
+    logs = np.log10([p[0] for p in points])[::-1]
+    values = np.array([p[1] for p in points])[::-1]
+    return float(np.interp(np.log10(fmr), logs, values))
+
+
+def session_protocol(templates: np.ndarray, palms: list[str], sessions: list[int], threshold: float,
+                     margin: float) -> dict:
+    """Enroll each palm's first image of its first session, probe with every image of the later sessions.
+
+    Returns the genuine and impostor scores, rank-1 and what threshold + margin decide for each probe.
+    """
+    first = min(sessions)
+    enrolled: dict[str, int] = {}
+    for i, (palm, session) in enumerate(zip(palms, sessions)):
+        if session == first and palm not in enrolled:
+            enrolled[palm] = i
+    names = sorted(enrolled)
+    gallery = templates[[enrolled[p] for p in names]]
+    probes = [i for i, s in enumerate(sessions) if s != first and palms[i] in enrolled]
+    scores = template_scores(templates[probes], gallery)
+    mates = np.array([names.index(palms[i]) for i in probes])
+    rows = np.arange(len(probes))
+    genuine = scores[rows, mates]
+    others = scores.copy()
+    others[rows, mates] = -np.inf
+    impostor = others[np.isfinite(others)]
+    runner_up = others.max(axis=1)
+    best = scores.argmax(axis=1)
+    top = scores[rows, best]
+    second = np.sort(scores, axis=1)[:, -2] if len(names) > 1 else np.full(len(probes), -1.0)
+    accepted_right = (best == mates) & (top >= threshold) & (top - second >= margin)
+    accepted_wrong = (best != mates) & (top >= threshold) & (top - second >= margin)
+    return {"genuine": genuine, "impostor": impostor, "rank1": float(np.mean(best == mates)),
+            "rank1_misses": int(np.sum(best != mates)), "probes": len(probes), "enrolled": len(names),
+            "accepted_right": int(accepted_right.sum()), "accepted_wrong": int(accepted_wrong.sum()),
+            "runner_up": runner_up, "gaps": genuine - runner_up}

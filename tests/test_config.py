@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 
+from vendor_node.assets import active_manifest_path
 from vendor_node.config import Config, load_config, parse_config
 from vendor_node.errors import ConfigError
 
@@ -100,7 +101,7 @@ def test_the_matcher_cannot_be_loosened_below_the_manifest_floor():
     cfg = parse_config("[recognition]\nthreshold = 0.0\nmargin = 0.0\n")
     with pytest.raises(ConfigError, match=r"recognition.threshold: must be at least 0\.68"):
         Recognizer.from_config(cfg)
-    floor = json.loads((cfg.unit.assets_dir / "manifest.json").read_text())["decision"]
+    floor = json.loads(active_manifest_path(cfg.unit.assets_dir).read_text())["decision"]
     with pytest.raises(ConfigError, match="recognition.margin: must be at least"):
         Recognizer.from_config(parse_config(f"[recognition]\nmargin = {floor['min_margin'] / 2}\n"))
     ok = Recognizer.from_config(parse_config(f"[recognition]\nthreshold = {floor['min_threshold']}\n"))

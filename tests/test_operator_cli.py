@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from vendor_node.assets import active_manifest_path
 from vendor_node import __version__
 from vendor_node.cli import main
 from vendor_node.cli.logs import JournalPrefixFormatter, prefix_lines, syslog_priority
@@ -64,9 +65,9 @@ def test_version_names_package_model_and_bundle(provisioned, tmp_path, capsys, m
     config.write_text(f'[unit]\nstate_dir = "{provisioned.state}"\n')
     assert run("--config", str(config), "--version") == 0
     out = capsys.readouterr().out
-    manifest = json.loads((Path(__file__).resolve().parents[1] / "firmware_assets" / "manifest.json").read_text())
+    manifest = json.loads(active_manifest_path(Path(__file__).resolve().parents[1] / "firmware_assets").read_text())
     assert f"vendor-node {__version__}" in out
-    assert f"model {manifest['model_file']} sha256 {manifest['sha256'][:16]}" in out
+    assert f"model {manifest['model_id']} {manifest['model_file']} sha256 {manifest['sha256'][:16]}" in out
     assert "bundle none" in out
     assert not (provisioned.state / "unit.db").exists()  # --version never creates a database
     import_bundle(provisioned, capsys, version=7)
@@ -85,7 +86,7 @@ def test_selftest_right_after_provision_names_the_next_step(provisioned, capsys)
     assert not (provisioned.state / "unit.db").exists()  # a selftest never creates a database
     import_bundle(provisioned, capsys)
     code, report = selftest_json(capsys, "--state-dir", str(provisioned.state))
-    assert code == 0 and report["failed"] == 0 and report["passed"] == len(report["checks"]) == 9
+    assert code == 0 and report["failed"] == 0 and report["passed"] == len(report["checks"]) == 10
 
 
 def test_selftest_names_the_config_file_it_loaded(provisioned, tmp_path, capsys, monkeypatch):

@@ -10,7 +10,8 @@ from vendor_node.cli import main
 from vendor_node.config import Config, load_config
 from vendor_node.errors import RecognitionError
 from vendor_node.hand import palmcode
-from vendor_node.hand.recognition import Gallery, Recognizer, Template
+from vendor_node.hand.gallery import parse_template
+from vendor_node.hand.recognition import Gallery, Recognizer
 from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, is_guarded
 from vendor_node.sim.drawn_hands import draw_hand
 
@@ -59,7 +60,7 @@ def test_enrollment_by_a_guarded_recognizer_stores_only_the_guarded_form(hands):
     template = recognizer.enroll_features(hands.enroll["p1"]).template
     assert is_guarded(template) and template == guard.protect(hands.clear["p1"])
     assert guard.reveal(template) == hands.clear["p1"]
-    parsed = Template.from_bytes(template)
+    parsed = parse_template(template)
     assert isinstance(parsed, GuardedTemplate) and parsed.guard_id == guard.guard_id
 
 
@@ -107,10 +108,10 @@ def test_layout_is_fixed_by_the_secret_alone():
 def test_guarded_templates_are_checked_like_clear_ones(hands):
     data = bytearray(TemplateGuard(os.urandom(32)).protect(hands.clear["p1"]))
     with pytest.raises(RecognitionError, match="truncated"):
-        Template.from_bytes(bytes(data[:-3]))
+        parse_template(bytes(data[:-3]))
     data[40] ^= 1
     with pytest.raises(RecognitionError, match="checksum mismatch"):
-        Template.from_bytes(bytes(data))
+        parse_template(bytes(data))
     with pytest.raises(RecognitionError, match="32 bytes"):
         TemplateGuard(b"short")
 
@@ -269,3 +270,30 @@ def test_renewal_requeues_only_what_was_enrolled_here(hands, unit, capsys):
         renewed = store.templates()
     new = TemplateGuard(new_key.read_bytes())
     assert new.reveal(renewed["p1"]) == hands.recognizer.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
+
+
+def test_cli_renewal_moves_embedding_templates_and_palm_codes_alike(unit, capsys):
+    """`keys renew-template-guard` on a unit mid-way through a model change: both kinds renewed, nothing lost."""
+    from vendor_node.hand.model import embedding_template
+    from vendor_node.hand.templates import EmbeddingTemplate, model_tag
+    from vendor_node.hand.template_guard import guard_id_of_template
+    from vendor_node.money.accounts import AccountStore
+    from vendor_node.money.keys import KeyStore
+    from vendor_node.unit.keysource import unit_template_guard
+
+    enroll_drawn(unit, 1)  # a palm code (the active model of this firmware)
+    old = unit_template_guard(KeyStore.from_config(unit.cfg))
+    vector = embedding_template(np.random.default_rng(3).normal(size=128))
+    clear_embedding = EmbeddingTemplate(vector, model_tag("palm-embed-1"), 2).to_bytes()
+    with AccountStore.open(unit.cfg) as store:
+        store.enroll("p2", old.protect(clear_embedding), "c1")
+    clear_code = old.reveal(stored_templates(unit)[0]["p1"])
+    new_key = unit.tmp / "guard2.key"
+    assert main(["keys", "new-guard-key", "--out", str(new_key)]) == 0
+    assert main(["keys", "renew-template-guard", "--new-key", str(new_key), "--state-dir", str(unit.state)]) == 0
+    assert "renewed 2 template(s)" in capsys.readouterr().out
+    new = TemplateGuard(new_key.read_bytes())
+    renewed, _ = stored_templates(unit)
+    assert {guard_id_of_template(t) for t in renewed.values()} == {new.guard_id}
+    assert new.reveal(renewed["p1"]) == clear_code and new.reveal(renewed["p2"]) == clear_embedding
+    assert renewed["p2"] != old.protect(clear_embedding) and len(renewed["p2"]) == 152

@@ -102,6 +102,9 @@ class RecognitionConfig:
     threshold: float | None = setting(None, 0.0, 1.0)  # None: the operating threshold from the model manifest
     margin: float | None = setting(None, 0.0, 1.0)  # None: the margin from the model manifest
     max_attempts: int = setting(2, 1, 5)  # a second presentation when unsure
+    # The projected wrong-payer rate per stranger presentation the threshold is set for, whatever the gallery
+    # size (an embedding model's threshold is the one at FMR = max_wrong_payer / enrolled; hand/decision.py)
+    max_wrong_payer: float = setting(1e-3, 1e-9, 0.1)
     keep_debug_images: bool = False  # images are kept only when a technician turns this on
 
 

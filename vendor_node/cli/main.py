@@ -37,6 +37,11 @@ def _add_recognition_commands(sub) -> None:
                    help="probes turned, scaled, blurred, darkened, infrared-like and close-up: one line each")
     p.add_argument("--debug-dir", type=Path, metavar="DIR",
                    help="write every frame with its key points and palm square drawn on it into DIR")
+    p.add_argument("--roi", action="store_true",
+                   help="the images are already-aligned square palm regions (e.g. tongji_dev): skip hand finding")
+    p.add_argument("--model", type=Path, metavar="DIR",
+                   help="measure the model in DIR (its manifest.json beside it) instead of the unit's assets "
+                        "(e.g. firmware_assets/palm-embed-1)")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")

@@ -23,6 +23,7 @@ class CheckResult:
     name: str
     ok: bool
     detail: str
+    figures: dict | None = None  # counts a script reads from --json (templates per model)
 
 
 def add_selftest_command(sub, common) -> None:
@@ -61,9 +62,11 @@ def cmd_selftest(args) -> int:
     emit(CheckResult("config", True, f"{source}: hardware {cfg.unit.hardware}, state {cfg.state_dir}"))
     for name, probe in _checks(cfg):
         try:
-            emit(CheckResult(name, True, probe()))
+            found = probe()
+            detail, figures = found if isinstance(found, tuple) else (found, None)
+            emit(CheckResult(name, True, detail, figures))
         except VendorNodeError as exc:  # what the check found, in its own words
-            emit(CheckResult(name, False, str(exc)))
+            emit(CheckResult(name, False, str(exc), getattr(exc, "figures", None)))
         except Exception as exc:  # a technician's tool: every failure is reported, none stops the others
             emit(CheckResult(name, False, f"{type(exc).__name__}: {exc}"))
     return _finish(args, source, results)
@@ -108,8 +111,32 @@ def _checks(cfg):
     def model():
         from ..hand.model import Embedder
 
-        embedder = Embedder.load(cfg.unit.assets_dir)
-        return f"{embedder.model_path.name} matches the sha256 in its manifest"
+        embedders = Embedder.load_all(cfg.unit.assets_dir)
+        roles = ["active"] + ["accepted"] * (len(embedders) - 1)
+        return "; ".join(f"{e.model_id} ({role}): {e.model_path.name} matches the sha256 in its manifest"
+                         for e, role in zip(embedders, roles))
+
+    def templates():
+        from ..assets import model_set
+        from ..hand.recognition import templates_by_model
+        from ..money.accounts import AccountStore
+
+        if not db_path.is_file():  # the accounts check names what is missing
+            return "no templates yet (no account database)", {}
+        with AccountStore.open(cfg, keystore=store) as accounts_store:
+            counts = templates_by_model(accounts_store.templates().values(), cfg.unit.assets_dir)
+        models = model_set(cfg.unit.assets_dir)
+        known = {folder.name for folder in models.all}
+        parts = [f"{name} {n}" + (" (active)" if name == models.active.name else "") for name, n in counts.items()]
+        text = f"{sum(counts.values())} templates by model: {', '.join(parts) or 'none'}"
+        stranded = {name: n for name, n in counts.items() if name not in known}
+        if stranded:
+            raise FiguresError(f"{text}; {sum(stranded.values())} made by no model this firmware ships: those "
+                               "employees cannot pay until they enroll again", counts)
+        old = sum(n for name, n in counts.items() if name != models.active.name)
+        if old:
+            text += f"; {old} on older models, refreshed to {models.active.name} at their next confident match"
+        return text, counts
 
     def camera():
         from ..devices.camera import open_camera
@@ -179,7 +206,15 @@ def _checks(cfg):
         return state.detail + (" (not required for a simulated unit)" if not state.synchronized else "")
 
     return [("clock", clock), ("keys", keys), ("model", model), ("camera", camera), ("gpio", gpio),
-            ("serial", serial_adapter), ("journal", journal), ("accounts", accounts)]
+            ("serial", serial_adapter), ("journal", journal), ("accounts", accounts), ("templates", templates)]
+
+
+class FiguresError(VendorNodeError):
+    """A failed check that still has figures for --json."""
+
+    def __init__(self, message: str, figures: dict):
+        super().__init__(message)
+        self.figures = figures
 
 
 def _ping_board(cfg, port: str) -> str:

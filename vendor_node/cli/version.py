@@ -28,13 +28,17 @@ def version_text(config_path: Path | str | None = None) -> str:
 
 
 def model_id(assets_dir: Path | str) -> str:
-    """``<model file> sha256 <first 16 hex>`` from the manifest the unit checks the model against."""
-    from ..hand.model import MANIFEST_NAME
+    """``<model id> <model file> sha256 <first 16 hex>`` from the active model's manifest (models.json)."""
+    from ..assets import active_manifest_path
+    from ..errors import ModelError
 
-    path = Path(assets_dir) / MANIFEST_NAME
+    try:
+        path = active_manifest_path(assets_dir)
+    except ModelError as exc:
+        return f"unknown ({exc})"
     try:
         manifest = json.loads(path.read_text(encoding="utf-8"))
-        return f"{manifest['model_file']} sha256 {str(manifest['sha256'])[:16]}"
+        return f"{manifest.get('model_id', path.parent.name)} {manifest['model_file']} sha256 {str(manifest['sha256'])[:16]}"
     except (OSError, ValueError, KeyError, TypeError) as exc:
         return f"unknown ({path}: {type(exc).__name__}: {exc})"
 

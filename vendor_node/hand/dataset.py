@@ -1,6 +1,7 @@
 """Photo folders for `vendor-node eval` and training: samples grouped by person, read from a manifest or the layout.
 
-A folder is ``<subject>/<image>``, or has a ``manifest.csv`` (path, subject, extra, captured). Problems
+A folder is ``<subject>/<image>``, or has a ``manifest.csv`` (path, subject, extra, captured, session: capture
+sessions, e.g. two months apart; eval enrolls from the first and probes the later ones). Problems
 (unreadable rows, subjects with one image) are collected as one-line messages, never raised one by one,
 so a long run reports them all.
 """
@@ -25,15 +26,17 @@ class Sample:
     subject: str
     extra: str = ""  # comparison group: only images with the same extra are compared
     captured: datetime | None = None  # when the photo was taken (different-day pairs are the realistic case)
+    session: int | None = None  # capture session (manifest column "session"): enroll from the first, probe later
 
 
 class Dataset(list):
     """A list of Samples plus the problems found while reading the folder (each a one-line message)."""
 
-    def __init__(self, samples=(), problems=(), has_captured=False):
+    def __init__(self, samples=(), problems=(), has_captured=False, has_session=False):
         super().__init__(samples)
         self.problems: list[str] = list(problems)
         self.has_captured = has_captured
+        self.has_session = has_session
 
 
 def _parse_captured(text: str) -> datetime | None:
@@ -60,9 +63,9 @@ def load_dataset(folder: Path) -> Dataset:
     problems: list[str] = []
     manifest = folder / MANIFEST
     if manifest.is_file():
-        samples, has_captured = _from_manifest(folder, manifest, problems)
+        samples, has_captured, has_session = _from_manifest(folder, manifest, problems)
     else:
-        samples, has_captured = _from_layout(folder, problems), False
+        samples, has_captured, has_session = _from_layout(folder, problems), False, False
     if not samples:
         raise DatasetError(f"{folder}: no images found (expected <subject>/<image>, or a {MANIFEST})")
     samples.sort(key=lambda s: str(s.path))
@@ -71,7 +74,7 @@ def load_dataset(folder: Path) -> Dataset:
         if count == 1:
             where = f" ({extra})" if extra else ""
             problems.append(f"subject {subject}{where} has a single image: enrolled only, no genuine probes")
-    return Dataset(samples, problems, has_captured)
+    return Dataset(samples, problems, has_captured, has_session)
 
 
 def _from_layout(folder: Path, problems: list[str]) -> list[Sample]:
@@ -90,7 +93,7 @@ def _from_layout(folder: Path, problems: list[str]) -> list[Sample]:
     return samples
 
 
-def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[list[Sample], bool]:
+def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[list[Sample], bool, bool]:
     try:
         with manifest.open(newline="", encoding="utf-8") as handle:
             reader = csv.DictReader(handle)
@@ -103,7 +106,7 @@ def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[l
         raise DatasetError(f"{manifest}: not a UTF-8 CSV file ({exc.reason})") from None
     except csv.Error as exc:
         raise DatasetError(f"{manifest}: malformed CSV ({exc})") from None
-    has_captured = "captured" in columns
+    has_captured, has_session = "captured" in columns, "session" in columns
     samples = []
     for line, row in enumerate(rows, start=2):
         row = {(k or "").strip(): (v or "").strip() for k, v in row.items()}
@@ -118,30 +121,51 @@ def _from_manifest(folder: Path, manifest: Path, problems: list[str]) -> tuple[l
         if path.suffix.lower() not in IMAGE_SUFFIXES:
             problems.append(f"{rel}: not an image file, skipped")
             continue
-        samples.append(Sample(path, subject, row.get("extra", ""), _parse_captured(row.get("captured", ""))))
-    return samples, has_captured
+        session = None
+        if has_session:
+            try:
+                session = int(row.get("session", ""))
+            except ValueError:
+                raise DatasetError(f"{manifest} line {line}: session must be a whole number (1, 2, ...), "
+                                   f"got {row.get('session', '')!r}") from None
+        samples.append(Sample(path, subject, row.get("extra", ""), _parse_captured(row.get("captured", "")), session))
+    return samples, has_captured, has_session
+
+
+def _active_manifest(assets_dir: Path) -> Path:
+    """The active model's manifest (firmware_assets/models.json), or the folder's own one."""
+    from ..assets import active_manifest_path
+    from ..errors import ModelError
+
+    try:
+        return active_manifest_path(assets_dir)
+    except ModelError as exc:
+        raise DatasetError(str(exc)) from None
 
 
 def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
     """Subjects of ``dataset`` that the model manifest says it was trained on (for --exclude-trained)."""
-    manifest_path = Path(assets_dir) / "manifest.json"
+    manifest_path = _active_manifest(assets_dir)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:
         raise DatasetError(f"{manifest_path}: cannot read the model manifest to exclude trained subjects ({exc})") from None
+    name = Path(dataset).resolve().name
+    split = manifest.get("split")
+    if manifest.get("format") == 2 and isinstance(split, dict):  # a learned embedding: trained and calibrated on
+        return {str(s) for s in split.get("train", []) + split.get("calibrate", [])} if split.get("set") == name else set()
     training = manifest.get("training")
     subjects = training.get("subjects") if isinstance(training, dict) else None
     if not isinstance(subjects, dict):
         raise DatasetError(f"{manifest_path}: training.subjects (set name -> subjects) is missing; "
                            "cannot tell which people the model saw")
-    name = Path(dataset).resolve().name
     return {str(s) for s in subjects.get(name, [])}
 
 
 def tuned_subjects(assets_dir: Path, dataset: Path) -> set[str]:
     """Subjects of ``dataset`` that the preprocessing was tuned on (manifest ``preprocessing.tuned_on``), for
     --exclude-tuned: figures on people neither the model nor the hand finding ever saw."""
-    manifest_path = Path(assets_dir) / "manifest.json"
+    manifest_path = _active_manifest(assets_dir)
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, ValueError) as exc:

@@ -1,10 +1,12 @@
 """`vendor-node eval`: how well the recognizer picks people from a folder of hand photos.
 
-Enroll the first N images of each subject (sorted by path), probe with the rest,
-score every probe against every enrolled template of its comparison group, and
-report genuine/impostor counts, EER, FNMR at FMR 1e-3 and 1e-4, rank-1, FPIR and
-FNIR at the unit's operating policy (threshold + margin), failure to acquire,
-and per-image latency. The metric maths lives in ``evaluation_metrics`` so it
+Enroll the first N images of each subject (sorted by path; with a ``session`` column: of its first
+session, probing only the later sessions), probe with the rest, score every probe against every enrolled
+template of its comparison group, and report genuine/impostor counts, EER, FNMR at FMR 1e-3 .. 1e-6 (each
+with a ``_reliable`` flag), rank-1, FPIR and FNIR at the unit's operating policy (threshold + margin), an
+open-set run (half the people enrolled, half strangers), failure to acquire, and per-image latency.
+``--roi``: the images are already-aligned palm regions (hand finding skipped). ``--model DIR``: another
+model folder; a learned embedding (format-2 manifest) is measured through ``evaluation_embedding``. The metric maths lives in ``evaluation_metrics`` so it
 can be tested on plain score lists.
 """
 from __future__ import annotations
@@ -21,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ImageFileError, HandRejected, UsageError
+from .evaluation_embedding import RoiInput, open_set, rate, recognizer_for
 from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
 from .dataset import Dataset, Sample, load_dataset, trained_subjects, tuned_subjects
 from .evaluation_output import format_table, plot_det
@@ -33,7 +36,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Probe:
     sample: Sample
-    features: object = None
+    features: object = None  # None when not acquired
     reason: str | None = None  # HandRejected reason or "unreadable"
     seconds: float = 0.0  # preprocess + model
     match_seconds: float | None = None  # 1:N identify against its gallery
@@ -81,7 +84,8 @@ def run_eval(args, cfg) -> int:
     dataset = load_dataset(args.dataset)
     excluded: set[str] = set()
     if getattr(args, "exclude_trained", False) or getattr(args, "exclude_tuned", False):
-        excluded = trained_subjects(cfg.unit.assets_dir, args.dataset) if getattr(args, "exclude_trained", False) else set()
+        model_dir = getattr(args, "model", None) or cfg.unit.assets_dir
+        excluded = trained_subjects(model_dir, args.dataset) if getattr(args, "exclude_trained", False) else set()
         if getattr(args, "exclude_tuned", False):
             excluded |= tuned_subjects(cfg.unit.assets_dir, args.dataset)
         before = len(dataset)
@@ -97,7 +101,9 @@ def run_eval(args, cfg) -> int:
         log.warning("%s", problem)
     if len(dataset.problems) > 10:
         log.warning("... and %d more problems (listed in the report)", len(dataset.problems) - 10)
-    recognizer = Recognizer.from_config(cfg)
+    recognizer = recognizer_for(getattr(args, "model", None), cfg, Recognizer)
+    if getattr(args, "roi", False):
+        recognizer = RoiInput(recognizer)
     pairs = {frozenset(pair) for pair in (getattr(args, "same_person", None) or [])}
     debug_dir = getattr(args, "debug_dir", None)
     if getattr(args, "robustness", False):
@@ -105,7 +111,9 @@ def run_eval(args, cfg) -> int:
     on_image = _debug_writer(Path(debug_dir)) if debug_dir else None
     report = evaluate(recognizer, dataset, enroll_n, not_impostors=pairs, on_image=on_image)
     manifest = getattr(getattr(recognizer, "embedder", None), "manifest", {}) or {}
-    report["model"] = {"file": manifest.get("model_file"), "sha256": manifest.get("sha256")}
+    report["model"] = {"file": manifest.get("model_file"), "sha256": manifest.get("sha256"),
+                       "model_id": manifest.get("model_id"), "kind": manifest.get("kind", "palm_code")}
+    report["roi_input"] = bool(getattr(args, "roi", False))
     report["not_compared"] = sorted(sorted(pair) for pair in pairs)
     report["dataset"] = str(args.dataset)
     report["excluded_trained_subjects"] = sorted(excluded)
@@ -175,15 +183,17 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     if make_gallery is None:
         from .recognition import Gallery
 
-        make_gallery = Gallery.from_templates
+        make_gallery = getattr(recognizer, "make_gallery", None) or Gallery.from_templates
 
     groups: dict[tuple[str, str], list[Sample]] = defaultdict(list)
     for sample in dataset:
         groups[(sample.extra, sample.subject)].append(sample)
-    enrolling_paths = {s.path for samples in groups.values() for s in samples[:enroll_n]}
+    split = {key: _enroll_and_probe(samples, enroll_n, dataset.has_session) for key, samples in groups.items()}
+    enrolling_paths = {s.path for enrolling, _ in split.values() for s in enrolling}
     acquired = {} if acquired is None else acquired
     probes = {}
-    for sample in _progress(list(dataset), "features"):
+    in_use = enrolling_paths | {s.path for _, probing in split.values() for s in probing}
+    for sample in _progress([s for s in dataset if s.path in in_use], "features"):
         transform = None if sample.path in enrolling_paths else probe_transform
         if transform is None and sample.path in acquired and on_image is None:
             probes[sample.path] = acquired[sample.path]
@@ -193,8 +203,7 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
             acquired[sample.path] = probes[sample.path]
     enrolled: dict[str, dict[str, _Enrolled]] = defaultdict(dict)  # extra -> subject -> template
     enroll_failures, probe_list = [], []
-    for (extra, subject), samples in sorted(groups.items()):
-        enrolling, probing = samples[:enroll_n], samples[enroll_n:]  # samples are sorted by path
+    for (extra, subject), (enrolling, probing) in sorted(split.items()):
         usable = [probes[s.path] for s in enrolling if probes[s.path].features is not None]
         if usable:
             template = recognizer.enroll_features([p.features for p in usable]).template
@@ -204,11 +213,13 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
         probe_list += [probes[s.path] for s in probing]
     galleries = {extra: (list(members), make_gallery({k: e.template for k, e in members.items()}))
                  for extra, members in enrolled.items()}
+    if hasattr(recognizer, "set_gallery_size"):  # an embedding's threshold follows the number enrolled
+        recognizer.set_gallery_size(max((len(m) for m in enrolled.values()), default=1))
     genuine, impostor = [], []
     by_group: dict[str, tuple[list[float], list[float]]] = defaultdict(lambda: ([], []))
     pairs: list[tuple[float, bool, str, str]] = []  # (score, genuine?, probe path, enrolled subject) for the report
     genuine_days: dict[str, list[float]] = {"same_day": [], "different_days": [], "unknown": []}
-    mated_rows, nonmated_rows, match_seconds = [], [], []
+    mated_rows, nonmated_rows, match_seconds, open_rows = [], [], [], []
     for probe in _progress([p for p in probe_list if p.features is not None], "matching"):
         if probe.sample.extra not in galleries:
             continue
@@ -223,6 +234,7 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
             keep = [frozenset((probe.sample.subject, t)) not in not_impostors for t in subjects]
             scores = scores[keep]
             subjects = [t for t, k in zip(subjects, keep) if k]
+        open_rows.append((scores, subjects, probe.sample.subject))
         mate = subjects.index(probe.sample.subject) if probe.sample.subject in subjects else -1
         for i, score in enumerate(scores):
             if i == mate:
@@ -243,6 +255,9 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     report = _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, impostor, genuine_days,
                      mated_rows, nonmated_rows, match_seconds, float(recognizer.threshold), float(recognizer.margin),
                      enrolled)
+    threshold_for = getattr(recognizer, "threshold_for", lambda n: recognizer.threshold)
+    report["open_set"] = open_set(open_rows, threshold_for, float(recognizer.margin))
+    report["session_protocol"] = bool(dataset.has_session)
     # The pairs worth a look: genuine pairs scored lowest, impostor pairs scored highest.
     as_rows = lambda chosen: [{"probe": p, "enrolled": e, "score": round(v, 4)} for v, _, p, e in chosen]  # noqa: E731
     if len(by_group) > 1:  # e.g. the views of 11k_small: compared only within themselves
@@ -250,6 +265,15 @@ def evaluate(recognizer, dataset: Dataset, enroll_n: int, make_gallery=None, not
     report["hardest_genuine"] = as_rows(sorted(x for x in pairs if x[1])[:10])
     report["closest_impostors"] = as_rows(sorted((x for x in pairs if not x[1]), reverse=True)[:10])
     return report
+
+
+def _enroll_and_probe(samples: list[Sample], enroll_n: int, by_session: bool) -> tuple[list[Sample], list[Sample]]:
+    """The first N images enroll (samples are sorted by path); with sessions: of the first session, and only
+    the later sessions probe (the realistic case: the palm weeks after enrollment)."""
+    if not by_session:
+        return samples[:enroll_n], samples[enroll_n:]
+    first = min(s.session for s in samples)
+    return [s for s in samples if s.session == first][:enroll_n], [s for s in samples if s.session != first]
 
 
 def _acquire(recognizer, sample: Sample, transform=None, on_image=None) -> _Probe:
@@ -289,10 +313,10 @@ def _verification(genuine, impostor) -> dict:
     out = {"genuine": int(g.size), "impostor": int(i.size)}
     if g.size and i.size:
         out["eer"] = round(eer(g, i), 5)
-        for target in (1e-3, 1e-4):
-            value, reliable = fnmr_at_fmr(g, i, target)
-            out[f"fnmr_at_fmr_{target:g}"] = round(value, 5)
-            out[f"fnmr_at_fmr_{target:g}_reliable"] = reliable
+        for k in range(3, 7):
+            value, reliable = fnmr_at_fmr(g, i, 10.0 ** -k)
+            out[f"fnmr_at_fmr_1e-{k:02d}"] = round(value, 5)
+            out[f"fnmr_at_fmr_1e-{k:02d}_reliable"] = reliable
     return out
 
 
@@ -326,6 +350,7 @@ def _report(dataset, enroll_n, probes, probe_list, enroll_failures, genuine, imp
         "identification": {
             "mated_probes": len(mated_probes),
             "rank1": round(rank1_hits / len(mated_rows), 5) if mated_rows else None,
+            "rank1_misses": rate(len(mated_rows) - rank1_hits, len(mated_rows)),
             "rank1_counting_fta": round(rank1_hits / len(mated_probes), 5) if mated_probes else None,
             "threshold": threshold,
             "margin": margin,

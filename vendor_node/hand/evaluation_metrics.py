@@ -112,3 +112,30 @@ def policy_projection(genuine, impostor, threshold: float, sizes=(100, 1000)) ->
         out[f"stranger_accepted_of_{n}"] = 1.0 - (1.0 - fmr) ** n
         out[f"wrong_payer_at_most_of_{n}"] = 1.0 - (1.0 - fmr) ** (n - 1)
     return out
+
+
+def upper_bound_95(errors: int, trials: int) -> float | None:
+    """One-sided 95% upper confidence bound of an error rate (exact Clopper-Pearson; 0 of n gives ~3/n).
+
+    Zero errors in n tries is not 0%: this is the rate the data cannot rule out. None without trials.
+    """
+    import math
+
+    if trials <= 0:
+        return None
+    if errors >= trials:
+        return 1.0
+
+    def cdf(p: float) -> float:  # P(X <= errors) for X ~ Binomial(trials, p)
+        if p <= 0:
+            return 1.0
+        logs = [math.lgamma(trials + 1) - math.lgamma(j + 1) - math.lgamma(trials - j + 1)
+                + j * math.log(p) + (trials - j) * math.log1p(-p) for j in range(errors + 1)]
+        top = max(logs)
+        return math.exp(top) * sum(math.exp(v - top) for v in logs)
+
+    lo, hi = errors / trials, 1.0
+    for _ in range(100):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if cdf(mid) > 0.05 else (lo, mid)
+    return hi

@@ -33,8 +33,7 @@ def format_table(report: dict) -> str:
         ("images / subjects", f"{report['images']} / {report['subjects']} (enroll {report['enroll']})"),
         ("genuine / impostor scores", f"{v['genuine']} / {v['impostor']}"),
         ("EER", _pct(v.get("eer"))),
-        ("FNMR @ FMR 1e-3", at_fmr("0.001")),
-        ("FNMR @ FMR 1e-4", at_fmr("0.0001")),
+        *((f"FNMR @ FMR 1e-{k}", at_fmr(f"1e-{k:02d}")) for k in range(3, 7)),
         ("rank-1 (counting FTA as misses)", f"{_pct(ident['rank1'])} ({_pct(ident['rank1_counting_fta'])})"),
         (f"FPIR / FNIR @ {policy}", f"{_pct(ident.get('fpir'))} / {_pct(ident.get('fnir'))}"),
         ("wrong payer (mated probes)", _pct(ident.get("wrong_subject"))),
@@ -55,6 +54,13 @@ def format_table(report: dict) -> str:
     for day, block in report.get("by_capture_day", {}).items():
         if block["genuine"]:
             rows.append((f"EER, {day.replace('_', ' ')} ({block['genuine']} genuine)", _pct(block.get("eer"))))
+    opened = report.get("open_set") or {}
+    if opened:
+        wrong, refused = opened["wrong_payer_stranger"], opened["refused"]
+        rows.append((f"open set: {opened['enrolled']} enrolled, {opened['strangers']} strangers",
+                     f"stranger accepted {wrong['count']}/{wrong['of']} (<= {_pct(wrong['upper_95'])}), "
+                     f"enrolled refused {refused['count']}/{refused['of']}, "
+                     f"wrong payer {opened['wrong_payer_enrolled']['count']} @ t={opened['threshold']:.4g}"))
     width = max(len(k) for k, _ in rows)
     return "\n".join(f"{k.ljust(width)}  {val}" for k, val in rows)
 

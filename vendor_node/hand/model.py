@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..assets import MANIFEST_NAME, model_set
 from ..errors import ModelError
 
-MANIFEST_NAME = "manifest.json"
-MANIFEST_FORMAT = 1
+MANIFEST_FORMATS = (1, 2)  # 1: oriented-filter responses made into palm codes; 2: a learned embedding
 MAX_MODEL_BYTES = 1024 * 1024
 
 # Builtin operator codes (tensorflow/lite/schema/schema.fbs) of the ops a palm model may use;
@@ -41,7 +41,8 @@ class OpInfo:
 
 
 class Embedder:
-    """One TFLite interpreter (one thread) turning an aligned palm ROI into oriented texture responses."""
+    """One TFLite interpreter (one thread) turning an aligned palm ROI into oriented texture responses
+    (``kind`` "palm_code", manifest format 1) or into a learned embedding (``kind`` "embedding", format 2)."""
 
     def __init__(self, interpreter, manifest: dict, model_path: Path):
         self._interpreter = interpreter
@@ -55,12 +56,16 @@ class Embedder:
         self._pixel_offset = float(q_in["pixel_offset"])
         self._pixel_divisor = float(q_in["pixel_divisor"])
         self.input_size = int(q_in["shape"][1])
-        self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C)
+        self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C), or (D,) for an embedding
+        self.model_id = manifest.get("model_id") or model_path.parent.name
 
     @classmethod
     def load(cls, assets_dir: Path | str) -> "Embedder":
-        """Verify the manifest and the model's sha256, then build the interpreter once; ModelError otherwise."""
-        assets_dir = Path(assets_dir)
+        """Verify the manifest and the model's sha256, then build the interpreter once; ModelError otherwise.
+
+        ``assets_dir`` is a model folder, or ``firmware_assets/`` whose ``models.json`` names the active one.
+        """
+        assets_dir = model_set(assets_dir).active
         manifest = read_manifest(assets_dir)
         model_path = assets_dir / manifest["model_file"]
         data = _read_model_bytes(model_path)
@@ -92,11 +97,19 @@ class Embedder:
         raw = self._interpreter.get_tensor(self._output["index"])[0]
         return (raw.astype(np.float32) - self._out_zero) * self._out_scale
 
+    @classmethod
+    def load_all(cls, assets_dir: Path | str) -> "list[Embedder]":
+        """Every model the unit matches with (``models.json``): the active one first, then the accepted ones."""
+        return [cls.load(folder) for folder in model_set(assets_dir).all]
+
+    @property
+    def kind(self) -> str:
+        """"embedding" for a learned model (format 2), "palm_code" for the oriented-filter maps (format 1)."""
+        return self.manifest.get("kind", "palm_code")
+
     def embed(self, roi: np.ndarray) -> np.ndarray:
-        """L2-normalised float32 (D,) embedding: the flattened response map (reshape with ``output_shape``)."""
-        flat = self.responses(roi).ravel()
-        norm = float(np.linalg.norm(flat))
-        return flat / norm if norm > 0 else flat
+        """The model's int8 output dequantized, float32 (D,), not normalised: feed it to :func:`embedding_template`."""
+        return self.responses(roi).ravel()
 
     def ops(self) -> list[OpInfo]:
         """Every operator of the model with its version, in execution order."""
@@ -111,8 +124,11 @@ _IO_KEYS = {"shape": list, "dtype": str, "scale": (int, float), "zero_point": in
 
 
 def read_manifest(assets_dir: Path | str) -> dict:
-    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong."""
-    path = Path(assets_dir) / MANIFEST_NAME
+    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong.
+
+    ``assets_dir``: a model folder, or ``firmware_assets/`` (then the active model's manifest).
+    """
+    path = model_set(assets_dir).active / MANIFEST_NAME
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -130,8 +146,8 @@ def read_manifest(assets_dir: Path | str) -> dict:
             raise ModelError(f"{path}: missing key {key!r}")
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
             raise ModelError(f"{path}: {key}: expected {kind.__name__}, got {manifest[key]!r}")
-    if manifest["format"] != MANIFEST_FORMAT:
-        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected {MANIFEST_FORMAT})")
+    if manifest["format"] not in MANIFEST_FORMATS:
+        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected one of {MANIFEST_FORMATS})")
     if len(manifest["sha256"]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in manifest["sha256"]):
         raise ModelError(f"{path}: sha256: expected 64 hex digits, got {manifest['sha256']!r}")
     if "/" in manifest["model_file"] or manifest["model_file"] in ("", ".", ".."):
@@ -145,8 +161,10 @@ def read_manifest(assets_dir: Path | str) -> dict:
                 raise ModelError(f"{path}: {side}.{key}: bad value {block[key]!r}")
         if block["dtype"] != "int8":
             raise ModelError(f"{path}: {side}.dtype: the unit runs full-integer models only, got {block['dtype']!r}")
-        if len(block["shape"]) != 4 or block["shape"][0] != 1:
-            raise ModelError(f"{path}: {side}.shape: expected [1, H, W, C], got {block['shape']!r}")
+        want_rank = 2 if side == "output" and manifest["format"] == 2 else 4
+        if len(block["shape"]) != want_rank or block["shape"][0] != 1:
+            expected = "[1, D]" if want_rank == 2 else "[1, H, W, C]"
+            raise ModelError(f"{path}: {side}.shape: expected {expected}, got {block['shape']!r}")
         if not block["scale"] > 0:
             raise ModelError(f"{path}: {side}.scale: must be positive, got {block['scale']!r}")
     for key in ("pixel_offset", "pixel_divisor"):
@@ -158,7 +176,48 @@ def read_manifest(assets_dir: Path | str) -> dict:
         value = manifest["decision"].get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
             raise ModelError(f"{path}: decision.{key}: expected a number in 0..1, got {value!r}")
+    if manifest["format"] == 2:
+        _check_embedding_manifest(path, manifest)
     return manifest
+
+
+def _check_embedding_manifest(path: Path, manifest: dict) -> None:
+    """Format 2: a learned embedding, its id (templates name it) and its false-match-rate curve."""
+    if manifest.get("kind") != "embedding":
+        raise ModelError(f"{path}: kind: format 2 expects \"embedding\", got {manifest.get('kind')!r}")
+    if not isinstance(manifest.get("model_id"), str) or not manifest["model_id"]:
+        raise ModelError(f"{path}: model_id: expected a non-empty string, got {manifest.get('model_id')!r}")
+    dim = manifest["output"]["shape"][1]
+    if not isinstance(manifest.get("embedding"), dict) or manifest["embedding"].get("dim") != dim:
+        raise ModelError(f"{path}: embedding.dim: expected {dim} (the output width)")
+    points = manifest["decision"].get("fmr_points")
+    if not isinstance(points, list) or not points or not all(
+            isinstance(p, list) and len(p) == 2 and all(isinstance(v, (int, float)) for v in p) and 0 < p[0] < 1
+            for p in points):
+        raise ModelError(f"{path}: decision.fmr_points: expected [[fmr, threshold], ...] with 0 < fmr < 1")
+    for key in ("min_threshold", "min_margin"):
+        value = manifest["decision"].get(key)
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not -1 <= value <= 1:
+            raise ModelError(f"{path}: decision.{key}: expected a number in -1..1, got {value!r}")
+
+
+# --- embedding templates and their score (the contract the matcher and the calibration share) -----
+def embedding_template(e: np.ndarray) -> np.ndarray:
+    """int8 template of an embedding: clip(round(127 * e / |e|), -127, 127); all zeros for a zero vector."""
+    e = np.asarray(e, dtype=np.float32).ravel()
+    norm = float(np.linalg.norm(e))
+    if norm == 0:
+        return np.zeros(e.shape, np.int8)
+    return np.clip(np.round(127.0 * e / norm), -127, 127).astype(np.int8)
+
+
+def embedding_scores(q_probe: np.ndarray, q_gallery: np.ndarray) -> np.ndarray:
+    """Cosine of int8 templates: dot(qa, qb) / (|qa| |qb|), float32 (N,) for a gallery (N, D); 0 for a zero template."""
+    probe = np.asarray(q_probe).astype(np.float32).ravel()
+    gallery = np.asarray(q_gallery).astype(np.float32).reshape(-1, probe.size)
+    norms = np.linalg.norm(gallery, axis=1) * np.linalg.norm(probe)
+    dots = gallery @ probe
+    return np.divide(dots, norms, out=np.zeros_like(dots), where=norms > 0)
 
 
 def _read_model_bytes(model_path: Path) -> bytes:

@@ -1,45 +1,38 @@
-"""Templates (<= 1 KiB) and the 1:N matcher with a score threshold and a margin over the runner-up.
+"""The unit's recognizer: preprocess, its models, and the 1:N decision with a threshold and a margin.
 
-A template is a palm code (see palmcode.py) with its trusted-cell mask and the
-hand's geometry, in a versioned binary format with a CRC, so a truncated or
-foreign template is refused with a clear message instead of matching nobody (or
-somebody). Scores are similarities in 0..1 (1 - normalised angular distance).
+A unit runs the *active* model (``firmware_assets/models.json``: what new templates are made with) and
+keeps matching the templates of the *accepted* older ones, each by its own matcher (embed_matcher.py for a
+learned embedding, palm_matcher.py for palm codes). A probe is coded by another model only when the
+gallery holds templates of that model, from the same ROI. A model change never locks anyone out: an
+employee matched confidently under an old template gets a template of the active model from the same
+frame (``refreshed_template``; the unit stores it as an enrollment), and employees not yet refreshed keep
+paying with their old one.
 
-The decision policy: the best score must reach ``threshold`` (else "unknown") and
-beat the runner-up by more than ``margin`` (else "ambiguous"); the unit then asks for a
-second presentation rather than guessing a payer.
+The decision: the best score must reach its model's threshold for the gallery's size (decision.py; else
+"unknown") and beat the runner-up by more than the margin (else "ambiguous"; the unit then asks for a
+second presentation rather than guessing a payer); two models each naming someone is "ambiguous" too.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import palmcode, template_guard
+from . import palmcode
+from .decision import DecisionPolicy
+from .embed_matcher import EmbeddingMatcher
+from .gallery import Gallery, PalmCodeBank, parse_template
+from .model import Embedder, read_manifest
+from .palm_matcher import Enrollment, Features, PalmCodeMatcher, feature_id
+from .templates import MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, EmbeddingTemplate, Template, model_tag
+from ..assets import model_set
 from ..errors import ConfigError, HandRejected, RecognitionError
-from .model import Embedder
 
-TEMPLATE_MAGIC = b"VNPT"
-TEMPLATE_VERSION = 1
-MAX_TEMPLATE_BYTES = 1024
+__all__ = ["Recognizer", "Match", "Features", "Enrollment", "Gallery", "Template", "MAX_TEMPLATE_BYTES",
+           "MAX_ENROLL_IMAGES", "feature_id"]
+
 MAX_ENROLL_IMAGES = 5
-_HEADER = struct.Struct("<4sBBBBBBHI")  # magic, version, orientations, grid h, grid w, images used, geometry len, flags, feature id
-_CRC = struct.Struct("<I")
-
-
-@dataclass(frozen=True)
-class Features:
-    """What the matcher needs from one image: palm codes per probe pose, their masks, the hand's geometry."""
-
-    codes: np.ndarray  # uint8 (R, H, W) orientation per cell, one per CodeParams.poses(); [0] is the ROI as cut
-    valid: np.ndarray  # bool (R, H, W) trusted cells
-    geometry: np.ndarray  # float32 (G,)
-    quality: float = 1.0
-    hand: object | None = field(default=None, repr=False, compare=False)  # the preprocess.Hand, when known
+REFRESH_MARGINS = 2.0  # an old template is refreshed only when its match beats the threshold by this many margins
 
 
 @dataclass(frozen=True)
@@ -48,201 +41,77 @@ class Match:
     score: float
     runner_up: float
     reason: str  # "match" | "unknown" | "ambiguous"
+    model_id: str = field(default="", compare=False)  # the model whose template decided
 
 
-@dataclass(frozen=True)
-class Enrollment:
-    template: bytes
-    used: list[int]  # indexes of the images the template was built from
-    rejected: list[tuple[int, str]]  # (index, reason code) of the images left out
-
-
-@dataclass(frozen=True)
-class Template:
-    """One employee's palm template; ``to_bytes`` gives the stored form (578 bytes for a 32x32 grid).
-
-    Layout, little-endian: header ``VNPT``, version u8, orientations u8, grid h u8, grid w u8,
-    images used u8, geometry count u8, flags u16, feature id u32 (which filters made the code);
-    then the code as 3 Johnson bit-planes (h*w bits each), the trusted-cell mask (h*w bits),
-    the geometry as float16, and a CRC-32 of everything before it.
-    """
-
-    code: np.ndarray  # uint8 (H, W)
-    valid: np.ndarray  # bool (H, W)
-    geometry: np.ndarray  # float32 (G,)
-    images_used: int
-    feature_id: int
-
-    @property
-    def grid(self) -> tuple[int, int]:
-        return self.code.shape
-
-    def bit_planes(self) -> np.ndarray:
-        return palmcode.johnson_planes(self.code)
-
-    def to_bytes(self) -> bytes:
-        h, w = self.code.shape
-        planes = np.packbits(palmcode.johnson_planes(self.code).ravel(), bitorder="little")
-        mask = np.packbits(self.valid.ravel(), bitorder="little")
-        geometry = self.geometry.astype("<f2").tobytes()
-        body = _HEADER.pack(TEMPLATE_MAGIC, TEMPLATE_VERSION, 6, h, w, self.images_used, len(self.geometry), 0,
-                            self.feature_id) + planes.tobytes() + mask.tobytes() + geometry
-        data = body + _CRC.pack(zlib.crc32(body))
-        if len(data) > MAX_TEMPLATE_BYTES:
-            raise RecognitionError(f"template would be {len(data)} bytes, over the {MAX_TEMPLATE_BYTES} byte limit")
-        return data
-
-    @classmethod
-    def from_bytes(cls, data: bytes, name: str = "template") -> "Template":
-        """Parse and check a template; RecognitionError saying what is wrong."""
-        if not isinstance(data, (bytes, bytearray, memoryview)):
-            raise RecognitionError(f"{name}: expected bytes, got {type(data).__name__}")
-        data = bytes(data)
-        if template_guard.is_guarded(data):  # the stored form: see template_guard.py
-            return template_guard.GuardedTemplate.from_bytes(data, name)
-        if len(data) < _HEADER.size + _CRC.size:
-            raise RecognitionError(f"{name}: truncated ({len(data)} bytes, a template has at least "
-                                   f"{_HEADER.size + _CRC.size})")
-        magic, version, orientations, h, w, used, glen, _flags, feature_id = _HEADER.unpack_from(data)
-        if magic != TEMPLATE_MAGIC:
-            raise RecognitionError(f"{name}: not a palm template (starts with {magic!r}, expected {TEMPLATE_MAGIC!r})")
-        if version != TEMPLATE_VERSION:
-            raise RecognitionError(f"{name}: template format version {version} is not supported "
-                                   f"(this unit reads version {TEMPLATE_VERSION}); re-enroll")
-        if orientations != 6 or h == 0 or w == 0:
-            raise RecognitionError(f"{name}: bad header ({orientations} orientations, grid {h}x{w})")
-        cells = h * w
-        plane_bytes, mask_bytes = (palmcode.BITS * cells + 7) // 8, (cells + 7) // 8
-        expected = _HEADER.size + plane_bytes + mask_bytes + 2 * glen + _CRC.size
-        if len(data) != expected:
-            what = "truncated" if len(data) < expected else "has trailing bytes"
-            raise RecognitionError(f"{name}: {what} ({len(data)} bytes, expected {expected})")
-        (crc,) = _CRC.unpack_from(data, expected - _CRC.size)
-        if crc != zlib.crc32(data[: expected - _CRC.size]):
-            raise RecognitionError(f"{name}: checksum mismatch (corrupted template)")
-        pos = _HEADER.size
-        bits = np.unpackbits(np.frombuffer(data, np.uint8, plane_bytes, pos), bitorder="little")
-        planes = bits[: palmcode.BITS * cells].reshape(palmcode.BITS, h, w).astype(bool)
-        pos += plane_bytes
-        valid = np.unpackbits(np.frombuffer(data, np.uint8, mask_bytes, pos), bitorder="little")[:cells]
-        pos += mask_bytes
-        geometry = np.frombuffer(data, "<f2", glen, pos).astype(np.float32)
-        return cls(palmcode.planes_to_code(planes), valid.reshape(h, w).astype(bool), geometry, used, feature_id)
-
-
-class Gallery:
-    """All enrolled templates as packed matrices, so 1:N is a few vectorised passes."""
-
-    def __init__(self):
-        self.ids: list[str] = []
-        self.grid: tuple[int, int] | None = None
-        self.planes = np.zeros((0, palmcode.BITS, 0), np.uint64)
-        self.masks = np.zeros((0, 0), np.uint64)
-        self.feature_ids = np.zeros(0, np.uint32)
-        self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
-        self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
-
-    @classmethod
-    def from_templates(cls, templates: dict[str, bytes]) -> "Gallery":
-        gallery = cls()
-        parsed = {eid: Template.from_bytes(data, f"template of {eid}") for eid, data in templates.items()}
-        gallery._append(list(parsed), list(parsed.values()))
-        return gallery
-
-    def add(self, employee_id: str, template: bytes) -> None:
-        """Add or replace one employee's template."""
-        parsed = Template.from_bytes(template, f"template of {employee_id}")
-        if employee_id in self.ids:
-            self.remove(employee_id)
-        self._append([employee_id], [parsed])
-
-    def remove(self, employee_id: str) -> None:
-        try:
-            i = self.ids.index(employee_id)
-        except ValueError:
-            raise KeyError(employee_id) from None
-        del self.ids[i]
-        self.geometry = np.delete(self.geometry, i, axis=0)
-        self.planes = np.delete(self.planes, i, axis=0)
-        self.masks = np.delete(self.masks, i, axis=0)
-        self.feature_ids = np.delete(self.feature_ids, i)
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __contains__(self, employee_id: str) -> bool:
-        return employee_id in self.ids
-
-    def _append(self, ids: list[str], templates: list[Template]) -> None:
-        if not templates:
-            return
-        grids = {t.grid for t in templates} | ({self.grid} if self.grid else set())
-        if len(grids) > 1:
-            raise RecognitionError(f"templates have different code grids {sorted(grids)}; re-enroll with one model")
-        guards = {getattr(t, "guard_id", None) for t in templates} | ({self.guard_id} if len(self.ids) else set())
-        if len(guards) > 1:
-            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
-                                   "run `vendor-node keys renew-template-guard` to bring them under one")
-        self.grid, self.guard_id = templates[0].grid, guards.pop()
-        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates]))
-        masks = palmcode.pack_cells(np.array([t.valid for t in templates]))
-        if len(self.ids):
-            planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
-        self.planes, self.masks = planes, masks
-        self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
-        self.ids.extend(ids)
-        width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
-        rows = np.zeros((len(templates), width), np.float32)
-        for k, t in enumerate(templates):
-            rows[k, : t.geometry.shape[0]] = t.geometry
-        old = np.pad(self.geometry, ((0, 0), (0, width - self.geometry.shape[1])))
-        self.geometry = np.concatenate([old, rows])
-
-
-def feature_id(manifest: dict) -> int:
-    """32-bit id of how codes are made (filters, grid, coding): templates only compare within one id."""
-    block = {"filters": manifest.get("filters"), "output": manifest["output"]["shape"], "code_format": 1}
-    digest = hashlib.sha256(json.dumps(block, sort_keys=True).encode()).digest()
-    return int.from_bytes(digest[:4], "little")
+def make_matcher(embedder: Embedder, params: palmcode.CodeParams | None = None):
+    return EmbeddingMatcher(embedder) if embedder.kind == "embedding" else PalmCodeMatcher(embedder, params)
 
 
 class Recognizer:
-    """Preprocess + model + matcher; built once per process (the model is loaded once)."""
+    """Preprocess + models + matcher; built once per process (each model is loaded once).
+
+    ``embedder`` is the active model; ``accepted`` the older models whose templates are still matched.
+    ``threshold``/``margin`` (configured) apply to the active model; None: its manifest's policy.
+    """
 
     def __init__(self, embedder: Embedder, threshold: float | None = None, margin: float | None = None,
-                 params: palmcode.CodeParams | None = None):
+                 params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3):
         self.embedder = embedder
-        manifest = embedder.manifest
-        self.params = params or palmcode.CodeParams.from_manifest(manifest.get("code", {}))
-        self.threshold = float(manifest["decision"]["threshold"] if threshold is None else threshold)
-        self.margin = float(manifest["decision"]["margin"] if margin is None else margin)
-        self.grid = tuple(embedder.output_shape[:2])
-        self.feature_id = feature_id(manifest)
-        self._min_bits = int(self.params.min_overlap * self.grid[0] * self.grid[1])
-        self._full_shifts = palmcode.shifts(self.params.max_shift)
-        self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
-        self.guard: template_guard.TemplateGuard | None = None  # set by the unit: templates made are guarded
+        self.matchers = [make_matcher(embedder, params)] + [make_matcher(e) for e in accepted]
+        names = [m.model_id for m in self.matchers]
+        if len(set(names)) != len(names):
+            raise RecognitionError(f"models {names}: each model may be listed once")
+        self.active = self.matchers[0]
+        self.policies = {m.model_id: DecisionPolicy(m.embedder.manifest["decision"],
+                                                    threshold if m is self.active else None,
+                                                    margin if m is self.active else None, max_wrong_payer)
+                         for m in self.matchers}
+        self.threshold = self.policies[self.active.model_id].threshold  # enrollment agreement; calibrated point
+        self.margin = self.policies[self.active.model_id].margin
+        self.guard = None  # set by the unit: templates made are guarded (template_guard.TemplateGuard)
+        self._keep_roi = len(self.matchers) > 1
 
     @classmethod
     def from_config(cls, cfg) -> "Recognizer":
-        """The unit's recognizer: model from ``cfg.unit.assets_dir``; threshold/margin from config or manifest.
+        """The unit's recognizer: models from ``cfg.unit.assets_dir``; threshold/margin from config or manifest.
 
-        A configured threshold or margin below the manifest's floor (``decision.min_threshold`` /
+        A configured threshold or margin below the active manifest's floor (``decision.min_threshold`` /
         ``min_margin``, else the calibrated values themselves) is refused: loosening the matcher past what was
         measured would charge strangers to employees.
         """
-        embedder = Embedder.load(cfg.unit.assets_dir)
-        decision = embedder.manifest["decision"]
+        embedders = Embedder.load_all(cfg.unit.assets_dir)
+        decision = embedders[0].manifest["decision"]
         for key, value in (("threshold", cfg.recognition.threshold), ("margin", cfg.recognition.margin)):
             floor = float(decision.get(f"min_{key}", decision[key]))
             if value is not None and value < floor:
                 raise ConfigError(f"recognition.{key}: must be at least {floor:g} (the floor in the model manifest "
-                                  f"{embedder.model_path.name}), got {value:g}")
-        return cls(embedder, cfg.recognition.threshold, cfg.recognition.margin)
+                                  f"{embedders[0].model_path.parent.name}/), got {value:g}")
+        return cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin, accepted=tuple(embedders[1:]),
+                   max_wrong_payer=cfg.recognition.max_wrong_payer)
+
+    # --- the palm-code model's settings (evaluation, benches) ---------------------
+    def _palm_matcher(self) -> PalmCodeMatcher:
+        for matcher in self.matchers:
+            if isinstance(matcher, PalmCodeMatcher):
+                return matcher
+        raise AttributeError("this recognizer has no palm-code model")
+
+    params = property(lambda self: self._palm_matcher().params)
+    grid = property(lambda self: self._palm_matcher().grid)
+    feature_id = property(lambda self: self._palm_matcher().feature_id)
+
+    @property
+    def model_id(self) -> str:
+        return self.active.model_id
+
+    def threshold_for(self, enrolled: int) -> float:
+        """The active model's threshold with ``enrolled`` templates in the gallery (decision.py)."""
+        return self.policies[self.active.model_id].threshold_for(enrolled)
 
     # --- features ---------------------------------------------------------------
     def features(self, image: np.ndarray) -> Features:
-        """Preprocess one camera frame and code its palm; HandRejected when no usable hand."""
+        """Preprocess one camera frame and code its palm with the active model; HandRejected when unusable."""
         from .preprocess import extract_hand
 
         return self.features_from_hand(extract_hand(image))
@@ -252,18 +121,23 @@ class Recognizer:
 
     def features_from_roi(self, roi: np.ndarray, geometry: np.ndarray | None = None, quality: float = 1.0,
                           hand=None) -> Features:
-        codes, valids = [], []
-        for angle, zoom in self.params.poses():
-            turned = palmcode.rotate_roi(roi, angle, zoom)
-            responses = self.embedder.responses(turned)
-            valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
-            code, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)
-            codes.append(code)
-            valids.append(valid)
         geometry = np.zeros(0, np.float32) if geometry is None else np.asarray(geometry, np.float32)
-        return Features(np.array(codes), np.array(valids), geometry, float(quality), hand)
+        return self.active.features_from_roi(roi, geometry, quality, hand, self._keep_roi and hand is None)
 
-    # --- enrollment -------------------------------------------------------------
+    def _features_for(self, probe: Features, matcher) -> Features:
+        """The probe coded by ``matcher``'s model: itself, or the same ROI coded once more (kept on the probe)."""
+        if probe.model_id == matcher.model_id or (not probe.model_id and probe.codes is not None
+                                                  and isinstance(matcher, PalmCodeMatcher)):
+            return probe
+        if matcher.model_id not in probe.other:
+            roi = probe.roi if probe.roi is not None else getattr(probe.hand, "roi", None)
+            if roi is None:
+                raise RecognitionError(f"the probe's palm region was not kept: it cannot be coded by {matcher.model_id}")
+            probe.other[matcher.model_id] = matcher.features_from_roi(roi, probe.geometry, probe.quality, probe.hand,
+                                                                      False)
+        return probe.other[matcher.model_id]
+
+    # --- enrollment (always the active model) -----------------------------------
     def enroll(self, images: list[np.ndarray]) -> Enrollment:
         """A template from 1 to 5 images, keeping those that agree with the best one.
 
@@ -284,7 +158,8 @@ class Recognizer:
         if not found:
             raise HandRejected(last.reason, f"none of the {len(images)} enrollment images could be used: {last}")
         built = self.enroll_features([f for _, f in found])
-        if int(Template.from_bytes(built.template).valid.sum()) < self._min_bits:
+        if isinstance(self.active, PalmCodeMatcher) and int(parse_template(built.template).valid.sum()) < \
+                self.active.min_bits:
             raise HandRejected("too_little_palm", "Too little of your palm could be read: hold your open hand "
                                                   "flat and centred over the unit, then enroll again.")
         used = [found[k][0] for k in built.used]
@@ -292,126 +167,113 @@ class Recognizer:
         return Enrollment(built.template, used, sorted(rejected))
 
     def enroll_features(self, found: list[Features]) -> Enrollment:
-        """The template from already-coded images (evaluation uses this); ``used``/``rejected`` index ``found``.
-
-        With several images the reference is the one that agrees best with the others (with two: the
-        sharper one); images that do not reach the threshold against it are left out ("inconsistent"),
-        and cells where most of the other kept images (at least two) disagree about the orientation
-        are masked out of the template (unstable cells).
-        """
+        """The template from already-coded images (evaluation uses this); ``used``/``rejected`` index ``found``."""
         if not 1 <= len(found) <= MAX_ENROLL_IMAGES:
             raise RecognitionError(f"enrollment takes 1 to {MAX_ENROLL_IMAGES} images, got {len(found)}")
-        if len(found) == 1:
-            f = found[0]
-            template = self._template(f.codes[0], f.valid[0], f.geometry, 1)
-            return Enrollment(self.guard.protect(template) if self.guard else template, [0], [])
-        singles = Gallery()
-        singles._append([str(i) for i in range(len(found))],
-                        [Template(f.codes[0], f.valid[0], f.geometry, 1, self.feature_id) for f in found])
-        sims = self.score_matrix(found, singles).astype(np.float64)
-        np.fill_diagonal(sims, np.nan)
-        agreement = np.nanmean(sims, axis=1)
-        if len(found) == 2:  # two images agree with each other equally: keep the better-quality one
-            agreement = np.array([f.quality for f in found])
-        ref = int(np.argmax(agreement))
-        reference = found[ref]
-        used, rejected = [ref], []
-        votes, voters = np.zeros(self.grid, np.int16), np.zeros(self.grid, np.int16)
-        geometries = [reference.geometry]
-        for k, f in enumerate(found):
-            if k == ref:
-                continue
-            if sims[k, ref] < self.threshold:
-                rejected.append((k, "inconsistent"))
-                continue
-            code, valid = self._aligned_to(f, reference)
-            step = np.abs(code.astype(np.int16) - reference.codes[0])
-            agree = np.minimum(step, 6 - step) <= 1
-            votes += (agree & valid).astype(np.int16)
-            voters += valid.astype(np.int16)
-            used.append(k)
-            geometries.append(f.geometry)
-        # A cell is dropped only when at least two other images saw it and most of them disagree:
-        # with one other image there is no telling which of the two is right.
-        stable = (voters < 2) | (2 * votes >= voters)
-        same_size = len({g.shape for g in geometries}) == 1
-        geometry = np.median(np.array(geometries), axis=0) if same_size else reference.geometry
-        template = self._template(reference.codes[0], reference.valid[0] & stable, geometry, len(used))
-        return Enrollment(self.guard.protect(template) if self.guard else template, sorted(used), rejected)
-
-    def _aligned_to(self, f: Features, reference: Features) -> tuple[np.ndarray, np.ndarray]:
-        """``f``'s code moved onto the reference by the best rotation and shift."""
-        planes, masks, what = palmcode.probe_variants(f.codes, f.valid, self._full_shifts, len(f.codes))
-        ref_planes = palmcode.pack_cells(palmcode.johnson_planes(reference.codes[0])[None])
-        ref_masks = palmcode.pack_cells(reference.valid[:1])
-        d = palmcode.variant_distances(planes, masks, ref_planes, ref_masks, self._min_bits)[:, 0]
-        r, dy, dx = what[int(np.argmin(d))]
-        return (palmcode.shift_cells(f.codes[r], dy, dx, 0), palmcode.shift_cells(f.valid[r], dy, dx, False))
-
-    def _template(self, code, valid, geometry, used: int) -> bytes:
-        return Template(code, valid, np.asarray(geometry, np.float32), used, self.feature_id).to_bytes()
+        return self.active.enroll_features([self._features_for(f, self.active) for f in found], self.threshold,
+                                           self.guard)
 
     # --- matching ---------------------------------------------------------------
+    def _matcher_of(self, bank):
+        for matcher in self.matchers:
+            if isinstance(bank, PalmCodeBank) == isinstance(matcher, PalmCodeMatcher) and matcher.bank_is(bank):
+                return matcher
+        return None
+
     def score_matrix(self, probes: list[Features], gallery: Gallery) -> np.ndarray:
-        """Similarity (0..1) of every probe to every gallery entry with the full alignment search: (P, N)."""
-        self._check_gallery(gallery)
-        out = np.zeros((len(probes), len(gallery)), np.float32)
-        for p, probe in enumerate(probes):
-            out[p] = self._scores(probe, gallery, None, self._full_shifts, len(probe.codes))
-        return out
+        """Similarity of every probe to every gallery entry (columns in ``gallery.ids`` order): (P, N)."""
+        columns = []
+        for bank in gallery.banks():
+            if not len(bank):
+                continue
+            matcher = self._matcher_of(bank)
+            if matcher is None:
+                raise RecognitionError(f"{len(bank)} template(s) ({', '.join(bank.ids[:3])}) were made by a model "
+                                       "this unit does not have: re-enroll")
+            columns.append(np.array([matcher.scores(self._features_for(p, matcher), bank, self.guard)
+                                     for p in probes], np.float32).reshape(len(probes), len(bank)))
+        return np.concatenate(columns, axis=1) if columns else np.zeros((len(probes), 0), np.float32)
 
     def scores(self, probe: Features, templates: "list[bytes] | Gallery") -> np.ndarray:
-        """Similarity of one probe to each template (full alignment search), in the templates' order."""
-        gallery = templates if isinstance(templates, Gallery) else Gallery.from_templates(
-            {str(i): t for i, t in enumerate(templates)})
-        return self.score_matrix([probe], gallery)[0]
+        """Similarity of one probe to each template, in the templates' order."""
+        if isinstance(templates, Gallery):
+            return self.score_matrix([probe], templates)[0]
+        gallery = Gallery.from_rows([str(i) for i in range(len(templates))], templates)
+        by_id = dict(zip(gallery.ids, self.score_matrix([probe], gallery)[0]))
+        return np.array([by_id[str(i)] for i in range(len(templates))], np.float32)
 
     def identify(self, image_or_features, gallery: Gallery) -> Match:
         """Who this is, or None with the reason ("unknown": nobody close; "ambiguous": two too close)."""
         probe = image_or_features if isinstance(image_or_features, Features) else self.features(image_or_features)
-        if len(gallery) == 0:
+        enrolled = len(gallery)
+        results = []
+        for matcher in self.matchers:
+            bank = matcher.bank(gallery)
+            if bank is None:
+                continue  # no template of this model: the probe is not coded by it
+            row, best, runner_up = matcher.best_two(self._features_for(probe, matcher), bank, self.guard)
+            policy = self.policies[matcher.model_id]
+            results.append((best - policy.threshold_for(enrolled), best, runner_up, bank.ids[row], matcher, policy))
+        if not results:
             return Match(None, 0.0, 0.0, "unknown")
-        self._check_gallery(gallery)
-        coarse = self._scores(probe, gallery, None, self._coarse_shifts,
-                              min(self.params.coarse_rotations, len(probe.codes)))
-        keep = min(len(gallery), self.params.candidates)
-        candidates = np.argpartition(-coarse, keep - 1)[:keep] if keep < len(gallery) else np.arange(len(gallery))
-        fine = self._scores(probe, gallery, candidates, self._full_shifts, len(probe.codes))
-        order = np.argsort(-fine)
-        best = float(fine[order[0]])
-        runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
-        if best < self.threshold:
-            return Match(None, best, runner_up, "unknown")
-        if best - runner_up <= self.margin:  # a tie is never a payer, even with margin 0
-            return Match(None, best, runner_up, "ambiguous")
-        return Match(gallery.ids[int(candidates[order[0]])], best, runner_up, "match")
+        results.sort(key=lambda r: -r[0])
+        excess, best, runner_up, employee_id, matcher, policy = results[0]
+        if excess < 0:
+            return Match(None, best, runner_up, "unknown", matcher.model_id)
+        if best - runner_up <= policy.margin or any(r[0] >= 0 for r in results[1:]):  # a tie is never a payer
+            return Match(None, best, runner_up, "ambiguous", matcher.model_id)
+        return Match(employee_id, best, runner_up, "match", matcher.model_id)
 
-    def _scores(self, probe: Features, gallery: Gallery, rows, offsets, rotations: int) -> np.ndarray:
-        planes, masks, _ = palmcode.probe_variants(probe.codes, probe.valid, offsets, rotations)
-        if gallery.guard_id is not None:  # the same keyed transform as the stored templates: distances unchanged
-            planes, masks = self.guard.protect_variants(planes, masks, self.grid)
-        g_planes = gallery.planes if rows is None else gallery.planes[rows]
-        g_masks = gallery.masks if rows is None else gallery.masks[rows]
-        out = np.empty(len(g_planes), np.float32)
-        chunk = max(1, 30_000 // max(1, len(offsets) * rotations))  # keeps (V, chunk, words) temporaries in cache
-        for start in range(0, len(g_planes), chunk):
-            d = palmcode.distances(planes, masks, g_planes[start:start + chunk], g_masks[start:start + chunk],
-                                   self._min_bits)
-            out[start:start + chunk] = 1.0 - d
-        if self.params.geometry_weight:
-            geometry = gallery.geometry if rows is None else gallery.geometry[rows]
-            out -= self.params.geometry_weight * palmcode.geometry_distances(
-                probe.geometry, geometry, self.params.geometry_min_shared, self.params.geometry_fill)
-        return np.clip(out, 0.0, 1.0)
+    def refreshed_template(self, probe: Features, match: Match, gallery: Gallery) -> bytes | None:
+        """The active model's template for a confident match under an older model's template, from the same
+        frame (no image kept); None when the match was under the active model, not confident enough
+        (threshold + ``REFRESH_MARGINS`` margins, and that far above the runner-up), or when the new
+        template would come close to another employee's active-model template."""
+        if match.reason != "match" or not match.model_id or match.model_id == self.active.model_id:
+            return None
+        policy = self.policies[match.model_id]
+        confident = REFRESH_MARGINS * policy.margin
+        if (match.score < policy.threshold_for(len(gallery)) + confident
+                or match.score - match.runner_up <= confident):
+            return None
+        fresh = self._features_for(probe, self.active)
+        bank = self.active.bank(gallery)
+        if bank is not None:
+            row, best, _ = self.active.best_two(fresh, bank, self.guard)
+            if best >= self.threshold_for(len(gallery)) - self.margin and bank.ids[row] != match.employee_id:
+                return None
+        return self.active.enroll_features([fresh], self.threshold, self.guard).template
 
-    def _check_gallery(self, gallery: Gallery) -> None:
-        if gallery.guard_id is not None:
-            if self.guard is None:
-                raise RecognitionError("the templates are guarded but this recognizer has no template guard key")
-            self.guard.check_gallery(gallery.guard_id)
-        if len(gallery) and gallery.grid != self.grid:
-            raise RecognitionError(f"templates use a {gallery.grid} code grid, this model makes {self.grid}: re-enroll")
-        foreign = np.flatnonzero(gallery.feature_ids != self.feature_id)
-        if foreign.size:
-            names = ", ".join(gallery.ids[i] for i in foreign[:3])
-            raise RecognitionError(f"{foreign.size} template(s) ({names}) were made by another model's filters: re-enroll")
+    def templates_by_model(self, gallery: Gallery) -> dict[str, int]:
+        """How many templates each model holds ({model_id: n}; "unknown model" for any this unit lacks)."""
+        out: dict[str, int] = {}
+        for bank in gallery.banks():
+            if len(bank):
+                matcher = self._matcher_of(bank)
+                name = matcher.model_id if matcher else "unknown model"
+                out[name] = out.get(name, 0) + len(bank)
+        return out
+
+
+def templates_by_model(templates, assets_dir) -> dict[str, int]:
+    """How many of the stored ``templates`` (bytes) each shipped model made, read from their headers (no model
+    runs): {model_id: n}, plus "unknown model ..." / "unreadable" for templates no shipped model can match."""
+    names: dict[tuple, str] = {}
+    for folder in model_set(assets_dir).all:
+        manifest = read_manifest(folder)
+        name = manifest.get("model_id") or folder.name
+        key = ("tag", model_tag(name)) if manifest.get("kind") == "embedding" else ("code", feature_id(manifest))
+        names[key] = name
+    counts: dict[str, int] = {}
+    for blob in templates:
+        try:
+            t = parse_template(blob)
+        except RecognitionError:
+            name = "unreadable"
+        else:
+            if isinstance(t, EmbeddingTemplate):
+                name = names.get(("tag", t.model_tag), f"unknown model {t.model_tag:08x}")
+            else:
+                name = names.get(("code", t.feature_id), "unknown palm-code model")
+        counts[name] = counts.get(name, 0) + 1
+    return counts

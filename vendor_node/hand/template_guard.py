@@ -10,6 +10,15 @@ Renewal undoes the old secret's transform and applies the new one: no image need
 Stored form (``VNPG``): the VNPT layout (recognition.Template) with raw transformed bit-planes and
 mask, the geometry permuted, and the 32-bit id of the guard that made it, then a CRC-32.
 
+Embeddings (v2 templates, templates.py) get a keyed *signed permutation* of their int8 values: every
+value moved to a keyed place and its sign keyed-flipped, alike for the stored template and the probe.
+Chosen over a keyed rotation because it maps int8 vectors to int8 vectors exactly (values are -127..127,
+so a flip never overflows): dot products and norms, hence scores, are bit-for-bit unchanged, the template
+stays 152 bytes, and renewal is one lossless gather (a rotation would need re-quantizing: scores drift a
+little at every renewal). Its limit: the multiset of absolute values is the same in every domain, so one
+stored sample copied under two secrets could be linked by its sorted magnitudes; two different captures of
+one palm cannot (their values differ), and a renewal replaces the old form.
+
 Limits (docs/threat-model.md): someone holding the fleet secret and a template can undo the
 transform; the guard protects templates that leak without the secret (database, office, bundles).
 """
@@ -24,16 +33,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import palmcode
+from .templates import (CRC, GUARDED_MAGIC, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, check_bytes,
+                        template_version, v2_header)
 from ..errors import RecognitionError
 
-GUARDED_MAGIC = b"VNPG"
-GUARDED_VERSION = 1
+GUARDED_VERSION = 1  # the palm-code layout; version 2 (embeddings) is templates.EmbeddingTemplate
 SECRET_BYTES = 32
 _HEADER = struct.Struct("<4sBBBBBBHII")  # magic, version, orientations, h, w, images used, geometry len, flags,
 #                                           feature id, guard id
-_CRC = struct.Struct("<I")
-CLEAR_MAGIC, CLEAR_VERSION = b"VNPT", 1  # recognition.Template's layout (no import: it imports this module)
-_CLEAR_HEADER = struct.Struct("<4sBBBBBBHI")
+_CRC = CRC
 
 
 def guard_id_of(secret: bytes) -> int:
@@ -108,27 +116,24 @@ class GuardedTemplate:
 
 def _parse_clear(data: bytes):
     """(h, w, images used, geometry len, feature id, planes (3,h,w), valid (h,w), geometry) of a clear template."""
-    data = bytes(data)
-    if len(data) < _CLEAR_HEADER.size + _CRC.size or data[:4] != CLEAR_MAGIC:
-        raise RecognitionError(f"not a clear palm template (starts with {data[:4]!r}, {len(data)} bytes)")
-    _magic, version, orientations, h, w, used, glen, _flags, feature_id = _CLEAR_HEADER.unpack_from(data)
-    if version != CLEAR_VERSION or orientations != 6 or h == 0 or w == 0:
-        raise RecognitionError(f"template: version {version}, {orientations} orientations, grid {h}x{w} unsupported")
-    cells = h * w
-    plane_bytes, mask_bytes = (palmcode.BITS * cells + 7) // 8, (cells + 7) // 8
-    expected = _CLEAR_HEADER.size + plane_bytes + mask_bytes + 2 * glen + _CRC.size
-    if len(data) != expected or _CRC.unpack_from(data, expected - _CRC.size)[0] != zlib.crc32(data[:-_CRC.size]):
-        raise RecognitionError(f"template: truncated or corrupted ({len(data)} bytes, expected {expected})")
-    pos = _CLEAR_HEADER.size
-    planes = np.unpackbits(np.frombuffer(data, np.uint8, plane_bytes, pos), bitorder="little")[:palmcode.BITS * cells]
-    valid = np.unpackbits(np.frombuffer(data, np.uint8, mask_bytes, pos + plane_bytes), bitorder="little")[:cells]
-    geometry = np.frombuffer(data, "<f2", glen, pos + plane_bytes + mask_bytes).astype(np.float32)
-    return (h, w, used, glen, feature_id, planes.reshape(palmcode.BITS, h, w).astype(bool),
-            valid.reshape(h, w).astype(bool), geometry)
+    t = Template.from_bytes(data)
+    h, w = t.grid
+    return h, w, t.images_used, len(t.geometry), t.feature_id, t.bit_planes(), t.valid, t.geometry
 
 
 def is_guarded(data: bytes) -> bool:
     return bytes(data[:4]) == GUARDED_MAGIC
+
+
+def guard_id_of_template(data: bytes, name: str = "template") -> int:
+    """The id of the guard a stored template is under (0: clear), after checking its header, length and CRC."""
+    data = check_bytes(data, name)
+    if template_version(data) == TEMPLATE_V2:
+        return v2_header(data, name)[3]
+    if is_guarded(data):
+        return GuardedTemplate.header(data, name)[3]
+    Template.from_bytes(data, name)
+    return 0
 
 
 class TemplateGuard:
@@ -157,8 +162,29 @@ class TemplateGuard:
         return np.argsort(keys, kind="stable")
 
     # --- templates --------------------------------------------------------------
+    def signed_permutation(self, dim: int) -> tuple[np.ndarray, np.ndarray]:
+        """(value order int (D,), signs int8 (D,)) of an embedding's keyed signed permutation (SHAKE-256)."""
+        key = ("embedding", dim)
+        if key not in self._layouts:
+            stream = hashlib.shake_256(self._secret + b"|embedding|%d" % dim).digest(8 * dim + dim)
+            order = np.argsort(np.frombuffer(stream[:8 * dim], "<u8"), kind="stable")
+            signs = np.where(np.frombuffer(stream[8 * dim:], np.uint8) & 1, -1, 1).astype(np.int8)
+            self._layouts[key] = (order, signs)
+        return self._layouts[key]
+
+    def protect_vector(self, vector: np.ndarray) -> np.ndarray:
+        """An int8 embedding (a probe's, or a clear template's) in this guard's domain: scores unchanged."""
+        order, signs = self.signed_permutation(vector.shape[-1])
+        return vector[..., order] * signs
+
     def protect(self, template: bytes) -> bytes:
-        """A clear template (recognition.Template's VNPT bytes) in this guard's domain (VNPG bytes)."""
+        """A clear template (VNPT bytes) in this guard's domain (VNPG bytes)."""
+        if template_version(template) == TEMPLATE_V2:
+            t = EmbeddingTemplate.from_bytes(template)
+            if t.guard_id:
+                raise RecognitionError("template: already guarded")
+            return EmbeddingTemplate(self.protect_vector(t.vector), t.model_tag, t.images_used,
+                                     self.guard_id).to_bytes()
         h, w, used, glen, feature_id, planes, valid, geometry = _parse_clear(template)
         order, xor = self.layout((h, w))
         geometry = geometry[self._geometry_order(glen)]
@@ -168,6 +194,13 @@ class TemplateGuard:
 
     def reveal(self, guarded: bytes) -> bytes:
         """Back to the clear template's bytes (tests and renewal only; never stored)."""
+        if template_version(guarded) == TEMPLATE_V2:
+            t = EmbeddingTemplate.from_bytes(guarded)
+            self._check(t.guard_id, "template")
+            order, signs = self.signed_permutation(t.vector.size)
+            clear = np.empty_like(t.vector)
+            clear[order] = t.vector * signs
+            return EmbeddingTemplate(clear, t.model_tag, t.images_used).to_bytes()
         g = GuardedTemplate.from_bytes(guarded)
         self._check(g.guard_id, "template")
         (h, w), cells = g.grid, g.valid.size
@@ -177,10 +210,8 @@ class TemplateGuard:
         valid[order] = g.valid.ravel()
         geometry = np.empty_like(g.geometry)
         geometry[self._geometry_order(len(geometry))] = g.geometry
-        body = (_CLEAR_HEADER.pack(CLEAR_MAGIC, CLEAR_VERSION, 6, h, w, g.images_used, len(geometry), 0, g.feature_id)
-                + np.packbits((planes ^ xor).ravel(), bitorder="little").tobytes()
-                + np.packbits(valid, bitorder="little").tobytes() + geometry.astype("<f2").tobytes())
-        return body + _CRC.pack(zlib.crc32(body))
+        code = palmcode.planes_to_code((planes ^ xor).reshape(palmcode.BITS, h, w))
+        return Template(code, valid.reshape(h, w), geometry, g.images_used, g.feature_id).to_bytes()
 
     def renew(self, guarded: bytes, new: "TemplateGuard") -> bytes:
         """The template moved from this guard's domain to ``new``'s, without any image."""
@@ -188,18 +219,37 @@ class TemplateGuard:
 
     def renew_many(self, templates: list[bytes], new: "TemplateGuard") -> list[bytes]:
         """``renew`` for a whole store at once, vectorised (10,000 templates well under a second)."""
-        checked = [GuardedTemplate.header(t, f"template {i}") for i, t in enumerate(templates)]
         out: list[bytes | None] = [None] * len(templates)
         groups: dict[tuple, list[int]] = {}
-        for i, (h, w, glen, guard_id) in enumerate(checked):
+        for i, t in enumerate(templates):
+            if template_version(t) == TEMPLATE_V2:
+                _used, dim, _tag, guard_id = v2_header(bytes(t), f"template {i}")
+                key = ("embedding", dim)
+            else:
+                h, w, glen, guard_id = GuardedTemplate.header(t, f"template {i}")
+                key = (h, w, glen)
             self._check(guard_id, f"template {i}")
-            groups.setdefault((h, w, glen), []).append(i)
-        for (h, w, glen), rows in groups.items():
-            renewed = self._renew_block(np.frombuffer(b"".join(bytes(templates[i]) for i in rows), np.uint8)
-                                        .reshape(len(rows), -1), (h, w), glen, new)
+            groups.setdefault(key, []).append(i)
+        for key, rows in groups.items():
+            block = np.frombuffer(b"".join(bytes(templates[i]) for i in rows), np.uint8).reshape(len(rows), -1)
+            if key[0] == "embedding":
+                renewed = self._renew_embeddings(block, key[1], new)
+            else:
+                renewed = self._renew_block(block, key[:2], key[2], new)
             for i, data in zip(rows, renewed):
                 out[i] = data
         return out
+
+    def _renew_embeddings(self, block: np.ndarray, dim: int, new: "TemplateGuard") -> list[bytes]:
+        """v2 embedding rows moved to ``new``'s signed permutation in one gather (old order undone, new applied)."""
+        (old_order, old_signs), (new_order, new_signs) = self.signed_permutation(dim), new.signed_permutation(dim)
+        moved = np.argsort(old_order)[new_order]
+        flip = new_signs * old_signs[moved]
+        start = V2_HEADER.size
+        out = block.copy()
+        out[:, start:start + dim] = (block[:, start:start + dim].view(np.int8)[:, moved] * flip).view(np.uint8)
+        out[:, start - 4:start] = np.frombuffer(struct.pack("<I", new.guard_id), np.uint8)
+        return _with_crcs(out)
 
     def _renew_block(self, block: np.ndarray, grid: tuple[int, int], glen: int, new: "TemplateGuard") -> list[bytes]:
         cells = grid[0] * grid[1]
@@ -221,16 +271,13 @@ class TemplateGuard:
         out[:, m0:g0] = np.packbits(np.take(mask, moved, axis=1), axis=1, bitorder="little")
         out[:, g0:g0 + 2 * glen] = np.ascontiguousarray(clear_geometry[:, new._geometry_order(glen)]).view(np.uint8)
         out[:, _HEADER.size - 4:_HEADER.size] = np.frombuffer(struct.pack("<I", new.guard_id), np.uint8)
-        rows = []
-        for row in out:
-            body = row[:-_CRC.size].tobytes()
-            rows.append(body + _CRC.pack(zlib.crc32(body)))
-        return rows
+        return _with_crcs(out)
 
     def adopt(self, template: bytes) -> bytes:
         """Any stored template in this guard's domain: clear ones (made before guarding) are protected."""
-        if is_guarded(template):
-            self._check(GuardedTemplate.from_bytes(template).guard_id, "template")
+        guard_id = guard_id_of_template(template)
+        if guard_id:
+            self._check(guard_id, "template")
             return bytes(template)
         return self.protect(template)
 
@@ -254,3 +301,12 @@ class TemplateGuard:
 
     def check_gallery(self, guard_id: int) -> None:
         self._check(guard_id, "the gallery")
+
+
+def _with_crcs(rows: np.ndarray) -> list[bytes]:
+    """Each row's bytes with its CRC-32 rewritten over everything before it."""
+    out = []
+    for row in rows:
+        body = row[:-_CRC.size].tobytes()
+        out.append(body + _CRC.pack(zlib.crc32(body)))
+    return out

@@ -293,9 +293,10 @@ class AccountStore(HoldsConnection):
 
     # --- enrollment, deletion, retention ------------------------------------------------
     def enroll(self, employee_id: str, template: bytes, consent_version: str,
-               now: float | None = None) -> bool:
+               now: float | None = None, consented_at: float | None = None) -> bool:
         """Store the template sealed; queue it (sealed for transport) for upload. True if queued."""
         now = time.time() if now is None else now
+        consented_at = now if consented_at is None else consented_at
         if not isinstance(consent_version, str) or not consent_version.strip():
             raise ConsentError(f"no consent version recorded for {employee_id!r}; a template is never stored "
                                "without one")
@@ -311,12 +312,21 @@ class AccountStore(HoldsConnection):
         sealed = self._cipher.seal(employee_id, bytes(template))
         with self._transaction():
             self.conn.execute("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)",
-                              (employee_id, sealed, consent_version, now, now, None, "enrolled"))
+                              (employee_id, sealed, consent_version, consented_at, now, None, "enrolled"))
             self.conn.execute("DELETE FROM template_revocations WHERE employee_id = ?", (employee_id,))
             if transport is not None:
                 self.conn.execute("INSERT OR REPLACE INTO upload_queue VALUES (?, ?, ?, ?, ?)",
-                                  (employee_id, transport, consent_version, now, now))
+                                  (employee_id, transport, consent_version, consented_at, now))
         return transport is not None
+
+    def refresh_template(self, employee_id: str, template: bytes) -> bool:
+        """A template of the unit's active model replacing one an older model made (hand/recognition.py): the same
+        consent and consent time (a revocation from before still removes it), stored and queued as enrolled."""
+        row = self.conn.execute("SELECT consent_version, consented_at FROM templates WHERE employee_id = ?",
+                                (employee_id,)).fetchone()
+        if row is None:
+            raise AccountsError(f"{employee_id!r} has no template to refresh")
+        return self.enroll(employee_id, template, row[0], consented_at=row[1])
 
     def pending_uploads(self) -> list[tuple[str, bytes, str, float]]:
         """(employee id, template sealed for transport, consent version, consented at) for the sync."""

@@ -26,7 +26,8 @@ from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature
 
-from ..errors import BundleError, SyncError, VendorNodeError
+from ..assets import active_manifest_path
+from ..errors import BundleError, ModelError, SyncError, VendorNodeError
 from .storage import write_file_atomically
 from .sync_transport import FolderTransport, HttpTransport, RunBudget
 
@@ -308,9 +309,9 @@ def heartbeat_document(cfg, store, journal) -> dict:
 
 def _model_name(cfg) -> str:
     try:
-        manifest = json.loads((Path(cfg.unit.assets_dir) / "manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(active_manifest_path(cfg.unit.assets_dir).read_text(encoding="utf-8"))
         return f"{manifest.get('model_file', 'model')}@{str(manifest.get('sha256', ''))[:12]}"
-    except (OSError, ValueError, AttributeError):
+    except (OSError, ValueError, AttributeError, ModelError):
         return "unknown"
 
 

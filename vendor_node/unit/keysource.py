@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from ..devices.otp import otp_source
 from ..errors import RecognitionError
-from ..hand.recognition import Gallery, Template
-from ..hand.template_guard import GuardedTemplate, TemplateGuard, is_guarded
+from ..hand.gallery import Gallery
+from ..hand.template_guard import TemplateGuard, guard_id_of_template
 from ..money.key_wrap import template_guard_key_from_fleet
 from ..money.keys import KeyStore
 
@@ -59,7 +59,7 @@ def adopt_clear_templates(accounts, guard: TemplateGuard) -> int:
 
 def _adoptable(template: bytes) -> bool:
     try:
-        return not is_guarded(template) and Template.from_bytes(template) is not None
+        return guard_id_of_template(template) == 0
     except RecognitionError:
         return False
 
@@ -68,15 +68,13 @@ def guarded_gallery(guard: TemplateGuard):
     """The unit's gallery factory: everything in ``guard``'s domain (a clear template from an old bundle is
     protected in memory); a template under another fleet's guard is refused by name, so it alone is left out."""
     def build(templates: dict[str, bytes]) -> Gallery:
-        ready = {}
+        ready = []
         for employee_id, template in templates.items():
-            if is_guarded(template):
-                if GuardedTemplate.header(template, f"template of {employee_id}")[3] != guard.guard_id:
-                    raise RecognitionError(f"template of {employee_id} was made under another template guard")
-                ready[employee_id] = template
-            else:
-                ready[employee_id] = guard.protect(template)
-        return Gallery.from_templates(ready)
+            guard_id = guard_id_of_template(template, f"template of {employee_id}")
+            if guard_id and guard_id != guard.guard_id:
+                raise RecognitionError(f"template of {employee_id} was made under another template guard")
+            ready.append(template if guard_id else guard.protect(template))
+        return Gallery.from_rows(list(templates), ready)
     return build
 
 
@@ -84,8 +82,7 @@ def renew_templates(templates: list[bytes], old, new) -> list[bytes]:
     """Each template under ``new``: clear ones protected, ``old`` ones renewed, ``new`` ones kept (a renewal
     interrupted after the database but before the key file was replaced is simply run again)."""
     out = list(templates)
-    todo = [i for i, t in enumerate(templates)
-            if not (is_guarded(t) and GuardedTemplate.header(t)[3] == new.guard_id)]
+    todo = [i for i, t in enumerate(templates) if guard_id_of_template(t, f"template {i}") != new.guard_id]
     renewed = old.renew_many([old.adopt(templates[i]) for i in todo], new)
     for i, data in zip(todo, renewed):
         out[i] = data

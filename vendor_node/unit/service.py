@@ -31,6 +31,7 @@ from ..errors import (AccountsError, BoardLinkError, CameraError, HandRejected, 
 from .purchase import Purchase, State, first_name, hand_hint, money
 from ..money.journal_guard import check_integrity
 from .health import UnitHealth
+from .template_refresh import refresh_old_template
 
 log = logging.getLogger("vendor_node.unit")
 
@@ -251,6 +252,7 @@ class PurchaseLoop(UnitHealth):
             p.timed("match", t)
             if match.reason == "match" and match.employee_id:
                 p.employee_id = match.employee_id
+                self._refresh_due = (features, match)  # an older model's template: refreshed after the purchase
                 return match
             p.outcome, p.reason = "unknown", match.reason
             if match.reason != "ambiguous":
@@ -334,6 +336,9 @@ class PurchaseLoop(UnitHealth):
             raise
         finally:
             self._finish(p)
+            due, self._refresh_due = getattr(self, "_refresh_due", None), None
+            if due is not None:
+                refresh_old_template(self, *due)
 
     def _abandon(self, p: Purchase, exc: BaseException) -> None:
         """An error cut the purchase short: close its journal session without ever guessing a charge."""

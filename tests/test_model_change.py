@@ -1,0 +1,122 @@
+"""A model change never locks anyone out: a unit walked through it on drawn hands.
+
+Employees enrolled under the palm-code model (palm-gabor-1) keep paying on a unit whose active model is a
+learned embedding; a confident match under an old template stores an active-model template made from the
+same frame (sealed, guarded, queued for upload with the employee's original consent); a stranger is never
+taken for anyone; enrollment makes active-model templates. Run with a stand-in embedding model (always) and
+with the shipped palm-embed-1 (once it is in firmware_assets).
+"""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from vendor_node.config import ASSETS_DIR, Config
+from vendor_node.hand.gallery import parse_template
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.recognition import Recognizer, templates_by_model
+from vendor_node.hand.templates import EmbeddingTemplate, model_tag
+from vendor_node.money.accounts import AccountStore
+from vendor_node.sim.drawn_hands import draw_hand
+from vendor_node.sim.provision import provision_bundle
+from vendor_node.sim.simulate import Customer, SimUnit
+from vendor_node.unit.keysource import guarded_gallery, unit_keystore, unit_template_guard
+
+from embedding_standin import StandInEmbedder
+
+PEOPLE = {f"E{p}": p for p in (6, 7, 10, 12, 17, 22)}  # drawn people the stand-in model tells apart
+STRANGER = 61
+VMC_FAST = {"patience_s": 1.0, "reader_timeout_s": 2.0, "session_timeout_s": 5.0, "slow_s": 0.2,
+            "cancel_after_s": 0.2}
+SHIPPED = ASSETS_DIR / "palm-embed-1"
+
+
+def _new_model(kind: str):
+    if kind == "shipped":
+        if not (SHIPPED / "manifest.json").is_file():
+            pytest.skip("palm-embed-1 is not in firmware_assets yet")
+        return Embedder.load(SHIPPED)
+    return StandInEmbedder()
+
+
+def _config(tmp_path):
+    return Config().replace(
+        unit={"state_dir": tmp_path / "state", "hardware": "sim", "unit_id": "unit-test"},
+        board={"selection_timeout_s": 1.0, "vend_outcome_timeout_s": 1.0, "hand_wait_s": 0.5,
+               "reply_timeout_s": 0.5, "reconnect_max_backoff_s": 0.5},
+        abuse={"max_failures": 50})
+
+
+def _buy(unit, person: int, sample: int):
+    purchase = Customer(unit, [draw_hand(person, sample)], (150, "A2"), "normal", "hand_first").run(timeout=20.0)
+    assert purchase is not None, "the unit recorded no purchase"
+    return purchase
+
+
+@pytest.mark.parametrize("kind", ["standin", "shipped"])
+def test_a_unit_moves_to_a_new_model_without_locking_anyone_out(tmp_path, kind):
+    cfg = _config(tmp_path)
+    old = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))  # the firmware before the change
+    enrolled = {eid: old.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for eid, p in PEOPLE.items()}
+    provision_bundle(cfg, [(eid, f"Person {eid}", 100_000, "active") for eid in PEOPLE], enrolled)
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
+        consented = dict(store.conn.execute("SELECT employee_id, consented_at FROM templates"))
+
+    new_model = _new_model(kind)
+    unit_recognizer = Recognizer(new_model, accepted=(old.embedder,))  # both models ship side by side
+    unit_recognizer.guard = unit_template_guard(unit_keystore(cfg))
+    new_tag = model_tag(new_model.model_id)
+    paid, refreshed_after = [], []
+    with SimUnit(cfg, unit_recognizer, vmc_options=VMC_FAST,
+                 gallery_factory=guarded_gallery(unit_recognizer.guard)) as unit:
+        assert unit.wait_in_service(10.0), unit.loop.faults
+        for visit in range(3):
+            for eid, person in PEOPLE.items():
+                purchase = _buy(unit, person, 2 + visit)
+                paid.append((eid, purchase.employee_id, purchase.outcome))
+            stranger = _buy(unit, STRANGER, visit)  # also: every refresh of this visit is done (one thread)
+            assert stranger.employee_id is None and stranger.outcome in ("unknown", "rejected"), stranger
+            refreshed_after.append(unit.loop._gallery.counts().get(new_tag, 0))
+        counts = unit_recognizer.templates_by_model(unit.loop._gallery)
+    assert unit.error is None
+    assert all(who == eid and outcome == "vended" for eid, who, outcome in paid), paid  # nobody locked out
+    assert 0 < refreshed_after[0] <= refreshed_after[-1], refreshed_after  # refreshed on confident matches
+    assert counts.get(new_model.model_id, 0) == refreshed_after[-1]
+    assert sum(counts.values()) == len(PEOPLE)
+
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
+        stored = store.templates()
+        queued = {eid: (version, at) for eid, _sealed, version, at in store.pending_uploads()}
+        kept = dict(store.conn.execute("SELECT employee_id, consented_at FROM templates"))
+    moved = {eid for eid, t in stored.items() if isinstance(parse_template(t), EmbeddingTemplate)}
+    assert len(moved) == refreshed_after[-1]
+    for eid in moved:
+        template = parse_template(stored[eid])
+        assert template.model_tag == new_tag and template.guard_id == unit_recognizer.guard.guard_id
+        assert len(stored[eid]) <= 256
+        assert queued[eid] == ("sim-consent-1", consented[eid]) and kept[eid] == consented[eid]  # consent kept
+    for eid in set(PEOPLE) - moved:
+        assert stored[eid] == enrolled[eid] or parse_template(stored[eid]).guard_id  # untouched (maybe adopted)
+
+    new_enrollment = unit_recognizer.enroll([draw_hand(9, 0), draw_hand(9, 1)]).template  # always the active model
+    assert parse_template(new_enrollment).model_tag == new_tag
+
+
+def test_selftest_counts_templates_on_each_model(tmp_path, capsys):
+    from vendor_node.cli.main import main
+
+    cfg = _config(tmp_path)
+    old = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    enrolled = {eid: old.enroll([draw_hand(p, 0)]).template for eid, p in list(PEOPLE.items())[:3]}
+    provision_bundle(cfg, [(eid, f"Person {eid}", 100_000, "active") for eid in PEOPLE], enrolled)
+    assert main(["selftest", "--sim", "--json", "--state-dir", str(cfg.state_dir)]) == 0
+    check = next(c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "templates")
+    assert check["ok"] and check["figures"] == {"palm-gabor-1": 3} and "3 templates by model" in check["detail"]
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
+        assert templates_by_model(store.templates().values(), ASSETS_DIR) == {"palm-gabor-1": 3}
+        store.refresh_template("E6", EmbeddingTemplate(np.ones(128, np.int8), model_tag("palm-embed-retired")).to_bytes())
+    assert main(["selftest", "--sim", "--state-dir", str(cfg.state_dir)]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].lstrip().startswith("templates"))
+    assert line.startswith("FAIL") and "1 made by no model this firmware ships" in line and "enroll again" in line

@@ -1,0 +1,278 @@
+"""The enrolled templates in memory: one contiguous array per model, so 1:N is one matrix product.
+
+Why this shape: a gallery of 10,000-100,000 employees must search in milliseconds and hold at most
+1 MB per 1,000 templates, so no per-template Python objects are kept: each model's templates are one
+int8 matrix (``EmbeddingBank``: 128 bytes a row plus its inverse norm), its employee ids one list and
+one id -> row dict (add appends, remove moves the last row into the hole: nothing is rebuilt). The
+palm codes of the older palm-gabor-1 model stay in their packed bit matrices (``PalmCodeBank``) and are
+matched by the palm-code matcher for those employees not yet moved to the active model.
+
+API (also used by ``bench loop`` and ``simulate --employees``):
+``Gallery.from_templates({employee_id: template bytes})``; ``Gallery.from_rows(ids, blobs)``: the same
+from two parallel sequences, v2 rows of one model checked and copied in bulk (10,000 in a few ms);
+``add(employee_id, template)`` (replaces an existing one), ``remove(employee_id)`` (KeyError if absent),
+``len``, ``in``, ``ids`` (all, palm codes first), ``counts()`` ({model tag or "palm-code": n}).
+"""
+from __future__ import annotations
+
+import zlib
+
+import numpy as np
+
+from . import palmcode
+from .template_guard import GuardedTemplate, is_guarded
+from .templates import (CRC, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, check_bytes, template_version,
+                        v2_header)
+from ..errors import RecognitionError
+
+PALM_CODE = "palm-code"  # the bank key of v1 palm-code templates (palm-gabor-1)
+SCORE_CHUNK_ROWS = 2048  # int8 rows turned to float32 per step: the buffer (1 MiB) stays in cache
+
+
+def parse_template(data: bytes, name: str = "template"):
+    """Any stored template: Template (v1 palm code), GuardedTemplate (v1 guarded) or EmbeddingTemplate (v2)."""
+    data = check_bytes(data, name)
+    if template_version(data) == TEMPLATE_V2:
+        return EmbeddingTemplate.from_bytes(data, name)
+    if is_guarded(data):
+        return GuardedTemplate.from_bytes(data, name)
+    return Template.from_bytes(data, name)
+
+
+class EmbeddingBank:
+    """One model's int8 templates as one matrix with their inverse norms; cosine scores by one product."""
+
+    def __init__(self, dim: int, model_tag: int, guard_id: int):
+        self.dim, self.model_tag, self.guard_id = dim, model_tag, guard_id
+        self._vectors = np.zeros((0, dim), np.int8)
+        self._inv_norms = np.zeros(0, np.float32)
+        self.ids: list[str] = []
+        self._rows: dict[str, int] = {}
+        self._buffer: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, employee_id: str) -> bool:
+        return employee_id in self._rows
+
+    @property
+    def vectors(self) -> np.ndarray:
+        """int8 (N, D): the live rows (a view)."""
+        return self._vectors[: len(self.ids)]
+
+    def nbytes(self) -> int:
+        return self._vectors.nbytes + self._inv_norms.nbytes
+
+    def extend(self, ids: list[str], vectors: np.ndarray) -> None:
+        """Append rows (ids not yet in the bank); grows the matrix by a quarter when full, not per row."""
+        n, add = len(self.ids), len(ids)
+        if n + add > len(self._vectors):
+            capacity = max(n + add, n + n // 4, 16) if n else n + add
+            grown = np.zeros((capacity, self.dim), np.int8)
+            grown[:n] = self._vectors[:n]
+            norms = np.zeros(capacity, np.float32)
+            norms[:n] = self._inv_norms[:n]
+            self._vectors, self._inv_norms = grown, norms
+        self._vectors[n:n + add] = vectors
+        norm = np.linalg.norm(vectors.astype(np.float32), axis=1)
+        self._inv_norms[n:n + add] = np.where(norm > 0, 1.0 / np.where(norm > 0, norm, 1.0), 0.0)
+        for k, employee_id in enumerate(ids):
+            self._rows[employee_id] = n + k
+        self.ids.extend(ids)
+
+    def remove(self, employee_id: str) -> None:
+        row = self._rows.pop(employee_id)
+        last = len(self.ids) - 1
+        if row != last:  # the last row fills the hole: O(D), nothing rebuilt
+            self._vectors[row] = self._vectors[last]
+            self._inv_norms[row] = self._inv_norms[last]
+            self.ids[row] = self.ids[last]
+            self._rows[self.ids[row]] = row
+        self.ids.pop()
+
+    def scores(self, probe: np.ndarray) -> np.ndarray:
+        """Cosine of the int8 probe (already in the bank's guard domain) with every row: float32 (N,).
+
+        int8 rows are turned to float32 a chunk at a time into one reused buffer and multiplied by the
+        probe (BLAS sgemv; the sums of int8 products are exact in float32), then scaled by the norms.
+        """
+        n = len(self.ids)
+        out = np.empty(n, np.float32)
+        q = np.asarray(probe, np.float32).ravel()
+        norm = float(np.linalg.norm(q))
+        if self._buffer is None:
+            self._buffer = np.empty((SCORE_CHUNK_ROWS, self.dim), np.float32)
+        for start in range(0, n, SCORE_CHUNK_ROWS):
+            stop = min(n, start + SCORE_CHUNK_ROWS)
+            block = self._buffer[: stop - start]
+            block[...] = self._vectors[start:stop]
+            np.dot(block, q, out=out[start:stop])
+        out *= self._inv_norms[:n]
+        out *= (1.0 / norm) if norm > 0 else 0.0
+        return out
+
+    def best_two(self, probe: np.ndarray) -> tuple[int, float, float]:
+        """(row, best score, runner-up score; 0 with one row): the 1:N search, two passes over N scores."""
+        scores = self.scores(probe)
+        row = int(np.argmax(scores))
+        best = float(scores[row])
+        scores[row] = -np.inf
+        return row, best, float(scores.max()) if len(scores) > 1 else 0.0
+
+
+class PalmCodeBank:
+    """v1 palm codes as packed bit matrices (the palm-code matcher reads ``planes``, ``masks``, ``geometry``)."""
+
+    def __init__(self):
+        self.ids: list[str] = []
+        self.grid: tuple[int, int] | None = None
+        self.planes = np.zeros((0, palmcode.BITS, 0), np.uint64)
+        self.masks = np.zeros((0, 0), np.uint64)
+        self.feature_ids = np.zeros(0, np.uint32)
+        self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
+        self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __contains__(self, employee_id: str) -> bool:
+        return employee_id in self.ids
+
+    def remove(self, employee_id: str) -> None:
+        i = self.ids.index(employee_id)
+        del self.ids[i]
+        self.geometry = np.delete(self.geometry, i, axis=0)
+        self.planes = np.delete(self.planes, i, axis=0)
+        self.masks = np.delete(self.masks, i, axis=0)
+        self.feature_ids = np.delete(self.feature_ids, i)
+
+    def extend(self, ids: list[str], templates: list) -> None:
+        if not templates:
+            return
+        grids = {t.grid for t in templates} | ({self.grid} if self.grid else set())
+        if len(grids) > 1:
+            raise RecognitionError(f"templates have different code grids {sorted(grids)}; re-enroll with one model")
+        guards = {getattr(t, "guard_id", None) for t in templates} | ({self.guard_id} if len(self.ids) else set())
+        if len(guards) > 1:
+            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
+                                   "run `vendor-node keys renew-template-guard` to bring them under one")
+        self.grid, self.guard_id = templates[0].grid, guards.pop()
+        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates]))
+        masks = palmcode.pack_cells(np.array([t.valid for t in templates]))
+        if len(self.ids):
+            planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
+        self.planes, self.masks = planes, masks
+        self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
+        self.ids.extend(ids)
+        width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
+        rows = np.zeros((len(templates), width), np.float32)
+        for k, t in enumerate(templates):
+            rows[k, : t.geometry.shape[0]] = t.geometry
+        old = np.pad(self.geometry, ((0, 0), (0, width - self.geometry.shape[1])))
+        self.geometry = np.concatenate([old, rows])
+
+
+class Gallery:
+    """Every enrolled template, one bank per model: palm codes (``codes``) and ``embeddings[model tag]``."""
+
+    def __init__(self):
+        self.codes = PalmCodeBank()
+        self.embeddings: dict[int, EmbeddingBank] = {}
+
+    @classmethod
+    def from_templates(cls, templates: dict[str, bytes]) -> "Gallery":
+        return cls.from_rows(list(templates), list(templates.values()))
+
+    @classmethod
+    def from_rows(cls, ids, blobs) -> "Gallery":
+        """A gallery from parallel sequences of employee ids and template bytes (RecognitionError naming one)."""
+        gallery = cls()
+        ids = [str(i) for i in ids]
+        if len(ids) != len(blobs) or len(set(ids)) != len(ids):
+            raise RecognitionError(f"{len(ids)} ids for {len(blobs)} templates, or an id given twice")
+        codes, groups = [], {}
+        for employee_id, blob in zip(ids, blobs):
+            if template_version(blob) == TEMPLATE_V2 and len(blob) >= V2_HEADER.size:
+                groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append(employee_id)
+            else:
+                codes.append(employee_id)
+        by_id = dict(zip(ids, blobs))
+        gallery.codes.extend(codes, [parse_template(by_id[i], f"template of {i}") for i in codes])
+        for members in groups.values():
+            gallery._extend_v2(members, [bytes(by_id[i]) for i in members])
+        return gallery
+
+    def _extend_v2(self, ids: list[str], blobs: list[bytes]) -> None:
+        """Rows of one (kind, dim, model, guard) header: the first checked fully, all by length and CRC."""
+        _used, dim, tag, guard_id = v2_header(blobs[0], f"template of {ids[0]}")
+        size = V2_HEADER.size + dim + CRC.size
+        for employee_id, blob in zip(ids, blobs):
+            if len(blob) != size or CRC.unpack_from(blob, size - CRC.size)[0] != zlib.crc32(blob[:size - CRC.size]):
+                v2_header(blob, f"template of {employee_id}")  # raises, naming what is wrong
+        rows = np.frombuffer(b"".join(blobs), np.uint8).reshape(len(blobs), size)
+        vectors = rows[:, V2_HEADER.size:V2_HEADER.size + dim].view(np.int8)
+        bank = self.embeddings.get(tag)
+        if bank is None:
+            bank = self.embeddings[tag] = EmbeddingBank(dim, tag, guard_id)
+        if bank.dim != dim:
+            raise RecognitionError(f"template of {ids[0]}: {dim} values, this model's others have {bank.dim}")
+        if len(bank) and bank.guard_id != guard_id:
+            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
+                                   "run `vendor-node keys renew-template-guard` to bring them under one")
+        bank.guard_id = guard_id
+        bank.extend(ids, vectors)
+
+    def add(self, employee_id: str, template: bytes) -> None:
+        """Add or replace one employee's template (a refresh to another model moves it between banks)."""
+        parsed = parse_template(template, f"template of {employee_id}")  # checked before anything changes
+        if employee_id in self:
+            self.remove(employee_id)
+        if template_version(template) == TEMPLATE_V2:
+            self._extend_v2([employee_id], [bytes(template)])
+        else:
+            self.codes.extend([employee_id], [parsed])
+
+    def remove(self, employee_id: str) -> None:
+        for bank in self.banks():
+            if employee_id in bank:
+                bank.remove(employee_id)
+                return
+        raise KeyError(employee_id)
+
+    def banks(self) -> list:
+        return [self.codes, *self.embeddings.values()]
+
+    def bank_of(self, employee_id: str):
+        return next((bank for bank in self.banks() if employee_id in bank), None)
+
+    @property
+    def ids(self) -> list[str]:
+        """Every employee id, palm codes first then each model's bank (the columns of score_matrix)."""
+        return [i for bank in self.banks() for i in bank.ids]
+
+    @property
+    def guard_id(self) -> int | None:
+        """The template guard every template is stored under (None: in the clear, or no templates)."""
+        guards = {bank.guard_id or None for bank in self.banks() if len(bank)}
+        if len(guards) > 1:
+            raise RecognitionError("templates are stored under different template guards (or some in the clear)")
+        return guards.pop() if guards else None
+
+    def counts(self) -> dict:
+        """Templates per model: {"palm-code": n, model tag: n, ...} (non-empty banks only)."""
+        out = {PALM_CODE: len(self.codes)} if len(self.codes) else {}
+        out.update({tag: len(bank) for tag, bank in self.embeddings.items() if len(bank)})
+        return out
+
+    def nbytes(self) -> int:
+        """Bytes of the banks' arrays (not counting the ids)."""
+        c = self.codes
+        return (c.planes.nbytes + c.masks.nbytes + c.geometry.nbytes + c.feature_ids.nbytes
+                + sum(bank.nbytes() for bank in self.embeddings.values()))
+
+    def __len__(self) -> int:
+        return sum(len(bank) for bank in self.banks())
+
+    def __contains__(self, employee_id: str) -> bool:
+        return any(employee_id in bank for bank in self.banks())

@@ -1,0 +1,189 @@
+"""The palm-code matcher of the palm-gabor-1 model: competitive codes, alignment search, coarse-then-fine 1:N.
+
+Kept beside the learned model so employees enrolled before it keep paying (and get refreshed to the
+active model on a confident match, recognition.py). Scores are similarities in 0..1 (1 - normalised
+angular distance); the decision (threshold, margin) is the Recognizer's.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import palmcode
+from .gallery import PalmCodeBank
+from .templates import Template
+from ..errors import RecognitionError
+
+
+@dataclass(frozen=True)
+class Features:
+    """What the matcher needs from one image: palm codes per probe pose (palm-code models) or an int8
+    embedding (``vector``, embedding models), the hand's geometry, and which model made them."""
+
+    codes: np.ndarray | None = None  # uint8 (R, H, W) orientation per cell, one per CodeParams.poses(); [0] as cut
+    valid: np.ndarray | None = None  # bool (R, H, W) trusted cells
+    geometry: np.ndarray = field(default_factory=lambda: np.zeros(0, np.float32))  # float32 (G,)
+    quality: float = 1.0
+    hand: object | None = field(default=None, repr=False, compare=False)  # the preprocess.Hand, when known
+    vector: np.ndarray | None = None  # int8 (D,) clear embedding template of this image
+    model_id: str = ""
+    roi: np.ndarray | None = field(default=None, repr=False, compare=False)  # kept only to code it for another model
+    other: dict = field(default_factory=dict, repr=False, compare=False)  # model_id -> Features of the same ROI
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    template: bytes
+    used: list[int]  # indexes of the images the template was built from
+    rejected: list[tuple[int, str]]  # (index, reason code) of the images left out
+
+
+def feature_id(manifest: dict) -> int:
+    """32-bit id of how codes are made (filters, grid, coding): templates only compare within one id."""
+    block = {"filters": manifest.get("filters"), "output": manifest["output"]["shape"], "code_format": 1}
+    digest = hashlib.sha256(json.dumps(block, sort_keys=True).encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+class PalmCodeMatcher:
+    """Codes and matches with one palm-code model (manifest format 1)."""
+
+    kind = "palm_code"
+
+    def __init__(self, embedder, params: palmcode.CodeParams | None = None):
+        self.embedder = embedder
+        self.model_id = embedder.model_id
+        self.params = params or palmcode.CodeParams.from_manifest(embedder.manifest.get("code", {}))
+        self.grid = tuple(embedder.output_shape[:2])
+        self.feature_id = feature_id(embedder.manifest)
+        self.min_bits = int(self.params.min_overlap * self.grid[0] * self.grid[1])
+        self._full_shifts = palmcode.shifts(self.params.max_shift)
+        self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
+
+    def features_from_roi(self, roi, geometry, quality, hand, keep_roi) -> Features:
+        codes, valids = [], []
+        for angle, zoom in self.params.poses():
+            turned = palmcode.rotate_roi(roi, angle, zoom)
+            responses = self.embedder.responses(turned)
+            valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
+            code, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)
+            codes.append(code)
+            valids.append(valid)
+        return Features(np.array(codes), np.array(valids), geometry, float(quality), hand, model_id=self.model_id,
+                        roi=roi if keep_roi else None)
+
+    def bank(self, gallery) -> PalmCodeBank | None:
+        return gallery.codes if len(gallery.codes) else None
+
+    def bank_is(self, bank) -> bool:
+        return isinstance(bank, PalmCodeBank)
+
+    # --- enrollment -------------------------------------------------------------
+    def enroll_features(self, found: list[Features], threshold: float, guard) -> Enrollment:
+        """The template from already-coded images; ``used``/``rejected`` index ``found``.
+
+        With several images the reference is the one that agrees best with the others (with two: the
+        sharper one); images that do not reach the threshold against it are left out ("inconsistent"),
+        and cells where most of the other kept images (at least two) disagree about the orientation
+        are masked out of the template (unstable cells).
+        """
+        if len(found) == 1:
+            f = found[0]
+            template = self._template(f.codes[0], f.valid[0], f.geometry, 1)
+            return Enrollment(guard.protect(template) if guard else template, [0], [])
+        singles = PalmCodeBank()
+        singles.extend([str(i) for i in range(len(found))],
+                       [Template(f.codes[0], f.valid[0], f.geometry, 1, self.feature_id) for f in found])
+        sims = np.array([self.scores(f, singles, None) for f in found], np.float64)
+        np.fill_diagonal(sims, np.nan)
+        agreement = np.nanmean(sims, axis=1)
+        if len(found) == 2:  # two images agree with each other equally: keep the better-quality one
+            agreement = np.array([f.quality for f in found])
+        ref = int(np.argmax(agreement))
+        reference = found[ref]
+        used, rejected = [ref], []
+        votes, voters = np.zeros(self.grid, np.int16), np.zeros(self.grid, np.int16)
+        geometries = [reference.geometry]
+        for k, f in enumerate(found):
+            if k == ref:
+                continue
+            if sims[k, ref] < threshold:
+                rejected.append((k, "inconsistent"))
+                continue
+            code, valid = self._aligned_to(f, reference)
+            step = np.abs(code.astype(np.int16) - reference.codes[0])
+            agree = np.minimum(step, 6 - step) <= 1
+            votes += (agree & valid).astype(np.int16)
+            voters += valid.astype(np.int16)
+            used.append(k)
+            geometries.append(f.geometry)
+        # A cell is dropped only when at least two other images saw it and most of them disagree:
+        # with one other image there is no telling which of the two is right.
+        stable = (voters < 2) | (2 * votes >= voters)
+        same_size = len({g.shape for g in geometries}) == 1
+        geometry = np.median(np.array(geometries), axis=0) if same_size else reference.geometry
+        template = self._template(reference.codes[0], reference.valid[0] & stable, geometry, len(used))
+        return Enrollment(guard.protect(template) if guard else template, sorted(used), rejected)
+
+    def _aligned_to(self, f: Features, reference: Features) -> tuple[np.ndarray, np.ndarray]:
+        """``f``'s code moved onto the reference by the best rotation and shift."""
+        planes, masks, what = palmcode.probe_variants(f.codes, f.valid, self._full_shifts, len(f.codes))
+        ref_planes = palmcode.pack_cells(palmcode.johnson_planes(reference.codes[0])[None])
+        ref_masks = palmcode.pack_cells(reference.valid[:1])
+        d = palmcode.variant_distances(planes, masks, ref_planes, ref_masks, self.min_bits)[:, 0]
+        r, dy, dx = what[int(np.argmin(d))]
+        return (palmcode.shift_cells(f.codes[r], dy, dx, 0), palmcode.shift_cells(f.valid[r], dy, dx, False))
+
+    def _template(self, code, valid, geometry, used: int) -> bytes:
+        return Template(code, valid, np.asarray(geometry, np.float32), used, self.feature_id).to_bytes()
+
+    # --- matching ---------------------------------------------------------------
+    def scores(self, probe: Features, bank: PalmCodeBank, guard) -> np.ndarray:
+        """Similarity (0..1) to every entry of the bank with the full alignment search: float32 (N,)."""
+        self.check(bank, guard)
+        return self._scores(probe, bank, None, self._full_shifts, len(probe.codes), guard)
+
+    def best_two(self, probe: Features, bank: PalmCodeBank, guard) -> tuple[int, float, float]:
+        """(row, best score, runner-up score): a coarse pass over all, the full search on the best few."""
+        self.check(bank, guard)
+        coarse = self._scores(probe, bank, None, self._coarse_shifts,
+                              min(self.params.coarse_rotations, len(probe.codes)), guard)
+        keep = min(len(bank), self.params.candidates)
+        candidates = np.argpartition(-coarse, keep - 1)[:keep] if keep < len(bank) else np.arange(len(bank))
+        fine = self._scores(probe, bank, candidates, self._full_shifts, len(probe.codes), guard)
+        order = np.argsort(-fine)
+        runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
+        return int(candidates[order[0]]), float(fine[order[0]]), runner_up
+
+    def _scores(self, probe: Features, bank: PalmCodeBank, rows, offsets, rotations: int, guard) -> np.ndarray:
+        planes, masks, _ = palmcode.probe_variants(probe.codes, probe.valid, offsets, rotations)
+        if bank.guard_id is not None:  # the same keyed transform as the stored templates: distances unchanged
+            planes, masks = guard.protect_variants(planes, masks, self.grid)
+        g_planes = bank.planes if rows is None else bank.planes[rows]
+        g_masks = bank.masks if rows is None else bank.masks[rows]
+        out = np.empty(len(g_planes), np.float32)
+        chunk = max(1, 30_000 // max(1, len(offsets) * rotations))  # keeps (V, chunk, words) temporaries in cache
+        for start in range(0, len(g_planes), chunk):
+            d = palmcode.distances(planes, masks, g_planes[start:start + chunk], g_masks[start:start + chunk],
+                                   self.min_bits)
+            out[start:start + chunk] = 1.0 - d
+        if self.params.geometry_weight:
+            geometry = bank.geometry if rows is None else bank.geometry[rows]
+            out -= self.params.geometry_weight * palmcode.geometry_distances(
+                probe.geometry, geometry, self.params.geometry_min_shared, self.params.geometry_fill)
+        return np.clip(out, 0.0, 1.0)
+
+    def check(self, bank: PalmCodeBank, guard) -> None:
+        if bank.guard_id is not None:
+            if guard is None:
+                raise RecognitionError("the templates are guarded but this recognizer has no template guard key")
+            guard.check_gallery(bank.guard_id)
+        if len(bank) and bank.grid != self.grid:
+            raise RecognitionError(f"templates use a {bank.grid} code grid, this model makes {self.grid}: re-enroll")
+        foreign = np.flatnonzero(bank.feature_ids != self.feature_id)
+        if foreign.size:
+            names = ", ".join(bank.ids[i] for i in foreign[:3])
+            raise RecognitionError(f"{foreign.size} template(s) ({names}) were made by another model's filters: re-enroll")
