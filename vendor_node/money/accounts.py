@@ -93,10 +93,8 @@ class AccountStore(HoldsConnection):
                           employees=row[5], templates=row[6], deletions=row[7], sha256=row[8])
 
     def import_bundle(self, path: Path | str, now: float | None = None) -> BundleInfo:
-        """Verify and apply a bundle in one transaction; on any BundleError the store is unchanged.
-
-        The file is streamed (bundle_stream.py): signature checked before parsing, records written in
-        batches, never the whole bundle in memory."""
+        """Verify and apply a bundle in one transaction; on any BundleError the store is unchanged. Streamed
+        (bundle_stream.py): signature checked before parsing, never the whole bundle in memory."""
         fleet_key = self.keystore.load_fleet_public_key()
         bundle = read_bundle_streamed(path, fleet_key)
         return self.apply_bundle(bundle, now=now, source=str(path))
@@ -136,7 +134,6 @@ class AccountStore(HoldsConnection):
                                   "template key (provision it with --fleet-template-key)")
             transport = TemplateCipher(self.keystore.load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
         applied_at = now
-        funds_as_of = min(bundle.created, applied_at)
         with self._transaction():
             current = self.current_bundle()
             if current is not None and bundle.version <= current.version:
@@ -146,7 +143,7 @@ class AccountStore(HoldsConnection):
                 have = "none" if current is None else current.version
                 raise BundleError(f"{source}: delta on version {bundle.base_version} but this unit has {have}; "
                                   "import a snapshot first")
-            self._apply_rows(bundle, transport, funds_as_of, now, source)
+            self._apply_rows(bundle, transport, min(bundle.created, applied_at), now, source)
             self.conn.execute(
                 "INSERT INTO bundle_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (bundle.version, bundle.kind, bundle.created, bundle.expires, applied_at, bundle.sha256,
@@ -156,20 +153,6 @@ class AccountStore(HoldsConnection):
         if bundle.deletions or bundle.template_revocations:
             self._scrub()  # deleted templates leave no copy in the WAL either
         return self.current_bundle()
-
-    def _resealed_templates(self, bundle: Bundle, transport: TemplateCipher, source: str):
-        """Each template opened with the fleet template key and sealed under the unit data key, one at a time
-        (a bundle of 50,000 never has all its templates in memory)."""
-        for i, item in enumerate(bundle.templates):
-            try:
-                template = transport.open(item.employee_id, item.sealed)
-            except InvalidTag:
-                raise BundleError(f"{source}: templates[{i}] for {item.employee_id!r} does not open with the "
-                                  "fleet template key") from None
-            if not template or len(template) > MAX_TEMPLATE_BYTES:
-                raise BundleError(f"{source}: templates[{i}] is {len(template)} bytes (1 to {MAX_TEMPLATE_BYTES})")
-            yield (item.employee_id, self._cipher.seal(item.employee_id, template), item.consent_version,
-                   item.consented_at)
 
     def _apply_rows(self, bundle: Bundle, transport: TemplateCipher | None, funds_as_of: float, now: float,
                     source: str):
@@ -207,10 +190,16 @@ class AccountStore(HoldsConnection):
         revoked = dict(c.execute("SELECT employee_id, revoked_at FROM template_revocations"))
         held = dict(c.execute("SELECT employee_id, consented_at FROM templates"))
 
-        def rows():
-            if transport is None:
-                return
-            for emp_id, sealed, consent_version, consented_at in self._resealed_templates(bundle, transport, source):
+        def rows():  # one at a time: a streamed bundle of 50,000 never has all its templates in memory
+            for i, item in enumerate(bundle.templates if transport else ()):
+                emp_id, consented_at = item.employee_id, item.consented_at
+                try:
+                    template = transport.open(emp_id, item.sealed)
+                except InvalidTag:
+                    raise BundleError(f"{source}: templates[{i}] for {emp_id!r} does not open with the fleet "
+                                      "template key") from None
+                if not template or len(template) > MAX_TEMPLATE_BYTES:
+                    raise BundleError(f"{source}: templates[{i}] is {len(template)} bytes (1 to {MAX_TEMPLATE_BYTES})")
                 if emp_id not in known:
                     raise BundleError(f"{source}: template for {emp_id!r}, who is not an employee on this unit")
                 if emp_id in queued:  # a newer enrollment here the fleet has not seen yet wins
@@ -219,7 +208,8 @@ class AccountStore(HoldsConnection):
                     continue  # the same enrollment again: keep its row (and its last-used time for retention)
                 if emp_id in revoked and consented_at <= revoked[emp_id]:
                     continue  # unenrolled here after that consent: never bring it back
-                yield emp_id, sealed, consent_version, consented_at, now, None, "bundle"
+                yield (emp_id, self._cipher.seal(emp_id, template), item.consent_version, consented_at, now, None,
+                       "bundle")
 
         c.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
 

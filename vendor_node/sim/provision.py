@@ -20,12 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
+from .template_cache import CAMERA_SIZE, ENROLL_SAMPLES, PRESENT_SAMPLES, drawn_templates
 
 log = logging.getLogger("vendor_node.simulate")
 
 HANDDATA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "handdata" / "coep_dev"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-CAMERA_SIZE = (640, 480)
 PEOPLE_FILE = "sim_people.json"
 FLEET_DIR = "sim_fleet"  # the simulated back office's keys (a real unit never holds the signing key)
 CACHE_FROM = 50  # drawn employees from which their templates come from the template cache
@@ -100,8 +100,6 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
                 subjects.append((folder, files))
     rng.shuffle(subjects)
     drawn = iter(drawn_seeds) if drawn_seeds is not None else iter(range(1000, 1000 + employees))
-    from .template_cache import ENROLL_SAMPLES, PRESENT_SAMPLES
-
     for i in range(employees + strangers):
         is_employee = i < employees
         if subjects:
@@ -131,8 +129,6 @@ def provision(cfg, people: list[SimPerson], recognizer, rng: random.Random, prog
 def enrolled_templates(cfg, people: list[SimPerson], recognizer, progress: bool = False) -> dict[str, bytes]:
     """Each employee's template as the unit stores it: drawn ones from the template cache when there are many
     (made there through the same enrollment), photo ones enrolled now; guarded when the recognizer guards."""
-    from .template_cache import drawn_templates
-
     employees = [p for p in people if p.employee_id]
     drawn = [int(p.key.split(":", 1)[1]) for p in employees if p.key.startswith("synthetic:")]
     cached = dict(drawn_templates(cfg, recognizer, len(drawn), progress=progress)) \
@@ -207,8 +203,6 @@ def load_or_create_people(cfg, args, rng: random.Random, recognizer) -> list[Sim
     progress = True  # on stderr: --quiet silences the purchases, not the minutes of preparing
     drawn_seeds = None
     if employees >= CACHE_FROM:  # the cache's people: those whose drawn hands enroll
-        from .template_cache import drawn_templates
-
         drawn_seeds = [seed for seed, _ in drawn_templates(cfg, recognizer, employees, progress=progress)]
     people = choose_people(rng, dataset, employees=employees, strangers=4, drawn_seeds=drawn_seeds)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -27,6 +27,7 @@ from ..errors import HandRejected
 
 log = logging.getLogger("vendor_node.simulate")
 
+CAMERA_SIZE = (640, 480)  # (width, height) of the simulated camera's frames
 FIRST_PERSON_SEED = 1000  # the drawn employees of `simulate` (person k is seed FIRST_PERSON_SEED + k)
 ENROLL_SAMPLES = (0, 1)  # the presentations an employee enrolls with; the others (2..7) are presented
 PRESENT_SAMPLES = tuple(range(2, 8))
@@ -57,7 +58,6 @@ def cache_path(recognizer, first_seed: int = FIRST_PERSON_SEED) -> Path:
 def enroll_drawn_person(recognizer, person_seed: int) -> bytes | None:
     """The clear template of one drawn person enrolled as at the unit (None: their drawn hand is refused)."""
     from .drawn_hands import draw_hand
-    from .provision import CAMERA_SIZE
 
     guard, recognizer.guard = recognizer.guard, None
     try:
