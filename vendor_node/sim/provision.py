@@ -87,6 +87,15 @@ FIRST_NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "
                "Mo", "Nina", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wen", "Xena"]
 
 
+def initials(n: int) -> str:
+    """A, B, ... Z, AA, AB, ...: a surname initial for each of any number of people sharing a first name."""
+    letters = chr(65 + n % 26)
+    while n >= 26:
+        n = n // 26 - 1
+        letters = chr(65 + n % 26) + letters
+    return letters
+
+
 def choose_people(rng: random.Random, dataset: Path | None, employees: int, strangers: int,
                   funds_cents: int = 100_000, drawn_seeds: list[int] | None = None) -> list[SimPerson]:
     """Employees and strangers from photo folders (<subject>/<image>) or, without any, synthetic hands
@@ -111,7 +120,7 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
             seed = next(drawn) if is_employee else FIRST_STRANGER_SEED + i
             key = f"synthetic:{seed}"
             enroll, present = list(ENROLL_SAMPLES), list(PRESENT_SAMPLES)
-        name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {chr(65 + i // len(FIRST_NAMES))}."
+        name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {initials(i // len(FIRST_NAMES))}."
         employee_id = f"E{i + 1:04d}" if is_employee else None
         funds = 500 if i % 7 == 3 else funds_cents  # a few run short: refusals for insufficient funds
         status = "suspended" if is_employee and i % 11 == 5 else "active"
