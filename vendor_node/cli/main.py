@@ -240,7 +240,12 @@ def _add_unit_commands(sub) -> None:
                    help="hand photos as <subject>/<image> (default ../shared/handdata/coep_dev when present, "
                         "else drawn hands)")
     p.add_argument("--synthetic", action="store_true", help="drawn hands even when photos are present")
-    p.add_argument("--employees", type=positive_int, default=12, help="employees to enroll when provisioning")
+    p.add_argument("--employees", type=positive_int, default=12,
+                   help="employees to enroll when provisioning; from 50 drawn employees on, their templates are "
+                        "made once (real enrollment of drawn hands, on every core, with a progress bar) and cached "
+                        "outside the state dir in $VENDOR_NODE_CACHE_DIR (default ~/.cache/vendor-node) as "
+                        "templates-<model id>-hands1000.npz, reused by any smaller office and made again for "
+                        "another model")
     p.add_argument("--seed", type=int, default=1, help="random seed for customers and selections")
     p.add_argument("--quiet", action="store_true", help="do not print each purchase")
     p.add_argument("--office", metavar="URL", help="sync with this running back office (the unit provisioned "
