@@ -127,3 +127,23 @@ def test_a_file_changed_after_verification_is_refused_and_the_store_unchanged(st
     with pytest.raises(BundleError, match="changed while it was read"):
         store.apply_bundle(streamed, source=str(path))
     assert snapshot_of(store) == before
+
+
+def test_templates_revision_follows_every_template_change_and_only_those(store, fleet):  # noqa: F811
+    revisions = [store.templates_revision()]
+
+    def changed() -> bool:
+        revisions.append(store.templates_revision())
+        return revisions[-1] != revisions[-2]
+
+    store.import_bundle(fleet.bundle(1, STAFF, templates=[("E1", b"x" * 100)]))
+    assert changed()
+    store.note_template_used("E1", now=time.time() + 7200)  # last-used time only: no gallery rebuild
+    assert not changed()
+    store.enroll("E2", b"y" * 100, "consent-1")
+    assert changed()
+    store.retransform_templates(lambda templates: [t[::-1] for t in templates])  # same rows, new bytes
+    assert changed()
+    store.unenroll("E2")
+    assert changed()
+    assert not changed()

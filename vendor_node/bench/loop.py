@@ -18,6 +18,7 @@ import logging
 import multiprocessing
 import os
 import random
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -181,7 +182,7 @@ def _measure(cfg, state_dir: Path, customers: int, verbose: bool) -> dict:
             if i == warmup or i == customers or (i > warmup and (i - warmup) % max(1, (customers - warmup) // 4) == 0):
                 checkpoints.append((i, rss_mb()))
                 print(f"  {gallery_count} employees, {i:>6} customers: RSS {checkpoints[-1][1]:6.1f} MB "
-                      f"({time.monotonic() - started:.0f} s)", flush=True)
+                      f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)  # --json owns stdout
         unit.vmc.wait_idle(5.0)
         summary = journal_summary(unit.journal, after_seq)
         vended, vended_cents = unit.vmc.vended_count, unit.vmc.vended_cents

@@ -17,7 +17,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 
 from . import authorize as floor_limits
-from .accounts_schema import SCHEMA, BundleInfo, Employee
+from .accounts_schema import STATEMENTS, BundleInfo, Employee
 from .authorize import MESSAGES, AbuseGuard, Authorization
 from .bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle
 from .bundle_stream import read_bundle_streamed
@@ -47,9 +47,8 @@ class AccountStore(HoldsConnection):
         self.keystore = keystore or KeyStore.from_config(cfg)
         conn.execute("PRAGMA secure_delete=ON")  # deleted templates are zeroed, not just unlinked
         with self._transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in STATEMENTS:
+                conn.execute(statement)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(employees)")}
             if "funds_after_seq" not in columns:  # a store from before bundle format 2: count every own charge
                 conn.execute("ALTER TABLE employees ADD COLUMN funds_after_seq INTEGER NOT NULL DEFAULT 0")
@@ -228,10 +227,11 @@ class AccountStore(HoldsConnection):
         return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10], r[11])
 
     def templates_revision(self) -> tuple:
-        """Changes whenever the gallery must be rebuilt: a new bundle, or an enrollment/deletion at the unit."""
+        """Changes whenever the gallery must be rebuilt: a new bundle, or a template stored, replaced or deleted
+        (here or by another process); read every second, so one row, never a count of the templates."""
         bundle = self.current_bundle()
-        stored = self.conn.execute("SELECT COUNT(*), MAX(stored_at) FROM templates").fetchone()
-        return ((bundle.version, bundle.applied_at) if bundle else None, tuple(stored))
+        changes = self.conn.execute("SELECT n FROM template_changes WHERE id = 1").fetchone()[0]
+        return ((bundle.version, bundle.applied_at) if bundle else None, changes)
 
     def templates(self) -> dict[str, bytes]:
         """Decrypted templates for the matcher's gallery (memory only), suspended employees included:
