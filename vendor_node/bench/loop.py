@@ -227,7 +227,7 @@ def _report(results: dict, sizes: list[int], customers: int, cfg) -> int:
         ("RSS steady", "rss_steady_mb", None, "MB"),
         ("RSS growth", "rss_growth_mb", None, "MB"),
         ("RSS peak (process)", "rss_peak_mb", None, "MB"),
-        ("bundle import peak (provisioning process)", "import_peak_mb", None, "MB"),
+        ("provisioning process peak (office side: bundle made + imported)", "import_peak_mb", None, "MB"),
     ]
     print(f"\nbench loop: {customers} customers per size; gallery of {BASE_EMPLOYEES} and {big} "
           f"(model {cfg.unit.assets_dir}); RSS growth over the customers after the first "
