@@ -68,6 +68,38 @@ def heartbeat() -> bytes:
                        "journal_head_seq": 0, "clock": time.time(), "key_mode": "software"}).encode()
 
 
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants, reaped ones included (they add to cutime/cstime)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    children: dict[int, list[int]] = {}
+    stats: dict[int, list[str]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                text = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            fields = text[text.rindex(")") + 2:].split()
+            stats[int(entry)] = fields
+            children.setdefault(int(fields[1]), []).append(int(entry))
+
+    def total(p: int, with_reaped: bool) -> float:
+        fields = stats.get(p)
+        if fields is None:
+            return 0.0
+        own = sum(int(v) for v in fields[11:13]) + (sum(int(v) for v in fields[13:15]) if with_reaped else 0)
+        return own / tick + sum(total(c, True) for c in children.get(p, []))
+
+    return total(pid, True)
+
+
+def postmaster_pid(pg) -> int | None:
+    try:
+        return int((pg.data / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError, AttributeError):
+        return None
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
@@ -183,10 +215,14 @@ def main() -> int:
                     if status != 200:
                         failures.append(f"{unit_id} {what}: {status} {data[:200]!r}")
 
+        pg_pid = postmaster_pid(pg)
+        cpu_before = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one_unit, range(args.units)))
         wall = time.perf_counter() - started
+        cpu_after = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
+        office_cpu, db_cpu, client_cpu = (after - before for after, before in zip(cpu_after, cpu_before))
         everything = [t for v in timings.values() for t in v]
         print(f"{args.units} units x {args.purchases} purchases ({args.units * args.purchases * 3} journal entries), "
               f"{args.concurrency} concurrent, PostgreSQL, gunicorn {args.workers}x{args.threads}: {wall:.1f} s")
@@ -194,6 +230,11 @@ def main() -> int:
             print(f"  {what:9} n={len(values):5}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms  "
                   f"max {max(values):7.1f} ms")
         print(f"  all       n={len(everything):5}  p50 {pct(everything, 50):7.1f} ms  p95 {pct(everything, 95):7.1f} ms")
+        n = len(everything)
+        print(f"  {n / wall:.1f} requests/s; CPU per request: office {office_cpu / n * 1000:.1f} ms, PostgreSQL "
+              f"{db_cpu / n * 1000:.1f} ms, this client {client_cpu / n * 1000:.1f} ms "
+              f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
+              f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         ingested = JournalEntry.objects.count()
         expected_entries = args.units * args.purchases * 3
         balances = ledger.balances()

@@ -120,15 +120,15 @@ fi
 OS_NUMPY_VERSION=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)') \
   || die "the OS's numpy does not import (apt install --reinstall python3-numpy)"
 
-echo "$PROG: user $USER_NAME (groups video,gpio,dialout)" >&2
-for group in video gpio dialout; do
+echo "$PROG: user $USER_NAME (groups video,gpio,dialout,i2c)" >&2
+for group in video gpio dialout i2c; do
   getent group "$group" >/dev/null || groupadd --system "$group"
 done
 if ! id "$USER_NAME" >/dev/null 2>&1; then
   useradd --system --home-dir /var/lib/vendor-node --no-create-home --shell /usr/sbin/nologin \
-          --groups video,gpio,dialout "$USER_NAME"
+          --groups video,gpio,dialout,i2c "$USER_NAME"
 else
-  usermod --append --groups video,gpio,dialout "$USER_NAME"
+  usermod --append --groups video,gpio,dialout,i2c "$USER_NAME"
 fi
 
 echo "$PROG: venv in $PREFIX/venv (numpy $OS_NUMPY_VERSION and picamera2 from the OS)" >&2

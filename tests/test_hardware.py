@@ -90,3 +90,16 @@ def test_the_mdb_adapter_answers(cfg):
     with open_board(cfg) as board:
         answer = board.ping()
     assert answer, f"{cfg.board.port}: the adapter gave no version answer"
+
+
+def test_the_secure_element_answers_and_its_slot_is_ready(cfg):
+    """keys.mode = "secure_element": the chip wakes, its configuration suits the slot, and its MAC is stable
+    for one challenge and different for another (nothing is written)."""
+    if cfg.keys.mode != "secure_element":
+        pytest.skip("keys.mode is not \"secure_element\"")
+    from vendor_node.unit.keysource import secure_element_source
+
+    chip = secure_element_source(cfg.keys, cfg.state_dir)
+    assert f"slot {cfg.keys.secure_element.slot} ready" in chip.status()
+    challenge = os.urandom(32)
+    assert chip.respond(challenge) == chip.respond(challenge) != chip.respond(os.urandom(32))

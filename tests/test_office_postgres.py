@@ -114,3 +114,76 @@ def test_units_sync_with_an_office_on_postgresql(postgres, fleet_keys, tmp_path)
             unit.close()
     finally:
         office.stop()
+
+
+class _WebLogin:
+    """A browser-like session over HTTP: cookies, the CSRF token from each form, a login."""
+
+    def __init__(self, base: str, username: str, password: str):
+        import http.cookiejar
+        import urllib.request
+
+        self.base = base
+        self.jar = http.cookiejar.CookieJar()
+        self.opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(self.jar))
+        self.post("/login/", {"username": username, "password": password})
+
+    def get(self, path: str) -> str:
+        with self.opener.open(self.base + path, timeout=60) as answer:
+            return answer.read().decode()
+
+    def post(self, path: str, fields: dict) -> str:
+        import re
+        import urllib.parse
+
+        page = self.get(path)
+        token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page).group(1)
+        data = urllib.parse.urlencode({"csrfmiddlewaretoken": token, **fields}).encode()
+        request = __import__("urllib.request").request.Request(self.base + path, data=data,
+                                                               headers={"Referer": self.base + path})
+        with self.opener.open(request, timeout=60) as answer:
+            return answer.read().decode()
+
+
+def test_a_reinstalled_unit_is_accepted_on_postgresql(postgres, fleet_keys, tmp_path):
+    import subprocess
+    import sys
+
+    from vendor_node.office.unit_client import UnitClient
+
+    postgres_db = postgres.url.rsplit("/", 1)[0] + "/reinstall"
+    subprocess.run([str(postgres.bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "office",
+                    "reinstall"], check=True, capture_output=True, timeout=60)
+    office = OfficeProcess(postgres_db, fleet_keys).start()
+    try:
+        csv_file = tmp_path / "employees.csv"
+        csv_file.write_text("employee_id,display_name,funds\nE1,Ada,100.00\n")
+        office.command("import-employees", str(csv_file))
+        done = subprocess.run([sys.executable, "-m", "vendor_node", "office", "create-user", "tina", "--role",
+                               "technician", "--db", postgres_db, "--fleet-keys", str(fleet_keys)],
+                              input="a-long-password\n", capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        old = FakeUnit(tmp_path / "old", "pg-reinstalled")
+        office.command("register-unit", old.unit_id, "--fingerprint", old.fingerprint)
+        for _ in range(4):
+            old.buy("E1", 125)
+        client = UnitClient(office.base, old.unit_id, old.key)
+        old_batch = old.batch()
+        assert client.request("POST", "journal", old_batch)[0] == 200
+        fresh = FakeUnit(tmp_path / "fresh", old.unit_id)
+        fresh.key = old.key
+        fresh.buy("E1", 75)
+        status, answer = client.request("POST", "journal", fresh.batch())
+        assert status == 409 and b"accept" in answer
+
+        web = _WebLogin(office.base, "tina", "a-long-password")
+        assert "journal refused" in web.get("/units/pg-reinstalled/")
+        page = web.post("/units/pg-reinstalled/reinstalled/", {"confirm_id": "pg-reinstalled", "reason": "new card"})
+        assert "journal 1 closed at seq 12" in page
+        assert client.request("POST", "journal", fresh.batch())[0] == 200
+        assert client.request("POST", "journal", old_batch)[0] == 409  # the old journal again: never counted
+        assert _funds(office, fresh, fleet_keys) == {"E1": 10000 - 4 * 125 - 75}
+        old.close()
+        fresh.close()
+    finally:
+        office.stop()

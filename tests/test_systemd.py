@@ -13,7 +13,8 @@ import pytest
 from vendor_node.cli import build_parser
 
 SYSTEMD = Path(__file__).resolve().parents[1] / "systemd"
-UNITS = ["vendor-node.service", "vendor-node-sync.service", "vendor-node-sync.timer"]
+UNITS = ["vendor-node.service", "vendor-node-sync.service", "vendor-node-sync.timer"]  # what install.sh puts on a unit
+ALL_UNITS = UNITS + ["vendor-node-office.service"]  # and the back office's, on an office server
 INSTALLED_BINARY = "/opt/vendor-node/venv/bin/vendor-node"
 
 
@@ -30,10 +31,10 @@ def test_systemd_analyze_verify_accepts_the_units(tmp_path):
     # verify insists that ExecStart exists: point it at this checkout's vendor-node, as install.sh does at /opt
     binary = Path(sys.executable).with_name("vendor-node")
     assert binary.exists(), f"{binary}: install the package (pip install -e .) first"
-    for name in UNITS:
+    for name in ALL_UNITS:
         text = (SYSTEMD / name).read_text(encoding="utf-8")
         (tmp_path / name).write_text(text.replace(INSTALLED_BINARY, str(binary)), encoding="utf-8")
-    result = subprocess.run(["systemd-analyze", "verify", *UNITS], cwd=tmp_path, capture_output=True,
+    result = subprocess.run(["systemd-analyze", "verify", *ALL_UNITS], cwd=tmp_path, capture_output=True,
                             text=True, timeout=60)
     problems = [line for line in (result.stdout + result.stderr).splitlines() if line.strip()]
     assert result.returncode == 0 and not problems, "\n".join(problems)
@@ -50,13 +51,13 @@ def test_service_is_notify_with_a_watchdog_and_restarts():
 def test_service_runs_as_a_dedicated_user_with_hardware_groups_and_hardening():
     service = read_unit("vendor-node.service")["Service"]
     assert service["User"] == "vendor-node"
-    assert set(service["SupplementaryGroups"].split()) == {"video", "gpio", "dialout"}
+    assert set(service["SupplementaryGroups"].split()) == {"video", "gpio", "dialout", "i2c"}
     assert service["StateDirectory"] == "vendor-node"
     for key, value in {"ProtectSystem": "strict", "ProtectHome": "yes", "PrivateTmp": "yes",
                        "NoNewPrivileges": "yes", "DevicePolicy": "closed"}.items():
         assert service[key] == value, key
     text = (SYSTEMD / "vendor-node.service").read_text(encoding="utf-8")
-    for device in ("char-video4linux", "char-gpiochip", "char-ttyAMA", "char-ttyUSB"):
+    for device in ("char-video4linux", "char-gpiochip", "char-ttyAMA", "char-ttyUSB", "char-i2c"):
         assert f"DeviceAllow={device} rw" in text
 
 
@@ -128,7 +129,7 @@ def _offline_security_supported() -> bool:
 
 
 @pytest.mark.skipif(not _offline_security_supported(), reason="systemd-analyze security --offline needs systemd >= 250")
-@pytest.mark.parametrize("name", ["vendor-node.service", "vendor-node-sync.service"])
+@pytest.mark.parametrize("name", ["vendor-node.service", "vendor-node-sync.service", "vendor-node-office.service"])
 def test_security_exposure_is_at_most_2(tmp_path, name):
     binary = Path(sys.executable).with_name("vendor-node")
     text = (SYSTEMD / name).read_text(encoding="utf-8").replace(INSTALLED_BINARY, str(binary))

@@ -141,13 +141,32 @@ class SyncConfig:
 
 
 @dataclass(frozen=True)
-class KeysConfig:
-    """How the unit's key files are protected (docs/threat-model.md): "otp" binds them to this board."""
+class SecureElementConfig:
+    """keys.mode = "secure_element": an ATECC608-class chip on the Pi's I2C bus (devices/secure_element.py)."""
 
-    mode: typing.Literal["software", "otp"] = "software"  # software: plain files, reported as a warning
+    bus: int = setting(1, 0, 255)  # /dev/i2c-N (1: the header's SDA/SCL, GPIO 2/3)
+    address: int = setting(0x60, 0x08, 0x77)  # 7-bit, as i2cdetect shows it (CryptoAuthLib writes 0x60 as 0xC0)
+    slot: int | None = setting(None, 0, 15)  # the slot holding the chip's secret; required in this mode
+    # an emulated chip (simulator, tests): a file outside the state dir, standing in for the bus
+    emulated_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class KeysConfig:
+    """How the unit's key files are protected (docs/threat-model.md): "otp" and "secure_element" bind them
+    to this board."""
+
+    # software: plain files, reported as a warning
+    mode: typing.Literal["software", "otp", "secure_element"] = "software"
     # otp mode: None reads the Pi's OTP device key (vcmailbox); a path is an emulated OTP key (32 bytes,
     # simulator and tests), kept outside the state dir so a copied state dir does not carry it
     otp_file: Path | None = None
+    secure_element: SecureElementConfig = field(default_factory=SecureElementConfig)
+
+    def __post_init__(self):
+        if self.mode == "secure_element" and self.secure_element.slot is None:
+            raise ConfigError("keys.secure_element.slot: required when keys.mode = \"secure_element\" (the chip's "
+                              "slot, 0-15, that holds its secret: see `vendor-node keys program-secure-element`)")
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
-"""`vendor-node keys status | seal | program-otp | new-guard-key | renew-template-guard`: the unit's key custody.
+"""`vendor-node keys status|seal|program-otp|program-secure-element|new-guard-key|renew-template-guard`.
 
-Programming the OTP key is irreversible (OTP bits never go back to 0), so it asks for the unit id
-typed back unless --yes; renewal re-transforms every stored template under a new fleet secret
-without any image and overwrites the old secret (docs/threat-model.md).
+The unit's key custody. Programming the OTP key is irreversible (OTP bits never go back to 0), and so
+is programming a secure element (a random secret written into its slot, then its data zone locked for
+ever), so both ask for the unit id typed back unless --yes; renewal re-transforms every stored
+template under a new fleet secret without any image and overwrites the old secret (docs/threat-model.md).
 """
 from __future__ import annotations
 
@@ -26,7 +27,13 @@ def add_keys_commands(sub) -> None:
     p.add_argument("--yes", action="store_true", help="do not ask for the unit id to be typed back")
     state_dir_arg(p)
     p.set_defaults(handler=cmd_program_otp)
-    p = keys.add_parser("seal", help="seal existing plain key files to this board (software -> otp)")
+    p = keys.add_parser("program-secure-element",
+                        help="IRREVERSIBLE: write a random secret into the ATECC608's slot and lock its data zone, "
+                             "then seal the key files to it (needs keys.mode = \"secure_element\")")
+    p.add_argument("--yes", action="store_true", help="do not ask for the unit id to be typed back")
+    state_dir_arg(p)
+    p.set_defaults(handler=cmd_program_secure_element)
+    p = keys.add_parser("seal", help="seal existing plain key files to this board (software -> otp/secure_element)")
     state_dir_arg(p)
     p.set_defaults(handler=cmd_keys_seal)
     p = keys.add_parser("new-guard-key", help="fleet side: a new template guard secret (32 bytes, 0600)")
@@ -53,25 +60,61 @@ def key_mode_line(store) -> str:
 
     if store.key_mode == "otp":
         return "key mode otp: key files sealed to this board's OTP key"
+    if store.key_mode == "secure_element":
+        return "key mode secure_element: key files sealed to this board's secure element (ATECC608)"
     return f"WARNING {SOFTWARE_MODE_WARNING}"
 
 
 def cmd_keys_status(args) -> int:
-    from ..devices.otp import otp_source
-    from ..money.key_wrap import is_wrapped
-    from ..unit.keysource import unit_keystore
+    from ..money.key_wrap import BOARD_SECRET, wrapped_mode
+    from ..unit.keysource import board_key_source, unit_keystore
 
     cfg = config_from_args(args)
     store = unit_keystore(cfg)
     print(key_mode_line(store))
+    source = board_key_source(cfg)
     if cfg.keys.mode == "otp":
-        source = otp_source(cfg.keys, cfg.state_dir)
         print(f"OTP key source: {source.describe()}, {'programmed' if source.is_programmed() else 'NOT programmed'}")
+    elif cfg.keys.mode == "secure_element":
+        print(f"secure element: {source.describe()}, {source.status()}")
     for path in (store.data_key_path, store.signing_key_path, store.fleet_template_key_path,
                  store.template_guard_key_path):
+        sealed_in = wrapped_mode(path.read_bytes()) if path.exists() else None
         state = ("absent" if not path.exists() else
-                 "sealed to a board" if is_wrapped(path.read_bytes()) else "plain file")
+                 f"sealed to a board's {BOARD_SECRET[sealed_in]}" if sealed_in else "plain file")
         print(f"  {path.name}: {state}")
+    return 0
+
+
+def _confirm_irreversible(args, unit_id: str, what: str) -> None:
+    """The unit id typed back (or --yes): nothing is written otherwise."""
+    if args.yes:
+        return
+    print(f"This writes a random 256-bit key into {what}. It is IRREVERSIBLE: the board keeps it for life, and "
+          "key files sealed to it open on this board only.", file=sys.stderr)
+    if not sys.stdin.isatty():
+        raise UsageError(f"{args.keys_command}: no terminal to confirm on; pass --yes to program without asking")
+    if input(f"type the unit id ({unit_id}) to program: ").strip() != unit_id:
+        raise UsageError(f"{args.keys_command}: not confirmed; nothing was written")
+
+
+def cmd_program_secure_element(args) -> int:
+    from ..unit.keysource import board_key_source, unit_keystore
+
+    cfg = config_from_args(args)
+    if cfg.keys.mode != "secure_element":
+        raise UsageError("program-secure-element: set keys.mode = \"secure_element\" and [keys.secure_element] "
+                         "bus, address and slot in the config first (the keys are sealed right after)")
+    chip = board_key_source(cfg)
+    if chip.is_programmed():
+        print(f"{chip.describe()} is already programmed; nothing written")
+    else:
+        store = unit_keystore(cfg)
+        _confirm_irreversible(args, store.read_unit_id() or cfg.unit.unit_id, chip.describe())
+        chip.program(os.urandom(32))  # the secret is checked by a MAC, then forgotten: it lives only in the chip
+        print(f"programmed {chip.describe()}: {chip.status()}")
+    sealed = unit_keystore(cfg).seal_existing_keys()
+    print(f"sealed {len(sealed)} key file(s) to this board" + "".join(f"\n  {p}" for p in sealed))
     return 0
 
 
@@ -87,14 +130,7 @@ def cmd_program_otp(args) -> int:
         print(f"{source.describe()} is already programmed; nothing written")
     else:
         store = unit_keystore(cfg)
-        unit_id = store.read_unit_id() or cfg.unit.unit_id
-        if not args.yes:
-            print(f"This writes a random 256-bit key into {source.describe()}. It is IRREVERSIBLE: the board "
-                  "keeps it for life, and key files sealed to it open on this board only.", file=sys.stderr)
-            if not sys.stdin.isatty():
-                raise UsageError("program-otp: no terminal to confirm on; pass --yes to program without asking")
-            if input(f"type the unit id ({unit_id}) to program: ").strip() != unit_id:
-                raise UsageError("program-otp: not confirmed; nothing was written")
+        _confirm_irreversible(args, store.read_unit_id() or cfg.unit.unit_id, source.describe())
         source.program(os.urandom(32))
         print(f"programmed {source.describe()}")
     sealed = unit_keystore(cfg).seal_existing_keys()

@@ -57,7 +57,7 @@ class BoardLink(LineInterpreter):
                  wait: Callable[[float, threading.Event | None], None] | None = None,
                  adapter_settings: Sequence[tuple[str, str]] | None = None,
                  start_attempts: int = START_ATTEMPTS, start_retry_s: float = START_RETRY_S,
-                 display_hold_s: float = DISPLAY_HOLD_S):
+                 display_hold_s: float = DISPLAY_HOLD_S, progress: Callable[[], None] | None = None):
         if price_format not in ("decimal", "cents"):
             raise ValueError(f"price_format must be 'decimal' or 'cents', got {price_format!r}")
         self._transport: LineTransport | None = transport
@@ -71,6 +71,9 @@ class BoardLink(LineInterpreter):
                                      else default_adapter_settings(price_format))
         self.start_attempts, self.start_retry_s = max(1, int(start_attempts)), start_retry_s
         self.display_hold_s = display_hold_s
+        # called whenever a bounded step returns (a read, a reopen attempt, a backoff wait): the unit's loop
+        # feeds systemd's watchdog from it, so a long set-up or reconnect is alive while a hung call is not
+        self.progress: Callable[[], None] = progress or (lambda: None)
         self.start_commands: list[str] = []  # what the last set-up sent, C,0 to C,1 (for reports)
         self.adapter_version: str | None = None
         self._pending: deque[BoardEvent] = deque()
@@ -267,10 +270,12 @@ class BoardLink(LineInterpreter):
                 break
             except BoardLinkError as exc:
                 self.close()
+                self.progress()
                 if deadline_s is not None and time.monotonic() - started + delay > deadline_s:
                     raise BoardLinkError(f"MDB adapter: gave up reopening after {attempt} attempts: {exc}") from None
                 log.warning("MDB adapter: reopen attempt %d failed (%s); retrying in %.1f s", attempt, exc, delay)
                 self._wait(delay, stop_event)
+                self.progress()
                 delay = min(delay * 2, self.max_backoff_s)
         log.info("MDB adapter: link restored after %d attempt(s); interrupted stage: %s", attempt, interrupted)
         return LinkRestored(interrupted=interrupted, vend=vend, approved_cents=approved)
@@ -339,6 +344,7 @@ class BoardLink(LineInterpreter):
             if remaining <= 0 or (until is not None and until()):
                 return None
             line = self._readline(remaining)
+            self.progress()
             if line is None:
                 continue
             result = match(line)

@@ -131,9 +131,13 @@ def otp_source(keys_cfg, state_dir: Path | str):
     """The OTP key source ``[keys]`` names; an emulated file inside the state dir is refused."""
     if keys_cfg.otp_file is None:
         return FirmwareOtp()
-    path = Path(keys_cfg.otp_file).absolute()
-    state = Path(state_dir).absolute()
+    return EmulatedOtp(outside_state_dir(keys_cfg.otp_file, state_dir, "keys.otp_file", "an emulated OTP key"))
+
+
+def outside_state_dir(path, state_dir, key: str, what: str) -> Path:
+    """``path`` made absolute; KeyFileError naming ``key`` when it lies inside the state directory."""
+    path, state = Path(path).absolute(), Path(state_dir).absolute()
     if path == state or state in path.parents:
-        raise KeyFileError(f"keys.otp_file: {path} is inside the state directory {state}; an emulated OTP key "
-                           "must live outside it, or a copied state directory would carry its own key")
-    return EmulatedOtp(path)
+        raise KeyFileError(f"{key}: {path} is inside the state directory {state}; {what} must live outside it, "
+                           "or a copied state directory would carry its own key")
+    return path

@@ -8,10 +8,11 @@ with KeyFileError rather than used, because a key others could read is no key.
 
 Key modes (``[keys] mode``): in ``otp`` mode every secret file is wrapped with
 AES-256-GCM under a key derived (HKDF-SHA256) from the board's OTP device secret,
-so a copied SD card opens nothing on any other board; the secret is read by the
-CLI/unit layer (devices/otp.py) and handed in as a callable, since money never
-imports devices. ``software`` mode keeps plain 0600 files (a copied card opens
-everything); selftest and the heartbeat say so.
+in ``secure_element`` mode from an ATECC608's answer to a stored challenge (its
+slot secret never leaves the chip), so a copied SD card opens nothing on any other
+board (key_wrap.py); the secret is read by the CLI/unit layer (devices/) and handed
+in as a callable, since money never imports devices. ``software`` mode keeps plain
+0600 files (a copied card opens everything); selftest and the heartbeat say so.
 """
 from __future__ import annotations
 
@@ -134,7 +135,7 @@ class KeyStore:
 
     @property
     def key_mode(self) -> str:
-        """"otp" or "software"; reported in the heartbeat and by selftest."""
+        """"software", "otp" or "secure_element"; reported in the heartbeat and by selftest."""
         return self._wrap.mode
 
     def _seal(self, data: bytes, path: Path) -> bytes:
@@ -144,14 +145,14 @@ class KeyStore:
         return self._wrap.unseal(data, path)
 
     def check_board(self) -> None:
-        """Fail now, naming the cause, if this board's OTP key cannot be read (otp mode)."""
+        """Fail now, naming the cause, if this board's secret cannot be read (otp, secure_element)."""
         self._wrap.check_board()
 
     def seal_existing_keys(self) -> list[Path]:
-        """Wrap every plain key file to this board (software -> otp migration); the files it sealed."""
-        if self.key_mode != "otp":
-            raise KeyFileError(f"`{SEAL_COMMAND}` needs keys.mode = \"otp\" in the config")
-        self.check_board()  # no usable OTP key: fail before touching any file
+        """Wrap every plain key file to this board (software -> otp or secure_element); the files it sealed."""
+        if self.key_mode == "software":
+            raise KeyFileError(f"`{SEAL_COMMAND}` needs keys.mode = \"otp\" or \"secure_element\" in the config")
+        self.check_board()  # no usable board secret: fail before touching any file
         sealed = []
         for path in (self.data_key_path, self.signing_key_path, self.fleet_template_key_path,
                      self.template_guard_key_path):

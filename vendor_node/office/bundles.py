@@ -24,7 +24,7 @@ from django.db import transaction
 
 from ..money.bundle import Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_bundle
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
-from .ledger import balances, funds_cents
+from .ledger import balances, funds_for
 from .models import Deletion, DeletionNotice, Employee, IssuedBundle, SealedTemplate, TemplateRevocation, Unit
 
 REFRESH_S = 6 * 3600
@@ -43,16 +43,20 @@ def signing_key():
 def bundle_content(unit: Unit) -> dict:
     """What a bundle for ``unit`` says now (no version, no times), from the ledger."""
     money = balances()
-    employees = []
-    for e in Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id"):
-        employees.append(EmployeeRecord(id=e.employee_id, display_name=e.name, status=e.status, funding=e.funding,
-                                        funds_cents=funds_cents(e, money.get(e.employee_id, 0)),
-                                        per_purchase_cap_cents=e.per_purchase_cap_cents,
-                                        per_day_cap_cents=e.per_day_cap_cents))
+    fields = ("employee_id", "name", "status", "funding", "payroll_limit_cents", "per_purchase_cap_cents",
+              "per_day_cap_cents")
+    employees = []  # plain rows, not model objects: a bundle is built on every sync after an upload
+    for emp, name, status, funding, payroll_limit, per_purchase, per_day in (
+            Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id").values_list(*fields)):
+        employees.append(EmployeeRecord(id=emp, display_name=name, status=status, funding=funding,
+                                        funds_cents=funds_for(funding, payroll_limit, money.get(emp, 0)),
+                                        per_purchase_cap_cents=per_purchase,
+                                        per_day_cap_cents=per_day))
     listed = {e.id for e in employees}
-    templates = [TemplateRecord(t.employee.employee_id, bytes(t.sealed), t.consent_version, t.consented_at)
-                 for t in SealedTemplate.objects.select_related("employee")
-                 .filter(employee__deleted_at__isnull=True).exclude(from_unit=unit).order_by("employee__employee_id")]
+    templates = [TemplateRecord(emp, bytes(sealed), consent, at) for emp, sealed, consent, at in
+                 SealedTemplate.objects.filter(employee__deleted_at__isnull=True).exclude(from_unit=unit)
+                 .order_by("employee__employee_id")
+                 .values_list("employee__employee_id", "sealed", "consent_version", "consented_at")]
     deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
     revocations = {emp: at for emp, at in TemplateRevocation.objects.values_list("employee_id", "revoked_at")
                    if emp in listed}

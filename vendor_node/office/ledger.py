@@ -63,9 +63,12 @@ def check_totals() -> list[str]:
 
 def funds_cents(employee: Employee, balance: int) -> int:
     """What the bundle tells units the employee may spend (never negative)."""
-    if employee.funding == "payroll":
-        return max(0, employee.payroll_limit_cents + balance)
-    return max(0, balance)
+    return funds_for(employee.funding, employee.payroll_limit_cents, balance)
+
+
+def funds_for(funding: str, payroll_limit_cents: int, balance: int) -> int:
+    """The same from plain row values (bundles read rows, not model objects)."""
+    return max(0, payroll_limit_cents + balance) if funding == "payroll" else max(0, balance)
 
 
 def _amount(text, what: str = "amount") -> int:

@@ -64,6 +64,10 @@ class Unit(models.Model):
     heartbeat = models.JSONField(default=dict, blank=True)
     heartbeat_at = models.DateTimeField(null=True, blank=True)
     clock_offset_s = models.FloatField(null=True, blank=True)
+    # a reinstalled unit starts a new journal at seq 1: each journal it ever had is one epoch here
+    journal_epoch = models.IntegerField(default=1)
+    refused = models.CharField(max_length=300, blank=True, default="")  # a batch refused as another journal
+    no_sale_alert_h = models.IntegerField(null=True, blank=True)  # None: the office-wide setting; 0: never
 
     class Meta:
         ordering = ["unit_id"]
@@ -86,6 +90,7 @@ class Nonce(models.Model):
 
 class JournalBatch(models.Model):
     unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
     batch_id = models.CharField(max_length=80)
     first_seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
@@ -94,11 +99,12 @@ class JournalBatch(models.Model):
     entries = models.IntegerField(default=0)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["unit", "batch_id"], name="batch_once_per_unit")]
+        constraints = [models.UniqueConstraint(fields=["unit", "epoch", "batch_id"], name="batch_once_per_journal")]
 
 
 class JournalEntry(models.Model):
     unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
     seq = models.BigIntegerField()
     ts_us = models.BigIntegerField()
     kind = models.CharField(max_length=32)
@@ -113,7 +119,7 @@ class JournalEntry(models.Model):
     batch_id = models.CharField(max_length=80)
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["unit", "seq"], name="entry_once_per_unit_seq")]
+        constraints = [models.UniqueConstraint(fields=["unit", "epoch", "seq"], name="entry_once_per_journal_seq")]
         indexes = [models.Index(fields=["employee_id", "charged_cents"])]
 
 
@@ -191,3 +197,36 @@ class TemplateRevocation(models.Model):
     other units delete their copies consented before it; an older copy is never relayed again."""
     employee_id = models.CharField(max_length=64, unique=True)
     revoked_at = models.FloatField()
+
+
+class JournalEpoch(models.Model):
+    """One of a unit's earlier journals, closed by a technician when the unit was reinstalled with a fresh
+    one: where it ended stays on record; its entries stay in the ledger (never counted again)."""
+    unit = models.ForeignKey(Unit, on_delete=models.PROTECT, related_name="closed_journals")
+    epoch = models.IntegerField()
+    last_seq = models.BigIntegerField()
+    last_hash = models.CharField(max_length=64)
+    closed_at = models.DateTimeField(auto_now_add=True)
+    closed_by = models.CharField(max_length=150)
+    reason = models.CharField(max_length=300, blank=True, default="")
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["unit", "epoch"], name="journal_closed_once")]
+
+
+class HeartbeatRecord(models.Model):
+    """A unit's recent heartbeats (the unit's page shows them); pruned to HEARTBEATS_KEPT per unit."""
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="heartbeats")
+    received_at = models.DateTimeField()
+    data = models.JSONField()
+    clock_offset_s = models.FloatField(null=True)
+
+    class Meta:
+        ordering = ["-received_at", "-id"]
+        indexes = [models.Index(fields=["unit", "-received_at"])]
+
+
+class OfficeSetting(models.Model):
+    """Office-wide settings changed in the web page (audited): one row per name."""
+    name = models.CharField(max_length=64, unique=True)
+    value = models.IntegerField()

@@ -34,6 +34,7 @@ from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
 from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit
+from .units import normalise_fingerprint, record_heartbeat  # noqa: F401 (normalise: the CLI's)
 
 REQUEST_PREFIX = b"vendor-node-request-v1\n"
 CLOCK_WINDOW_S = 300
@@ -52,11 +53,6 @@ def signed_answer(receipt: dict) -> JsonResponse:
 
 def fingerprint_of(raw_public_key: bytes) -> str:
     return hashlib.sha256(raw_public_key).hexdigest()
-
-
-def normalise_fingerprint(text: str) -> str:
-    """Hex digits only, lower case (provision prints it grouped)."""
-    return re.sub(r"[^0-9a-f]", "", (text or "").lower())
 
 
 def request_bytes(method: str, path_with_query: str, timestamp: str, nonce: str, body: bytes) -> bytes:
@@ -240,9 +236,7 @@ def heartbeat(request, unit, public_key, body):
     if not all(isinstance(f, str) for f in clean["faults"]) or len(clean["faults"]) > 100:
         raise UnitRequestRefused(400, "faults: expected a list of at most 100 strings")
     clean["faults"] = [f[:500] for f in clean["faults"]]
-    received = time.time()
-    Unit.objects.filter(pk=unit.pk).update(heartbeat=clean, heartbeat_at=timezone.now(),
-                                           clock_offset_s=round(clean["clock"] - received, 3))
+    record_heartbeat(unit, clean, round(clean["clock"] - time.time(), 3))
     return JsonResponse({"ok": True})
 
 
@@ -261,12 +255,12 @@ def bundle(request, unit, public_key, body):
 
 @unit_endpoint("bundle", "GET")
 def summary(request, unit, public_key, body):
-    """What the office's ledger holds from this unit, signed: `simulate --office` reports it."""
+    """What the office's ledger holds from this unit's current journal, signed: `simulate --office` reports it."""
     from django.db.models import Count, Sum
 
     from .models import JournalEntry
 
-    totals = JournalEntry.objects.filter(unit=unit).aggregate(n=Count("id"), charged=Sum("charged_cents"))
+    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(n=Count("id"), charged=Sum("charged_cents"))
     return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
                           "last_hash": unit.last_hash, "entries": totals["n"] or 0,
                           "charged_cents": totals["charged"] or 0})

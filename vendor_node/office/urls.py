@@ -4,7 +4,7 @@ importable()
 from django.contrib.auth import views as auth_views
 from django.urls import path
 
-from . import unit_api, views
+from . import unit_api, unit_pages, views
 from .login import ThrottledLoginView
 
 urlpatterns = [
@@ -17,7 +17,9 @@ urlpatterns = [
     path("employees/<str:employee_id>/delete-biometrics/", views.delete_biometrics, name="delete_biometrics"),
     path("funds/", views.funds, name="funds"),
     path("sales/", views.sales, name="sales"),
-    path("units/", views.units, name="units"),
+    path("units/", unit_pages.units, name="units"),
+    path("units/<str:unit_id>/", unit_pages.unit_page, name="unit"),
+    path("units/<str:unit_id>/reinstalled/", unit_pages.reinstalled, name="unit_reinstalled"),
     path("alerts/", views.alerts_page, name="alerts"),
     path("audit/", views.audit_log, name="audit"),
     path("api/v1/alerts", views.alerts_json, name="alerts_json"),

@@ -31,9 +31,9 @@ from django.views.decorators.http import require_GET
 from ..errors import OfficeError
 from ..money.employees_csv import parse_amount_cents
 from . import ledger
-from .health import alerts as current_alerts, deletion_status, unit_problems
+from .health import alerts as current_alerts
 from .models import AuditEntry, Deletion, Employee, JournalEntry, SealedTemplate, TopUp, Unit, audit
-from .unit_api import normalise_fingerprint
+from .units import office_no_sale_hours, register_unit, set_office_no_sale_hours, set_unit_active  # noqa: F401
 
 ROLES = ("manager", "technician")
 
@@ -260,54 +260,16 @@ def sales(request):
 
 
 @role_required("manager", "technician")
-def units(request):
+def alerts_page(request):
     if request.method == "POST":
         try:
-            unit_id = (request.POST.get("unit_id") or "").strip()
-            action = request.POST.get("action", "register")
-            if action in ("deactivate", "reactivate"):
-                set_unit_active(request.user, unit_id, action == "reactivate")
-                messages.success(request, f"unit {unit_id} {action}d")
-                return redirect("units")
-            fingerprint = normalise_fingerprint(request.POST.get("fingerprint", ""))
-            register_unit(request.user, unit_id, fingerprint, request.POST.get("site", ""))
-            messages.success(request, f"registered unit {unit_id}")
-            return redirect("units")
+            hours = set_office_no_sale_hours(request.user, request.POST.get("no_sale_alert_h"))
+            messages.success(request, f"no-sale alert: {f'after {hours} h' if hours else 'off'} for every unit "
+                                      "without its own setting")
+            return redirect("alerts")
         except OfficeError as exc:
             messages.error(request, str(exc))
-    rows = [{"u": u, "problems": unit_problems(u)} for u in Unit.objects.all()]
-    return render(request, "office/units.html", {"rows": rows, "deletions": deletion_status()})
-
-
-def register_unit(user, unit_id: str, fingerprint: str, site: str = "") -> Unit:
-    from ..money.bundle import EMPLOYEE_ID_RE
-
-    if not EMPLOYEE_ID_RE.match(unit_id or ""):
-        raise OfficeError(f"unit id: {unit_id!r} is not valid (letters, digits, . _ @ -)")
-    fingerprint = normalise_fingerprint(fingerprint)
-    if len(fingerprint) != 64:
-        raise OfficeError(f"fingerprint: expected 64 hex digits (as `vendor-node provision` prints), "
-                          f"got {len(fingerprint)}")
-    site = ledger._clean_text(site, "site", 100)
-    with transaction.atomic():
-        if Unit.objects.filter(unit_id=unit_id).exists():
-            raise OfficeError(f"unit id: {unit_id!r} is already registered")
-        unit = Unit.objects.create(unit_id=unit_id, fingerprint=fingerprint, site=site)
-        audit(user, "register_unit", unit_id, f"fingerprint {fingerprint[:16]}...")
-    return unit
-
-
-def set_unit_active(user, unit_id: str, active: bool) -> None:
-    """A lost or stolen unit is deactivated: its key opens nothing here until it is reactivated."""
-    with transaction.atomic():
-        if not Unit.objects.filter(unit_id=unit_id).update(active=active):
-            raise OfficeError(f"unit id: no unit {unit_id!r}")
-        audit(user, "reactivate_unit" if active else "deactivate_unit", unit_id)
-
-
-@role_required("manager", "technician")
-def alerts_page(request):
-    return render(request, "office/alerts.html", {"alerts": current_alerts()})
+    return render(request, "office/alerts.html", {"alerts": current_alerts(), "no_sale_h": office_no_sale_hours()})
 
 
 def alerts_json(request):

@@ -13,10 +13,9 @@ from ..errors import AccountsError, BoardLinkError, CameraError, JournalError
 from ..devices.notify import Notifier
 from ..heap import keep_large_blocks_unheaped
 from .service import PurchaseLoop
+from .watchdog import STORE_RETRY_S, warn_unsafe_waits
 
 log = logging.getLogger("vendor_node.unit")
-
-STORE_RETRY_S = 5.0  # a database that cannot be opened (full or read-only disk) is tried again this often
 
 
 def open_board(cfg, *, port: str | None = None, stop_event: threading.Event | None = None):
@@ -55,6 +54,7 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
     recognizer = Recognizer.from_config(cfg)  # ModelError: exit non-zero, `vendor-node selftest` says why
     recognizer.guard = unit_template_guard(keystore)
     notifier = notifier or Notifier()
+    warn_unsafe_waits(cfg, notifier.watchdog_s)  # a configured wait that systemd would take for a hang
     opened = _open_stores_when_possible(cfg, stop_event, notifier, open_db, Journal,
                                         lambda c, conn, j: AccountStore(c, conn, j, keystore), store_retry_s)
     if opened is None:  # stopped while waiting for the disk

@@ -24,13 +24,13 @@ from ..devices.notify import Notifier
 from ..heap import release_free_heap
 from ..money.journal_guard import check_integrity, probe_durable_write
 from .purchase import Purchase, State, money
+from .watchdog import RECONNECT_WINDOW_S, attach_watchdog
 
 log = logging.getLogger("vendor_node.unit")
 
 STATUS_CHECK_S = 1.0  # bundle age, faults, gallery refresh
 LATE_OUTCOME_GRACE_S = 120.0  # a vend success this late after an unknown outcome still settles it
 FAULT_RETRY_S = 5.0  # camera / journal retry while out of service
-RECONNECT_WINDOW_S = 5.0  # one reopen attempt series of the board's port per loop iteration
 SESSION_END_WAIT_S = 0.5  # after an outcome, let the machine close the session (a contradiction shows here)
 DEBUG_IMAGES_MAX = 50
 PURGE_EVERY_S = 24 * 3600.0
@@ -59,6 +59,7 @@ class UnitHealth:
         self.recognizer, self.accounts, self.journal, self.abuse = recognizer, accounts, journal, abuse
         self.stop_event = stop_event
         self.notifier = notifier or Notifier(address="")
+        self.iteration_limit_s = attach_watchdog(cfg, board, self.notifier)
         self.on_purchase = on_purchase
         self._open_camera = open_camera
         self._gallery_factory = gallery_factory or default_gallery

@@ -2,24 +2,57 @@
 
 money and devices never import each other, so every command that opens the unit's keys goes
 through ``unit_keystore(cfg)``: in ``otp`` mode the store gets the board's OTP reader (emulated by
-a file when ``keys.otp_file`` is set), in ``software`` mode plain files. ``check_unit_keys`` is the
-start-up check: a copied state directory, or key files without their board's OTP key, stop the unit
-with the cause instead of running with keys it cannot open.
+a file when ``keys.otp_file`` is set), in ``secure_element`` mode the chip's answer to the state
+directory's challenge (an emulated chip when ``keys.secure_element.emulated_file`` is set), in
+``software`` mode plain files. ``check_unit_keys`` is the start-up check: a copied state directory,
+or key files without their board's secret, stop the unit with the cause instead of running with
+keys it cannot open.
 """
 from __future__ import annotations
 
-from ..devices.otp import otp_source
-from ..errors import RecognitionError
+from ..devices.otp import otp_source, outside_state_dir
+from ..devices.secure_element import SecureElement
+from ..errors import KeyFileError, RecognitionError
 from ..hand.gallery import Gallery
 from ..hand.template_guard import TemplateGuard, guard_id_of_template
-from ..money.key_wrap import template_guard_key_from_fleet
+from ..money.key_wrap import template_guard_key_from_fleet, wrap_challenge
 from ..money.keys import KeyStore
 
 
+def secure_element_source(keys_cfg, state_dir, **options) -> SecureElement:
+    """The chip ``[keys.secure_element]`` names: on the I2C bus, or an emulated chip file outside the state dir."""
+    se = keys_cfg.secure_element
+    if se.slot is None:
+        raise KeyFileError("keys.secure_element.slot: required when keys.mode = \"secure_element\"")
+    if se.emulated_file is not None:
+        from ..devices.secure_element_emulator import EmulatedChip
+
+        path = outside_state_dir(se.emulated_file, state_dir, "keys.secure_element.emulated_file", "an emulated chip")
+        return SecureElement(EmulatedChip(path).open, se.slot, f"emulated secure element {path} slot {se.slot}",
+                             **options)
+    from ..devices.secure_element_i2c import I2cTransport
+
+    return SecureElement(lambda: I2cTransport(se.bus, se.address), se.slot,
+                         f"ATECC608 on /dev/i2c-{se.bus} at 0x{se.address:02x} slot {se.slot}", **options)
+
+
+def board_key_source(cfg):
+    """The OTP key or the secure element ``[keys]`` names (None in software mode); nothing is read yet."""
+    if cfg.keys.mode == "otp":
+        return otp_source(cfg.keys, cfg.state_dir)
+    if cfg.keys.mode == "secure_element":
+        return secure_element_source(cfg.keys, cfg.state_dir)
+    return None
+
+
 def unit_keystore(cfg) -> KeyStore:
-    if cfg.keys.mode != "otp":
-        return KeyStore.from_config(cfg)
-    return KeyStore.from_config(cfg, lambda: otp_source(cfg.keys, cfg.state_dir).read())  # errors when used
+    if cfg.keys.mode == "otp":
+        return KeyStore.from_config(cfg, lambda: otp_source(cfg.keys, cfg.state_dir).read())  # errors when used
+    if cfg.keys.mode == "secure_element":
+        store = KeyStore.from_config(cfg)
+        return KeyStore.from_config(cfg, lambda: secure_element_source(cfg.keys, cfg.state_dir).respond(
+            wrap_challenge(store.keys_dir)))
+    return KeyStore.from_config(cfg)
 
 
 def check_unit_keys(cfg) -> KeyStore:

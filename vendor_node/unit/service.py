@@ -13,7 +13,7 @@ backoff, a camera fault or an unwritable journal puts the unit out of service
 retries and start-up recovery are health.py's), a refused hand gets a hint.
 Anything else propagates so the process exits non-zero and systemd restarts it.
 ``WATCHDOG=1`` is sent only when a loop iteration completes (or a bounded wait
-inside one returns), so a camera or serial call that hangs leads to a restart.
+inside one returns), so a hung camera or serial call is restarted (watchdog.py).
 The unit is assembled around this loop in assemble.py.
 """
 from __future__ import annotations
@@ -84,7 +84,8 @@ class PurchaseLoop(UnitHealth):
     def run_once(self) -> None:
         """One loop iteration, its errors handled by class; pings the watchdog when it completes."""
         try:
-            self.step()
+            with self.notifier.bounded("a loop iteration", self.iteration_limit_s):
+                self.step()
         except BoardLinkError as exc:
             self._on_board_lost(exc)
         except CameraError as exc:

@@ -1,0 +1,145 @@
+"""What a technician does to a unit in the office, and what the office keeps of its heartbeats.
+
+Register (id + key fingerprint), deactivate/reactivate, the no-sale alert setting (per unit or
+office-wide), and "unit reinstalled: accept a new journal": a unit whose SD card was replaced starts
+a fresh journal at seq 1, which the office refuses as not continuing the one it holds. Accepting it
+closes the old journal where it ended (kept on record, its charges stay in the ledger and are never
+counted again) and opens a new one, ingested from seq 1. Every action writes one audit row.
+"""
+from __future__ import annotations
+
+from .setup import importable
+
+importable()
+
+import re
+
+from django.db import transaction
+from django.utils import timezone
+
+from ..errors import OfficeError
+from ..money.bundle import EMPLOYEE_ID_RE
+from ..money.journal_schema import GENESIS_HASH
+from .models import HeartbeatRecord, JournalEpoch, OfficeSetting, Unit, audit
+
+HEARTBEATS_KEPT = 100  # per unit: a nightly sync's heartbeats for about three months, or a day of retries
+NO_SALE_SETTING = "no_sale_alert_h"
+NO_SALE_DEFAULT_H = 48  # a weekend without a sale is normal in an office; two working days are not
+MAX_ALERT_H = 24 * 366
+
+
+def normalise_fingerprint(text: str) -> str:
+    """Hex digits only, lower case (provision prints it grouped)."""
+    return re.sub(r"[^0-9a-f]", "", (text or "").lower())
+
+
+def _fingerprint(text: str) -> str:
+    fingerprint = normalise_fingerprint(text)
+    if len(fingerprint) != 64:
+        raise OfficeError(f"fingerprint: expected 64 hex digits (as `vendor-node provision` prints), "
+                          f"got {len(fingerprint)}")
+    return fingerprint
+
+
+def register_unit(user, unit_id: str, fingerprint: str, site: str = "") -> Unit:
+    from .ledger import _clean_text
+
+    if not EMPLOYEE_ID_RE.match(unit_id or ""):
+        raise OfficeError(f"unit id: {unit_id!r} is not valid (letters, digits, . _ @ -)")
+    fingerprint = _fingerprint(fingerprint)
+    site = _clean_text(site, "site", 100)
+    with transaction.atomic():
+        if Unit.objects.filter(unit_id=unit_id).exists():
+            raise OfficeError(f"unit id: {unit_id!r} is already registered")
+        unit = Unit.objects.create(unit_id=unit_id, fingerprint=fingerprint, site=site)
+        audit(user, "register_unit", unit_id, f"fingerprint {fingerprint[:16]}...")
+    return unit
+
+
+def set_unit_active(user, unit_id: str, active: bool) -> None:
+    """A lost or stolen unit is deactivated: its key opens nothing here until it is reactivated."""
+    with transaction.atomic():
+        if not Unit.objects.filter(unit_id=unit_id).update(active=active):
+            raise OfficeError(f"unit id: no unit {unit_id!r}")
+        audit(user, "reactivate_unit" if active else "deactivate_unit", unit_id)
+
+
+def accept_new_journal(user, unit_id: str, confirm_id: str, new_fingerprint: str = "",
+                       reason: str = "") -> JournalEpoch:
+    """Close the unit's journal where the office holds it and ingest its next uploads from seq 1."""
+    from .ledger import _clean_text
+
+    if confirm_id != unit_id:
+        raise OfficeError(f"confirmation: type the unit id {unit_id} to confirm")
+    reason = _clean_text(reason, "reason", 300)
+    fingerprint = _fingerprint(new_fingerprint) if new_fingerprint.strip() else ""
+    with transaction.atomic():
+        unit = Unit.objects.select_for_update().filter(unit_id=unit_id).first()
+        if unit is None:
+            raise OfficeError(f"unit id: no unit {unit_id!r}")
+        closed = JournalEpoch.objects.create(unit=unit, epoch=unit.journal_epoch, last_seq=unit.last_seq,
+                                             last_hash=unit.last_hash, closed_by=_who(user), reason=reason)
+        unit.journal_epoch += 1
+        unit.last_seq, unit.last_hash, unit.gap, unit.refused = 0, GENESIS_HASH, "", ""
+        fields = ["journal_epoch", "last_seq", "last_hash", "gap", "refused"]
+        if fingerprint:
+            unit.fingerprint = fingerprint
+            fields.append("fingerprint")
+        unit.save(update_fields=fields)
+        audit(user, "accept_new_journal", unit_id,
+              f"journal {closed.epoch} closed at seq {closed.last_seq} (hash {closed.last_hash[:16]}); "
+              f"journal {unit.journal_epoch} starts at seq 1"
+              + (f"; new key fingerprint {fingerprint[:16]}..." if fingerprint else "")
+              + (f"; {reason}" if reason else ""))
+    return closed
+
+
+def _who(user) -> str:
+    return (getattr(user, "username", None) or str(user or "system"))[:150]
+
+
+def _hours(text, what: str) -> int | None:
+    text = str(text if text is not None else "").strip()
+    if not text:
+        return None
+    if not text.isdigit() or int(text) > MAX_ALERT_H:
+        raise OfficeError(f"{what}: expected whole hours from 0 (never) to {MAX_ALERT_H}, got {text!r}")
+    return int(text)
+
+
+def office_no_sale_hours() -> int:
+    row = OfficeSetting.objects.filter(name=NO_SALE_SETTING).values_list("value", flat=True).first()
+    return NO_SALE_DEFAULT_H if row is None else row
+
+
+def set_office_no_sale_hours(user, text) -> int:
+    hours = _hours(text, "no sale alert hours")
+    if hours is None:
+        raise OfficeError(f"no sale alert hours: required (0 turns the alert off, default {NO_SALE_DEFAULT_H})")
+    with transaction.atomic():
+        OfficeSetting.objects.update_or_create(name=NO_SALE_SETTING, defaults={"value": hours})
+        audit(user, "set_no_sale_alert", "office", f"{hours} h" if hours else "off")
+    return hours
+
+
+def set_unit_no_sale_hours(user, unit_id: str, text) -> int | None:
+    """Hours without a sale before this unit is flagged; blank follows the office-wide setting, 0 never."""
+    hours = _hours(text, "no sale alert hours")
+    with transaction.atomic():
+        if not Unit.objects.filter(unit_id=unit_id).update(no_sale_alert_h=hours):
+            raise OfficeError(f"unit id: no unit {unit_id!r}")
+        audit(user, "set_no_sale_alert", unit_id,
+              "office-wide setting" if hours is None else (f"{hours} h" if hours else "off"))
+    return hours
+
+
+def record_heartbeat(unit: Unit, clean: dict, clock_offset_s: float) -> None:
+    """The latest heartbeat on the unit (the units page), and a bounded history (the unit's page)."""
+    now = timezone.now()
+    with transaction.atomic():
+        Unit.objects.filter(pk=unit.pk).update(heartbeat=clean, heartbeat_at=now, clock_offset_s=clock_offset_s)
+        HeartbeatRecord.objects.create(unit=unit, received_at=now, data=clean, clock_offset_s=clock_offset_s)
+        oldest_kept = HeartbeatRecord.objects.filter(unit=unit).order_by("-received_at", "-id") \
+            .values_list("received_at", flat=True)[HEARTBEATS_KEPT - 1:HEARTBEATS_KEPT].first()
+        if oldest_kept is not None:
+            HeartbeatRecord.objects.filter(unit=unit, received_at__lt=oldest_kept).delete()
