@@ -35,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from palm_data import augment, load_tongji, split_palms, synthetic_palm  # noqa: E402
 from train_gabor import check_tflite_214, io_quantization  # noqa: E402
 from training_metrics import all_pairs, fmr_points, session_protocol, threshold_at  # noqa: E402
+from vendor_node.hand.evaluation_embedding import unit_levels  # noqa: E402
 from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr, upper_bound_95  # noqa: E402
 from vendor_node.hand.model import Embedder, embedding_template, model_ops  # noqa: E402
 
@@ -75,7 +76,7 @@ def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_ro
         x, y = [], []
         for i, flip in zip(pick, mirror):
             roi = pool[i][:, ::-1] if flip else pool[i]
-            x.append(augment(np.ascontiguousarray(roi), rng))
+            x.append(unit_levels(augment(np.ascontiguousarray(roi), rng)))  # the levels the unit's ROIs have
             offset = (int(synth_labels.max()) + 1) if phase == 0 else classes
             y.append(int(labels[i]) + (offset if flip else 0))
         return to_input(np.stack(x)), np.array(y, np.int32)
@@ -172,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     train_seconds = time.time() - started
 
     rng = np.random.default_rng(args.seed)
-    representative = [augment(train_rois[i], rng, 0.5) for i in rng.permutation(len(train_rois))[:300]]
+    representative = [unit_levels(augment(train_rois[i], rng, 0.5)) for i in rng.permutation(len(train_rois))[:300]]
     model_bytes = palm_net.export_int8(model, representative)
     q_in, q_out = io_quantization(model_bytes)
     manifest = {
@@ -192,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         sides = {}
         for side in ("calibrate", "test"):
             names = [(p, s) for p in split[side] for s in sorted(palms[p]) for _ in palms[p][s]]
-            rois = [roi for p in split[side] for s in sorted(palms[p]) for roi in palms[p][s]]
+            rois = [unit_levels(roi) for p in split[side] for s in sorted(palms[p]) for roi in palms[p][s]]
             sides[side] = (embed_all(embedder, rois, progress, f"int8 {side}"), [n[0] for n in names],
                            [n[1] for n in names])
         timing = []
@@ -245,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                  "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
                  "drawn_hand_people": args.drawn_people},
         "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
-                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels",
+                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; then the "
+                        "unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
+                        "measured",
         "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
         "seconds_training": round(train_seconds, 1), "seconds_total": round(time.time() - started, 1),
         "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),

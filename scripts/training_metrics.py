@@ -248,7 +248,7 @@ def fmr_points(impostor: np.ndarray) -> dict:
             t, source = u + beta * np.log(p_u / fmr), "tail fit"
         t = max(float(t), previous)  # a lower FMR never needs a lower threshold
         previous = t
-        points.append([fmr, round(t, 5)])
+        points.append([fmr, float(np.ceil(t * 1e5) / 1e5)])  # rounded up: never lets more through
         sources.append(source)
     return {"fmr_points": points, "fmr_point_sources": sources, "measured_down_to": measured_down_to,
             "calibration_impostors": int(n),

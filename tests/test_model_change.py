@@ -120,3 +120,51 @@ def test_selftest_counts_templates_on_each_model(tmp_path, capsys):
     assert main(["selftest", "--sim", "--state-dir", str(cfg.state_dir)]) == 1
     line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].lstrip().startswith("templates"))
     assert line.startswith("FAIL") and "1 made by no model this firmware ships" in line and "enroll again" in line
+
+
+@pytest.fixture(scope="module")
+def two_models():
+    old = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    return old, Recognizer(StandInEmbedder(), accepted=(old.embedder,))
+
+
+def test_a_probe_is_coded_by_an_older_model_only_when_its_templates_are_there(two_models):
+    from vendor_node.hand.gallery import Gallery
+
+    old, new = two_models
+    fresh = Gallery.from_templates({f"E{p}": new.enroll([draw_hand(p, 0)]).template for p in (6, 7)})
+    probe = new.features(draw_hand(6, 2))
+    assert new.identify(probe, fresh).employee_id == "E6" and not probe.other  # no palm code computed
+    mixed = Gallery.from_templates({"E6": new.enroll([draw_hand(6, 0)]).template,
+                                    "E7": old.enroll([draw_hand(7, 0)]).template})
+    match = new.identify(new.features(draw_hand(7, 2)), mixed)
+    assert (match.employee_id, match.model_id) == ("E7", "palm-gabor-1")
+
+
+def test_templates_of_a_model_no_longer_shipped_are_counted_not_matched(two_models):
+    from vendor_node.hand.gallery import Gallery
+
+    old, new = two_models
+    retired = EmbeddingTemplate(np.ones(128, np.int8), model_tag("palm-embed-0")).to_bytes()
+    gallery = Gallery.from_templates({"E6": new.enroll([draw_hand(6, 0)]).template, "E9": retired})
+    assert new.identify(new.features(draw_hand(6, 2)), gallery).employee_id == "E6"
+    assert new.templates_by_model(gallery) == {"palm-embed-standin": 1, "unknown model": 1}
+
+
+def test_two_models_each_naming_someone_is_ambiguous_and_a_clash_is_not_refreshed(two_models):
+    from vendor_node.hand.gallery import Gallery
+    from vendor_node.hand.recognition import Match
+
+    old, new = two_models
+    # the same person under both models (as if two employees shared a hand): never a payer
+    both = Gallery.from_templates({"A": new.enroll([draw_hand(6, 0)]).template,
+                                   "B": old.enroll([draw_hand(6, 0), draw_hand(6, 1)]).template})
+    assert new.identify(new.features(draw_hand(6, 2)), both).reason == "ambiguous"
+    # a confident old-model match whose new template would land on another employee's: left as it is
+    probe = new.features(draw_hand(6, 3))
+    claimed = Match("B", 0.99, 0.1, "match", "palm-gabor-1")
+    assert new.refreshed_template(probe, claimed, both) is None
+    alone = Gallery.from_templates({"B": old.enroll([draw_hand(6, 0), draw_hand(6, 1)]).template})
+    assert parse_template(new.refreshed_template(probe, claimed, alone)).model_tag == model_tag("palm-embed-standin")
+    weak = Match("B", new.policies["palm-gabor-1"].threshold + 0.01, 0.1, "match", "palm-gabor-1")
+    assert new.refreshed_template(probe, weak, alone) is None  # not confident enough: not refreshed

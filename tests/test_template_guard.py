@@ -7,12 +7,13 @@ import numpy as np
 import pytest
 
 from vendor_node.cli import main
-from vendor_node.config import Config, load_config
+from vendor_node.config import ASSETS_DIR, Config, load_config
 from vendor_node.errors import RecognitionError
 from vendor_node.hand import palmcode
 from vendor_node.hand.gallery import parse_template
 from vendor_node.hand.recognition import Gallery, Recognizer
-from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, is_guarded
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.template_guard import GuardedTemplate, TemplateGuard, guard_id_of_template, is_guarded
 from vendor_node.sim.drawn_hands import draw_hand
 
 PEOPLE = range(1, 7)
@@ -26,16 +27,18 @@ def no_system_config(monkeypatch):
 
 @pytest.fixture(scope="module")
 def hands():
-    """Drawn hands: two enrollment frames and one later probe per person, coded by the real model."""
-    recognizer = Recognizer.from_config(Config())
+    """Drawn hands: two enrollment frames and one later probe per person, coded by the palm-code model."""
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
     enroll = {f"p{p}": [recognizer.features(draw_hand(p, s)) for s in (0, 1)] for p in PEOPLE}
     probes = [recognizer.features(draw_hand(p, 7)) for p in PEOPLE]
     clear = {k: recognizer.enroll_features(v).template for k, v in enroll.items()}
     return types.SimpleNamespace(recognizer=recognizer, enroll=enroll, probes=probes, clear=clear)
 
 
-def guarded_recognizer(guard):
-    recognizer = Recognizer.from_config(Config())
+def guarded_recognizer(guard, every_shipped_model: bool = False):
+    """The palm-code model's recognizer under ``guard`` (or the unit's, with every shipped model)."""
+    recognizer = (Recognizer.from_config(Config()) if every_shipped_model
+                  else Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1")))
     recognizer.guard = guard
     return recognizer
 
@@ -159,9 +162,9 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
     templates, queued = stored_templates(unit)
     old = unit_template_guard(KeyStore.from_config(unit.cfg))
     assert all(is_guarded(t) for t in templates.values()) and len(queued) == 3
-    assert {k: old.reveal(t) for k, t in templates.items()} == {
-        f"p{p}": hands.recognizer.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (1, 2, 3)}
-    before = guarded_recognizer(old).score_matrix(hands.probes, Gallery.from_templates(templates))
+    assert {k: old.reveal(t) for k, t in templates.items()} == {  # the active model's templates
+        f"p{p}": Recognizer.from_config(Config()).enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for p in (1, 2, 3)}
+    before = guarded_recognizer(old, True).score_matrix(hands.probes, Gallery.from_templates(templates))
 
     from vendor_node.money.accounts import AccountStore
 
@@ -175,8 +178,8 @@ def test_cli_enrollment_stores_guarded_templates_and_renewal_keeps_every_score(h
     new = unit_template_guard(KeyStore.from_config(unit.cfg))
     assert new.guard_id == TemplateGuard(new_key.read_bytes()).guard_id != old.guard_id
     renewed, renewed_queue = stored_templates(unit)
-    assert all(GuardedTemplate.from_bytes(t).guard_id == new.guard_id for t in renewed.values())
-    after = guarded_recognizer(new).score_matrix(hands.probes, Gallery.from_templates(renewed))
+    assert all(guard_id_of_template(t) == new.guard_id for t in renewed.values())
+    after = guarded_recognizer(new, True).score_matrix(hands.probes, Gallery.from_templates(renewed))
     np.testing.assert_array_equal(before, after)
     # the renewed forms are queued again (sealed for transport) so the office relays them to the other units
     from vendor_node.money.keys import TemplateCipher
@@ -276,7 +279,6 @@ def test_cli_renewal_moves_embedding_templates_and_palm_codes_alike(unit, capsys
     """`keys renew-template-guard` on a unit mid-way through a model change: both kinds renewed, nothing lost."""
     from vendor_node.hand.model import embedding_template
     from vendor_node.hand.templates import EmbeddingTemplate, model_tag
-    from vendor_node.hand.template_guard import guard_id_of_template
     from vendor_node.money.accounts import AccountStore
     from vendor_node.money.keys import KeyStore
     from vendor_node.unit.keysource import unit_template_guard

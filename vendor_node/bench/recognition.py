@@ -68,33 +68,37 @@ def bench_search(size: int, rng: np.random.Generator, dim: int = 128) -> dict:
     vectors = np.clip(np.round(rng.normal(0, 127 / np.sqrt(dim), (size, dim))), -127, 127).astype(np.int8)
     ids = [f"employee-{i:06d}" for i in range(size)]
     blobs = [EmbeddingTemplate(v, tag).to_bytes() for v in vectors]
+    start = time.perf_counter()
+    Gallery.from_rows(ids, blobs)
+    build_s = time.perf_counter() - start
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
-    start = time.perf_counter()
     gallery = Gallery.from_rows(ids, blobs)
-    build_s = time.perf_counter() - start
     held = sum(s.size_diff for s in tracemalloc.take_snapshot().compare_to(before, "filename"))
     tracemalloc.stop()
     del blobs
     bank = gallery.embeddings[tag]
     targets = rng.integers(0, size, SEARCH_PROBES)
-    probes = [embedding_template(vectors[t].astype(np.float32) + rng.normal(0, 40, dim)) for t in targets]
+    probes = [embedding_template(vectors[t].astype(np.float32) + rng.normal(0, 5, dim)) for t in targets]  # cos ~0.9
     matrix = vectors.astype(np.float32)  # the baseline's own copy, made once (not timed)
     for probe in probes[:5]:  # warm-up
         bank.best_two(probe)
         brute_force_best(matrix, probe)
-    ours, base, agree, right = [], [], 0, 0
+    ours, base, ours_cpu, base_cpu, agree, right = [], [], [], [], 0, 0
     for target, probe in zip(targets, probes):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         row, best, _ = bank.best_two(probe)
-        t1 = time.perf_counter()
+        t1, c1 = time.perf_counter(), time.thread_time()
         brow, bbest, _ = brute_force_best(matrix, probe)
-        t2 = time.perf_counter()
+        t2, c2 = time.perf_counter(), time.thread_time()
         ours.append(t1 - t0)
         base.append(t2 - t1)
+        ours_cpu.append(c1 - c0)  # this thread's CPU time: what a busy machine's preemption does not inflate
+        base_cpu.append(c2 - c1)
         agree += bank.ids[row] == ids[brow] and abs(best - bbest) < 1e-5
         right += bank.ids[row] == ids[target]
-    return {"size": size, "ours": _ms(ours), "brute": _ms(base), "kib_per_1000": held / 1024 / (size / 1000),
+    return {"size": size, "ours": _ms(ours), "brute": _ms(base), "ours_cpu": _ms(ours_cpu), "brute_cpu": _ms(base_cpu),
+            "kib_per_1000": held / 1024 / (size / 1000),
             "build_ms": build_s * 1000, "agree": agree, "right": right, "probes": len(probes)}
 
 
@@ -147,27 +151,37 @@ def run(args, cfg) -> int:
     print()
     print(f"1:N search, {SEARCH_PROBES} probes each (int8 gallery vs plain numpy brute force, same vectors):")
     print(f"{'templates':>10} {'p50 ms':>8} {'p95 ms':>8} {'target':>7} {'brute p50':>10} {'brute p95':>10} "
-          f"{'brute/ours p95':>15} {'KiB/1,000':>10} {'same answer':>12}")
+          f"{'brute/ours p95':>15} {'KiB/1,000':>10} {'same answer':>12} {'build ms':>9} {'right':>8}")
     for s in searches:
         target = SEARCH_TARGETS_MS[s["size"]]
         ratio = s["brute"][1] / s["ours"][1]
         record(f"1:N p95 at {s['size']:,}", s["ours"][1], "ms", target, median=s["ours"][0],
                brute_force_p95_ms=s["brute"][1], brute_force_median_ms=s["brute"][0], speedup_p95=ratio,
                build_ms=s["build_ms"], found_right=s["right"], agree_with_brute_force=s["agree"], probes=s["probes"])
+        record(f"1:N CPU time p95 at {s['size']:,}", s["ours_cpu"][1], "ms", target, median=s["ours_cpu"][0],
+               brute_force_p95_ms=s["brute_cpu"][1], speedup_p95=s["brute_cpu"][1] / s["ours_cpu"][1])
         record(f"gallery memory per 1,000 at {s['size']:,}", s["kib_per_1000"], "KiB", MEMORY_TARGET_KIB)
         print(f"{s['size']:>10,} {s['ours'][0]:8.2f} {s['ours'][1]:8.2f} {target or '-':>7} {s['brute'][0]:10.2f} "
-              f"{s['brute'][1]:10.2f} {ratio:15.1f} {s['kib_per_1000']:10.0f} {s['agree']:>7}/{s['probes']}")
+              f"{s['brute'][1]:10.2f} {ratio:15.1f} {s['kib_per_1000']:10.0f} {s['agree']:>7}/{s['probes']} "
+              f"{s['build_ms']:9.0f} {s['right']:>4}/{s['probes']}")
     template_bytes = max(len(t) for t in own.values())
     record("template bytes", template_bytes, "B", MAX_TEMPLATE_BYTES if recognizer.active.kind == "embedding" else 1024)
     record("model file bytes", model_bytes, "B", MAX_MODEL_BYTES)
     record("peak RSS", _rss_mb(), "MiB", None, start=rss_start, after_model=rss_model)
     print(f"template {template_bytes} bytes; model file {model_bytes} bytes (limit {MAX_MODEL_BYTES}); "
           f"peak RSS {rss_start:.0f} MiB at start, {_rss_mb():.0f} MiB at the end (the baseline's float copies count)")
+    print("the same searches in this thread's CPU time (what preemption on a busy machine does not inflate):")
+    for s in searches:
+        print(f"{s['size']:>10,} {s['ours_cpu'][0]:8.2f} {s['ours_cpu'][1]:8.2f} {SEARCH_TARGETS_MS[s['size']] or '-':>7} "
+              f"{s['brute_cpu'][0]:10.2f} {s['brute_cpu'][1]:10.2f} {s['brute_cpu'][1] / s['ours_cpu'][1]:15.1f}")
     over = [s for s in searches if SEARCH_TARGETS_MS[s["size"]] and s["ours"][1] > SEARCH_TARGETS_MS[s["size"]]]
     over += [s for s in searches if s["kib_per_1000"] > MEMORY_TARGET_KIB]
     print("1:N and memory: " + ("OVER target at " + ", ".join(f"{s['size']:,}" for s in over) if over
                                 else "within every target"))
-    return 0
+    total_p95 = rows[-1][2]
+    print(f"preprocess + model + match vs 1,000: p95 {total_p95:.1f} ms, "
+          f"{'within' if total_p95 <= TOTAL_TARGET_MS else 'OVER'} the {TOTAL_TARGET_MS:.0f} ms target")
+    return 0 if not over and total_p95 <= TOTAL_TARGET_MS else 1
 
 
 def _fillers(recognizer, own: dict, count: int) -> dict[str, bytes]:

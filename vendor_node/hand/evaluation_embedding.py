@@ -18,6 +18,14 @@ from .evaluation_metrics import decide, upper_bound_95
 from .model import Embedder, embedding_scores, embedding_template
 
 MAX_WRONG_PAYER = 1e-3  # recognition.max_wrong_payer's default: projected wrong payers per stranger presentation
+ROI_MEAN, ROI_SD = 128.0, 40.0  # the grey levels palm_square.cut_roi gives every palm region on the unit
+
+
+def unit_levels(roi: np.ndarray) -> np.ndarray:
+    """A palm region cut elsewhere (e.g. Tongji's) at the unit's grey levels: mean 128, sd 40, uint8."""
+    raw = roi.astype(np.float32)
+    out = (raw - raw.mean()) * (ROI_SD / (float(raw.std()) + 1e-3)) + ROI_MEAN
+    return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def threshold_for_gallery(decision: dict, gallery_size: int, max_wrong_payer: float = MAX_WRONG_PAYER) -> float:
@@ -143,7 +151,8 @@ def recognizer_for(model_dir, cfg, palm_code_recognizer):
 
 
 class RoiInput:
-    """``eval --roi``: each image already is the aligned palm region; hand finding is skipped."""
+    """``eval --roi``: each image already is the aligned palm region; hand finding is skipped, and the region is
+    brought to the unit's grey levels (``unit_levels``) as the unit's own preprocessing would."""
 
     def __init__(self, recognizer):
         self._inner = recognizer
@@ -159,4 +168,4 @@ class RoiInput:
             raise HandRejected("roi_not_square", f"a palm region must be square, got {width}x{height}")
         if height != 128:
             image = cv2.resize(image, (128, 128), interpolation=cv2.INTER_AREA)
-        return self._inner.features_from_roi(image)
+        return self._inner.features_from_roi(unit_levels(image))

@@ -55,7 +55,7 @@ class PalmCodeMatcher:
 
     def __init__(self, embedder, params: palmcode.CodeParams | None = None):
         self.embedder = embedder
-        self.model_id = embedder.model_id
+        self.model_id = getattr(embedder, "model_id", None) or embedder.manifest.get("model_id", "palm-code")
         self.params = params or palmcode.CodeParams.from_manifest(embedder.manifest.get("code", {}))
         self.grid = tuple(embedder.output_shape[:2])
         self.feature_id = feature_id(embedder.manifest)

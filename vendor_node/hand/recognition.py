@@ -45,7 +45,8 @@ class Match:
 
 
 def make_matcher(embedder: Embedder, params: palmcode.CodeParams | None = None):
-    return EmbeddingMatcher(embedder) if embedder.kind == "embedding" else PalmCodeMatcher(embedder, params)
+    kind = getattr(embedder, "kind", None) or embedder.manifest.get("kind", "palm_code")  # training's float twins
+    return EmbeddingMatcher(embedder) if kind == "embedding" else PalmCodeMatcher(embedder, params)
 
 
 class Recognizer:

@@ -330,6 +330,7 @@ class PurchaseLoop(UnitHealth):
 
     def _serve(self, p: Purchase, flow) -> None:
         """Run one purchase flow; whatever happens, the purchase is closed consistently and logged."""
+        self._refresh_due = None
         try:
             flow(p)
         except BaseException as exc:
@@ -337,9 +338,9 @@ class PurchaseLoop(UnitHealth):
             raise
         finally:
             self._finish(p)
-            due, self._refresh_due = getattr(self, "_refresh_due", None), None
-            if due is not None:
-                refresh_old_template(self, *due)
+        due, self._refresh_due = self._refresh_due, None  # the frame's palm region is not kept past this
+        if due is not None:  # matched under an older model's template: refreshed now that the board is served
+            refresh_old_template(self, *due)
 
     def _abandon(self, p: Purchase, exc: BaseException) -> None:
         """An error cut the purchase short: close its journal session without ever guessing a charge."""

@@ -1,0 +1,121 @@
+"""The learned model's training helpers: synthetic palms, person splits, calibration maths, the int8 export.
+
+No TensorFlow needed except for the export test, which skips without it (the suite's venv has none).
+"""
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import numpy as np
+import pytest
+
+from vendor_node.config import ASSETS_DIR
+from vendor_node.hand.model import embedding_scores, embedding_template
+
+SCRIPTS = ASSETS_DIR.parent / "scripts"
+
+
+def _load(name):
+    if str(SCRIPTS) not in sys.path:
+        sys.path.insert(0, str(SCRIPTS))
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def palm_data():
+    return _load("palm_data")
+
+
+@pytest.fixture(scope="module")
+def metrics():
+    return _load("training_metrics")
+
+
+def test_synthetic_palms_are_deterministic_and_identities_differ(palm_data):
+    a = palm_data.synthetic_palm(3, 0, seed=1)
+    assert a.shape == (128, 128) and a.dtype == np.uint8
+    assert np.array_equal(a, palm_data.synthetic_palm(3, 0, seed=1))
+    assert not np.array_equal(a, palm_data.synthetic_palm(3, 0, seed=2))
+    same = palm_data.synthetic_palm(3, 1, seed=1).astype(float)
+    other = palm_data.synthetic_palm(4, 0, seed=1).astype(float)
+    corr = lambda x, y: float(np.corrcoef(x.ravel(), y.ravel())[0, 1])  # noqa: E731
+    assert corr(a, same) > corr(a, other) + 0.2  # a sample's jitter is smaller than another identity
+
+
+def test_augmentation_is_seeded_and_keeps_the_roi_shape(palm_data):
+    roi = palm_data.synthetic_palm(0, 0)
+    one = palm_data.augment(roi, np.random.default_rng(5))
+    assert one.shape == roi.shape and one.dtype == np.uint8
+    assert np.array_equal(one, palm_data.augment(roi, np.random.default_rng(5)))
+    assert not np.array_equal(one, roi)
+
+
+def test_person_split_keeps_both_hands_of_a_person_together(palm_data):
+    palms = [f"{i:03d}" for i in range(300)]
+    split = palm_data.split_palms(palms, seed=7, calibrate=60, test=90)
+    assert split == palm_data.split_palms(palms, seed=7, calibrate=60, test=90)
+    assert split != palm_data.split_palms(palms, seed=8, calibrate=60, test=90)
+    assert (len(split["test"]), len(split["calibrate"]), len(split["train"])) == (90, 60, 150)
+    assert sorted(split["train"] + split["calibrate"] + split["test"]) == palms
+    side = {p: name for name, members in split.items() for p in members}
+    for i in range(150):
+        assert side[f"{2 * i:03d}"] == side[f"{2 * i + 1:03d}"]
+    with pytest.raises(ValueError, match="cannot give"):
+        palm_data.split_palms(palms[:10], seed=1, calibrate=6, test=6)
+
+
+def test_training_scores_are_the_units_scores(metrics):
+    rng = np.random.default_rng(1)
+    templates = np.stack([embedding_template(v) for v in rng.normal(size=(20, 128))])
+    matrix = metrics.template_scores(templates, templates)
+    for i in (0, 7):
+        assert np.allclose(matrix[i], embedding_scores(templates[i], templates), atol=1e-6)
+
+
+def test_fmr_points_are_counted_where_measured_then_a_tail_fit(metrics):
+    impostor = np.random.default_rng(2).normal(0, 0.1, 400_000)
+    curve = metrics.fmr_points(impostor)
+    assert curve["measured_down_to"] == 1e-5 and curve["calibration_impostors"] == 400_000
+    assert curve["fmr_point_sources"][:4] == ["measured"] * 4 and set(curve["fmr_point_sources"][4:]) == {"tail fit"}
+    thresholds = [t for _, t in curve["fmr_points"]]
+    assert thresholds == sorted(thresholds)  # a lower FMR never needs a lower threshold
+    for fmr, threshold in curve["fmr_points"][:4]:
+        assert np.mean(impostor >= threshold) <= fmr
+        assert np.mean(impostor >= threshold - 2e-3) > fmr * 0.5  # and not far above what is needed
+    assert metrics.threshold_at(curve["fmr_points"], 10 ** -3.5) == pytest.approx(
+        (thresholds[1] + thresholds[2]) / 2, abs=1e-6)
+
+
+def test_session_protocol_enrolls_session_one_and_probes_session_two(metrics):
+    rng = np.random.default_rng(3)
+    centres = rng.normal(size=(3, 128))
+    palms, sessions, vectors = [], [], []
+    for p in range(3):
+        for s in (1, 2):
+            for _ in range(2):
+                palms.append(str(p))
+                sessions.append(s)
+                vectors.append(embedding_template(centres[p] + rng.normal(0, 0.3, 128)))
+    run = metrics.session_protocol(np.stack(vectors), palms, sessions, threshold=0.5, margin=0.05)
+    assert run["enrolled"] == 3 and run["probes"] == 6
+    assert run["genuine"].size == 6 and run["impostor"].size == 12
+    assert run["rank1"] == 1.0 and run["accepted_right"] == 6 and run["accepted_wrong"] == 0
+
+
+def test_int8_export_has_int8_io_and_the_ops_tflite_214_runs():
+    pytest.importorskip("tensorflow")
+    palm_net = _load("palm_net")
+    from vendor_node.hand.model import model_ops
+
+    model = palm_net.build_embedder()
+    data = palm_net.export_int8(model, [np.full((128, 128), v, np.uint8) for v in (40, 120, 200)])
+    names = {op.name for op in model_ops(data)}
+    assert names <= {"CONV_2D", "DEPTHWISE_CONV_2D", "SOFTMAX", "RESHAPE", "FULLY_CONNECTED", "MAX_POOL_2D"}
+    assert len(data) <= 1024 * 1024
