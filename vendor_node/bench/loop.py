@@ -124,6 +124,7 @@ def _measure(cfg, state_dir: Path, customers: int, verbose: bool) -> dict:
     if not verbose:
         logging.getLogger("vendor_node").setLevel(logging.WARNING)
     from ..hand.recognition import Recognizer
+    from ..sim.drawn_hands import _texture as drawn_textures
     from ..sim.provision import SimPerson
     from ..sim.simulate import MENU, Customer, SimUnit, journal_summary
     from ..unit.keysource import guarded_gallery, unit_keystore, unit_template_guard
@@ -180,6 +181,7 @@ def _measure(cfg, state_dir: Path, customers: int, verbose: bool) -> dict:
                 if purchase.trigger_to_board_ms is not None:
                     latencies.append(purchase.trigger_to_board_ms)
             if i == warmup or i == customers or (i > warmup and (i - warmup) % max(1, (customers - warmup) // 4) == 0):
+                drawn_textures.cache_clear()  # the simulator's drawing cache (up to 8 MB) is not the unit's memory
                 checkpoints.append((i, rss_mb()))
                 print(f"  {gallery_count} employees, {i:>6} customers: RSS {checkpoints[-1][1]:6.1f} MB "
                       f"({time.monotonic() - started:.0f} s)", file=sys.stderr, flush=True)  # --json owns stdout
