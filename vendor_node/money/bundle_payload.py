@@ -28,7 +28,7 @@ FUNDING = ("prepaid", "payroll")
 POLICY_KEYS = {"max_offline_age_h": float, "per_day_cap_cents": int, "unsynced_total_cap_cents": int}
 
 
-@dataclass(frozen=True, slots=True)  # a streamed bundle of 50,000 keeps its employees: no __dict__ each
+@dataclass(frozen=True)
 class EmployeeRecord:
     id: str
     display_name: str
