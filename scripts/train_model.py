@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from palm_data import augment, load_tongji, split_palms, synthetic_palm  # noqa: E402
 from train_gabor import check_tflite_214, io_quantization  # noqa: E402
-from training_metrics import all_pairs, fmr_points, session_protocol, threshold_at  # noqa: E402
-from vendor_node.hand.evaluation_embedding import unit_levels  # noqa: E402
-from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr, upper_bound_95  # noqa: E402
+from training_metrics import all_pairs, fmr_points, session_protocol, template_scores, threshold_at  # noqa: E402
+from vendor_node.hand.evaluation_embedding import rate, unit_levels  # noqa: E402
+from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr  # noqa: E402
 from vendor_node.hand.model import Embedder, embedding_template, model_ops  # noqa: E402
 
 MODEL_ID = "palm-embed-1"
@@ -66,30 +66,28 @@ def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_ro
                  train_labels: np.ndarray):
     """batches(phase, step): a seeded batch of augmented ROIs and class labels (mirrored palm = new class)."""
     from palm_net import to_input
-    classes = int(train_labels.max()) + 1
+    classes, synth_classes = int(train_labels.max()) + 1, int(synth_labels.max()) + 1
 
     def batches(phase: int, step: int):
+        """Phase 0: synthetic only; phase 1: training palms, a --mix-synthetic share of synthetic ones after them
+        (classes: palms, mirrored palms, synthetic, mirrored synthetic)."""
         rng = np.random.default_rng([args.seed, step])
-        pool, labels = (synthetic, synth_labels) if phase == 0 else (train_rois, train_labels)
-        pick = rng.integers(0, len(pool), args.batch)
-        mirror = rng.random(args.batch) < 0.5
         x, y = [], []
-        for i, flip in zip(pick, mirror):
+        for _ in range(args.batch):
+            synthetic_one = phase == 0 or rng.random() < args.mix_synthetic
+            pool, labels, offset, n = ((synthetic, synth_labels, 0 if phase == 0 else 2 * classes, synth_classes)
+                                       if synthetic_one else (train_rois, train_labels, 0, classes))
+            i = int(rng.integers(0, len(pool)))
+            flip = bool(rng.random() < 0.5)
             roi = pool[i][:, ::-1] if flip else pool[i]
             x.append(unit_levels(augment(np.ascontiguousarray(roi), rng)))  # the levels the unit's ROIs have
-            offset = (int(synth_labels.max()) + 1) if phase == 0 else classes
-            y.append(int(labels[i]) + (offset if flip else 0))
+            y.append(offset + int(labels[i]) + (n if flip else 0))
         return to_input(np.stack(x)), np.array(y, np.int32)
     return batches
 
 
 def embed_all(embedder: Embedder, rois, progress, desc: str) -> np.ndarray:
     return np.stack([embedding_template(embedder.embed(r)) for r in progress(rois, desc=desc)])
-
-
-def rate(errors: int, trials: int) -> dict:
-    return {"errors": int(errors), "trials": int(trials), "rate": round(errors / trials, 6) if trials else None,
-            "upper_95": float(f"{upper_bound_95(errors, trials):.3g}") if trials else None}
 
 
 def measure_test(templates, palms, sessions, decision) -> dict:
@@ -108,7 +106,8 @@ def measure_test(templates, palms, sessions, decision) -> dict:
     accepted = run["accepted_right"]
     out["operating_point"] = {
         "threshold": threshold, "margin": margin, "gallery": run["enrolled"],
-        "genuine_accepted_as_right_palm": rate(accepted, run["probes"]),
+        "genuine_accepted_as_right_palm": {"count": accepted, "of": run["probes"],
+                                           "rate": round(accepted / max(1, run["probes"]), 6)},
         "refused_or_wrong": rate(run["probes"] - accepted, run["probes"]),
         "wrong_palm_accepted": rate(run["accepted_wrong"], run["probes"]),
         "false_matches_all_test_pairs": rate(int(np.sum(pairs_impostor >= threshold)), pairs_impostor.size),
@@ -133,6 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
+    parser.add_argument("--mix-synthetic", type=float, default=0.0,
+                        help="share of synthetic palms in phase-2 batches (keeps the features general)")
+    parser.add_argument("--unit-calibrate", default="coep_dev",
+                        help="whole-hand sets whose people are split: half calibrate the threshold through the unit's "
+                             "own preprocessing (its palm regions differ from Tongji's), half stay for testing")
+    parser.add_argument("--recalibrate", action="store_true",
+                        help="no training: calibrate and measure the model already in --out again")
     args = parser.parse_args(argv)
     tongji = args.data / "tongji_dev"
     if not (tongji / "manifest.csv").is_file():
@@ -149,6 +156,10 @@ def main(argv: list[str] | None = None) -> int:
     tf.keras.utils.set_random_seed(args.seed)
     palms = load_tongji(tongji)
     split = split_palms(sorted(palms), args.seed, args.calibrate_palms, args.test_palms)
+    if args.recalibrate:
+        old = json.loads((args.out / "manifest.json").read_text())
+        model_bytes = (args.out / MODEL_FILE).read_bytes()
+        return finish(args, model_bytes, old["training"], palms, split, progress, started)
     train_rois, train_labels = [], []
     for c, palm in enumerate(split["train"]):
         for session in sorted(palms[palm]):
@@ -162,9 +173,11 @@ def main(argv: list[str] | None = None) -> int:
     synthetic = np.stack(synthetic + drawn)
     synth_labels = np.array(synth_labels + [args.synthetic_ids + d for d in drawn_labels])
 
-    model = palm_net.build_embedder()
-    heads = [palm_net.CosFaceHead(128, 2 * (int(synth_labels.max()) + 1), args.seed),
-             palm_net.CosFaceHead(128, 2 * len(split["train"]), args.seed + 1)]
+    model = palm_net.build_embedder(head=args.head)
+    synth_classes = 2 * (int(synth_labels.max()) + 1)
+    heads = [palm_net.CosFaceHead(128, synth_classes, args.seed),
+             palm_net.CosFaceHead(128, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
+                                  args.seed + 1)]
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz")
     resumed = trainer.restore()
@@ -175,6 +188,55 @@ def main(argv: list[str] | None = None) -> int:
     rng = np.random.default_rng(args.seed)
     representative = [unit_levels(augment(train_rois[i], rng, 0.5)) for i in rng.permutation(len(train_rois))[:300]]
     model_bytes = palm_net.export_int8(model, representative)
+    training = {
+        "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
+                f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, 128-d embedding; CosFace loss "
+                "(s 32, m 0.3); Adam with cosine learning rate; phase 1 synthetic palms + simulator drawn hands, "
+                "phase 2 Tongji training palms (mirrored palm = extra identity) with a --mix-synthetic share of synthetic",
+        "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
+        "mix_synthetic": args.mix_synthetic,
+        "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
+        "data": {"tongji_train_palms": len(split["train"]), "tongji_train_images": int(len(train_rois)),
+                 "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
+                 "drawn_hand_people": args.drawn_people},
+        "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
+                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; then the "
+                        "unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
+                        "measured",
+        "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
+        "seconds_training": round(train_seconds, 1),
+        "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "machine": "2 cores shared with other work",
+    }
+    return finish(args, model_bytes, training, palms, split, progress, started)
+
+
+def unit_path_calibration(args, embedder, progress) -> tuple[dict, dict]:
+    """Per --unit-calibrate set: half its people (seeded, people labelled twice together) calibrate through the
+    unit's own preprocessing; returns ({set: fmr curve}, {set: {"calibrate": [...], "test": [...]}})."""
+    from train_gabor import load_set, split_subjects
+    from training_metrics import SAME_PERSON
+
+    curves, people = {}, {}
+    for name in [n for n in args.unit_calibrate.split(",") if n]:
+        samples = load_set(args.data, name, lambda rows, desc: progress(rows, desc=desc))
+        test, calibrate = split_subjects(samples, 0.5, args.seed)
+        people[name] = {"calibrate": calibrate, "test": test}
+        chosen = [s for s in samples if s.subject in set(calibrate) and s.hand is not None]
+        templates = embed_all(embedder, [s.hand.roi for s in chosen], progress, f"int8 {name} calibrate")
+        scores = template_scores(templates, templates)
+        upper = np.triu_indices(len(chosen), 1)
+        twins = {frozenset(pair) for pair in SAME_PERSON.get(name, [])}
+        impostor = [scores[i, j] for i, j in zip(*upper) if chosen[i].subject != chosen[j].subject
+                    and frozenset((chosen[i].subject, chosen[j].subject)) not in twins]
+        curves[name] = fmr_points(np.array(impostor))
+    return curves, people
+
+
+def finish(args, model_bytes: bytes, training: dict, palms, split, progress, started) -> int:
+    """Calibrate on the calibration people, measure the test palms, write the model and its manifest."""
+    import palm_net
+
     q_in, q_out = io_quantization(model_bytes)
     manifest = {
         "format": 2, "model_id": MODEL_ID, "kind": "embedding", "model_file": MODEL_FILE,
@@ -201,11 +263,21 @@ def main(argv: list[str] | None = None) -> int:
             t0 = time.perf_counter()
             embedder.embed(roi)
             timing.append(time.perf_counter() - t0)
+        unit_curves, unit_people = unit_path_calibration(args, embedder, progress)
 
-    # Calibration: impostor scores of the calibration palms only.
+    # Calibration: impostor scores of the calibration people only, per domain; the threshold at each FMR is the
+    # highest any domain needs (Tongji's regions and the unit's own differ: one domain's threshold can fail the other).
     cal_t, cal_palms, cal_sessions = sides["calibrate"]
     cal_genuine, cal_impostor = all_pairs(cal_t, cal_palms)
-    curve = fmr_points(cal_impostor)
+    domains = {"tongji_dev": fmr_points(cal_impostor), **unit_curves}
+    curve = {"fmr_points": [[p[0], max(d["fmr_points"][k][1] for d in domains.values())]
+                            for k, p in enumerate(domains["tongji_dev"]["fmr_points"])]}
+    curve["fmr_point_sources"] = [
+        max(((d["fmr_points"][k][1], f"{name}: {d['fmr_point_sources'][k]}") for name, d in domains.items()))[1]
+        for k in range(len(curve["fmr_points"]))]
+    curve["measured_down_to"] = domains["tongji_dev"]["measured_down_to"]
+    curve["calibration_impostors"] = {name: d["calibration_impostors"] for name, d in domains.items()}
+    curve["domains"] = domains
     cal_run = session_protocol(cal_t, cal_palms, cal_sessions, -1.0, 0.0)
     gallery_fmr = MAX_WRONG_PAYER / DEFAULT_GALLERY
     threshold = round(threshold_at(curve["fmr_points"], gallery_fmr), 5)
@@ -216,9 +288,11 @@ def main(argv: list[str] | None = None) -> int:
         "min_threshold": round(threshold_at(curve["fmr_points"], 1e-4), 5), "min_margin": 0.01,
         "default_gallery": DEFAULT_GALLERY, "max_wrong_payer": MAX_WRONG_PAYER, **curve,
         "calibration_genuine": int(cal_genuine.size),
-        "how": f"fmr_points from every impostor pair of the {len(split['calibrate'])} calibration palms' images "
-               "(both sessions; palms never trained on, never tested): counted where there are >= 3/fmr scores, "
-               "an exponential tail fit beyond (fmr_point_sources says which); threshold = the point at "
+        "how": f"fmr_points: at each FMR the highest threshold of two domains: every impostor pair of the "
+               f"{len(split['calibrate'])} Tongji calibration palms' images (both sessions), and every impostor pair "
+               f"of the --unit-calibrate people ({args.unit_calibrate}) through the unit's own preprocessing; none of "
+               "them trained on or tested; counted where there are >= 3/fmr scores, an exponential tail fit beyond "
+               "(fmr_point_sources says which domain and how; measured_down_to is Tongji's); threshold = the point at "
                f"fmr = max_wrong_payer / {DEFAULT_GALLERY} enrolled, log10-interpolated; min_threshold = the point "
                "at fmr 1e-4; margin = the 0.5% quantile of the calibration palms' genuine-over-runner-up gaps "
                "(session 1 enrolled, session 2 probed) among scores above the threshold, clipped to 0.01..0.05"}
@@ -226,34 +300,22 @@ def main(argv: list[str] | None = None) -> int:
     held_out["model_alone_ms"] = {"p50": round(1e3 * float(np.percentile(timing, 50)), 3),
                                   "p95": round(1e3 * float(np.percentile(timing, 95)), 3),
                                   "how": "Embedder.embed on 300 test ROIs, one thread, machine shared (busy)"}
-    manifest["split"] = {**split, "seed": args.seed, "set": "tongji_dev",
+    manifest["split"] = {**split, "seed": args.seed, "set": "tongji_dev", "unit_path": unit_people,
                          "how": "Tongji palms by person (palms 2i and 2i+1 together), seeded permutation of people: "
-                                "train on 'train', calibrate the threshold on 'calibrate', report only 'test'"}
+                                "train on 'train', calibrate the threshold on 'calibrate', report only 'test'; "
+                                "unit_path: whole-hand sets whose 'calibrate' people also set the threshold (through "
+                                "the unit's preprocessing), their 'test' people measured by vendor-node eval "
+                                "--exclude-trained"}
     manifest["held_out"] = {"tongji_dev_test": held_out}
     args.out.mkdir(parents=True, exist_ok=True)
     model_path = args.out / MODEL_FILE
     model_path.write_bytes(model_bytes)
     manifest["ops"] = [{"name": op.name, "version": op.version} for op in model_ops(model_bytes)]
     manifest["tflite_runtime_2_14"] = check_tflite_214(model_path)
-    manifest["training"] = {
-        "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
-                "orientations, depthwise-separable trunk to 8x8, fully connected 128-d embedding; CosFace loss "
-                "(s 32, m 0.3); Adam with cosine learning rate; phase 1 synthetic palms + simulator drawn hands, "
-                "phase 2 Tongji training palms (mirrored palm = extra identity)",
-        "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr,
-        "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
-        "data": {"tongji_train_palms": len(split["train"]), "tongji_train_images": int(len(train_rois)),
-                 "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
-                 "drawn_hand_people": args.drawn_people},
-        "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
-                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; then the "
-                        "unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
-                        "measured",
-        "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
-        "seconds_training": round(train_seconds, 1), "seconds_total": round(time.time() - started, 1),
-        "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": "2 cores shared with other work",
-    }
+    manifest["training"] = training
+    if args.recalibrate:
+        training["recalibrated"] = "scripts/train_model.py " + " ".join(sys.argv[1:])
+    training["seconds_total"] = round(time.time() - started, 1)
     (args.out / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
     print(json.dumps({"held_out": held_out, "decision": {k: v for k, v in manifest["decision"].items() if k != "how"},
                       "size_bytes": len(model_bytes), "tflite_2_14": manifest["tflite_runtime_2_14"]}, indent=1))

@@ -99,9 +99,9 @@ def test_the_matcher_cannot_be_loosened_below_the_manifest_floor():
     from vendor_node.hand import Recognizer
 
     cfg = parse_config("[recognition]\nthreshold = 0.0\nmargin = 0.0\n")
-    with pytest.raises(ConfigError, match=r"recognition.threshold: must be at least 0\.68"):
-        Recognizer.from_config(cfg)
     floor = json.loads(active_manifest_path(cfg.unit.assets_dir).read_text())["decision"]
+    with pytest.raises(ConfigError, match=rf"recognition.threshold: must be at least {floor['min_threshold']:g} "):
+        Recognizer.from_config(cfg)
     with pytest.raises(ConfigError, match="recognition.margin: must be at least"):
         Recognizer.from_config(parse_config(f"[recognition]\nmargin = {floor['min_margin'] / 2}\n"))
     ok = Recognizer.from_config(parse_config(f"[recognition]\nthreshold = {floor['min_threshold']}\n"))

@@ -151,3 +151,22 @@ def test_open_set_counts_strangers_accepted_and_enrolled_refused():
     assert result["enrolled"] == 2 and result["strangers"] == 2
     assert result["wrong_payer_stranger"]["count"] == 0 and result["wrong_payer_enrolled"]["count"] == 0
     assert result["accepted_right"]["count"] + result["refused"]["count"] == result["accepted_right"]["of"]
+
+
+def test_excluding_trained_subjects_keeps_the_session_protocol(tmp_path, palm_data, capsys):
+    """--exclude-trained rebuilds the data set: the session column must survive it (session 1 never probed)."""
+    from vendor_node.cli import main
+
+    _roi_folder(tmp_path / "rois", palm_data, palms=4)
+    model = tmp_path / "model"
+    import shutil
+    shutil.copytree(ASSETS_DIR / "palm-gabor-1", model)  # a model folder (firmware_assets/ holds one per model)
+    manifest = json.loads((model / "manifest.json").read_text())
+    manifest["training"]["subjects"]["rois"] = ["000"]
+    (model / "manifest.json").write_text(json.dumps(manifest))
+    report_path = tmp_path / "r.json"
+    assert main(["eval", "--roi", "--model", str(model), "--exclude-trained", "--dataset", str(tmp_path / "rois"),
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert report["session_protocol"] is True and report["excluded_trained_subjects"] == ["000"]
+    assert report["verification"]["genuine"] == 3 * 2  # 3 palms left, their 2 session-2 images each

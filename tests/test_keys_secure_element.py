@@ -8,6 +8,7 @@ import errno
 import os
 import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -112,12 +113,43 @@ def test_a_mac_on_scripted_bytes(tmp_path):
         secret + challenge + message_tail).digest()
 
 
-@pytest.mark.parametrize("frame, error", [
-    (bytes.fromhex("04113344"), "no ATECC wake answer"),
-])
-def test_a_wrong_wake_answer_is_named(frame, error):
-    wire = ScriptedWire([("wake", None), ("read", frame)])
-    with pytest.raises(KeyFileError, match=error):
+def test_programming_on_scripted_bytes_writes_locks_and_checks_the_chips_mac():
+    """Write (0x12, 32 bytes of the data zone at slot << 3), Lock (0x17, data zone, no CRC summary), then a MAC
+    the host recomputes from the secret it wrote."""
+    import hashlib
+
+    config = fresh_config(SLOT)  # configuration locked, data zone not: a chip fresh from its configuration
+    serial = config[0:4] + config[8:13]
+    secret = bytes(range(1, 33))
+    probe = hashlib.sha256(b"vendor-node secure element probe" + serial).digest()
+    ok = answer(b"\x00")
+    wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343"))] + config_script(config)
+                        + [("write", bytes([0x03]) + command_packet(0x12, 0x82, SLOT << 3, secret)), ("read", NACK)]
+                        + reads_of(ok)
+                        + [("write", bytes.fromhex("030717810000") + crc16(bytes.fromhex("0717810000")))]
+                        + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x08, 0x40, SLOT, probe))]
+                        + reads_of(answer(expected_mac(secret, probe, SLOT, serial))) + [("write", b"\x01")])
+    SecureElement(lambda: wire, SLOT, "scripted chip", sleep=lambda s: None).program(secret)
+    assert wire.script == []
+    liar = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343"))] + config_script(config)
+                        + [("write", bytes([0x03]) + command_packet(0x12, 0x82, SLOT << 3, secret))] + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x17, 0x81, 0))] + reads_of(ok)
+                        + [("write", bytes([0x03]) + command_packet(0x08, 0x40, SLOT, probe))]
+                        + reads_of(answer(bytes(32))) + [("write", b"\x01")])
+    with pytest.raises(KeyFileError, match="the chip's MAC differs from the host's"):
+        SecureElement(lambda: liar, SLOT, "scripted chip", sleep=lambda s: None).program(secret)
+
+
+def test_a_chip_left_awake_is_put_to_sleep_and_woken_again_else_the_cause_is_named():
+    config = fresh_config(SLOT)
+    stale = answer(b"\x00")[:4]  # an answer left in a chip whose last session died before its sleep
+    wire = ScriptedWire([("wake", None), ("read", stale), ("write", b"\x01"), ("wake", None),
+                         ("read", bytes.fromhex("04113343"))] + config_script(config) + [("write", b"\x01")])
+    assert SecureElement(lambda: wire, SLOT, "scripted chip").chip_config().raw == config
+    wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113344")), ("write", b"\x01"), ("wake", None),
+                         ("read", bytes.fromhex("04113344"))])
+    with pytest.raises(KeyFileError, match="no ATECC wake answer \\(got 04113344\\).*i2c_arm_baudrate=100000"):
         SecureElement(lambda: wire, SLOT, "scripted chip").chip_config()
 
 
@@ -130,11 +162,13 @@ def test_garbled_answers_and_failure_statuses_are_named():
     wire = ScriptedWire([("wake", None), ("read", bytes.fromhex("04113343")), read0] + reads_of(answer(b"\x0f")))
     with pytest.raises(KeyFileError, match="Read config failed, status 0x0f \\(execution error"):
         SecureElement(lambda: wire, SLOT, "scripted chip").chip_config()
-    clock = iter(range(100))
-    wire = ScriptedWire([("wake", None)] + [("read", NACK)] * 3)
-    with pytest.raises(KeyFileError, match="no answer to wake within"):
+    clock = iter(range(100))  # each look at the clock: 60 ms later
+    silent = [("wake", None), ("read", NACK), ("read", NACK)]  # polled until COMMAND_WAIT_S has passed
+    wire = ScriptedWire(silent + [("write", b"\x01")] + silent)
+    with pytest.raises(KeyFileError, match="no ATECC wake answer \\(got nothing\\); is the chip at this bus"):
         SecureElement(lambda: wire, SLOT, "scripted chip", sleep=lambda s: None,
                       clock=lambda: next(clock) * 0.06).chip_config()
+    assert wire.script == []
 
 
 @pytest.mark.parametrize("changes, problem", [
@@ -307,6 +341,12 @@ def test_status_selftest_and_heartbeat_report_the_mode(se_unit, capsys):
     out = capsys.readouterr().out
     assert "key mode secure_element" in out and f"slot {SLOT} ready" in out
     assert "data.key: sealed to a board's secure element" in out
+    chip = Path(cfg.keys.secure_element.emulated_file)
+    chip.rename(chip.with_suffix(".away"))  # the chip is unplugged: the cause is named, the files still listed
+    assert cli(config, "keys", "status", "--state-dir", str(state)) == 1
+    out = capsys.readouterr().out
+    assert "no secure element on this board" in out and "data.key: sealed to a board's secure element" in out
+    chip.with_suffix(".away").rename(chip)
     cli(config, "selftest", "--state-dir", str(state))
     keys_line = next(line for line in capsys.readouterr().out.splitlines() if " keys " in line)
     assert keys_line.startswith("PASS") and "key mode secure_element" in keys_line

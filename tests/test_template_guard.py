@@ -272,7 +272,8 @@ def test_renewal_requeues_only_what_was_enrolled_here(hands, unit, capsys):
         assert [row[0] for row in store.pending_uploads()] == ["p5"]
         renewed = store.templates()
     new = TemplateGuard(new_key.read_bytes())
-    assert new.reveal(renewed["p1"]) == hands.recognizer.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
+    active = Recognizer.from_config(Config())  # what the CLI enrolled with
+    assert new.reveal(renewed["p1"]) == active.enroll([draw_hand(1, 0), draw_hand(1, 1)]).template
 
 
 def test_cli_renewal_moves_embedding_templates_and_palm_codes_alike(unit, capsys):

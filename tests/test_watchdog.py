@@ -41,7 +41,7 @@ class Clock:
 
 
 class RecordingNotifier(Notifier):
-    """A Notifier that records what it would send: (monotonic time, sending thread, message)."""
+    """A Notifier that records what it would send: (monotonic time, sending thread's name, message)."""
 
     def __init__(self, watchdog_usec: str, clock=time.monotonic):
         super().__init__(address="", watchdog_usec=watchdog_usec, clock=clock)
@@ -50,7 +50,7 @@ class RecordingNotifier(Notifier):
 
     def notify(self, message: str) -> bool:
         with self.changed:
-            self.sent.append((self._clock(), threading.get_ident(), message))
+            self.sent.append((self._clock(), threading.current_thread().name, message))
             self.changed.notify_all()
         return True
 
@@ -148,7 +148,7 @@ class Loop:
                                  recognizer=MarkerRecognizer(), accounts=AccountStore(cfg, self.conn, journal),
                                  journal=journal, abuse=AbuseGuard(cfg), stop_event=self.stop, notifier=notifier,
                                  gallery_factory=marker_gallery, fault_retry_s=0.3)
-        self.thread = threading.Thread(target=self.loop.run, daemon=True)
+        self.thread = threading.Thread(target=self.loop.run, name="unit-loop", daemon=True)
 
     def __enter__(self):
         self.thread.start()
@@ -206,14 +206,60 @@ def test_a_hung_reconnect_is_not_pinged_so_systemd_restarts_it_within_10_s(cfg):
         release.wait()
         missing_port()
 
-    with Loop(cfg, wedging_port, notifier) as unit:
+    with Loop(cfg, wedging_port, notifier):
         assert entered.wait(30)
         pings = notifier.pings()
         assert pings, "the unit was not alive before the hang"
-        assert {thread for _, thread in pings} == {unit.thread.ident}  # nothing else keeps it alive
+        assert {thread for _, thread in pings} == {"unit-loop"}  # nothing else keeps it alive
         last_ping = pings[-1][0]
         assert last_ping <= hung_at[0]
         assert last_ping + shipped_watchdog_s() <= hung_at[0] + 10.0  # systemd's restart, at the latest
         assert not release.is_set() and len(notifier.pings()) == len(pings)  # still hung: still silent
         release.set()  # the call returns after all: the loop goes on, and so do the pings
         assert notifier.wait_until(lambda: notifier.pings()[-1][0] > hung_at[0], 30)
+
+
+class HangingCamera:
+    """A camera whose capture never returns (a wedged CSI driver) until the test lets it go."""
+
+    def __init__(self):
+        self.entered, self.release, self.hung_at = threading.Event(), threading.Event(), None
+
+    def capture(self, timeout=None):
+        self.hung_at = time.monotonic()
+        self.entered.set()
+        self.release.wait()
+        from vendor_node.errors import CameraError
+
+        raise CameraError("released")
+
+    def present(self, image):
+        pass
+
+    def clear(self):
+        pass
+
+    def check(self):
+        pass
+
+    def close(self):
+        self.release.set()
+
+
+def test_a_hung_camera_is_not_pinged_so_systemd_restarts_it_within_10_s(cfg):
+    from test_service import FAST_RETRY, VMC_FAST
+    from vendor_node.sim.simulate import SimUnit
+
+    camera, notifier = HangingCamera(), RecordingNotifier("10000000")
+    with SimUnit(cfg, MarkerRecognizer(), vmc_options=VMC_FAST, gallery_factory=marker_gallery, camera=camera,
+                 loop_options={"notifier": notifier, **FAST_RETRY}) as unit:
+        assert unit.wait_in_service()
+        assert notifier.wait_until(lambda: len(notifier.pings()) >= 2, 30)  # idle: iterations complete, pings
+        unit.panel.present_hand()  # the loop now blocks inside capture() until released
+        assert camera.entered.wait(30)
+        pings = notifier.pings()
+        assert {thread for _, thread in pings} == {"unit-loop"}  # SimUnit's loop thread, and only it
+        assert pings[-1][0] <= camera.hung_at and pings[-1][0] + shipped_watchdog_s() <= camera.hung_at + 10.0
+        assert not camera.release.is_set() and len(notifier.pings()) == len(pings)  # still hung: still silent
+        camera.release.set()  # released: the error is handled and the loop goes on pinging
+        assert notifier.wait_until(lambda: notifier.pings()[-1][0] > camera.hung_at, 30)

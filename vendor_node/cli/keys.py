@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from .args import config_from_args, existing_file, state_dir_arg
-from ..errors import UsageError
+from ..errors import KeyFileError, UsageError
 
 
 def add_keys_commands(sub) -> None:
@@ -72,18 +72,23 @@ def cmd_keys_status(args) -> int:
     cfg = config_from_args(args)
     store = unit_keystore(cfg)
     print(key_mode_line(store))
-    source = board_key_source(cfg)
-    if cfg.keys.mode == "otp":
-        print(f"OTP key source: {source.describe()}, {'programmed' if source.is_programmed() else 'NOT programmed'}")
-    elif cfg.keys.mode == "secure_element":
-        print(f"secure element: {source.describe()}, {source.status()}")
+    source, failed = board_key_source(cfg), 0
+    try:
+        if cfg.keys.mode == "otp":
+            print(f"OTP key source: {source.describe()}, "
+                  f"{'programmed' if source.is_programmed() else 'NOT programmed'}")
+        elif cfg.keys.mode == "secure_element":
+            print(f"secure element: {source.describe()}, {source.status()}")
+    except KeyFileError as exc:  # the key files are still listed: what is sealed, and to what
+        print(f"board key source: {exc}")
+        failed = 1
     for path in (store.data_key_path, store.signing_key_path, store.fleet_template_key_path,
                  store.template_guard_key_path):
         sealed_in = wrapped_mode(path.read_bytes()) if path.exists() else None
         state = ("absent" if not path.exists() else
                  f"sealed to a board's {BOARD_SECRET[sealed_in]}" if sealed_in else "plain file")
         print(f"  {path.name}: {state}")
-    return 0
+    return failed
 
 
 def _confirm_irreversible(args, unit_id: str, what: str) -> None:

@@ -159,17 +159,32 @@ class SecureElement:
     def _awake(self):
         transport = self._open_transport()
         try:
-            transport.wake()
-            answer = self._poll(transport, len(WAKE_ANSWER), "wake")
-            if answer != WAKE_ANSWER:
-                raise KeyFileError(f"{self._describe}: no ATECC wake answer (got {answer.hex()}); is the chip at "
-                                   "this bus and address (i2cdetect -y BUS)?")
+            self._wake(transport)
             yield transport
             transport.write(bytes([WORD_SLEEP]))
         except OSError as exc:
             raise KeyFileError(f"{self._describe}: I2C error: {exc}") from None
         finally:
             transport.close()
+
+    def _wake(self, transport) -> None:
+        """Wake the chip; one left awake by a process that died mid-session is put to sleep and woken again."""
+        for attempt in (1, 2):
+            transport.wake()
+            try:
+                answer = self._poll(transport, len(WAKE_ANSWER), "wake")
+            except KeyFileError:
+                answer = b""
+            if answer == WAKE_ANSWER:
+                return
+            if attempt == 1:
+                try:
+                    transport.write(bytes([WORD_SLEEP]))
+                except OSError:
+                    pass
+        raise KeyFileError(f"{self._describe}: no ATECC wake answer (got {answer.hex() or 'nothing'}); is the chip "
+                           "at this bus and address (i2cdetect -y BUS), and the bus at 100 kHz "
+                           "(dtparam=i2c_arm_baudrate=100000: a faster bus makes the wake pulse too short)?")
 
     def _poll(self, transport, count: int, what: str) -> bytes:
         """Read an answer of ``count`` bytes (0: as its count byte says) once the chip acknowledges."""

@@ -153,7 +153,9 @@ def trained_subjects(assets_dir: Path, dataset: Path) -> set[str]:
     name = Path(dataset).resolve().name
     split = manifest.get("split")
     if manifest.get("format") == 2 and isinstance(split, dict):  # a learned embedding: trained and calibrated on
-        return {str(s) for s in split.get("train", []) + split.get("calibrate", [])} if split.get("set") == name else set()
+        if split.get("set") == name:
+            return {str(s) for s in split.get("train", []) + split.get("calibrate", [])}
+        return {str(s) for s in (split.get("unit_path") or {}).get(name, {}).get("calibrate", [])}
     training = manifest.get("training")
     subjects = training.get("subjects") if isinstance(training, dict) else None
     if not isinstance(subjects, dict):

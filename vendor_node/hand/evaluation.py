@@ -89,7 +89,8 @@ def run_eval(args, cfg) -> int:
         if getattr(args, "exclude_tuned", False):
             excluded |= tuned_subjects(cfg.unit.assets_dir, args.dataset)
         before = len(dataset)
-        dataset = Dataset([s for s in dataset if s.subject not in excluded], dataset.problems, dataset.has_captured)
+        dataset = Dataset([s for s in dataset if s.subject not in excluded], dataset.problems, dataset.has_captured,
+                          dataset.has_session)
         if not excluded:
             log.info("the manifest names no subject of %s as trained or tuned on: nothing excluded", args.dataset)
         log.info("excluded %d images of %d subjects the model was trained on or the preprocessing tuned on",

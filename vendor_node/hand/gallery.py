@@ -21,8 +21,8 @@ import numpy as np
 
 from . import palmcode
 from .template_guard import GuardedTemplate, is_guarded
-from .templates import (CRC, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, check_bytes, template_version,
-                        v2_header)
+from .templates import (CRC, KIND_SET, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, TemplateSet, check_bytes,
+                        template_kind, template_version, v2_header)
 from ..errors import RecognitionError
 
 PALM_CODE = "palm-code"  # the bank key of v1 palm-code templates (palm-gabor-1)
@@ -30,8 +30,11 @@ SCORE_CHUNK_ROWS = 2048  # int8 rows turned to float32 per step: the buffer (1 M
 
 
 def parse_template(data: bytes, name: str = "template"):
-    """Any stored template: Template (v1 palm code), GuardedTemplate (v1 guarded) or EmbeddingTemplate (v2)."""
+    """Any stored template: Template (v1 palm code), GuardedTemplate (v1 guarded), EmbeddingTemplate (v2) or a
+    TemplateSet (one employee's templates under two models, during a model change)."""
     data = check_bytes(data, name)
+    if template_kind(data) == KIND_SET:
+        return TemplateSet.from_bytes(data, name)
     if template_version(data) == TEMPLATE_V2:
         return EmbeddingTemplate.from_bytes(data, name)
     if is_guarded(data):
@@ -192,15 +195,14 @@ class Gallery:
         if len(ids) != len(blobs) or len(set(ids)) != len(ids):
             raise RecognitionError(f"{len(ids)} ids for {len(blobs)} templates, or an id given twice")
         codes, groups = [], {}
-        for employee_id, blob in zip(ids, blobs):
+        for employee_id, blob in _members(ids, blobs):
             if template_version(blob) == TEMPLATE_V2 and len(blob) >= V2_HEADER.size:
-                groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append(employee_id)
+                groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append((employee_id, blob))
             else:
-                codes.append(employee_id)
-        by_id = dict(zip(ids, blobs))
-        gallery.codes.extend(codes, [parse_template(by_id[i], f"template of {i}") for i in codes])
-        for members in groups.values():
-            gallery._extend_v2(members, [bytes(by_id[i]) for i in members])
+                codes.append((employee_id, blob))
+        gallery.codes.extend([i for i, _ in codes], [parse_template(b, f"template of {i}") for i, b in codes])
+        for rows in groups.values():
+            gallery._extend_v2([i for i, _ in rows], [bytes(b) for _, b in rows])
         return gallery
 
     def _extend_v2(self, ids: list[str], blobs: list[bytes]) -> None:
@@ -224,21 +226,24 @@ class Gallery:
         bank.extend(ids, vectors)
 
     def add(self, employee_id: str, template: bytes) -> None:
-        """Add or replace one employee's template (a refresh to another model moves it between banks)."""
-        parsed = parse_template(template, f"template of {employee_id}")  # checked before anything changes
+        """Add or replace one employee's template (a set puts each member in its model's bank)."""
+        members = _members([employee_id], [template])
+        parsed = [parse_template(blob, f"template of {employee_id}") for _, blob in members]  # all checked first
         if employee_id in self:
             self.remove(employee_id)
-        if template_version(template) == TEMPLATE_V2:
-            self._extend_v2([employee_id], [bytes(template)])
-        else:
-            self.codes.extend([employee_id], [parsed])
+        for (_, blob), template_ in zip(members, parsed):
+            if template_version(blob) == TEMPLATE_V2:
+                self._extend_v2([employee_id], [bytes(blob)])
+            else:
+                self.codes.extend([employee_id], [template_])
 
     def remove(self, employee_id: str) -> None:
-        for bank in self.banks():
-            if employee_id in bank:
-                bank.remove(employee_id)
-                return
-        raise KeyError(employee_id)
+        """Every template of the employee, in every bank; KeyError if there is none."""
+        holding = [bank for bank in self.banks() if employee_id in bank]
+        if not holding:
+            raise KeyError(employee_id)
+        for bank in holding:
+            bank.remove(employee_id)
 
     def banks(self) -> list:
         return [self.codes, *self.embeddings.values()]
@@ -276,3 +281,14 @@ class Gallery:
 
     def __contains__(self, employee_id: str) -> bool:
         return any(employee_id in bank for bank in self.banks())
+
+
+def _members(ids, blobs) -> list[tuple[str, bytes]]:
+    """(employee id, template) pairs with every template set opened into its members."""
+    out = []
+    for employee_id, blob in zip(ids, blobs):
+        if template_kind(blob) == KIND_SET:
+            out += [(employee_id, m) for m in TemplateSet.from_bytes(blob, f"template of {employee_id}").members]
+        else:
+            out.append((employee_id, blob))
+    return out

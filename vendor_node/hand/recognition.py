@@ -10,7 +10,8 @@ paying with their old one.
 
 The decision: the best score must reach its model's threshold for the gallery's size (decision.py; else
 "unknown") and beat the runner-up by more than the margin (else "ambiguous"; the unit then asks for a
-second presentation rather than guessing a payer); two models each naming someone is "ambiguous" too.
+second presentation rather than guessing a payer). Across models the common scale is the excess over each
+model's threshold: another model naming someone else must trail the winner by more than the margin too.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from .embed_matcher import EmbeddingMatcher
 from .gallery import Gallery, PalmCodeBank, parse_template
 from .model import Embedder, read_manifest
 from .palm_matcher import Enrollment, Features, PalmCodeMatcher, feature_id
-from .templates import MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, EmbeddingTemplate, Template, model_tag
+from .templates import (KIND_EMBEDDING, KIND_SET, MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, EmbeddingTemplate, Template,
+                        TemplateSet, model_tag, template_kind)
 from ..assets import model_set
 from ..errors import ConfigError, HandRejected, RecognitionError
 
@@ -221,16 +223,22 @@ class Recognizer:
         excess, best, runner_up, employee_id, matcher, policy = results[0]
         if excess < 0:
             return Match(None, best, runner_up, "unknown", matcher.model_id)
-        if best - runner_up <= policy.margin or any(r[0] >= 0 for r in results[1:]):  # a tie is never a payer
-            return Match(None, best, runner_up, "ambiguous", matcher.model_id)
+        # Another model naming someone else over its own threshold is a runner-up on the common scale (the
+        # excess over each model's threshold): it must trail by more than the margin too.
+        rival = max((r[0] for r in results[1:] if r[3] != employee_id and r[0] >= 0), default=-1.0)
+        if best - runner_up <= policy.margin or excess - rival <= policy.margin:
+            return Match(None, best, runner_up, "ambiguous", matcher.model_id)  # a tie is never a payer
         return Match(employee_id, best, runner_up, "match", matcher.model_id)
 
     def refreshed_template(self, probe: Features, match: Match, gallery: Gallery) -> bytes | None:
         """The active model's template for a confident match under an older model's template, from the same
-        frame (no image kept); None when the match was under the active model, not confident enough
-        (threshold + ``REFRESH_MARGINS`` margins, and that far above the runner-up), or when the new
-        template would come close to another employee's active-model template."""
+        frame (no image kept); None when the match was under the active model, the employee already has an
+        active-model template, the match is not confident enough (threshold + ``REFRESH_MARGINS`` margins, and
+        that far above the runner-up), or the new template would come close to another employee's. The unit
+        stores it with the old template beside it (``with_old_template``)."""
         if match.reason != "match" or not match.model_id or match.model_id == self.active.model_id:
+            return None
+        if self.active.bank(gallery) is not None and match.employee_id in self.active.bank(gallery):
             return None
         policy = self.policies[match.model_id]
         confident = REFRESH_MARGINS * policy.margin
@@ -244,6 +252,16 @@ class Recognizer:
             if best >= self.threshold_for(len(gallery)) - self.margin and bank.ids[row] != match.employee_id:
                 return None
         return self.active.enroll_features([fresh], self.threshold, self.guard).template
+
+    def with_old_template(self, new: bytes, old: bytes) -> bytes:
+        """The template stored after a refresh: a set of the active model's ``new`` template and the employee's
+        older one(s), so the older model still knows them when the new one misses (one guard for all)."""
+        members = TemplateSet.from_bytes(old).members if template_kind(old) == KIND_SET else (old,)
+        tag = model_tag(self.active.model_id)
+        older = [m for m in members if template_kind(m) != KIND_EMBEDDING or EmbeddingTemplate.from_bytes(m).model_tag != tag]
+        if self.guard is not None:
+            older = [self.guard.adopt(m) for m in older]
+        return TemplateSet((new, *older), tag, self.guard.guard_id if self.guard else 0).to_bytes()
 
     def templates_by_model(self, gallery: Gallery) -> dict[str, int]:
         """How many templates each model holds ({model_id: n}; "unknown model" for any this unit lacks)."""
@@ -272,6 +290,8 @@ def templates_by_model(templates, assets_dir) -> dict[str, int]:
         except RecognitionError:
             name = "unreadable"
         else:
+            if isinstance(t, TemplateSet):  # mid-way through a model change: counted on its active-model member
+                t = parse_template(t.members[0])
             if isinstance(t, EmbeddingTemplate):
                 name = names.get(("tag", t.model_tag), f"unknown model {t.model_tag:08x}")
             else:

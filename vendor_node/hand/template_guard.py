@@ -33,8 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from . import palmcode
-from .templates import (CRC, GUARDED_MAGIC, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, check_bytes,
-                        template_version, v2_header)
+from .templates import (CRC, GUARDED_MAGIC, KIND_SET, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template,
+                        TemplateSet, check_bytes, template_kind, template_version, v2_header)
 from ..errors import RecognitionError
 
 GUARDED_VERSION = 1  # the palm-code layout; version 2 (embeddings) is templates.EmbeddingTemplate
@@ -128,6 +128,8 @@ def is_guarded(data: bytes) -> bool:
 def guard_id_of_template(data: bytes, name: str = "template") -> int:
     """The id of the guard a stored template is under (0: clear), after checking its header, length and CRC."""
     data = check_bytes(data, name)
+    if template_kind(data) == KIND_SET:
+        return TemplateSet.from_bytes(data, name).guard_id
     if template_version(data) == TEMPLATE_V2:
         return v2_header(data, name)[3]
     if is_guarded(data):
@@ -179,6 +181,9 @@ class TemplateGuard:
 
     def protect(self, template: bytes) -> bytes:
         """A clear template (VNPT bytes) in this guard's domain (VNPG bytes)."""
+        if template_kind(template) == KIND_SET:
+            s = TemplateSet.from_bytes(template)
+            return TemplateSet(tuple(self.adopt(m) for m in s.members), s.model_tag, self.guard_id).to_bytes()
         if template_version(template) == TEMPLATE_V2:
             t = EmbeddingTemplate.from_bytes(template)
             if t.guard_id:
@@ -194,6 +199,10 @@ class TemplateGuard:
 
     def reveal(self, guarded: bytes) -> bytes:
         """Back to the clear template's bytes (tests and renewal only; never stored)."""
+        if template_kind(guarded) == KIND_SET:
+            s = TemplateSet.from_bytes(guarded)
+            self._check(s.guard_id, "template")
+            return TemplateSet(tuple(self.reveal(m) for m in s.members), s.model_tag).to_bytes()
         if template_version(guarded) == TEMPLATE_V2:
             t = EmbeddingTemplate.from_bytes(guarded)
             self._check(t.guard_id, "template")
@@ -222,6 +231,10 @@ class TemplateGuard:
         out: list[bytes | None] = [None] * len(templates)
         groups: dict[tuple, list[int]] = {}
         for i, t in enumerate(templates):
+            if template_kind(t) == KIND_SET:  # few (employees mid-way through a model change): one by one
+                self._check(TemplateSet.from_bytes(t, f"template {i}").guard_id, f"template {i}")
+                out[i] = self.renew(t, new)
+                continue
             if template_version(t) == TEMPLATE_V2:
                 _used, dim, _tag, guard_id = v2_header(bytes(t), f"template {i}")
                 key = ("embedding", dim)

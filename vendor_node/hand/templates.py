@@ -9,6 +9,9 @@ says which model made it without spending bytes on the name) and the template gu
 v2 layout, little-endian: magic (``VNPT`` clear, ``VNPG`` guarded: see template_guard.py), version u8 = 2,
 kind u8 (2 = int8 embedding), images used u8, flags u8, dim u16, reserved u16, model tag u32, guard id u32
 (0 when clear), then ``dim`` int8 values, then a CRC-32 of everything before it: 152 bytes for 128 values.
+A template set (kind 3, ``dim`` = member count) holds u16-length-prefixed member templates instead: after a
+model change an employee keeps the old model's template beside the new one, so the old model still knows
+them (without it, their next probe the new model misses would face the old model as a stranger's).
 """
 from __future__ import annotations
 
@@ -27,6 +30,7 @@ GUARDED_MAGIC = b"VNPG"
 TEMPLATE_VERSION = 1  # the palm-code layout
 TEMPLATE_V2 = 2  # the model-naming layout
 KIND_EMBEDDING = 2
+KIND_SET = 3  # an employee moving between models: the active model's template, then the older one kept
 MAX_TEMPLATE_BYTES = 1024  # v1 palm codes
 MAX_EMBEDDING_TEMPLATE_BYTES = 256
 _HEADER = struct.Struct("<4sBBBBBBHI")  # magic, version, orientations, grid h, grid w, images used, geometry len, flags, feature id
@@ -163,3 +167,42 @@ def check_length_and_crc(data: bytes, expected: int, name: str) -> None:
         raise RecognitionError(f"{name}: {what} ({len(data)} bytes, expected {expected})")
     if CRC.unpack_from(data, expected - CRC.size)[0] != zlib.crc32(data[: expected - CRC.size]):
         raise RecognitionError(f"{name}: checksum mismatch (corrupted template)")
+
+
+@dataclass(frozen=True)
+class TemplateSet:
+    """Member templates of one employee under several models (the active model's first), one guard."""
+
+    members: tuple  # bytes of each member template
+    model_tag: int  # the first member's model
+    guard_id: int = 0
+
+    def to_bytes(self) -> bytes:
+        magic = GUARDED_MAGIC if self.guard_id else TEMPLATE_MAGIC
+        body = V2_HEADER.pack(magic, TEMPLATE_V2, KIND_SET, 1, 0, len(self.members), 0, self.model_tag,
+                              self.guard_id) + b"".join(struct.pack("<H", len(m)) + bytes(m) for m in self.members)
+        return body + CRC.pack(zlib.crc32(body))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, name: str = "template") -> "TemplateSet":
+        data = check_bytes(data, name)
+        if len(data) < V2_HEADER.size + CRC.size:
+            raise RecognitionError(f"{name}: truncated ({len(data)} bytes)")
+        magic, _version, _kind, _used, _flags, count, _reserved, tag, guard_id = V2_HEADER.unpack_from(data)
+        if CRC.unpack_from(data, len(data) - CRC.size)[0] != zlib.crc32(data[:-CRC.size]):
+            raise RecognitionError(f"{name}: checksum mismatch or truncated (corrupted template set)")
+        members, pos = [], V2_HEADER.size
+        for _ in range(count):
+            if pos + 2 > len(data) - CRC.size:
+                raise RecognitionError(f"{name}: truncated template set")
+            (size,) = struct.unpack_from("<H", data, pos)
+            members.append(data[pos + 2:pos + 2 + size])
+            pos += 2 + size
+        if pos != len(data) - CRC.size or not members:
+            raise RecognitionError(f"{name}: template set of {count} members does not fill its {len(data)} bytes")
+        return cls(tuple(members), tag, guard_id)
+
+
+def template_kind(data: bytes) -> int:
+    """The v2 kind byte (KIND_EMBEDDING, KIND_SET), 0 for a v1 template."""
+    return data[5] if template_version(data) == TEMPLATE_V2 and len(data) > 5 else 0

@@ -309,14 +309,15 @@ class AccountStore(HoldsConnection):
                                   (employee_id, transport, consent_version, consented_at, now))
         return transport is not None
 
-    def refresh_template(self, employee_id: str, template: bytes) -> bool:
-        """A template of the unit's active model replacing one an older model made (hand/recognition.py): the same
-        consent and consent time (a revocation from before still removes it), stored and queued as enrolled."""
-        row = self.conn.execute("SELECT consent_version, consented_at FROM templates WHERE employee_id = ?",
+    def refresh_template(self, employee_id: str, make) -> bytes:
+        """``make(stored template) -> bytes`` (a model change, hand/recognition.py) stored in its place with the same
+        consent and consent time (a revocation from before still removes it), queued as enrolled; what it stored."""
+        row = self.conn.execute("SELECT sealed, consent_version, consented_at FROM templates WHERE employee_id = ?",
                                 (employee_id,)).fetchone()
         if row is None:
             raise AccountsError(f"{employee_id!r} has no template to refresh")
-        return self.enroll(employee_id, template, row[0], consented_at=row[1])
+        self.enroll(employee_id, template := make(self._cipher.open(employee_id, row[0])), row[1], consented_at=row[2])
+        return template
 
     def pending_uploads(self) -> list[tuple[str, bytes, str, float]]:
         """(employee id, template sealed for transport, consent version, consented at) for the sync."""

@@ -82,6 +82,29 @@ class JournalMark:
                 high_water = max(high_water, seq)
         return verified_seq, verified_hash, high_water
 
+    def read_tail(self, tail_bytes: int = 8192) -> tuple[int, str | None, int]:
+        """As read(), but the high-water mark from the file's last lines only (notes are appended in seq
+        order, and between start-ups the file grows by a line per entry): for the nightly heartbeat."""
+        try:
+            with open(self.path, "rb") as f:
+                first = f.readline()
+                size = os.fstat(f.fileno()).st_size
+                f.seek(max(len(first), size - tail_bytes))
+                tail = f.read().decode("ascii", errors="replace").splitlines()
+        except FileNotFoundError:
+            return 0, None, 0
+        except OSError:
+            return self.read()  # read() names the problem
+        noted = [seq for seq in map(_checked_note, tail) if seq is not None]
+        if not noted and size > len(first) + tail_bytes:
+            return self.read()  # a garbled tail: read every line
+        try:
+            verified = json.loads(first.decode("ascii"))
+            verified_seq, verified_hash = int(verified["verified_seq"]), str(verified["verified_hash"])
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
+            return self.read()
+        return verified_seq, verified_hash, max([verified_seq, *noted])
+
     def note(self, seq: int, digest: str) -> None:
         """Record that entry ``seq`` was committed (after its COMMIT). A failure is logged, never raised:
         the entry itself is durable, and a disk that refuses this write fails the next probe too.
@@ -178,6 +201,55 @@ def check_integrity(journal) -> str:
         raise JournalError(f"{mark.path}: cannot write the journal's mark: {exc}") from None
     return (f"journal verified: seq {verified_seq + 1}..{head_seq} in {checked_ms:.0f} ms, running totals rebuilt "
             f"in {1000 * (time.perf_counter() - start) - checked_ms:.0f} ms (head {head_hash[:16]})")
+
+
+HEARTBEAT_MARK_NAME = "journal.heartbeat-mark"
+
+
+def verify_for_heartbeat(journal) -> tuple[bool, str]:
+    """The nightly heartbeat's journal check, incremental: from the furthest position verified before (the
+    start-up mark, or the previous heartbeat's own mark) to the head, that position's hash unchanged, and
+    nothing lost below the high-water mark. (ok, one line). The whole walk, session histories included,
+    stays in `journal verify` and selftest; an entry altered before the position is also caught by the
+    office, which holds the uploaded copy. The heartbeat keeps its own mark file (the running unit appends
+    to ``journal.mark`` and only its start-up rewrites it)."""
+    from .journal_verify import check_range
+
+    mark = journal.mark
+    if mark is None:
+        report = journal.verify()
+        return report.ok, str(report).splitlines()[0]
+    own = mark.path.with_name(HEARTBEAT_MARK_NAME)
+    try:
+        verified_seq, verified_hash, high_water = mark.read_tail()
+        try:
+            saved = json.loads(own.read_text(encoding="ascii"))
+            if int(saved["verified_seq"]) > verified_seq:
+                verified_seq, verified_hash = int(saved["verified_seq"]), str(saved["verified_hash"])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass  # none yet (or unreadable): start from the start-up mark
+        head_seq, head_hash = journal.head()
+        if head_seq < high_water:
+            return False, (f"journal SHORTENED: it ends at seq {head_seq} but entries up to seq {high_water} were "
+                           "committed")
+        if verified_seq:
+            row = journal.conn.execute("SELECT hash FROM journal WHERE seq = ?", (verified_seq,)).fetchone()
+            if row is None or row[0] != verified_hash:
+                return False, (f"journal BROKEN at seq {verified_seq}: verified earlier with hash "
+                               f"{str(verified_hash)[:16]}, now {'missing' if row is None else str(row[0])[:16]}")
+        check_range(journal, verified_seq, head_seq)
+    except JournalCorrupt as exc:
+        return False, str(exc).splitlines()[0]
+    except sqlite3.DatabaseError as exc:
+        return False, f"journal database damaged: {exc}"
+    try:
+        write_file_atomically(own, (json.dumps({"verified_seq": head_seq, "verified_hash": head_hash}) + "\n")
+                              .encode("ascii"), 0o600)
+    except OSError as exc:  # a full disk: the next heartbeat checks from the older position again
+        log.warning("%s: cannot record the heartbeat's verified position: %s", own, exc)
+    if head_seq == verified_seq:
+        return True, f"journal verified: nothing new since seq {head_seq} (head {head_hash[:16]})"
+    return True, f"journal verified: seq {verified_seq + 1}..{head_seq} since the last check (head {head_hash[:16]})"
 
 
 def probe_durable_write(conn: sqlite3.Connection) -> None:

@@ -8,7 +8,8 @@ the unit's packages imports it.
 
 Modules: ``setup`` (settings built in code from a database URL), ``models`` (tables), ``ledger``
 (balances, top-ups, payroll month end), ``ingest`` (units' signed journal batches), ``bundles``
-(signed per-unit bundles), ``unit_api`` (the signed-request API units sync with), ``health``
-(unhealthy units, alerts), ``views``/``urls`` (pages), ``server`` (`vendor-node office serve`),
+(signed per-unit bundles), ``unit_api`` (the signed-request API units sync with), ``units`` (a
+technician's unit actions, heartbeat history), ``health`` (unhealthy units, alerts), ``views``/``unit_pages``/
+``urls`` (pages), ``server`` (`vendor-node office serve`),
 ``unit_client`` (a signed-request client for tests and the load bench).
 """

@@ -1,9 +1,12 @@
-"""Units' signed journal batches into the ledger: signature, hash chain, idempotent by (unit, seq).
+"""Units' signed journal batches into the ledger: signature, hash chain, idempotent by (unit, journal, seq).
 
 The batch is the file `journal export` writes. Its signature must verify with the unit's own
 registered key; every entry's hash must recompute and chain from the office's last ingested
 (seq, hash) for that unit. A batch starting past last+1 is a gap: refused (409) and flagged on
 the unit, never papered over. A batch already ingested answers the same signed receipt again.
+A batch that does not continue the journal the office holds (a unit reinstalled with a fresh journal)
+is refused and flagged until a technician accepts the new journal (``units.accept_new_journal``): it
+is then the unit's next journal epoch, ingested from seq 1, the old one's entries kept as they were.
 """
 from __future__ import annotations
 

@@ -3,14 +3,13 @@
 Why here and after the purchase: the refresh must never delay the board's approval, and it must use the
 very frame that was just matched (no camera image is kept: the palm region lives only in the probe's
 features until this returns). ``Recognizer.refreshed_template`` decides (a confident match only, no
-clash with another employee's active-model template); the store keeps the employee's consent and
-queues the new template for upload like an enrollment; the gallery takes it in place, not rebuilt.
+clash with another employee's active-model template); the store keeps the old template beside the new
+one (a template set: the old model still knows the employee when the new one misses), the employee's
+consent, and queues it for upload like an enrollment; the gallery takes it in place, not rebuilt.
 """
 from __future__ import annotations
 
 import logging
-
-from ..errors import AccountsError, RecognitionError
 
 log = logging.getLogger("vendor_node.unit")
 
@@ -25,10 +24,11 @@ def refresh_old_template(unit, features, match) -> bool:
         template = make(features, match, gallery)
         if template is None:
             return False
-        unit.accounts.refresh_template(match.employee_id, template)
-        gallery.add(match.employee_id, template)
+        stored = unit.accounts.refresh_template(match.employee_id,
+                                                lambda old: unit.recognizer.with_old_template(template, old))
+        gallery.add(match.employee_id, stored)
         unit._gallery_key = unit.accounts.templates_revision()  # taken in place: no rebuild of everyone
-    except (RecognitionError, AccountsError) as exc:
+    except Exception as exc:  # noqa: BLE001 - a refresh that fails must never stop the unit: the old template stays
         log.warning("template of %s not refreshed to %s: %s", match.employee_id, unit.recognizer.model_id, exc)
         return False
     log.info("template of %s refreshed from %s to %s", match.employee_id, match.model_id, unit.recognizer.model_id)
