@@ -4,6 +4,7 @@ and pull their bundle, N at a time, over loopback HTTP against `vendor-node offi
 
     .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --concurrency 50
     .venv/bin/python scripts/bench_office.py --bundle-employees 10000      # bundle build time only
+    .venv/bin/python scripts/bench_office.py --units 60 --in-process [--profile]   # CPU per request kind
 
 A throwaway PostgreSQL server is started (Debian's postgresql) unless --db names one. Each unit's batch
 is the exact signed format `journal export` writes (entries hash-chained, signed by the unit's own key).
@@ -146,6 +147,41 @@ def bundle_build_time(employees: int) -> float:
     return elapsed
 
 
+def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
+    """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then
+    their heartbeats, then their bundles, each kind timed (process CPU) and optionally profiled."""
+    import cProfile
+    import pstats
+
+    from django.test import Client
+
+    from vendor_node.office.unit_client import signed_headers
+
+    client = Client()
+    for what, method in (("journal", "POST"), ("heartbeat", "POST"), ("bundle", "GET")):
+        profiler = cProfile.Profile() if profile else None
+        started = time.process_time()
+        if profiler:
+            profiler.enable()
+        for i, key in enumerate(unit_keys):
+            unit_id = f"bench-{i:04d}"
+            body = (nights / f"{i}.json").read_bytes() if what == "journal" else heartbeat() if what == "heartbeat" \
+                else b""
+            path = f"/api/v1/units/{unit_id}/{what}" + ("?after=0" if what == "bundle" else "")
+            headers = signed_headers(key, unit_id, method, path, body)
+            answer = client.post(path, data=body, content_type="application/json", headers=headers) \
+                if method == "POST" else client.get(path, headers=headers)
+            if answer.status_code != 200:
+                raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
+        if profiler:
+            profiler.disable()
+        cpu = time.process_time() - started
+        print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
+              f"the database client; the database server's own CPU not included){' (profiled)' if profile else ''}")
+        if profiler:
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--db", help="postgresql://... (default: a throwaway PostgreSQL server)")
@@ -157,6 +193,10 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--bundle-employees", type=int, default=0, help="only time one bundle of this many employees")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--in-process", action="store_true",
+                        help="no server: each unit's requests through Django's test client in this one thread, "
+                             "CPU ms per request kind (the figure contention distorts least)")
+    parser.add_argument("--profile", action="store_true", help="with --in-process: cProfile's top entries per kind")
     args = parser.parse_args()
 
     from vendor_node.money.keys import generate_fleet_keys
@@ -187,7 +227,6 @@ def main() -> int:
             Unit.objects.bulk_create([Unit(unit_id=f"bench-{i:04d}", fingerprint=fingerprint(k))
                                       for i, k in enumerate(unit_keys)])
         connections.close_all()
-        proc, base = start_office(db_url, keys, args.workers, args.threads)
         timings = {"journal": [], "heartbeat": [], "bundle": []}
         failures, charged_total, lock = [], {}, threading.Lock()
 
@@ -200,6 +239,10 @@ def main() -> int:
             (nights / f"{i}.json").write_bytes(batch)
             for e, c in charged.items():
                 charged_total[e] = charged_total.get(e, 0) + c
+        if args.in_process:
+            in_process_costs(unit_keys, nights, args.profile)
+            return 0
+        proc, base = start_office(db_url, keys, args.workers, args.threads)
 
         def one_unit(i: int):
             unit_id, key = f"bench-{i:04d}", unit_keys[i]

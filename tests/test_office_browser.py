@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from test_office_support import FakeUnit, OfficeProcess
+from test_office_support import FakeUnit, OfficeProcess, heartbeat_body
 
 pytest.importorskip("django")
 webdriver = pytest.importorskip("selenium.webdriver")
@@ -101,6 +101,14 @@ def test_manager_imports_tops_up_registers_a_unit_and_sees_its_sale(browser, tmp
         b.get(office.base + "/sales/?by=unit")
         table = b.find_element(By.ID, "sales").text
         assert "browser-unit 1 1.80" in table
+
+        client = UnitClient(office.base, unit.unit_id, unit.key)  # its heartbeat: keys in software mode
+        assert client.request("POST", "heartbeat", heartbeat_body(key_mode="software"))[0] == 200
+        b.get(office.base + "/units/browser-unit/")
+        assert b.find_element(By.ID, "key_mode").text == "software"
+        b.find_element(By.ID, "no_sale_alert_h").send_keys("12")
+        submit(b, "save_no_sale")
+        assert "no-sale alert: after 12 h" in b.find_element(By.TAG_NAME, "main").text
         unit.close()
     finally:
         office.stop()

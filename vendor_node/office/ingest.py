@@ -113,7 +113,8 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
         try:
             with transaction.atomic():
                 locked = Unit.objects.select_for_update().get(pk=unit.pk)
-                done = JournalBatch.objects.filter(unit=locked, epoch=locked.journal_epoch, batch_id=body["batch_id"]).first()
+                done = JournalBatch.objects.filter(unit=locked, epoch=locked.journal_epoch,
+                                                   batch_id=body["batch_id"]).first()
                 if done is not None:
                     if (done.last_seq, done.last_hash) != (last, body["last_hash"]):
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
@@ -161,16 +162,16 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
-    batch = JournalBatch.objects.create(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first, last_seq=last,
-                                        last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
-                                        entries=len(new))
+    batch = JournalBatch.objects.create(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"],
+                                        first_seq=first, last_seq=last, last_hash=body["last_hash"],
+                                        ingested_at=round(time.time(), 6), entries=len(new))
     unit.save(update_fields=["last_seq", "last_hash", "gap", "refused"])
     _add_to_totals(new)  # last: the shared per-employee rows stay locked only until the commit just after
     return receipt_for(unit, batch)
 
 
-_ENTRY_COLUMNS = ("unit_id", "epoch", "seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail",
-                  "prev_hash", "hash", "charged_cents", "batch_id")
+_ENTRY_COLUMNS = ("unit_id", "epoch", "seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents",
+                  "detail", "prev_hash", "hash", "charged_cents", "batch_id")
 
 
 def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]) -> None:

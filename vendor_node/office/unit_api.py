@@ -103,13 +103,25 @@ def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519Pub
     if url_unit_id != claimed:
         raise UnitRequestRefused(403, f"unit {claimed!r} may not use the URL of unit {url_unit_id!r}")
     now = timezone.now()
-    Nonce.objects.filter(unit=unit, seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
     try:
         with transaction.atomic():
+            _prune_nonces(now)
             Nonce.objects.create(unit=unit, nonce=nonce, seen_at=now)
     except IntegrityError:
         raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)") from None
     return unit, public_key, body
+
+
+_pruned_at = [0.0]  # monotonic time of this process's last prune
+
+
+def _prune_nonces(now) -> None:
+    """Forget nonces older than twice the clock window (a request that old is refused by its timestamp):
+    every unit's at once, at most every 30 s per process, not a statement on every request."""
+    if time.monotonic() - _pruned_at[0] < 30:
+        return
+    _pruned_at[0] = time.monotonic()
+    Nonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
 
 
 def unit_endpoint(what: str, method: str):
@@ -260,7 +272,8 @@ def summary(request, unit, public_key, body):
 
     from .models import JournalEntry
 
-    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(n=Count("id"), charged=Sum("charged_cents"))
+    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(
+        n=Count("id"), charged=Sum("charged_cents"))
     return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
                           "last_hash": unit.last_hash, "entries": totals["n"] or 0,
                           "charged_cents": totals["charged"] or 0})
