@@ -57,6 +57,8 @@ def draw_trace(image: np.ndarray, trace: dict, label: str = "") -> np.ndarray:
         cv2.polylines(out, [corners.reshape(-1, 1, 2)], True, (0, 0, 255), thick)
         cv2.line(out, _pt(corners[0]), _pt(corners[1]), (0, 0, 255), 3 * thick)  # the fingers' side
     text = label or ""
+    if trace.get("side") in ("left", "right"):
+        text = f"{text} {trace['side']} hand".strip()
     if trace.get("reason"):
         text = f"{text} refused: {trace['reason']}".strip()
     if text:

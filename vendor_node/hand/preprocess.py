@@ -13,12 +13,12 @@ Fingertips, valleys, ROI placement and finger measurements live in handshape.py.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import cv2
 import numpy as np
 
-from . import hand_geometry, handshape, palm_square
+from . import hand_geometry, handedness, handshape, palm_circle, palm_square
 from ..errors import HandRejected
 from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
 
@@ -38,6 +38,13 @@ REASONS = {  # short, and each says what to do (the unit looks up at the hand: n
     "too_close": "Hold your hand a little higher.",
     "bad_image": "The camera delivered an unusable picture.",
 }
+
+# Left hands cut mirrored, so every ROI is a right palm? Off: the thumb's side is told right on 90-98% of the
+# frames where it is told at all (11k_small palmar views, 11k_full), and a person whose frames are told both
+# ways (or unknown) is mirrored on some frames only; on the model's held-out people mirroring cost 11k_full
+# rank-1 88.9% -> 75.8%, nir_dev 100% -> 90% (one person), 11k_small palmar left EER 25.4% -> 38.1%, while
+# coep_dev (all right) and webcam_hand2 (all left) are told without a miss. Hand.side is reported either way.
+MIRROR_LEFT_HANDS = False
 
 # Tuning (fractions are relative to the working image or the palm radius).
 HYSTERESIS = 0.8  # dim parts of a lit hand are kept down to this fraction of Otsu's threshold over background
@@ -71,18 +78,28 @@ class Hand:
     # (fingers together: placed from the palm circle)
     measures: dict[str, float] = field(default_factory=dict)  # sharpness, contrast, area: for eval reports
     square: np.ndarray | None = None  # the palm square's corners (4, 2) in frame pixels: ROI top-left, top-right,
-    # bottom-right, bottom-left (its top edge faces the fingers)
+    # bottom-right, bottom-left (its top edge faces the fingers; a left hand's ROI is mirrored, so its corners
+    # run the other way round)
+    side: str = "unknown"  # "right" or "left" from the thumb's side (a left hand's ROI is mirrored), or "unknown"
 
 
 def reject(reason: str) -> HandRejected:
     return HandRejected(reason, REASONS[reason])
 
 
-def extract_hand(image: np.ndarray, trace: dict | None = None) -> Hand:
+def extract_hand(image: np.ndarray, trace: dict | None = None, mirror_left: bool = MIRROR_LEFT_HANDS) -> Hand:
     """The aligned palm ROI, geometry and keypoints of the one hand in ``image``; HandRejected otherwise.
 
     ``trace``, when given, collects what was found on the way (outline, key points, palm square, in
-    full-resolution pixels) even when the frame is refused: the debug view draws it."""
+    full-resolution pixels) even when the frame is refused: the debug view draws it. ``mirror_left`` cuts a
+    hand told left by its thumb's side mirrored, into the right-hand frame (see MIRROR_LEFT_HANDS)."""
+    hand = _extract(image, trace)
+    if mirror_left and hand.side == "left":  # the thumb at the square's +x, as for a right palm
+        return replace(hand, roi=np.ascontiguousarray(hand.roi[:, ::-1]), square=hand.square[[1, 0, 3, 2]])
+    return hand
+
+
+def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     grey = _validated(image)
     scale = max(grey.shape) / WORK_SIZE
     if scale > 1.0:
@@ -184,10 +201,26 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     if handshape.palm_cut_by_frame(shape, radius):
         raise reject(spill)
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
+    in_frame = center, radius  # the frame checks below are about the palm inside the frame
+    if alignment == "valleys" and "heel" in palm_circle.cut_sides(center, radius, axis_x, mask.shape):
+        # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller
+        # and sits further towards the fingers than the palm's own; the palm is taken to go on past the
+        # frame's edge towards the wrist, the circle moving only that way (placed again from the valleys).
+        valleys = [shape.points[f"valley_{k}"] for k in ("index_middle", "middle_ring", "ring_little")
+                   if f"valley_{k}" in shape.points]
+        if valleys:
+            wider = palm_circle.past_heel(mask, center, radius, np.array([axis_x[1], -axis_x[0]]),
+                                           np.mean(valleys, axis=0))
+            placed = handshape.roi_frame(shape, mask, *wider)
+            if placed[3] == "valleys" and palm_square.inside_frame(*placed[:3], mask.shape):
+                # (a square that would leave the frame keeps the in-frame circle, as a whole-hand photo
+                # whose wrist is as wide as the palm does: measured better on 11k_full)
+                (center, radius), (roi_center, axis_x, side, alignment) = wider, placed
+                trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     trace["roi_square"] = palm_square.square_corners(roi_center, axis_x, side) * scale
     if not palm_square.inside_frame(roi_center, axis_x, side, mask.shape):
         raise reject(spill if spills else "cut_off")
-    cut_sides = _palm_cut_sides(center, radius, axis_x, mask.shape)
+    cut_sides = palm_circle.cut_sides(*in_frame, axis_x, mask.shape)
     if alignment == "axis" and (spills or cut_sides - {"heel"}):  # no valleys place it, and it runs out of view
         raise reject(spill)
     if "across" in cut_sides and (alignment == "valley_pair" or
@@ -197,8 +230,12 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
-    if np.count_nonzero(roi != 128) < MIN_COVERAGE * roi.size:  # the outline ran through the palm
+    coverage = np.count_nonzero(roi != 128) / roi.size
+    trace["coverage"] = coverage
+    if coverage < MIN_COVERAGE:  # the outline ran through the palm
         raise HandRejected("bad_image", "The hand could not be told from the background.")
+    hand_side = handedness.thumb_side(shape, center, radius, axis_x) or "unknown"
+    trace["side"] = hand_side
     geometry = hand_geometry.geometry(shape, mask, center, radius)
     keypoints = {name: (float(p[0] * scale), float(p[1] * scale)) for name, p in shape.points.items()}
     keypoints["palm_center"] = (float(center[0] * scale), float(center[1] * scale))
@@ -208,7 +245,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     quality = _quality(sharpness, contrast, area, alignment, shape)
     measures = {"sharpness": sharpness, "contrast": contrast, "area": area, "palm_radius": radius * scale,
                 "roi_side": side * scale, "texture": texture}
-    return Hand(roi, geometry, keypoints, quality, alignment, measures, trace["roi_square"])
+    return Hand(roi, geometry, keypoints, quality, alignment, measures, trace["roi_square"], hand_side)
 
 
 # --- input and segmentation ---------------------------------------------------
@@ -228,7 +265,7 @@ def _validated(image) -> np.ndarray:
 def _find_hand(work: np.ndarray, method: str):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
     mask, contrast, unfilled = _segment(work, method)
-    center, radius = _palm_circle(mask)
+    center, radius = palm_circle.largest(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
@@ -270,8 +307,8 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
     second_big = len(order) > 1 and areas[order[1]] >= SECOND_HAND_AREA * areas[order[0]]
     if second_big and areas[order[1]] / hand.size > MIN_HAND_AREA * 0.5:
         # A second hand has a palm too; background clutter (cloth folds, glare) is thin or ragged.
-        first_radius = _palm_circle(np.where(labels == order[0] + 1, 255, 0).astype(np.uint8))[1]
-        second_radius = _palm_circle(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
+        first_radius = palm_circle.largest(np.where(labels == order[0] + 1, 255, 0).astype(np.uint8))[1]
+        second_radius = palm_circle.largest(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
         if second_radius >= 0.6 * first_radius:
             raise reject("two_hands")
     mask = np.where(labels == order[0] + 1, 255, 0).astype(np.uint8)
@@ -316,16 +353,6 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
 
 
-def _palm_circle(mask: np.ndarray) -> tuple[np.ndarray, float]:
-    """Centre and radius of the largest circle inside the hand and the frame: the palm. (Letting it run
-    past the frame's edge kept a near hand's palm square in place on coep_dev, but slid it into the
-    forearm on 11k_full, where the wrist is as wide as the palm: measured worse on real photos.)"""
-    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the frame edge is not palm
-    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
-    _, radius, _, loc = cv2.minMaxLoc(dist)
-    return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)
-
-
 def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
     """Midpoint of where the arm leaves the frame (None if the whole hand is inside or the arm cannot be
     told from the fingers), and whether the hand spills out of the frame more widely than an arm would
@@ -366,21 +393,6 @@ def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple
     if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
         return None, True  # two broad contacts: no telling the arm from the hand
     return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32), False
-
-
-def _palm_cut_sides(center: np.ndarray, radius: float, axis_x: np.ndarray, shape: tuple[int, int]) -> set[str]:
-    """Where the frame's edge cuts the palm circle, seen from the palm: "heel" (towards the wrist, harmless
-    to the square, which sits towards the fingers), "fingers", or "across" (beside the square)."""
-    h, w = shape
-    up = np.array([axis_x[1], -axis_x[0]])
-    sides = set()
-    for gap, outward in ((center[0], (-1, 0)), (w - 1 - center[0], (1, 0)), (center[1], (0, -1)),
-                         (h - 1 - center[1], (0, 1))):
-        if gap > radius + 1.5:  # clear of this edge (a circle touching it was cut short by it)
-            continue
-        along = float(np.dot(outward, up))
-        sides.add("fingers" if along > 0.7 else "heel" if along < -0.7 else "across")
-    return sides
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

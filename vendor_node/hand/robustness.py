@@ -49,6 +49,25 @@ def scaled(factor: float):
     return lambda image, sample=None: _warp(image, 0.0, factor)
 
 
+def nearer(factor: float):
+    """A hand held nearer the camera over the same spot: zoomed about its palm (found on the photo as it
+    is), as at the unit, where a hand comes nearer over the camera; "scaled" zooms about the frame's
+    centre instead, so a palm away from the centre also moves out of the frame."""
+    def transform(image, sample=None):
+        return _warp(image, 0.0, factor, _palm_center(image))
+    return transform
+
+
+def _palm_center(image: np.ndarray):
+    from ..errors import HandRejected
+    from .preprocess import extract_hand
+
+    try:
+        return extract_hand(image).keypoints["roi_center"]
+    except HandRejected:
+        return image.shape[1] / 2, image.shape[0] / 2
+
+
 def blurred(image: np.ndarray, sample=None) -> np.ndarray:
     return cv2.GaussianBlur(image, (0, 0), BLUR_FRACTION * max(image.shape))
 
@@ -99,6 +118,7 @@ TRANSFORMS = {
     "as photographed": None,
     "turned -30": turned(-30), "turned -15": turned(-15), "turned +15": turned(15), "turned +30": turned(30),
     "scaled 0.7": scaled(0.7), "scaled 1.3": scaled(1.3), "scaled 1.5": scaled(1.5),
+    "nearer 1.3": nearer(1.3), "nearer 1.5": nearer(1.5),
     "blurred": blurred, "darkened": darkened, "infrared-like": ir_like, "close-up (unit-like)": closeup,
 }
 

@@ -1,0 +1,64 @@
+"""The palm circle: the largest circle inside the hand (its centre and radius place and size the palm square),
+where the frame's edge cuts it, and where it would lie when a near hand's heel leaves the frame.
+Split from preprocess.py; works on the hand mask in working pixels."""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+PALM_BEYOND_FRAME = 0.3  # a near hand: how far past the frame's edge its outline is continued (of the short side)
+PALM_MOVE = 0.35  # of its radius: how far the circle may move past the heel
+PALM_BELOW_VALLEYS = 1.3  # the palm centre lies at most this many radii below the finger valleys (whole palms:
+# coep_dev 1.34-1.47, webcam_hand2 0.84-0.94, 11k_full 0.97-1.32, quartiles)
+PALM_MOVE_COST = 0.5  # of circles past the heel, one a pixel further from the in-frame circle must be this much bigger
+
+
+def largest(mask: np.ndarray) -> tuple[np.ndarray, float]:
+    """Centre and radius of the largest circle inside the hand and the frame: the palm. (Letting it run
+    past the frame's edge kept a near hand's palm square in place on coep_dev, but slid it into the
+    forearm on 11k_full, where the wrist is as wide as the palm: measured worse on real photos.)"""
+    padded = cv2.copyMakeBorder(mask, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)  # the frame edge is not palm
+    dist = cv2.distanceTransform(padded, cv2.DIST_L2, 5)
+    _, radius, _, loc = cv2.minMaxLoc(dist)
+    return np.array((loc[0] - 1, loc[1] - 1), dtype=np.float32), float(radius)
+
+
+def past_heel(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarray,
+                          valleys: np.ndarray) -> tuple[np.ndarray, float]:
+    """The palm circle where the frame's edge cuts the heel of the palm: the hand is taken to go on past
+    the edge as it left it (its outline continued straight out), and the circle may move from the one kept
+    inside the frame only towards the wrist (``up`` points to the fingers), by at most one radius; of
+    nearly equal circles the nearest wins, so a wrist as wide as the palm cannot draw it into the arm."""
+    h, w = mask.shape
+    pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
+    extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
+    extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+    dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
+    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    dx, dy = xs - center[0], ys - center[1]
+    along = dx * up[0] + dy * up[1]
+    lateral = np.abs(dx * up[1] - dy * up[0])
+    below_valleys = (valleys[0] - xs) * up[0] + (valleys[1] - ys) * up[1]
+    allowed = (along <= 0.05 * radius) & (along >= -PALM_MOVE * radius) & (lateral <= 0.5 * radius)
+    allowed &= below_valleys <= PALM_BELOW_VALLEYS * dist  # not slid down a wrist as wide as the palm
+    score = np.where(allowed, dist - PALM_MOVE_COST * np.hypot(dx, dy), -1.0)
+    _, _, _, loc = cv2.minMaxLoc(score)
+    found = float(dist[loc[1], loc[0]])
+    if found <= radius:
+        return center, radius
+    return np.array(loc, dtype=np.float32), found
+
+
+def cut_sides(center: np.ndarray, radius: float, axis_x: np.ndarray, shape: tuple[int, int]) -> set[str]:
+    """Where the frame's edge cuts the palm circle, seen from the palm: "heel" (towards the wrist, harmless
+    to the square, which sits towards the fingers), "fingers", or "across" (beside the square)."""
+    h, w = shape
+    up = np.array([axis_x[1], -axis_x[0]])
+    sides = set()
+    for gap, outward in ((center[0], (-1, 0)), (w - 1 - center[0], (1, 0)), (center[1], (0, -1)),
+                         (h - 1 - center[1], (0, 1))):
+        if gap > radius + 1.5:  # clear of this edge (a circle touching it was cut short by it)
+            continue
+        along = float(np.dot(outward, up))
+        sides.add("fingers" if along > 0.7 else "heel" if along < -0.7 else "across")
+    return sides
