@@ -218,3 +218,24 @@ def test_a_refreshed_employee_keeps_the_old_template_beside_the_new(two_models):
                                   gallery) is None  # already on the active model: never a set inside a set
     gallery.remove("E7")
     assert "E7" not in gallery and len(gallery) == 2
+
+
+def test_selftest_fails_when_the_active_threshold_is_out_of_reach(tmp_path, capsys):
+    """A learned model's threshold follows the staff size; past its calibrated points no score reaches it."""
+    import shutil
+
+    from vendor_node.cli.main import main
+
+    if not (SHIPPED / "manifest.json").is_file():
+        pytest.skip("palm-embed-1 is not in firmware_assets yet")
+    assets = tmp_path / "assets"
+    shutil.copytree(ASSETS_DIR, assets)
+    (assets / "models.json").write_text(json.dumps({"active": "palm-embed-1", "accepted": ["palm-gabor-1"]}))
+    cfg = _config(tmp_path).replace(unit={"assets_dir": assets})
+    old = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    provision_bundle(cfg, [("E6", "Person E6", 100, "active")], {"E6": old.enroll([draw_hand(6, 0)]).template})
+    config = tmp_path / "unit.toml"
+    config.write_text(f'[unit]\nassets_dir = "{assets}"\n[recognition]\nmax_wrong_payer = 1e-9\n')
+    assert main(["--config", str(config), "selftest", "--sim", "--state-dir", str(cfg.state_dir)]) == 1
+    line = next(x for x in capsys.readouterr().out.splitlines() if x[4:].lstrip().startswith("templates"))
+    assert line.startswith("FAIL") and "no score can reach it" in line and "palm-gabor-1 1" in line

@@ -118,6 +118,8 @@ def _checks(cfg):
 
     def templates():
         from ..assets import model_set
+        from ..hand.decision import DecisionPolicy
+        from ..hand.model import read_manifest
         from ..hand.recognition import templates_by_model
         from ..money.accounts import AccountStore
 
@@ -136,6 +138,13 @@ def _checks(cfg):
         old = sum(n for name, n in counts.items() if name != models.active.name)
         if old:
             text += f"; {old} on older models, refreshed to {models.active.name} at their next confident match"
+        threshold = DecisionPolicy(read_manifest(models.active)["decision"], cfg.recognition.threshold,
+                                   max_wrong_payer=cfg.recognition.max_wrong_payer).threshold_for(sum(counts.values()))
+        text += f"; {models.active.name}'s threshold for {sum(counts.values())} enrolled: {threshold:.3f}"
+        if threshold > 1:
+            raise FiguresError(f"{text}: no score can reach it (the model's calibrated false-match rate at this "
+                               "staff size); a better-separating model, or a higher recognition.max_wrong_payer",
+                               counts)
         return text, counts
 
     def camera():
