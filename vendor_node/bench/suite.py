@@ -17,7 +17,11 @@ def run(what: str, args, cfg) -> int:
     if what == "accounts":
         return bench_accounts(args)
     if what == "loop":
-        return bench_loop(args)
+        return bench_loop(args, cfg)
+    if what == "memory":  # bundle import of 50,000 and the unit at --employees (bench/memory.py)
+        from . import memory
+
+        return memory.run(args, cfg)
     if what == "template-guard":  # renewing the fleet's template guard secret (bench/template_guard.py)
         from . import template_guard
 
@@ -129,107 +133,8 @@ def bench_accounts(args) -> int:  # owned by the accounts engineer
     return 0 if met else 1
 
 
-def bench_loop(args) -> int:  # owned by the unit engineer
-    """The whole simulated unit over many customers: resident memory steady state and growth, trigger->board.
+def bench_loop(args, cfg) -> int:
+    """The whole simulated unit at ``--employees`` beside one of 100 employees (bench/loop.py)."""
+    from . import loop
 
-    Runs SimUnit (the real loop, recognizer, accounts, journal and MDB protocol over a pty) against a fast
-    simulated machine with drawn hands; ``--customers`` (or $VENDOR_NODE_BENCH_CUSTOMERS, default 10000).
-    The simulator keeps only its last records (exact totals aside) so the unit's memory is what is measured.
-    """
-    import array
-    import os
-    import random
-    import tempfile
-    import time
-    from pathlib import Path
-
-    from ..config import Config
-    from ..hand.recognition import Recognizer
-    from ..sim.provision import choose_people, provision
-    from ..sim.simulate import MENU, Customer, SimUnit, sim_config
-
-    customers = getattr(args, "customers", None) or int(os.environ.get("VENDOR_NODE_BENCH_CUSTOMERS", "10000"))
-    if not getattr(args, "verbose", False):  # 10,000 purchase lines would bury the table (-v shows them)
-        import logging
-
-        logging.getLogger("vendor_node").setLevel(logging.WARNING)
-    warmup = max(50, min(500, customers // 10))
-    rng = random.Random(7)
-
-    def rss_mb() -> float:
-        with open("/proc/self/status", encoding="ascii") as status:
-            for line in status:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024.0
-        raise RuntimeError("no VmRSS in /proc/self/status")
-
-    latencies = array.array("d")
-    checkpoints: list[tuple[int, float]] = []
-    with tempfile.TemporaryDirectory(prefix="bench-loop-") as tmp:
-        # no cool-down: customers here come back to back, hundreds a minute
-        cfg = sim_config(Config()).replace(unit={"state_dir": Path(tmp), "unit_id": "bench"},
-                                           abuse={"max_failures": 10 ** 9})
-        recognizer = Recognizer.from_config(cfg)
-        people = choose_people(rng, None, employees=8, strangers=2, funds_cents=100_000_000)
-        provision(cfg, people, recognizer, rng)
-        images = {p.key: p.images("present")[:3] for p in people}  # the simulator's images, kept small
-        employees = [p for p in people if p.employee_id]
-        strangers = [p for p in people if not p.employee_id]
-        fast_machine = {"think_s": 0.001, "vend_time_s": 0.002, "slow_s": 0.02, "cancel_after_s": 0.02,
-                        "patience_s": 2.0, "reader_timeout_s": 5.0, "session_timeout_s": 10.0,
-                        "keep_history": 100}  # the simulator's records are not the unit's memory
-        started = time.monotonic()
-        with SimUnit(cfg, recognizer, vmc_options=fast_machine) as unit:
-            if not unit.wait_in_service(10.0):
-                print(f"the simulated unit did not come into service: {unit.loop.faults}")
-                return 1
-            vmc = unit.vmc
-            for i in range(1, customers + 1):
-                person = rng.choice(strangers) if rng.random() < 0.1 else rng.choice(employees)
-                behaviour = rng.choices(["normal", "jam", "cancel"], [0.9, 0.05, 0.05])[0]
-                order = "selection_first" if rng.random() < 0.3 else "hand_first"
-                purchase = Customer(unit, images[person.key], rng.choice(MENU), behaviour, order).run()
-                if unit.error is not None:
-                    raise unit.error
-                if purchase is not None and purchase.trigger_to_board_ms is not None:
-                    latencies.append(purchase.trigger_to_board_ms)
-                if i == warmup or (i > warmup and (i - warmup) % max(1, (customers - warmup) // 8) == 0) \
-                        or i == customers:
-                    checkpoints.append((i, rss_mb()))
-                    print(f"  {i:>6} customers  RSS {checkpoints[-1][1]:7.1f} MB  "
-                          f"({time.monotonic() - started:.0f} s)", flush=True)
-            vmc.wait_idle(5.0)
-            vended, vended_cents = vmc.vended_count, vmc.vended_cents
-            from ..sim.simulate import journal_summary
-
-            summary = journal_summary(unit.journal, 0)
-        elapsed = time.monotonic() - started
-    steady = checkpoints[0][1]
-    peak = max(mb for _, mb in checkpoints)
-    growth = checkpoints[-1][1] - steady
-    ordered = sorted(latencies)
-    p95 = ordered[int(0.95 * (len(ordered) - 1))] if ordered else float("nan")
-    p50 = ordered[len(ordered) // 2] if ordered else float("nan")
-    equal = summary["charged"] == vended and summary["charged_cents"] == vended_cents
-    rows = [
-        (f"RSS steady (after {warmup} customers)", steady, "MB", 150.0),
-        ("RSS peak", peak, "MB", 150.0),
-        (f"RSS growth over {customers - warmup} customers", growth, "MB", 5.0),
-        ("trigger->board p50", p50, "ms", None),
-        ("trigger->board p95", p95, "ms", 60.0),
-        ("trigger->board max", ordered[-1] if ordered else float("nan"), "ms", None),
-    ]
-    print(f"\nbench loop: {customers} customers in {elapsed:.0f} s ({customers / elapsed:.1f}/s), "
-          f"{summary['charged']} charged, {vended} vended")
-    print(f"{'metric':<44} {'measured':>10}    {'target':>8}    {'ratio':>6}")
-    met = equal
-    record("charges equal successful vends", float(equal), "bool", None)
-    for name, value, unit_name, target in rows:
-        record(name, value, unit_name, target)
-        ratio = f"{value / target:.2f}" if target else "-"
-        met = met and (target is None or value <= target)
-        print(f"{name:<44} {value:>10.1f} {unit_name:<3}" + (f" {target:>8g} {unit_name:<3}" if target else
-                                                              f" {'-':>8}    ") + f" {ratio:>6}")
-    print(f"{'charges equal successful vends':<44} {str(equal):>10}")
-    print("all targets met" if met else "TARGET MISSED")
-    return 0 if met else 1
+    return loop.run(args, cfg)

@@ -45,8 +45,14 @@ def _add_recognition_commands(sub) -> None:
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")
-    p.add_argument("what", choices=["recognition", "accounts", "loop", "template-guard"], help="which benchmark")
+    p.add_argument("what", choices=["recognition", "accounts", "loop", "memory", "template-guard"], help="which benchmark")
     p.add_argument("--json", action="store_true", help="the figures as one JSON object on stdout (tables on stderr)")
+    p.add_argument("--employees", type=positive_int, default=10_000,
+                   help="loop, memory: the office's size, measured beside 100 employees (default 10000; drawn "
+                        "employees' templates are made once and cached in $VENDOR_NODE_CACHE_DIR, default "
+                        "~/.cache/vendor-node/templates-<model id>-hands1000.npz)")
+    p.add_argument("--customers", type=positive_int,
+                   help="loop: customers served at each size (default $VENDOR_NODE_BENCH_CUSTOMERS or 1000)")
     p.set_defaults(handler=_cmd_bench)
 
 
@@ -234,7 +240,12 @@ def _add_unit_commands(sub) -> None:
                    help="hand photos as <subject>/<image> (default ../shared/handdata/coep_dev when present, "
                         "else drawn hands)")
     p.add_argument("--synthetic", action="store_true", help="drawn hands even when photos are present")
-    p.add_argument("--employees", type=positive_int, default=12, help="employees to enroll when provisioning")
+    p.add_argument("--employees", type=positive_int, default=12,
+                   help="employees to enroll when provisioning; from 50 drawn employees on, their templates are "
+                        "made once (real enrollment of drawn hands, on every core, with a progress bar) and cached "
+                        "outside the state dir in $VENDOR_NODE_CACHE_DIR (default ~/.cache/vendor-node) as "
+                        "templates-<model id>-hands1000.npz, reused by any smaller office and made again for "
+                        "another model")
     p.add_argument("--seed", type=int, default=1, help="random seed for customers and selections")
     p.add_argument("--quiet", action="store_true", help="do not print each purchase")
     p.add_argument("--office", metavar="URL", help="sync with this running back office (the unit provisioned "

@@ -17,9 +17,10 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 
 from . import authorize as floor_limits
-from .accounts_schema import SCHEMA, BundleInfo, Employee
+from .accounts_schema import STATEMENTS, BundleInfo, Employee
 from .authorize import MESSAGES, AbuseGuard, Authorization
-from .bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle, read_bundle_file
+from .bundle import TEMPLATE_TRANSPORT_PURPOSE, Bundle
+from .bundle_stream import read_bundle_streamed
 from ..errors import AccountsError, BundleError, ConsentError, KeyFileError
 from .keys import KeyStore, TemplateCipher
 from .storage import HoldsConnection, open_owning, transaction
@@ -46,9 +47,8 @@ class AccountStore(HoldsConnection):
         self.keystore = keystore or KeyStore.from_config(cfg)
         conn.execute("PRAGMA secure_delete=ON")  # deleted templates are zeroed, not just unlinked
         with self._transaction():
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+            for statement in STATEMENTS:
+                conn.execute(statement)
             columns = {row[1] for row in conn.execute("PRAGMA table_info(employees)")}
             if "funds_after_seq" not in columns:  # a store from before bundle format 2: count every own charge
                 conn.execute("ALTER TABLE employees ADD COLUMN funds_after_seq INTEGER NOT NULL DEFAULT 0")
@@ -92,9 +92,10 @@ class AccountStore(HoldsConnection):
                           employees=row[5], templates=row[6], deletions=row[7], sha256=row[8])
 
     def import_bundle(self, path: Path | str, now: float | None = None) -> BundleInfo:
-        """Verify and apply a bundle in one transaction; on any BundleError the store is unchanged."""
+        """Verify and apply a bundle in one transaction; on any BundleError the store is unchanged. Streamed
+        (bundle_stream.py): signature checked before parsing, never the whole bundle in memory."""
         fleet_key = self.keystore.load_fleet_public_key()
-        bundle = read_bundle_file(path, fleet_key)  # signature checked before parsing
+        bundle = read_bundle_streamed(path, fleet_key)
         return self.apply_bundle(bundle, now=now, source=str(path))
 
     @property
@@ -120,13 +121,18 @@ class AccountStore(HoldsConnection):
                                   "built from another journal; refused, nothing changed")
 
     def apply_bundle(self, bundle: Bundle, now: float | None = None, source: str = "bundle") -> BundleInfo:
+        """Apply a checked bundle (a ``Bundle``, or a ``StreamedBundle`` whose records stream from its file)."""
         now = time.time() if now is None else now
         self._check_bundle_is_ours(bundle, source)
         if bundle.expires <= now:
             raise BundleError(f"{source}: expired at {datetime.fromtimestamp(bundle.expires):%Y-%m-%d %H:%M}")
-        sealed_here = self._reseal_transport_templates(bundle, source)
+        transport = None
+        if bundle.templates:
+            if not self.keystore.has_fleet_template_key():
+                raise BundleError(f"{source}: carries {len(bundle.templates)} templates but this unit has no fleet "
+                                  "template key (provision it with --fleet-template-key)")
+            transport = TemplateCipher(self.keystore.load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
         applied_at = now
-        funds_as_of = min(bundle.created, applied_at)
         with self._transaction():
             current = self.current_bundle()
             if current is not None and bundle.version <= current.version:
@@ -136,41 +142,21 @@ class AccountStore(HoldsConnection):
                 have = "none" if current is None else current.version
                 raise BundleError(f"{source}: delta on version {bundle.base_version} but this unit has {have}; "
                                   "import a snapshot first")
-            self._apply_rows(bundle, sealed_here, funds_as_of, now, source)
+            self._apply_rows(bundle, transport, min(bundle.created, applied_at), now, source)
             self.conn.execute(
                 "INSERT INTO bundle_history VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (bundle.version, bundle.kind, bundle.created, bundle.expires, applied_at, bundle.sha256,
-                 len(bundle.employees), len(sealed_here), len(bundle.deletions)))
+                 len(bundle.employees), len(bundle.templates), len(bundle.deletions)))
         log.info("account bundle %s v%d applied: %d employees, %d templates, %d deletions", bundle.kind,
-                 bundle.version, len(bundle.employees), len(sealed_here), len(bundle.deletions))
+                 bundle.version, len(bundle.employees), len(bundle.templates), len(bundle.deletions))
         if bundle.deletions or bundle.template_revocations:
             self._scrub()  # deleted templates leave no copy in the WAL either
         return self.current_bundle()
 
-    def _reseal_transport_templates(self, bundle: Bundle, source: str) -> list[tuple]:
-        """Open each template with the fleet template key and seal it under the unit data key (no db writes)."""
-        if not bundle.templates:
-            return []
-        if not self.keystore.has_fleet_template_key():
-            raise BundleError(f"{source}: carries {len(bundle.templates)} templates but this unit has no fleet "
-                              "template key (provision it with --fleet-template-key)")
-        transport = TemplateCipher(self.keystore.load_fleet_template_key(), TEMPLATE_TRANSPORT_PURPOSE)
-        rows = []
-        for i, item in enumerate(bundle.templates):
-            try:
-                template = transport.open(item.employee_id, item.sealed)
-            except InvalidTag:
-                raise BundleError(f"{source}: templates[{i}] for {item.employee_id!r} does not open with the "
-                                  "fleet template key") from None
-            if not template or len(template) > MAX_TEMPLATE_BYTES:
-                raise BundleError(f"{source}: templates[{i}] is {len(template)} bytes (1 to {MAX_TEMPLATE_BYTES})")
-            rows.append((item.employee_id, self._cipher.seal(item.employee_id, template), item.consent_version,
-                         item.consented_at))
-        return rows
-
-    def _apply_rows(self, bundle: Bundle, sealed_here: list[tuple], funds_as_of: float, now: float, source: str):
+    def _apply_rows(self, bundle: Bundle, transport: TemplateCipher | None, funds_as_of: float, now: float,
+                    source: str):
         c = self.conn
-        c.executemany(
+        c.executemany(  # rows from a generator: sqlite takes them one by one (a streamed bundle stays streamed)
             "INSERT INTO employees (id, display_name, status, funding, funds_cents, per_purchase_cap_cents, "
             "per_day_cap_cents, funds_as_of, bundle_version, funds_after_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
             "ON CONFLICT(id) DO UPDATE SET "
@@ -178,9 +164,9 @@ class AccountStore(HoldsConnection):
             "funds_cents=excluded.funds_cents, per_purchase_cap_cents=excluded.per_purchase_cap_cents, "
             "per_day_cap_cents=excluded.per_day_cap_cents, funds_as_of=excluded.funds_as_of, "
             "bundle_version=excluded.bundle_version, funds_after_seq=excluded.funds_after_seq",
-            [(e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents,
+            ((e.id, e.display_name, e.status, e.funding, e.funds_cents, e.per_purchase_cap_cents,
               e.per_day_cap_cents, funds_as_of, bundle.version, bundle.journal_position.seq)
-             for e in bundle.employees])
+             for e in bundle.employees))
         c.executemany("UPDATE employees SET status='deleted', display_name='', funds_cents=0, bundle_version=? "
                       "WHERE id=?", [(bundle.version, d) for d in bundle.deletions])
         if bundle.kind == "snapshot":  # whoever the snapshot leaves out is gone
@@ -202,18 +188,29 @@ class AccountStore(HoldsConnection):
         queued = {r[0] for r in c.execute("SELECT employee_id FROM upload_queue")}
         revoked = dict(c.execute("SELECT employee_id, revoked_at FROM template_revocations"))
         held = dict(c.execute("SELECT employee_id, consented_at FROM templates"))
-        rows = []
-        for emp_id, sealed, consent_version, consented_at in sealed_here:
-            if emp_id not in known:
-                raise BundleError(f"{source}: template for {emp_id!r}, who is not an employee on this unit")
-            if emp_id in queued:  # a newer enrollment here the fleet has not seen yet wins
-                continue
-            if held.get(emp_id) == consented_at:
-                continue  # the same enrollment again: keep its row (and its last-used time for retention)
-            if emp_id in revoked and consented_at <= revoked[emp_id]:
-                continue  # unenrolled here after that consent: never bring it back
-            rows.append((emp_id, sealed, consent_version, consented_at, now, None, "bundle"))
-        c.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+        def rows():  # one at a time: a streamed bundle of 50,000 never has all its templates in memory
+            for i, item in enumerate(bundle.templates if transport else ()):
+                emp_id, consented_at = item.employee_id, item.consented_at
+                try:
+                    template = transport.open(emp_id, item.sealed)
+                except InvalidTag:
+                    raise BundleError(f"{source}: templates[{i}] for {emp_id!r} does not open with the fleet "
+                                      "template key") from None
+                if not template or len(template) > MAX_TEMPLATE_BYTES:
+                    raise BundleError(f"{source}: templates[{i}] is {len(template)} bytes (1 to {MAX_TEMPLATE_BYTES})")
+                if emp_id not in known:
+                    raise BundleError(f"{source}: template for {emp_id!r}, who is not an employee on this unit")
+                if emp_id in queued:  # a newer enrollment here the fleet has not seen yet wins
+                    continue
+                if held.get(emp_id) == consented_at:
+                    continue  # the same enrollment again: keep its row (and its last-used time for retention)
+                if emp_id in revoked and consented_at <= revoked[emp_id]:
+                    continue  # unenrolled here after that consent: never bring it back
+                yield (emp_id, self._cipher.seal(emp_id, template), item.consent_version, consented_at, now, None,
+                       "bundle")
+
+        c.executemany("INSERT OR REPLACE INTO templates VALUES (?, ?, ?, ?, ?, ?, ?)", rows())
 
     # --- reading -------------------------------------------------------------------
     _EMPLOYEE_SQL = (
@@ -230,10 +227,11 @@ class AccountStore(HoldsConnection):
         return None if r is None else Employee(*r[:8], bool(r[8]), r[9], r[10], r[11])
 
     def templates_revision(self) -> tuple:
-        """Changes whenever the gallery must be rebuilt: a new bundle, or an enrollment/deletion at the unit."""
+        """Changes whenever the gallery must be rebuilt: a new bundle, or a template stored, replaced or deleted
+        (here or by another process); read every second, so one row, never a count of the templates."""
         bundle = self.current_bundle()
-        stored = self.conn.execute("SELECT COUNT(*), MAX(stored_at) FROM templates").fetchone()
-        return ((bundle.version, bundle.applied_at) if bundle else None, tuple(stored))
+        changes = self.conn.execute("SELECT n FROM template_changes WHERE id = 1").fetchone()[0]
+        return ((bundle.version, bundle.applied_at) if bundle else None, changes)
 
     def templates(self) -> dict[str, bytes]:
         """Decrypted templates for the matcher's gallery (memory only), suspended employees included:

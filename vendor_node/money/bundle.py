@@ -108,22 +108,29 @@ def write_bundle_file(path: Path | str, data: bytes) -> None:
 
 
 # --- decoding (unit side) --------------------------------------------------------
-def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundle") -> Bundle:
-    """Verify the signature, then parse and validate; BundleError names what is wrong."""
-    if len(data) < len(MAGIC) + HEADER.size + SIGNATURE_BYTES:
-        if not MAGIC.startswith(data[: len(MAGIC)]):
+def check_header(head: bytes, size: int, source: str) -> int:
+    """The payload length from the file's first bytes and its size; BundleError for a non-bundle or a truncated
+    or overlong file (shared by the in-memory and the streamed readers)."""
+    if size < len(MAGIC) + HEADER.size + SIGNATURE_BYTES:
+        if not MAGIC.startswith(head[: len(MAGIC)]):
             raise BundleError(f"{source}: not an account bundle (bad magic)")
-        raise BundleError(f"{source}: truncated ({len(data)} bytes is shorter than any bundle)")
-    if data[: len(MAGIC)] != MAGIC:
+        raise BundleError(f"{source}: truncated ({size} bytes is shorter than any bundle)")
+    if head[: len(MAGIC)] != MAGIC:
         raise BundleError(f"{source}: not an account bundle (bad magic)")
-    (length,) = HEADER.unpack_from(data, len(MAGIC))
+    (length,) = HEADER.unpack_from(head, len(MAGIC))
     if length > MAX_PAYLOAD_BYTES:
         raise BundleError(f"{source}: payload length {length} exceeds the {MAX_PAYLOAD_BYTES}-byte limit")
     expected = len(MAGIC) + HEADER.size + length + SIGNATURE_BYTES
-    if len(data) < expected:
-        raise BundleError(f"{source}: truncated ({len(data)} bytes, the header promises {expected})")
-    if len(data) > expected:
-        raise BundleError(f"{source}: {len(data) - expected} unexpected bytes after the signature")
+    if size < expected:
+        raise BundleError(f"{source}: truncated ({size} bytes, the header promises {expected})")
+    if size > expected:
+        raise BundleError(f"{source}: {size - expected} unexpected bytes after the signature")
+    return length
+
+
+def decode_bundle(data: bytes, fleet_key: Ed25519PublicKey, source: str = "bundle") -> Bundle:
+    """Verify the signature, then parse and validate; BundleError names what is wrong."""
+    check_header(data[: len(MAGIC) + HEADER.size], len(data), source)
     view = memoryview(data)  # no copies of a bundle of tens of MB: the sync runs under a MemoryMax
     signed, signature = view[:-SIGNATURE_BYTES], bytes(view[-SIGNATURE_BYTES:])
     try:

@@ -149,12 +149,36 @@ class _Checker:
 
 def _validate_payload(raw, source: str) -> Bundle:
     c = _Checker(source)
+    top = _check_top(c, raw)
+    employees, seen = [], set()
+    for i, item in enumerate(c.array(top["employees"], "employees")):
+        employees.append(_check_employee(c, item, f"employees[{i}]", seen))
+    deletions = _check_deletions(c, top["deletions"], seen)
+    revocations = _check_revocations(c, top.get("template_revocations", []))
+    templates, with_template = [], {}
+    for i, item in enumerate(c.array(top["templates"], "templates")):
+        template = _check_template(c, item, f"templates[{i}]", with_template)
+        _check_template_allowed(c, f"templates[{i}]", template.employee_id, template.consented_at, set(deletions),
+                                revocations)
+        templates.append(template)
+    return Bundle(employees=employees, templates=templates, deletions=deletions, template_revocations=revocations,
+                  **_header_fields(c, top))
+
+
+TOP_REQUIRED = {"format", "unit_id", "journal_position", "kind", "version", "created", "expires", "employees",
+                "templates", "deletions"}
+TOP_OPTIONAL = {"policy", "base_version", "template_revocations"}
+
+
+def _check_top(c: "_Checker", raw) -> dict:
     if isinstance(raw, dict) and raw.get("format") == 1:
         c.fail("format", "a format-1 bundle names no unit and no journal position; this unit reads format 2 "
                          "only: rebuild it for this unit (`vendor-node fleet bundle --unit-id ...` or the office)")
-    top = c.table(raw, "payload", {"format", "unit_id", "journal_position", "kind", "version", "created",
-                                   "expires", "employees", "templates", "deletions"},
-                {"policy", "base_version", "template_revocations"})
+    return c.table(raw, "payload", TOP_REQUIRED, TOP_OPTIONAL)
+
+
+def _header_fields(c: "_Checker", top: dict) -> dict:
+    """Everything of the payload but its lists, checked: the Bundle fields a streamed reader fills first."""
     if top["format"] != FORMAT:
         c.fail("format", f"unsupported bundle format {top['format']!r} (this unit reads {FORMAT})")
     if not isinstance(top["unit_id"], str) or not EMPLOYEE_ID_RE.match(top["unit_id"]):
@@ -182,73 +206,80 @@ def _validate_payload(raw, source: str) -> Bundle:
     policy = {}
     for key, value in c.table(top.get("policy", {}), "policy", set(), set(POLICY_KEYS)).items():
         policy[key] = c.integer(value, f"policy.{key}") if POLICY_KEYS[key] is int else c.number(value, f"policy.{key}")
+    return {"kind": kind, "version": version, "base_version": base_version, "created": created, "expires": expires,
+            "unit_id": top["unit_id"], "journal_position": position, "policy": policy}
 
-    employees, seen = [], set()
-    for i, item in enumerate(c.array(top["employees"], "employees")):
-        where = f"employees[{i}]"
-        c.table(item, where, {"id", "name", "status", "funding", "funds_cents"},
-                {"per_purchase_cap_cents", "per_day_cap_cents"})
-        emp_id = c.employee_id(item["id"], f"{where}.id")
-        if emp_id in seen:
-            c.fail(f"{where}.id", f"duplicate employee id {emp_id!r}")
-        seen.add(emp_id)
-        employees.append(EmployeeRecord(
-            id=emp_id,
-            display_name=c.text(item["name"], f"{where}.name", MAX_NAME_CHARS),
-            status=c.choice(item["status"], f"{where}.status", STATUSES),
-            funding=c.choice(item["funding"], f"{where}.funding", FUNDING),
-            funds_cents=c.integer(item["funds_cents"], f"{where}.funds_cents"),
-            per_purchase_cap_cents=c.integer(item.get("per_purchase_cap_cents"), f"{where}.per_purchase_cap_cents",
-                                             nullable=True),
-            per_day_cap_cents=c.integer(item.get("per_day_cap_cents"), f"{where}.per_day_cap_cents", nullable=True),
-        ))
 
+def _check_employee(c: "_Checker", item, where: str, seen: set) -> EmployeeRecord:
+    """One ``employees[i]`` entry; its id joins ``seen`` (a second one is refused)."""
+    c.table(item, where, {"id", "name", "status", "funding", "funds_cents"},
+            {"per_purchase_cap_cents", "per_day_cap_cents"})
+    emp_id = c.employee_id(item["id"], f"{where}.id")
+    if emp_id in seen:
+        c.fail(f"{where}.id", f"duplicate employee id {emp_id!r}")
+    seen.add(emp_id)
+    return EmployeeRecord(
+        id=emp_id,
+        display_name=c.text(item["name"], f"{where}.name", MAX_NAME_CHARS),
+        status=c.choice(item["status"], f"{where}.status", STATUSES),
+        funding=c.choice(item["funding"], f"{where}.funding", FUNDING),
+        funds_cents=c.integer(item["funds_cents"], f"{where}.funds_cents"),
+        per_purchase_cap_cents=c.integer(item.get("per_purchase_cap_cents"), f"{where}.per_purchase_cap_cents",
+                                         nullable=True),
+        per_day_cap_cents=c.integer(item.get("per_day_cap_cents"), f"{where}.per_day_cap_cents", nullable=True),
+    )
+
+
+def _check_deletions(c: "_Checker", raw, employees: set) -> list[str]:
     deletions = []
-    for i, item in enumerate(c.array(top["deletions"], "deletions")):
+    for i, item in enumerate(c.array(raw, "deletions")):
         emp_id = c.employee_id(item, f"deletions[{i}]")
-        if emp_id in seen:
+        if emp_id in employees:
             c.fail(f"deletions[{i}]", f"employee {emp_id!r} is both listed and deleted")
         deletions.append(emp_id)
-    deleted = set(deletions)
+    return deletions
 
+
+def _check_revocations(c: "_Checker", raw) -> dict[str, float]:
     revocations: dict[str, float] = {}
-    for i, item in enumerate(c.array(top.get("template_revocations", []), "template_revocations")):
+    for i, item in enumerate(c.array(raw, "template_revocations")):
         where = f"template_revocations[{i}]"
         c.table(item, where, {"employee_id", "revoked_at"})
         emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
         if emp_id in revocations:
             c.fail(f"{where}.employee_id", f"second revocation for {emp_id!r}")
         revocations[emp_id] = c.number(item["revoked_at"], f"{where}.revoked_at")
+    return revocations
 
-    templates, with_template = [], set()
-    for i, item in enumerate(c.array(top["templates"], "templates")):
-        where = f"templates[{i}]"
-        c.table(item, where, {"employee_id", "sealed", "consent_version", "consented_at"})
-        emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
-        if emp_id in with_template:
-            c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
-        if emp_id in deleted:
-            c.fail(f"{where}.employee_id", f"template for deleted employee {emp_id!r}")
-        if emp_id in revocations and c.number(item["consented_at"], f"{where}.consented_at") <= revocations[emp_id]:
-            c.fail(f"{where}.employee_id", f"template for {emp_id!r} consented before its own revocation")
-        with_template.add(emp_id)
-        if not isinstance(item["sealed"], str):
-            c.fail(f"{where}.sealed", "expected base64 text")
-        try:
-            sealed = base64.b64decode(item["sealed"], validate=True)
-        except (binascii.Error, ValueError):
-            c.fail(f"{where}.sealed", "not valid base64")
-        if not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
-            c.fail(f"{where}.sealed", f"{len(sealed)} bytes is not a sealed template (at most 1 KiB of template)")
-        templates.append(TemplateRecord(
-            employee_id=emp_id, sealed=sealed,
-            consent_version=c.text(item["consent_version"], f"{where}.consent_version", 64),
-            consented_at=c.number(item["consented_at"], f"{where}.consented_at"),
-        ))
-    return Bundle(kind=kind, version=version, base_version=base_version, created=created, expires=expires,
-                  unit_id=top["unit_id"], journal_position=position,
-                  policy=policy, employees=employees, templates=templates, deletions=deletions,
-                  template_revocations=revocations)
+
+def _check_template(c: "_Checker", item, where: str, with_template: dict) -> TemplateRecord:
+    """One ``templates[i]`` entry on its own; ``with_template`` maps each id seen to its index (a second is
+    refused). Whether a deletion or revocation refuses it is ``_check_template_allowed``."""
+    c.table(item, where, {"employee_id", "sealed", "consent_version", "consented_at"})
+    emp_id = c.employee_id(item["employee_id"], f"{where}.employee_id")
+    if emp_id in with_template:
+        c.fail(f"{where}.employee_id", f"second template for {emp_id!r}")
+    consented_at = c.number(item["consented_at"], f"{where}.consented_at")
+    with_template[emp_id] = where
+    if not isinstance(item["sealed"], str):
+        c.fail(f"{where}.sealed", "expected base64 text")
+    try:
+        sealed = base64.b64decode(item["sealed"], validate=True)
+    except (binascii.Error, ValueError):
+        c.fail(f"{where}.sealed", "not valid base64")
+    if not 28 < len(sealed) <= MAX_TEMPLATE_SEALED_BYTES:
+        c.fail(f"{where}.sealed", f"{len(sealed)} bytes is not a sealed template (at most 1 KiB of template)")
+    return TemplateRecord(employee_id=emp_id, sealed=sealed,
+                          consent_version=c.text(item["consent_version"], f"{where}.consent_version", 64),
+                          consented_at=consented_at)
+
+
+def _check_template_allowed(c: "_Checker", where: str, emp_id: str, consented_at: float, deleted: set,
+                            revocations: dict[str, float]) -> None:
+    if emp_id in deleted:
+        c.fail(f"{where}.employee_id", f"template for deleted employee {emp_id!r}")
+    if emp_id in revocations and consented_at <= revocations[emp_id]:
+        c.fail(f"{where}.employee_id", f"template for {emp_id!r} consented before its own revocation")
 
 
 def _check_position(c: "_Checker", value, where: str) -> JournalPosition:

@@ -2,8 +2,10 @@
 enrollment, and the signed account bundle a real back office would send.
 
 Employees are enrolled from real photos in ../shared/handdata when present (one or two images each,
-the others are presented), otherwise from hands the project draws (sim/drawn_hands.py). Strangers present
-hands of people not enrolled. The people are kept in ``<state_dir>/sim_people.json`` so a second run
+the others are presented), otherwise from hands the project draws (sim/drawn_hands.py); from
+``CACHE_FROM`` drawn employees on, their templates come from the template cache (template_cache.py: the same
+enrollment, made once per model). Strangers present hands of people not enrolled. Presentations are drawn
+(or read) when a customer shows them, never held for a whole office. The people are kept in ``<state_dir>/sim_people.json`` so a second run
 meets the same employees; a stale bundle is renewed as the nightly sync would.
 """
 from __future__ import annotations
@@ -12,19 +14,22 @@ import json
 import logging
 import random
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from .template_cache import CAMERA_SIZE, ENROLL_SAMPLES, PRESENT_SAMPLES, drawn_templates
 
 log = logging.getLogger("vendor_node.simulate")
 
 HANDDATA_DEFAULT = Path(__file__).resolve().parents[2] / "shared" / "handdata" / "coep_dev"
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
-CAMERA_SIZE = (640, 480)
 PEOPLE_FILE = "sim_people.json"
 FLEET_DIR = "sim_fleet"  # the simulated back office's keys (a real unit never holds the signing key)
+CACHE_FROM = 50  # drawn employees from which their templates come from the template cache
+FIRST_STRANGER_SEED = 5_000_000  # drawn strangers: far from every cached employee's seed
 
 
 @dataclass
@@ -41,6 +46,24 @@ class SimPerson:
 
     def images(self, which: str) -> list[np.ndarray]:
         return [load_sim_image(self.key, ref) for ref in getattr(self, which)]
+
+    def presentations(self) -> "Presentations":
+        return Presentations(self.key, self.present)
+
+
+class Presentations(Sequence):
+    """A person's presentations, each drawn or read when shown (10,000 people's frames would be gigabytes)."""
+
+    def __init__(self, key: str, refs: list):
+        self.key, self.refs = key, list(refs)
+
+    def __len__(self) -> int:
+        return len(self.refs)
+
+    def __getitem__(self, index):
+        if isinstance(index, slice):
+            return Presentations(self.key, self.refs[index])
+        return load_sim_image(self.key, self.refs[index])
 
 
 def load_sim_image(key: str, ref) -> np.ndarray:
@@ -64,9 +87,19 @@ FIRST_NAMES = ["Ada", "Ben", "Chloe", "Dev", "Emma", "Farid", "Grace", "Hugo", "
                "Mo", "Nina", "Omar", "Pia", "Quinn", "Rosa", "Sam", "Tara", "Uma", "Vic", "Wen", "Xena"]
 
 
+def initials(n: int) -> str:
+    """A, B, ... Z, AA, AB, ...: a surname initial for each of any number of people sharing a first name."""
+    letters = chr(65 + n % 26)
+    while n >= 26:
+        n = n // 26 - 1
+        letters = chr(65 + n % 26) + letters
+    return letters
+
+
 def choose_people(rng: random.Random, dataset: Path | None, employees: int, strangers: int,
-                  funds_cents: int = 100_000) -> list[SimPerson]:
-    """Employees and strangers from photo folders (<subject>/<image>) or, without any, synthetic hands."""
+                  funds_cents: int = 100_000, drawn_seeds: list[int] | None = None) -> list[SimPerson]:
+    """Employees and strangers from photo folders (<subject>/<image>) or, without any, synthetic hands
+    (employees drawn from ``drawn_seeds`` in order when given, e.g. the template cache's, else 1000 on)."""
     people: list[SimPerson] = []
     subjects = []
     if dataset is not None and dataset.is_dir():
@@ -75,6 +108,7 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
             if len(files) >= 3:
                 subjects.append((folder, files))
     rng.shuffle(subjects)
+    drawn = iter(drawn_seeds) if drawn_seeds is not None else iter(range(1000, 1000 + employees))
     for i in range(employees + strangers):
         is_employee = i < employees
         if subjects:
@@ -83,9 +117,10 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
             enroll_count = 2 if len(files) >= 4 else 1
             enroll, present = [str(f) for f in files[:enroll_count]], [str(f) for f in files[enroll_count:]]
         else:
-            key = f"synthetic:{1000 + i}"
-            enroll, present = [0, 1], list(range(2, 8))
-        name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {chr(65 + i // len(FIRST_NAMES))}."
+            seed = next(drawn) if is_employee else FIRST_STRANGER_SEED + i
+            key = f"synthetic:{seed}"
+            enroll, present = list(ENROLL_SAMPLES), list(PRESENT_SAMPLES)
+        name = f"{FIRST_NAMES[i % len(FIRST_NAMES)]} {initials(i // len(FIRST_NAMES))}."
         employee_id = f"E{i + 1:04d}" if is_employee else None
         funds = 500 if i % 7 == 3 else funds_cents  # a few run short: refusals for insufficient funds
         status = "suspended" if is_employee and i % 11 == 5 else "active"
@@ -94,11 +129,28 @@ def choose_people(rng: random.Random, dataset: Path | None, employees: int, stra
     return people
 
 
-def provision(cfg, people: list[SimPerson], recognizer, rng: random.Random) -> None:
+def provision(cfg, people: list[SimPerson], recognizer, rng: random.Random, progress: bool = False) -> None:
     """First run (or a stale bundle): enroll the employees here and load them with a signed bundle."""
     employees = [(p.employee_id, p.name, p.funds_cents, p.status) for p in people if p.employee_id]
-    templates = {p.employee_id: recognizer.enroll(p.images("enroll")).template for p in people if p.employee_id}
-    provision_bundle(cfg, employees, templates)
+    provision_bundle(cfg, employees, enrolled_templates(cfg, people, recognizer, progress))
+
+
+def enrolled_templates(cfg, people: list[SimPerson], recognizer, progress: bool = False) -> dict[str, bytes]:
+    """Each employee's template as the unit stores it: drawn ones from the template cache when there are many
+    (made there through the same enrollment), photo ones enrolled now; guarded when the recognizer guards."""
+    employees = [p for p in people if p.employee_id]
+    drawn = [int(p.key.split(":", 1)[1]) for p in employees if p.key.startswith("synthetic:")]
+    cached = dict(drawn_templates(cfg, recognizer, len(drawn), progress=progress)) \
+        if len(drawn) >= CACHE_FROM else {}
+    guard = getattr(recognizer, "guard", None)
+    templates = {}
+    for p in employees:
+        seed = int(p.key.split(":", 1)[1]) if p.key.startswith("synthetic:") else None
+        if seed in cached:
+            templates[p.employee_id] = guard.protect(cached[seed]) if guard else cached[seed]
+        else:
+            templates[p.employee_id] = recognizer.enroll(p.images("enroll")).template
+    return templates
 
 
 def provision_bundle(cfg, employees: list[tuple], templates: dict[str, bytes], policy: dict | None = None) -> None:
@@ -151,13 +203,18 @@ def load_or_create_people(cfg, args, rng: random.Random, recognizer) -> list[Sim
             stale = accounts.out_of_service_reason()
         if stale:  # the simulated back office sends a fresh bundle, as the nightly sync would
             log.info("bundle needs renewing (%s): provisioning a new one", stale)
-            provision(cfg, people, recognizer, rng)
+            provision(cfg, people, recognizer, rng, progress=True)
         return people
     dataset = getattr(args, "dataset", None) or (HANDDATA_DEFAULT if HANDDATA_DEFAULT.is_dir() else None)
     if getattr(args, "synthetic", False):
         dataset = None
-    people = choose_people(rng, dataset, employees=getattr(args, "employees", 12), strangers=4)
+    employees = getattr(args, "employees", 12)
+    progress = True  # on stderr: --quiet silences the purchases, not the minutes of preparing
+    drawn_seeds = None
+    if employees >= CACHE_FROM:  # the cache's people: those whose drawn hands enroll
+        drawn_seeds = [seed for seed, _ in drawn_templates(cfg, recognizer, employees, progress=progress)]
+    people = choose_people(rng, dataset, employees=employees, strangers=4, drawn_seeds=drawn_seeds)
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    provision(cfg, people, recognizer, rng)
+    provision(cfg, people, recognizer, rng, progress=progress)
     path.write_text(json.dumps([p.__dict__ for p in people], indent=1), encoding="utf-8")
     return people

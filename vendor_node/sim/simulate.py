@@ -31,6 +31,7 @@ BEHAVIOUR_WEIGHTS = {"normal": 0.80, "jam": 0.08, "cancel": 0.07, "slow": 0.05}
 STRANGER_SHARE = 0.15
 SELECTION_FIRST_SHARE = 0.3
 CUSTOMER_TIMEOUT_S = 20.0
+SERVICE_WAIT_S = 60.0  # a 100,000-employee gallery on a busy machine takes seconds, not minutes
 
 
 def sim_config(cfg):
@@ -74,7 +75,9 @@ class SimUnit:
         from ..money.storage import open_db
         from ..unit.assemble import open_board
         from .vmc_sim import VendingMachineSimulator
+        from ..heap import keep_large_blocks_unheaped
 
+        keep_large_blocks_unheaped()  # as `vendor-node run` does (heap.py)
         self.vmc = VendingMachineSimulator(**self.vmc_options).start()
         self.conn = open_db(self.cfg.state_dir)
         self.journal = Journal(self.conn)
@@ -226,6 +229,7 @@ def run_simulation(args) -> int:
 def _simulate_command(args, cfg, rng: random.Random) -> int:
     from ..hand.recognition import Recognizer
 
+    started = time.monotonic()
     recognizer = Recognizer.from_config(cfg)
     office = getattr(args, "office", None)
     if office:  # a running back office is this unit's: its employees, funds and ledger
@@ -241,13 +245,15 @@ def _simulate_command(args, cfg, rng: random.Random) -> int:
         people = load_or_create_people(cfg, args, rng, recognizer)
     employees = [p for p in people if p.employee_id]
     strangers = [p for p in people if not p.employee_id]
-    images = {p.key: p.images("present") for p in people}
+    images = {p.key: p.presentations() for p in people}  # drawn or read when shown
     source = "real photos" if people[0].key.startswith("photo:") else "synthetic hands"
+    prepared_s = time.monotonic() - started
     print(f"simulated unit in {cfg.state_dir}: {len(employees)} employees, {len(strangers)} strangers "
-          f"({source}); {args.customers} customers", flush=True)
+          f"({source}, prepared in {prepared_s:.1f} s); {args.customers} customers", flush=True)
     report = simulate_customers(cfg, recognizer, people, images, args.customers, rng,
                                 echo=not getattr(args, "quiet", False))
-    report.update({"state_dir": str(cfg.state_dir), "hand_images": source, "seed": args.seed})
+    report.update({"state_dir": str(cfg.state_dir), "hand_images": source, "seed": args.seed,
+                   "prepared_s": round(prepared_s, 1), "total_s": round(time.monotonic() - started, 1)})
     if office:
         from .office_link import office_summary
 
@@ -308,8 +314,10 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
 
     gallery = guarded_gallery(recognizer.guard) if getattr(recognizer, "guard", None) else None
     with SimUnit(cfg, recognizer, vmc_options=options, on_purchase=printer, gallery_factory=gallery) as unit:
-        if not unit.wait_in_service(10.0):
-            raise UsageError(f"the simulated unit did not come into service: {unit.loop.faults}")
+        if not unit.wait_in_service(SERVICE_WAIT_S):
+            raise UsageError(f"the simulated unit did not come into service in {SERVICE_WAIT_S:.0f} s: "
+                             f"{unit.loop.faults}")
+        ready_s = time.monotonic() - started
         after_seq = unit.journal.head()[0]
         for i in range(count):
             person = rng.choice(strangers) if rng.random() < STRANGER_SHARE else rng.choice(employees)
@@ -382,6 +390,7 @@ def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.
         "adapter": adapter,  # what the unit sent the adapter at start (C,0 ... C,1) and how the machine answered
         "journal_chain_ok": bool(chain.ok),
         "elapsed_s": round(elapsed, 1),
+        "unit_ready_s": round(ready_s, 2),  # the SimUnit started to in service (stores, gallery, board set-up)
         "latency_note": "hand first: IR trigger to the session with the employee's funds written to the board "
                         "(C,START answered); selection first: IR trigger to approve_vend (C,VEND written)",
     }

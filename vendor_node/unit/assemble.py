@@ -11,6 +11,7 @@ import threading
 
 from ..errors import AccountsError, BoardLinkError, CameraError, JournalError
 from ..devices.notify import Notifier
+from ..heap import keep_large_blocks_unheaped
 from .service import PurchaseLoop
 from .watchdog import STORE_RETRY_S, warn_unsafe_waits
 
@@ -48,6 +49,7 @@ def run_unit(cfg, stop_event: threading.Event, *, board_port: str | None = None,
 
     from .keysource import adopt_clear_templates, check_unit_keys, guarded_gallery, unit_template_guard
 
+    keep_large_blocks_unheaped()  # frames and their copies go back to the system after each purchase (heap.py)
     keystore = check_unit_keys(cfg)  # KeyFileError (copied state dir, no OTP key): refuse to start, say why
     recognizer = Recognizer.from_config(cfg)  # ModelError: exit non-zero, `vendor-node selftest` says why
     recognizer.guard = unit_template_guard(keystore)

@@ -21,6 +21,7 @@ from ..devices.board import (AdapterReset, CommandRefused, LinkRestored, ReaderD
                     SessionComplete, VendFailed, VendRequest, VendSucceeded)
 from ..errors import AccountsError, BoardLinkError, CameraError, JournalError, RecognitionError
 from ..devices.notify import Notifier
+from ..heap import release_free_heap
 from ..money.journal_guard import check_integrity, probe_durable_write
 from .purchase import Purchase, State, money
 from .watchdog import RECONNECT_WINDOW_S, attach_watchdog
@@ -181,6 +182,8 @@ class UnitHealth:
             self._gallery = self._gallery_factory(templates)
         self._gallery_key = key
         log.info("gallery loaded: %d templates", len(templates))
+        del templates
+        release_free_heap()  # the build's parsed leftovers go back to the system, not kept by malloc
 
     def _template_loads(self, employee_id: str, template: bytes) -> bool:
         try:
