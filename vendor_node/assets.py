@@ -5,6 +5,10 @@ Why two lists: a unit in the field holds templates made by the model it had when
 matched (and refreshed to the active model on a confident match) until nobody uses them, so a model change
 never locks anyone out. Each model lives in its own folder with its ``manifest.json`` (hand/model.py).
 
+``shortlist`` (optional, ``{"model": NAME, "keep": K}``): a fast learned embedding that only ranks the gallery,
+keeping the K best candidates for the active palm-code model to score and decide (hand/cascade.py). It never
+decides: a stranger is accepted only when the palm codes accept.
+
 ``unit.assets_dir`` names ``firmware_assets/``; a model folder itself (holding a ``manifest.json``) is also
 accepted wherever an assets folder is, as the one active model with nothing else accepted.
 """
@@ -26,10 +30,13 @@ class ModelSet:
 
     active: Path
     accepted: tuple[Path, ...] = ()
+    shortlist: Path | None = None  # the embedding that shortlists for the active model (None: no cascade)
+    shortlist_keep: int = 0  # candidates the shortlist keeps (K)
 
     @property
     def all(self) -> tuple[Path, ...]:
-        return (self.active,) + self.accepted
+        """Every model folder to load: active, accepted, then the shortlist model (if any)."""
+        return (self.active,) + self.accepted + ((self.shortlist,) if self.shortlist else ())
 
 
 def model_set(assets_dir: Path | str) -> ModelSet:
@@ -44,13 +51,18 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         listing = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: cannot read the model list: {exc}") from None
-    if not isinstance(listing, dict) or set(listing) - {"active", "accepted"}:
-        raise ModelError(f"{path}: expected {{\"active\": NAME, \"accepted\": [NAME, ...]}}, got {listing!r}")
+    if not isinstance(listing, dict) or set(listing) - {"active", "accepted", "shortlist"}:
+        raise ModelError(f"{path}: expected {{\"active\": NAME, \"accepted\": [NAME, ...], \"shortlist\": "
+                         f"{{\"model\": NAME, \"keep\": K}}}}, got {listing!r}")
     active, accepted = listing.get("active"), listing.get("accepted", [])
     if not isinstance(accepted, list):
         raise ModelError(f"{path}: accepted: expected a list of model folder names, got {accepted!r}")
+    named = [("active", active)] + [(f"accepted[{i}]", n) for i, n in enumerate(accepted)]
+    keep = _shortlist_keep(path, listing.get("shortlist"))
+    if keep:
+        named.append(("shortlist.model", listing["shortlist"]["model"]))
     folders = []
-    for key, name in [("active", active)] + [(f"accepted[{i}]", n) for i, n in enumerate(accepted)]:
+    for key, name in named:
         if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
             raise ModelError(f"{path}: {key}: expected a model folder name, got {name!r}")
         folder = assets_dir / name
@@ -59,7 +71,39 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         if folder in folders:
             raise ModelError(f"{path}: {key}: {name!r} is listed twice")
         folders.append(folder)
+    if keep:
+        kinds = [_kind(folder) for folder in (folders[0], folders[-1])]
+        if kinds != ["palm_code", "embedding"]:
+            raise ModelError(f"{path}: shortlist: an embedding model ({folders[-1].name} is {kinds[1]}) shortlists "
+                             f"for a palm-code active model ({folders[0].name} is {kinds[0]})")
+        return ModelSet(folders[0], tuple(folders[1:-1]), folders[-1], keep)
     return ModelSet(folders[0], tuple(folders[1:]))
+
+
+def _kind(folder: Path) -> str:
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelError(f"{folder / MANIFEST_NAME}: cannot read the model manifest: {exc}") from None
+    return manifest.get("kind", "palm_code") if isinstance(manifest, dict) else "unreadable"
+
+
+MAX_SHORTLIST_KEEP = 5000  # beyond this the palm codes search most of any real gallery: no cascade left
+
+
+def _shortlist_keep(path: Path, shortlist) -> int:
+    """K of the ``shortlist`` entry (0 when absent); ModelError naming the key path when malformed."""
+    if shortlist is None:
+        return 0
+    if not isinstance(shortlist, dict) or set(shortlist) != {"model", "keep"}:
+        unknown = sorted(set(shortlist) - {"model", "keep"}) if isinstance(shortlist, dict) else None
+        what = f"unknown key(s) {unknown}" if unknown else f"got {shortlist!r}"
+        raise ModelError(f"{path}: shortlist: expected {{\"model\": NAME, \"keep\": K}}, {what}")
+    keep = shortlist["keep"]
+    if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_SHORTLIST_KEEP:
+        raise ModelError(f"{path}: shortlist.keep: expected a whole number of candidates from 1 to "
+                         f"{MAX_SHORTLIST_KEEP}, got {keep!r}")
+    return keep
 
 
 def active_manifest_path(assets_dir: Path | str) -> Path:

@@ -120,13 +120,15 @@ def _checks(cfg):
         from ..assets import model_set
         from ..hand.decision import DecisionPolicy
         from ..hand.model import read_manifest
-        from ..hand.recognition import templates_by_model
+        from ..hand.recognition import shortlist_coverage, templates_by_model
         from ..money.accounts import AccountStore
 
         if not db_path.is_file():  # the accounts check names what is missing
             return "no templates yet (no account database)", {}
         with AccountStore.open(cfg, keystore=store) as accounts_store:
-            counts = templates_by_model(accounts_store.templates().values(), cfg.unit.assets_dir)
+            stored = list(accounts_store.templates().values())
+        counts = templates_by_model(stored, cfg.unit.assets_dir)
+        listed = shortlist_coverage(stored, cfg.unit.assets_dir)
         models = model_set(cfg.unit.assets_dir)
         known = {folder.name for folder in models.all}
         parts = [f"{name} {n}" + (" (active)" if name == models.active.name else "") for name, n in counts.items()]
@@ -135,6 +137,9 @@ def _checks(cfg):
         if stranded:
             raise FiguresError(f"{text}; {sum(stranded.values())} made by no model this firmware ships: those "
                                "employees cannot pay until they enroll again", counts)
+        if listed is not None:
+            text += (f"; {listed[1]} with a {listed[0]} shortlist template (the others are always palm-code "
+                     "candidates, their shortlist template added at a confident match)")
         old = sum(n for name, n in counts.items() if name != models.active.name)
         if old:
             text += f"; {old} on older models, refreshed to {models.active.name} at their next confident match"

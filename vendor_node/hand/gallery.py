@@ -135,16 +135,21 @@ class PalmCodeBank:
         self.feature_ids = np.zeros(0, np.uint32)
         self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
         self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
+        self._rows: dict[str, int] = {}
 
     def __len__(self) -> int:
         return len(self.ids)
 
     def __contains__(self, employee_id: str) -> bool:
-        return employee_id in self.ids
+        return employee_id in self._rows
+
+    def row(self, employee_id: str) -> int | None:
+        return self._rows.get(employee_id)
 
     def remove(self, employee_id: str) -> None:
-        i = self.ids.index(employee_id)
+        i = self._rows[employee_id]
         del self.ids[i]
+        self._rows = {e: k for k, e in enumerate(self.ids)}
         self.geometry = np.delete(self.geometry, i, axis=0)
         self.planes = np.delete(self.planes, i, axis=0)
         self.masks = np.delete(self.masks, i, axis=0)
@@ -167,6 +172,7 @@ class PalmCodeBank:
             planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
         self.planes, self.masks = planes, masks
         self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
+        self._rows.update((e, len(self.ids) + k) for k, e in enumerate(ids))
         self.ids.extend(ids)
         width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
         rows = np.zeros((len(templates), width), np.float32)
@@ -182,6 +188,8 @@ class Gallery:
     def __init__(self):
         self.codes = PalmCodeBank()
         self.embeddings: dict[int, EmbeddingBank] = {}
+        self.revision = 0  # bumped by every add/remove: what derived caches (hand/cascade.py) are keyed by
+        self._employees: tuple[int, int] = (-1, 0)  # (revision, distinct employees)
 
     @classmethod
     def from_templates(cls, templates: dict[str, bytes]) -> "Gallery":
@@ -231,6 +239,7 @@ class Gallery:
         parsed = [parse_template(blob, f"template of {employee_id}") for _, blob in members]  # all checked first
         if employee_id in self:
             self.remove(employee_id)
+        self.revision += 1
         for (_, blob), template_ in zip(members, parsed):
             if template_version(blob) == TEMPLATE_V2:
                 self._extend_v2([employee_id], [bytes(blob)])
@@ -244,6 +253,7 @@ class Gallery:
             raise KeyError(employee_id)
         for bank in holding:
             bank.remove(employee_id)
+        self.revision += 1
 
     def banks(self) -> list:
         return [self.codes, *self.embeddings.values()]
@@ -277,7 +287,13 @@ class Gallery:
                 + sum(bank.nbytes() for bank in self.embeddings.values()))
 
     def __len__(self) -> int:
-        return sum(len(bank) for bank in self.banks())
+        """Employees enrolled (one holding templates of two models, a set, counts once)."""
+        filled = [bank for bank in self.banks() if len(bank)]
+        if len(filled) <= 1:
+            return len(filled[0]) if filled else 0
+        if self._employees[0] != self.revision:
+            self._employees = (self.revision, len(set().union(*(bank.ids for bank in filled))))
+        return self._employees[1]
 
     def __contains__(self, employee_id: str) -> bool:
         return any(employee_id in bank for bank in self.banks())

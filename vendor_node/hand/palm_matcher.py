@@ -153,10 +153,18 @@ class PalmCodeMatcher:
                               min(self.params.coarse_rotations, len(probe.codes)), guard)
         keep = min(len(bank), self.params.candidates)
         candidates = np.argpartition(-coarse, keep - 1)[:keep] if keep < len(bank) else np.arange(len(bank))
-        fine = self._scores(probe, bank, candidates, self._full_shifts, len(probe.codes), guard)
+        return self.best_two_among(probe, bank, candidates, guard, checked=True)
+
+    def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard,
+                       checked: bool = False) -> tuple[int, float, float]:
+        """(row, best, runner-up) of the full alignment search on the given bank rows only (a shortlist)."""
+        if not checked:
+            self.check(bank, guard)
+        rows = np.asarray(rows, np.int64)
+        fine = self._scores(probe, bank, rows, self._full_shifts, len(probe.codes), guard)
         order = np.argsort(-fine)
         runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
-        return int(candidates[order[0]]), float(fine[order[0]]), runner_up
+        return int(rows[order[0]]), float(fine[order[0]]), runner_up
 
     def _scores(self, probe: Features, bank: PalmCodeBank, rows, offsets, rotations: int, guard) -> np.ndarray:
         planes, masks, _ = palmcode.probe_variants(probe.codes, probe.valid, offsets, rotations)

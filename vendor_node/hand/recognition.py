@@ -12,6 +12,10 @@ The decision: the best score must reach its model's threshold for the gallery's 
 "unknown") and beat the runner-up by more than the margin (else "ambiguous"; the unit then asks for a
 second presentation rather than guessing a payer). Across models the common scale is the excess over each
 model's threshold: another model naming someone else must trail the winner by more than the margin too.
+
+With a ``shortlist`` model (models.json; cascade.py) the palm codes score only the embedding's best
+candidates; the shortlist model never decides. Enrollment then stores both templates (a template set, the
+palm code first), and an employee with a palm code only gets the embedding at a confident match.
 """
 from __future__ import annotations
 
@@ -20,6 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from . import palmcode
+from .cascade import Shortlist
 from .decision import DecisionPolicy
 from .embed_matcher import EmbeddingMatcher
 from .gallery import Gallery, PalmCodeBank, parse_template
@@ -59,9 +64,17 @@ class Recognizer:
     """
 
     def __init__(self, embedder: Embedder, threshold: float | None = None, margin: float | None = None,
-                 params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3):
+                 params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3,
+                 shortlist: Embedder | None = None, shortlist_keep: int = 64):
         self.embedder = embedder
         self.matchers = [make_matcher(embedder, params)] + [make_matcher(e) for e in accepted]
+        self.shortlist = None
+        if shortlist is not None:
+            if not isinstance(self.matchers[0], PalmCodeMatcher) or make_matcher(shortlist).kind != "embedding":
+                raise RecognitionError(f"a shortlist needs an embedding model ({shortlist.model_path.parent.name}) "
+                                       f"and a palm-code active model ({embedder.model_path.parent.name})")
+            self.shortlist = Shortlist(make_matcher(shortlist), shortlist_keep)
+            self.matchers.append(self.shortlist.matcher)
         names = [m.model_id for m in self.matchers]
         if len(set(names)) != len(names):
             raise RecognitionError(f"models {names}: each model may be listed once")
@@ -74,6 +87,7 @@ class Recognizer:
         self.margin = self.policies[self.active.model_id].margin
         self.guard = None  # set by the unit: templates made are guarded (template_guard.TemplateGuard)
         self._keep_roi = len(self.matchers) > 1
+        self.deciders = [m for m in self.matchers if self.shortlist is None or m is not self.shortlist.matcher]
 
     @classmethod
     def from_config(cls, cfg) -> "Recognizer":
@@ -83,7 +97,9 @@ class Recognizer:
         ``min_margin``, else the calibrated values themselves) is refused: loosening the matcher past what was
         measured would charge strangers to employees.
         """
+        models = model_set(cfg.unit.assets_dir)
         embedders = Embedder.load_all(cfg.unit.assets_dir)
+        shortlist = embedders.pop() if models.shortlist else None
         decision = embedders[0].manifest["decision"]
         for key, value in (("threshold", cfg.recognition.threshold), ("margin", cfg.recognition.margin)):
             floor = float(decision.get(f"min_{key}", decision[key]))
@@ -91,7 +107,8 @@ class Recognizer:
                 raise ConfigError(f"recognition.{key}: must be at least {floor:g} (the floor in the model manifest "
                                   f"{embedders[0].model_path.parent.name}/), got {value:g}")
         return cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin, accepted=tuple(embedders[1:]),
-                   max_wrong_payer=cfg.recognition.max_wrong_payer)
+                   max_wrong_payer=cfg.recognition.max_wrong_payer, shortlist=shortlist,
+                   shortlist_keep=models.shortlist_keep)
 
     # --- the palm-code model's settings (evaluation, benches) ---------------------
     def _palm_matcher(self) -> PalmCodeMatcher:
@@ -161,8 +178,9 @@ class Recognizer:
         if not found:
             raise HandRejected(last.reason, f"none of the {len(images)} enrollment images could be used: {last}")
         built = self.enroll_features([f for _, f in found])
-        if isinstance(self.active, PalmCodeMatcher) and int(parse_template(built.template).valid.sum()) < \
-                self.active.min_bits:
+        code = parse_template(built.template)
+        code = parse_template(code.members[0]) if isinstance(code, TemplateSet) else code
+        if isinstance(self.active, PalmCodeMatcher) and int(code.valid.sum()) < self.active.min_bits:
             raise HandRejected("too_little_palm", "Too little of your palm could be read: hold your open hand "
                                                   "flat and centred over the unit, then enroll again.")
         used = [found[k][0] for k in built.used]
@@ -173,8 +191,14 @@ class Recognizer:
         """The template from already-coded images (evaluation uses this); ``used``/``rejected`` index ``found``."""
         if not 1 <= len(found) <= MAX_ENROLL_IMAGES:
             raise RecognitionError(f"enrollment takes 1 to {MAX_ENROLL_IMAGES} images, got {len(found)}")
-        return self.active.enroll_features([self._features_for(f, self.active) for f in found], self.threshold,
-                                           self.guard)
+        built = self.active.enroll_features([self._features_for(f, self.active) for f in found], self.threshold,
+                                            self.guard)
+        if self.shortlist is None:
+            return built
+        # the embedding from the images the palm codes kept (it shortlists only: no threshold of its own here)
+        vector = self.shortlist.matcher.enroll_features([self._features_for(found[k], self.shortlist.matcher)
+                                                         for k in built.used], -np.inf, self.guard).template
+        return Enrollment(self.with_old_template(vector, built.template), built.used, built.rejected)
 
     # --- matching ---------------------------------------------------------------
     def _matcher_of(self, bank):
@@ -210,11 +234,18 @@ class Recognizer:
         probe = image_or_features if isinstance(image_or_features, Features) else self.features(image_or_features)
         enrolled = len(gallery)
         results = []
-        for matcher in self.matchers:
+        for matcher in self.deciders:
             bank = matcher.bank(gallery)
             if bank is None:
                 continue  # no template of this model: the probe is not coded by it
-            row, best, runner_up = matcher.best_two(self._features_for(probe, matcher), bank, self.guard)
+            rows = None
+            if matcher is self.active and self.shortlist is not None:
+                rows = self.shortlist.rows(self._features_for(probe, self.shortlist.matcher), gallery, self.guard)
+                if rows is not None and not len(rows):
+                    continue  # nobody shortlisted holds a palm code
+            coded = self._features_for(probe, matcher)
+            row, best, runner_up = (matcher.best_two(coded, bank, self.guard) if rows is None
+                                    else matcher.best_two_among(coded, bank, rows, self.guard))
             policy = self.policies[matcher.model_id]
             results.append((best - policy.threshold_for(enrolled), best, runner_up, bank.ids[row], matcher, policy))
         if not results:
@@ -235,15 +266,21 @@ class Recognizer:
         frame (no image kept); None when the match was under the active model, the employee already has an
         active-model template, the match is not confident enough (threshold + ``REFRESH_MARGINS`` margins, and
         that far above the runner-up), or the new template would come close to another employee's. The unit
-        stores it with the old template beside it (``with_old_template``)."""
-        if match.reason != "match" or not match.model_id or match.model_id == self.active.model_id:
-            return None
-        if self.active.bank(gallery) is not None and match.employee_id in self.active.bank(gallery):
+        stores it with the old template beside it (``with_old_template``). With a shortlist model: its missing
+        embedding, on the same confident-match terms, for a match under the active model."""
+        if match.reason != "match" or not match.model_id:
             return None
         policy = self.policies[match.model_id]
         confident = REFRESH_MARGINS * policy.margin
         if (match.score < policy.threshold_for(len(gallery)) + confident
                 or match.score - match.runner_up <= confident):
+            return None
+        if match.model_id == self.active.model_id:
+            lister = self.shortlist.matcher if self.shortlist else None
+            if lister is None or (lister.bank(gallery) is not None and match.employee_id in lister.bank(gallery)):
+                return None
+            return lister.enroll_features([self._features_for(probe, lister)], -np.inf, self.guard).template
+        if self.active.bank(gallery) is not None and match.employee_id in self.active.bank(gallery):
             return None
         fresh = self._features_for(probe, self.active)
         bank = self.active.bank(gallery)
@@ -256,12 +293,18 @@ class Recognizer:
     def with_old_template(self, new: bytes, old: bytes) -> bytes:
         """The template stored after a refresh: a set of the active model's ``new`` template and the employee's
         older one(s), so the older model still knows them when the new one misses (one guard for all)."""
-        members = TemplateSet.from_bytes(old).members if template_kind(old) == KIND_SET else (old,)
-        tag = model_tag(self.active.model_id)
-        older = [m for m in members if template_kind(m) != KIND_EMBEDDING or EmbeddingTemplate.from_bytes(m).model_tag != tag]
+        fresh = list(_members_of(new))
+        older = [m for m in _members_of(old) if _model_key(m) not in {_model_key(f) for f in fresh}]
         if self.guard is not None:
             older = [self.guard.adopt(m) for m in older]
-        return TemplateSet((new, *older), tag, self.guard.guard_id if self.guard else 0).to_bytes()
+        active = self._model_key_of(self.active)
+        members = sorted(fresh + older, key=lambda m: _model_key(m) != active)  # the active model's first (stable)
+        return TemplateSet(tuple(members), model_tag(self.active.model_id),
+                           self.guard.guard_id if self.guard else 0).to_bytes()
+
+    @staticmethod
+    def _model_key_of(matcher) -> tuple:
+        return ("code",) if isinstance(matcher, PalmCodeMatcher) else ("tag", model_tag(matcher.model_id))
 
     def templates_by_model(self, gallery: Gallery) -> dict[str, int]:
         """How many templates each model holds ({model_id: n}; "unknown model" for any this unit lacks)."""
@@ -272,6 +315,16 @@ class Recognizer:
                 name = matcher.model_id if matcher else "unknown model"
                 out[name] = out.get(name, 0) + len(bank)
         return out
+
+
+def _members_of(template: bytes) -> tuple:
+    return TemplateSet.from_bytes(template).members if template_kind(template) == KIND_SET else (template,)
+
+
+def _model_key(template: bytes) -> tuple:
+    """("tag", model tag) of a v2 embedding template, ("code",) of a palm code: one member per key in a set."""
+    return ("tag", EmbeddingTemplate.from_bytes(template).model_tag) if template_kind(template) == KIND_EMBEDDING \
+        else ("code",)
 
 
 def templates_by_model(templates, assets_dir) -> dict[str, int]:
@@ -298,3 +351,19 @@ def templates_by_model(templates, assets_dir) -> dict[str, int]:
                 name = names.get(("code", t.feature_id), "unknown palm-code model")
         counts[name] = counts.get(name, 0) + 1
     return counts
+
+
+def shortlist_coverage(templates, assets_dir) -> tuple[str, int] | None:
+    """(shortlist model id, how many stored templates hold its embedding) when models.json names a shortlist."""
+    models = model_set(assets_dir)
+    if models.shortlist is None:
+        return None
+    manifest = read_manifest(models.shortlist)
+    name = manifest.get("model_id") or models.shortlist.name
+    tag, count = model_tag(name), 0
+    for blob in templates:
+        try:
+            count += any(_model_key(m) == ("tag", tag) for m in _members_of(bytes(blob)))
+        except RecognitionError:
+            continue  # counted as unreadable by templates_by_model
+    return name, count
