@@ -44,10 +44,14 @@ def cache_dir() -> Path:
 
 
 def model_cache_id(recognizer) -> str:
-    """The model file's digest and the matcher's code id: a new model or code format is a new cache."""
+    """The digests of the models whose templates enrollment makes (the active one, and the shortlist model's
+    when there is one: a template set) and the matcher's code id: a new model or code format is a new cache."""
     manifest = recognizer.embedder.manifest
-    block = json.dumps({"sha256": manifest.get("sha256"), "feature": getattr(recognizer, "feature_id", None)},
-                       sort_keys=True)
+    entry = {"sha256": manifest.get("sha256"), "feature": getattr(recognizer, "feature_id", None)}
+    shortlist = getattr(recognizer, "shortlist", None)
+    if shortlist is not None:
+        entry["shortlist_sha256"] = shortlist.matcher.embedder.manifest.get("sha256")
+    block = json.dumps(entry, sort_keys=True)
     return hashlib.sha256(block.encode()).hexdigest()[:16]
 
 

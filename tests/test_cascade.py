@@ -1,0 +1,149 @@
+"""The two-stage 1:N search: the embedding shortlists, the palm codes decide (hand/cascade.py, models.json)."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from vendor_node.assets import MAX_SHORTLIST_KEEP, model_set
+from vendor_node.config import ASSETS_DIR, Config
+from vendor_node.errors import ModelError, RecognitionError
+from vendor_node.hand.gallery import Gallery, parse_template
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.recognition import Recognizer, shortlist_coverage, templates_by_model
+from vendor_node.hand.templates import EmbeddingTemplate, Template, TemplateSet
+from vendor_node.sim.drawn_hands import draw_hand
+
+PEOPLE = [f"E{p}" for p in range(1, 9)]
+
+
+def seed(employee_id: str) -> int:
+    return int(employee_id[1:])
+
+
+@pytest.fixture(scope="module")
+def models():
+    return Embedder.load(ASSETS_DIR / "palm-gabor-1"), Embedder.load(ASSETS_DIR / "palm-embed-1")
+
+
+@pytest.fixture(scope="module")
+def enrolled(models):
+    cascade = Recognizer(models[0], shortlist=models[1], shortlist_keep=3)
+    return {e: cascade.enroll([draw_hand(seed(e), 0), draw_hand(seed(e), 1)]).template for e in PEOPLE}
+
+
+@pytest.fixture
+def assets(tmp_path):
+    for name in ("palm-gabor-1", "palm-embed-1"):
+        shutil.copytree(ASSETS_DIR / name, tmp_path / name)
+    return tmp_path
+
+
+def write_models(folder, listing) -> None:
+    (folder / "models.json").write_text(json.dumps(listing))
+
+
+def test_models_json_names_the_shortlist_and_its_keep(assets):
+    write_models(assets, {"active": "palm-gabor-1", "shortlist": {"model": "palm-embed-1", "keep": 48}})
+    listed = model_set(assets)
+    assert (listed.active.name, listed.shortlist.name, listed.shortlist_keep) == ("palm-gabor-1", "palm-embed-1", 48)
+    assert listed.all == (listed.active, listed.shortlist)
+    recognizer = Recognizer.from_config(Config().replace(unit={"assets_dir": assets}))
+    assert recognizer.shortlist.keep == 48 and recognizer.shortlist.model_id == "palm-embed-1"
+    assert [m.model_id for m in recognizer.deciders] == ["palm-gabor-1"]  # the shortlist never decides
+
+
+@pytest.mark.parametrize("shortlist, message", [
+    ({"model": "palm-embed-1", "keep": 0}, "shortlist.keep: expected a whole number"),
+    ({"model": "palm-embed-1", "keep": MAX_SHORTLIST_KEEP + 1}, "shortlist.keep"),
+    ({"model": "palm-embed-1", "keep": "64"}, "shortlist.keep"),
+    ({"model": "palm-embed-1", "keep": True}, "shortlist.keep"),
+    ({"model": "palm-embed-1"}, "shortlist: expected"),
+    ({"model": "palm-embed-1", "keep": 8, "floor": 0.5}, "unknown key(s) ['floor']"),
+    ({"model": "palm-gabor-1", "keep": 8}, "listed twice"),
+    ({"model": "palm-nope", "keep": 8}, "shortlist.model: no manifest.json"),
+    ("palm-embed-1", "shortlist: expected"),
+])
+def test_a_bad_shortlist_is_refused_by_name(assets, shortlist, message):
+    write_models(assets, {"active": "palm-gabor-1", "shortlist": shortlist})
+    with pytest.raises(ModelError, match="models.json") as info:
+        model_set(assets)
+    assert message in str(info.value)
+
+
+def test_the_shortlist_is_an_embedding_for_a_palm_code_model(assets):
+    write_models(assets, {"active": "palm-embed-1", "shortlist": {"model": "palm-gabor-1", "keep": 8}})
+    with pytest.raises(ModelError, match="an embedding model .palm-gabor-1 is palm_code. shortlists"):
+        model_set(assets)
+
+
+def test_enrollment_makes_both_templates_palm_code_first(enrolled):
+    template = parse_template(enrolled["E1"])
+    assert isinstance(template, TemplateSet) and len(template.members) == 2
+    assert isinstance(parse_template(template.members[0]), Template)
+    assert isinstance(parse_template(template.members[1]), EmbeddingTemplate)
+    gallery = Gallery.from_templates(enrolled)
+    assert len(gallery) == len(PEOPLE)  # two banks, one employee each
+    assert templates_by_model(enrolled.values(), ASSETS_DIR) == {"palm-gabor-1": len(PEOPLE)}
+
+
+def test_the_cascade_decides_as_the_full_palm_code_search_when_the_genuine_is_shortlisted(models, enrolled):
+    cascade = Recognizer(models[0], shortlist=models[1], shortlist_keep=3)
+    plain = Recognizer(models[0])
+    gallery = Gallery.from_templates(enrolled)
+    compared = 0
+    for employee_id in PEOPLE + ["E61", "E77"]:  # the last two are strangers
+        probe = cascade.features(draw_hand(seed(employee_id), 3))
+        rows = cascade.shortlist.rows(cascade._features_for(probe, cascade.shortlist.matcher), gallery, None)
+        assert len(rows) == 3
+        full = plain.identify(probe, gallery)
+        if employee_id in PEOPLE and gallery.codes.row(employee_id) not in rows:
+            continue  # the embedding missed them: refused at worst, never paid for by someone else
+        decided = cascade.identify(probe, gallery)
+        assert (decided.employee_id, decided.reason, decided.score) == (full.employee_id, full.reason, full.score)
+        assert decided.runner_up <= full.runner_up + 1e-6  # the runner-up among the shortlisted only
+        compared += 1
+    assert compared >= 7 and full.employee_id is None
+
+
+def test_an_employee_with_only_a_palm_code_still_pays_and_gets_the_embedding(models, enrolled):
+    cascade = Recognizer(models[0], shortlist=models[1], shortlist_keep=1)
+    old = TemplateSet.from_bytes(enrolled["E5"]).members[0]  # enrolled before the cascade: a palm code alone
+    gallery = Gallery.from_templates({**enrolled, "E5": old})
+    assert cascade.shortlist.coverage(gallery) == (len(PEOPLE) - 1, len(PEOPLE))
+    probe = cascade.features(draw_hand(5, 3))
+    match = cascade.identify(probe, gallery)
+    assert match.employee_id == "E5" and match.reason == "match"
+    fresh = cascade.refreshed_template(probe, match, gallery)
+    assert isinstance(parse_template(fresh), EmbeddingTemplate)
+    stored = cascade.with_old_template(fresh, old)
+    assert TemplateSet.from_bytes(stored).members[0] == old  # the deciding palm code stays first
+    gallery.add("E5", stored)
+    assert cascade.shortlist.coverage(gallery) == (len(PEOPLE), len(PEOPLE)) and len(gallery) == len(PEOPLE)
+    assert cascade.identify(cascade.features(draw_hand(5, 4)), gallery).employee_id == "E5"
+    assert cascade.refreshed_template(probe, cascade.identify(probe, gallery), gallery) is None  # has both now
+
+
+def test_selftest_counts_the_shortlist_templates(assets, enrolled):
+    write_models(assets, {"active": "palm-gabor-1", "shortlist": {"model": "palm-embed-1", "keep": 8}})
+    stored = list(enrolled.values()) + [TemplateSet.from_bytes(enrolled["E1"]).members[0]]
+    assert templates_by_model(stored, assets) == {"palm-gabor-1": len(PEOPLE) + 1}
+    assert shortlist_coverage(stored, assets) == ("palm-embed-1", len(PEOPLE))
+    write_models(assets, {"active": "palm-gabor-1"})
+    assert shortlist_coverage(stored, assets) is None
+
+
+def test_nobody_with_a_palm_code_shortlisted_is_unknown_not_an_error(models, enrolled):
+    cascade = Recognizer(models[0], shortlist=models[1], shortlist_keep=2)
+    only_embeddings = {e: TemplateSet.from_bytes(t).members[1] for e, t in enrolled.items()}
+    gallery = Gallery.from_templates(only_embeddings)
+    match = cascade.identify(cascade.features(draw_hand(1, 3)), gallery)
+    assert (match.employee_id, match.reason) == (None, "unknown")
+
+
+def test_a_shortlist_needs_a_palm_code_active_model(models):
+    with pytest.raises(RecognitionError, match="a shortlist needs an embedding model"):
+        Recognizer(models[1], shortlist=models[0])
+    assert np.isfinite(Recognizer(models[0], shortlist=models[1]).threshold)
