@@ -178,6 +178,12 @@ def run(args, cfg) -> int:
     over += [s for s in searches if s["kib_per_1000"] > MEMORY_TARGET_KIB]
     print("1:N and memory: " + ("OVER target at " + ", ".join(f"{s['size']:,}" for s in over) if over
                                 else "within every target"))
+    if getattr(recognizer, "shortlist", None) is not None:
+        from . import cascade
+
+        cascade.run(recognizer, frames, own)
+    else:
+        print("cascade: models.json names no shortlist model (the palm codes search every template)")
     total_p95 = rows[-1][2]
     print(f"preprocess + model + match vs 1,000: p95 {total_p95:.1f} ms, "
           f"{'within' if total_p95 <= TOTAL_TARGET_MS else 'OVER'} the {TOTAL_TARGET_MS:.0f} ms target")
@@ -190,6 +196,10 @@ def _fillers(recognizer, own: dict, count: int) -> dict[str, bytes]:
 
     rng = np.random.default_rng(1)
     guard = recognizer.guard
+    if getattr(recognizer, "shortlist", None) is not None and guard is None:
+        from .cascade import fillers
+
+        return fillers(recognizer, count, rng)  # both models' templates, as the cascade's enrollment makes
     out = {}
     for i in range(count):
         if recognizer.active.kind == "embedding":
