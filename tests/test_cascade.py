@@ -147,3 +147,47 @@ def test_a_shortlist_needs_a_palm_code_active_model(models):
     with pytest.raises(RecognitionError, match="a shortlist needs an embedding model"):
         Recognizer(models[1], shortlist=models[0])
     assert np.isfinite(Recognizer(models[0], shortlist=models[1]).threshold)
+
+
+def test_a_unit_with_a_cascade_serves_palm_code_employees_and_adds_their_embeddings(tmp_path, models):
+    """Employees enrolled before the cascade (palm codes alone) pay at a cascade unit; a confident match stores
+    their embedding beside the palm code (guarded, the palm code first); a stranger never pays."""
+    from vendor_node.money.accounts import AccountStore
+    from vendor_node.sim.provision import provision_bundle
+    from vendor_node.sim.simulate import Customer, SimUnit
+    from vendor_node.unit.keysource import guarded_gallery, unit_keystore, unit_template_guard
+
+    cfg = Config().replace(
+        unit={"state_dir": tmp_path / "state", "hardware": "sim", "unit_id": "unit-test"},
+        board={"selection_timeout_s": 1.0, "vend_outcome_timeout_s": 1.0, "hand_wait_s": 0.5,
+               "reply_timeout_s": 0.5, "reconnect_max_backoff_s": 0.5},
+        abuse={"max_failures": 50})
+    people = {e: seed(e) for e in PEOPLE[:5]}
+    before = Recognizer(models[0])
+    enrolled = {e: before.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for e, p in people.items()}
+    provision_bundle(cfg, [(e, f"Person {e}", 100_000, "active") for e in people], enrolled)
+    recognizer = Recognizer(models[0], shortlist=models[1], shortlist_keep=2)
+    recognizer.guard = unit_template_guard(unit_keystore(cfg))
+    fast = {"patience_s": 1.0, "reader_timeout_s": 2.0, "session_timeout_s": 5.0, "slow_s": 0.2,
+            "cancel_after_s": 0.2}
+    paid = []
+    with SimUnit(cfg, recognizer, vmc_options=fast, gallery_factory=guarded_gallery(recognizer.guard)) as unit:
+        assert unit.wait_in_service(10.0), unit.loop.faults
+        for visit in range(2):
+            for e, p in people.items():
+                purchase = Customer(unit, [draw_hand(p, 2 + visit)], (150, "A2"), "normal", "hand_first").run(20.0)
+                paid.append((e, purchase.employee_id, purchase.outcome))
+            stranger = Customer(unit, [draw_hand(61, visit)], (150, "A2"), "normal", "hand_first").run(20.0)
+            assert stranger.employee_id is None and stranger.outcome in ("unknown", "rejected"), stranger
+        listed, total = recognizer.shortlist.coverage(unit.loop._gallery)
+    assert unit.error is None
+    assert all(who == e and outcome == "vended" for e, who, outcome in paid), paid
+    assert 0 < listed <= total == len(people)
+    with AccountStore.open(cfg, keystore=unit_keystore(cfg)) as store:
+        stored = store.templates()
+    moved = {e: parse_template(t) for e, t in stored.items() if isinstance(parse_template(t), TemplateSet)}
+    assert len(moved) == listed
+    for e, kept in moved.items():
+        assert recognizer.guard.reveal(kept.members[0]) == enrolled[e]  # the deciding palm code, unchanged
+        assert parse_template(kept.members[1]).model_tag == recognizer.shortlist.matcher.model_tag
+    assert templates_by_model(stored.values(), ASSETS_DIR) == {"palm-gabor-1": len(people)}
