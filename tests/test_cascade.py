@@ -191,3 +191,29 @@ def test_a_unit_with_a_cascade_serves_palm_code_employees_and_adds_their_embeddi
         assert recognizer.guard.reveal(kept.members[0]) == enrolled[e]  # the deciding palm code, unchanged
         assert parse_template(kept.members[1]).model_tag == recognizer.shortlist.matcher.model_tag
     assert templates_by_model(stored.values(), ASSETS_DIR) == {"palm-gabor-1": len(people)}
+
+
+@pytest.mark.parametrize("full_search", [True, False])
+def test_a_genuine_the_embedding_misses_pays_by_the_full_search_or_is_refused(models, enrolled, full_search):
+    cascade = Recognizer(models[0], shortlist=models[1], shortlist_keep=1, full_search_when_unknown=full_search)
+    code = TemplateSet.from_bytes(enrolled["E5"]).members[0]
+    lost = EmbeddingTemplate(np.where(np.arange(128) % 2, 90, -90).astype(np.int8),
+                             cascade.shortlist.matcher.model_tag).to_bytes()  # an embedding far from E5's palm
+    gallery = Gallery.from_templates({**enrolled, "E5": TemplateSet((code, lost), 0).to_bytes()})
+    probe = cascade.features(draw_hand(5, 3))
+    assert gallery.codes.row("E5") not in cascade.shortlist.rows(
+        cascade._features_for(probe, cascade.shortlist.matcher), gallery, None)
+    match = cascade.identify(probe, gallery)
+    assert (match.employee_id, match.reason) == (("E5", "match") if full_search else (None, "unknown"))
+
+
+def test_full_search_when_unknown_is_a_checked_boolean(assets):
+    write_models(assets, {"active": "palm-gabor-1",
+                          "shortlist": {"model": "palm-embed-1", "keep": 8, "full_search_when_unknown": False}})
+    assert model_set(assets).full_search_when_unknown is False
+    assert Recognizer.from_config(Config().replace(unit={"assets_dir": assets})).shortlist.full_search_when_unknown \
+        is False
+    write_models(assets, {"active": "palm-gabor-1",
+                          "shortlist": {"model": "palm-embed-1", "keep": 8, "full_search_when_unknown": "yes"}})
+    with pytest.raises(ModelError, match="shortlist.full_search_when_unknown: expected true or false"):
+        model_set(assets)

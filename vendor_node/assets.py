@@ -5,9 +5,10 @@ Why two lists: a unit in the field holds templates made by the model it had when
 matched (and refreshed to the active model on a confident match) until nobody uses them, so a model change
 never locks anyone out. Each model lives in its own folder with its ``manifest.json`` (hand/model.py).
 
-``shortlist`` (optional, ``{"model": NAME, "keep": K}``): a fast learned embedding that only ranks the gallery,
-keeping the K best candidates for the active palm-code model to score and decide (hand/cascade.py). It never
-decides: a stranger is accepted only when the palm codes accept.
+``shortlist`` (optional, ``{"model": NAME, "keep": K, "full_search_when_unknown": true}``): a fast learned
+embedding that only ranks the gallery, keeping the K best candidates for the active palm-code model to score
+and decide (hand/cascade.py; when none of them reaches the threshold the palm codes search everyone, unless
+``full_search_when_unknown`` is false). It never decides: a stranger is accepted only when the palm codes accept.
 
 ``unit.assets_dir`` names ``firmware_assets/``; a model folder itself (holding a ``manifest.json``) is also
 accepted wherever an assets folder is, as the one active model with nothing else accepted.
@@ -32,6 +33,7 @@ class ModelSet:
     accepted: tuple[Path, ...] = ()
     shortlist: Path | None = None  # the embedding that shortlists for the active model (None: no cascade)
     shortlist_keep: int = 0  # candidates the shortlist keeps (K)
+    full_search_when_unknown: bool = True  # no shortlisted candidate passed: the palm codes search everyone
 
     @property
     def all(self) -> tuple[Path, ...]:
@@ -76,7 +78,8 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         if kinds != ["palm_code", "embedding"]:
             raise ModelError(f"{path}: shortlist: an embedding model ({folders[-1].name} is {kinds[1]}) shortlists "
                              f"for a palm-code active model ({folders[0].name} is {kinds[0]})")
-        return ModelSet(folders[0], tuple(folders[1:-1]), folders[-1], keep)
+        return ModelSet(folders[0], tuple(folders[1:-1]), folders[-1], keep,
+                        listing["shortlist"].get("full_search_when_unknown", True))
     return ModelSet(folders[0], tuple(folders[1:]))
 
 
@@ -95,10 +98,15 @@ def _shortlist_keep(path: Path, shortlist) -> int:
     """K of the ``shortlist`` entry (0 when absent); ModelError naming the key path when malformed."""
     if shortlist is None:
         return 0
-    if not isinstance(shortlist, dict) or set(shortlist) != {"model", "keep"}:
-        unknown = sorted(set(shortlist) - {"model", "keep"}) if isinstance(shortlist, dict) else None
+    keys = {"model", "keep", "full_search_when_unknown"}
+    if not isinstance(shortlist, dict) or not {"model", "keep"} <= set(shortlist) <= keys:
+        unknown = sorted(set(shortlist) - keys) if isinstance(shortlist, dict) else None
         what = f"unknown key(s) {unknown}" if unknown else f"got {shortlist!r}"
-        raise ModelError(f"{path}: shortlist: expected {{\"model\": NAME, \"keep\": K}}, {what}")
+        raise ModelError(f"{path}: shortlist: expected {{\"model\": NAME, \"keep\": K, "
+                         f"\"full_search_when_unknown\": true|false (optional)}}, {what}")
+    if not isinstance(shortlist.get("full_search_when_unknown", True), bool):
+        raise ModelError(f"{path}: shortlist.full_search_when_unknown: expected true or false, "
+                         f"got {shortlist['full_search_when_unknown']!r}")
     keep = shortlist["keep"]
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_SHORTLIST_KEEP:
         raise ModelError(f"{path}: shortlist.keep: expected a whole number of candidates from 1 to "

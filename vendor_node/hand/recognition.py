@@ -14,7 +14,8 @@ second presentation rather than guessing a payer). Across models the common scal
 model's threshold: another model naming someone else must trail the winner by more than the margin too.
 
 With a ``shortlist`` model (models.json; cascade.py) the palm codes score only the embedding's best
-candidates; the shortlist model never decides. Enrollment then stores both templates (a template set, the
+candidates (and all of them when none of those reaches the threshold, unless configured off); the shortlist
+model never decides. Enrollment then stores both templates (a template set, the
 palm code first), and an employee with a palm code only gets the embedding at a confident match.
 """
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Recognizer:
 
     def __init__(self, embedder: Embedder, threshold: float | None = None, margin: float | None = None,
                  params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3,
-                 shortlist: Embedder | None = None, shortlist_keep: int = 64):
+                 shortlist: Embedder | None = None, shortlist_keep: int = 64, full_search_when_unknown: bool = True):
         self.embedder = embedder
         self.matchers = [make_matcher(embedder, params)] + [make_matcher(e) for e in accepted]
         self.shortlist = None
@@ -73,7 +74,7 @@ class Recognizer:
             if not isinstance(self.matchers[0], PalmCodeMatcher) or make_matcher(shortlist).kind != "embedding":
                 raise RecognitionError(f"a shortlist needs an embedding model ({shortlist.model_path.parent.name}) "
                                        f"and a palm-code active model ({embedder.model_path.parent.name})")
-            self.shortlist = Shortlist(make_matcher(shortlist), shortlist_keep)
+            self.shortlist = Shortlist(make_matcher(shortlist), shortlist_keep, full_search_when_unknown)
             self.matchers.append(self.shortlist.matcher)
         names = [m.model_id for m in self.matchers]
         if len(set(names)) != len(names):
@@ -108,7 +109,7 @@ class Recognizer:
                                   f"{embedders[0].model_path.parent.name}/), got {value:g}")
         return cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin, accepted=tuple(embedders[1:]),
                    max_wrong_payer=cfg.recognition.max_wrong_payer, shortlist=shortlist,
-                   shortlist_keep=models.shortlist_keep)
+                   shortlist_keep=models.shortlist_keep, full_search_when_unknown=models.full_search_when_unknown)
 
     # --- the palm-code model's settings (evaluation, benches) ---------------------
     def _palm_matcher(self) -> PalmCodeMatcher:
@@ -238,15 +239,17 @@ class Recognizer:
             bank = matcher.bank(gallery)
             if bank is None:
                 continue  # no template of this model: the probe is not coded by it
+            coded, policy = self._features_for(probe, matcher), self.policies[matcher.model_id]
             rows = None
             if matcher is self.active and self.shortlist is not None:
                 rows = self.shortlist.rows(self._features_for(probe, self.shortlist.matcher), gallery, self.guard)
-                if rows is not None and not len(rows):
-                    continue  # nobody shortlisted holds a palm code
-            coded = self._features_for(probe, matcher)
-            row, best, runner_up = (matcher.best_two(coded, bank, self.guard) if rows is None
-                                    else matcher.best_two_among(coded, bank, rows, self.guard))
-            policy = self.policies[matcher.model_id]
+            if rows is not None and len(rows):
+                row, best, runner_up = matcher.best_two_among(coded, bank, rows, self.guard)
+            if rows is None or (len(rows) < len(bank) and self.shortlist.full_search_when_unknown
+                                and (not len(rows) or best < policy.threshold_for(enrolled))):
+                row, best, runner_up = matcher.best_two(coded, bank, self.guard)  # nobody shortlisted passed
+            elif not len(rows):
+                continue  # nobody shortlisted holds a palm code
             results.append((best - policy.threshold_for(enrolled), best, runner_up, bank.ids[row], matcher, policy))
         if not results:
             return Match(None, 0.0, 0.0, "unknown")
