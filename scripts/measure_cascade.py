@@ -51,12 +51,32 @@ def ranks_of(probe_vectors, genuine_rows, gallery_vectors) -> list[int]:
     return ranks
 
 
+def drawn_pads(path: Path, tag: int) -> np.ndarray:
+    """The shortlist embeddings of a cascade template cache's drawn employees."""
+    from vendor_node.hand.gallery import parse_template
+    from vendor_node.hand.templates import EmbeddingTemplate, TemplateSet
+    from vendor_node.sim.template_cache import TemplateCache
+
+    cache, out = TemplateCache.load(path), []
+    for k in range(len(cache)):
+        blob = cache.template(k)
+        if blob:
+            for member in TemplateSet.from_bytes(blob).members:
+                t = parse_template(member)
+                if isinstance(t, EmbeddingTemplate) and t.model_tag == tag:
+                    out.append(t.vector)
+    return np.array(out, np.int8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/handdata"))
     parser.add_argument("--assets", type=Path, default=Path("firmware_assets"))
     parser.add_argument("--gallery", type=int, default=10_000)
     parser.add_argument("--decide", type=int, default=300, help="Tongji probes also decided by palm codes")
+    parser.add_argument("--pad-cache", type=Path, help="a cascade template cache of drawn employees "
+                        "(templates-*.npz made by simulate/bench loop with a shortlist): their embeddings pad the "
+                        "coep_dev/nir_dev galleries (regions cut by the unit's own preprocessing, like theirs)")
     args = parser.parse_args()
     embedder = Embedder.load(args.assets / "palm-embed-1")
     shortlist = EmbeddingMatcher(embedder)
@@ -153,7 +173,9 @@ def main() -> None:
             (later.append((sample.subject, vec(roi))) if sample.subject in first
              else first.__setitem__(sample.subject, vec(roi)))
         people = sorted(first)
-        g = np.concatenate([np.array([first[p] for p in people], np.int8), pad[: args.gallery - len(people)]])
+        unit_pad = drawn_pads(args.pad_cache, shortlist.model_tag) if args.pad_cache else pad
+        g = np.concatenate([np.array([first[p] for p in people], np.int8), unit_pad[: args.gallery - len(people)]])
+        name += f" among {'drawn employees' if args.pad_cache else 'Tongji pads'}"
         rows = {p: i for i, p in enumerate(people)}
         recall_table(f"{name} through the unit's preprocessing ({len(people)} people, {refused} frames refused)",
                      ranks_of([v for _, v in later], [rows[s] for s, _ in later], g), len(g))
