@@ -206,10 +206,11 @@ def export_int8(model, representative: np.ndarray) -> bytes:
         model.export(tmp, format="tf_saved_model", input_signature=[tf.TensorSpec([1, SIZE, SIZE, 1], tf.float32)],
                      verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        return _convert(converter, data)
+        return int8_convert(converter, data)
 
 
-def _convert(converter, data) -> bytes:
+def int8_convert(converter, data) -> bytes:
+    """Full-integer int8 (int8 in and out) with a representative dataset: the unit runs nothing else."""
     import tensorflow as tf
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     converter.representative_dataset = data

@@ -47,6 +47,7 @@ from vendor_node.hand.preprocess import ROI_SIZE, extract_hand  # noqa: E402
 from vendor_node.hand.recognition import Recognizer  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from palm_net import int8_convert  # noqa: E402  (one full-integer int8 converter set-up)
 from training_metrics import (SAME_PERSON, Sample, attach_features, calibrate, d_prime,  # noqa: E402
                               measure, public, typical_geometry_distance)
 
@@ -192,13 +193,7 @@ def convert(bank: np.ndarray, representative: list[np.ndarray], seed: int) -> by
         for roi in representative:
             yield [((roi.astype(np.float32) - PIXEL_OFFSET) / PIXEL_DIVISOR)[None, :, :, None]]
 
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = data
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    return converter.convert()
+    return int8_convert(tf.lite.TFLiteConverter.from_keras_model(model), data)
 
 
 def io_quantization(model_bytes: bytes) -> tuple[dict, dict]:

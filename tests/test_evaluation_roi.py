@@ -130,7 +130,8 @@ def test_eval_command_measures_the_learned_model_on_rois(tmp_path, palm_data, ca
 
 
 # --- the decision policy by gallery size and the open-set bookkeeping --------------------
-DECISION = {"fmr_points": [[1e-2, 0.3], [1e-3, 0.4], [1e-4, 0.5], [1e-5, 0.6], [1e-6, 0.7]], "min_threshold": 0.45}
+DECISION = {"fmr_points": [[1e-2, 0.3], [1e-3, 0.4], [1e-4, 0.5], [1e-5, 0.6], [1e-6, 0.7]], "min_threshold": 0.45,
+            "threshold": 0.7, "margin": 0.05}  # a whole decision block, as read_manifest requires
 
 
 def test_threshold_follows_the_gallery_size_and_never_drops_below_the_floor():

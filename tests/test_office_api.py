@@ -227,6 +227,33 @@ def test_a_revocation_deletes_only_an_older_enrollment(setup):
     assert bad.status_code == 400 and "templates[0].sealed" in bad.json()["error"]
 
 
+def test_a_revoked_template_leaves_no_kept_bundle_behind_and_versions_still_rise(setup, tmp_path):
+    """Bundles kept by the office carry relayed templates sealed: a revocation (as a deletion) drops them."""
+    from vendor_node.money.bundle import decode_bundle
+    from vendor_node.office.models import IssuedBundle
+    from vendor_node.office.views import register_unit
+
+    client, unit, keys = setup
+    other = FakeUnit(tmp_path / "u2", "unit-2")
+    register_unit("test", other.unit_id, other.fingerprint)
+    sealed = bytes((i * 7 + 3) % 256 for i in range(300))
+    record = {"employee_id": "E0001", "sealed": base64.b64encode(sealed).decode(), "consent_version": "v1",
+              "consented_at": time.time()}
+    assert call(client, unit, "POST", "templates", json.dumps({"templates": [record]}).encode()).status_code == 200
+    relayed = decode_bundle(call(client, other, "GET", "bundle", query="after=0").content, fleet_public_key(keys))
+    assert [t.sealed for t in relayed.templates] == [sealed]
+    kept = lambda: [bytes(b.data) for b in IssuedBundle.objects.all()]  # noqa: E731
+    assert any(base64.b64encode(sealed) in data for data in kept())
+    revocation = {"revocations": [{"employee_id": "E0001", "revoked_at": record["consented_at"] + 1}]}
+    assert call(client, unit, "POST", "templates", json.dumps(revocation).encode()).status_code == 200
+    assert not any(base64.b64encode(sealed)[:40] in data for data in kept())
+    after = call(client, other, "GET", "bundle", query=f"after={relayed.version}")
+    assert after.status_code == 200  # a fresh bundle, above the version the unit already holds
+    fresh = decode_bundle(after.content, fleet_public_key(keys))
+    assert fresh.version > relayed.version and fresh.templates == [] and "E0001" in fresh.template_revocations
+    other.close()
+
+
 def test_a_unit_silent_for_26_hours_is_unhealthy(setup):
     import datetime as dt
 

@@ -77,11 +77,39 @@ def _leaks(haystack: bytes, secret: bytes, what: str) -> list[str]:
     return found[:1]
 
 
+def enroll_drawn_hands(cli, photos: Path) -> dict:
+    """E1 and E2 enrolled through `cli` from two drawn frames each (written as photos); their frames."""
+    from vendor_node.sim.drawn_hands import draw_hand
+
+    frames = {}
+    for person, employee in ((3, "E1"), (4, "E2")):
+        folder = photos / employee
+        folder.mkdir(parents=True)
+        frames[employee] = [draw_hand(person, s) for s in (0, 1)]
+        for s, frame in enumerate(frames[employee]):
+            cv2.imwrite(str(folder / f"{s}.png"), frame)
+        assert cli("enroll", employee, "--consent", "c1", "--images", str(folder)) == 0
+    return frames
+
+
+def biometric_leaks(haystacks, clear: dict, guarded: dict, frames: dict) -> list[str]:
+    """Each employee's clear template (as the recognizer makes it), guarded template and camera frames'
+    pixel rows, raw, base64 or hex, found in any of the (bytes, where) haystacks."""
+    leaks = []
+    for employee in clear:
+        for haystack, where in haystacks:
+            leaks += _leaks(haystack, clear[employee][16:-4], f"clear template of {employee} in {where}")
+            leaks += _leaks(haystack, guarded[employee][20:-4], f"guarded template of {employee} in {where}")
+            for frame in frames[employee]:
+                rows = frame[frame.shape[0] // 2 - 2: frame.shape[0] // 2 + 2].tobytes()
+                leaks += _leaks(haystack, rows, f"camera frame of {employee} in {where}")
+    return leaks
+
+
 def test_no_template_or_camera_image_in_the_clear_in_any_file_the_unit_writes(tmp_path, capsys, caplog):
     from vendor_node.config import load_config
     from vendor_node.hand.recognition import Recognizer
     from vendor_node.money.accounts import AccountStore
-    from vendor_node.sim.drawn_hands import draw_hand
     from vendor_node.unit.keysource import unit_keystore, unit_template_guard
 
     caplog.set_level(logging.DEBUG)
@@ -101,14 +129,7 @@ def test_no_template_or_camera_image_in_the_clear_in_any_file_the_unit_writes(tm
     assert main(["fleet", "bundle", "--employees", str(csv), "--signing-key", str(fleet / "fleet_signing.key"),
                  "--out", str(share / "inbox" / "b1.vnb"), "--unit-id", "U1", "--version", "1"]) == 0
     assert cli("sync", "--folder", str(share)) == 0  # the bundle arrives through the sync folder
-    frames, photos = {}, tmp_path / "photos"
-    for person, employee in ((3, "E1"), (4, "E2")):
-        folder = photos / employee
-        folder.mkdir(parents=True)
-        frames[employee] = [draw_hand(person, s) for s in (0, 1)]
-        for s, frame in enumerate(frames[employee]):
-            cv2.imwrite(str(folder / f"{s}.png"), frame)
-        assert cli("enroll", employee, "--consent", "c1", "--images", str(folder)) == 0
+    frames = enroll_drawn_hands(cli, tmp_path / "photos")
     assert cli("sync", "--folder", str(share)) == 0  # templates and journal pushed to the outbox
     assert cli("journal", "export", "--out", str(tmp_path / "exported.json")) == 0
 
@@ -122,15 +143,7 @@ def test_no_template_or_camera_image_in_the_clear_in_any_file_the_unit_writes(tm
         sealed_e1 = store.conn.execute("SELECT sealed FROM templates WHERE employee_id = 'E1'").fetchone()[0]
     written = _everything_written(state, share) + (tmp_path / "exported.json").read_bytes()
     logs = (caplog.text + capsys.readouterr().out).encode()
-    leaks = []
-    for employee in clear:
-        for haystack, where in ((written, "files"), (logs, "logs")):
-            leaks += _leaks(haystack, clear[employee][16:-4], f"clear template of {employee} in {where}")
-            leaks += _leaks(haystack, guarded[employee][20:-4], f"guarded template of {employee} in {where}")
-            for frame in frames[employee]:
-                rows = frame[frame.shape[0] // 2 - 2: frame.shape[0] // 2 + 2].tobytes()
-                leaks += _leaks(haystack, rows, f"camera frame of {employee} in {where}")
-    assert leaks == []
+    assert biometric_leaks(((written, "files"), (logs, "logs")), clear, guarded, frames) == []
     assert not any(p.suffix.lower() in {".png", ".jpg", ".jpeg", ".pgm", ".npy"} for p in state.rglob("*"))
     assert sealed_e1[12:60] in written  # the search does see the database (not a vacuous pass)
 

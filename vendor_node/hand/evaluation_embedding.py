@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import HandRejected
+from .decision import DecisionPolicy
 from .evaluation_metrics import decide, upper_bound_95
 from .model import Embedder, embedding_scores, embedding_template
 
@@ -29,12 +30,8 @@ def unit_levels(roi: np.ndarray) -> np.ndarray:
 
 
 def threshold_for_gallery(decision: dict, gallery_size: int, max_wrong_payer: float = MAX_WRONG_PAYER) -> float:
-    """The manifest's threshold at FMR = max_wrong_payer / N, log10-interpolated, at least ``min_threshold``."""
-    points = sorted(decision["fmr_points"], key=lambda p: p[0])  # ascending FMR
-    fmr = max_wrong_payer / max(1, int(gallery_size))
-    logs = np.log10([p[0] for p in points])
-    value = float(np.interp(np.log10(fmr), logs, [p[1] for p in points]))
-    return max(value, float(decision.get("min_threshold", value)))
+    """The manifest's threshold at FMR = max_wrong_payer / N, at least ``min_threshold``: the unit's own policy."""
+    return DecisionPolicy(decision, max_wrong_payer=max_wrong_payer).threshold_for(int(gallery_size))
 
 
 @dataclass

@@ -101,6 +101,17 @@ def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
         return issued
 
 
+def forget_issued_templates() -> None:
+    """After a template is deleted here, drop every unit's kept bundles, which may carry it sealed: only the
+    newest version number stays (without its bytes), so the next request issues a fresh, higher version.
+    Called inside the deleting transaction; the unit rows are locked first, as `current_bundle` does."""
+    list(Unit.objects.select_for_update().order_by("pk").values_list("pk", flat=True))
+    for unit_id in IssuedBundle.objects.values_list("unit_id", flat=True).distinct():
+        newest = IssuedBundle.objects.filter(unit_id=unit_id).order_by("-version").first()
+        IssuedBundle.objects.filter(unit_id=unit_id).exclude(pk=newest.pk).delete()
+    IssuedBundle.objects.update(data=b"", content_sha256="")
+
+
 def _store(issued: IssuedBundle) -> IssuedBundle:
     """Insert the issued bundle. On PostgreSQL its bytes go as a binary parameter: Django's client-side
     binding would escape a 100 KB bundle into the statement's text on every sync (profiled: ~9 ms)."""
