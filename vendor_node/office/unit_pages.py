@@ -17,7 +17,7 @@ from .health import deletion_status, last_sale_at, unit_problems
 from .models import HeartbeatRecord, JournalEpoch, Unit
 from .units import (HEARTBEATS_KEPT, accept_new_journal, office_no_sale_hours, register_unit, set_unit_active,
                     set_unit_no_sale_hours)
-from .views import role_required
+from .views import not_found, role_required
 
 KEY_MODE_WARNING = "software"  # key files readable from a copied SD card (issue 13); otp / secure element are bound
 
@@ -52,7 +52,7 @@ def units(request):
 def unit_page(request, unit_id):
     unit = Unit.objects.filter(unit_id=unit_id).first()
     if unit is None:
-        return render(request, "office/message.html", {"text": f"no unit {unit_id!r}"}, status=404)
+        return not_found(request, f"unit {unit_id!r}")
     if request.method == "POST":
         try:
             hours = set_unit_no_sale_hours(request.user, unit_id, request.POST.get("no_sale_alert_h"))
@@ -84,7 +84,7 @@ def _beat_row(data: dict) -> dict:
 def reinstalled(request, unit_id):
     unit = Unit.objects.filter(unit_id=unit_id).first()
     if unit is None:
-        return render(request, "office/message.html", {"text": f"no unit {unit_id!r}"}, status=404)
+        return not_found(request, f"unit {unit_id!r}")
     if request.method == "POST":
         try:
             closed = accept_new_journal(request.user, unit_id, request.POST.get("confirm_id", ""),

@@ -88,6 +88,11 @@ def _cents_field(request, name: str, what: str, required: bool = False) -> int |
         raise OfficeError(f"{what}: {exc}") from None
 
 
+def not_found(request, what: str):
+    """The plain 404 page naming what was asked for (an employee, a unit)."""
+    return render(request, "office/message.html", {"text": f"no {what}"}, status=404)
+
+
 @role_required("manager")
 def employees(request):
     if request.method == "POST":
@@ -122,7 +127,7 @@ def employees(request):
 def employee(request, employee_id):
     e = Employee.objects.filter(employee_id=employee_id).first()
     if e is None:
-        return render(request, "office/message.html", {"text": f"no employee {employee_id!r}"}, status=404)
+        return not_found(request, f"employee {employee_id!r}")
     if request.method == "POST":
         try:
             action = request.POST.get("action")
@@ -159,7 +164,7 @@ def employee(request, employee_id):
 def delete_biometrics(request, employee_id):
     e = Employee.objects.filter(employee_id=employee_id).first()
     if e is None:
-        return render(request, "office/message.html", {"text": f"no employee {employee_id!r}"}, status=404)
+        return not_found(request, f"employee {employee_id!r}")
     if request.method == "POST":
         if request.POST.get("confirm_id") != employee_id:
             messages.error(request, f"confirmation: type the employee id {employee_id} to confirm")
