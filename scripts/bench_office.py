@@ -101,6 +101,63 @@ def postmaster_pid(pg) -> int | None:
         return None
 
 
+class WaitSampler(threading.Thread):
+    """Samples pg_stat_activity every ``every_s``: what each of the office's backends is doing (on CPU, waiting for
+    a lock, idle inside a transaction while the office's Python holds it open...). Counts, not times."""
+
+    def __init__(self, db_url: str, every_s: float = 0.05):
+        super().__init__(daemon=True)
+        self.db_url, self.every_s, self.counts, self.samples = db_url, every_s, {}, 0
+        self.stop = threading.Event()
+
+    def run(self):
+        import psycopg
+
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            while not self.stop.wait(self.every_s):
+                rows = conn.execute("SELECT state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-') "
+                                    "FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                    "AND pid <> pg_backend_pid() AND state IS NOT NULL").fetchall()
+                self.samples += 1
+                for row in rows:
+                    key = row[0] if row[0] in ("idle", "idle in transaction") else f"active, {row[1]}:{row[2]}"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+
+    def report(self) -> str:
+        total = sum(self.counts.values()) or 1
+        busy = {k: v for k, v in self.counts.items() if k != "idle"}
+        return (f"  database backends, {self.samples} samples of pg_stat_activity (mean per sample; idle "
+                f"{self.counts.get('idle', 0) / max(1, self.samples):.1f}):\n" + "\n".join(
+                    f"    {v / max(1, self.samples):5.2f}  {k}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])[:8])
+                + f"\n    ({sum(busy.values()) / total:.0%} of backend samples not idle)")
+
+
+def top_statements(db_url: str, n: int = 8) -> str:
+    """pg_stat_statements' statements by total execution time (server side), when the extension is loaded."""
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT calls, total_exec_time, query FROM pg_stat_statements "
+                                "ORDER BY total_exec_time DESC LIMIT %s", (n,)).fetchall()
+    except psycopg.Error as exc:
+        return f"  pg_stat_statements: not available ({str(exc).strip()[:80]})"
+    return "  PostgreSQL statements by total execution time:\n" + "\n".join(
+        f"    {total / 1000:7.2f} s  {calls:6} calls  {total / max(1, calls):6.2f} ms  {' '.join(query.split())[:90]}"
+        for calls, total, query in rows)
+
+
+def _reset_statements(db_url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error:
+        pass  # a server without the library: the report says so
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
@@ -206,7 +263,8 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-office-"))
     keys = root / "keys"
     generate_fleet_keys(keys)
-    pg = None if args.db else pgtemp.ThrowawayPostgres().start()
+    pg = None if args.db else pgtemp.ThrowawayPostgres(
+        settings={"shared_preload_libraries": "pg_stat_statements"}).start()
     db_url = args.db or pg.url
     proc = None
     try:
@@ -259,11 +317,15 @@ def main() -> int:
                         failures.append(f"{unit_id} {what}: {status} {data[:200]!r}")
 
         pg_pid = postmaster_pid(pg)
+        sampler = WaitSampler(db_url)
+        _reset_statements(db_url)
+        sampler.start()
         cpu_before = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one_unit, range(args.units)))
         wall = time.perf_counter() - started
+        sampler.stop.set()
         cpu_after = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         office_cpu, db_cpu, client_cpu = (after - before for after, before in zip(cpu_after, cpu_before))
         everything = [t for v in timings.values() for t in v]
@@ -278,6 +340,8 @@ def main() -> int:
               f"{db_cpu / n * 1000:.1f} ms, this client {client_cpu / n * 1000:.1f} ms "
               f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        print(sampler.report())
+        print(top_statements(db_url))
         ingested = JournalEntry.objects.count()
         expected_entries = args.units * args.purchases * 3
         balances = ledger.balances()

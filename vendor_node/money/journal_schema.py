@@ -87,13 +87,22 @@ def is_charge(entry) -> bool:
     return entry.kind == VEND_SUCCEEDED or (entry.kind == REVIEW_SETTLED and (entry.amount_cents or 0) > 0)
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+# json.dumps builds an encoder on every call; the office checks 600 entries per upload, so the C encoder is made
+# once (same arguments as json.dumps would pass it, markers off: the
+# values are scalars, so there is no cycle to detect)
+_C_ENCODE = json.encoder.c_make_encoder(None, _CANONICAL.default, json.encoder.encode_basestring, None, ":", ",",
+                                        True, False, True) if json.encoder.c_make_encoder else None
+
+
 def canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail) -> bytes:
-    """The bytes an entry's hash covers: sorted-key compact JSON, so any reader can recompute it."""
-    return json.dumps(
-        {"seq": seq, "ts_us": ts_us, "kind": kind, "session_id": session_id, "employee_id": employee_id,
-         "item": item, "amount_cents": amount_cents, "detail": detail},
-        sort_keys=True, separators=(",", ":"), ensure_ascii=False,
-    ).encode("utf-8")
+    """The bytes an entry's hash covers: sorted-key compact JSON (``json.dumps(..., sort_keys=True,
+    separators=(",", ":"), ensure_ascii=False)``, byte for byte), so any reader can recompute it."""
+    entry = {"seq": seq, "ts_us": ts_us, "kind": kind, "session_id": session_id, "employee_id": employee_id,
+             "item": item, "amount_cents": amount_cents, "detail": detail}
+    if _C_ENCODE is None:
+        return _CANONICAL.encode(entry).encode("utf-8")
+    return "".join(_C_ENCODE(entry, 0)).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:

@@ -24,7 +24,7 @@ from django.utils import timezone
 from ..errors import BundleError, OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.employees_csv import parse_amount_cents, parse_employees_csv
-from .models import ChargeTotal, Employee, JournalEntry, TopUp, audit
+from .models import ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation
 
 MAX_TOPUP_CENTS = 1_000_000_00  # one top-up above 1,000,000.00 is a typo, not a top-up
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -42,12 +42,22 @@ def balance_cents(employee_id: str) -> int:
     return topped_up_cents(employee_id) - charged_cents(employee_id)
 
 
+def topped_up_by_employee() -> dict[str, int]:
+    """Each employee's top-ups summed, in one grouped query."""
+    return {row["employee__employee_id"]: row["s"] or 0
+            for row in TopUp.objects.values("employee__employee_id").annotate(s=Sum("amount_cents"))}
+
+
+def charged_by_employee() -> dict[str, int]:
+    """Each employee's charges ingested so far (the running totals)."""
+    return dict(ChargeTotal.objects.values_list("employee_id", "charged_cents"))
+
+
 def balances() -> dict[str, int]:
-    """Every employee's balance in two grouped queries (bundles for 10,000 employees use this)."""
+    """Every employee's balance in three queries (bundles for 10,000 employees use this)."""
     result = {eid: 0 for eid in Employee.objects.values_list("employee_id", flat=True)}
-    for row in TopUp.objects.values("employee__employee_id").annotate(s=Sum("amount_cents")):
-        result[row["employee__employee_id"]] = row["s"] or 0
-    for employee_id, charged in ChargeTotal.objects.values_list("employee_id", "charged_cents"):
+    result.update(topped_up_by_employee())
+    for employee_id, charged in charged_by_employee().items():
         result[employee_id] = result.get(employee_id, 0) - charged
     return result
 
@@ -151,6 +161,7 @@ def import_topups_csv(user, data: bytes) -> int:
         TopUp.objects.bulk_create([TopUp(employee=by_id[eid], amount_cents=cents, source="csv", note=note,
                                          created_by=getattr(user, "username", "") or "")
                                    for eid, cents, note in rows])
+        bump_bundle_generation()  # a bulk insert sends no signal
         audit(user, "import_topups", "", f"{len(rows)} top-ups, {sum(r[1] for r in rows)} cents")
     return len(rows)
 

@@ -9,6 +9,8 @@ from .setup import importable
 
 importable()
 
+import secrets
+
 from django.db import models
 
 STATUS_CHOICES = [("active", "active"), ("suspended", "suspended")]
@@ -230,3 +232,16 @@ class OfficeSetting(models.Model):
     """Office-wide settings changed in the web page (audited): one row per name."""
     name = models.CharField(max_length=64, unique=True)
     value = models.IntegerField()
+
+
+BUNDLE_GENERATION = "bundle_generation"  # an OfficeSetting: a random marker, new on every change bundles share
+
+
+def bump_bundle_generation(**_signal) -> None:
+    """Something every unit's bundle says changed (an employee, a top-up, a template, a revocation, a deletion):
+    a new random marker, so each process rebuilds its shared bundle records at their next use. Random, not a
+    counter: a database flushed and refilled (tests) can never bring back a marker a process has cached."""
+    OfficeSetting.objects.update_or_create(name=BUNDLE_GENERATION, defaults={"value": secrets.randbelow(2 ** 31)})
+
+
+BUNDLE_SOURCES = (Employee, TopUp, SealedTemplate, TemplateRevocation, Deletion)  # saved or deleted: bump
