@@ -25,7 +25,7 @@ from django.db import IntegrityError, transaction
 from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
-from .models import ChargeTotal, JournalBatch, JournalEntry, Unit
+from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
 _NULLABLE = {"employee_id": str, "item": str, "amount_cents": int, "detail": str}
@@ -142,7 +142,9 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
                                                       "different entries")
                     return receipt_for(locked, done)
-                return _ingest_locked(locked, body, first, last)
+                receipt = _ingest_locked(locked, body, first, last)
+            fold_pending_charges()  # after the commit: the entries' transaction never waits on a total
+            return receipt
         except _GapRefused as exc:
             Unit.objects.filter(pk=unit.pk).update(gap=exc.gap[:300])  # flagged after the rollback
             raise
@@ -218,25 +220,42 @@ def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]
 
 
 def _add_to_totals(entries: list[dict]) -> None:
-    """Add the new charges to each employee's running total (same transaction as the entries). Rows are
-    touched in employee order, so two units' uploads never wait on each other in a circle."""
-    from django.db import connection
-
+    """The new charges per employee as pending rows (same transaction as the entries): plain inserts, so two
+    units' uploads never wait on each other (a running total per employee, updated here, made every upload
+    wait for the one before it to commit: most uploads touch most employees)."""
     sums: dict[str, int] = {}
     for e in entries:
         if _charge(e) and e.get("employee_id"):
             sums[e["employee_id"]] = sums.get(e["employee_id"], 0) + _charge(e)
-    if not sums:
-        return
-    table = ChargeTotal._meta.db_table
-    rows = sorted(sums.items())
-    with connection.cursor() as cursor:
-        for start in range(0, len(rows), 400):  # one statement per chunk: one round trip, not one per employee
-            chunk = rows[start:start + 400]
-            cursor.execute(
-                f"INSERT INTO {table} (employee_id, charged_cents) VALUES {', '.join(['(%s, %s)'] * len(chunk))} "
-                f"ON CONFLICT (employee_id) DO UPDATE SET charged_cents = {table}.charged_cents + "
-                "excluded.charged_cents", [value for row in chunk for value in row])
+    if sums:
+        ChargePending.objects.bulk_create([ChargePending(employee_id=emp, charged_cents=cents)
+                                           for emp, cents in sorted(sums.items())], batch_size=500)
+
+
+_FOLD_LOCK = 0x766E_6664  # "vnfd": the PostgreSQL advisory lock of a fold in progress
+
+
+def fold_pending_charges() -> None:
+    """Move the pending charges into the running totals, in one transaction. On PostgreSQL only one process
+    folds at a time, and one that finds a fold running skips it (the rows wait for the next): a fold never
+    makes an upload wait. Readers see the charges exactly once before, during and after (`charged_by_employee`)."""
+    from django.db import connection
+
+    totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
+    upsert = (f"ON CONFLICT (employee_id) DO UPDATE SET charged_cents = {totals}.charged_cents + "
+              "excluded.charged_cents")
+    with transaction.atomic(), connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_FOLD_LOCK])
+            if not cursor.fetchone()[0]:
+                return
+            cursor.execute(f"WITH moved AS (DELETE FROM {pending} RETURNING employee_id, charged_cents) "
+                           f"INSERT INTO {totals} (employee_id, charged_cents) SELECT employee_id, SUM(charged_cents) "
+                           f"FROM moved GROUP BY employee_id ORDER BY employee_id {upsert}")
+        else:  # SQLite: one writer at a time, nothing is added between the two statements
+            cursor.execute(f"INSERT INTO {totals} (employee_id, charged_cents) SELECT employee_id, SUM(charged_cents) "
+                           f"FROM {pending} WHERE true GROUP BY employee_id {upsert}")
+            cursor.execute(f"DELETE FROM {pending}")
 
 
 class _OtherJournal(UnitRequestRefused):

@@ -24,7 +24,7 @@ from django.utils import timezone
 from ..errors import BundleError, OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.employees_csv import parse_amount_cents, parse_employees_csv
-from .models import ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation
+from .models import ChargePending, ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation
 
 MAX_TOPUP_CENTS = 1_000_000_00  # one top-up above 1,000,000.00 is a typo, not a top-up
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -35,7 +35,7 @@ def topped_up_cents(employee_id: str) -> int:
 
 
 def charged_cents(employee_id: str) -> int:
-    return ChargeTotal.objects.filter(employee_id=employee_id).values_list("charged_cents", flat=True).first() or 0
+    return charged_by_employee(employee_id).get(employee_id, 0)
 
 
 def balance_cents(employee_id: str) -> int:
@@ -48,9 +48,18 @@ def topped_up_by_employee() -> dict[str, int]:
             for row in TopUp.objects.values("employee__employee_id").annotate(s=Sum("amount_cents"))}
 
 
-def charged_by_employee() -> dict[str, int]:
-    """Each employee's charges ingested so far (the running totals)."""
-    return dict(ChargeTotal.objects.values_list("employee_id", "charged_cents"))
+def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
+    """Each employee's charges ingested so far: the running totals plus the charges not yet folded into them,
+    in one statement (one snapshot: a fold committing meanwhile is seen whole or not at all)."""
+    from django.db import connection
+
+    totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
+    where = "WHERE employee_id = %s" if employee_id is not None else ""
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT employee_id, SUM(charged_cents) FROM (SELECT employee_id, charged_cents FROM {totals} "
+                       f"{where} UNION ALL SELECT employee_id, charged_cents FROM {pending} {where}) AS charges "
+                       "GROUP BY employee_id", [employee_id] * 2 if employee_id is not None else [])
+        return {emp: int(total) for emp, total in cursor.fetchall()}
 
 
 def balances() -> dict[str, int]:
@@ -66,7 +75,7 @@ def check_totals() -> list[str]:
     """Each running charge total against the sum of the ingested entries themselves; the differences."""
     summed = {row["employee_id"]: row["s"] for row in JournalEntry.objects.filter(charged_cents__gt=0)
               .values("employee_id").annotate(s=Sum("charged_cents"))}
-    kept = dict(ChargeTotal.objects.values_list("employee_id", "charged_cents"))
+    kept = charged_by_employee()
     return [f"{e}: total {kept.get(e, 0)}, entries {summed.get(e, 0)}"
             for e in sorted(set(summed) | set(kept)) if kept.get(e, 0) != summed.get(e, 0)]
 

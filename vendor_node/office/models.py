@@ -182,10 +182,18 @@ def audit(user, action: str, target: str = "", detail: str = "") -> AuditEntry:
 
 
 class ChargeTotal(models.Model):
-    """Running sum of an employee's ingested charges, kept in each ingest's transaction so a bundle reads
-    one row per employee instead of summing the whole history; `ledger.check_totals` recomputes it."""
+    """Running sum of an employee's ingested charges, so a bundle reads one row per employee (plus the few
+    pending ones) instead of summing the whole history; `ledger.check_totals` recomputes it."""
     employee_id = models.CharField(max_length=64, unique=True)
     charged_cents = models.BigIntegerField(default=0)
+
+
+class ChargePending(models.Model):
+    """An ingest's charges per employee, added in the ingest's own transaction as new rows: uploads from many
+    units at once never wait on each other's locks (every upload touches most employees' totals). Moved into
+    ChargeTotal right after, by whichever process gets to it (`ingest.fold_pending_charges`)."""
+    employee_id = models.CharField(max_length=64)
+    charged_cents = models.BigIntegerField()
 
 
 class LoginFailure(models.Model):
