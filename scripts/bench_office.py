@@ -107,7 +107,7 @@ class WaitSampler(threading.Thread):
 
     def __init__(self, db_url: str, every_s: float = 0.05):
         super().__init__(daemon=True)
-        self.db_url, self.every_s, self.counts, self.samples = db_url, every_s, {}, 0
+        self.db_url, self.every_s, self.counts, self.samples, self.backends = db_url, every_s, {}, 0, set()
         self.stop = threading.Event()
 
     def run(self):
@@ -115,10 +115,11 @@ class WaitSampler(threading.Thread):
 
         with psycopg.connect(self.db_url, autocommit=True) as conn:
             while not self.stop.wait(self.every_s):
-                rows = conn.execute("SELECT state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-') "
+                rows = conn.execute("SELECT state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), pid "
                                     "FROM pg_stat_activity WHERE backend_type = 'client backend' "
                                     "AND pid <> pg_backend_pid() AND state IS NOT NULL").fetchall()
                 self.samples += 1
+                self.backends.update(row[3] for row in rows)
                 for row in rows:
                     key = row[0] if row[0] in ("idle", "idle in transaction") else f"active, {row[1]}:{row[2]}"
                     self.counts[key] = self.counts.get(key, 0) + 1
@@ -129,7 +130,8 @@ class WaitSampler(threading.Thread):
         return (f"  database backends, {self.samples} samples of pg_stat_activity (mean per sample; idle "
                 f"{self.counts.get('idle', 0) / max(1, self.samples):.1f}):\n" + "\n".join(
                     f"    {v / max(1, self.samples):5.2f}  {k}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])[:8])
-                + f"\n    ({sum(busy.values()) / total:.0%} of backend samples not idle)")
+                + f"\n    ({sum(busy.values()) / total:.0%} of backend samples not idle; {len(self.backends)} distinct "
+                  "backends seen: one per gunicorn thread when connections are kept)")
 
 
 def top_statements(db_url: str, n: int = 8) -> str:

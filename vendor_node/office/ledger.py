@@ -14,6 +14,7 @@ importable()
 import csv
 import datetime as dt
 import io
+import json
 import tempfile
 from pathlib import Path
 
@@ -49,17 +50,22 @@ def topped_up_by_employee() -> dict[str, int]:
 
 
 def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
-    """Each employee's charges ingested so far: the running totals plus the charges not yet folded into them,
-    in one statement (one snapshot: a fold committing meanwhile is seen whole or not at all)."""
+    """Each employee's charges ingested so far: the running totals plus the uploads not yet folded into them,
+    read in one statement (one snapshot: a fold committing meanwhile is seen whole or not at all)."""
     from django.db import connection
 
-    totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
     where = "WHERE employee_id = %s" if employee_id is not None else ""
     with connection.cursor() as cursor:
-        cursor.execute(f"SELECT employee_id, SUM(charged_cents) FROM (SELECT employee_id, charged_cents FROM {totals} "
-                       f"{where} UNION ALL SELECT employee_id, charged_cents FROM {pending} {where}) AS charges "
-                       "GROUP BY employee_id", [employee_id] * 2 if employee_id is not None else [])
-        return {emp: int(total) for emp, total in cursor.fetchall()}
+        cursor.execute(f"SELECT employee_id, charged_cents, NULL FROM {ChargeTotal._meta.db_table} {where} "
+                       f"UNION ALL SELECT NULL, NULL, charges FROM {ChargePending._meta.db_table}",
+                       [employee_id] if employee_id is not None else [])
+        rows = cursor.fetchall()
+    charged: dict[str, int] = {}
+    for total_of, total_cents, pending in rows:
+        for emp, cents in ([(total_of, total_cents)] if pending is None else json.loads(pending).items()):
+            if employee_id is None or emp == employee_id:
+                charged[emp] = charged.get(emp, 0) + int(cents)
+    return charged
 
 
 def balances() -> dict[str, int]:

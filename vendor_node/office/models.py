@@ -105,13 +105,15 @@ class JournalBatch(models.Model):
 
 
 class JournalEntry(models.Model):
-    unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    # written only by an ingest holding the unit's row lock, and a unit is never deleted (PROTECT): no foreign
+    # key check per entry (600 per night's upload), no index of its own (the unique (unit, epoch, seq) serves)
+    unit = models.ForeignKey(Unit, on_delete=models.PROTECT, db_constraint=False, db_index=False)
     epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
     seq = models.BigIntegerField()
     ts_us = models.BigIntegerField()
     kind = models.CharField(max_length=32)
     session_id = models.CharField(max_length=64)
-    employee_id = models.CharField(max_length=64, null=True, blank=True, db_index=True)
+    employee_id = models.CharField(max_length=64, null=True, blank=True)  # (employee_id, charged_cents) indexed
     item = models.CharField(max_length=64, null=True, blank=True)
     amount_cents = models.BigIntegerField(null=True, blank=True)
     detail = models.TextField(null=True, blank=True)
@@ -189,11 +191,11 @@ class ChargeTotal(models.Model):
 
 
 class ChargePending(models.Model):
-    """An ingest's charges per employee, added in the ingest's own transaction as new rows: uploads from many
-    units at once never wait on each other's locks (every upload touches most employees' totals). Moved into
-    ChargeTotal right after, by whichever process gets to it (`ingest.fold_pending_charges`)."""
-    employee_id = models.CharField(max_length=64)
-    charged_cents = models.BigIntegerField()
+    """One ingest's charges per employee (a JSON object, employee id -> cents), added in the ingest's own
+    transaction as one new row: uploads from many units at once never wait on each other's locks (every upload
+    touches most employees' running totals). Moved into ChargeTotal right after, by whichever process gets to
+    it (`ingest.fold_pending_charges`); one row per upload keeps the table small to read between folds."""
+    charges = models.TextField()
 
 
 class LoginFailure(models.Model):
