@@ -28,7 +28,7 @@ from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRec
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
 from .ledger import balances, charged_by_employee, funds_for, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
-                     SealedTemplate, TemplateRevocation, Unit, bump_bundle_generation)
+                     SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
 
 REFRESH_S = 6 * 3600
 VALIDITY_S = 30 * 86400
@@ -109,9 +109,9 @@ _shared_lock = threading.Lock()
 
 def _shared_records(unit: Unit) -> _Shared:
     generation = OfficeSetting.objects.filter(name=BUNDLE_GENERATION).values_list("value", flat=True).first()
-    if generation is None:  # a new (or flushed) database: mark it, so what is built now can be reused
-        bump_bundle_generation()
-        generation = OfficeSetting.objects.get(name=BUNDLE_GENERATION).value
+    if generation is None:  # a flushed database (tests): mark it once, so what is built now can be reused
+        generation = OfficeSetting.objects.get_or_create(name=BUNDLE_GENERATION,
+                                                         defaults={"value": new_bundle_generation()})[0].value
     with _shared_lock:  # one thread builds, the others of this process wait and reuse it
         if not _shared or _shared[0].generation != generation:
             _shared[:] = [_Shared(generation, unit)]

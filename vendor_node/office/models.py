@@ -251,7 +251,11 @@ def bump_bundle_generation(**_signal) -> None:
     """Something every unit's bundle says changed (an employee, a top-up, a template, a revocation, a deletion):
     a new random marker, so each process rebuilds its shared bundle records at their next use. Random, not a
     counter: a database flushed and refilled (tests) can never bring back a marker a process has cached."""
-    OfficeSetting.objects.update_or_create(name=BUNDLE_GENERATION, defaults={"value": secrets.randbelow(2 ** 31)})
+    OfficeSetting.objects.update_or_create(name=BUNDLE_GENERATION, defaults={"value": new_bundle_generation()})
+
+
+def new_bundle_generation() -> int:
+    return secrets.randbelow(2 ** 31)
 
 
 BUNDLE_SOURCES = (Employee, TopUp, SealedTemplate, TemplateRevocation, Deletion)  # saved or deleted: bump

@@ -4,6 +4,14 @@ import django.db.models.deletion
 from django.db import migrations, models
 
 
+def mark_bundle_generation(apps, schema_editor):
+    """The shared bundle records' marker exists from the start, so the first units' bundles never race to make it."""
+    import secrets
+
+    apps.get_model("office", "OfficeSetting").objects.get_or_create(
+        name="bundle_generation", defaults={"value": secrets.randbelow(2 ** 31)})
+
+
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -28,4 +36,5 @@ class Migration(migrations.Migration):
             name='unit',
             field=models.ForeignKey(db_constraint=False, db_index=False, on_delete=django.db.models.deletion.PROTECT, to='office.unit'),
         ),
+        migrations.RunPython(mark_bundle_generation, migrations.RunPython.noop),
     ]
