@@ -238,7 +238,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
               f"the database client; the database server's own CPU not included){' (profiled)' if profile else ''}")
         if profiler:
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
 
 def main() -> int:

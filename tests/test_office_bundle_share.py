@@ -214,3 +214,24 @@ def test_charges_pending_a_fold_are_counted_once(units):
     made[1].buy("E1", 50)
     assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200  # folds after itself
     assert not ChargePending.objects.exists() and ledger.balance_cents("E1") == 1000 - 353
+
+
+def test_canonical_entry_is_json_dumps_byte_for_byte():
+    """The hash chain's bytes, written out for speed, equal json.dumps's for any values (else every unit's chain
+    would break at the office): drawn strings with escapes, control and non-ASCII characters, big integers."""
+    pytest.importorskip("hypothesis")
+    from hypothesis import given, settings, strategies as st
+
+    from vendor_node.money.journal_schema import canonical_entry
+
+    keys = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail")
+    value = st.one_of(st.none(), st.text(), st.integers(min_value=-2 ** 80, max_value=2 ** 80), st.booleans(),
+                      st.floats(allow_nan=False, allow_infinity=False))
+
+    @settings(max_examples=400, deadline=None)
+    @given(st.tuples(*[value] * len(keys)))
+    def check(values):
+        expected = json.dumps(dict(zip(keys, values)), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+        assert canonical_entry(*values) == expected.encode("utf-8")
+
+    check()
