@@ -134,7 +134,7 @@ class WaitSampler(threading.Thread):
                   "backends seen: one per gunicorn thread when connections are kept)")
 
 
-def top_statements(db_url: str, n: int = 8) -> str:
+def top_statements(db_url: str, requests: int, n: int = 8) -> str:
     """pg_stat_statements' statements by total execution time (server side), when the extension is loaded."""
     import psycopg
 
@@ -142,9 +142,12 @@ def top_statements(db_url: str, n: int = 8) -> str:
         with psycopg.connect(db_url, autocommit=True) as conn:
             rows = conn.execute("SELECT calls, total_exec_time, query FROM pg_stat_statements "
                                 "ORDER BY total_exec_time DESC LIMIT %s", (n,)).fetchall()
+            calls = conn.execute("SELECT sum(calls) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat%%'"
+                                 ).fetchone()[0] or 0
     except psycopg.Error as exc:
         return f"  pg_stat_statements: not available ({str(exc).strip()[:80]})"
-    return "  PostgreSQL statements by total execution time:\n" + "\n".join(
+    return (f"  PostgreSQL statements: {calls / max(1, requests):.1f} per request (BEGIN/COMMIT not counted); "
+            "by total execution time:\n") + "\n".join(
         f"    {total / 1000:7.2f} s  {calls:6} calls  {total / max(1, calls):6.2f} ms  {' '.join(query.split())[:90]}"
         for calls, total, query in rows)
 
@@ -343,7 +346,7 @@ def main() -> int:
               f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
         print(sampler.report())
-        print(top_statements(db_url))
+        print(top_statements(db_url, len(timings['journal']) * 3))
         ingested = JournalEntry.objects.count()
         expected_entries = args.units * args.purchases * 3
         balances = ledger.balances()
