@@ -212,8 +212,14 @@ def test_charges_pending_a_fold_are_counted_once(units):
     assert {e: ledger.balance_cents(e) for e in expected} == expected and ledger.check_totals() == []
     made[1].ack(6)
     made[1].buy("E1", 50)
-    assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200  # folds after itself
-    assert not ChargePending.objects.exists() and ledger.balance_cents("E1") == 1000 - 353
+    ingest._folded_at[0] = time.monotonic()  # this process folded a moment ago: the next upload leaves its row
+    assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
+    assert ChargePending.objects.count() == 1 and ledger.balance_cents("E1") == 1000 - 353
+    made[1].ack(9)
+    made[1].buy("E2", 5)
+    ingest._folded_at[0] = 0.0  # long enough ago: the upload folds after its commit, its own row and the one before
+    assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
+    assert not ChargePending.objects.exists() and ledger.charged_by_employee() == {"E1": 353, "E2": 35}
 
 
 def test_canonical_entry_is_json_dumps_byte_for_byte():

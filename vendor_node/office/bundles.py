@@ -129,7 +129,7 @@ def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
         funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
         digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "
                                 f"{','.join(map(str, funds))}".encode()).hexdigest()
-        latest = IssuedBundle.objects.filter(unit=locked).order_by("-version").first()
+        latest = IssuedBundle.objects.filter(unit=locked).defer("data").order_by("-version").first()  # bytes if kept
         if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
             return latest
         version = max((latest.version + 1) if latest else 1, int(now))
