@@ -345,6 +345,13 @@ def main() -> int:
               f"{db_cpu / n * 1000:.1f} ms, this client {client_cpu / n * 1000:.1f} ms "
               f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        cores = os.cpu_count() or 1
+        served_ms = (office_cpu + db_cpu) / n * 1000
+        print(f"  the office and its database used {(office_cpu + db_cpu) / wall:.2f} of the {cores} cores, this client "
+              f"{client_cpu / wall:.2f} ({client_cpu / (office_cpu + db_cpu + client_cpu):.0%} of the run's CPU); the "
+              f"rest went to other work. Independent of the load: {served_ms:.1f} ms of CPU per request, a ceiling of "
+              f"{cores * 1000 / served_ms:.0f} requests/s on {cores} free cores with the client elsewhere "
+              f"({cores * 1000 / (served_ms + client_cpu / n * 1000):.0f} with it on the same cores)")
         print(sampler.report())
         print(top_statements(db_url, len(timings['journal']) * 3))
         ingested = JournalEntry.objects.count()
