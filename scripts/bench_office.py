@@ -20,7 +20,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -281,7 +280,6 @@ def main() -> int:
         from vendor_node.office.models import Employee, JournalEntry, TopUp, Unit
         from vendor_node.office import ledger
 
-        rng = random.Random(args.seed)
         employees = [f"E{i:05d}" for i in range(args.employees)]
         unit_keys = [Ed25519PrivateKey.generate() for _ in range(args.units)]
         with transaction.atomic():

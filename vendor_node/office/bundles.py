@@ -14,7 +14,6 @@ from .setup import importable
 importable()
 
 import hashlib
-import json
 import threading
 import time
 from functools import lru_cache
@@ -26,7 +25,7 @@ from django.db import transaction
 from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_shared_bundle,
                             share_records)
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
-from .ledger import balances, charged_by_employee, funds_for, topped_up_by_employee
+from .ledger import charged_by_employee, funds_for, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
                      SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
 
@@ -41,30 +40,6 @@ def fleet_signing_key(keys_dir: str):
 
 def signing_key():
     return fleet_signing_key(settings.VENDOR_NODE_KEYS_DIR)
-
-
-def bundle_content(unit: Unit) -> dict:
-    """What a bundle for ``unit`` says now (no version, no times), from the ledger."""
-    money = balances()
-    fields = ("employee_id", "name", "status", "funding", "payroll_limit_cents", "per_purchase_cap_cents",
-              "per_day_cap_cents")
-    employees = []  # plain rows, not model objects: a bundle is built on every sync after an upload
-    for emp, name, status, funding, payroll_limit, per_purchase, per_day in (
-            Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id").values_list(*fields)):
-        employees.append(EmployeeRecord(id=emp, display_name=name, status=status, funding=funding,
-                                        funds_cents=funds_for(funding, payroll_limit, money.get(emp, 0)),
-                                        per_purchase_cap_cents=per_purchase,
-                                        per_day_cap_cents=per_day))
-    listed = {e.id for e in employees}
-    templates = [TemplateRecord(emp, bytes(sealed), consent, at) for emp, sealed, consent, at in
-                 SealedTemplate.objects.filter(employee__deleted_at__isnull=True).exclude(from_unit=unit)
-                 .order_by("employee__employee_id")
-                 .values_list("employee__employee_id", "sealed", "consent_version", "consented_at")]
-    deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
-    revocations = {emp: at for emp, at in TemplateRevocation.objects.values_list("employee_id", "revoked_at")
-                   if emp in listed}
-    return {"employees": employees, "templates": templates, "deletions": deletions, "revocations": revocations,
-            "journal_position": JournalPosition(unit.last_seq, unit.last_hash)}
 
 
 class _Shared:
