@@ -92,8 +92,19 @@ _STRING = json.encoder.encode_basestring  # what json.dumps(..., ensure_ascii=Fa
 _SORTED = '{"amount_cents":%s,"detail":%s,"employee_id":%s,"item":%s,"kind":%s,"seq":%s,"session_id":%s,"ts_us":%s}'
 
 
+class _NotPlain(Exception):
+    """A value canonical_entry leaves to json.dumps (a float or bool never comes from a unit, but may be passed)."""
+
+
 def _scalar(value) -> str:
-    return "null" if value is None else _STRING(value) if type(value) is str else int.__repr__(value)
+    kind = type(value)
+    if kind is str:
+        return _STRING(value)
+    if value is None:
+        return "null"
+    if kind is int:
+        return int.__repr__(value)
+    raise _NotPlain
 
 
 def canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail) -> bytes:
@@ -101,15 +112,13 @@ def canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cent
     separators=(",", ":"), ensure_ascii=False)``, so any reader can recompute it. Written out for the usual
     types (the office checks 600 entries per upload; json.dumps builds an encoder per call), json.dumps for
     any other."""
-    values = (amount_cents, detail, employee_id, item, kind, seq, session_id, ts_us)
-    if all(type(v) in _PLAIN for v in values):
-        return (_SORTED % tuple(map(_scalar, values))).encode("utf-8")
-    return _CANONICAL.encode({"seq": seq, "ts_us": ts_us, "kind": kind, "session_id": session_id,
-                              "employee_id": employee_id, "item": item, "amount_cents": amount_cents,
-                              "detail": detail}).encode("utf-8")
-
-
-_PLAIN = (int, str, type(None))
+    try:
+        return (_SORTED % tuple(map(_scalar, (amount_cents, detail, employee_id, item, kind, seq, session_id,
+                                              ts_us)))).encode("utf-8")
+    except _NotPlain:
+        return _CANONICAL.encode({"seq": seq, "ts_us": ts_us, "kind": kind, "session_id": session_id,
+                                  "employee_id": employee_id, "item": item, "amount_cents": amount_cents,
+                                  "detail": detail}).encode("utf-8")
 
 
 def chain_hash(prev_hash: str, body: bytes) -> str:
