@@ -209,38 +209,49 @@ def bundle_build_time(employees: int) -> float:
 
 
 def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
-    """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then
-    their heartbeats, then their bundles, each kind timed (process CPU) and optionally profiled."""
+    """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then their
+    heartbeats, then their bundles, each request timed (process CPU, the request alone) and optionally profiled.
+    Then the bundles again with the shared records rebuilt for every request (each unit's kept bundle dropped
+    and the office marked changed before it, untimed): what a bundle cost before the records were shared."""
     import cProfile
     import pstats
 
     from django.test import Client
 
+    from vendor_node.office.models import IssuedBundle, bump_bundle_generation
     from vendor_node.office.unit_client import signed_headers
 
     client = Client()
-    for what, method in (("journal", "POST"), ("heartbeat", "POST"), ("bundle", "GET")):
-        profiler = cProfile.Profile() if profile else None
-        started = time.process_time()
-        if profiler:
-            profiler.enable()
+    kinds = (("journal", "POST", None), ("heartbeat", "POST", None), ("bundle", "GET", None),
+             ("bundle, records rebuilt for each", "GET", bump_bundle_generation))
+    for what, method, before_each in kinds:
+        endpoint = what.split(",")[0]
+        profiler = cProfile.Profile(time.process_time) if profile else None
+        cpu = 0.0
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
-            body = (nights / f"{i}.json").read_bytes() if what == "journal" else heartbeat() if what == "heartbeat" \
-                else b""
-            path = f"/api/v1/units/{unit_id}/{what}" + ("?after=0" if what == "bundle" else "")
+            if before_each:
+                IssuedBundle.objects.filter(unit__unit_id=unit_id).delete()
+                before_each()
+            body = (nights / f"{i}.json").read_bytes() if endpoint == "journal" else heartbeat() \
+                if endpoint == "heartbeat" else b""
+            path = f"/api/v1/units/{unit_id}/{endpoint}" + ("?after=0" if endpoint == "bundle" else "")
             headers = signed_headers(key, unit_id, method, path, body)
+            started = time.process_time()
+            if profiler:
+                profiler.enable()
             answer = client.post(path, data=body, content_type="application/json", headers=headers) \
                 if method == "POST" else client.get(path, headers=headers)
+            if profiler:
+                profiler.disable()
+            cpu += time.process_time() - started
             if answer.status_code != 200:
                 raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
-        if profiler:
-            profiler.disable()
-        cpu = time.process_time() - started
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
               f"the database client; the database server's own CPU not included){' (profiled)' if profile else ''}")
         if profiler:
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+                r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
 
 def main() -> int:
