@@ -241,3 +241,30 @@ def test_canonical_entry_is_json_dumps_byte_for_byte():
         assert canonical_entry(*values) == expected.encode("utf-8")
 
     check()
+
+
+def test_a_request_stamps_the_sync_and_its_nonce_which_is_pruned_when_old(units):
+    """The per-request statements written as plain SQL store what the ORM reads back: the last sync time, the
+    nonce's time (compared by the pruning), a replay still refused."""
+    import datetime as dt
+
+    from django.test import Client
+    from django.utils import timezone
+
+    from test_office_support import heartbeat_body
+    from vendor_node.office import unit_api
+    from vendor_node.office.models import Nonce, Unit
+
+    made, _keys = units
+    client = Client()
+    before = timezone.now()
+    assert call(client, made[0], "POST", "heartbeat", heartbeat_body(), nonce="a" * 32).status_code == 200
+    stamped = Unit.objects.get(unit_id=made[0].unit_id).last_sync_at
+    assert before - dt.timedelta(seconds=1) <= stamped <= timezone.now() + dt.timedelta(seconds=1)
+    seen = Nonce.objects.get(nonce="a" * 32).seen_at
+    assert before - dt.timedelta(seconds=1) <= seen <= timezone.now() + dt.timedelta(seconds=1)
+    assert call(client, made[0], "POST", "heartbeat", heartbeat_body(), nonce="a" * 32).status_code == 401
+    Nonce.objects.filter(nonce="a" * 32).update(seen_at=timezone.now() - dt.timedelta(hours=1))
+    unit_api._pruned_at[0] = 0.0  # the next request prunes
+    assert call(client, made[1], "POST", "heartbeat", heartbeat_body(), nonce="b" * 32).status_code == 200
+    assert set(Nonce.objects.values_list("nonce", flat=True)) == {"b" * 32}
