@@ -6,10 +6,13 @@ and pull their bundle, N at a time, over loopback HTTP against `vendor-node offi
     .venv/bin/python scripts/bench_office.py --bundle-employees 10000      # bundle build time only
     .venv/bin/python scripts/bench_office.py --units 60 --in-process [--profile]   # CPU per request kind
 
-A throwaway PostgreSQL server is started (Debian's postgresql) unless --db names one. Each unit's batch
-is the exact signed format `journal export` writes (entries hash-chained, signed by the unit's own key).
-Prints per-request p50/p95/max, then checks the ledger: every entry ingested once, every balance equal
-to top-ups minus charges. Exit 1 when a check fails.
+A throwaway PostgreSQL server is started (Debian's postgresql, with pg_stat_statements) unless --db names
+one. Each unit's batch is the exact signed format `journal export` writes (entries hash-chained, signed by the
+unit's own key), all made before the clock starts. Prints per-request p50/p95/p99/max, requests/s, the CPU
+per request of the office, PostgreSQL and this client, the throughput ceiling that CPU implies on free cores
+(independent of other load on the machine), sampled database wait events and the top statements, then
+checks the ledger: every entry ingested once, every balance equal to top-ups minus charges. Exit 1 when a
+check fails.
 """
 from __future__ import annotations
 
