@@ -195,3 +195,36 @@ def test_a_palm_code_alone_is_carried_to_the_fused_scale_at_equal_false_match_ra
     assert carried == pytest.approx([t for _, t in fused_points], abs=1e-6)
     beyond = decision.palm_on_fused_scale([palm_points[-1][1] + 0.05, palm_points[0][1] - 0.05])
     assert beyond[0] > fused_points[-1][1] and beyond[1] < fused_points[0][1]  # extended, never clamped
+
+
+def test_a_unit_deciding_on_the_fused_score_charges_employees_and_never_a_stranger(tmp_path, models):
+    """A simulated unit (drawn hands, guarded templates, the fused decision): enrolled employees pay for their
+    own purchases, strangers are turned away, and every charge is the right person's."""
+    from vendor_node.sim.provision import provision_bundle
+    from vendor_node.sim.simulate import Customer, SimUnit
+    from vendor_node.unit.keysource import guarded_gallery, unit_keystore, unit_template_guard
+
+    cfg = Config().replace(
+        unit={"state_dir": tmp_path / "state", "hardware": "sim", "unit_id": "unit-test"},
+        board={"selection_timeout_s": 1.0, "vend_outcome_timeout_s": 1.0, "hand_wait_s": 0.5,
+               "reply_timeout_s": 0.5, "reconnect_max_backoff_s": 0.5},
+        abuse={"max_failures": 50})
+    people = {e: int(e[1:]) for e in PEOPLE[:4]}
+    recognizer = Recognizer(models[0], shortlist=models[1], shortlist_keep=2, fused=True)
+    enrolled = {e: recognizer.enroll([draw_hand(p, 0), draw_hand(p, 1)]).template for e, p in people.items()}
+    provision_bundle(cfg, [(e, f"Person {e}", 100_000, "active") for e in people], enrolled)
+    recognizer.guard = unit_template_guard(unit_keystore(cfg))
+    fast = {"patience_s": 1.0, "reader_timeout_s": 2.0, "session_timeout_s": 5.0, "slow_s": 0.2,
+            "cancel_after_s": 0.2}
+    paid, strangers = [], []
+    with SimUnit(cfg, recognizer, vmc_options=fast, gallery_factory=guarded_gallery(recognizer.guard)) as unit:
+        assert unit.wait_in_service(10.0), unit.loop.faults
+        for e, p in people.items():
+            purchase = Customer(unit, [draw_hand(p, 3)], (150, "A2"), "normal", "hand_first").run(20.0)
+            paid.append((e, purchase.employee_id, purchase.outcome))
+        for stranger in STRANGERS[:3]:
+            purchase = Customer(unit, [draw_hand(stranger, 2)], (150, "A2"), "normal", "hand_first").run(20.0)
+            strangers.append((purchase.employee_id, purchase.outcome))
+    assert unit.error is None
+    assert all(who == e and outcome == "vended" for e, who, outcome in paid), paid
+    assert all(who is None and outcome in ("unknown", "rejected") for who, outcome in strangers), strangers
