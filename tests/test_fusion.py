@@ -228,3 +228,23 @@ def test_a_unit_deciding_on_the_fused_score_charges_employees_and_never_a_strang
     assert unit.error is None
     assert all(who == e and outcome == "vended" for e, who, outcome in paid), paid
     assert all(who is None and outcome in ("unknown", "rejected") for who, outcome in strangers), strangers
+
+
+def test_eval_model_fused_leaves_out_the_people_either_model_saw(tmp_path):
+    """coep_dev: palm-gabor-1 was trained on 001, palm-embed-1 calibrated on 004; 900 and 901 neither."""
+    import cv2
+
+    from vendor_node.cli import main
+
+    for person, subject in enumerate(("001", "004", "900", "901"), start=1):
+        for sample in range(2):
+            path = tmp_path / "coep_dev" / subject / f"{sample}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+    report_path = tmp_path / "report.json"
+    assert main(["eval", "--model", "fused", "--exclude-trained", "--dataset", str(tmp_path / "coep_dev"),
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    assert {"001", "004"} <= set(report["excluded_trained_subjects"])
+    assert not {"900", "901"} & set(report["excluded_trained_subjects"])
+    assert report["verification"]["genuine"] == 2

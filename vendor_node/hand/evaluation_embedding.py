@@ -170,22 +170,28 @@ class FusedRecognizer:
                          for p in probes]).reshape(len(probes), len(rows))
 
 
-def fused_recognizer(assets_dir, cfg, palm_code_recognizer) -> FusedRecognizer:
-    """The unit's active palm-code model with the embedding whose manifest holds a ``fusion`` block for it."""
+def fusion_folder(assets_dir) -> Path:
+    """The model folder whose manifest holds a ``fusion`` block for the unit's active palm-code model."""
     from ..assets import model_set
     from ..errors import ModelError
 
-    active = Embedder.load(assets_dir)
+    active = read_manifest(model_set(assets_dir).active).get("model_id")
     for folder in sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json")):
-        manifest = read_manifest(folder)
-        if (manifest.get("fusion") or {}).get("palm_code_model") == active.model_id:
-            models = model_set(assets_dir)
-            keep = models.shortlist_keep or 64
-            return FusedRecognizer(palm_code_recognizer(
-                active, accepted=tuple(Embedder.load(f) for f in models.accepted), shortlist=Embedder.load(folder),
-                shortlist_keep=keep, max_wrong_payer=cfg.recognition.max_wrong_payer, fused=True))
-    raise ModelError(f"{assets_dir}: no model folder holds a fusion block for the active model {active.model_id} "
+        if (read_manifest(folder).get("fusion") or {}).get("palm_code_model") == active:
+            return folder
+    raise ModelError(f"{assets_dir}: no model folder holds a fusion block for the active model {active} "
                      "(eval --model fused)")
+
+
+def fused_recognizer(assets_dir, cfg, palm_code_recognizer) -> FusedRecognizer:
+    """The unit's active palm-code model with the embedding whose manifest holds a ``fusion`` block for it."""
+    from ..assets import model_set
+
+    folder, models = fusion_folder(assets_dir), model_set(assets_dir)
+    return FusedRecognizer(palm_code_recognizer(
+        Embedder.load(assets_dir), accepted=tuple(Embedder.load(f) for f in models.accepted),
+        shortlist=Embedder.load(folder), shortlist_keep=models.shortlist_keep or 64,
+        max_wrong_payer=cfg.recognition.max_wrong_payer, fused=True))
 
 
 def recognizer_for(model_dir, cfg, palm_code_recognizer):
