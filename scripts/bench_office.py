@@ -272,6 +272,9 @@ def main() -> int:
                         help="no server: each unit's requests through Django's test client in this one thread, "
                              "CPU ms per request kind (the figure contention distorts least)")
     parser.add_argument("--profile", action="store_true", help="with --in-process: cProfile's top entries per kind")
+    parser.add_argument("--durable", action="store_true",
+                        help="the throwaway server flushes every commit to disk as a production server does "
+                             "(default: fsync off, for a figure of CPU rather than of this machine's disk)")
     args = parser.parse_args()
 
     from vendor_node.money.keys import generate_fleet_keys
@@ -281,8 +284,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-office-"))
     keys = root / "keys"
     generate_fleet_keys(keys)
+    durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"} if args.durable else {}
     pg = None if args.db else pgtemp.ThrowawayPostgres(
-        settings={"shared_preload_libraries": "pg_stat_statements"}).start()
+        settings={"shared_preload_libraries": "pg_stat_statements", **durable}).start()
     db_url = args.db or pg.url
     proc = None
     try:
@@ -347,7 +351,8 @@ def main() -> int:
         office_cpu, db_cpu, client_cpu = (after - before for after, before in zip(cpu_after, cpu_before))
         everything = [t for v in timings.values() for t in v]
         print(f"{args.units} units x {args.purchases} purchases ({args.units * args.purchases * 3} journal entries), "
-              f"{args.concurrency} concurrent, PostgreSQL, gunicorn {args.workers}x{args.threads}: {wall:.1f} s")
+              f"{args.concurrency} concurrent, PostgreSQL{' (durable commits)' if args.durable else ''}, gunicorn "
+              f"{args.workers}x{args.threads}: {wall:.1f} s")
         for what, values in timings.items():
             print(f"  {what:9} n={len(values):5}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms  "
                   f"p99 {pct(values, 99):7.1f} ms  max {max(values):7.1f} ms")
