@@ -211,7 +211,19 @@ def bundle_build_time(employees: int) -> float:
     return elapsed
 
 
-def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
+def _statement_calls(db_url: str) -> int:
+    """Statements PostgreSQL ran since the last reset (pg_stat_statements), the bench's own not counted."""
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            return conn.execute("SELECT coalesce(sum(calls), 0) FROM pg_stat_statements WHERE query NOT LIKE "
+                                "'%%pg_stat_statements%%'").fetchone()[0]
+    except psycopg.Error:
+        return 0
+
+
+def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> None:
     """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then their
     heartbeats, then their bundles, each request timed (process CPU, the request alone) and optionally profiled.
     Then the bundles again with the shared records rebuilt for every request (each unit's kept bundle dropped
@@ -231,6 +243,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
         endpoint = what.split(",")[0]
         profiler = cProfile.Profile(time.process_time) if profile else None
         cpu = 0.0
+        _reset_statements(db_url)
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
             if before_each:
@@ -250,9 +263,12 @@ def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
             cpu += time.process_time() - started
             if answer.status_code != 200:
                 raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
+        statements = _statement_calls(db_url) / len(unit_keys)
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
-              f"the database client; the database server's own CPU not included){' (profiled)' if profile else ''}")
+              f"the database client; the database server's own CPU not included), {statements:.1f} statements per "
+              f"request{' (profiled)' if profile else ''}", flush=True)
         if profiler:
+            print(top_statements(db_url, len(unit_keys), n=20))
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(
                 r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
@@ -319,7 +335,7 @@ def main() -> int:
             for e, c in charged.items():
                 charged_total[e] = charged_total.get(e, 0) + c
         if args.in_process:
-            in_process_costs(unit_keys, nights, args.profile)
+            in_process_costs(unit_keys, nights, args.profile, db_url)
             return 0
         proc, base = start_office(db_url, keys, args.workers, args.threads)
 

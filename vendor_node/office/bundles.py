@@ -28,6 +28,7 @@ from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
 from .ledger import charged_by_employee, funds_for, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
                      SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
+from .units import lock_and_stamp_sync
 
 REFRESH_S = 6 * 3600
 VALIDITY_S = 30 * 86400
@@ -93,13 +94,14 @@ def _shared_records(unit: Unit) -> _Shared:
         return _shared[0]
 
 
-def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
+def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = False) -> IssuedBundle:
     """The newest bundle for ``unit``, issuing a new version when the ledger says something new. Only the
     envelope (this unit, its journal position, version, times), the funds and which templates are this unit's
-    own are made per request; the rest is shared by every unit until an office change (``_Shared``)."""
+    own are made per request; the rest is shared by every unit until an office change (``_Shared``).
+    ``stamp_sync``: the unit asked (its last sync is stamped by the statement that locks its row)."""
     now = time.time() if now is None else now
     with transaction.atomic():
-        locked = Unit.objects.select_for_update().get(pk=unit.pk)
+        locked = lock_and_stamp_sync(unit.pk) if stamp_sync else Unit.objects.select_for_update().get(pk=unit.pk)
         shared = _shared_records(locked)
         funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
         digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "

@@ -26,6 +26,7 @@ from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
 from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit
+from .units import lock_and_stamp_sync
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
 _NULLABLE = {"employee_id": str, "item": str, "amount_cents": int, "detail": str}
@@ -149,7 +150,7 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
     for _attempt in range(3):
         try:
             with transaction.atomic():
-                locked = Unit.objects.select_for_update().get(pk=unit.pk)
+                locked = lock_and_stamp_sync(unit.pk)
                 done = JournalBatch.objects.filter(unit=locked, epoch=locked.journal_epoch,
                                                    batch_id=body["batch_id"]).first()
                 if done is not None:
@@ -199,7 +200,8 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
     new = [e for e in entries if e["seq"] > unit.last_seq]
-    _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new)
+    charges = [_charge(e) for e in new]  # once per entry: the rows and the per-employee sums both need it
+    _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new, charges)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
@@ -207,7 +209,7 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                                         first_seq=first, last_seq=last, last_hash=body["last_hash"],
                                         ingested_at=round(time.time(), 6), entries=len(new))
     unit.save(update_fields=["last_seq", "last_hash", "gap", "refused"])
-    _add_to_totals(new)  # last: the shared per-employee rows stay locked only until the commit just after
+    _add_to_totals(new, charges)  # last: the shared per-employee rows stay locked only until the commit just after
     return receipt_for(unit, batch)
 
 
@@ -215,7 +217,7 @@ _ENTRY_COLUMNS = ("unit_id", "epoch", "seq", "ts_us", "kind", "session_id", "emp
                   "detail", "prev_hash", "hash", "charged_cents", "batch_id")
 
 
-def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]) -> None:
+def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict], charges: list[int]) -> None:
     """The new entries in one statement: COPY on PostgreSQL, one prepared INSERT on SQLite. A night's 600
     entries built as ORM objects cost more CPU than all of the request's checks (profiled under the bench)."""
     from django.db import connection
@@ -223,8 +225,8 @@ def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]
     if not entries:
         return
     rows = [(unit_pk, epoch, e["seq"], e["ts_us"], e["kind"], e["session_id"], e.get("employee_id"), e.get("item"),
-             e.get("amount_cents"), e.get("detail"), e["prev_hash"], e["hash"], _charge(e), batch_id)
-            for e in entries]
+             e.get("amount_cents"), e.get("detail"), e["prev_hash"], e["hash"], charge, batch_id)
+            for e, charge in zip(entries, charges)]
     table, columns = JournalEntry._meta.db_table, ", ".join(_ENTRY_COLUMNS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -236,15 +238,15 @@ def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]
                                rows)
 
 
-def _add_to_totals(entries: list[dict]) -> None:
+def _add_to_totals(entries: list[dict], charges: list[int]) -> None:
     """The new charges per employee as one pending row (same transaction as the entries): a plain insert, so
     two units' uploads never wait on each other. A running total per employee updated here made every upload
     wait for the one before it to commit (most uploads touch most employees): under 50 concurrent units that
     queue, not the CPU, set the pace."""
     sums: dict[str, int] = {}
-    for e in entries:
-        if _charge(e) and e.get("employee_id"):
-            sums[e["employee_id"]] = sums.get(e["employee_id"], 0) + _charge(e)
+    for e, charge in zip(entries, charges):
+        if charge and e.get("employee_id"):
+            sums[e["employee_id"]] = sums.get(e["employee_id"], 0) + charge
     if sums:
         ChargePending.objects.create(charges=json.dumps(sums, sort_keys=True, separators=(",", ":")))
 

@@ -34,7 +34,8 @@ from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, forget_issued_templates, signing_key
 from .ingest import ingest_batch
 from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit
-from .units import normalise_fingerprint, record_heartbeat  # noqa: F401 (normalise: the CLI's)
+from .units import UNIT_REQUEST_FIELDS, normalise_fingerprint, record_heartbeat, unit_from_row  # noqa: F401
+# (normalise_fingerprint: the CLI's)
 
 REQUEST_PREFIX = b"vendor-node-request-v1\n"
 CLOCK_WINDOW_S = 300
@@ -81,44 +82,75 @@ def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519Pub
     except (binascii.Error, ValueError):
         raise UnitRequestRefused(400, "X-VN-Public-Key / X-VN-Signature: not base64 of an Ed25519 key and "
                                       "signature") from None
-    unit = Unit.objects.filter(unit_id=claimed).first()
-    if unit is None or not unit.active:
-        raise UnitRequestRefused(401, f"X-VN-Unit: unit {claimed!r} is not registered (or not active) here")
-    if fingerprint_of(raw_key) != unit.fingerprint:
-        raise UnitRequestRefused(401, f"X-VN-Public-Key: its fingerprint is not the one registered for {claimed!r}")
     length = request.META.get("CONTENT_LENGTH") or "0"
     if not length.isdigit():
+        _refuse_unregistered(claimed, raw_key)
         raise UnitRequestRefused(400, "Content-Length: not a number")
     if int(length) > MAX_BODY[what]:
+        _refuse_unregistered(claimed, raw_key)
         raise UnitRequestRefused(413, f"body: {length} bytes is more than the {MAX_BODY[what]} a {what} "
                                       "request may carry")
     body = request.body
     try:
         public_key.verify(signature, request_bytes(request.method, request.get_full_path(), timestamp, nonce, body))
     except InvalidSignature:
+        _refuse_unregistered(claimed, raw_key)
         raise UnitRequestRefused(401, "X-VN-Signature: does not verify (wrong key, or the request was "
                                       "changed)") from None
     if abs(int(timestamp) - time.time()) > CLOCK_WINDOW_S:
+        _refuse_unregistered(claimed, raw_key)
         raise UnitRequestRefused(401, f"X-VN-Timestamp: more than {CLOCK_WINDOW_S} s from the office's clock")
     if url_unit_id != claimed:
+        _refuse_unregistered(claimed, raw_key)
         raise UnitRequestRefused(403, f"unit {claimed!r} may not use the URL of unit {url_unit_id!r}")
     now = timezone.now()
     _prune_nonces(now)
-    if not _record_nonce(unit.pk, nonce, now):
+    unit, nonce_new = _unit_and_nonce(claimed, fingerprint_of(raw_key), nonce, now)
+    _refuse_unregistered(claimed, raw_key, unit)
+    if not nonce_new:
         raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)")
     return unit, public_key, body
 
 
-def _record_nonce(unit_pk: int, nonce: str, now) -> bool:
-    """Whether the nonce was new for this unit: one statement on its own (autocommit), recorded before anything
-    else the request does, so a replay is refused however the first request ended."""
+def _refuse_unregistered(claimed: str, raw_key: bytes, unit: Unit | None | bool = False) -> None:
+    """UnitRequestRefused(401) when the claimed unit is not registered, not active or not this key's: the
+    refusal that names the unit comes before any other the request earns (``unit`` False: look it up)."""
+    if unit is False:
+        unit = Unit.objects.filter(unit_id=claimed).first()
+    if unit is None or not unit.active:
+        raise UnitRequestRefused(401, f"X-VN-Unit: unit {claimed!r} is not registered (or not active) here")
+    if fingerprint_of(raw_key) != unit.fingerprint:
+        raise UnitRequestRefused(401, f"X-VN-Public-Key: its fingerprint is not the one registered for {claimed!r}")
+
+
+def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Unit | None, bool]:
+    """The claimed unit and whether the nonce was new for it. The nonce is recorded only for an active unit
+    whose key this is, on its own (autocommit) before anything else the request does, so a replay is refused
+    however the first request ended. PostgreSQL: one statement (the unit read and the nonce inserted in one
+    round trip); SQLite, which has no INSERT inside WITH: the same two steps as two statements."""
     from django.db import connection
 
+    columns = ", ".join(UNIT_REQUEST_FIELDS)
+    when = connection.ops.adapt_datetimefield_value(now)
     with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(
+                f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
+                f"n AS (INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
+                "WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1) "
+                f"SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u", [claimed, nonce, when, fingerprint])
+            row = cursor.fetchone()
+            return (None, False) if row is None else (unit_from_row(row[:-1]), bool(row[-1]))
+        cursor.execute(f"SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s", [claimed])
+        row = cursor.fetchone()
+        if row is None:
+            return None, False
+        unit = unit_from_row(row)
+        if not unit.active or unit.fingerprint != fingerprint:
+            return unit, False
         cursor.execute(f"INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
-                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING id",
-                       [unit_pk, nonce, connection.ops.adapt_datetimefield_value(now)])
-        return cursor.fetchone() is not None
+                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING id", [unit.pk, nonce, when])
+        return unit, cursor.fetchone() is not None
 
 
 _pruned_at = [0.0]  # monotonic time of this process's last prune
@@ -142,7 +174,9 @@ def _stamp_sync(unit_pk: int) -> None:
                        [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
 
 
-def unit_endpoint(what: str, method: str):
+def unit_endpoint(what: str, method: str, stamps_sync: bool = False):
+    """``stamps_sync``: the handler stamps the unit's last sync in a statement it runs anyway (the unit row's
+    lock or update), else the view does after the handler succeeded."""
     def decorate(handler):
         @csrf_exempt
         def view(request, unit_id):
@@ -151,7 +185,8 @@ def unit_endpoint(what: str, method: str):
             try:
                 unit, public_key, body = authenticate(request, unit_id, what)
                 response = handler(request, unit, public_key, body)
-                _stamp_sync(unit.pk)
+                if not stamps_sync:
+                    _stamp_sync(unit.pk)
                 return response
             except UnitRequestRefused as exc:
                 return JsonResponse({"error": str(exc)}, status=exc.status)
@@ -159,7 +194,7 @@ def unit_endpoint(what: str, method: str):
     return decorate
 
 
-@unit_endpoint("journal", "POST")
+@unit_endpoint("journal", "POST", stamps_sync=True)
 def journal(request, unit, public_key, body):
     return signed_answer(ingest_batch(unit, body, public_key))
 
@@ -246,7 +281,7 @@ HEARTBEAT_FIELDS = {"firmware": str, "model": str, "bundle_version": int, "last_
                     "journal_ok": bool, "journal_head_seq": int, "clock": float, "key_mode": str}
 
 
-@unit_endpoint("heartbeat", "POST")
+@unit_endpoint("heartbeat", "POST", stamps_sync=True)
 def heartbeat(request, unit, public_key, body):
     data = _json_body(body)
     clean = {}
@@ -271,12 +306,12 @@ def heartbeat(request, unit, public_key, body):
     return JsonResponse({"ok": True})
 
 
-@unit_endpoint("bundle", "GET")
+@unit_endpoint("bundle", "GET", stamps_sync=True)
 def bundle(request, unit, public_key, body):
     after = request.GET.get("after", "0")
     if not after.isdigit() or len(after) > 19:
         raise UnitRequestRefused(400, "after: expected a non-negative integer version")
-    issued = current_bundle(unit)
+    issued = current_bundle(unit, stamp_sync=True)
     if issued.version <= int(after):
         return HttpResponse(status=204)
     response = HttpResponse(bytes(issued.data), content_type="application/octet-stream")
