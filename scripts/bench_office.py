@@ -3,6 +3,7 @@
 and pull their bundle, N at a time, over loopback HTTP against `vendor-node office serve` on PostgreSQL.
 
     .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --concurrency 50
+    .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --window 120   # paced: starts spread
     .venv/bin/python scripts/bench_office.py --bundle-employees 10000      # bundle build time only
     .venv/bin/python scripts/bench_office.py --units 60 --in-process [--profile]   # CPU per request kind
 
@@ -165,6 +166,15 @@ def _reset_statements(db_url: str) -> None:
         pass  # a server without the library: the report says so
 
 
+def start_times(units: int, window: float | None, seed: int) -> list[float] | None:
+    """Each unit's start, seconds after the run's start: uniform at random over the window, as a fleet's nightly
+    timers with a randomised delay fire (a steady rate on average). None: a closed loop, every unit at once."""
+    if window is None:
+        return None
+    rng = random.Random(seed)
+    return [rng.uniform(0.0, window) for _ in range(units)]
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
@@ -280,6 +290,10 @@ def main() -> int:
     parser.add_argument("--purchases", type=int, default=200, help="purchases per unit in its night")
     parser.add_argument("--employees", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=50)
+    parser.add_argument("--window", type=float, default=None, metavar="SECONDS",
+                        help="a paced run: the units start at random over this window (nightly timers with a "
+                             "randomised delay), never more than --concurrency in flight; default: a closed loop "
+                             "(every unit queued at once, --concurrency at a time: the saturation figure)")
     parser.add_argument("--workers", type=int, default=4)
     parser.add_argument("--threads", type=int, default=8)
     parser.add_argument("--bundle-employees", type=int, default=0, help="only time one bundle of this many employees")
@@ -292,6 +306,8 @@ def main() -> int:
                         help="the throwaway server flushes every commit to disk as a production server does "
                              "(default: fsync off, for a figure of CPU rather than of this machine's disk)")
     args = parser.parse_args()
+    if args.window is not None and not args.window > 0:
+        parser.error(f"--window: {args.window} is not a positive number of seconds")
 
     from vendor_node.money.keys import generate_fleet_keys
     from vendor_node.office import pgtemp
@@ -339,7 +355,24 @@ def main() -> int:
             return 0
         proc, base = start_office(db_url, keys, args.workers, args.threads)
 
+        starts = start_times(args.units, args.window, args.seed)
+        lags, in_flight, most_in_flight = [], [0], [0]
+
         def one_unit(i: int):
+            if starts is not None:
+                lag = time.perf_counter() - started - starts[i]
+                with lock:
+                    lags.append(lag * 1000)
+            with lock:
+                in_flight[0] += 1
+                most_in_flight[0] = max(most_in_flight[0], in_flight[0])
+            try:
+                visit(i)
+            finally:
+                with lock:
+                    in_flight[0] -= 1
+
+        def visit(i: int):
             unit_id, key = f"bench-{i:04d}", unit_keys[i]
             batch = (nights / f"{i}.json").read_bytes()
             client = UnitClient(base, unit_id, key, timeout=120)
@@ -359,15 +392,23 @@ def main() -> int:
         sampler.start()
         cpu_before = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         started = time.perf_counter()
-        with ThreadPoolExecutor(args.concurrency) as pool:
-            list(pool.map(one_unit, range(args.units)))
+        with ThreadPoolExecutor(args.concurrency) as pool:  # never more than --concurrency units in flight
+            if starts is None:
+                list(pool.map(one_unit, range(args.units)))
+            else:
+                for i in sorted(range(args.units), key=starts.__getitem__):
+                    time.sleep(max(0.0, starts[i] - (time.perf_counter() - started)))  # the unit's timer fires
+                    pool.submit(one_unit, i)
         wall = time.perf_counter() - started
         sampler.stop.set()
         cpu_after = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         office_cpu, db_cpu, client_cpu = (after - before for after, before in zip(cpu_after, cpu_before))
         everything = [t for v in timings.values() for t in v]
+        pacing = (f"paced: starts spread at random over {args.window:.0f} s ({args.units / args.window:.1f} units/s), "
+                  f"at most {args.concurrency} in flight" if starts is not None
+                  else f"closed loop: {args.concurrency} concurrent")
         print(f"{args.units} units x {args.purchases} purchases ({args.units * args.purchases * 3} journal entries), "
-              f"{args.concurrency} concurrent, PostgreSQL{' (durable commits)' if args.durable else ''}, gunicorn "
+              f"{pacing}, PostgreSQL{' (durable commits)' if args.durable else ''}, gunicorn "
               f"{args.workers}x{args.threads}: {wall:.1f} s")
         for what, values in timings.items():
             print(f"  {what:9} n={len(values):5}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms  "
@@ -375,6 +416,10 @@ def main() -> int:
         print(f"  all       n={len(everything):5}  p50 {pct(everything, 50):7.1f} ms  p95 {pct(everything, 95):7.1f} ms  "
               f"p99 {pct(everything, 99):7.1f} ms (target: p95 <= 200 ms)")
         n = len(everything)
+        if starts is not None:
+            print(f"  units' start after their timer (late when all {args.concurrency} slots were busy): p50 "
+                  f"{pct(lags, 50):.1f} ms, p95 {pct(lags, 95):.1f} ms, max {max(lags):.1f} ms; at most "
+                  f"{most_in_flight[0]} units in flight")
         print(f"  {n / wall:.1f} requests/s; CPU per request: office {office_cpu / n * 1000:.1f} ms, PostgreSQL "
               f"{db_cpu / n * 1000:.1f} ms, this client {client_cpu / n * 1000:.1f} ms "
               f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
