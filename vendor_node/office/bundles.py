@@ -25,7 +25,7 @@ from django.db import transaction
 from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_shared_bundle,
                             share_records)
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
-from .ledger import charged_by_employee, funds_for, topped_up_by_employee
+from .ledger import charged_by_employee, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
                      SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
 from .units import lock_and_stamp_sync
@@ -53,7 +53,9 @@ class _Shared:
             "employee_id", "name", "status", "funding", "payroll_limit_cents", "per_purchase_cap_cents",
             "per_day_cap_cents"))
         topped_up = topped_up_by_employee()
-        self.funding = [(funding, limit, topped_up.get(emp, 0)) for emp, _, _, funding, limit, _, _ in accounts]
+        # funds = max(0, base - charged): a payroll employee's base adds the limit (ledger.funds_for)
+        self.base = [topped_up.get(emp, 0) + (limit if funding == "payroll" else 0)
+                     for emp, _, _, funding, limit, _, _ in accounts]
         listed = {row[0] for row in accounts}
         templates = list(SealedTemplate.objects.filter(employee__deleted_at__isnull=True)
                          .order_by("employee__employee_id")
@@ -74,9 +76,8 @@ class _Shared:
 
     def funds(self) -> list[int]:
         """Each employee's funds now: the shared top-ups minus the charges ingested up to this moment."""
-        charged = charged_by_employee()
-        return [funds_for(funding, limit, topped_up - charged.get(emp, 0))
-                for emp, (funding, limit, topped_up) in zip(self.records.employee_ids, self.funding)]
+        charged = charged_by_employee().get
+        return [max(0, base - charged(emp, 0)) for emp, base in zip(self.records.employee_ids, self.base)]
 
 
 _shared: list[_Shared] = []  # this process's newest shared records
@@ -106,7 +107,8 @@ def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = Fals
         funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
         digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "
                                 f"{','.join(map(str, funds))}".encode()).hexdigest()
-        latest = IssuedBundle.objects.filter(unit=locked).defer("data").order_by("-version").first()  # bytes if kept
+        kept = list(IssuedBundle.objects.filter(unit=locked).defer("data").order_by("-version"))  # a few rows
+        latest = kept[0] if kept else None
         if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
             return latest
         version = max((latest.version + 1) if latest else 1, int(now))
@@ -119,8 +121,8 @@ def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = Fals
             DeletionNotice.objects.bulk_create([
                 DeletionNotice(deletion=d, unit=locked, bundle_version=version)
                 for d in Deletion.objects.filter(employee_id__in=shared.deletions) if d.pk not in noticed])
-        IssuedBundle.objects.filter(unit=locked, version__lt=version).exclude(
-            pk__in=IssuedBundle.objects.filter(unit=locked).order_by("-version").values("pk")[:5]).delete()
+        if len(kept) > 4:  # the five newest stay, this one among them: a statement only when one goes
+            IssuedBundle.objects.filter(pk__in=[old.pk for old in kept[4:]]).delete()
         return issued
 
 

@@ -34,8 +34,8 @@ from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, forget_issued_templates, signing_key
 from .ingest import ingest_batch
 from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit
-from .units import UNIT_REQUEST_FIELDS, normalise_fingerprint, record_heartbeat, unit_from_row  # noqa: F401
-# (normalise_fingerprint: the CLI's)
+from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
+from .units import UNIT_REQUEST_FIELDS, record_heartbeat, unit_from_row
 
 REQUEST_PREFIX = b"vendor-node-request-v1\n"
 CLOCK_WINDOW_S = 300
