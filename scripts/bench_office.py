@@ -252,7 +252,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> Non
     for what, method, before_each in kinds:
         endpoint = what.split(",")[0]
         profiler = cProfile.Profile(time.process_time) if profile else None
-        cpu = 0.0
+        cpu, each = 0.0, []
         _reset_statements(db_url)
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
@@ -271,12 +271,13 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> Non
             if profiler:
                 profiler.disable()
             cpu += time.process_time() - started
+            each.append((time.process_time() - started) * 1000)
             if answer.status_code != 200:
                 raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
         statements = _statement_calls(db_url) / len(unit_keys)
-        print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
-              f"the database client; the database server's own CPU not included), {statements:.1f} statements per "
-              f"request{' (profiled)' if profile else ''}", flush=True)
+        print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process, median "
+              f"{pct(each, 50):.1f} ms (Django and the database client; the database server's own CPU not included), "
+              f"{statements:.1f} statements per request{' (profiled)' if profile else ''}", flush=True)
         if profiler:
             print(top_statements(db_url, len(unit_keys), n=20))
             pstats.Stats(profiler).sort_stats("cumulative").print_stats(
