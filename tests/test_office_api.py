@@ -285,3 +285,32 @@ def test_a_deactivated_unit_is_refused_until_reactivated(setup):
     assert call(client, unit, "POST", "heartbeat", heartbeat_body()).status_code == 200
     assert list(AuditEntry.objects.filter(target="unit-1").values_list("action", flat=True)[:2]) == \
         ["reactivate_unit", "deactivate_unit"]
+
+
+def test_request_authentication_refusals_on_sqlite(office, tmp_path):
+    """The unit read and the nonce recorded together (two statements on SQLite, one on PostgreSQL: see
+    test_office_postgres): the same refusals in the same order, and a successful request stamps the sync."""
+    from django.test import Client
+
+    from test_office_support import check_request_refusals, signed_heartbeat
+    from vendor_node.office.models import Unit
+    from vendor_node.office.views import register_unit
+
+    unit, other = FakeUnit(tmp_path / "u", "auth-1"), FakeUnit(tmp_path / "o", "auth-2")
+    for each in (unit, other):
+        register_unit("test", each.unit_id, each.fingerprint)
+    client = Client()
+
+    def send(claimed, key, url_unit, nonce, tamper=False):
+        path, body, headers = signed_heartbeat(claimed, key, url_unit, nonce, tamper)
+        answer = client.post(path, data=body, content_type="application/json", headers=headers)
+        return answer.status_code, answer.json().get("error", "") if answer.status_code != 200 else ""
+
+    try:
+        check_request_refusals(send, unit.unit_id, unit.key, other.unit_id,
+                               lambda: Unit.objects.filter(unit_id=unit.unit_id).update(active=False))
+        assert Unit.objects.get(unit_id=unit.unit_id).last_sync_at is not None
+        assert Unit.objects.get(unit_id=other.unit_id).last_sync_at is None
+    finally:
+        unit.close()
+        other.close()

@@ -252,3 +252,41 @@ def test_concurrent_uploads_never_wait_on_totals_and_pending_charges_count_once(
         for unit in units:
             unit.close()
         office.stop()
+
+
+def test_request_authentication_refusals_on_postgresql(postgres, fleet_keys, tmp_path):
+    """On PostgreSQL the unit is read and its nonce recorded by one statement: the refusals, their order and
+    the nonce rules are those of the two statements SQLite runs (test_office_api); a success stamps the sync."""
+    import urllib.error
+    import urllib.request
+
+    import psycopg
+
+    from test_office_support import check_request_refusals, signed_heartbeat
+
+    office = OfficeProcess(postgres.url, fleet_keys).start()
+    unit, other = FakeUnit(tmp_path / "u", "pgauth-1"), FakeUnit(tmp_path / "o", "pgauth-2")
+    try:
+        for each in (unit, other):
+            office.command("register-unit", each.unit_id, "--fingerprint", each.fingerprint)
+
+        def send(claimed, key, url_unit, nonce, tamper=False):
+            path, body, headers = signed_heartbeat(claimed, key, url_unit, nonce, tamper)
+            request = urllib.request.Request(office.base + path, data=body, method="POST",
+                                             headers={**headers, "Content-Type": "application/json"})
+            try:
+                with urllib.request.urlopen(request, timeout=60) as answer:
+                    return answer.status, ""
+            except urllib.error.HTTPError as exc:
+                return exc.code, json.loads(exc.read()).get("error", "")
+
+        with psycopg.connect(postgres.url, autocommit=True) as db:
+            check_request_refusals(send, unit.unit_id, unit.key, other.unit_id, lambda: db.execute(
+                "UPDATE office_unit SET active = false WHERE unit_id = %s", [unit.unit_id]))
+            stamped = dict(db.execute("SELECT unit_id, last_sync_at IS NOT NULL FROM office_unit WHERE unit_id "
+                                      "IN (%s, %s)", [unit.unit_id, other.unit_id]).fetchall())
+            assert stamped == {unit.unit_id: True, other.unit_id: False}
+    finally:
+        unit.close()
+        other.close()
+        office.stop()

@@ -193,3 +193,38 @@ class OfficeProcess:
 
     def output(self) -> str:
         return self.log.read_text(errors="replace")
+
+
+def check_request_refusals(send, unit_id: str, key, other_unit_id: str, deactivate) -> None:
+    """The unit API's authentication, as a unit and an attacker meet it, through ``send(claimed, key, url_unit,
+    nonce, tamper=False) -> (status, error text)`` on any database: the refusal that names the unit comes
+    first, a nonce is spent only by a request of the registered key that got that far, and a replay is refused."""
+    import secrets
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey as Key
+
+    stranger, nonce = Key.generate(), secrets.token_hex(16)
+    assert send(unit_id, stranger, unit_id, nonce)[0] == 401
+    assert "fingerprint is not the one registered" in send(unit_id, stranger, unit_id, nonce)[1]
+    assert "not registered" in send("nobody-here", stranger, "nobody-here", nonce)[1]
+    assert "not registered" in send("nobody-here", stranger, "nobody-here", nonce, tamper=True)[1]
+    assert "not registered" in send("nobody-here", stranger, unit_id, nonce)[1]  # before the URL's 403
+    assert "does not verify" in send(unit_id, key, unit_id, nonce, tamper=True)[1]
+    status, text = send(unit_id, key, other_unit_id, nonce)
+    assert status == 403 and "may not use the URL" in text
+    assert send(unit_id, key, unit_id, nonce) == (200, "")  # none of the refused requests spent the nonce
+    status, text = send(unit_id, key, unit_id, nonce)
+    assert status == 401 and "already used" in text
+    assert send(unit_id, key, unit_id, secrets.token_hex(16)) == (200, "")
+    deactivate()
+    status, text = send(unit_id, key, unit_id, secrets.token_hex(16))
+    assert status == 401 and "not registered (or not active)" in text
+
+
+def signed_heartbeat(claimed: str, key, url_unit: str, nonce: str, tamper: bool) -> tuple[str, bytes, dict]:
+    """A heartbeat's path, body and signed headers; ``tamper``: the body changed after signing."""
+    from vendor_node.office.unit_client import signed_headers
+
+    path, body = f"/api/v1/units/{url_unit}/heartbeat", heartbeat_body()
+    headers = signed_headers(key, claimed, "POST", path, body, nonce=nonce)
+    return path, heartbeat_body(firmware="changed") if tamper else body, headers
