@@ -84,8 +84,23 @@ _shared: list[_Shared] = []  # this process's newest shared records
 _shared_lock = threading.Lock()
 
 
-def _shared_records(unit: Unit) -> _Shared:
-    generation = OfficeSetting.objects.filter(name=BUNDLE_GENERATION).values_list("value", flat=True).first()
+def _generation_and_kept(unit_pk: int) -> tuple[int | None, list[IssuedBundle]]:
+    """The office's bundle generation and the unit's kept bundles, newest first (their bytes load if read),
+    in one plain statement: every unit's bundle request runs it."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"SELECT value, NULL, NULL, NULL, NULL FROM {OfficeSetting._meta.db_table} WHERE name = %s "
+                       f"UNION ALL SELECT NULL, id, version, content_sha256, created_at FROM "
+                       f"{IssuedBundle._meta.db_table} WHERE unit_id = %s", [BUNDLE_GENERATION, unit_pk])
+        rows = cursor.fetchall()
+    generation = next((row[0] for row in rows if row[1] is None), None)
+    kept = [IssuedBundle.from_db("default", ("id", "unit_id", "version", "content_sha256", "created_at"),
+                                 (pk, unit_pk, version, sha, created)) for _, pk, version, sha, created in rows if pk]
+    return generation, sorted(kept, key=lambda issued: -issued.version)
+
+
+def _shared_records(unit: Unit, generation: int | None) -> _Shared:
     if generation is None:  # a flushed database (tests): mark it once, so what is built now can be reused
         generation = OfficeSetting.objects.get_or_create(name=BUNDLE_GENERATION,
                                                          defaults={"value": new_bundle_generation()})[0].value
@@ -103,11 +118,11 @@ def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = Fals
     now = time.time() if now is None else now
     with transaction.atomic():
         locked = lock_and_stamp_sync(unit.pk) if stamp_sync else Unit.objects.select_for_update().get(pk=unit.pk)
-        shared = _shared_records(locked)
+        generation, kept = _generation_and_kept(locked.pk)
+        shared = _shared_records(locked, generation)
         funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
         digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "
                                 f"{','.join(map(str, funds))}".encode()).hexdigest()
-        kept = list(IssuedBundle.objects.filter(unit=locked).defer("data").order_by("-version"))  # a few rows
         latest = kept[0] if kept else None
         if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
             return latest
