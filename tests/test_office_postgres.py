@@ -290,3 +290,27 @@ def test_request_authentication_refusals_on_postgresql(postgres, fleet_keys, tmp
         unit.close()
         other.close()
         office.stop()
+
+
+def test_the_load_bench_paced_and_closed_loop_ingest_everything_once(postgres, tmp_path):
+    """scripts/bench_office.py, tiny: a paced run (starts spread over a window, never more than --concurrency
+    in flight) and a closed loop both end with every entry ingested once and every balance exact."""
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parent.parent / "scripts" / "bench_office.py"
+    for name, pacing in (("bench_paced", ["--window", "2"]), ("bench_closed", [])):
+        subprocess.run([str(postgres.bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "office",
+                        name], check=True, capture_output=True, timeout=60)
+        done = subprocess.run([sys.executable, str(script), "--db", postgres.url.rsplit("/", 1)[0] + "/" + name,
+                               "--units", "6", "--purchases", "4", "--employees", "5", "--concurrency", "2",
+                               "--workers", "1", "--threads", "2", *pacing], capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path)
+        assert done.returncode == 0, done.stdout + done.stderr
+        assert "72 entries ingested (expected 72), 0 failed requests, 0 balances differing" in done.stdout
+        assert ("paced: starts spread at random over 2 s" if pacing else "closed loop: 2 concurrent") in done.stdout
+        if pacing:
+            most = re.search(r"at most (\d+) units in flight", done.stdout)
+            assert most and 1 <= int(most.group(1)) <= 2, done.stdout
