@@ -195,7 +195,8 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
         raise _OtherJournal(f"body.prev_hash: does not continue this unit's journal as the office holds it at "
                             f"seq {first - 1}")
     entries = body["entries"]
-    overlap = [e for e in entries if e["seq"] <= unit.last_seq]
+    held_count = max(0, unit.last_seq - first + 1)  # seqs run first, first + 1, ... (parse_batch checked)
+    overlap, new = entries[:held_count], entries[held_count:]
     if overlap:
         held = dict(JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch, seq__gte=overlap[0]["seq"],
                                                 seq__lte=overlap[-1]["seq"]).values_list("seq", "hash"))
@@ -203,7 +204,6 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
             if held.get(e["seq"]) != e["hash"]:
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
-    new = [e for e in entries if e["seq"] > unit.last_seq]
     charges = [_charge(e) for e in new]  # once per entry: the rows and the per-employee sums both need it
     _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new, charges)
     if new:
