@@ -314,3 +314,44 @@ def test_request_authentication_refusals_on_sqlite(office, tmp_path):
     finally:
         unit.close()
         other.close()
+
+
+def _signed_batch(unit, entries: list[dict], batch_id: str) -> bytes:
+    """A batch of ``entries`` (dicts, seq from 1) signed by the unit's key, laid out as `journal export` writes."""
+    from vendor_node.money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
+    from vendor_node.money.journal_schema import GENESIS_HASH
+
+    body = {"format": BATCH_FORMAT, "version": BATCH_VERSION, "unit_id": unit.unit_id, "batch_id": batch_id,
+            "first_seq": entries[0]["seq"], "last_seq": entries[-1]["seq"], "created_us": entries[-1]["ts_us"],
+            "prev_hash": GENESIS_HASH, "last_hash": entries[-1]["hash"], "charged_cents": 0,
+            "unit_public_key": "", "entries": entries}
+    return _canonical({"body": body, "signature": base64.b64encode(unit.key.sign(_canonical(body))).decode()}) + b"\n"
+
+
+def test_a_batch_overlapping_what_the_office_holds_adds_only_its_new_entries(setup):
+    """A batch starting before the office's last entry: the held part is checked entry by entry against what
+    the office holds and only the rest is ingested (charged once); a held entry that differs is refused."""
+    from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
+    from vendor_node.office import ledger
+    from vendor_node.office.models import JournalEntry
+
+    client, unit, _keys = setup
+    unit.buy("E0001", 100)
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    unit.buy("E0001", 40)
+    unit.buy("E0002", 60)
+    entries = [e.as_dict() for e in unit.journal.entries(0, 9)]
+    assert [e["seq"] for e in entries] == list(range(1, 10))
+    altered, prev = [dict(e) for e in entries[:5]], GENESIS_HASH
+    altered[2]["amount_cents"] = 1  # the held vend at seq 3, rewritten and re-chained
+    for e in altered:
+        e["prev_hash"], e["hash"] = prev, chain_hash(prev, canonical_entry(
+            e["seq"], e["ts_us"], e["kind"], e["session_id"], e["employee_id"], e["item"], e["amount_cents"],
+            e["detail"]))
+        prev = e["hash"]
+    refused = call(client, unit, "POST", "journal", _signed_batch(unit, altered, "altered-1-5"))
+    assert refused.status_code == 409 and "seq 3 differs from the entry already ingested" in refused.json()["error"]
+    answer = call(client, unit, "POST", "journal", _signed_batch(unit, entries, "overlap-1-9"))
+    assert answer.status_code == 200, answer.content
+    assert ledger.balance_cents("E0001") == 1000 - 140 and ledger.balance_cents("E0002") == 500 - 60
+    assert sorted(JournalEntry.objects.values_list("seq", flat=True)) == list(range(1, 10))
