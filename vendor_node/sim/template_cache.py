@@ -45,12 +45,17 @@ def cache_dir() -> Path:
 
 def model_cache_id(recognizer) -> str:
     """The digests of the models whose templates enrollment makes (the active one, and the shortlist model's
-    when there is one: a template set) and the matcher's code id: a new model or code format is a new cache."""
+    when there is one: a template set), the matcher's code id and the landmark model placing the palm square
+    (when shipped): a new model, code format or palm finding is a new cache."""
     manifest = recognizer.embedder.manifest
     entry = {"sha256": manifest.get("sha256"), "feature": getattr(recognizer, "feature_id", None)}
     shortlist = getattr(recognizer, "shortlist", None)
     if shortlist is not None:
         entry["shortlist_sha256"] = shortlist.matcher.embedder.manifest.get("sha256")
+    landmarks = getattr(getattr(recognizer, "palm_finder", None), "landmarks", None)
+    if landmarks is not None:  # the palm square is placed by the landmark model first: another enrollment
+        entry["landmarks"] = [getattr(landmarks.reader, "manifest", {}).get("sha256"), repr(landmarks.fit),
+                              getattr(recognizer.palm_finder, "order", "")]
     block = json.dumps(entry, sort_keys=True)
     return hashlib.sha256(block.encode()).hexdigest()[:16]
 
