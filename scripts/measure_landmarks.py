@@ -72,16 +72,14 @@ def _subset(dataset, keep) -> Dataset:
     return Dataset([s for s in dataset if keep(s.subject)], dataset.problems, dataset.has_captured)
 
 
-def fit_square(finder: LandmarkFinder, samples_by_set: dict) -> tuple[SquareFit, int]:
-    """Turn, side and drop of the classical palm square relative to the knuckles, over the photos where the
-    classical path placed it from all three finger valleys: the mean over the sets of each set's median (each
-    camera counts once, however many photos it has: the sets differ by up to 0.25 spans in the drop)."""
-    per_set = [_fit_one(finder, samples) for samples in samples_by_set.values()]
-    per_set = [fit for fit in per_set if fit is not None]
-    if not per_set:
+def fit_square(finder: LandmarkFinder, samples) -> tuple[SquareFit, int]:
+    """Turn, side and drop of the classical palm square relative to the knuckles (medians), over the photos
+    where the classical path placed it from all three finger valleys. (The mean of per-set medians was tried
+    too: it moved coep_dev's squares 0.18 sides off the classical ones and cost 3 of 62 rank-1 there.)"""
+    fit = _fit_one(finder, samples)
+    if fit is None:
         raise SystemExit("no photo to fit the square on")
-    mean = lambda key: float(np.mean([getattr(fit, key) for fit, _ in per_set]))  # noqa: E731
-    return SquareFit(mean("side_per_span"), mean("drop_per_span"), mean("turn_deg")), sum(n for _, n in per_set)
+    return fit
 
 
 def _fit_one(finder: LandmarkFinder, samples) -> tuple[SquareFit, int] | None:
@@ -137,23 +135,23 @@ def write_folder(args, cfg) -> dict:
         "size_bytes": len(data), "source": "mediapipe 0.10.18 wheel (PyPI), mediapipe/modules/hand_landmark/"
         + args.model.name + ": Google's MediaPipe Hands landmark model, float16 weights; no palm detector is shipped",
         "version": "mediapipe 0.10.18", "licence": "Apache-2.0 (LICENSE beside it, from the wheel's dist-info)",
-        "outputs": OUTPUTS, "presence_threshold": 0.5, "sure": 0.9, "refine": args.refine,
+        "outputs": OUTPUTS, "presence_threshold": 0.5, "sure": 0.9, "refine": args.refine, "order": args.order,
         "square": {"side_per_span": 1.0, "drop_per_span": 0.5},
     }
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     model = LandmarkModel.load(folder)
     finder = LandmarkFinder(model, model.fit, refine=args.refine)
-    samples, people = {}, {}
+    samples, people = [], {}
     for name in args.fit_sets:
         root = args.data / name
         tuned = tuned_subjects(cfg.unit.assets_dir, root)
         chosen = [s for s in load_dataset(root) if s.subject in tuned][::2]
-        samples[name] = chosen
+        samples += chosen
         people[name] = sorted({s.subject for s in chosen})
     fit, photos = fit_square(finder, samples)
     manifest["square"] = {"side_per_span": round(fit.side_per_span, 4), "drop_per_span": round(fit.drop_per_span, 4),
                           "turn_deg": round(fit.turn_deg, 2), "photos": photos, "fitted_on": people,
-                          "how": "the mean over the palm-side sets of each set's medians over every second photo of its tuning people (preprocessing.tuned_on of the "
+                          "how": "medians over every second photo of the palm-side sets' tuning people (preprocessing.tuned_on of the "
                                  "active model) where the classical path placed the square from all three valleys"}
     (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
@@ -165,6 +163,8 @@ def main() -> int:
     parser.add_argument("--write", type=Path, help="write the landmark model's folder (model, LICENSE, manifest)")
     parser.add_argument("--landmarks", type=Path, help="the landmark model's folder to measure")
     parser.add_argument("--refine", choices=("always", "unsure", "never"), default=None)
+    parser.add_argument("--order", choices=("landmarks_first", "classical_first"), default="classical_first",
+                        help="with --write: the order the unit tries the two paths in")
     parser.add_argument("--mirror", action="store_true", help="mirror hands the model tells left")
     parser.add_argument("--data", type=Path, default=Path("../shared/handdata"))
     parser.add_argument("--sets", nargs="+", default=SETS)

@@ -76,14 +76,24 @@ def test_the_square_turns_towards_the_thumb_and_mirrored_for_a_left_hand():
 
 
 # --- the shipped model: manifest, hash check, interpreter ----------------------------------
-def test_shipped_folder_is_named_and_hash_checked():
-    folder = model_set(ASSETS).landmarks
-    assert folder == FOLDER
-    manifest = read_landmark_manifest(folder)
-    assert manifest["sha256"] == hashlib.sha256((folder / manifest["model_file"]).read_bytes()).hexdigest()
-    assert "Apache" in manifest["licence"] and (folder / "LICENSE").is_file()
+def test_shipped_folder_is_hash_checked_and_names_its_licence_and_tuning_people():
+    manifest = read_landmark_manifest(FOLDER)
+    assert manifest["sha256"] == hashlib.sha256((FOLDER / manifest["model_file"]).read_bytes()).hexdigest()
+    assert "Apache" in manifest["licence"] and (FOLDER / "LICENSE").is_file() and (FOLDER / "NOTICE").is_file()
     assert manifest["square"]["fitted_on"]  # the people the fit was tuned on, kept out of the figures
-    assert model_set(ASSETS).active not in (folder,) and folder not in model_set(ASSETS).all
+
+
+def test_models_json_landmarks_entry_turns_the_landmark_path_on(tmp_path):
+    pytest.importorskip("ai_edge_litert")
+    for name in ("palm-gabor-1", "hand-landmark"):
+        shutil.copytree(ASSETS / name, tmp_path / name)
+    (tmp_path / "models.json").write_text(json.dumps({"active": "palm-gabor-1", "landmarks": "hand-landmark"}))
+    models = model_set(tmp_path)
+    assert models.landmarks == tmp_path / "hand-landmark" and models.landmarks not in models.all
+    finder = PalmFinder.from_assets(tmp_path)
+    assert finder.landmarks is not None and finder.order == read_landmark_manifest(FOLDER).get("order")
+    (tmp_path / "models.json").write_text(json.dumps({"active": "palm-gabor-1"}))
+    assert PalmFinder.from_assets(tmp_path).landmarks is None  # no entry: the classical path alone
 
 
 @pytest.fixture
@@ -226,3 +236,59 @@ def test_a_left_hand_is_mirrored_only_when_asked():
     mirrored = PalmFinder(LandmarkFinder(Left([0.95]), FIT), mirror_left=True).find(frame)
     assert plain.side == mirrored.side == "left"
     assert np.array_equal(mirrored.roi, plain.roi[:, ::-1])
+
+
+# --- classical first: the landmarks only where the classical path has no finger valleys --------------
+def test_classical_first_reads_no_landmarks_when_the_valleys_place_the_square():
+    finder = LandmarkFinder(FakeReader([0.95]), FIT)
+    hand = PalmFinder(finder, order="classical_first").find(drawn_hands.draw_hand(3, 0))
+    assert hand.alignment == "valleys" and finder.runs == 0
+
+
+def test_classical_first_takes_the_landmarks_where_the_fingers_are_together():
+    frame = drawn_hands.draw_fingers_together(3)
+    assert extract_hand(frame).alignment == "axis"
+    finder = LandmarkFinder(FakeReader([0.95]), FIT)
+    assert PalmFinder(finder, order="classical_first").find(frame).alignment == "landmarks" and finder.runs == 1
+    unsure = LandmarkFinder(FakeReader([0.1]), FIT)
+    assert PalmFinder(unsure, order="classical_first").find(frame).alignment == "axis"
+    assert unsure.runs == 1  # the classical square stands: no other turns for a frame it placed
+
+
+def test_classical_first_tries_every_turn_on_a_refused_frame_then_tells_the_refusal():
+    finder = LandmarkFinder(FakeReader([0.0] * 4), FIT)
+    with pytest.raises(HandRejected) as caught:
+        PalmFinder(finder, order="classical_first").find(drawn_hands.blank_frame())
+    assert caught.value.reason == "no_hand" and finder.runs == 4
+    with pytest.raises(ModelError, match="order"):
+        PalmFinder(finder, order="whichever")
+
+
+# --- real photos (skipped where ../shared/handdata is absent) -------------------------------
+HANDDATA = Path(__file__).resolve().parents[1].parent / "shared" / "handdata"
+
+
+@pytest.mark.skipif(not (HANDDATA / "coep_dev").is_dir(), reason="../shared/handdata is absent")
+def test_real_palms_get_the_square_where_the_valleys_put_it():
+    """On the tuning people's photos (manifest square.fitted_on) the landmark square lands on the classical
+    one: the fit is what lets templates made by either path match each other."""
+    pytest.importorskip("ai_edge_litert")
+    from vendor_node.hand.dataset import load_dataset
+    from vendor_node.images import read_grey
+
+    finder = PalmFinder(LandmarkFinder.load(FOLDER))
+    fitted = read_landmark_manifest(FOLDER)["square"]["fitted_on"]["coep_dev"]
+    samples = [s for s in load_dataset(HANDDATA / "coep_dev") if s.subject in fitted][:12]
+    offsets, turns = [], []
+    for sample in samples:
+        grey = read_grey(sample.path)
+        classical = extract_hand(grey)
+        reading = finder.landmarks.find(grey) or finder.landmarks.find(grey, other_turns=True)
+        assert reading is not None and reading.presence >= 0.5
+        hand = finder.hand_from(grey, reading)
+        side = np.linalg.norm(classical.square[1] - classical.square[0])
+        offsets.append(np.linalg.norm(hand.square.mean(axis=0) - classical.square.mean(axis=0)) / side)
+        a, b = hand.square[1] - hand.square[0], classical.square[1] - classical.square[0]
+        turns.append(abs(np.degrees(np.arctan2(a[0] * b[1] - a[1] * b[0], a @ b))))
+    assert np.median(offsets) < 0.15 and np.median(turns) < 8.0
+    assert finder.landmarks.runs <= 2 * len(samples) + 3  # the remembered turn: about one read per photo

@@ -160,6 +160,10 @@ def read_landmark_manifest(folder: Path | str) -> dict:
         value = manifest["square"].get(key)
         if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < abs(value) < 10:
             raise ModelError(f"{path}: square.{key}: expected a number of knuckle spans, got {value!r}")
+    if manifest.get("refine", "unsure") not in REFINE:
+        raise ModelError(f"{path}: refine: expected one of {REFINE}, got {manifest['refine']!r}")
+    if manifest.get("order", "landmarks_first") not in ("landmarks_first", "classical_first"):
+        raise ModelError(f"{path}: order: expected landmarks_first or classical_first, got {manifest['order']!r}")
     if not 0 < manifest["presence_threshold"] <= manifest["sure"] <= 1:
         raise ModelError(f"{path}: expected 0 < presence_threshold <= sure <= 1")
     return manifest
@@ -244,7 +248,7 @@ class LandmarkFinder:
     def find(self, grey: np.ndarray, other_turns: bool = False) -> Reading | None:
         """Landmarks in frame pixels, or None when the model sees no hand: the whole frame turned by the
         remembered quarter turn, or (``other_turns``: after the classical path refused the frame too) by the
-        other three, the first one sure of a hand being remembered."""
+        other three (up to the first one sure of a hand), the most sure one being remembered."""
         h, w = grey.shape
         border = int(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
         turns = [t for t in range(len(QUARTER_TURNS)) if t != self.turn] if other_turns else [self.turn]
@@ -253,12 +257,12 @@ class LandmarkFinder:
             to_frame = crop_transform((w / 2, h / 2), float(max(h, w)), QUARTER_TURNS[turn])
             reading = self._read(grey, to_frame, border)
             if best is None or reading.presence > best.presence:
-                best = reading
-            if reading.presence >= self.presence_threshold:
-                self.turn = turn
+                best, best_turn = reading, turn
+            if reading.presence >= self.sure:  # a wrong way up can still pass the threshold: read on unless sure
                 break
         if best is None or best.presence < self.presence_threshold:
             return None
+        self.turn = best_turn
         if self.refine == "never" or (self.refine == "unsure" and best.presence >= self.sure):
             return best
         palm = best.points[list(PALM_POINTS)]

@@ -42,9 +42,13 @@ class PalmFinder:
 
     @classmethod
     def from_assets(cls, assets_dir: Path | str) -> "PalmFinder":
-        """The unit's palm finder: the landmark model ``models.json`` names (hash-checked), or classical alone."""
+        """The unit's palm finder: the landmark model ``models.json`` names (hash-checked; its manifest's ``order``),
+        or the classical path alone."""
         folder = model_set(assets_dir).landmarks
-        return cls(LandmarkFinder.load(folder) if folder is not None else None)
+        if folder is None:
+            return cls()
+        landmarks = LandmarkFinder.load(folder)
+        return cls(landmarks, order=landmarks.reader.manifest.get("order", "landmarks_first"))
 
     def find(self, image: np.ndarray, trace: dict | None = None) -> Hand:
         if self.landmarks is None:
