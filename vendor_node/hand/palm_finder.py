@@ -1,13 +1,16 @@
-"""Finding the palm square in a frame: the landmark model first, the classical path where it sees no hand.
+"""Finding the palm square in a frame: the classical path (preprocess.py) and the hand-landmark model together.
 
-Why this order (measured on the people never used for tuning, issue 8, scripts/measure_landmarks.py): the
-landmark model places the square right on turned, near and busy-background hands where the classical path
-(preprocess.py) loses the finger valleys, and it is cheap when it is read once per frame; the classical path
-still takes every frame the model does not see a hand on (close near-infrared frames, drawn hands), so nothing
-that was found before is lost. A frame both refuse is read once more by the model at the three other quarter
-turns before the classical refusal is told (a hand held the other way round).
-
-A unit without a ``landmarks`` entry in ``models.json`` runs the classical path alone.
+Two orders (the landmark manifest's ``order``): "classical_first" reads the landmarks only where the classical
+path refuses the frame or places the square without all three finger valleys (the palm circle and the hand's
+axis, or two valleys), so frames it places well cost nothing more and keep their square; "landmarks_first"
+reads the model on every frame (once, at the remembered quarter turn) and takes the classical path where it
+sees no hand. A frame both refuse is read by the model at the three other quarter turns before the classical
+refusal is told. Measured on the people never used for tuning (issue 8, scripts/measure_landmarks.py):
+landmarks first is cheapest where the model sees the hand but moves the square on the close near-infrared
+frames (nir_dev rank-1 10/10 -> 9/10) and on small hands; classical first changes nothing where the valleys
+are found and helps near hands a little. Neither beat the classical path alone by enough to pay for the
+interpreter's memory (+10-12 MB RSS), so ``models.json`` names no landmark model and a unit runs the classical
+path alone until it does (``"landmarks": "hand-landmark"``).
 """
 from __future__ import annotations
 
