@@ -148,12 +148,20 @@ class PalmCodeMatcher:
 
     def best_two(self, probe: Features, bank: PalmCodeBank, guard) -> tuple[int, float, float]:
         """(row, best score, runner-up score): a coarse pass over all, the full search on the best few."""
+        return self.best_two_among(probe, bank, self.candidates(probe, bank, guard), guard, checked=True)
+
+    def candidates(self, probe: Features, bank: PalmCodeBank, guard) -> np.ndarray:
+        """Bank rows worth the full search: the best few of a coarse pass (fewer shifts and poses) over all."""
         self.check(bank, guard)
         coarse = self._scores(probe, bank, None, self._coarse_shifts,
                               min(self.params.coarse_rotations, len(probe.codes)), guard)
         keep = min(len(bank), self.params.candidates)
-        candidates = np.argpartition(-coarse, keep - 1)[:keep] if keep < len(bank) else np.arange(len(bank))
-        return self.best_two_among(probe, bank, candidates, guard, checked=True)
+        return np.argpartition(-coarse, keep - 1)[:keep] if keep < len(bank) else np.arange(len(bank))
+
+    def scores_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> np.ndarray:
+        """Full-search similarity to the given bank rows only: float32 (len(rows),)."""
+        self.check(bank, guard)
+        return self._scores(probe, bank, np.asarray(rows, np.int64), self._full_shifts, len(probe.codes), guard)
 
     def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard,
                        checked: bool = False) -> tuple[int, float, float]:
