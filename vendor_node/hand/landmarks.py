@@ -169,6 +169,14 @@ def read_landmark_manifest(folder: Path | str) -> dict:
     return manifest
 
 
+def is_landmark_folder(folder: Path | str) -> bool:
+    """Whether ``folder`` holds a hand-landmark model (not a matching model), for code that walks every folder."""
+    try:
+        return json.loads((Path(folder) / MANIFEST_NAME).read_text(encoding="utf-8")).get("kind") == KIND
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return False
+
+
 # --- geometry -------------------------------------------------------------------
 def crop_transform(center, size: float, angle: float) -> np.ndarray:
     """The crop->frame affine (2x3) of an INPUT x INPUT crop of ``size`` frame pixels about ``center``, turned so

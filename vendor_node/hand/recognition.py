@@ -91,7 +91,7 @@ class Recognizer:
                          for m in self.matchers}
         self.threshold = self.policies[self.active.model_id].threshold  # enrollment agreement; calibrated point
         self.margin = self.policies[self.active.model_id].margin
-        self.palm_finder = PalmFinder()  # classical alone; from_config adds the shipped landmark model
+        self.palm_finder = PalmFinder()  # classical alone; from_config adds the landmark model models.json names
         self.guard = None  # set by the unit: templates made are guarded (template_guard.TemplateGuard)
         self._keep_roi = len(self.matchers) > 1
         self.deciders = [m for m in self.matchers if self.shortlist is None or m is not self.shortlist.matcher]
