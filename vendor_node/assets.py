@@ -72,11 +72,7 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         named.append(("shortlist.model", listing["shortlist"]["model"]))
     folders = []
     for key, name in named:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ModelError(f"{path}: {key}: expected a model folder name, got {name!r}")
-        folder = assets_dir / name
-        if not (folder / MANIFEST_NAME).is_file():
-            raise ModelError(f"{path}: {key}: no {MANIFEST_NAME} in {folder}")
+        folder = _named_folder(path, assets_dir, key, name)
         if folder in folders:
             raise ModelError(f"{path}: {key}: {name!r} is listed twice")
         folders.append(folder)
@@ -92,15 +88,21 @@ def model_set(assets_dir: Path | str) -> ModelSet:
     return ModelSet(folders[0], tuple(folders[1:]), landmarks=landmarks)
 
 
-def _landmark_folder(path: Path, assets_dir: Path, name, matching: list[Path]) -> Path | None:
-    """The ``landmarks`` folder (None when absent); ModelError naming the key when it is not a model folder."""
-    if name is None:
-        return None
+def _named_folder(path: Path, assets_dir: Path, key: str, name) -> Path:
+    """The model folder ``models.json`` names under ``key``; ModelError naming the key when it is not one."""
     if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-        raise ModelError(f"{path}: landmarks: expected a model folder name, got {name!r}")
+        raise ModelError(f"{path}: {key}: expected a model folder name, got {name!r}")
     folder = assets_dir / name
     if not (folder / MANIFEST_NAME).is_file():
-        raise ModelError(f"{path}: landmarks: no {MANIFEST_NAME} in {folder}")
+        raise ModelError(f"{path}: {key}: no {MANIFEST_NAME} in {folder}")
+    return folder
+
+
+def _landmark_folder(path: Path, assets_dir: Path, name, matching: list[Path]) -> Path | None:
+    """The ``landmarks`` folder (None when absent); ModelError naming the key when it is not a landmark folder."""
+    if name is None:
+        return None
+    folder = _named_folder(path, assets_dir, "landmarks", name)
     if folder in matching:
         raise ModelError(f"{path}: landmarks: {name!r} is a matching model, not a landmark model")
     return folder
