@@ -148,7 +148,7 @@ def run(args, cfg) -> int:
     print(f"drawn probes found their own template among 1,000: {hits} of {probes_n}")
     by_landmarks = sum(getattr(getattr(h, "hand", None), "alignment", "") == "landmarks" for h in hands)
     print(f"palm found: {len(hands)} of {probes_n} frames, {by_landmarks} by the landmark model "
-          f"({'shipped' if recognizer.palm_finder.landmarks else 'not shipped'}), the rest by the classical path")
+          f"({'named in models.json' if recognizer.palm_finder.landmarks else 'not named in models.json'}), the rest by the classical path")
     record("palm found by the landmark model", by_landmarks, "of", None, frames=len(hands))
     record("drawn probes found their own template vs 1,000", hits, "of", None, probes=probes_n)
     print()
