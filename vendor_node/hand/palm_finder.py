@@ -6,14 +6,14 @@ axis, or two valleys), so frames it places well cost nothing more and keep their
 reads the model on every frame (once, at the remembered quarter turn) and takes the classical path where it
 sees no hand. A frame both refuse is read by the model at the three other quarter turns before the classical
 refusal is told. Measured on the people never used for tuning (issue 8, scripts/measure_landmarks.py, lite
-model): landmarks first is cheapest where the model sees the hand and finds small and near palms (11k_small
-rank-1 62% -> 78%, COEP zoomed 1.5x 61% -> 94%) but moves the square on the close near-infrared frames (nir_dev
-10/10 -> 9/10) and on a smaller hand (webcam scaled 0.7: 100% -> 65%); classical first changes nothing where
-the valleys are found (nir_dev, coep_dev, webcam_hand2 as classical), helps near and small hands a little
-(COEP nearer 1.3: 94% -> 98%, 11k_small 62% -> 75%) and costs 11k_full's back-of-hand photos 89% -> 83%.
-Neither measured better everywhere, and the interpreter adds 10-12 MB of RSS (over the 150 MB budget at 10,000
-employees), so ``models.json`` names no landmark model: a unit runs the classical path alone until it does
-(``"landmarks": "hand-landmark"``).
+model): landmarks first, its tighter crop read on every frame, is best on every photo set (COEP zoomed 1.5x
+about the palm 79% -> 100% rank-1, 11k_small 62% -> 81%, 11k_full 89% -> 91%) but loses the unit's own close
+near-infrared frames (nir_dev 10/10 -> 7/10; 9/10 refining only unsure readings) and smaller hands (webcam
+scaled 0.7: 100% -> 89%); classical first keeps nir_dev, coep_dev and webcam_hand2 as classical and helps near
+and small hands a little (COEP nearer 1.3: 94% -> 98%, 11k_small 62% -> 75%) but costs 11k_full 89% -> 83%.
+Neither is better on the frames the unit sees, and the interpreter adds 10-12 MB of RSS (over the 150 MB budget
+at 10,000 employees), so ``models.json`` names no landmark model: a unit runs the classical path alone until it
+does (``"landmarks": "hand-landmark"``; the folder's manifest says classical first).
 """
 from __future__ import annotations
 
