@@ -125,13 +125,15 @@ class EmbeddingBank:
 
 
 class PalmCodeBank:
-    """v1 palm codes as packed bit matrices (the palm-code matcher reads ``planes``, ``masks``, ``geometry``)."""
+    """v1 palm codes as packed bit matrices stored word-major (``planes_t`` (3, W64, N), ``masks_t`` (W64, N)):
+    the 1:N coarse pass runs each bit operation along the whole gallery at once (palmcode.wide_distances).
+    ``planes`` (N, 3, W64) and ``masks`` (N, W64) are views of the same bits, one row per employee."""
 
     def __init__(self):
         self.ids: list[str] = []
         self.grid: tuple[int, int] | None = None
-        self.planes = np.zeros((0, palmcode.BITS, 0), np.uint64)
-        self.masks = np.zeros((0, 0), np.uint64)
+        self.planes_t = np.zeros((palmcode.BITS, 0, 0), np.uint64)
+        self.masks_t = np.zeros((0, 0), np.uint64)
         self.feature_ids = np.zeros(0, np.uint32)
         self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
         self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
@@ -143,6 +145,19 @@ class PalmCodeBank:
     def __contains__(self, employee_id: str) -> bool:
         return employee_id in self._rows
 
+    @property
+    def planes(self) -> np.ndarray:
+        return self.planes_t.transpose(2, 0, 1)
+
+    @property
+    def masks(self) -> np.ndarray:
+        return self.masks_t.T
+
+    def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Packed planes (n, 3, W64) and masks (n, W64) of the given rows, row-major copies."""
+        return (np.ascontiguousarray(self.planes_t[:, :, rows].transpose(2, 0, 1)),
+                np.ascontiguousarray(self.masks_t[:, rows].T))
+
     def row(self, employee_id: str) -> int | None:
         return self._rows.get(employee_id)
 
@@ -151,8 +166,8 @@ class PalmCodeBank:
         del self.ids[i]
         self._rows = {e: k for k, e in enumerate(self.ids)}
         self.geometry = np.delete(self.geometry, i, axis=0)
-        self.planes = np.delete(self.planes, i, axis=0)
-        self.masks = np.delete(self.masks, i, axis=0)
+        self.planes_t = np.ascontiguousarray(np.delete(self.planes_t, i, axis=2))
+        self.masks_t = np.ascontiguousarray(np.delete(self.masks_t, i, axis=1))
         self.feature_ids = np.delete(self.feature_ids, i)
 
     def extend(self, ids: list[str], templates: list) -> None:
@@ -166,11 +181,11 @@ class PalmCodeBank:
             raise RecognitionError("templates are stored under different template guards (or some in the clear): "
                                    "run `vendor-node keys renew-template-guard` to bring them under one")
         self.grid, self.guard_id = templates[0].grid, guards.pop()
-        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates]))
-        masks = palmcode.pack_cells(np.array([t.valid for t in templates]))
+        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates])).transpose(1, 2, 0)
+        masks = palmcode.pack_cells(np.array([t.valid for t in templates])).T
         if len(self.ids):
-            planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
-        self.planes, self.masks = planes, masks
+            planes, masks = np.concatenate([self.planes_t, planes], axis=2), np.concatenate([self.masks_t, masks], axis=1)
+        self.planes_t, self.masks_t = np.ascontiguousarray(planes), np.ascontiguousarray(masks)
         self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
         self._rows.update((e, len(self.ids) + k) for k, e in enumerate(ids))
         self.ids.extend(ids)
@@ -283,7 +298,7 @@ class Gallery:
     def nbytes(self) -> int:
         """Bytes of the banks' arrays (not counting the ids)."""
         c = self.codes
-        return (c.planes.nbytes + c.masks.nbytes + c.geometry.nbytes + c.feature_ids.nbytes
+        return (c.planes_t.nbytes + c.masks_t.nbytes + c.geometry.nbytes + c.feature_ids.nbytes
                 + sum(bank.nbytes() for bank in self.embeddings.values()))
 
     def __len__(self) -> int:

@@ -121,10 +121,11 @@ def pack_cells(bits: np.ndarray) -> np.ndarray:
 _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def popcount_by_table(words: np.ndarray) -> np.ndarray:
-    """Set bits per uint64 word for numpy < 2.0 (older Pi images), through a byte lookup table."""
+def popcount_by_table(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Set bits per uint64 word (uint8, like ``np.bitwise_count``) for numpy < 2.0 (older Pi images), through
+    a byte lookup table."""
     as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(words.shape + (8,))
-    return _BYTE_COUNTS[as_bytes].sum(axis=-1, dtype=np.uint16)
+    return np.sum(_BYTE_COUNTS[as_bytes], axis=-1, dtype=np.uint8, out=out)
 
 
 popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
@@ -168,6 +169,22 @@ def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int
     return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
 
 
+def tolerant_probe(code: np.ndarray, valid: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
+    """Johnson planes (3, H, W) of a code and, per plane, the cells whose bit is the same for every valid
+    cell within ``radius`` (3, H, W): comparing only those bits forgives a misalignment of up to ``radius``
+    cells in one variant (the coarse pass), at the price of the bits that change nearby."""
+    planes = johnson_planes(code)
+    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
+    fixed = np.empty_like(planes)
+    for k in range(BITS):
+        can_be_1 = cv2.dilate((planes[k] & valid).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+        can_be_0 = cv2.dilate((~planes[k] & valid).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
+                              borderValue=0)
+        fixed[k] = ~(can_be_1.astype(bool) & can_be_0.astype(bool)) & valid
+    return planes, fixed
+
+
 def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
     """bool (R, 3, H, W) for codes (R, H, W)."""
     c = codes.astype(np.int16)[:, None]
@@ -191,8 +208,63 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
     counts = popcount(common).sum(axis=-1, dtype=np.int32)
     differing = (p_planes[:, None] ^ g_planes[None]) & common[:, :, None, :]  # (V, N, 3, W)
     diff = popcount(differing.reshape(differing.shape[0], differing.shape[1], -1)).sum(axis=-1, dtype=np.int32)
-    dist = np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0)
-    return dist.astype(np.float32)
+    return _normalised(diff, counts, min_bits)
+
+
+def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.ndarray, g_masks_t: np.ndarray,
+                   min_bits: int, chunk: int = 4096, p_plane_masks: np.ndarray | None = None) -> np.ndarray:
+    """:func:`variant_distances` (V, N) of a few probe variants against a gallery stored word-major
+    (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
+    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits.
+    ``p_plane_masks`` (V, 3, W64): bits of each plane counted only where set (a tolerant probe's fixed bits)."""
+    n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
+    out = np.empty((len(p_planes), n), np.float32)
+    width = min(chunk, max(1, n))
+    common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
+    bits = np.empty((words, width), np.uint8)
+    counts, diff = np.empty(width, np.int32), np.empty(width, np.int32)
+    for start in range(0, n, width):
+        stop = min(n, start + width)
+        m = stop - start
+        c, x, b, cnt, dif = common[:, :m], work[:, :m], bits[:, :m], counts[:m], diff[:m]
+        for v in range(len(p_planes)):
+            np.bitwise_and(g_masks_t[:, start:stop], p_masks[v][:, None], out=c)
+            np.sum(popcount(c, out=b), axis=0, dtype=np.int32, out=cnt)
+            dif[:] = 0
+            for k in range(BITS):
+                np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
+                x &= c
+                if p_plane_masks is not None:
+                    x &= p_plane_masks[v, k][:, None]
+                dif += np.sum(popcount(x, out=b), axis=0, dtype=np.int32)
+            out[v, start:stop] = _normalised(dif, cnt, min_bits)
+    return out
+
+
+def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
+                   min_bits: int) -> np.ndarray:
+    """:func:`distances` (N,) of many probe variants stored word-major (planes (3, W64, V), masks (W64, V))
+    against a few gallery entries (N, 3, W64): every operation runs along the variants, the full alignment
+    search of a shortlist without numpy's per-row overhead."""
+    out = np.empty(len(g_planes), np.float32)
+    words, variants = p_masks_t.shape
+    common, work = np.empty((words, variants), np.uint64), np.empty((words, variants), np.uint64)
+    bits = np.empty((words, variants), np.uint8)
+    counts, diff = np.empty(variants, np.int32), np.empty(variants, np.int32)
+    for i in range(len(g_planes)):
+        np.bitwise_and(p_masks_t, g_masks[i][:, None], out=common)
+        np.sum(popcount(common, out=bits), axis=0, dtype=np.int32, out=counts)
+        diff[:] = 0
+        for k in range(BITS):
+            np.bitwise_xor(p_planes_t[k], g_planes[i, k][:, None], out=work)
+            work &= common
+            diff += np.sum(popcount(work, out=bits), axis=0, dtype=np.int32)
+        out[i] = _normalised(diff, counts, min_bits).min() if variants else 1.0
+    return out
+
+
+def _normalised(diff: np.ndarray, counts: np.ndarray, min_bits: int) -> np.ndarray:
+    return np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0).astype(np.float32)
 
 
 def geometry_distances(probe: np.ndarray, gallery: np.ndarray, min_shared: int, fill: float) -> np.ndarray:

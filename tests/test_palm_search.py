@@ -1,0 +1,108 @@
+"""The palm-code 1:N search: the fast kernels give exactly the reference distances, and the coarse-then-fine
+search decides as the full alignment search over everyone does, in clear and guarded galleries."""
+import dataclasses
+import os
+import types
+
+import numpy as np
+import pytest
+
+from vendor_node.config import ASSETS_DIR
+from vendor_node.hand import palmcode
+from vendor_node.hand.gallery import Gallery, PalmCodeBank, parse_template
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.palm_matcher import PalmCodeMatcher
+from vendor_node.hand.recognition import Recognizer
+from vendor_node.hand.template_guard import TemplateGuard
+from vendor_node.sim.drawn_hands import draw_hand
+from vendor_node.sim.template_cache import FIRST_REGION_SEED, draw_palm_region, region_template
+
+PEOPLE = range(1, 9)
+PADS = 150  # drawn palm regions: the gallery is bigger than the shortlist, so the coarse pass must choose
+
+
+def random_bits(rng, *shape):
+    return rng.integers(0, 2 ** 63, size=shape, dtype=np.uint64) | rng.integers(0, 2, size=shape, dtype=np.uint64) << 63
+
+
+@pytest.mark.parametrize("variants,entries", [(1, 700), (25, 300), (441, 7), (3, 1)])
+def test_fast_kernels_equal_the_reference(variants, entries):
+    rng = np.random.default_rng(variants)
+    p_planes, p_masks = random_bits(rng, variants, 3, 16), random_bits(rng, variants, 16)
+    g_planes, g_masks = random_bits(rng, entries, 3, 16), random_bits(rng, entries, 16)
+    g_masks[: entries // 3] &= random_bits(rng, entries // 3, 16) & random_bits(rng, entries // 3, 16)  # few shared
+    min_bits = 250
+    want = palmcode.variant_distances(p_planes, p_masks, g_planes, g_masks, min_bits)
+    assert (want == 1.0).any() or entries < 3  # the too-few-shared-cells rule is exercised
+    wide = palmcode.wide_distances(p_planes, p_masks, np.ascontiguousarray(g_planes.transpose(1, 2, 0)),
+                                   np.ascontiguousarray(g_masks.T), min_bits, chunk=128)
+    np.testing.assert_array_equal(wide, want)
+    deep = palmcode.deep_distances(np.ascontiguousarray(p_planes.transpose(1, 2, 0)), np.ascontiguousarray(p_masks.T),
+                                   g_planes, g_masks, min_bits)
+    np.testing.assert_array_equal(deep, want.min(axis=0))
+
+
+def test_the_bank_keeps_rows_in_step_when_employees_come_and_go():
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    templates = {f"r{k}": region_template(recognizer, FIRST_REGION_SEED + k) for k in range(5)}
+    gallery = Gallery.from_templates(templates)
+    gallery.remove("r1")
+    gallery.add("r9", templates["r1"])
+    bank = gallery.codes
+    assert bank.ids == ["r0", "r2", "r3", "r4", "r9"]
+    for employee_id in bank.ids:
+        t = parse_template(templates[employee_id if employee_id != "r9" else "r1"])
+        row = bank.row(employee_id)
+        assert np.array_equal(bank.planes[row], palmcode.pack_cells(t.bit_planes()))
+        assert np.array_equal(bank.masks[row], palmcode.pack_cells(t.valid[None])[0])
+    planes, masks = bank.rows(np.array([4, 0]))
+    assert np.array_equal(planes, bank.planes[[4, 0]]) and np.array_equal(masks, bank.masks[[4, 0]])
+
+
+@pytest.fixture(scope="module")
+def office():
+    """Drawn employees (two frames enrolled, later frames presented) among drawn palm regions."""
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    templates = {f"p{p}": recognizer.enroll([draw_hand(p, s) for s in (0, 1)]).template for p in PEOPLE}
+    templates.update({f"pad{k}": region_template(recognizer, FIRST_REGION_SEED + k) for k in range(PADS)})
+    probes = [recognizer.features(draw_hand(p, s)) for p in PEOPLE for s in (2, 5)]
+    probes += [recognizer.features(draw_hand(500 + k, 3)) for k in range(3)]  # strangers
+    probes += [recognizer.features_from_roi(draw_palm_region(FIRST_REGION_SEED + 7))]  # a pad's own region
+    return types.SimpleNamespace(recognizer=recognizer, templates=templates, probes=probes)
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_coarse_pass_decides_as_the_full_search(office, guarded):
+    recognizer = office.recognizer
+    matcher = recognizer.active
+    assert isinstance(matcher, PalmCodeMatcher) and matcher.params.candidates < len(office.templates)
+    guard = TemplateGuard(os.urandom(32)) if guarded else None
+    gallery = Gallery.from_templates({k: guard.protect(t) if guard else t for k, t in office.templates.items()})
+    everyone = PalmCodeMatcher(matcher.embedder, dataclasses.replace(matcher.params, candidates=10 ** 6))
+    named = 0
+    recognizer.guard = guard
+    try:
+        for probe in office.probes:
+            row, best, runner_up = matcher.best_two(probe, gallery.codes, guard)
+            full = everyone.scores(probe, gallery.codes, guard)
+            assert row == int(np.argmax(full)) and best == full.max()
+            assert runner_up <= np.sort(full)[-2] + 1e-7  # the best of the shortlist's others
+            decided = recognizer.identify(probe, gallery)
+            if decided.employee_id:
+                named += 1
+                assert decided.employee_id == gallery.codes.ids[int(np.argmax(full))]
+    finally:
+        recognizer.guard = None
+    assert named >= len(PEOPLE)  # most presentations of the employees are recognised
+
+
+def test_a_probe_is_prepared_once_for_the_coarse_pass_and_the_full_search(office, monkeypatch):
+    matcher = office.recognizer.active
+    gallery = Gallery.from_templates(office.templates)
+    calls = []
+    real = palmcode.probe_variants
+    monkeypatch.setattr(palmcode, "probe_variants", lambda *a: calls.append(1) or real(*a))
+    probe = office.probes[0]
+    matcher.best_two(probe, gallery.codes, None)
+    matcher.best_two_among(probe, gallery.codes, np.arange(3), None)
+    assert len(calls) == 1
