@@ -72,10 +72,17 @@ def office():
 
 
 @pytest.mark.parametrize("guarded", [False, True])
-def test_the_coarse_pass_decides_as_the_full_search(office, guarded):
+@pytest.mark.parametrize("sift", [False, True])
+def test_the_coarse_pass_decides_as_the_full_search(office, guarded, sift, monkeypatch):
     recognizer = office.recognizer
     matcher = recognizer.active
     assert isinstance(matcher, PalmCodeMatcher) and matcher.params.candidates < len(office.templates)
+    if sift:  # the sift keeps 40 of the gallery for the coarse pass (at the unit: 1,000 or a tenth)
+        matcher = PalmCodeMatcher(matcher.embedder, dataclasses.replace(matcher.params, sift_keep=40,
+                                                                        sift_fraction=0.0))
+        monkeypatch.setattr(recognizer, "active", matcher)
+        monkeypatch.setattr(recognizer, "matchers", [matcher])
+        monkeypatch.setattr(recognizer, "deciders", [matcher])
     guard = TemplateGuard(os.urandom(32)) if guarded else None
     gallery = Gallery.from_templates({k: guard.protect(t) if guard else t for k, t in office.templates.items()})
     everyone = PalmCodeMatcher(matcher.embedder, dataclasses.replace(matcher.params, candidates=10 ** 6))
@@ -106,3 +113,26 @@ def test_a_probe_is_prepared_once_for_the_coarse_pass_and_the_full_search(office
     matcher.best_two(probe, gallery.codes, None)
     matcher.best_two_among(probe, gallery.codes, np.arange(3), None)
     assert len(calls) == 1
+
+
+def test_probe_variants_packed_in_a_guards_domain_equal_the_guards_transform(office):
+    guard = TemplateGuard(os.urandom(32))
+    probe, matcher = office.probes[0], office.recognizer.active
+    shifts = palmcode.shifts(3)
+    clear = palmcode.probe_variants(probe.codes, probe.valid, shifts, 3)
+    order, xor = guard.layout(matcher.grid)
+    direct = palmcode.probe_variants(probe.codes, probe.valid, shifts, 3, order, xor)
+    protected = guard.protect_variants(clear[0], clear[1], matcher.grid)
+    assert np.array_equal(direct[0], protected[0]) and np.array_equal(direct[1], protected[1])
+    assert direct[2] == clear[2]
+
+
+def test_probe_variants_are_the_probe_moved_cell_by_cell(office):
+    probe = office.probes[1]
+    planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, palmcode.shifts(3), len(probe.codes))
+    for v in (0, 17, 60, len(what) - 1):
+        r, dy, dx = what[v]
+        mask = palmcode.pack_cells(palmcode.shift_cells(probe.valid[r], dy, dx, False)[None])[0]
+        code = palmcode.shift_cells(probe.codes[r], dy, dx, 0)
+        assert np.array_equal(masks[v], mask)
+        assert np.array_equal(planes[v] & mask, palmcode.pack_cells(palmcode.johnson_planes(code)) & mask)

@@ -60,6 +60,7 @@ class _Prepared:
     planes_t: np.ndarray
     masks_t: np.ndarray
     coarse: np.ndarray  # indexes of the coarse pass's variants
+    sift: np.ndarray  # ... and of the sift's
 
 
 class PalmCodeMatcher:
@@ -76,6 +77,7 @@ class PalmCodeMatcher:
         self.min_bits = int(self.params.min_overlap * self.grid[0] * self.grid[1])
         self._full_shifts = palmcode.shifts(self.params.max_shift)
         self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
+        self._sift_shifts = palmcode.shifts(self.params.sift_reach, self.params.sift_step)
         self._last: _Prepared | None = None  # the last probe's variants (one probe is searched at a time)
 
     def features_from_roi(self, roi, geometry, quality, hand, keep_roi, poses: int | None = None) -> Features:
@@ -163,19 +165,26 @@ class PalmCodeMatcher:
         return self._fine(self._prepared(probe, bank, guard), bank, None)
 
     def best_two(self, probe: Features, bank: PalmCodeBank, guard) -> tuple[int, float, float]:
-        """(row, best score, runner-up score): a coarse pass over all, the full search on the best few.
+        """(row, best score, runner-up score): cheap passes narrow the bank, the full search decides.
 
-        The coarse pass scores the probe as cut (no rotation) at a few shifts against every entry; the
-        ``candidates`` best of it get the full search, whose scores alone decide."""
+        The sift (when ``sift_reach``) scores every entry with the probe as cut at a few shifts and keeps
+        ``max(sift_keep, sift_fraction x N)``; the coarse pass scores those at more shifts and keeps
+        ``candidates``; only the full alignment search's scores of these decide (scripts/measure_coarse.py
+        measures how often the genuine would be left out on people the model never saw)."""
         self.check(bank, guard)
         prepared = self._prepared(probe, bank, guard)
-        keep = min(len(bank), self.params.candidates)
-        if keep < len(bank):
-            coarse = self.coarse_scores(prepared, bank)
-            candidates = np.argpartition(-coarse, keep - 1)[:keep]
-        else:
-            candidates = np.arange(len(bank))
-        return self._best_two_of(prepared, bank, candidates)
+        n, p = len(bank), self.params
+        keep = min(n, p.candidates)
+        if keep == n:
+            return self._best_two_of(prepared, bank, np.arange(n))
+        rows = None
+        wide = max(p.sift_keep, int(p.sift_fraction * n))
+        if p.sift_reach and wide < n:
+            sifted = self.pass_scores(prepared, prepared.sift, bank, None)
+            rows = np.sort(np.argpartition(-sifted, wide - 1)[:wide])
+        coarse = self.pass_scores(prepared, prepared.coarse, bank, rows)
+        best = np.argpartition(-coarse, keep - 1)[:keep]
+        return self._best_two_of(prepared, bank, best if rows is None else rows[best])
 
     def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> tuple[int, float, float]:
         """(row, best, runner-up) of the full alignment search on the given bank rows only (a shortlist)."""
@@ -188,11 +197,13 @@ class PalmCodeMatcher:
         runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
         return int(rows[order[0]]), float(fine[order[0]]), runner_up
 
-    def coarse_scores(self, prepared: "_Prepared", bank: PalmCodeBank) -> np.ndarray:
-        """The coarse pass: similarity over the coarse variants only, every entry of the bank: float32 (N,)."""
-        d = palmcode.wide_distances(prepared.planes[prepared.coarse], prepared.masks[prepared.coarse],
-                                    bank.planes_t, bank.masks_t, self.min_bits).min(axis=0)
-        return self._with_geometry(1.0 - d, prepared.geometry, bank, None)
+    def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
+        """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all)."""
+        planes_t, masks_t = (bank.planes_t, bank.masks_t) if rows is None else \
+            (bank.planes_t[:, :, rows], bank.masks_t[:, rows])
+        d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], planes_t, masks_t,
+                                    self.min_bits).min(axis=0)
+        return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _fine(self, prepared: "_Prepared", bank: PalmCodeBank, rows) -> np.ndarray:
         """The full alignment search (every variant) on ``rows`` (None: all): float32 similarities."""
@@ -218,14 +229,19 @@ class PalmCodeMatcher:
         last = self._last
         if last is not None and last.codes is probe.codes and last.guard_id == guard_id:
             return last
-        planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, self._full_shifts, len(probe.codes))
-        if guard_id is not None:  # the same keyed transform as the stored templates: distances unchanged
-            planes, masks = guard.protect_variants(planes, masks, self.grid)
-        coarse_shifts = set(self._coarse_shifts)
+        # a guarded gallery: the same keyed transform as its templates (distances unchanged), applied in the packing
+        order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
+        planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, self._full_shifts, len(probe.codes),
+                                                      order, xor)
         rotations = min(self.params.coarse_rotations, len(probe.codes))
-        coarse = np.array([i for i, (r, dy, dx) in enumerate(what) if r < rotations and (dy, dx) in coarse_shifts])
+
+        def variants(shifts) -> np.ndarray:
+            wanted = set(shifts)
+            return np.array([i for i, (r, dy, dx) in enumerate(what) if r < rotations and (dy, dx) in wanted])
+
         self._last = _Prepared(probe.geometry, probe.codes, guard_id, planes, masks,
-                               np.ascontiguousarray(planes.transpose(1, 2, 0)), np.ascontiguousarray(masks.T), coarse)
+                               np.ascontiguousarray(planes.transpose(1, 2, 0)), np.ascontiguousarray(masks.T),
+                               variants(self._coarse_shifts), variants(self._sift_shifts))
         return self._last
 
     def check(self, bank: PalmCodeBank, guard) -> None:

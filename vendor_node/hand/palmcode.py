@@ -30,9 +30,13 @@ class CodeParams:
     fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
-    coarse_step: int = 2  # shift step of the coarse 1:N pass
-    coarse_rotations: int = 1  # how many of rotations_deg the coarse pass tries
+    coarse_step: int = 1  # shift step of the coarse 1:N pass
+    coarse_rotations: int = 1  # how many of rotations_deg the coarse pass (and the sift) tries
     candidates: int = 32  # gallery entries that get the full search
+    sift_reach: int = 2  # > 0: a sift before the coarse pass, shifts up to this many cells by sift_step ...
+    sift_step: int = 2
+    sift_keep: int = 1000  # ... keeping for the coarse pass max(sift_keep, sift_fraction x gallery) entries
+    sift_fraction: float = 0.1
     geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
     geometry_fill: float = 0.0  # the difference assumed when too few measurements are shared
     geometry_min_shared: int = 5  # measurements both hands must have for a real comparison
@@ -151,38 +155,37 @@ def shifts(max_shift: int, step: int = 1) -> list[tuple[int, int]]:
     return out
 
 
-def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]],
-                   rotations: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
-    """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is."""
-    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]], rotations: int,
+                   order: np.ndarray | None = None,
+                   xor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is.
+
+    ``order`` (cells,) and ``xor`` (3, cells): a template guard's layout (template_guard.TemplateGuard.layout),
+    applied while the cells are gathered, so a guarded gallery's probe is packed once, in its domain."""
     h, w = codes.shape[-2:]
     stack = np.concatenate([johnson_planes_batch(codes[:rotations]), valid[:rotations, None]], axis=1)  # (R, 4, H, W)
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     padded = np.pad(stack, ((0, 0), (0, 0), (reach, reach), (reach, reach)))  # zeros: masked out
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (R, 4, 2r+1, 2r+1, H, W)
-    # Shifting the content by (dy, dx) is the window that starts at (reach - dy, reach - dx).
-    ys = np.array([reach - dy for dy, _ in offsets])
-    xs = np.array([reach - dx for _, dx in offsets])
-    picked = windows[:, :, ys, xs]  # (R, 4, S, H, W)
-    picked = np.moveaxis(picked, 2, 1).reshape(rotations * len(offsets), BITS + 1, h, w)
+    index = variant_index((h, w), offsets, order)
+    picked = padded.reshape(rotations, BITS + 1, -1)[:, :, index]  # (R, 4, S, cells)
+    picked = picked.transpose(0, 2, 1, 3).reshape(rotations * len(offsets), BITS + 1, h, w)
+    if xor is not None:
+        picked[:, :BITS] ^= xor[:, order].reshape(BITS, h, w)
     packed = pack_cells(picked)
     what = [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
     return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
 
 
-def tolerant_probe(code: np.ndarray, valid: np.ndarray, radius: int) -> tuple[np.ndarray, np.ndarray]:
-    """Johnson planes (3, H, W) of a code and, per plane, the cells whose bit is the same for every valid
-    cell within ``radius`` (3, H, W): comparing only those bits forgives a misalignment of up to ``radius``
-    cells in one variant (the coarse pass), at the price of the bits that change nearby."""
-    planes = johnson_planes(code)
-    kernel = np.ones((2 * radius + 1, 2 * radius + 1), np.uint8)
-    fixed = np.empty_like(planes)
-    for k in range(BITS):
-        can_be_1 = cv2.dilate((planes[k] & valid).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
-                              borderValue=0)
-        can_be_0 = cv2.dilate((~planes[k] & valid).astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT,
-                              borderValue=0)
-        fixed[k] = ~(can_be_1.astype(bool) & can_be_0.astype(bool)) & valid
-    return planes, fixed
+def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None) -> np.ndarray:
+    """(S, cells) flat positions in the padded code of each shifted cell (in ``order`` when given): shifting
+    the content by (dy, dx) reads cell (y - dy, x - dx)."""
+    h, w = grid
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    cells = np.arange(h * w) if order is None else np.asarray(order)
+    ys, xs = cells // w, cells % w
+    dy = np.array([o[0] for o in offsets])[:, None]
+    dx = np.array([o[1] for o in offsets])[:, None]
+    return (ys[None] + reach - dy) * (w + 2 * reach) + (xs[None] + reach - dx)
 
 
 def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
