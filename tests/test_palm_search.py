@@ -136,3 +136,17 @@ def test_probe_variants_are_the_probe_moved_cell_by_cell(office):
         code = palmcode.shift_cells(probe.codes[r], dy, dx, 0)
         assert np.array_equal(masks[v], mask)
         assert np.array_equal(planes[v] & mask, palmcode.pack_cells(palmcode.johnson_planes(code)) & mask)
+
+
+def test_competitive_code_strength_equals_the_sorted_responses():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        responses = rng.normal(size=(32, 32, 6)).astype(np.float32)
+        if trial % 3 == 0:
+            responses = np.round(responses * 4) / 4  # ties between the winner and the runner-up
+        valid = rng.random((32, 32)) > 0.3
+        ordered = np.sort(responses, axis=-1)
+        strength = ordered[..., 1] - ordered[..., 0]
+        code, kept = palmcode.competitive_code(responses, valid, 0.15)
+        assert np.array_equal(code, np.argmin(responses, axis=-1))
+        assert np.array_equal(kept, valid & (strength >= np.quantile(strength[valid], 0.15)))

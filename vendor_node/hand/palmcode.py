@@ -89,10 +89,15 @@ def valid_cells(roi: np.ndarray, grid: tuple[int, int], erode: int) -> np.ndarra
 
 def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask."""
-    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    winner = np.argmin(responses, axis=-1)
+    code = winner.astype(np.uint8)
     if fragile_fraction > 0 and valid.any():
-        ordered = np.sort(responses, axis=-1)
-        strength = ordered[..., 1] - ordered[..., 0]  # how clearly the winner won
+        # how clearly the winner won: the runner-up's response minus the winner's (what sorting the six
+        # responses of every cell would give, without the sort's per-cell cost)
+        best = np.take_along_axis(responses, winner[..., None], axis=-1)
+        others = responses.copy()
+        np.put_along_axis(others, winner[..., None], np.inf, axis=-1)
+        strength = (others.min(axis=-1, keepdims=True) - best)[..., 0]
         valid = valid & (strength >= np.quantile(strength[valid], fragile_fraction))
     return code, valid
 
@@ -215,11 +220,10 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
 
 
 def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.ndarray, g_masks_t: np.ndarray,
-                   min_bits: int, chunk: int = 4096, p_plane_masks: np.ndarray | None = None) -> np.ndarray:
+                   min_bits: int, chunk: int = 4096) -> np.ndarray:
     """:func:`variant_distances` (V, N) of a few probe variants against a gallery stored word-major
     (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
-    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits.
-    ``p_plane_masks`` (V, 3, W64): bits of each plane counted only where set (a tolerant probe's fixed bits)."""
+    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits."""
     n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
     out = np.empty((len(p_planes), n), np.float32)
     width = min(chunk, max(1, n))
@@ -237,8 +241,6 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
             for k in range(BITS):
                 np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
                 x &= c
-                if p_plane_masks is not None:
-                    x &= p_plane_masks[v, k][:, None]
                 dif += np.sum(popcount(x, out=b), axis=0, dtype=np.int32)
             out[v, start:stop] = _normalised(dif, cnt, min_bits)
     return out
