@@ -25,7 +25,7 @@ def random_bits(rng, *shape):
     return rng.integers(0, 2 ** 63, size=shape, dtype=np.uint64) | rng.integers(0, 2, size=shape, dtype=np.uint64) << 63
 
 
-@pytest.mark.parametrize("variants,entries", [(1, 700), (25, 300), (441, 7), (3, 1)])
+@pytest.mark.parametrize("variants,entries", [(1, 700), (25, 300), (441, 7), (3, 1), (49, 9000)])
 def test_fast_kernels_equal_the_reference(variants, entries):
     rng = np.random.default_rng(variants)
     p_planes, p_masks = random_bits(rng, variants, 3, 16), random_bits(rng, variants, 16)

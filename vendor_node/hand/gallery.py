@@ -27,6 +27,7 @@ from ..errors import RecognitionError
 
 PALM_CODE = "palm-code"  # the bank key of v1 palm-code templates (palm-gabor-1)
 SCORE_CHUNK_ROWS = 2048  # int8 rows turned to float32 per step: the buffer (1 MiB) stays in cache
+BUILD_CHUNK = 1024  # palm-code templates parsed and packed at a time while a gallery is built
 
 
 def parse_template(data: bytes, name: str = "template"):
@@ -126,18 +127,19 @@ class EmbeddingBank:
 
 class PalmCodeBank:
     """v1 palm codes as packed bit matrices stored word-major (``planes_t`` (3, W64, N), ``masks_t`` (W64, N)):
-    the 1:N coarse pass runs each bit operation along the whole gallery at once (palmcode.wide_distances).
-    ``planes`` (N, 3, W64) and ``masks`` (N, W64) are views of the same bits, one row per employee."""
+    the 1:N sift and coarse pass run each bit operation along the whole gallery at once (palmcode.wide_distances).
+    ``planes`` (N, 3, W64) and ``masks`` (N, W64) are views of the same bits, one row per employee. The arrays
+    grow by a quarter when full (``reserve`` sizes them once for a gallery build), never per template."""
 
     def __init__(self):
         self.ids: list[str] = []
         self.grid: tuple[int, int] | None = None
-        self.planes_t = np.zeros((palmcode.BITS, 0, 0), np.uint64)
-        self.masks_t = np.zeros((0, 0), np.uint64)
-        self.feature_ids = np.zeros(0, np.uint32)
-        self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
         self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
         self._rows: dict[str, int] = {}
+        self._planes = np.zeros((palmcode.BITS, 0, 0), np.uint64)
+        self._masks = np.zeros((0, 0), np.uint64)
+        self._feature_ids = np.zeros(0, np.uint32)
+        self._geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -145,30 +147,45 @@ class PalmCodeBank:
     def __contains__(self, employee_id: str) -> bool:
         return employee_id in self._rows
 
-    @property
-    def planes(self) -> np.ndarray:
-        return self.planes_t.transpose(2, 0, 1)
-
-    @property
-    def masks(self) -> np.ndarray:
-        return self.masks_t.T
+    planes_t = property(lambda self: self._planes[:, :, : len(self.ids)])
+    masks_t = property(lambda self: self._masks[:, : len(self.ids)])
+    feature_ids = property(lambda self: self._feature_ids[: len(self.ids)])
+    geometry = property(lambda self: self._geometry[: len(self.ids)])
+    planes = property(lambda self: self.planes_t.transpose(2, 0, 1))
+    masks = property(lambda self: self.masks_t.T)
 
     def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Packed planes (n, 3, W64) and masks (n, W64) of the given rows, row-major copies."""
-        return (np.ascontiguousarray(self.planes_t[:, :, rows].transpose(2, 0, 1)),
-                np.ascontiguousarray(self.masks_t[:, rows].T))
+        return (np.ascontiguousarray(self._planes[:, :, rows].transpose(2, 0, 1)),
+                np.ascontiguousarray(self._masks[:, rows].T))
 
     def row(self, employee_id: str) -> int | None:
         return self._rows.get(employee_id)
 
+    def reserve(self, total: int, words: int, geometry: int = 0) -> None:
+        """Room for ``total`` entries of ``words`` 64-bit words a plane (and ``geometry`` measurements)."""
+        n = len(self.ids)
+        if total <= self._masks.shape[1] and words == self._masks.shape[0] and geometry <= self._geometry.shape[1]:
+            return
+        if n and words != self._masks.shape[0]:
+            raise RecognitionError("templates have different code grids; re-enroll with one model")
+        total = max(total, n)
+        width = max(geometry, self._geometry.shape[1])
+        planes, masks = np.zeros((palmcode.BITS, words, total), np.uint64), np.zeros((words, total), np.uint64)
+        feature_ids, shape = np.zeros(total, np.uint32), np.zeros((total, width), np.float32)
+        if n:
+            planes[:, :, :n], masks[:, :n], feature_ids[:n] = self.planes_t, self.masks_t, self.feature_ids
+            shape[:n, : self._geometry.shape[1]] = self.geometry
+        self._planes, self._masks, self._feature_ids, self._geometry = planes, masks, feature_ids, shape
+
     def remove(self, employee_id: str) -> None:
         i = self._rows[employee_id]
+        n = len(self.ids)
+        for array, axis in ((self._planes, 2), (self._masks, 1), (self._feature_ids, 0), (self._geometry, 0)):
+            moved = np.moveaxis(array, axis, 0)
+            moved[i:n - 1] = moved[i + 1:n].copy()  # the later rows move up one: the order is kept
         del self.ids[i]
         self._rows = {e: k for k, e in enumerate(self.ids)}
-        self.geometry = np.delete(self.geometry, i, axis=0)
-        self.planes_t = np.ascontiguousarray(np.delete(self.planes_t, i, axis=2))
-        self.masks_t = np.ascontiguousarray(np.delete(self.masks_t, i, axis=1))
-        self.feature_ids = np.delete(self.feature_ids, i)
 
     def extend(self, ids: list[str], templates: list) -> None:
         if not templates:
@@ -181,20 +198,19 @@ class PalmCodeBank:
             raise RecognitionError("templates are stored under different template guards (or some in the clear): "
                                    "run `vendor-node keys renew-template-guard` to bring them under one")
         self.grid, self.guard_id = templates[0].grid, guards.pop()
-        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates])).transpose(1, 2, 0)
-        masks = palmcode.pack_cells(np.array([t.valid for t in templates])).T
-        if len(self.ids):
-            planes, masks = np.concatenate([self.planes_t, planes], axis=2), np.concatenate([self.masks_t, masks], axis=1)
-        self.planes_t, self.masks_t = np.ascontiguousarray(planes), np.ascontiguousarray(masks)
-        self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
-        self._rows.update((e, len(self.ids) + k) for k, e in enumerate(ids))
-        self.ids.extend(ids)
-        width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
-        rows = np.zeros((len(templates), width), np.float32)
+        n, add = len(self.ids), len(templates)
+        words = -(-self.grid[0] * self.grid[1] // 64)
+        width = max(t.geometry.shape[0] for t in templates)
+        if n + add > self._masks.shape[1] or width > self._geometry.shape[1] or words != self._masks.shape[0]:
+            self.reserve(max(n + add, n + n // 4), words, width)
+        self._planes[:, :, n:n + add] = palmcode.pack_cells(np.array([t.bit_planes() for t in templates])).transpose(1, 2, 0)
+        self._masks[:, n:n + add] = palmcode.pack_cells(np.array([t.valid for t in templates])).T
+        self._feature_ids[n:n + add] = [t.feature_id for t in templates]
+        self._geometry[n:n + add] = 0
         for k, t in enumerate(templates):
-            rows[k, : t.geometry.shape[0]] = t.geometry
-        old = np.pad(self.geometry, ((0, 0), (0, width - self.geometry.shape[1])))
-        self.geometry = np.concatenate([old, rows])
+            self._geometry[n + k, : t.geometry.shape[0]] = t.geometry
+        self._rows.update((e, n + k) for k, e in enumerate(ids))
+        self.ids.extend(ids)
 
 
 class Gallery:
@@ -223,7 +239,12 @@ class Gallery:
                 groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append((employee_id, blob))
             else:
                 codes.append((employee_id, blob))
-        gallery.codes.extend([i for i, _ in codes], [parse_template(b, f"template of {i}") for i, b in codes])
+        if codes:  # parsed and packed a chunk at a time into arrays sized once: no per-template objects kept
+            first = parse_template(codes[0][1], f"template of {codes[0][0]}")
+            gallery.codes.reserve(len(codes), -(-first.grid[0] * first.grid[1] // 64), first.geometry.shape[0])
+        for start in range(0, len(codes), BUILD_CHUNK):
+            chunk = codes[start:start + BUILD_CHUNK]
+            gallery.codes.extend([i for i, _ in chunk], [parse_template(b, f"template of {i}") for i, b in chunk])
         for rows in groups.values():
             gallery._extend_v2([i for i, _ in rows], [bytes(b) for _, b in rows])
         return gallery
@@ -298,7 +319,7 @@ class Gallery:
     def nbytes(self) -> int:
         """Bytes of the banks' arrays (not counting the ids)."""
         c = self.codes
-        return (c.planes_t.nbytes + c.masks_t.nbytes + c.geometry.nbytes + c.feature_ids.nbytes
+        return (c.planes_t.nbytes + c.masks_t.nbytes + c.geometry.nbytes + c.feature_ids.nbytes  # live rows
                 + sum(bank.nbytes() for bank in self.embeddings.values()))
 
     def __len__(self) -> int:

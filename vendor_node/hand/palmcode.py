@@ -17,6 +17,7 @@ import numpy as np
 
 BITS = 3  # Johnson-code bits per cell for 6 orientations
 BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
+SMALL_PASS = 8192  # variants x entries up to which wide_distances does all variants in one go
 
 
 @dataclass(frozen=True)
@@ -225,6 +226,13 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
     (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
     buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits."""
     n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
+    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
+        common = p_masks[:, :, None] & g_masks_t[None]  # (V, W64, N)
+        counts = popcount(common).sum(axis=1, dtype=np.int32)
+        differing = p_planes[:, :, :, None] ^ g_planes_t[None]  # (V, 3, W64, N)
+        differing &= common[:, None]
+        diff = popcount(differing).reshape(len(p_planes), BITS * words, n).sum(axis=1, dtype=np.int32)
+        return _normalised(diff, counts, min_bits)
     out = np.empty((len(p_planes), n), np.float32)
     width = min(chunk, max(1, n))
     common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
