@@ -236,21 +236,23 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
     out = np.empty((len(p_planes), n), np.float32)
     width = min(chunk, max(1, n))
     common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
-    bits = np.empty((words, width), np.uint8)
-    counts, diff = np.empty(width, np.int32), np.empty(width, np.int32)
+    total, bits = np.empty((words, width), np.uint8), np.empty((words, width), np.uint8)
+    counts, diff = np.empty(width, np.uint16), np.empty(width, np.uint16)  # at most 3 x 64 x W64 bits
     for start in range(0, n, width):
         stop = min(n, start + width)
         m = stop - start
-        c, x, b, cnt, dif = common[:, :m], work[:, :m], bits[:, :m], counts[:m], diff[:m]
+        c, x, t, b = common[:, :m], work[:, :m], total[:, :m], bits[:, :m]
         for v in range(len(p_planes)):
             np.bitwise_and(g_masks_t[:, start:stop], p_masks[v][:, None], out=c)
-            np.sum(popcount(c, out=b), axis=0, dtype=np.int32, out=cnt)
-            dif[:] = 0
-            for k in range(BITS):
+            np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
+            for k in range(BITS):  # bits differing per word, summed over the planes in uint8 (at most 192)
                 np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
                 x &= c
-                dif += np.sum(popcount(x, out=b), axis=0, dtype=np.int32)
-            out[v, start:stop] = _normalised(dif, cnt, min_bits)
+                popcount(x, out=t if k == 0 else b)
+                if k:
+                    t += b
+            np.sum(t, axis=0, dtype=np.uint16, out=diff[:m])
+            out[v, start:stop] = _normalised(diff[:m], counts[:m], min_bits)
     return out
 
 
@@ -262,16 +264,18 @@ def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.n
     out = np.empty(len(g_planes), np.float32)
     words, variants = p_masks_t.shape
     common, work = np.empty((words, variants), np.uint64), np.empty((words, variants), np.uint64)
-    bits = np.empty((words, variants), np.uint8)
-    counts, diff = np.empty(variants, np.int32), np.empty(variants, np.int32)
+    total, bits = np.empty((words, variants), np.uint8), np.empty((words, variants), np.uint8)
+    counts, diff = np.empty(variants, np.uint16), np.empty(variants, np.uint16)
     for i in range(len(g_planes)):
         np.bitwise_and(p_masks_t, g_masks[i][:, None], out=common)
-        np.sum(popcount(common, out=bits), axis=0, dtype=np.int32, out=counts)
-        diff[:] = 0
+        np.sum(popcount(common, out=bits), axis=0, dtype=np.uint16, out=counts)
         for k in range(BITS):
             np.bitwise_xor(p_planes_t[k], g_planes[i, k][:, None], out=work)
             work &= common
-            diff += np.sum(popcount(work, out=bits), axis=0, dtype=np.int32)
+            popcount(work, out=total if k == 0 else bits)
+            if k:
+                total += bits
+        np.sum(total, axis=0, dtype=np.uint16, out=diff)
         out[i] = _normalised(diff, counts, min_bits).min() if variants else 1.0
     return out
 
