@@ -150,3 +150,24 @@ def test_competitive_code_strength_equals_the_sorted_responses():
         code, kept = palmcode.competitive_code(responses, valid, 0.15)
         assert np.array_equal(code, np.argmin(responses, axis=-1))
         assert np.array_equal(kept, valid & (strength >= np.quantile(strength[valid], 0.15)))
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_gallery_built_in_bulk_holds_what_each_template_says(office, guarded):
+    guard = TemplateGuard(os.urandom(32)) if guarded else None
+    templates = {k: guard.protect(t) if guard else t for k, t in office.templates.items()}
+    odd = office.recognizer.enroll_features([office.probes[0]]).template  # another images-used count
+    templates["odd"] = guard.protect(odd) if guard else odd
+    bulk = Gallery.from_templates(templates).codes
+    one_by_one = PalmCodeBank()
+    for employee_id, blob in templates.items():
+        one_by_one.extend([employee_id], [parse_template(blob)])
+    assert bulk.ids == one_by_one.ids and bulk.guard_id == one_by_one.guard_id
+    for name in ("planes", "masks", "feature_ids", "geometry"):
+        np.testing.assert_array_equal(getattr(bulk, name), getattr(one_by_one, name))
+    broken = dict(templates)
+    blob = bytearray(broken["pad7"])
+    blob[40] ^= 1
+    broken["pad7"] = bytes(blob)
+    with pytest.raises(Exception, match="pad7"):
+        Gallery.from_templates(broken)

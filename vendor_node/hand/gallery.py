@@ -20,9 +20,11 @@ import zlib
 import numpy as np
 
 from . import palmcode
+from .template_guard import _HEADER as GUARDED_HEADER
 from .template_guard import GuardedTemplate, is_guarded
 from .templates import (CRC, KIND_SET, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, TemplateSet, check_bytes,
                         template_kind, template_version, v2_header)
+from .templates import _HEADER as V1_HEADER
 from ..errors import RecognitionError
 
 PALM_CODE = "palm-code"  # the bank key of v1 palm-code templates (palm-gabor-1)
@@ -188,30 +190,80 @@ class PalmCodeBank:
         self._rows = {e: k for k, e in enumerate(self.ids)}
 
     def extend(self, ids: list[str], templates: list) -> None:
+        """Append parsed templates (Template or GuardedTemplate, one grid, one guard)."""
         if not templates:
             return
-        grids = {t.grid for t in templates} | ({self.grid} if self.grid else set())
+        grids = {t.grid for t in templates}
         if len(grids) > 1:
             raise RecognitionError(f"templates have different code grids {sorted(grids)}; re-enroll with one model")
-        guards = {getattr(t, "guard_id", None) for t in templates} | ({self.guard_id} if len(self.ids) else set())
+        guards = {getattr(t, "guard_id", None) for t in templates}
         if len(guards) > 1:
-            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
-                                   "run `vendor-node keys renew-template-guard` to bring them under one")
-        self.grid, self.guard_id = templates[0].grid, guards.pop()
-        n, add = len(self.ids), len(templates)
-        words = -(-self.grid[0] * self.grid[1] // 64)
+            raise RecognitionError(_MIXED_GUARDS)
         width = max(t.geometry.shape[0] for t in templates)
-        if n + add > self._masks.shape[1] or width > self._geometry.shape[1] or words != self._masks.shape[0]:
-            self.reserve(max(n + add, n + n // 4), words, width)
-        self._planes[:, :, n:n + add] = palmcode.pack_cells(np.array([t.bit_planes() for t in templates])).transpose(1, 2, 0)
-        self._masks[:, n:n + add] = palmcode.pack_cells(np.array([t.valid for t in templates])).T
-        self._feature_ids[n:n + add] = [t.feature_id for t in templates]
-        self._geometry[n:n + add] = 0
+        geometry = np.zeros((len(templates), width), np.float32)
         for k, t in enumerate(templates):
-            self._geometry[n + k, : t.geometry.shape[0]] = t.geometry
+            geometry[k, : t.geometry.shape[0]] = t.geometry
+        self.extend_packed(ids, palmcode.pack_cells(np.array([t.bit_planes() for t in templates])),
+                           palmcode.pack_cells(np.array([t.valid for t in templates])),
+                           np.array([t.feature_id for t in templates], np.uint32), geometry, grids.pop(), guards.pop())
+
+    def extend_packed(self, ids: list[str], planes: np.ndarray, masks: np.ndarray, feature_ids: np.ndarray,
+                      geometry: np.ndarray, grid: tuple[int, int], guard_id: int | None) -> None:
+        """Append rows already packed: planes (n, 3, W64), masks (n, W64), geometry (n, G)."""
+        if self.grid is not None and len(self.ids) and grid != self.grid:
+            raise RecognitionError(f"templates have different code grids {sorted({grid, self.grid})}; re-enroll "
+                                   "with one model")
+        if len(self.ids) and guard_id != self.guard_id:
+            raise RecognitionError(_MIXED_GUARDS)
+        self.grid, self.guard_id = grid, guard_id
+        n, add, words = len(self.ids), len(ids), masks.shape[1]
+        if n + add > self._masks.shape[1] or geometry.shape[1] > self._geometry.shape[1] \
+                or words != self._masks.shape[0]:
+            self.reserve(max(n + add, n + n // 4), words, geometry.shape[1])
+        self._planes[:, :, n:n + add] = planes.transpose(1, 2, 0)
+        self._masks[:, n:n + add] = masks.T
+        self._feature_ids[n:n + add] = feature_ids
+        self._geometry[n:n + add] = 0
+        self._geometry[n:n + add, : geometry.shape[1]] = geometry
         self._rows.update((e, n + k) for k, e in enumerate(ids))
         self.ids.extend(ids)
 
+
+_MIXED_GUARDS = ("templates are stored under different template guards (or some in the clear): run "
+                 "`vendor-node keys renew-template-guard` to bring them under one")
+
+
+def _v1_rows(bank: PalmCodeBank, rows: list[tuple[str, bytes]]) -> None:
+    """Palm-code templates into the bank. Templates laid out like the first (same length and header but for
+    the images-used count; CRC checked each) are copied from their bytes in bulk: the stored planes and mask
+    are already the bank's packed words. Any other is parsed alone (and refused naming what is wrong)."""
+    first = parse_template(rows[0][1], f"template of {rows[0][0]}")
+    h, w = first.grid
+    cells = h * w
+    header = (GUARDED_HEADER if isinstance(first, GuardedTemplate) else V1_HEADER).size
+    plane_bytes, mask_bytes, glen = palmcode.BITS * cells // 8, cells // 8, first.geometry.shape[0]
+    size = header + plane_bytes + mask_bytes + 2 * glen + CRC.size
+    blob0 = bytes(rows[0][1])
+    key = blob0[:8] + blob0[9:header]  # everything but the images-used count
+    runs: list[tuple[bool, list]] = []  # consecutive rows copied in bulk or parsed alone: the order is kept
+    for employee_id, blob in rows:
+        ok = (cells % 64 == 0 and len(blob) == size and bytes(blob[:8]) + bytes(blob[9:header]) == key
+              and CRC.unpack_from(blob, size - CRC.size)[0] == zlib.crc32(blob[:size - CRC.size]))
+        if not runs or runs[-1][0] != ok or len(runs[-1][1]) == BUILD_CHUNK:
+            runs.append((ok, []))
+        runs[-1][1].append((employee_id, blob))
+    bank.reserve(len(bank) + len(rows), -(-cells // 64), glen)
+    for ok, chunk in runs:
+        if not ok:
+            bank.extend([i for i, _ in chunk], [parse_template(b, f"template of {i}") for i, b in chunk])
+            continue
+        raw = np.frombuffer(b"".join(bytes(b) for _, b in chunk), np.uint8).reshape(len(chunk), size)
+        planes = raw[:, header:header + plane_bytes].copy().view("<u8").astype(np.uint64, copy=False)
+        masks = raw[:, header + plane_bytes:header + plane_bytes + mask_bytes].copy().view("<u8")
+        geometry = raw[:, header + plane_bytes + mask_bytes:size - CRC.size].copy().view("<f2").astype(np.float32)
+        bank.extend_packed([i for i, _ in chunk], planes.reshape(len(chunk), palmcode.BITS, -1),
+                           masks.astype(np.uint64, copy=False), np.full(len(chunk), first.feature_id, np.uint32),
+                           geometry, first.grid, getattr(first, "guard_id", None))
 
 class Gallery:
     """Every enrolled template, one bank per model: palm codes (``codes``) and ``embeddings[model tag]``."""
@@ -239,12 +291,8 @@ class Gallery:
                 groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append((employee_id, blob))
             else:
                 codes.append((employee_id, blob))
-        if codes:  # parsed and packed a chunk at a time into arrays sized once: no per-template objects kept
-            first = parse_template(codes[0][1], f"template of {codes[0][0]}")
-            gallery.codes.reserve(len(codes), -(-first.grid[0] * first.grid[1] // 64), first.geometry.shape[0])
-        for start in range(0, len(codes), BUILD_CHUNK):
-            chunk = codes[start:start + BUILD_CHUNK]
-            gallery.codes.extend([i for i, _ in chunk], [parse_template(b, f"template of {i}") for i, b in chunk])
+        if codes:  # copied in bulk a chunk at a time into arrays sized once: no per-template objects kept
+            _v1_rows(gallery.codes, codes)
         for rows in groups.values():
             gallery._extend_v2([i for i, _ in rows], [bytes(b) for _, b in rows])
         return gallery
