@@ -105,7 +105,7 @@ def _prepare(cfg, state_dir: Path, employees: int) -> dict:
     """Provision a unit of ``employees`` drawn people (as `simulate` does) and note whom customers can be."""
     from ..hand.recognition import Recognizer
     from ..sim.provision import choose_people, provision
-    from ..sim.template_cache import cache_path, drawn_templates, is_region_seed
+    from ..sim.template_cache import cache_path, drawn_templates, is_region_person
     from ..unit.keysource import unit_keystore, unit_template_guard
 
     cfg = bench_config(cfg, state_dir)
@@ -116,8 +116,7 @@ def _prepare(cfg, state_dir: Path, employees: int) -> dict:
                            funds_cents=100_000_000, drawn_seeds=seeds)
     recognizer.guard = unit_template_guard(unit_keystore(cfg))
     provision(cfg, people, recognizer, random.Random(7), progress=True)
-    staff = [p for p in people if p.employee_id and p.status == "active"  # a drawn palm region has no hand
-             and not (p.key.startswith("synthetic:") and is_region_seed(int(p.key.split(":", 1)[1])))]
+    staff = [p for p in people if p.employee_id and p.status == "active" and not is_region_person(p.key)]
     step = max(1, len(staff) // PRESENTABLE)
     chosen = staff[::step][:PRESENTABLE] + [p for p in people if not p.employee_id]
     (Path(state_dir) / "bench_people.json").write_text(json.dumps([p.__dict__ for p in chosen]), encoding="utf-8")

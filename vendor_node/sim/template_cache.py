@@ -11,6 +11,12 @@ guards them as it stores them, as its enrollment would.
 
 A cache made by other code (a new template format, a changed hand finder) is detected, not trusted: the first
 cached person is enrolled again and must give the same bytes, else the cache is rebuilt.
+
+Past ``REAL_PATH_MAX`` (10,000) employees the whole path would take hours here, so the rest are palm regions
+drawn directly (``draw_palm_region``: principal lines and creases placed by the seed, at the unit's grey levels)
+and coded by the real model as a one-image enrollment (``templates-<model id>-regions<first seed>.npz``): what is
+skipped is the hand, the frame, the hand finding and the second image. They fill the gallery (memory, 1:N time,
+impostor scores); nobody presents them (no drawn hand matches a region): ``is_region_seed`` tells them apart.
 """
 from __future__ import annotations
 
@@ -132,6 +138,11 @@ def drawn_templates(cfg, recognizer, employees: int, first_seed: int = FIRST_PER
 def is_region_seed(seed: int) -> bool:
     """Whether a drawn employee is a palm region only (no drawn hand matches their template)."""
     return seed >= FIRST_REGION_SEED
+
+
+def is_region_person(key: str) -> bool:
+    """Whether a simulated person (provision.SimPerson.key) is a drawn palm region: nobody to present."""
+    return key.startswith("synthetic:") and is_region_seed(int(key.split(":", 1)[1]))
 
 
 def drawn_hand_templates(cfg, recognizer, employees: int, first_seed: int = FIRST_PERSON_SEED,
