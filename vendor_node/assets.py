@@ -8,7 +8,9 @@ never locks anyone out. Each model lives in its own folder with its ``manifest.j
 ``shortlist`` (optional, ``{"model": NAME, "keep": K, "full_search_when_unknown": true}``): a fast learned
 embedding that only ranks the gallery, keeping the K best candidates for the active palm-code model to score
 and decide (hand/cascade.py; when none of them reaches the threshold the palm codes search everyone, unless
-``full_search_when_unknown`` is false). It never decides: a stranger is accepted only when the palm codes accept.
+``full_search_when_unknown`` is false). It never decides (a stranger is accepted only when the palm codes
+accept) unless ``"decide": "fused"``: then the shortlisted candidates are decided on the fused score of both
+models, by the ``fusion`` block of the shortlist model's manifest (hand/fusion.py); default ``"palm_code"``.
 
 ``unit.assets_dir`` names ``firmware_assets/``; a model folder itself (holding a ``manifest.json``) is also
 accepted wherever an assets folder is, as the one active model with nothing else accepted.
@@ -34,6 +36,7 @@ class ModelSet:
     shortlist: Path | None = None  # the embedding that shortlists for the active model (None: no cascade)
     shortlist_keep: int = 0  # candidates the shortlist keeps (K)
     full_search_when_unknown: bool = True  # no shortlisted candidate passed: the palm codes search everyone
+    fused: bool = False  # shortlist.decide = "fused": both models' fused score decides (hand/fusion.py)
 
     @property
     def all(self) -> tuple[Path, ...]:
@@ -79,7 +82,8 @@ def model_set(assets_dir: Path | str) -> ModelSet:
             raise ModelError(f"{path}: shortlist: an embedding model ({folders[-1].name} is {kinds[1]}) shortlists "
                              f"for a palm-code active model ({folders[0].name} is {kinds[0]})")
         return ModelSet(folders[0], tuple(folders[1:-1]), folders[-1], keep,
-                        listing["shortlist"].get("full_search_when_unknown", True))
+                        listing["shortlist"].get("full_search_when_unknown", True),
+                        listing["shortlist"].get("decide", "palm_code") == "fused")
     return ModelSet(folders[0], tuple(folders[1:]))
 
 
@@ -98,15 +102,18 @@ def _shortlist_keep(path: Path, shortlist) -> int:
     """K of the ``shortlist`` entry (0 when absent); ModelError naming the key path when malformed."""
     if shortlist is None:
         return 0
-    keys = {"model", "keep", "full_search_when_unknown"}
+    keys = {"model", "keep", "full_search_when_unknown", "decide"}
     if not isinstance(shortlist, dict) or not {"model", "keep"} <= set(shortlist) <= keys:
         unknown = sorted(set(shortlist) - keys) if isinstance(shortlist, dict) else None
         what = f"unknown key(s) {unknown}" if unknown else f"got {shortlist!r}"
         raise ModelError(f"{path}: shortlist: expected {{\"model\": NAME, \"keep\": K, "
-                         f"\"full_search_when_unknown\": true|false (optional)}}, {what}")
+                         f"\"full_search_when_unknown\": true|false, \"decide\": \"palm_code\"|\"fused\" "
+                         f"(both optional)}}, {what}")
     if not isinstance(shortlist.get("full_search_when_unknown", True), bool):
         raise ModelError(f"{path}: shortlist.full_search_when_unknown: expected true or false, "
                          f"got {shortlist['full_search_when_unknown']!r}")
+    if shortlist.get("decide", "palm_code") not in ("palm_code", "fused"):
+        raise ModelError(f"{path}: shortlist.decide: expected \"palm_code\" or \"fused\", got {shortlist['decide']!r}")
     keep = shortlist["keep"]
     if isinstance(keep, bool) or not isinstance(keep, int) or not 1 <= keep <= MAX_SHORTLIST_KEEP:
         raise ModelError(f"{path}: shortlist.keep: expected a whole number of candidates from 1 to "

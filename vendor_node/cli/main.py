@@ -41,7 +41,8 @@ def _add_recognition_commands(sub) -> None:
                    help="the images are already-aligned square palm regions (e.g. tongji_dev): skip hand finding")
     p.add_argument("--model", type=Path, metavar="DIR",
                    help="measure the model in DIR (its manifest.json beside it) instead of the unit's assets "
-                        "(e.g. firmware_assets/palm-embed-1)")
+                        "(e.g. firmware_assets/palm-embed-1); \"fused\": the palm codes and the embedding "
+                        "deciding together on their fused score (the fusion block of the embedding's manifest)")
     p.set_defaults(handler=_cmd_eval)
 
     p = sub.add_parser("bench", help="print speed and memory figures")

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import DatasetError, ImageFileError, HandRejected, UsageError
-from .evaluation_embedding import RoiInput, open_set, rate, recognizer_for
+from .evaluation_embedding import FUSED, RoiInput, fusion_folder, open_set, rate, recognizer_for
 from .evaluation_metrics import det_points, eer, fnmr_at_fmr, open_set_rates, policy_projection
 from .dataset import Dataset, Sample, load_dataset, trained_subjects, tuned_subjects
 from .evaluation_output import format_table, plot_det
@@ -85,7 +85,9 @@ def run_eval(args, cfg) -> int:
     excluded: set[str] = set()
     if getattr(args, "exclude_trained", False) or getattr(args, "exclude_tuned", False):
         model_dir = getattr(args, "model", None) or cfg.unit.assets_dir
-        excluded = trained_subjects(model_dir, args.dataset) if getattr(args, "exclude_trained", False) else set()
+        models = [cfg.unit.assets_dir, fusion_folder(cfg.unit.assets_dir)] if str(model_dir) == FUSED else [model_dir]
+        excluded = (set().union(*(trained_subjects(d, args.dataset) for d in models))
+                    if getattr(args, "exclude_trained", False) else set())
         if getattr(args, "exclude_tuned", False):
             excluded |= tuned_subjects(cfg.unit.assets_dir, args.dataset)
         before = len(dataset)

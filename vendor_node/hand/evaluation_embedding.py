@@ -10,13 +10,14 @@ runner-up stays. ``EmbeddingRecognizer`` has the methods ``evaluation.evaluate``
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
 from ..errors import HandRejected
 from .decision import DecisionPolicy
 from .evaluation_metrics import decide, upper_bound_95
-from .model import Embedder, embedding_scores, embedding_template
+from .model import Embedder, embedding_scores, embedding_template, read_manifest
 
 MAX_WRONG_PAYER = 1e-3  # recognition.max_wrong_payer's default: projected wrong payers per stranger presentation
 ROI_MEAN, ROI_SD = 128.0, 40.0  # the grey levels palm_square.cut_roi gives every palm region on the unit
@@ -139,8 +140,65 @@ def open_set(rows, threshold_for, margin: float, seed: int = 0) -> dict:
             "wrong_payer_stranger": rate(strangers_accepted, strangers)}
 
 
+FUSED = "fused"  # eval --model fused
+
+
+class FusedRecognizer:
+    """``eval --model fused``: the unit's Recognizer deciding on the fused score of its palm codes and its shortlist
+    embedding (fusion.py); every figure (EER, FNMR, rank-1, open set) is of the fused score and its threshold."""
+
+    def __init__(self, recognizer, gallery_size: int = 1000):
+        self._inner, self.fusion = recognizer, recognizer.fusion
+        self.margin = self.fusion.policy.margin
+        self.set_gallery_size(gallery_size)
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def threshold_for(self, n: int) -> float:
+        return self.fusion.policy.threshold_for(n)
+
+    def set_gallery_size(self, n: int) -> None:
+        self.threshold = self.threshold_for(n)
+
+    def score_matrix(self, probes, gallery) -> np.ndarray:
+        """Fused scores (P, N), columns in the palm codes' order (every employee holds one)."""
+        inner, lister = self._inner, self._inner.shortlist.matcher
+        rows = np.arange(len(gallery.codes))
+        return np.array([self.fusion.scores(inner.active, inner._features_for(p, inner.active), lister,
+                                            inner._features_for(p, lister), gallery, rows, inner.guard)
+                         for p in probes]).reshape(len(probes), len(rows))
+
+
+def fusion_folder(assets_dir) -> Path:
+    """The model folder whose manifest holds a ``fusion`` block for the unit's active palm-code model."""
+    from ..assets import model_set
+    from ..errors import ModelError
+
+    active = read_manifest(model_set(assets_dir).active).get("model_id")
+    for folder in sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json")):
+        if (read_manifest(folder).get("fusion") or {}).get("palm_code_model") == active:
+            return folder
+    raise ModelError(f"{assets_dir}: no model folder holds a fusion block for the active model {active} "
+                     "(eval --model fused)")
+
+
+def fused_recognizer(assets_dir, cfg, palm_code_recognizer) -> FusedRecognizer:
+    """The unit's active palm-code model with the embedding whose manifest holds a ``fusion`` block for it."""
+    from ..assets import model_set
+
+    folder, models = fusion_folder(assets_dir), model_set(assets_dir)
+    return FusedRecognizer(palm_code_recognizer(
+        Embedder.load(assets_dir), accepted=tuple(Embedder.load(f) for f in models.accepted),
+        shortlist=Embedder.load(folder), shortlist_keep=models.shortlist_keep or 64,
+        max_wrong_payer=cfg.recognition.max_wrong_payer, fused=True))
+
+
 def recognizer_for(model_dir, cfg, palm_code_recognizer):
-    """The recognizer for ``--model DIR`` (else the unit's assets): the matcher its manifest calls for."""
+    """The recognizer for ``--model DIR`` (else the unit's assets): the matcher its manifest calls for;
+    ``--model fused``: the unit's palm codes and embedding deciding together."""
+    if model_dir is not None and str(model_dir) == FUSED:
+        return fused_recognizer(cfg.unit.assets_dir, cfg, palm_code_recognizer)
     embedder = Embedder.load(model_dir or cfg.unit.assets_dir)
     if embedder.kind == "embedding":
         return EmbeddingRecognizer(embedder)

@@ -62,6 +62,9 @@ class EmbeddingBank:
     def __contains__(self, employee_id: str) -> bool:
         return employee_id in self._rows
 
+    def row(self, employee_id: str) -> int | None:
+        return self._rows.get(employee_id)
+
     @property
     def vectors(self) -> np.ndarray:
         """int8 (N, D): the live rows (a view)."""

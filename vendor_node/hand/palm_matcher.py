@@ -165,18 +165,27 @@ class PalmCodeMatcher:
         return self._fine(self._prepared(probe, bank, guard), bank, None)
 
     def best_two(self, probe: Features, bank: PalmCodeBank, guard) -> tuple[int, float, float]:
-        """(row, best score, runner-up score): cheap passes narrow the bank, the full search decides.
+        """(row, best score, runner-up score): cheap passes narrow the bank (``candidates``), the full search
+        on those decides."""
+        self.check(bank, guard)
+        prepared = self._prepared(probe, bank, guard)
+        return self._best_two_of(prepared, bank, self._candidates(prepared, bank))
+
+    def candidates(self, probe: Features, bank: PalmCodeBank, guard) -> np.ndarray:
+        """Bank rows worth the full search: the best ``candidates`` of the sift and coarse passes.
 
         The sift (when ``sift_reach``) scores every entry with the probe as cut at a few shifts and keeps
         ``max(sift_keep, sift_fraction x N)``; the coarse pass scores those at more shifts and keeps
-        ``candidates``; only the full alignment search's scores of these decide (scripts/measure_coarse.py
-        measures how often the genuine would be left out on people the model never saw)."""
+        ``candidates`` (scripts/measure_coarse.py measures how often the genuine would be left out, on
+        people the model never saw)."""
         self.check(bank, guard)
-        prepared = self._prepared(probe, bank, guard)
+        return self._candidates(self._prepared(probe, bank, guard), bank)
+
+    def _candidates(self, prepared: "_Prepared", bank: PalmCodeBank) -> np.ndarray:
         n, p = len(bank), self.params
         keep = min(n, p.candidates)
         if keep == n:
-            return self._best_two_of(prepared, bank, np.arange(n))
+            return np.arange(n)
         rows = None
         wide = max(p.sift_keep, int(p.sift_fraction * n))
         if p.sift_reach and wide < n:
@@ -184,7 +193,12 @@ class PalmCodeMatcher:
             rows = np.sort(np.argpartition(-sifted, wide - 1)[:wide])
         coarse = self.pass_scores(prepared, prepared.coarse, bank, rows)
         best = np.argpartition(-coarse, keep - 1)[:keep]
-        return self._best_two_of(prepared, bank, best if rows is None else rows[best])
+        return best if rows is None else rows[best]
+
+    def scores_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> np.ndarray:
+        """Full-search similarity to the given bank rows only: float32 (len(rows),)."""
+        self.check(bank, guard)
+        return self._fine(self._prepared(probe, bank, guard), bank, np.asarray(rows, np.int64))
 
     def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> tuple[int, float, float]:
         """(row, best, runner-up) of the full alignment search on the given bank rows only (a shortlist)."""

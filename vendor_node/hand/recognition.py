@@ -16,7 +16,9 @@ model's threshold: another model naming someone else must trail the winner by mo
 With a ``shortlist`` model (models.json; cascade.py) the palm codes score only the embedding's best
 candidates (and all of them when none of those reaches the threshold, unless configured off); the shortlist
 model never decides. Enrollment then stores both templates (a template set, the
-palm code first), and an employee with a palm code only gets the embedding at a confident match.
+palm code first), and an employee with a palm code only gets the embedding at a confident match. With
+``shortlist.decide = "fused"`` the shortlist model joins the decision: the candidates are decided on the fused
+score of both models (fusion.py), with the fusion's own threshold by gallery size and margin.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ from . import palmcode
 from .cascade import Shortlist
 from .decision import DecisionPolicy
 from .embed_matcher import EmbeddingMatcher
+from .fusion import FusedDecision
 from .gallery import Gallery, PalmCodeBank, parse_template
 from .model import Embedder, read_manifest
 from .palm_matcher import Enrollment, Features, PalmCodeMatcher, feature_id
@@ -66,7 +69,8 @@ class Recognizer:
 
     def __init__(self, embedder: Embedder, threshold: float | None = None, margin: float | None = None,
                  params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3,
-                 shortlist: Embedder | None = None, shortlist_keep: int = 64, full_search_when_unknown: bool = True):
+                 shortlist: Embedder | None = None, shortlist_keep: int = 64, full_search_when_unknown: bool = True,
+                 fused: bool = False):
         self.embedder = embedder
         self.matchers = [make_matcher(embedder, params)] + [make_matcher(e) for e in accepted]
         self.shortlist = None
@@ -89,6 +93,12 @@ class Recognizer:
         self.guard = None  # set by the unit: templates made are guarded (template_guard.TemplateGuard)
         self._keep_roi = len(self.matchers) > 1
         self.deciders = [m for m in self.matchers if self.shortlist is None or m is not self.shortlist.matcher]
+        self.fusion = None  # fusion.FusedDecision: the active palm codes and the shortlist decide together
+        if fused:
+            if self.shortlist is None:
+                raise RecognitionError("a fused decision needs a shortlist embedding model")
+            self.fusion = FusedDecision.from_manifest(shortlist.manifest, self.active.model_id, max_wrong_payer)
+            self.policies[self.fusion.model_id] = self.fusion.policy
 
     @classmethod
     def from_config(cls, cfg) -> "Recognizer":
@@ -109,7 +119,8 @@ class Recognizer:
                                   f"{embedders[0].model_path.parent.name}/), got {value:g}")
         return cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin, accepted=tuple(embedders[1:]),
                    max_wrong_payer=cfg.recognition.max_wrong_payer, shortlist=shortlist,
-                   shortlist_keep=models.shortlist_keep, full_search_when_unknown=models.full_search_when_unknown)
+                   shortlist_keep=models.shortlist_keep, full_search_when_unknown=models.full_search_when_unknown,
+                   fused=models.fused)
 
     # --- the palm-code model's settings (evaluation, benches) ---------------------
     def _palm_matcher(self) -> PalmCodeMatcher:
@@ -240,6 +251,13 @@ class Recognizer:
             if bank is None:
                 continue  # no template of this model: the probe is not coded by it
             coded, policy = self._features_for(probe, matcher), self.policies[matcher.model_id]
+            if matcher is self.active and self.fusion is not None:
+                row, best, runner_up = self.fusion.best_two(matcher, coded, self.shortlist, self._features_for(
+                    probe, self.shortlist.matcher), gallery, enrolled, self.guard)
+                policy = self.fusion.policy
+                results.append((best - policy.threshold_for(enrolled), best, runner_up, bank.ids[row], self.fusion,
+                                policy))
+                continue
             rows = None
             if matcher is self.active and self.shortlist is not None:
                 rows = self.shortlist.rows(self._features_for(probe, self.shortlist.matcher), gallery, self.guard)
@@ -278,7 +296,7 @@ class Recognizer:
         if (match.score < policy.threshold_for(len(gallery)) + confident
                 or match.score - match.runner_up <= confident):
             return None
-        if match.model_id == self.active.model_id:
+        if match.model_id in (self.active.model_id, getattr(self.fusion, "model_id", None)):
             lister = self.shortlist.matcher if self.shortlist else None
             if lister is None or (lister.bank(gallery) is not None and match.employee_id in lister.bank(gallery)):
                 return None
