@@ -6,10 +6,13 @@ and pull their bundle, N at a time, over loopback HTTP against `vendor-node offi
     .venv/bin/python scripts/bench_office.py --bundle-employees 10000      # bundle build time only
     .venv/bin/python scripts/bench_office.py --units 60 --in-process [--profile]   # CPU per request kind
 
-A throwaway PostgreSQL server is started (Debian's postgresql) unless --db names one. Each unit's batch
-is the exact signed format `journal export` writes (entries hash-chained, signed by the unit's own key).
-Prints per-request p50/p95/max, then checks the ledger: every entry ingested once, every balance equal
-to top-ups minus charges. Exit 1 when a check fails.
+A throwaway PostgreSQL server is started (Debian's postgresql, with pg_stat_statements) unless --db names
+one. Each unit's batch is the exact signed format `journal export` writes (entries hash-chained, signed by the
+unit's own key), all made before the clock starts. Prints per-request p50/p95/p99/max, requests/s, the CPU
+per request of the office, PostgreSQL and this client, the throughput ceiling that CPU implies on free cores
+(independent of other load on the machine), sampled database wait events and the top statements, then
+checks the ledger: every entry ingested once, every balance equal to top-ups minus charges. Exit 1 when a
+check fails.
 """
 from __future__ import annotations
 
@@ -20,7 +23,6 @@ import os
 import random
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -101,6 +103,68 @@ def postmaster_pid(pg) -> int | None:
         return None
 
 
+class WaitSampler(threading.Thread):
+    """Samples pg_stat_activity every ``every_s``: what each of the office's backends is doing (on CPU, waiting for
+    a lock, idle inside a transaction while the office's Python holds it open...). Counts, not times."""
+
+    def __init__(self, db_url: str, every_s: float = 0.05):
+        super().__init__(daemon=True)
+        self.db_url, self.every_s, self.counts, self.samples, self.backends = db_url, every_s, {}, 0, set()
+        self.stop = threading.Event()
+
+    def run(self):
+        import psycopg
+
+        with psycopg.connect(self.db_url, autocommit=True) as conn:
+            while not self.stop.wait(self.every_s):
+                rows = conn.execute("SELECT state, coalesce(wait_event_type, 'CPU'), coalesce(wait_event, '-'), pid "
+                                    "FROM pg_stat_activity WHERE backend_type = 'client backend' "
+                                    "AND pid <> pg_backend_pid() AND state IS NOT NULL").fetchall()
+                self.samples += 1
+                self.backends.update(row[3] for row in rows)
+                for row in rows:
+                    key = row[0] if row[0] in ("idle", "idle in transaction") else f"active, {row[1]}:{row[2]}"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+
+    def report(self) -> str:
+        total = sum(self.counts.values()) or 1
+        busy = {k: v for k, v in self.counts.items() if k != "idle"}
+        return (f"  database backends, {self.samples} samples of pg_stat_activity (mean per sample; idle "
+                f"{self.counts.get('idle', 0) / max(1, self.samples):.1f}):\n" + "\n".join(
+                    f"    {v / max(1, self.samples):5.2f}  {k}" for k, v in sorted(busy.items(), key=lambda kv: -kv[1])[:8])
+                + f"\n    ({sum(busy.values()) / total:.0%} of backend samples not idle; {len(self.backends)} distinct "
+                  "backends seen: one per gunicorn thread when connections are kept)")
+
+
+def top_statements(db_url: str, requests: int, n: int = 8) -> str:
+    """pg_stat_statements' statements by total execution time (server side), when the extension is loaded."""
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            rows = conn.execute("SELECT calls, total_exec_time, query FROM pg_stat_statements "
+                                "ORDER BY total_exec_time DESC LIMIT %s", (n,)).fetchall()
+            calls = conn.execute("SELECT sum(calls) FROM pg_stat_statements WHERE query NOT LIKE '%%pg_stat%%'"
+                                 ).fetchone()[0] or 0
+    except psycopg.Error as exc:
+        return f"  pg_stat_statements: not available ({str(exc).strip()[:80]})"
+    return (f"  PostgreSQL statements: {calls / max(1, requests):.1f} per request (BEGIN/COMMIT not counted); "
+            "by total execution time:\n") + "\n".join(
+        f"    {total / 1000:7.2f} s  {calls:6} calls  {total / max(1, calls):6.2f} ms  {' '.join(query.split())[:90]}"
+        for calls, total, query in rows)
+
+
+def _reset_statements(db_url: str) -> None:
+    import psycopg
+
+    try:
+        with psycopg.connect(db_url, autocommit=True) as conn:
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute("SELECT pg_stat_statements_reset()")
+    except psycopg.Error:
+        pass  # a server without the library: the report says so
+
+
 def pct(values, q):
     values = sorted(values)
     return values[min(len(values) - 1, int(round(q / 100 * (len(values) - 1))))] if values else float("nan")
@@ -148,38 +212,49 @@ def bundle_build_time(employees: int) -> float:
 
 
 def in_process_costs(unit_keys, nights: Path, profile: bool) -> None:
-    """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then
-    their heartbeats, then their bundles, each kind timed (process CPU) and optionally profiled."""
+    """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then their
+    heartbeats, then their bundles, each request timed (process CPU, the request alone) and optionally profiled.
+    Then the bundles again with the shared records rebuilt for every request (each unit's kept bundle dropped
+    and the office marked changed before it, untimed): what a bundle cost before the records were shared."""
     import cProfile
     import pstats
 
     from django.test import Client
 
+    from vendor_node.office.models import IssuedBundle, bump_bundle_generation
     from vendor_node.office.unit_client import signed_headers
 
     client = Client()
-    for what, method in (("journal", "POST"), ("heartbeat", "POST"), ("bundle", "GET")):
-        profiler = cProfile.Profile() if profile else None
-        started = time.process_time()
-        if profiler:
-            profiler.enable()
+    kinds = (("journal", "POST", None), ("heartbeat", "POST", None), ("bundle", "GET", None),
+             ("bundle, records rebuilt for each", "GET", bump_bundle_generation))
+    for what, method, before_each in kinds:
+        endpoint = what.split(",")[0]
+        profiler = cProfile.Profile(time.process_time) if profile else None
+        cpu = 0.0
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
-            body = (nights / f"{i}.json").read_bytes() if what == "journal" else heartbeat() if what == "heartbeat" \
-                else b""
-            path = f"/api/v1/units/{unit_id}/{what}" + ("?after=0" if what == "bundle" else "")
+            if before_each:
+                IssuedBundle.objects.filter(unit__unit_id=unit_id).delete()
+                before_each()
+            body = (nights / f"{i}.json").read_bytes() if endpoint == "journal" else heartbeat() \
+                if endpoint == "heartbeat" else b""
+            path = f"/api/v1/units/{unit_id}/{endpoint}" + ("?after=0" if endpoint == "bundle" else "")
             headers = signed_headers(key, unit_id, method, path, body)
+            started = time.process_time()
+            if profiler:
+                profiler.enable()
             answer = client.post(path, data=body, content_type="application/json", headers=headers) \
                 if method == "POST" else client.get(path, headers=headers)
+            if profiler:
+                profiler.disable()
+            cpu += time.process_time() - started
             if answer.status_code != 200:
                 raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
-        if profiler:
-            profiler.disable()
-        cpu = time.process_time() - started
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process (Django and "
               f"the database client; the database server's own CPU not included){' (profiled)' if profile else ''}")
         if profiler:
-            pstats.Stats(profiler).sort_stats("tottime").print_stats(15)
+            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+                r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
 
 def main() -> int:
@@ -197,6 +272,9 @@ def main() -> int:
                         help="no server: each unit's requests through Django's test client in this one thread, "
                              "CPU ms per request kind (the figure contention distorts least)")
     parser.add_argument("--profile", action="store_true", help="with --in-process: cProfile's top entries per kind")
+    parser.add_argument("--durable", action="store_true",
+                        help="the throwaway server flushes every commit to disk as a production server does "
+                             "(default: fsync off, for a figure of CPU rather than of this machine's disk)")
     args = parser.parse_args()
 
     from vendor_node.money.keys import generate_fleet_keys
@@ -206,7 +284,9 @@ def main() -> int:
     root = Path(tempfile.mkdtemp(prefix="bench-office-"))
     keys = root / "keys"
     generate_fleet_keys(keys)
-    pg = None if args.db else pgtemp.ThrowawayPostgres().start()
+    durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"} if args.durable else {}
+    pg = None if args.db else pgtemp.ThrowawayPostgres(
+        settings={"shared_preload_libraries": "pg_stat_statements", **durable}).start()
     db_url = args.db or pg.url
     proc = None
     try:
@@ -218,7 +298,6 @@ def main() -> int:
         from vendor_node.office.models import Employee, JournalEntry, TopUp, Unit
         from vendor_node.office import ledger
 
-        rng = random.Random(args.seed)
         employees = [f"E{i:05d}" for i in range(args.employees)]
         unit_keys = [Ed25519PrivateKey.generate() for _ in range(args.units)]
         with transaction.atomic():
@@ -259,25 +338,40 @@ def main() -> int:
                         failures.append(f"{unit_id} {what}: {status} {data[:200]!r}")
 
         pg_pid = postmaster_pid(pg)
+        sampler = WaitSampler(db_url)
+        _reset_statements(db_url)
+        sampler.start()
         cpu_before = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         started = time.perf_counter()
         with ThreadPoolExecutor(args.concurrency) as pool:
             list(pool.map(one_unit, range(args.units)))
         wall = time.perf_counter() - started
+        sampler.stop.set()
         cpu_after = (tree_cpu_s(proc.pid), tree_cpu_s(pg_pid) if pg_pid else 0.0, sum(os.times()[:2]))
         office_cpu, db_cpu, client_cpu = (after - before for after, before in zip(cpu_after, cpu_before))
         everything = [t for v in timings.values() for t in v]
         print(f"{args.units} units x {args.purchases} purchases ({args.units * args.purchases * 3} journal entries), "
-              f"{args.concurrency} concurrent, PostgreSQL, gunicorn {args.workers}x{args.threads}: {wall:.1f} s")
+              f"{args.concurrency} concurrent, PostgreSQL{' (durable commits)' if args.durable else ''}, gunicorn "
+              f"{args.workers}x{args.threads}: {wall:.1f} s")
         for what, values in timings.items():
             print(f"  {what:9} n={len(values):5}  p50 {pct(values, 50):7.1f} ms  p95 {pct(values, 95):7.1f} ms  "
-                  f"max {max(values):7.1f} ms")
-        print(f"  all       n={len(everything):5}  p50 {pct(everything, 50):7.1f} ms  p95 {pct(everything, 95):7.1f} ms")
+                  f"p99 {pct(values, 99):7.1f} ms  max {max(values):7.1f} ms")
+        print(f"  all       n={len(everything):5}  p50 {pct(everything, 50):7.1f} ms  p95 {pct(everything, 95):7.1f} ms  "
+              f"p99 {pct(everything, 99):7.1f} ms (target: p95 <= 200 ms)")
         n = len(everything)
         print(f"  {n / wall:.1f} requests/s; CPU per request: office {office_cpu / n * 1000:.1f} ms, PostgreSQL "
               f"{db_cpu / n * 1000:.1f} ms, this client {client_cpu / n * 1000:.1f} ms "
               f"(CPU-s: office {office_cpu:.1f}, db {db_cpu:.1f}, client {client_cpu:.1f}; load average "
               f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+        cores = os.cpu_count() or 1
+        served_ms = (office_cpu + db_cpu) / n * 1000
+        print(f"  the office and its database used {(office_cpu + db_cpu) / wall:.2f} of the {cores} cores, this client "
+              f"{client_cpu / wall:.2f} ({client_cpu / (office_cpu + db_cpu + client_cpu):.0%} of the run's CPU); the "
+              f"rest went to other work. Independent of the load: {served_ms:.1f} ms of CPU per request, a ceiling of "
+              f"{cores * 1000 / served_ms:.0f} requests/s on {cores} free cores with the client elsewhere "
+              f"({cores * 1000 / (served_ms + client_cpu / n * 1000):.0f} with it on the same cores)")
+        print(sampler.report())
+        print(top_statements(db_url, len(timings['journal']) * 3))
         ingested = JournalEntry.objects.count()
         expected_entries = args.units * args.purchases * 3
         balances = ledger.balances()

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_office_support import FakeUnit, call, office  # noqa: F401
+from test_office_support import FakeUnit, call, fleet_public_key, office, office_keys_dir  # noqa: F401
 
 pytest.importorskip("django")
 
@@ -137,7 +137,8 @@ def test_register_unit_page_refuses_a_bad_fingerprint(manager):
 
 def test_limits_are_edited_and_reach_the_bundle(manager):
     from vendor_node.office import ledger
-    from vendor_node.office.bundles import bundle_content
+    from vendor_node.money.bundle import decode_bundle
+    from vendor_node.office.bundles import current_bundle
     from vendor_node.office.models import AuditEntry, Employee, Unit
 
     ledger.add_employee("t", "E1", "Ada", funding="payroll", payroll_limit_cents=1000)
@@ -146,7 +147,8 @@ def test_limits_are_edited_and_reach_the_bundle(manager):
     assert b"limits saved" in answer.content and b'value="2.50"' in answer.content
     e = Employee.objects.get(employee_id="E1")
     assert (e.per_purchase_cap_cents, e.per_day_cap_cents, e.payroll_limit_cents) == (250, None, 4000)
-    record = bundle_content(Unit.objects.create(unit_id="u", fingerprint="0" * 64))["employees"][0]
+    issued = current_bundle(Unit.objects.create(unit_id="u", fingerprint="0" * 64))
+    record = decode_bundle(bytes(issued.data), fleet_public_key(office_keys_dir())).employees[0]
     assert (record.per_purchase_cap_cents, record.funds_cents) == (250, 4000)
     bad = manager.post("/employees/E1/", {"action": "limits", "per_purchase_cap": "two"}, follow=True)
     assert b"per purchase cap" in bad.content

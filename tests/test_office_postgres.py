@@ -187,3 +187,68 @@ def test_a_reinstalled_unit_is_accepted_on_postgresql(postgres, fleet_keys, tmp_
         fresh.close()
     finally:
         office.stop()
+
+
+def test_concurrent_uploads_never_wait_on_totals_and_pending_charges_count_once(postgres, fleet_keys, tmp_path):
+    """Eight units upload at once while another session holds the fold lock (a fold in progress elsewhere):
+    every upload is ingested (none waits for it), the charges stay pending and every bundle's funds are still
+    exact; once the lock is released a later upload folds them into the totals, each counted once."""
+    import subprocess
+    import time
+
+    import psycopg
+
+    from vendor_node.office.ingest import _FOLD_LOCK
+    from vendor_node.office.unit_client import UnitClient
+
+    url = postgres.url.rsplit("/", 1)[0] + "/pending"
+    subprocess.run([str(postgres.bin / "createdb"), "-h", "127.0.0.1", "-p", str(postgres.port), "-U", "office",
+                    "pending"], check=True, capture_output=True, timeout=60)
+    office = OfficeProcess(url, fleet_keys).start()
+    units = [FakeUnit(tmp_path / f"u{i}", f"pend-{i}") for i in range(8)]
+    try:
+        csv_file = tmp_path / "employees.csv"
+        csv_file.write_text("employee_id,display_name,funds\nE1,Ada,100.00\nE2,Grace,100.00\n")
+        office.command("import-employees", str(csv_file))
+        for unit in units:
+            office.command("register-unit", unit.unit_id, "--fingerprint", unit.fingerprint)
+        spent = {"E1": 0, "E2": 0}
+        for i, unit in enumerate(units):
+            for j in range(5):
+                employee = "E1" if (i + j) % 2 else "E2"
+                unit.buy(employee, 10 + i + j)
+                spent[employee] += 10 + i + j
+        with psycopg.connect(url, autocommit=True) as holder:
+            holder.execute("SELECT pg_advisory_lock(%s)", [_FOLD_LOCK])  # a fold "running" elsewhere
+            answers = [None] * len(units)
+
+            def upload(i):
+                answers[i] = UnitClient(office.base, units[i].unit_id, units[i].key).request(
+                    "POST", "journal", units[i].batch())
+
+            threads = [threading.Thread(target=upload, args=(i,)) for i in range(len(units))]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            assert [status for status, _ in answers] == [200] * len(units), answers
+            pending = holder.execute("SELECT count(*) FROM office_chargepending").fetchone()[0]
+            assert pending == len(units)  # no fold could run: every upload's charges wait, none was lost
+            expected = {e: 10000 - spent[e] for e in spent}
+            assert _funds(office, units[0], fleet_keys) == expected
+            holder.execute("SELECT pg_advisory_unlock(%s)", [_FOLD_LOCK])
+            deadline = time.monotonic() + 60
+            while holder.execute("SELECT count(*) FROM office_chargepending").fetchone()[0]:  # a later upload folds
+                assert time.monotonic() < deadline, "the pending charges were never folded"
+                units[0].ack(json.loads(units[0].batch())["body"]["last_seq"])
+                units[0].buy("E1", 1)
+                spent["E1"] += 1
+                assert UnitClient(office.base, units[0].unit_id, units[0].key).request(
+                    "POST", "journal", units[0].batch())[0] == 200
+            totals = dict(holder.execute("SELECT employee_id, charged_cents FROM office_chargetotal").fetchall())
+            assert totals == spent
+            assert _funds(office, units[1], fleet_keys) == {e: 10000 - spent[e] for e in spent}
+    finally:
+        for unit in units:
+            unit.close()
+        office.stop()

@@ -210,3 +210,47 @@ def test_a_unit_whose_journal_is_behind_the_office_is_flagged_as_maybe_reinstall
     assert call(client, unit, "POST", "heartbeat", heartbeat_body(journal_head_seq=0)).status_code == 200
     assert any("reinstalled?" in a["problem"] for a in alerts())
     assert json.loads(client.get("/api/v1/alerts").content)["ok"] is False
+
+
+def test_accept_journal_from_the_command_line_same_rules_as_the_page(site, capsys, monkeypatch):
+    """`vendor-node office accept-journal`: the unit id typed back (flag or terminal), a bad fingerprint or unit
+    refused naming it, then the same closing and audit row as the unit's page; the new journal ingests from 1."""
+    import io
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from vendor_node.cli import main
+    from vendor_node.office import ledger
+    from vendor_node.office.models import AuditEntry, JournalEpoch, Unit
+    from vendor_node.office.unit_client import fingerprint
+
+    unit, keys, tmp_path = site
+    client = _login("technician")
+    unit.buy("E1", 300)
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    db = ["--db", "sqlite:///unused.db", "--fleet-keys", str(keys)]  # the test process's office is configured
+    fresh = FakeUnit(tmp_path / "new-card", "unit-1")
+    fresh.key = Ed25519PrivateKey.generate()
+
+    assert main(["office", "accept-journal", "unit-1", "--confirm", "unit-2", *db]) == 1
+    assert "type the unit id unit-1 to confirm" in capsys.readouterr().err
+    assert main(["office", "accept-journal", "unit-1", "--confirm", "unit-1", "--fingerprint", "abc", *db]) == 1
+    assert "64 hex digits" in capsys.readouterr().err
+    assert main(["office", "accept-journal", "unit-9", "--confirm", "unit-9", *db]) == 1
+    assert "no unit 'unit-9'" in capsys.readouterr().err
+    monkeypatch.setattr("sys.stdin", io.StringIO("unit-1\n"))  # no terminal: the flag is required
+    with pytest.raises(SystemExit) as exit_info:
+        main(["office", "accept-journal", "unit-1", *db])
+    assert exit_info.value.code == 2 and "--confirm UNIT_ID" in capsys.readouterr().err
+    assert Unit.objects.get(unit_id="unit-1").journal_epoch == 1 and not JournalEpoch.objects.exists()
+
+    assert main(["office", "accept-journal", "unit-1", "--confirm", "unit-1", "--reason", "SD card replaced",
+                 "--fingerprint", fingerprint(fresh.key), *db]) == 0
+    assert "journal 1 closed at seq 3" in capsys.readouterr().out
+    record = AuditEntry.objects.get(action="accept_new_journal")
+    assert record.user == "command line" and "closed at seq 3" in record.detail and "SD card" in record.detail
+    fresh.buy("E2", 120)
+    assert call(client, fresh, "POST", "journal", fresh.batch()).status_code == 200
+    assert ledger.balance_cents("E1") == 10_000 - 300 and ledger.balance_cents("E2") == 5_000 - 120
+    assert _bundle(client, fresh, keys).journal_position.seq == 3
+    fresh.close()

@@ -1,4 +1,5 @@
-"""`vendor-node office serve | create-user | register-unit`: the back office (the `office` extra)."""
+"""`vendor-node office serve | create-user | register-unit | import-employees | accept-journal`: the back office
+(the `office` extra)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -46,6 +47,17 @@ def add_office_commands(sub) -> None:
                    help="succeed when the unit is already registered with this fingerprint")
     p.set_defaults(handler=_cmd_register_unit)
     add_office_import_command(osub, common)
+
+    p = osub.add_parser("accept-journal",
+                        help="unit reinstalled: accept its new journal (as the unit's page does; audited)")
+    common(p)
+    p.add_argument("unit_id")
+    p.add_argument("--confirm", metavar="UNIT_ID", default=None,
+                   help="the unit id typed again (without it, asked for on the terminal)")
+    p.add_argument("--fingerprint", default="",
+                   help="the reinstalled unit's new key fingerprint, as `vendor-node provision` prints it")
+    p.add_argument("--reason", default="", help="why, for the audit log (e.g. 'SD card replaced')")
+    p.set_defaults(handler=_cmd_accept_journal)
 
 
 def _load():
@@ -106,4 +118,26 @@ def _cmd_import_employees(args) -> int:
         raise UsageError(f"{args.csv}: cannot read: {exc.strerror}") from None
     added, updated = import_employees_csv("command line", data)
     print(f"employees: {added} added, {updated} updated")
+    return 0
+
+
+def _cmd_accept_journal(args) -> int:
+    """The same action and rules as the unit's page: the unit id typed back, the old journal closed where the
+    office holds it, the next uploads ingested from seq 1, one audit row."""
+    import sys
+
+    confirm = args.confirm
+    if confirm is None:
+        if not sys.stdin.isatty():
+            raise UsageError("accept-journal: no terminal to confirm on; pass --confirm UNIT_ID")
+        print(f"This closes unit {args.unit_id}'s journal where the office holds it; its next uploads are ingested "
+              "from seq 1 (a reinstalled unit's fresh journal).", file=sys.stderr)
+        confirm = input(f"type the unit id ({args.unit_id}) to confirm: ").strip()
+    server = _load()
+    server.prepare(args.db, args.fleet_keys)
+    from ..office.units import accept_new_journal
+
+    closed = accept_new_journal("command line", args.unit_id, confirm, args.fingerprint, args.reason)
+    print(f"unit {args.unit_id}: journal {closed.epoch} closed at seq {closed.last_seq}; journal {closed.epoch + 1} "
+          "is ingested from seq 1" + ("; new key fingerprint registered" if args.fingerprint.strip() else ""))
     return 0

@@ -14,7 +14,7 @@ from .setup import importable
 importable()
 
 import hashlib
-import json
+import threading
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -22,10 +22,12 @@ from pathlib import Path
 from django.conf import settings
 from django.db import transaction
 
-from ..money.bundle import Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_bundle
+from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_shared_bundle,
+                            share_records)
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
-from .ledger import balances, funds_for
-from .models import Deletion, DeletionNotice, Employee, IssuedBundle, SealedTemplate, TemplateRevocation, Unit
+from .ledger import charged_by_employee, funds_for, topped_up_by_employee
+from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
+                     SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
 
 REFRESH_S = 6 * 3600
 VALIDITY_S = 30 * 86400
@@ -40,63 +42,82 @@ def signing_key():
     return fleet_signing_key(settings.VENDOR_NODE_KEYS_DIR)
 
 
-def bundle_content(unit: Unit) -> dict:
-    """What a bundle for ``unit`` says now (no version, no times), from the ledger."""
-    money = balances()
-    fields = ("employee_id", "name", "status", "funding", "payroll_limit_cents", "per_purchase_cap_cents",
-              "per_day_cap_cents")
-    employees = []  # plain rows, not model objects: a bundle is built on every sync after an upload
-    for emp, name, status, funding, payroll_limit, per_purchase, per_day in (
-            Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id").values_list(*fields)):
-        employees.append(EmployeeRecord(id=emp, display_name=name, status=status, funding=funding,
-                                        funds_cents=funds_for(funding, payroll_limit, money.get(emp, 0)),
-                                        per_purchase_cap_cents=per_purchase,
-                                        per_day_cap_cents=per_day))
-    listed = {e.id for e in employees}
-    templates = [TemplateRecord(emp, bytes(sealed), consent, at) for emp, sealed, consent, at in
-                 SealedTemplate.objects.filter(employee__deleted_at__isnull=True).exclude(from_unit=unit)
-                 .order_by("employee__employee_id")
-                 .values_list("employee__employee_id", "sealed", "consent_version", "consented_at")]
-    deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
-    revocations = {emp: at for emp, at in TemplateRevocation.objects.values_list("employee_id", "revoked_at")
-                   if emp in listed}
-    return {"employees": employees, "templates": templates, "deletions": deletions, "revocations": revocations,
-            "journal_position": JournalPosition(unit.last_seq, unit.last_hash)}
+class _Shared:
+    """What every unit's bundle shares, checked and encoded once per office state (``models.BUNDLE_GENERATION``):
+    the employees (funds left open), the templates (by the unit that sent them), deletions and revocations."""
+
+    def __init__(self, generation: int, unit: Unit):
+        self.generation = generation
+        accounts = list(Employee.objects.filter(deleted_at__isnull=True).order_by("employee_id").values_list(
+            "employee_id", "name", "status", "funding", "payroll_limit_cents", "per_purchase_cap_cents",
+            "per_day_cap_cents"))
+        topped_up = topped_up_by_employee()
+        self.funding = [(funding, limit, topped_up.get(emp, 0)) for emp, _, _, funding, limit, _, _ in accounts]
+        listed = {row[0] for row in accounts}
+        templates = list(SealedTemplate.objects.filter(employee__deleted_at__isnull=True)
+                         .order_by("employee__employee_id")
+                         .values_list("employee__employee_id", "sealed", "consent_version", "consented_at",
+                                      "from_unit_id"))
+        self.deletions = sorted(set(Deletion.objects.values_list("employee_id", flat=True)) - listed)
+        revocations = {emp: at for emp, at in TemplateRevocation.objects.values_list("employee_id", "revoked_at")
+                       if emp in listed}
+        stand_in = Bundle(kind="snapshot", version=1, created=0.0, expires=1.0, unit_id=unit.unit_id,
+                          employees=[EmployeeRecord(id=emp, display_name=name, status=status, funding=funding,
+                                                    funds_cents=0, per_purchase_cap_cents=per_purchase,
+                                                    per_day_cap_cents=per_day)
+                                     for emp, name, status, funding, _, per_purchase, per_day in accounts],
+                          templates=[TemplateRecord(emp, bytes(sealed), consent, at)
+                                     for emp, sealed, consent, at, _ in templates],
+                          deletions=self.deletions, template_revocations=revocations)
+        self.records = share_records(stand_in, [owner for *_, owner in templates])
+
+    def funds(self) -> list[int]:
+        """Each employee's funds now: the shared top-ups minus the charges ingested up to this moment."""
+        charged = charged_by_employee()
+        return [funds_for(funding, limit, topped_up - charged.get(emp, 0))
+                for emp, (funding, limit, topped_up) in zip(self.records.employee_ids, self.funding)]
 
 
-def _content_digest(content: dict) -> str:
-    text = json.dumps({"employees": [e.__dict__ for e in content["employees"]],
-                       "templates": [(t.employee_id, hashlib.sha256(t.sealed).hexdigest(), t.consent_version,
-                                      t.consented_at) for t in content["templates"]],
-                       "deletions": content["deletions"], "revocations": sorted(content["revocations"].items()),
-                       "position": [content["journal_position"].seq, content["journal_position"].hash]},
-                      sort_keys=True, separators=(",", ":"))
-    return hashlib.sha256(text.encode()).hexdigest()
+_shared: list[_Shared] = []  # this process's newest shared records
+_shared_lock = threading.Lock()
+
+
+def _shared_records(unit: Unit) -> _Shared:
+    generation = OfficeSetting.objects.filter(name=BUNDLE_GENERATION).values_list("value", flat=True).first()
+    if generation is None:  # a flushed database (tests): mark it once, so what is built now can be reused
+        generation = OfficeSetting.objects.get_or_create(name=BUNDLE_GENERATION,
+                                                         defaults={"value": new_bundle_generation()})[0].value
+    with _shared_lock:  # one thread builds, the others of this process wait and reuse it
+        if not _shared or _shared[0].generation != generation:
+            _shared[:] = [_Shared(generation, unit)]
+        return _shared[0]
 
 
 def current_bundle(unit: Unit, now: float | None = None) -> IssuedBundle:
-    """The newest bundle for ``unit``, issuing a new version when the ledger says something new."""
+    """The newest bundle for ``unit``, issuing a new version when the ledger says something new. Only the
+    envelope (this unit, its journal position, version, times), the funds and which templates are this unit's
+    own are made per request; the rest is shared by every unit until an office change (``_Shared``)."""
     now = time.time() if now is None else now
     with transaction.atomic():
         locked = Unit.objects.select_for_update().get(pk=unit.pk)
-        content = bundle_content(locked)
-        digest = _content_digest(content)
-        latest = IssuedBundle.objects.filter(unit=locked).order_by("-version").first()
+        shared = _shared_records(locked)
+        funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
+        digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "
+                                f"{','.join(map(str, funds))}".encode()).hexdigest()
+        latest = IssuedBundle.objects.filter(unit=locked).defer("data").order_by("-version").first()  # bytes if kept
         if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
             return latest
         version = max((latest.version + 1) if latest else 1, int(now))
-        bundle = Bundle(kind="snapshot", version=version, created=round(now, 3), expires=round(now + VALIDITY_S, 3),
-                        unit_id=locked.unit_id, journal_position=content["journal_position"],
-                        employees=content["employees"], templates=content["templates"],
-                        deletions=content["deletions"], template_revocations=content["revocations"])
-        data = encode_bundle(bundle, signing_key())
+        envelope = Bundle(kind="snapshot", version=version, created=round(now, 3), expires=round(now + VALIDITY_S, 3),
+                          unit_id=locked.unit_id, journal_position=JournalPosition(locked.last_seq, locked.last_hash))
+        data = encode_shared_bundle(envelope, shared.records, funds, locked.pk, signing_key())
         issued = _store(IssuedBundle(unit=locked, version=version, content_sha256=digest, created_at=now, data=data))
-        if content["deletions"]:
+        if shared.deletions:
             noticed = set(DeletionNotice.objects.filter(unit=locked).values_list("deletion_id", flat=True))
             DeletionNotice.objects.bulk_create([
                 DeletionNotice(deletion=d, unit=locked, bundle_version=version)
-                for d in Deletion.objects.filter(employee_id__in=content["deletions"]) if d.pk not in noticed])
-        IssuedBundle.objects.filter(unit=locked, version__lt=version - 0).exclude(
+                for d in Deletion.objects.filter(employee_id__in=shared.deletions) if d.pk not in noticed])
+        IssuedBundle.objects.filter(unit=locked, version__lt=version).exclude(
             pk__in=IssuedBundle.objects.filter(unit=locked).order_by("-version").values("pk")[:5]).delete()
         return issued
 

@@ -36,11 +36,11 @@ def _free_port() -> int:
 class ThrowawayPostgres:
     """``with ThrowawayPostgres() as pg: pg.url`` -> postgresql://office@127.0.0.1:PORT/office"""
 
-    def __init__(self, database: str = "office"):
+    def __init__(self, database: str = "office", settings: dict[str, str] | None = None):
         self.bin = _bin_dir()
         if self.bin is None:
             raise OfficeError("PostgreSQL binaries not found (apt-get install postgresql)")
-        self.database = database
+        self.database, self.settings = database, dict(settings or {})
         self.root = Path(tempfile.mkdtemp(prefix="vn-pg-"))
         self.data, self.port = self.root / "data", _free_port()
         self.url = f"postgresql://office@127.0.0.1:{self.port}/{database}"
@@ -69,7 +69,8 @@ class ThrowawayPostgres:
     def start(self) -> "ThrowawayPostgres":
         self._run(self.bin / "initdb", "-D", self.data, "-U", "office", "--auth=trust", "-E", "UTF8", "--no-sync")
         options = (f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
-                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200")
+                   "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
+                   + "".join(f" -c {name}={value}" for name, value in self.settings.items()))
         self._run(self.bin / "pg_ctl", "-D", self.data, "-o", options, "-l", self.root / "server.log", "-w",
                   "-t", "60", "start")
         self._run(self.bin / "createdb", "-h", "127.0.0.1", "-p", self.port, "-U", "office", self.database)

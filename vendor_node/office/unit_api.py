@@ -24,7 +24,7 @@ import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.db import IntegrityError, transaction
+from django.db import transaction
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -103,13 +103,22 @@ def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519Pub
     if url_unit_id != claimed:
         raise UnitRequestRefused(403, f"unit {claimed!r} may not use the URL of unit {url_unit_id!r}")
     now = timezone.now()
-    try:
-        with transaction.atomic():
-            _prune_nonces(now)
-            Nonce.objects.create(unit=unit, nonce=nonce, seen_at=now)
-    except IntegrityError:
-        raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)") from None
+    _prune_nonces(now)
+    if not _record_nonce(unit.pk, nonce, now):
+        raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)")
     return unit, public_key, body
+
+
+def _record_nonce(unit_pk: int, nonce: str, now) -> bool:
+    """Whether the nonce was new for this unit: one statement on its own (autocommit), recorded before anything
+    else the request does, so a replay is refused however the first request ended."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING id",
+                       [unit_pk, nonce, connection.ops.adapt_datetimefield_value(now)])
+        return cursor.fetchone() is not None
 
 
 _pruned_at = [0.0]  # monotonic time of this process's last prune
@@ -124,6 +133,15 @@ def _prune_nonces(now) -> None:
     Nonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
 
 
+def _stamp_sync(unit_pk: int) -> None:
+    """The unit's last sync is now (one plain statement: it runs on every request)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s",
+                       [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
+
+
 def unit_endpoint(what: str, method: str):
     def decorate(handler):
         @csrf_exempt
@@ -133,7 +151,7 @@ def unit_endpoint(what: str, method: str):
             try:
                 unit, public_key, body = authenticate(request, unit_id, what)
                 response = handler(request, unit, public_key, body)
-                Unit.objects.filter(pk=unit.pk).update(last_sync_at=timezone.now())
+                _stamp_sync(unit.pk)
                 return response
             except UnitRequestRefused as exc:
                 return JsonResponse({"error": str(exc)}, status=exc.status)

@@ -139,7 +139,5 @@ def record_heartbeat(unit: Unit, clean: dict, clock_offset_s: float) -> None:
     with transaction.atomic():
         Unit.objects.filter(pk=unit.pk).update(heartbeat=clean, heartbeat_at=now, clock_offset_s=clock_offset_s)
         HeartbeatRecord.objects.create(unit=unit, received_at=now, data=clean, clock_offset_s=clock_offset_s)
-        oldest_kept = HeartbeatRecord.objects.filter(unit=unit).order_by("-received_at", "-id") \
-            .values_list("received_at", flat=True)[HEARTBEATS_KEPT - 1:HEARTBEATS_KEPT].first()
-        if oldest_kept is not None:
-            HeartbeatRecord.objects.filter(unit=unit, received_at__lt=oldest_kept).delete()
+        kept = HeartbeatRecord.objects.filter(unit=unit).order_by("-received_at", "-id").values("pk")[:HEARTBEATS_KEPT]
+        HeartbeatRecord.objects.filter(unit=unit).exclude(pk__in=kept).delete()  # one statement
