@@ -14,7 +14,7 @@ and at least the threshold. Never writes anything derived from the photos.
 
 Measured 2026-12-01 (gallery 10,000, drawn-employee pads): the shipped passes (sift 9 shifts keeping 1,000, coarse
 49 shifts keeping 32) left the genuine out in 0 of 2,824 Tongji probes the full search finds (300 palms), 0/62
-coep_dev, 0/93 webcam_hand2, 0/15 nir_dev: 0/2,994 (95% upper bound 0.1%). The stop-17 coarse pass (25 shifts,
+coep_dev, 0/93 webcam_hand2, 0/15 nir_dev: 0/2,994 (exact 95% upper bound 0.12%). The stop-17 coarse pass (25 shifts,
 keep 32) missed 1/62 coep_dev; every-4th-word sifts missed 1/15 nir_dev at 1,000.
 """
 from __future__ import annotations
