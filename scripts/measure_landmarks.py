@@ -1,26 +1,27 @@
 #!/usr/bin/env python3
-"""Measure MediaPipe's hand-landmark model as a way to place the palm square, against the classical path.
+"""Measure the palm finding of issue 8: the classical path against the shipped one (landmark model first, the
+classical path where it sees no hand: hand/palm_finder.py), on the people never used for tuning; and fit the
+landmark square, on the tuning people only, writing the landmark model's folder.
 
-Not part of the unit: the model is not shipped (see the report of issue 8). Get it once with
-    pip download mediapipe==0.10.18 --no-deps -d /tmp/mp && unzip -o /tmp/mp/mediapipe-*.whl \
-        'mediapipe/modules/hand_landmark/*.tflite' -d /tmp/mp
-and run, one thread, on the people the model was not trained on:
-    PYTHONPATH=. python scripts/measure_landmarks.py --model /tmp/mp/mediapipe/modules/hand_landmark/hand_landmark_full.tflite \
-        --sets nir_dev coep_dev webcam_hand2 11k_full --report /tmp/landmarks.json
+Not part of the unit. The model comes from the mediapipe wheel (the unit never imports mediapipe):
+    pip download mediapipe==0.10.18 --no-deps -d /tmp/mp && unzip -o /tmp/mp/mediapipe-*.whl \\
+        'mediapipe/modules/hand_landmark/*.tflite' 'mediapipe-0.10.18.dist-info/*' -d /tmp/mp
+Fit the square and write the folder the unit loads (sha256, licence, the people the fit used):
+    PYTHONPATH=. python scripts/measure_landmarks.py --model /tmp/mp/mediapipe/modules/hand_landmark/hand_landmark_lite.tflite \\
+        --write firmware_assets/hand-landmark --report /tmp/fit.json
+Measure (one thread, CPU time per frame of the palm finding alone; figures on preprocessing.measured_on people):
+    PYTHONPATH=. python scripts/measure_landmarks.py --landmarks firmware_assets/hand-landmark --report /tmp/lm.json \\
+        [--refine always|unsure|never] [--mirror] [--robustness turned+30 nearer1.5 ...]
 
-No detector is run (the unit has no time for one): the landmark model reads the whole frame letterboxed to
-224x224 (turned by quarter turns until it is sure of a hand, as the model wants fingers up), then once more a
-square around what it found, turned so the wrist is down (MediaPipe's own tracking step). The palm square is built from the index and little-finger knuckles (MCP 5 and 17): its top edge
-parallel to their line, its side and its drop below them fitted (median) to where the classical path puts
-the square on the photos where it found all three finger valleys (on the tuning people only), so the
-squares cut follow the ROI contract. Four ways are measured per set, each with vendor-node's own
-evaluation (enroll 1, FTA counted as a miss): "classical", "landmarks" alone, "fallback" (classical,
-landmarks where the classical path refuses) and "landmarks_first" (the other way round). Never imported by the package; mediapipe is never imported.
+The square's side and drop below the index/little knuckles are medians over the tuning people's photos where the
+classical path placed the square from all three finger valleys, so both paths cut the same square.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,156 +31,59 @@ import numpy as np
 
 from vendor_node.config import load_config
 from vendor_node.errors import HandRejected
-from vendor_node.hand import palm_square
 from vendor_node.hand.dataset import Dataset, load_dataset, trained_subjects, tuned_subjects
 from vendor_node.hand.evaluation import evaluate
+from vendor_node.hand.landmarks import (INDEX_KNUCKLE, LITTLE_KNUCKLE, THUMB_BASE, LandmarkFinder, LandmarkModel,
+                                        SquareFit, square_from_landmarks)
+from vendor_node.hand.palm_finder import PalmFinder
 from vendor_node.hand.preprocess import extract_hand
 from vendor_node.hand.recognition import Recognizer
-from vendor_node.hand.robustness import TRANSFORMS, robustness_rows
+from vendor_node.hand.robustness import robustness_rows
+from vendor_node.images import read_grey
 
-INPUT = 224
-PRESENCE = 0.5  # MediaPipe's own default for hand presence
-WAYS = ("classical", "landmarks", "fallback", "landmarks_first")
-TURNS = (0.0, np.pi / 2, -np.pi / 2, np.pi)  # first reading: the whole frame turned by each until a hand is sure
+SETS = ["nir_dev", "coep_dev", "webcam_hand2", "11k_full"]
+FIT_SETS = ["nir_dev", "coep_dev", "webcam_hand2"]  # palm-side views, as the unit sees (11k_full shows the back)
 SAME_PERSON = {"coep_dev": [("076", "163"), ("077", "153"), ("080", "155")]}
+OUTPUTS = {"points": "Identity", "presence": "Identity_1", "right": "Identity_2"}
 
 
-class LandmarkModel:
-    def __init__(self, path: Path):
-        from ai_edge_litert.interpreter import Interpreter
+class TimedRecognizer:
+    """The unit's recognizer with its palm finder timed (CPU time of finding the palm, one thread)."""
 
-        self.interpreter = Interpreter(model_path=str(path), num_threads=1)
-        self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]["index"]
-        outputs = {d["name"]: d["index"] for d in self.interpreter.get_output_details()}
-        self.points, self.presence, self.handedness = outputs["Identity"], outputs["Identity_1"], outputs["Identity_2"]
-
-    def run(self, crop: np.ndarray) -> tuple[np.ndarray, float, float]:
-        """21 (x, y) points in crop pixels, hand presence 0..1, right-hand score 0..1."""
-        rgb = np.repeat(crop[:, :, None], 3, axis=2).astype(np.float32) / 255.0
-        self.interpreter.set_tensor(self.input, rgb[None])
-        self.interpreter.invoke()
-        points = self.interpreter.get_tensor(self.points).reshape(21, 3)[:, :2].copy()
-        presence = float(self.interpreter.get_tensor(self.presence).ravel()[0])
-        right = float(self.interpreter.get_tensor(self.handedness).ravel()[0])
-        return points, _probability(presence), _probability(right)
-
-
-def _probability(value: float) -> float:
-    return value if 0.0 <= value <= 1.0 else float(1.0 / (1.0 + np.exp(-value)))
-
-
-def _crop(grey: np.ndarray, center, size: float, angle: float) -> tuple[np.ndarray, np.ndarray]:
-    """A INPUT x INPUT crop of ``size`` frame pixels about ``center``, turned by ``angle`` (radians, so
-    that the frame's direction ``angle`` points up in the crop); and the crop->frame affine (2x3)."""
-    k = size / INPUT
-    c, s = np.cos(angle), np.sin(angle)
-    # crop (u, v) -> frame: center + k * R @ (u - INPUT/2, v - INPUT/2)
-    to_frame = np.array([[k * c, -k * s, 0.0], [k * s, k * c, 0.0]])
-    to_frame[:, 2] = np.asarray(center) - to_frame[:, :2] @ np.array([INPUT / 2, INPUT / 2])
-    border = int(np.median(np.concatenate([grey[0], grey[-1], grey[:, 0], grey[:, -1]])))
-    crop = cv2.warpAffine(grey, to_frame, (INPUT, INPUT), flags=cv2.INTER_AREA | cv2.WARP_INVERSE_MAP,
-                          borderMode=cv2.BORDER_CONSTANT, borderValue=border)
-    return crop, to_frame
-
-
-def find_landmarks(model: LandmarkModel, grey: np.ndarray):
-    """Landmarks in frame pixels (21, 2), presence and right-hand score, from the whole frame then a turned
-    square around the first reading (MediaPipe's tracking step: wrist down, 2x the knuckles' extent)."""
-    h, w = grey.shape
-    best = None
-    for turn in TURNS:  # the model expects fingers up; without a detector, the four quarter turns are tried
-        crop, to_frame = _crop(grey, (w / 2, h / 2), float(max(h, w)), turn)
-        points, presence, right = model.run(crop)
-        if best is None or presence > best[1]:
-            best = (np.c_[points, np.ones(21)] @ to_frame.T, presence, right)
-        if presence >= 0.9:
-            break
-    frame_points, presence, right = best
-    if presence < PRESENCE:
-        return frame_points, presence, right
-    wrist, middle = frame_points[0], frame_points[9]
-    direction = middle - wrist
-    angle = float(np.arctan2(direction[0], -direction[1]))  # turn so the wrist->middle knuckle points up
-    palm = frame_points[[0, 1, 2, 5, 9, 13, 17]]
-    center = palm.mean(axis=0)
-    extent = float(np.max(np.ptp(frame_points, axis=0)))
-    crop, to_frame = _crop(grey, center, 1.6 * extent, angle)
-    points, presence2, right2 = model.run(crop)
-    return np.c_[points, np.ones(21)] @ to_frame.T, presence2, right2
-
-
-def square_from_landmarks(points: np.ndarray, side_per_span: float, drop_per_span: float):
-    """ROI centre, x axis and side (frame pixels) from the index (5) and little-finger (17) knuckles."""
-    index, little, wrist = points[5], points[17], points[0]
-    span = float(np.linalg.norm(little - index))
-    line = (little - index) / (span + 1e-6)
-    up = np.array([line[1], -line[0]])
-    middle = (index + little) / 2
-    if up @ (middle - wrist) < 0:
-        up = -up  # towards the fingers
-    axis_x = np.array([-up[1], up[0]])
-    return middle - up * drop_per_span * span, axis_x, side_per_span * span
-
-
-class LandmarkRecognizer:
-    """vendor-node's recognizer with the palm square placed by the classical path, the landmark model, or
-    one of them with the other where it refuses (see WAYS)."""
-
-    def __init__(self, recognizer: Recognizer, model: LandmarkModel, fit: tuple[float, float], mode: str):
-        self.recognizer, self.model, self.fit, self.mode = recognizer, model, fit, mode
-        self.threshold, self.margin = recognizer.threshold, recognizer.margin
-        self.seconds: list[float] = []
-        self.presence: list[float] = []
+    def __init__(self, recognizer: Recognizer, finder: PalmFinder):
+        self.recognizer, self.finder = recognizer, finder
+        self.cpu: list[float] = []
+        self.paths: dict[str, int] = {}
 
     def __getattr__(self, name):
         return getattr(self.recognizer, name)
 
     def features(self, image):
-        start = time.perf_counter()
-        if self.mode in ("classical", "fallback"):
-            try:
-                hand = extract_hand(image)
-                self.seconds.append(time.perf_counter() - start)
-                return self.recognizer.features_from_hand(hand)
-            except HandRejected:
-                if self.mode == "classical":
-                    self.seconds.append(time.perf_counter() - start)
-                    raise
+        start = time.process_time()
         try:
-            roi = self.roi(image)
-        except HandRejected:
-            if self.mode != "landmarks_first":
-                self.seconds.append(time.perf_counter() - start)
-                raise
-            try:
-                hand = extract_hand(image)
-            finally:
-                self.seconds.append(time.perf_counter() - start)
-            return self.recognizer.features_from_hand(hand)
-        self.seconds.append(time.perf_counter() - start)  # finding the palm only, not coding it
-        return self.recognizer.features_from_roi(roi)
-
-    def roi(self, image) -> np.ndarray:
-        grey = image if image.ndim == 2 else cv2.cvtColor(image, cv2.COLOR_BGR2GRAY)
-        points, presence, _ = find_landmarks(self.model, grey)
-        self.presence.append(presence)
-        if presence < PRESENCE:
-            raise HandRejected("no_hand", "the landmark model sees no hand")
-        center, axis_x, side = square_from_landmarks(points, *self.fit)
-        if not palm_square.inside_frame(center, axis_x, side, grey.shape):
-            raise HandRejected("cut_off", "the palm square leaves the frame")
-        mask = np.full(grey.shape, 255, np.uint8)
-        roi, _ = palm_square.cut_roi(grey, mask, 1.0, center, axis_x, side)
-        return roi
+            hand = self.finder.find(image)
+        finally:
+            self.cpu.append(time.process_time() - start)
+        self.paths[hand.alignment] = self.paths.get(hand.alignment, 0) + 1
+        return self.recognizer.features_from_hand(hand)
 
 
-def fit_square(model: LandmarkModel, samples) -> tuple[float, float, int]:
-    """Side and drop of the classical palm square in units of the knuckle span (medians over photos where the
-    classical path placed it from all three finger valleys)."""
-    from vendor_node.images import read_grey
+def _subset(dataset, keep) -> Dataset:
+    return Dataset([s for s in dataset if keep(s.subject)], dataset.problems, dataset.has_captured)
 
-    sides, drops = [], []
+
+def fit_square(finder: LandmarkFinder, samples) -> tuple[SquareFit, int]:
+    """Turn, side and drop of the classical palm square relative to the knuckles (medians), over the photos
+    where the classical path placed it from all three finger valleys. (The mean of per-set medians was tried
+    too: it moved coep_dev's squares 0.18 sides off the classical ones and cost 3 of 62 rank-1 there.)"""
+    fit = _fit_one(finder, samples)
+    if fit is None:
+        raise SystemExit("no photo to fit the square on")
+    return fit
+
+
+def _fit_one(finder: LandmarkFinder, samples) -> tuple[SquareFit, int] | None:
+    found = []
     for sample in samples:
         grey = read_grey(sample.path)
         try:
@@ -188,75 +92,127 @@ def fit_square(model: LandmarkModel, samples) -> tuple[float, float, int]:
             continue
         if hand.alignment != "valleys":
             continue
-        points, presence, _ = find_landmarks(model, grey)
-        if presence < PRESENCE:
-            continue
-        span = float(np.linalg.norm(points[17] - points[5]))
-        middle = (points[5] + points[17]) / 2
-        corners = hand.square
-        center = corners.mean(axis=0)
-        up = corners[0] - corners[3]
-        up = up / np.linalg.norm(up)
-        sides.append(float(np.linalg.norm(corners[1] - corners[0])) / span)
-        drops.append(float((middle - center) @ up) / span)
-    if not sides:
-        raise SystemExit("no photo to fit the square on")
-    return float(np.median(sides)), float(np.median(drops)), len(sides)
+        top = (hand.square[0] + hand.square[1]) / 2 - (hand.square[2] + hand.square[3]) / 2
+        finder.remember_up(float(np.arctan2(top[0], -top[1])))
+        reading = finder.find(grey)
+        if reading is not None:
+            found.append((reading.points, hand.square, top / np.linalg.norm(top)))
+    if not found:
+        return None
+    turns = []
+    for points, _, up_c in found:
+        _, axis_x, _ = square_from_landmarks(points, SquareFit(1.0, 0.0))
+        up_k = np.array([axis_x[1], -axis_x[0]])
+        sign = 1.0 if float((points[THUMB_BASE] - (points[INDEX_KNUCKLE] + points[LITTLE_KNUCKLE]) / 2) @ axis_x) > 0 else -1.0
+        turns.append(sign * float(np.degrees(np.arctan2(up_k[0] * up_c[1] - up_k[1] * up_c[0], up_k @ up_c))))
+    turn = float(np.median(turns))
+    sides, drops = [], []
+    for points, square, _ in found:
+        middle, axis_x, _ = square_from_landmarks(points, SquareFit(1.0, 0.0, turn))
+        up = np.array([axis_x[1], -axis_x[0]])
+        span = float(np.linalg.norm(points[LITTLE_KNUCKLE] - points[INDEX_KNUCKLE]))
+        sides.append(float(np.linalg.norm(square[1] - square[0])) / span)
+        drops.append(float((middle - square.mean(axis=0)) @ up) / span)
+    return SquareFit(float(np.median(sides)), float(np.median(drops)), turn), len(found)
 
 
-def _subset(dataset, keep) -> Dataset:
-    return Dataset([s for s in dataset if keep(s.subject)], dataset.problems, dataset.has_captured)
-
-
-def _figures(report: dict) -> dict:
-    ident, verification = report["identification"], report["verification"]
-    probes = ident["mated_probes"]
-    return {"fta": report.get("failure_to_acquire"), "failed": len(report.get("failed_images", [])),
-            "images": report.get("images"), "rank1_counting_fta": ident["rank1_counting_fta"], "mated_probes": probes,
-            "eer": verification.get("eer"), "genuine": verification["genuine"], "impostor": verification["impostor"]}
+def write_folder(args, cfg) -> dict:
+    """Fit the square on the tuning people of every set and write the landmark model's folder."""
+    folder: Path = args.write
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(args.model, folder / args.model.name)
+    wheel_info = args.model.parents[3] / "mediapipe-0.10.18.dist-info" / "LICENSE"
+    if wheel_info.is_file():
+        shutil.copyfile(wheel_info, folder / "LICENSE")
+    (folder / "NOTICE").write_text(
+        f"{args.model.name}: MediaPipe Hands hand-landmark model, Copyright The MediaPipe Authors (Google LLC),\n"
+        "licensed under the Apache License 2.0 (LICENSE, copied from the mediapipe 0.10.18 wheel's dist-info).\n"
+        "Copied unchanged from the wheel's mediapipe/modules/hand_landmark/; its sha256 is in manifest.json.\n"
+        "vendor_node runs it with LiteRT; mediapipe itself is not used or shipped.\n")
+    data = (folder / args.model.name).read_bytes()
+    manifest = {
+        "format": 1, "kind": "hand_landmark", "model_file": args.model.name, "sha256": hashlib.sha256(data).hexdigest(),
+        "size_bytes": len(data), "source": "mediapipe 0.10.18 wheel (PyPI), mediapipe/modules/hand_landmark/"
+        + args.model.name + ": Google's MediaPipe Hands landmark model, float16 weights; no palm detector is shipped",
+        "version": "mediapipe 0.10.18", "licence": "Apache-2.0 (LICENSE beside it, from the wheel's dist-info)",
+        "outputs": OUTPUTS, "presence_threshold": 0.5, "sure": 0.9, "refine": args.refine, "order": args.order,
+        "square": {"side_per_span": 1.0, "drop_per_span": 0.5},
+    }
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    model = LandmarkModel.load(folder)
+    finder = LandmarkFinder(model, model.fit, refine=args.refine)
+    samples, people = [], {}
+    for name in args.fit_sets:
+        root = args.data / name
+        tuned = tuned_subjects(cfg.unit.assets_dir, root)
+        chosen = [s for s in load_dataset(root) if s.subject in tuned][::2]
+        samples += chosen
+        people[name] = sorted({s.subject for s in chosen})
+    fit, photos = fit_square(finder, samples)
+    manifest["square"] = {"side_per_span": round(fit.side_per_span, 4), "drop_per_span": round(fit.drop_per_span, 4),
+                          "turn_deg": round(fit.turn_deg, 2), "photos": photos, "fitted_on": people,
+                          "how": "medians over every second photo of the palm-side sets' tuning people (preprocessing.tuned_on of the "
+                                 "active model) where the classical path placed the square from all three valleys"}
+    (folder / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    return manifest
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", type=Path, required=True)
+    parser.add_argument("--model", type=Path, help="the .tflite to fit the square for (with --write)")
+    parser.add_argument("--write", type=Path, help="write the landmark model's folder (model, LICENSE, manifest)")
+    parser.add_argument("--landmarks", type=Path, help="the landmark model's folder to measure")
+    parser.add_argument("--refine", choices=("always", "unsure", "never"), default=None)
+    parser.add_argument("--order", choices=("landmarks_first", "classical_first"), default="classical_first",
+                        help="with --write: the order the unit tries the two paths in")
+    parser.add_argument("--mirror", action="store_true", help="mirror hands the model tells left")
     parser.add_argument("--data", type=Path, default=Path("../shared/handdata"))
-    parser.add_argument("--sets", nargs="+", default=["nir_dev", "coep_dev", "webcam_hand2", "11k_full"])
+    parser.add_argument("--sets", nargs="+", default=SETS)
+    parser.add_argument("--fit-sets", nargs="+", default=FIT_SETS, help="sets whose tuning people fit the square")
+    parser.add_argument("--ways", nargs="+", default=["classical", "shipped"], choices=("classical", "shipped", "landmarks_first", "classical_first"))
     parser.add_argument("--robustness", nargs="*", default=[], help="transform names of eval --robustness")
-    parser.add_argument("--ways", nargs="+", default=list(WAYS), choices=WAYS)
     parser.add_argument("--report", type=Path, required=True)
     args = parser.parse_args()
     cv2.setNumThreads(1)
     cfg = load_config()
+    if args.write:
+        args.refine = args.refine or "unsure"
+        manifest = write_folder(args, cfg)
+        args.report.write_text(json.dumps(manifest, indent=2) + "\n")
+        print(json.dumps(manifest["square"]))
+        return 0
     recognizer = Recognizer.from_config(cfg)
-    model = LandmarkModel(args.model)
-    results = {"model": str(args.model), "sets": {}}
+    finder = LandmarkFinder.load(args.landmarks)
+    finder_order = json.loads((args.landmarks / "manifest.json").read_text()).get("order", "landmarks_first")
+    if args.refine:
+        finder.refine = args.refine
+    results = {"landmarks": str(args.landmarks), "refine": finder.refine, "mirror": args.mirror, "sets": {}}
     for name in args.sets:
         root = args.data / name
         dataset = load_dataset(root)
-        tuned = tuned_subjects(cfg.unit.assets_dir, root)
-        held = _subset(dataset, lambda s, ex=trained_subjects(cfg.unit.assets_dir, root): s not in ex)
-        measured = _subset(held, lambda s: s not in tuned) if tuned and any(
-            s.subject not in tuned for s in held) else held
-        fit_on = _subset(dataset, lambda s: s in tuned) if tuned else dataset
-        side, drop, fitted = fit_square(model, list(fit_on)[::2])
+        exclude = trained_subjects(cfg.unit.assets_dir, root) | tuned_subjects(cfg.unit.assets_dir, root)
+        measured = _subset(dataset, lambda s: s not in exclude)
         pairs = {frozenset(p) for p in SAME_PERSON.get(name, [])}
-        out = {"fit": {"side_per_span": side, "drop_per_span": drop, "photos": fitted},
-               "people": sorted({s.subject for s in measured}), "ways": {}}
-        for mode in args.ways:
-            rec = LandmarkRecognizer(recognizer, model, (side, drop), mode)
-            start = time.perf_counter()
-            report = evaluate(rec, measured, 1, not_impostors=pairs)
-            figures = _figures(report)
-            figures["seconds"] = round(time.perf_counter() - start, 1)
-            figures["presence_rate"] = float(np.mean(np.array(rec.presence) >= PRESENCE)) if rec.presence else None
-            figures["landmark_runs"] = len(rec.presence)
-            figures["preprocess_p95_ms"] = round(float(np.percentile(rec.seconds, 95) * 1000), 1) if rec.seconds else None
+        out = {"people": sorted({s.subject for s in measured}), "ways": {}}
+        for way in args.ways:
+            finder.turn, finder.runs = 0, 0  # as a unit's first frame
+            order = way if way.endswith("_first") else finder_order
+            timed = TimedRecognizer(recognizer, PalmFinder(None if way == "classical" else finder, args.mirror, order))
+            report = evaluate(timed, measured, 1, not_impostors=pairs)
+            ident, verification = report["identification"], report["verification"]
+            figures = {"failed": len(report.get("failed_images", [])), "images": report.get("images"),
+                       "rank1_counting_fta": ident["rank1_counting_fta"], "mated_probes": ident["mated_probes"],
+                       "eer": verification.get("eer"), "genuine": verification["genuine"],
+                       "impostor": verification["impostor"], "paths": timed.paths,
+                       "model_runs_per_frame": round(finder.runs / max(1, len(timed.cpu)), 2) if way != "classical" else 0,
+                       "find_cpu_p50_ms": round(float(np.percentile(timed.cpu, 50)) * 1000, 1),
+                       "find_cpu_p95_ms": round(float(np.percentile(timed.cpu, 95)) * 1000, 1)}
             if args.robustness:
-                rows = robustness_rows(evaluate, rec, measured, 1, pairs, names=args.robustness)
+                rows = robustness_rows(evaluate, timed, measured, 1, pairs, names=args.robustness)
                 figures["robustness"] = {r["probes"]: {k: r[k] for k in ("failed_to_acquire", "rank1_counting_fta",
                                                                          "mated_probes", "eer")} for r in rows}
-            out["ways"][mode] = figures
-            print(name, mode, json.dumps(figures), flush=True)
+            out["ways"][way] = figures
+            print(name, way, json.dumps(figures), flush=True)
         results["sets"][name] = out
         args.report.write_text(json.dumps(results, indent=2) + "\n")
     return 0

@@ -12,6 +12,9 @@ and decide (hand/cascade.py; when none of them reaches the threshold the palm co
 accept) unless ``"decide": "fused"``: then the shortlisted candidates are decided on the fused score of both
 models, by the ``fusion`` block of the shortlist model's manifest (hand/fusion.py); default ``"palm_code"``.
 
+``landmarks`` (optional, a folder name): the hand-landmark model that places the palm square before the classical
+path is tried (hand/palm_finder.py); not a matching model, so not in ``all``.
+
 ``unit.assets_dir`` names ``firmware_assets/``; a model folder itself (holding a ``manifest.json``) is also
 accepted wherever an assets folder is, as the one active model with nothing else accepted.
 """
@@ -37,6 +40,7 @@ class ModelSet:
     shortlist_keep: int = 0  # candidates the shortlist keeps (K)
     full_search_when_unknown: bool = True  # no shortlisted candidate passed: the palm codes search everyone
     fused: bool = False  # shortlist.decide = "fused": both models' fused score decides (hand/fusion.py)
+    landmarks: Path | None = None  # the hand-landmark model placing the palm square (hand/landmarks.py), if any
 
     @property
     def all(self) -> tuple[Path, ...]:
@@ -56,9 +60,9 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         listing = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelError(f"{path}: cannot read the model list: {exc}") from None
-    if not isinstance(listing, dict) or set(listing) - {"active", "accepted", "shortlist"}:
+    if not isinstance(listing, dict) or set(listing) - {"active", "accepted", "shortlist", "landmarks"}:
         raise ModelError(f"{path}: expected {{\"active\": NAME, \"accepted\": [NAME, ...], \"shortlist\": "
-                         f"{{\"model\": NAME, \"keep\": K}}}}, got {listing!r}")
+                         f"{{\"model\": NAME, \"keep\": K}}, \"landmarks\": NAME}}, got {listing!r}")
     active, accepted = listing.get("active"), listing.get("accepted", [])
     if not isinstance(accepted, list):
         raise ModelError(f"{path}: accepted: expected a list of model folder names, got {accepted!r}")
@@ -68,14 +72,11 @@ def model_set(assets_dir: Path | str) -> ModelSet:
         named.append(("shortlist.model", listing["shortlist"]["model"]))
     folders = []
     for key, name in named:
-        if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
-            raise ModelError(f"{path}: {key}: expected a model folder name, got {name!r}")
-        folder = assets_dir / name
-        if not (folder / MANIFEST_NAME).is_file():
-            raise ModelError(f"{path}: {key}: no {MANIFEST_NAME} in {folder}")
+        folder = _named_folder(path, assets_dir, key, name)
         if folder in folders:
             raise ModelError(f"{path}: {key}: {name!r} is listed twice")
         folders.append(folder)
+    landmarks = _landmark_folder(path, assets_dir, listing.get("landmarks"), folders)
     if keep:
         kinds = [_kind(folder) for folder in (folders[0], folders[-1])]
         if kinds != ["palm_code", "embedding"]:
@@ -83,8 +84,28 @@ def model_set(assets_dir: Path | str) -> ModelSet:
                              f"for a palm-code active model ({folders[0].name} is {kinds[0]})")
         return ModelSet(folders[0], tuple(folders[1:-1]), folders[-1], keep,
                         listing["shortlist"].get("full_search_when_unknown", True),
-                        listing["shortlist"].get("decide", "palm_code") == "fused")
-    return ModelSet(folders[0], tuple(folders[1:]))
+                        listing["shortlist"].get("decide", "palm_code") == "fused", landmarks)
+    return ModelSet(folders[0], tuple(folders[1:]), landmarks=landmarks)
+
+
+def _named_folder(path: Path, assets_dir: Path, key: str, name) -> Path:
+    """The model folder ``models.json`` names under ``key``; ModelError naming the key when it is not one."""
+    if not isinstance(name, str) or not name or "/" in name or name in (".", ".."):
+        raise ModelError(f"{path}: {key}: expected a model folder name, got {name!r}")
+    folder = assets_dir / name
+    if not (folder / MANIFEST_NAME).is_file():
+        raise ModelError(f"{path}: {key}: no {MANIFEST_NAME} in {folder}")
+    return folder
+
+
+def _landmark_folder(path: Path, assets_dir: Path, name, matching: list[Path]) -> Path | None:
+    """The ``landmarks`` folder (None when absent); ModelError naming the key when it is not a landmark folder."""
+    if name is None:
+        return None
+    folder = _named_folder(path, assets_dir, "landmarks", name)
+    if folder in matching:
+        raise ModelError(f"{path}: landmarks: {name!r} is a matching model, not a landmark model")
+    return folder
 
 
 def _kind(folder: Path) -> str:

@@ -17,6 +17,7 @@ import numpy as np
 from ..errors import HandRejected
 from .decision import DecisionPolicy
 from .evaluation_metrics import decide, upper_bound_95
+from .landmarks import is_landmark_folder
 from .model import Embedder, embedding_scores, embedding_template, read_manifest
 
 MAX_WRONG_PAYER = 1e-3  # recognition.max_wrong_payer's default: projected wrong payers per stranger presentation
@@ -177,6 +178,8 @@ def fusion_folder(assets_dir) -> Path:
 
     active = read_manifest(model_set(assets_dir).active).get("model_id")
     for folder in sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json")):
+        if is_landmark_folder(folder):  # the hand-landmark model (hand/landmarks.py) matches nothing
+            continue
         if (read_manifest(folder).get("fusion") or {}).get("palm_code_model") == active:
             return folder
     raise ModelError(f"{assets_dir}: no model folder holds a fusion block for the active model {active} "

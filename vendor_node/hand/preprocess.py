@@ -100,7 +100,7 @@ def extract_hand(image: np.ndarray, trace: dict | None = None, mirror_left: bool
 
 
 def _extract(image: np.ndarray, trace: dict | None) -> Hand:
-    grey = _validated(image)
+    grey = validated(image)
     scale = max(grey.shape) / WORK_SIZE
     if scale > 1.0:
         size = (round(grey.shape[1] / scale), round(grey.shape[0] / scale))
@@ -249,7 +249,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
 
 
 # --- input and segmentation ---------------------------------------------------
-def _validated(image) -> np.ndarray:
+def validated(image) -> np.ndarray:
     """A 2-D uint8 array; 3-channel frames are converted, anything else is a bad image."""
     if not isinstance(image, np.ndarray):
         raise HandRejected("bad_image", f"expected a numpy image, got {type(image).__name__}")

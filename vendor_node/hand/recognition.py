@@ -33,6 +33,7 @@ from .embed_matcher import EmbeddingMatcher
 from .fusion import FusedDecision
 from .gallery import Gallery, PalmCodeBank, parse_template
 from .model import Embedder, read_manifest
+from .palm_finder import PalmFinder
 from .palm_matcher import Enrollment, Features, PalmCodeMatcher, feature_id
 from .templates import (KIND_EMBEDDING, KIND_SET, MAX_TEMPLATE_BYTES, TEMPLATE_VERSION, EmbeddingTemplate, Template,
                         TemplateSet, model_tag, template_kind)
@@ -90,6 +91,7 @@ class Recognizer:
                          for m in self.matchers}
         self.threshold = self.policies[self.active.model_id].threshold  # enrollment agreement; calibrated point
         self.margin = self.policies[self.active.model_id].margin
+        self.palm_finder = PalmFinder()  # classical alone; from_config adds the landmark model models.json names
         self.guard = None  # set by the unit: templates made are guarded (template_guard.TemplateGuard)
         self._keep_roi = len(self.matchers) > 1
         self.deciders = [m for m in self.matchers if self.shortlist is None or m is not self.shortlist.matcher]
@@ -117,10 +119,12 @@ class Recognizer:
             if value is not None and value < floor:
                 raise ConfigError(f"recognition.{key}: must be at least {floor:g} (the floor in the model manifest "
                                   f"{embedders[0].model_path.parent.name}/), got {value:g}")
-        return cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin, accepted=tuple(embedders[1:]),
-                   max_wrong_payer=cfg.recognition.max_wrong_payer, shortlist=shortlist,
-                   shortlist_keep=models.shortlist_keep, full_search_when_unknown=models.full_search_when_unknown,
-                   fused=models.fused)
+        recognizer = cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin,
+                         accepted=tuple(embedders[1:]), max_wrong_payer=cfg.recognition.max_wrong_payer,
+                         shortlist=shortlist, shortlist_keep=models.shortlist_keep,
+                         full_search_when_unknown=models.full_search_when_unknown, fused=models.fused)
+        recognizer.palm_finder = PalmFinder.from_assets(cfg.unit.assets_dir)
+        return recognizer
 
     # --- the palm-code model's settings (evaluation, benches) ---------------------
     def _palm_matcher(self) -> PalmCodeMatcher:
@@ -143,10 +147,9 @@ class Recognizer:
 
     # --- features ---------------------------------------------------------------
     def features(self, image: np.ndarray) -> Features:
-        """Preprocess one camera frame and code its palm with the active model; HandRejected when unusable."""
-        from .preprocess import extract_hand
-
-        return self.features_from_hand(extract_hand(image))
+        """Find the palm in one camera frame (palm_finder.py) and code it with the active model; HandRejected
+        when unusable."""
+        return self.features_from_hand(self.palm_finder.find(image))
 
     def features_from_hand(self, hand) -> Features:
         return self.features_from_roi(hand.roi, hand.geometry, hand.quality, hand)
