@@ -1,6 +1,8 @@
 #!/usr/bin/env python3
 """Load figure for the back office: many simulated units upload a night of purchases, post a heartbeat
 and pull their bundle, N at a time, over loopback HTTP against `vendor-node office serve` on PostgreSQL.
+By default a closed loop (every unit queued at once: the saturation figure); `--window` paces the starts
+at random over a window, as a fleet's nightly timers with a randomised delay fire.
 
     .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --concurrency 50
     .venv/bin/python scripts/bench_office.py --units 1000 --purchases 200 --window 120   # paced: starts spread
