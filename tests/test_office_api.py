@@ -355,3 +355,23 @@ def test_a_batch_overlapping_what_the_office_holds_adds_only_its_new_entries(set
     assert answer.status_code == 200, answer.content
     assert ledger.balance_cents("E0001") == 1000 - 140 and ledger.balance_cents("E0002") == 500 - 60
     assert sorted(JournalEntry.objects.values_list("seq", flat=True)) == list(range(1, 10))
+
+
+def test_a_settled_review_is_charged_only_when_the_technician_says_so(setup):
+    """The charges the office counts: a vend that succeeded, and a reviewed outcome_unknown only when settled
+    as charged; an approval, a void, an unknown outcome and a review settled as not charged cost nothing."""
+    from vendor_node.office import ledger
+    from vendor_node.office.models import JournalEntry
+
+    client, unit, _keys = setup
+    journal = unit.journal
+    for employee, cents, charged in (("E0001", 70, True), ("E0002", 90, False)):
+        session = journal.begin_session()
+        journal.approve(session, employee, "5", cents)
+        journal.mark_outcome_unknown(session)
+        journal.settle_review(session, charged)
+    unit.buy("E0002", 30, succeed=False)
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    assert ledger.balance_cents("E0001") == 1000 - 70 and ledger.balance_cents("E0002") == 500
+    assert sorted(JournalEntry.objects.filter(charged_cents__gt=0).values_list("kind", "charged_cents")) == \
+        [("review_settled", 70)]

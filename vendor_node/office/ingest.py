@@ -56,8 +56,9 @@ def _signed_as_sent(data: bytes, public_key) -> dict | None:
     return body if isinstance(body, dict) else None
 
 
-def parse_batch(data: bytes, unit: Unit, public_key) -> dict:
-    """The verified batch body; UnitRequestRefused (400/401/403) naming what is wrong."""
+def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]:
+    """The verified batch body and its entries' row values (_ENTRY_FIELDS order, as read once by the checks);
+    UnitRequestRefused (400/401/403) naming what is wrong."""
     body = _signed_as_sent(data, public_key)
     if body is None:
         try:
@@ -89,7 +90,7 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> dict:
     expected = max(0, body["last_seq"] - body["first_seq"] + 1)
     if len(entries) != expected:
         raise _bad(f"body.entries: {len(entries)} entries for seq {body['first_seq']}..{body['last_seq']}")
-    prev, first = body["prev_hash"], body["first_seq"]
+    prev, first, fields = body["prev_hash"], body["first_seq"], []
     for i, entry in enumerate(entries):  # the hot loop of an upload: each field read once, one type test per
         # field (JSON gives no int or str subclasses but bool, which `type(...) is int` refuses); the slow path
         # names what is wrong
@@ -113,9 +114,13 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> dict:
         if entry_prev != prev or entry_hash != computed:
             raise UnitRequestRefused(409, f"body.entries[{i}]: hash chain broken at seq {seq}")
         prev = computed
+        charge = (amount_cents or 0) if kind == VEND_SUCCEEDED or (kind == REVIEW_SETTLED and (amount_cents or 0) > 0) \
+            else 0
+        fields.append((seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, entry_prev, entry_hash,
+                       charge))
     if prev != body["last_hash"]:
         raise UnitRequestRefused(409, "body.last_hash: does not match the last entry's hash")
-    return body
+    return body, fields
 
 
 _STR_OR_NONE, _INT_OR_NONE = (str, type(None)), (int, type(None))
@@ -135,13 +140,6 @@ def _refuse_entry_fields(entry, where: str) -> None:
     raise _bad(f"{where}: a field of the wrong type")  # not reached: the fast check and this one agree
 
 
-def _charge(entry: dict) -> int:
-    amount = entry.get("amount_cents") or 0
-    if entry["kind"] == VEND_SUCCEEDED or (entry["kind"] == REVIEW_SETTLED and amount > 0):
-        return amount
-    return 0
-
-
 def receipt_for(unit: Unit, batch: JournalBatch) -> dict:
     return {"kind": "journal", "unit_id": unit.unit_id, "batch_id": batch.batch_id, "last_seq": batch.last_seq,
             "last_hash": batch.last_hash, "ingested_at": batch.ingested_at}
@@ -149,7 +147,7 @@ def receipt_for(unit: Unit, batch: JournalBatch) -> dict:
 
 def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
     """Ingest one batch; returns the receipt (unsigned). Safe to call again with the same batch."""
-    body = parse_batch(data, unit, public_key)
+    body, fields = parse_batch(data, unit, public_key)
     first, last = body["first_seq"], body["last_seq"]
     for _attempt in range(3):
         try:
@@ -161,7 +159,7 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
                                                       "different entries")
                     return receipt_for(locked, done)
-                receipt = _ingest_locked(locked, body, first, last)
+                receipt = _ingest_locked(locked, body, fields, first, last)
             if time.monotonic() - _folded_at[0] >= FOLD_EVERY_S:  # after the commit, never inside it
                 _folded_at[0] = time.monotonic()
                 fold_pending_charges()
@@ -187,7 +185,7 @@ def _batch_done(unit: Unit, batch_id: str) -> JournalBatch | None:
                                                  last_seq=row[0], last_hash=row[1], ingested_at=row[2])
 
 
-def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
+def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last: int) -> dict:
     if first > unit.last_seq + 1 and last >= first:
         raise _GapRefused(f"batch {body['batch_id']} starts at seq {first} but the office has up to seq "
                           f"{unit.last_seq}: entries {unit.last_seq + 1}..{first - 1} missing")
@@ -213,8 +211,8 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
             if held.get(e["seq"]) != e["hash"]:
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
-    charges = [_charge(e) for e in new]  # once per entry: the rows and the per-employee sums both need it
-    _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new, charges)
+    new_rows = fields[held_count:]
+    _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new_rows)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
@@ -228,22 +226,22 @@ def _ingest_locked(unit: Unit, body: dict, first: int, last: int) -> dict:
                         batch.entries])
         cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s "
                        "WHERE id = %s", [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk])
-    _add_to_totals(new, charges)  # last: the shared per-employee rows stay locked only until the commit just after
+    _add_to_totals(new_rows)  # last: the shared per-employee rows stay locked only until the commit just after
     return receipt_for(unit, batch)
 
 
-_ENTRY_COLUMNS = ("unit_id", "epoch", "seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents",
-                  "detail", "prev_hash", "hash", "charged_cents", "batch_id")
+_ENTRY_FIELDS = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail", "prev_hash",
+                 "hash", "charged_cents")  # an entry's row values as parse_batch returns them
+_ENTRY_COLUMNS = ("unit_id", "epoch", *_ENTRY_FIELDS, "batch_id")
 
 
-def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict], charges: list[int]) -> None:
+def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[tuple]) -> None:
     """The new entries in one statement: COPY on PostgreSQL, one prepared INSERT on SQLite. A night's 600
     entries built as ORM objects cost more CPU than all of the request's checks (profiled under the bench)."""
     if not entries:
         return
-    rows = [(unit_pk, epoch, e["seq"], e["ts_us"], e["kind"], e["session_id"], e.get("employee_id"), e.get("item"),
-             e.get("amount_cents"), e.get("detail"), e["prev_hash"], e["hash"], charge, batch_id)
-            for e, charge in zip(entries, charges)]
+    head, tail = (unit_pk, epoch), (batch_id,)
+    rows = [head + values + tail for values in entries]
     table, columns = JournalEntry._meta.db_table, ", ".join(_ENTRY_COLUMNS)
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
@@ -255,15 +253,16 @@ def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[dict]
                                rows)
 
 
-def _add_to_totals(entries: list[dict], charges: list[int]) -> None:
+def _add_to_totals(entries: list[tuple]) -> None:
     """The new charges per employee as one pending row (same transaction as the entries): a plain insert, so
     two units' uploads never wait on each other. A running total per employee updated here made every upload
     wait for the one before it to commit (most uploads touch most employees): under 50 concurrent units that
     queue, not the CPU, set the pace."""
     sums: dict[str, int] = {}
-    for e, charge in zip(entries, charges):
-        if charge and e.get("employee_id"):
-            sums[e["employee_id"]] = sums.get(e["employee_id"], 0) + charge
+    for values in entries:
+        employee_id, charge = values[4], values[10]
+        if charge and employee_id:
+            sums[employee_id] = sums.get(employee_id, 0) + charge
     if sums:
         with connection.cursor() as cursor:
             cursor.execute(f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)",
