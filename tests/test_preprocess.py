@@ -220,6 +220,28 @@ def test_a_close_up_with_fingertips_and_wrist_outside_is_not_fingers_closed():
     assert hand.alignment == "valleys" and "valley_middle_ring" in hand.keypoints
 
 
+@pytest.mark.parametrize("person", [1, 3, 6, 8])
+def test_a_near_hand_whose_fingers_leave_the_frame_just_above_their_valleys_is_placed(person):
+    """The unit's near hand (2.5x, held towards the fingers' side): the fingers leave the top edge in several
+    pieces (not an arm, so no wrist is put there) and the gaps between them are shallow notches at the edge;
+    these still place the square, within 6% of the palm's width and 12 degrees (the notch sits a little above
+    the hidden valley) of the upright hand's."""
+    center, turn, _ = _roi_in_canvas(person)
+    near_center, near_turn, hand = _roi_in_canvas(person, scale=2.5, shift=(0.0, -0.1))
+    assert "wrist" not in hand.keypoints or hand.keypoints["wrist"][1] > 240  # never at the fingers (top)
+    assert hand.alignment == "valleys"
+    assert np.linalg.norm(near_center - center) < 0.06 * synthetic.PALM and _turn_between(near_turn, turn) < 12.0
+
+
+@pytest.mark.parametrize("person", range(8))
+def test_a_hand_too_near_for_its_palm_square_is_told_to_go_higher(person):
+    """3.2x: the finger valleys are out of view and the square cannot be placed; the refusal says so (not
+    "fingers_closed", as a misread wrist at the fingers used to make it)."""
+    with pytest.raises(HandRejected) as caught:
+        extract_hand(synthetic.draw_hand(person, 0, scale=3.2, shift=(0.0, -0.1), spread=1.0))
+    assert caught.value.reason == "too_close" and "higher" in REASONS["too_close"]
+
+
 @pytest.mark.parametrize("person", [2, 5, 8])
 @pytest.mark.parametrize("pose", [{}, {"rotation": 25.0}, {"scale": 1.4}, {"spread": 0.0}],
                          ids=lambda pose: ",".join(f"{k}={v}" for k, v in pose.items()) or "upright")
