@@ -281,3 +281,29 @@ def test_a_hand_with_half_its_palm_outside_is_cut_off_not_matched():
     """Fingertips may leave the frame; the palm may not: a hand pushed over the edge is refused."""
     for shift in ((-0.45, -0.2), (-0.45, 0.0), (0.45, 0.1)):
         assert _reason(synthetic.draw_hand(3, 0, shift=shift, rotation=0, scale=1.0)) == "cut_off"
+
+
+def _palm_mask(top_pieces: list[tuple[int, int]], arm: bool) -> np.ndarray:
+    """A drawn palm mask (working pixels): a disc of radius 60, ``top_pieces`` (x from, x to) reaching the top
+    edge from it, and an arm leaving the bottom edge when ``arm``."""
+    mask = np.zeros((240, 320), np.uint8)
+    cv2.circle(mask, (160, 130), 60, 255, -1)
+    for x0, x1 in top_pieces:
+        cv2.rectangle(mask, (x0, 0), (x1, 120), 255, -1)
+    if arm:
+        cv2.rectangle(mask, (120, 130), (200, 239), 255, -1)
+    return mask
+
+
+def test_fingers_leaving_the_frame_side_by_side_are_not_taken_for_the_arm():
+    from vendor_node.hand.frame_edge import wrist_contact
+
+    fingers = [(100, 125), (135, 160), (170, 195), (205, 228)]  # four finger-wide pieces, finger-gap apart
+    wrist, spills = wrist_contact(_palm_mask(fingers, arm=False), np.array([160.0, 130.0]), 60.0)
+    assert wrist is None and spills  # no arm in sight: only the valleys can place the square
+    wrist, _ = wrist_contact(_palm_mask(fingers, arm=True), np.array([160.0, 130.0]), 60.0)
+    assert wrist is not None and wrist[1] == 239  # the arm at the bottom, never the fingers at the top
+    # A patterned sleeve (pieces of any width, hairline gaps) is still one arm leaving the top.
+    sleeve = [(110, 125), (128, 133), (136, 175), (178, 215)]
+    wrist, spills = wrist_contact(_palm_mask(sleeve, arm=False), np.array([160.0, 130.0]), 60.0)
+    assert wrist is not None and wrist[1] == 0 and not spills
