@@ -7,8 +7,8 @@ import numpy as np
 from ..errors import HandRejected
 
 FINGER_CONTACT = 0.8  # of the palm radius: a contact with the frame's edge narrower than this is a finger
-FINGER_GAP = 0.08  # with gaps at least this wide between them (nir_dev: 0.13-0.3; a sleeve's pattern 0.04)
-FINGER_CUT = 0.15  # and one between two others is at least this wide (nir_dev held nearer: 0.3-0.55; a sleeve 0.1)
+FINGER_CUT = 0.2  # and a finger the frame cuts at least this wide (drawn and nir_dev near hands: 0.26-0.6; the
+# pieces of a patterned sleeve: down to 0.1)
 
 
 def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
@@ -30,17 +30,16 @@ def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[
     runs = [(edges[i] + 1, edges[i + 1] + 1) for i in range(0, len(edges) - 1, 2)]
     # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
     # barely grazing the edge is kept, anything more is a part of the hand outside the view.
-    merged: list[list] = []  # [start, end, the widths of its pieces, the gaps between them]
+    merged: list[list] = []  # [start, end, the widths of its pieces]
     for a, b in runs:
         if merged and a - merged[-1][1] < 0.6 * radius:
-            merged[-1][1:] = [b, merged[-1][2] + [b - a], merged[-1][3] + [a - merged[-1][1]]]
+            merged[-1][1:] = [b, merged[-1][2] + [b - a]]
         else:
-            merged.append([a, b, [b - a], []])
+            merged.append([a, b, [b - a]])
     # Three or more finger-wide pieces side by side are fingers leaving the frame (a near hand), not an arm with
-    # a bracelet or a patterned sleeve (pieces of any width; the frame's corner may cut the outer fingers narrow):
-    # no arm there (the wrist must not be put at the fingers).
-    fingers = [r for r in merged if len(r[2]) >= 3 and max(r[2]) < FINGER_CONTACT * radius
-               and min(r[2][1:-1]) >= FINGER_CUT * radius and min(r[3]) >= FINGER_GAP * radius]
+    # a bracelet or a patterned sleeve (pieces of any width): no arm there (the wrist must not be put at the fingers).
+    fingers = [r for r in merged if len(r[2]) >= 3 and FINGER_CUT * radius <= min(r[2])
+               and max(r[2]) < FINGER_CONTACT * radius]
     runs = sorted((r[:2] for r in merged if r not in fingers and r[1] - r[0] >= max(3.0, 0.2 * radius)),
                   key=lambda r: r[0] - r[1])
     if not runs:
