@@ -63,6 +63,7 @@ MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
+NEAR_PALM_SPAN = 0.75  # larger and no finger gaps seen: "too close", not "fingers_closed" (nir_dev as framed 0.55-0.71)
 
 
 @dataclass(frozen=True)
@@ -143,6 +144,9 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
             except HandRejected as refusal:
                 if method == "otsu":  # the plain reading's reason is the one to tell (e.g. too close)
                     first, first_trace = refusal, retry_trace
+        span = 2 * first_trace.get("palm_radius", 0.0) / min(grey.shape)
+        if first.reason == "fingers_closed" and span > NEAR_PALM_SPAN:  # the finger gaps left the frame: too near
+            first = reject("too_close")
         _keep_trace(trace, first_trace, first)
         raise first from None
 
