@@ -81,3 +81,26 @@ def test_simulated_office_from_the_cache_enrolls_nothing_twice(recognizer, count
     assert sorted(templates) == ["E0001", "E0002", "E0003", "E0004"]
     frames = people[0].presentations()
     assert len(frames) == 6 and frames[0].shape == (480, 640)  # drawn when shown
+
+
+def test_past_the_real_path_the_office_is_filled_with_drawn_palm_regions(recognizer, counted, monkeypatch):
+    """Beyond REAL_PATH_MAX: palm regions drawn directly and coded by the model, distinct, cached, never presented."""
+    from vendor_node.hand.gallery import Gallery
+
+    monkeypatch.setattr(template_cache, "REAL_PATH_MAX", 2)
+    cfg = Config()
+    office = drawn_templates(cfg, recognizer, 6, workers=1, progress=False)
+    assert len(office) == 6 and len(counted) >= 2
+    seeds = [seed for seed, _ in office]
+    assert not any(template_cache.is_region_seed(s) for s in seeds[:2])
+    assert all(template_cache.is_region_seed(s) for s in seeds[2:])
+    assert template_cache.is_region_person(f"synthetic:{seeds[3]}") and not template_cache.is_region_person(
+        f"synthetic:{seeds[0]}")
+    assert len({t for _, t in office}) == 6  # distinct people
+    assert office[3][1] == template_cache.region_template(recognizer, seeds[3])  # the real model's coding
+    gallery = Gallery.from_rows([str(s) for s in seeds], [t for _, t in office])
+    region = recognizer.features_from_roi(template_cache.draw_palm_region(seeds[4]))
+    assert recognizer.identify(region, gallery).employee_id == str(seeds[4])  # each region is its own person
+    counted.clear()
+    assert drawn_templates(cfg, recognizer, 6, workers=1, progress=False) == office  # read back from the caches
+    assert template_cache.region_cache_path(recognizer).is_file()

@@ -20,13 +20,16 @@ import zlib
 import numpy as np
 
 from . import palmcode
+from .template_guard import _HEADER as GUARDED_HEADER
 from .template_guard import GuardedTemplate, is_guarded
 from .templates import (CRC, KIND_SET, TEMPLATE_V2, V2_HEADER, EmbeddingTemplate, Template, TemplateSet, check_bytes,
                         template_kind, template_version, v2_header)
+from .templates import _HEADER as V1_HEADER
 from ..errors import RecognitionError
 
 PALM_CODE = "palm-code"  # the bank key of v1 palm-code templates (palm-gabor-1)
 SCORE_CHUNK_ROWS = 2048  # int8 rows turned to float32 per step: the buffer (1 MiB) stays in cache
+BUILD_CHUNK = 1024  # palm-code templates parsed and packed at a time while a gallery is built
 
 
 def parse_template(data: bytes, name: str = "template"):
@@ -128,17 +131,20 @@ class EmbeddingBank:
 
 
 class PalmCodeBank:
-    """v1 palm codes as packed bit matrices (the palm-code matcher reads ``planes``, ``masks``, ``geometry``)."""
+    """v1 palm codes as packed bit matrices stored word-major (``planes_t`` (3, W64, N), ``masks_t`` (W64, N)):
+    the 1:N sift and coarse pass run each bit operation along the whole gallery at once (palmcode.wide_distances).
+    ``planes`` (N, 3, W64) and ``masks`` (N, W64) are views of the same bits, one row per employee. The arrays
+    grow by a quarter when full (``reserve`` sizes them once for a gallery build), never per template."""
 
     def __init__(self):
         self.ids: list[str] = []
         self.grid: tuple[int, int] | None = None
-        self.planes = np.zeros((0, palmcode.BITS, 0), np.uint64)
-        self.masks = np.zeros((0, 0), np.uint64)
-        self.feature_ids = np.zeros(0, np.uint32)
-        self.geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
         self.guard_id: int | None = None  # the template guard all entries are stored under (None: clear)
         self._rows: dict[str, int] = {}
+        self._planes = np.zeros((palmcode.BITS, 0, 0), np.uint64)
+        self._masks = np.zeros((0, 0), np.uint64)
+        self._feature_ids = np.zeros(0, np.uint32)
+        self._geometry = np.zeros((0, 0), np.float32)  # (N, G), 0 where unmeasured
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -146,44 +152,121 @@ class PalmCodeBank:
     def __contains__(self, employee_id: str) -> bool:
         return employee_id in self._rows
 
+    planes_t = property(lambda self: self._planes[:, :, : len(self.ids)])
+    masks_t = property(lambda self: self._masks[:, : len(self.ids)])
+    feature_ids = property(lambda self: self._feature_ids[: len(self.ids)])
+    geometry = property(lambda self: self._geometry[: len(self.ids)])
+    planes = property(lambda self: self.planes_t.transpose(2, 0, 1))
+    masks = property(lambda self: self.masks_t.T)
+
+    def rows(self, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Packed planes (n, 3, W64) and masks (n, W64) of the given rows, row-major copies."""
+        return (np.ascontiguousarray(self._planes[:, :, rows].transpose(2, 0, 1)),
+                np.ascontiguousarray(self._masks[:, rows].T))
+
     def row(self, employee_id: str) -> int | None:
         return self._rows.get(employee_id)
 
+    def reserve(self, total: int, words: int, geometry: int = 0) -> None:
+        """Room for ``total`` entries of ``words`` 64-bit words a plane (and ``geometry`` measurements)."""
+        n = len(self.ids)
+        if total <= self._masks.shape[1] and words == self._masks.shape[0] and geometry <= self._geometry.shape[1]:
+            return
+        if n and words != self._masks.shape[0]:
+            raise RecognitionError("templates have different code grids; re-enroll with one model")
+        total = max(total, n)
+        width = max(geometry, self._geometry.shape[1])
+        planes, masks = np.zeros((palmcode.BITS, words, total), np.uint64), np.zeros((words, total), np.uint64)
+        feature_ids, shape = np.zeros(total, np.uint32), np.zeros((total, width), np.float32)
+        if n:
+            planes[:, :, :n], masks[:, :n], feature_ids[:n] = self.planes_t, self.masks_t, self.feature_ids
+            shape[:n, : self._geometry.shape[1]] = self.geometry
+        self._planes, self._masks, self._feature_ids, self._geometry = planes, masks, feature_ids, shape
+
     def remove(self, employee_id: str) -> None:
         i = self._rows[employee_id]
+        n = len(self.ids)
+        for array, axis in ((self._planes, 2), (self._masks, 1), (self._feature_ids, 0), (self._geometry, 0)):
+            moved = np.moveaxis(array, axis, 0)
+            moved[i:n - 1] = moved[i + 1:n].copy()  # the later rows move up one: the order is kept
         del self.ids[i]
         self._rows = {e: k for k, e in enumerate(self.ids)}
-        self.geometry = np.delete(self.geometry, i, axis=0)
-        self.planes = np.delete(self.planes, i, axis=0)
-        self.masks = np.delete(self.masks, i, axis=0)
-        self.feature_ids = np.delete(self.feature_ids, i)
 
     def extend(self, ids: list[str], templates: list) -> None:
+        """Append parsed templates (Template or GuardedTemplate, one grid, one guard)."""
         if not templates:
             return
-        grids = {t.grid for t in templates} | ({self.grid} if self.grid else set())
+        grids = {t.grid for t in templates}
         if len(grids) > 1:
             raise RecognitionError(f"templates have different code grids {sorted(grids)}; re-enroll with one model")
-        guards = {getattr(t, "guard_id", None) for t in templates} | ({self.guard_id} if len(self.ids) else set())
+        guards = {getattr(t, "guard_id", None) for t in templates}
         if len(guards) > 1:
-            raise RecognitionError("templates are stored under different template guards (or some in the clear): "
-                                   "run `vendor-node keys renew-template-guard` to bring them under one")
-        self.grid, self.guard_id = templates[0].grid, guards.pop()
-        planes = palmcode.pack_cells(np.array([t.bit_planes() for t in templates]))
-        masks = palmcode.pack_cells(np.array([t.valid for t in templates]))
-        if len(self.ids):
-            planes, masks = np.concatenate([self.planes, planes]), np.concatenate([self.masks, masks])
-        self.planes, self.masks = planes, masks
-        self.feature_ids = np.concatenate([self.feature_ids, np.array([t.feature_id for t in templates], np.uint32)])
-        self._rows.update((e, len(self.ids) + k) for k, e in enumerate(ids))
-        self.ids.extend(ids)
-        width = max([self.geometry.shape[1]] + [t.geometry.shape[0] for t in templates])
-        rows = np.zeros((len(templates), width), np.float32)
+            raise RecognitionError(_MIXED_GUARDS)
+        width = max(t.geometry.shape[0] for t in templates)
+        geometry = np.zeros((len(templates), width), np.float32)
         for k, t in enumerate(templates):
-            rows[k, : t.geometry.shape[0]] = t.geometry
-        old = np.pad(self.geometry, ((0, 0), (0, width - self.geometry.shape[1])))
-        self.geometry = np.concatenate([old, rows])
+            geometry[k, : t.geometry.shape[0]] = t.geometry
+        self.extend_packed(ids, palmcode.pack_cells(np.array([t.bit_planes() for t in templates])),
+                           palmcode.pack_cells(np.array([t.valid for t in templates])),
+                           np.array([t.feature_id for t in templates], np.uint32), geometry, grids.pop(), guards.pop())
 
+    def extend_packed(self, ids: list[str], planes: np.ndarray, masks: np.ndarray, feature_ids: np.ndarray,
+                      geometry: np.ndarray, grid: tuple[int, int], guard_id: int | None) -> None:
+        """Append rows already packed: planes (n, 3, W64), masks (n, W64), geometry (n, G)."""
+        if self.grid is not None and len(self.ids) and grid != self.grid:
+            raise RecognitionError(f"templates have different code grids {sorted({grid, self.grid})}; re-enroll "
+                                   "with one model")
+        if len(self.ids) and guard_id != self.guard_id:
+            raise RecognitionError(_MIXED_GUARDS)
+        self.grid, self.guard_id = grid, guard_id
+        n, add, words = len(self.ids), len(ids), masks.shape[1]
+        if n + add > self._masks.shape[1] or geometry.shape[1] > self._geometry.shape[1] \
+                or words != self._masks.shape[0]:
+            self.reserve(max(n + add, n + n // 4), words, geometry.shape[1])
+        self._planes[:, :, n:n + add] = planes.transpose(1, 2, 0)
+        self._masks[:, n:n + add] = masks.T
+        self._feature_ids[n:n + add] = feature_ids
+        self._geometry[n:n + add] = 0
+        self._geometry[n:n + add, : geometry.shape[1]] = geometry
+        self._rows.update((e, n + k) for k, e in enumerate(ids))
+        self.ids.extend(ids)
+
+
+_MIXED_GUARDS = ("templates are stored under different template guards (or some in the clear): run "
+                 "`vendor-node keys renew-template-guard` to bring them under one")
+
+
+def _v1_rows(bank: PalmCodeBank, rows: list[tuple[str, bytes]]) -> None:
+    """Palm-code templates into the bank. Templates laid out like the first (same length and header but for
+    the images-used count; CRC checked each) are copied from their bytes in bulk: the stored planes and mask
+    are already the bank's packed words. Any other is parsed alone (and refused naming what is wrong)."""
+    first = parse_template(rows[0][1], f"template of {rows[0][0]}")
+    h, w = first.grid
+    cells = h * w
+    header = (GUARDED_HEADER if isinstance(first, GuardedTemplate) else V1_HEADER).size
+    plane_bytes, mask_bytes, glen = palmcode.BITS * cells // 8, cells // 8, first.geometry.shape[0]
+    size = header + plane_bytes + mask_bytes + 2 * glen + CRC.size
+    blob0 = bytes(rows[0][1])
+    key = blob0[:8] + blob0[9:header]  # everything but the images-used count
+    runs: list[tuple[bool, list]] = []  # consecutive rows copied in bulk or parsed alone: the order is kept
+    for employee_id, blob in rows:
+        ok = (cells % 64 == 0 and len(blob) == size and bytes(blob[:8]) + bytes(blob[9:header]) == key
+              and CRC.unpack_from(blob, size - CRC.size)[0] == zlib.crc32(blob[:size - CRC.size]))
+        if not runs or runs[-1][0] != ok or len(runs[-1][1]) == BUILD_CHUNK:
+            runs.append((ok, []))
+        runs[-1][1].append((employee_id, blob))
+    bank.reserve(len(bank) + len(rows), -(-cells // 64), glen)
+    for ok, chunk in runs:
+        if not ok:
+            bank.extend([i for i, _ in chunk], [parse_template(b, f"template of {i}") for i, b in chunk])
+            continue
+        raw = np.frombuffer(b"".join(bytes(b) for _, b in chunk), np.uint8).reshape(len(chunk), size)
+        planes = raw[:, header:header + plane_bytes].copy().view("<u8").astype(np.uint64, copy=False)
+        masks = raw[:, header + plane_bytes:header + plane_bytes + mask_bytes].copy().view("<u8")
+        geometry = raw[:, header + plane_bytes + mask_bytes:size - CRC.size].copy().view("<f2").astype(np.float32)
+        bank.extend_packed([i for i, _ in chunk], planes.reshape(len(chunk), palmcode.BITS, -1),
+                           masks.astype(np.uint64, copy=False), np.full(len(chunk), first.feature_id, np.uint32),
+                           geometry, first.grid, getattr(first, "guard_id", None))
 
 class Gallery:
     """Every enrolled template, one bank per model: palm codes (``codes``) and ``embeddings[model tag]``."""
@@ -211,7 +294,8 @@ class Gallery:
                 groups.setdefault(bytes(blob[5:6]) + bytes(blob[8:20]) + bytes(blob[:4]), []).append((employee_id, blob))
             else:
                 codes.append((employee_id, blob))
-        gallery.codes.extend([i for i, _ in codes], [parse_template(b, f"template of {i}") for i, b in codes])
+        if codes:  # copied in bulk a chunk at a time into arrays sized once: no per-template objects kept
+            _v1_rows(gallery.codes, codes)
         for rows in groups.values():
             gallery._extend_v2([i for i, _ in rows], [bytes(b) for _, b in rows])
         return gallery
@@ -286,7 +370,7 @@ class Gallery:
     def nbytes(self) -> int:
         """Bytes of the banks' arrays (not counting the ids)."""
         c = self.codes
-        return (c.planes.nbytes + c.masks.nbytes + c.geometry.nbytes + c.feature_ids.nbytes
+        return (c.planes_t.nbytes + c.masks_t.nbytes + c.geometry.nbytes + c.feature_ids.nbytes  # live rows
                 + sum(bank.nbytes() for bank in self.embeddings.values()))
 
     def __len__(self) -> int:

@@ -75,7 +75,8 @@ class Embedder:
                 f"{model_path}: sha256 {digest} does not match {manifest['sha256']} in "
                 f"{assets_dir / MANIFEST_NAME}; refusing to run an unmeasured model"
             )
-        interpreter = _make_interpreter(data, model_path)
+        palm_code = manifest.get("kind", "palm_code") == "palm_code"
+        interpreter = _make_interpreter(data, model_path, builtin_kernels=palm_code)
         _check_io(interpreter, manifest, model_path)
         return cls(interpreter, manifest, model_path)
 
@@ -233,18 +234,23 @@ def _read_model_bytes(model_path: Path) -> bytes:
         raise ModelError(f"{model_path}: cannot read: {exc}") from None
 
 
-def _make_interpreter(data: bytes, model_path: Path):
+def _make_interpreter(data: bytes, model_path: Path, builtin_kernels: bool = False):
+    """One single-thread interpreter. ``builtin_kernels``: TFLite's own int8 kernels without the XNNPACK
+    delegate (the palm-code model: its one 17x17 convolution over a single channel runs 4x cheaper there,
+    0.46 vs 1.85 ms CPU here, outputs within 1 of XNNPACK's in 0.03% of values)."""
     try:
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
     except ImportError:
         try:
-            from tflite_runtime.interpreter import Interpreter
+            from tflite_runtime.interpreter import Interpreter, OpResolverType
         except ImportError:
             raise ModelError(
                 "neither ai-edge-litert nor tflite-runtime is installed: pip install ai-edge-litert"
             ) from None
+    options = {"experimental_op_resolver_type": OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES} \
+        if builtin_kernels else {}
     try:
-        interpreter = Interpreter(model_content=data, num_threads=1)
+        interpreter = Interpreter(model_content=data, num_threads=1, **options)
         interpreter.allocate_tensors()
     except (ValueError, RuntimeError) as exc:
         raise ModelError(f"{model_path}: the interpreter cannot load it: {exc}") from None

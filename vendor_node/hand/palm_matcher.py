@@ -48,6 +48,21 @@ def feature_id(manifest: dict) -> int:
     return int.from_bytes(digest[:4], "little")
 
 
+@dataclass(frozen=True)
+class _Prepared:
+    """One probe's packed variants, row-major (V, 3, W64)/(V, W64) and word-major (3, W64, V)/(W64, V)."""
+
+    geometry: np.ndarray
+    codes: np.ndarray
+    guard_id: int | None
+    planes: np.ndarray
+    masks: np.ndarray
+    planes_t: np.ndarray
+    masks_t: np.ndarray
+    coarse: np.ndarray  # indexes of the coarse pass's variants
+    sift: np.ndarray  # ... and of the sift's
+
+
 class PalmCodeMatcher:
     """Codes and matches with one palm-code model (manifest format 1)."""
 
@@ -62,10 +77,13 @@ class PalmCodeMatcher:
         self.min_bits = int(self.params.min_overlap * self.grid[0] * self.grid[1])
         self._full_shifts = palmcode.shifts(self.params.max_shift)
         self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
+        self._sift_shifts = palmcode.shifts(self.params.sift_reach, self.params.sift_step)
+        self._last: _Prepared | None = None  # the last probe's variants (one probe is searched at a time)
 
-    def features_from_roi(self, roi, geometry, quality, hand, keep_roi) -> Features:
+    def features_from_roi(self, roi, geometry, quality, hand, keep_roi, poses: int | None = None) -> Features:
+        """The ROI coded at every probe pose (``poses``: only the first few; enrolling one image needs one)."""
         codes, valids = [], []
-        for angle, zoom in self.params.poses():
+        for angle, zoom in self.params.poses()[:poses]:
             turned = palmcode.rotate_roi(roi, angle, zoom)
             responses = self.embedder.responses(turned)
             valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
@@ -144,53 +162,101 @@ class PalmCodeMatcher:
     def scores(self, probe: Features, bank: PalmCodeBank, guard) -> np.ndarray:
         """Similarity (0..1) to every entry of the bank with the full alignment search: float32 (N,)."""
         self.check(bank, guard)
-        return self._scores(probe, bank, None, self._full_shifts, len(probe.codes), guard)
+        return self._fine(self._prepared(probe, bank, guard), bank, None)
 
     def best_two(self, probe: Features, bank: PalmCodeBank, guard) -> tuple[int, float, float]:
-        """(row, best score, runner-up score): a coarse pass over all, the full search on the best few."""
-        return self.best_two_among(probe, bank, self.candidates(probe, bank, guard), guard, checked=True)
+        """(row, best score, runner-up score): cheap passes narrow the bank (``candidates``), the full search
+        on those decides."""
+        self.check(bank, guard)
+        prepared = self._prepared(probe, bank, guard)
+        return self._best_two_of(prepared, bank, self._candidates(prepared, bank))
 
     def candidates(self, probe: Features, bank: PalmCodeBank, guard) -> np.ndarray:
-        """Bank rows worth the full search: the best few of a coarse pass (fewer shifts and poses) over all."""
+        """Bank rows worth the full search: the best ``candidates`` of the sift and coarse passes.
+
+        The sift (when ``sift_reach``) scores every entry with the probe as cut at a few shifts and keeps
+        ``max(sift_keep, sift_fraction x N)``; the coarse pass scores those at more shifts and keeps
+        ``candidates`` (scripts/measure_coarse.py measures how often the genuine would be left out, on
+        people the model never saw)."""
         self.check(bank, guard)
-        coarse = self._scores(probe, bank, None, self._coarse_shifts,
-                              min(self.params.coarse_rotations, len(probe.codes)), guard)
-        keep = min(len(bank), self.params.candidates)
-        return np.argpartition(-coarse, keep - 1)[:keep] if keep < len(bank) else np.arange(len(bank))
+        return self._candidates(self._prepared(probe, bank, guard), bank)
+
+    def _candidates(self, prepared: "_Prepared", bank: PalmCodeBank) -> np.ndarray:
+        n, p = len(bank), self.params
+        keep = min(n, p.candidates)
+        if keep == n:
+            return np.arange(n)
+        rows = None
+        wide = max(p.sift_keep, int(p.sift_fraction * n))
+        if p.sift_reach and wide < n:
+            sifted = self.pass_scores(prepared, prepared.sift, bank, None)
+            rows = np.sort(np.argpartition(-sifted, wide - 1)[:wide])
+        coarse = self.pass_scores(prepared, prepared.coarse, bank, rows)
+        best = np.argpartition(-coarse, keep - 1)[:keep]
+        return best if rows is None else rows[best]
 
     def scores_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> np.ndarray:
         """Full-search similarity to the given bank rows only: float32 (len(rows),)."""
         self.check(bank, guard)
-        return self._scores(probe, bank, np.asarray(rows, np.int64), self._full_shifts, len(probe.codes), guard)
+        return self._fine(self._prepared(probe, bank, guard), bank, np.asarray(rows, np.int64))
 
-    def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard,
-                       checked: bool = False) -> tuple[int, float, float]:
+    def best_two_among(self, probe: Features, bank: PalmCodeBank, rows: np.ndarray, guard) -> tuple[int, float, float]:
         """(row, best, runner-up) of the full alignment search on the given bank rows only (a shortlist)."""
-        if not checked:
-            self.check(bank, guard)
-        rows = np.asarray(rows, np.int64)
-        fine = self._scores(probe, bank, rows, self._full_shifts, len(probe.codes), guard)
-        order = np.argsort(-fine)
+        self.check(bank, guard)
+        return self._best_two_of(self._prepared(probe, bank, guard), bank, np.asarray(rows, np.int64))
+
+    def _best_two_of(self, prepared: "_Prepared", bank: PalmCodeBank, rows: np.ndarray) -> tuple[int, float, float]:
+        fine = self._fine(prepared, bank, rows)
+        order = np.argsort(-fine, kind="stable")
         runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
         return int(rows[order[0]]), float(fine[order[0]]), runner_up
 
-    def _scores(self, probe: Features, bank: PalmCodeBank, rows, offsets, rotations: int, guard) -> np.ndarray:
-        planes, masks, _ = palmcode.probe_variants(probe.codes, probe.valid, offsets, rotations)
-        if bank.guard_id is not None:  # the same keyed transform as the stored templates: distances unchanged
-            planes, masks = guard.protect_variants(planes, masks, self.grid)
-        g_planes = bank.planes if rows is None else bank.planes[rows]
-        g_masks = bank.masks if rows is None else bank.masks[rows]
-        out = np.empty(len(g_planes), np.float32)
-        chunk = max(1, 30_000 // max(1, len(offsets) * rotations))  # keeps (V, chunk, words) temporaries in cache
-        for start in range(0, len(g_planes), chunk):
-            d = palmcode.distances(planes, masks, g_planes[start:start + chunk], g_masks[start:start + chunk],
-                                   self.min_bits)
-            out[start:start + chunk] = 1.0 - d
+    def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
+        """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all)."""
+        planes_t, masks_t = (bank.planes_t, bank.masks_t) if rows is None else \
+            (bank.planes_t[:, :, rows], bank.masks_t[:, rows])
+        d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], planes_t, masks_t,
+                                    self.min_bits).min(axis=0)
+        return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
+
+    def _fine(self, prepared: "_Prepared", bank: PalmCodeBank, rows) -> np.ndarray:
+        """The full alignment search (every variant) on ``rows`` (None: all): float32 similarities."""
+        if rows is None:
+            d = palmcode.wide_distances(prepared.planes, prepared.masks, bank.planes_t, bank.masks_t,
+                                        self.min_bits).min(axis=0)
+        else:
+            g_planes, g_masks = bank.rows(rows)
+            d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits)
+        return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
+
+    def _with_geometry(self, out: np.ndarray, geometry_of_probe: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
         if self.params.geometry_weight:
             geometry = bank.geometry if rows is None else bank.geometry[rows]
             out -= self.params.geometry_weight * palmcode.geometry_distances(
-                probe.geometry, geometry, self.params.geometry_min_shared, self.params.geometry_fill)
+                geometry_of_probe, geometry, self.params.geometry_min_shared, self.params.geometry_fill)
         return np.clip(out, 0.0, 1.0)
+
+    def _prepared(self, probe: Features, bank: PalmCodeBank, guard) -> "_Prepared":
+        """The probe's packed variants (every pose x shift), in the bank's guard domain, made once per probe
+        and gallery guard: the coarse pass, the full search and a fallback search all reuse them."""
+        guard_id = bank.guard_id
+        last = self._last
+        if last is not None and last.codes is probe.codes and last.guard_id == guard_id:
+            return last
+        # a guarded gallery: the same keyed transform as its templates (distances unchanged), applied in the packing
+        order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
+        planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, self._full_shifts, len(probe.codes),
+                                                      order, xor)
+        rotations = min(self.params.coarse_rotations, len(probe.codes))
+
+        def variants(shifts) -> np.ndarray:
+            wanted = set(shifts)
+            return np.array([i for i, (r, dy, dx) in enumerate(what) if r < rotations and (dy, dx) in wanted])
+
+        self._last = _Prepared(probe.geometry, probe.codes, guard_id, planes, masks,
+                               np.ascontiguousarray(planes.transpose(1, 2, 0)), np.ascontiguousarray(masks.T),
+                               variants(self._coarse_shifts), variants(self._sift_shifts))
+        return self._last
 
     def check(self, bank: PalmCodeBank, guard) -> None:
         if bank.guard_id is not None:

@@ -17,6 +17,7 @@ import numpy as np
 
 BITS = 3  # Johnson-code bits per cell for 6 orientations
 BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
+SMALL_PASS = 8192  # variants x entries up to which wide_distances does all variants in one go
 
 
 @dataclass(frozen=True)
@@ -30,9 +31,13 @@ class CodeParams:
     fragile_fraction: float = 0.15  # weakest-winner cells masked out
     mask_erode: int = 2  # cells dropped next to the background (filter edge effects)
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
-    coarse_step: int = 2  # shift step of the coarse 1:N pass
-    coarse_rotations: int = 1  # how many of rotations_deg the coarse pass tries
+    coarse_step: int = 1  # shift step of the coarse 1:N pass
+    coarse_rotations: int = 1  # how many of rotations_deg the coarse pass (and the sift) tries
     candidates: int = 32  # gallery entries that get the full search
+    sift_reach: int = 2  # > 0: a sift before the coarse pass, shifts up to this many cells by sift_step ...
+    sift_step: int = 2
+    sift_keep: int = 1000  # ... keeping for the coarse pass max(sift_keep, sift_fraction x gallery) entries
+    sift_fraction: float = 0.1
     geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
     geometry_fill: float = 0.0  # the difference assumed when too few measurements are shared
     geometry_min_shared: int = 5  # measurements both hands must have for a real comparison
@@ -85,10 +90,15 @@ def valid_cells(roi: np.ndarray, grid: tuple[int, int], erode: int) -> np.ndarra
 
 def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask."""
-    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    winner = np.argmin(responses, axis=-1)
+    code = winner.astype(np.uint8)
     if fragile_fraction > 0 and valid.any():
-        ordered = np.sort(responses, axis=-1)
-        strength = ordered[..., 1] - ordered[..., 0]  # how clearly the winner won
+        # how clearly the winner won: the runner-up's response minus the winner's (what sorting the six
+        # responses of every cell would give, without the sort's per-cell cost)
+        best = np.take_along_axis(responses, winner[..., None], axis=-1)
+        others = responses.copy()
+        np.put_along_axis(others, winner[..., None], np.inf, axis=-1)
+        strength = (others.min(axis=-1, keepdims=True) - best)[..., 0]
         valid = valid & (strength >= np.quantile(strength[valid], fragile_fraction))
     return code, valid
 
@@ -121,10 +131,11 @@ def pack_cells(bits: np.ndarray) -> np.ndarray:
 _BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
 
 
-def popcount_by_table(words: np.ndarray) -> np.ndarray:
-    """Set bits per uint64 word for numpy < 2.0 (older Pi images), through a byte lookup table."""
+def popcount_by_table(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """Set bits per uint64 word (uint8, like ``np.bitwise_count``) for numpy < 2.0 (older Pi images), through
+    a byte lookup table."""
     as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(words.shape + (8,))
-    return _BYTE_COUNTS[as_bytes].sum(axis=-1, dtype=np.uint16)
+    return np.sum(_BYTE_COUNTS[as_bytes], axis=-1, dtype=np.uint8, out=out)
 
 
 popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
@@ -150,22 +161,37 @@ def shifts(max_shift: int, step: int = 1) -> list[tuple[int, int]]:
     return out
 
 
-def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]],
-                   rotations: int) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
-    """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is."""
-    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int, int]], rotations: int,
+                   order: np.ndarray | None = None,
+                   xor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, list[tuple[int, int, int]]]:
+    """Packed planes (V, 3, W64) and masks (V, W64) of the probe's rotations x shifts, and what each one is.
+
+    ``order`` (cells,) and ``xor`` (3, cells): a template guard's layout (template_guard.TemplateGuard.layout),
+    applied while the cells are gathered, so a guarded gallery's probe is packed once, in its domain."""
     h, w = codes.shape[-2:]
     stack = np.concatenate([johnson_planes_batch(codes[:rotations]), valid[:rotations, None]], axis=1)  # (R, 4, H, W)
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
     padded = np.pad(stack, ((0, 0), (0, 0), (reach, reach), (reach, reach)))  # zeros: masked out
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (h, w), axis=(2, 3))  # (R, 4, 2r+1, 2r+1, H, W)
-    # Shifting the content by (dy, dx) is the window that starts at (reach - dy, reach - dx).
-    ys = np.array([reach - dy for dy, _ in offsets])
-    xs = np.array([reach - dx for _, dx in offsets])
-    picked = windows[:, :, ys, xs]  # (R, 4, S, H, W)
-    picked = np.moveaxis(picked, 2, 1).reshape(rotations * len(offsets), BITS + 1, h, w)
+    index = variant_index((h, w), offsets, order)
+    picked = padded.reshape(rotations, BITS + 1, -1)[:, :, index]  # (R, 4, S, cells)
+    picked = picked.transpose(0, 2, 1, 3).reshape(rotations * len(offsets), BITS + 1, h, w)
+    if xor is not None:
+        picked[:, :BITS] ^= xor[:, order].reshape(BITS, h, w)
     packed = pack_cells(picked)
     what = [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
     return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
+
+
+def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None) -> np.ndarray:
+    """(S, cells) flat positions in the padded code of each shifted cell (in ``order`` when given): shifting
+    the content by (dy, dx) reads cell (y - dy, x - dx)."""
+    h, w = grid
+    reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
+    cells = np.arange(h * w) if order is None else np.asarray(order)
+    ys, xs = cells // w, cells % w
+    dy = np.array([o[0] for o in offsets])[:, None]
+    dx = np.array([o[1] for o in offsets])[:, None]
+    return (ys[None] + reach - dy) * (w + 2 * reach) + (xs[None] + reach - dx)
 
 
 def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
@@ -191,8 +217,71 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
     counts = popcount(common).sum(axis=-1, dtype=np.int32)
     differing = (p_planes[:, None] ^ g_planes[None]) & common[:, :, None, :]  # (V, N, 3, W)
     diff = popcount(differing.reshape(differing.shape[0], differing.shape[1], -1)).sum(axis=-1, dtype=np.int32)
-    dist = np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0)
-    return dist.astype(np.float32)
+    return _normalised(diff, counts, min_bits)
+
+
+def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.ndarray, g_masks_t: np.ndarray,
+                   min_bits: int, chunk: int = 4096) -> np.ndarray:
+    """:func:`variant_distances` (V, N) of a few probe variants against a gallery stored word-major
+    (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
+    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits."""
+    n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
+    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
+        common = p_masks[:, :, None] & g_masks_t[None]  # (V, W64, N)
+        counts = popcount(common).sum(axis=1, dtype=np.int32)
+        differing = p_planes[:, :, :, None] ^ g_planes_t[None]  # (V, 3, W64, N)
+        differing &= common[:, None]
+        diff = popcount(differing).reshape(len(p_planes), BITS * words, n).sum(axis=1, dtype=np.int32)
+        return _normalised(diff, counts, min_bits)
+    out = np.empty((len(p_planes), n), np.float32)
+    width = min(chunk, max(1, n))
+    common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
+    total, bits = np.empty((words, width), np.uint8), np.empty((words, width), np.uint8)
+    counts, diff = np.empty(width, np.uint16), np.empty(width, np.uint16)  # at most 3 x 64 x W64 bits
+    for start in range(0, n, width):
+        stop = min(n, start + width)
+        m = stop - start
+        c, x, t, b = common[:, :m], work[:, :m], total[:, :m], bits[:, :m]
+        for v in range(len(p_planes)):
+            np.bitwise_and(g_masks_t[:, start:stop], p_masks[v][:, None], out=c)
+            np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
+            for k in range(BITS):  # bits differing per word, summed over the planes in uint8 (at most 192)
+                np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
+                x &= c
+                popcount(x, out=t if k == 0 else b)
+                if k:
+                    t += b
+            np.sum(t, axis=0, dtype=np.uint16, out=diff[:m])
+            out[v, start:stop] = _normalised(diff[:m], counts[:m], min_bits)
+    return out
+
+
+def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
+                   min_bits: int) -> np.ndarray:
+    """:func:`distances` (N,) of many probe variants stored word-major (planes (3, W64, V), masks (W64, V))
+    against a few gallery entries (N, 3, W64): every operation runs along the variants, the full alignment
+    search of a shortlist without numpy's per-row overhead."""
+    out = np.empty(len(g_planes), np.float32)
+    words, variants = p_masks_t.shape
+    common, work = np.empty((words, variants), np.uint64), np.empty((words, variants), np.uint64)
+    total, bits = np.empty((words, variants), np.uint8), np.empty((words, variants), np.uint8)
+    counts, diff = np.empty(variants, np.uint16), np.empty(variants, np.uint16)
+    for i in range(len(g_planes)):
+        np.bitwise_and(p_masks_t, g_masks[i][:, None], out=common)
+        np.sum(popcount(common, out=bits), axis=0, dtype=np.uint16, out=counts)
+        for k in range(BITS):
+            np.bitwise_xor(p_planes_t[k], g_planes[i, k][:, None], out=work)
+            work &= common
+            popcount(work, out=total if k == 0 else bits)
+            if k:
+                total += bits
+        np.sum(total, axis=0, dtype=np.uint16, out=diff)
+        out[i] = _normalised(diff, counts, min_bits).min() if variants else 1.0
+    return out
+
+
+def _normalised(diff: np.ndarray, counts: np.ndarray, min_bits: int) -> np.ndarray:
+    return np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0).astype(np.float32)
 
 
 def geometry_distances(probe: np.ndarray, gallery: np.ndarray, min_shared: int, fill: float) -> np.ndarray:

@@ -299,7 +299,10 @@ def identification_summary(truth: list[tuple[str | None, str | None]]) -> dict:
 def simulate_customers(cfg, recognizer, people, images, count: int, rng: random.Random, echo: bool = True,
                        vmc_options: dict | None = None, on_progress=None) -> dict:
     """Run ``count`` customers through a SimUnit; the report dict (counts, latencies, charges vs vends)."""
-    employees = [p for p in people if p.employee_id] or people
+    from .template_cache import is_region_person
+
+    # employees past 10,000 are drawn palm regions only (template_cache.py): no hand of theirs can be shown
+    employees = [p for p in people if p.employee_id and not is_region_person(p.key)] or people
     strangers = [p for p in people if not p.employee_id] or employees
     behaviours, weights = zip(*BEHAVIOUR_WEIGHTS.items())
     records = []

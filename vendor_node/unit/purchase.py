@@ -66,11 +66,16 @@ class Purchase:
     charged: bool = False
     stages: dict = field(default_factory=dict)  # ms per step so far
     board_stages: dict = field(default_factory=dict)  # ... of the path trigger->board (for the Pi's budget)
+    cpu_stages: dict = field(default_factory=dict)  # CPU ms of this thread per step: what a busy machine's
+    _cpu_mark: float = field(default_factory=time.thread_time, repr=False)  # wall time hides (since the last step)
 
     def timed(self, stage: str, since: float) -> float:
-        """Add the time since ``since`` to ``stage``; returns now (monotonic) for the next stage."""
-        now = time.monotonic()
+        """Add the time since ``since`` to ``stage`` (and the thread's CPU time since the last step to its
+        ``cpu_stages``); returns now (monotonic) for the next stage."""
+        now, cpu = time.monotonic(), time.thread_time()
         self.stages[stage] = self.stages.get(stage, 0.0) + (now - since) * 1000
+        self.cpu_stages[stage] = self.cpu_stages.get(stage, 0.0) + (cpu - self._cpu_mark) * 1000
+        self._cpu_mark = cpu
         return now
 
     def line(self) -> str:

@@ -1,0 +1,173 @@
+"""The palm-code 1:N search: the fast kernels give exactly the reference distances, and the coarse-then-fine
+search decides as the full alignment search over everyone does, in clear and guarded galleries."""
+import dataclasses
+import os
+import types
+
+import numpy as np
+import pytest
+
+from vendor_node.config import ASSETS_DIR
+from vendor_node.hand import palmcode
+from vendor_node.hand.gallery import Gallery, PalmCodeBank, parse_template
+from vendor_node.hand.model import Embedder
+from vendor_node.hand.palm_matcher import PalmCodeMatcher
+from vendor_node.hand.recognition import Recognizer
+from vendor_node.hand.template_guard import TemplateGuard
+from vendor_node.sim.drawn_hands import draw_hand
+from vendor_node.sim.template_cache import FIRST_REGION_SEED, draw_palm_region, region_template
+
+PEOPLE = range(1, 9)
+PADS = 150  # drawn palm regions: the gallery is bigger than the shortlist, so the coarse pass must choose
+
+
+def random_bits(rng, *shape):
+    return rng.integers(0, 2 ** 63, size=shape, dtype=np.uint64) | rng.integers(0, 2, size=shape, dtype=np.uint64) << 63
+
+
+@pytest.mark.parametrize("variants,entries", [(1, 700), (25, 300), (441, 7), (3, 1), (49, 9000)])
+def test_fast_kernels_equal_the_reference(variants, entries):
+    rng = np.random.default_rng(variants)
+    p_planes, p_masks = random_bits(rng, variants, 3, 16), random_bits(rng, variants, 16)
+    g_planes, g_masks = random_bits(rng, entries, 3, 16), random_bits(rng, entries, 16)
+    g_masks[: entries // 3] &= random_bits(rng, entries // 3, 16) & random_bits(rng, entries // 3, 16)  # few shared
+    min_bits = 250
+    want = palmcode.variant_distances(p_planes, p_masks, g_planes, g_masks, min_bits)
+    assert (want == 1.0).any() or entries < 3  # the too-few-shared-cells rule is exercised
+    wide = palmcode.wide_distances(p_planes, p_masks, np.ascontiguousarray(g_planes.transpose(1, 2, 0)),
+                                   np.ascontiguousarray(g_masks.T), min_bits, chunk=128)
+    np.testing.assert_array_equal(wide, want)
+    deep = palmcode.deep_distances(np.ascontiguousarray(p_planes.transpose(1, 2, 0)), np.ascontiguousarray(p_masks.T),
+                                   g_planes, g_masks, min_bits)
+    np.testing.assert_array_equal(deep, want.min(axis=0))
+
+
+def test_the_bank_keeps_rows_in_step_when_employees_come_and_go():
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    templates = {f"r{k}": region_template(recognizer, FIRST_REGION_SEED + k) for k in range(5)}
+    gallery = Gallery.from_templates(templates)
+    gallery.remove("r1")
+    gallery.add("r9", templates["r1"])
+    bank = gallery.codes
+    assert bank.ids == ["r0", "r2", "r3", "r4", "r9"]
+    for employee_id in bank.ids:
+        t = parse_template(templates[employee_id if employee_id != "r9" else "r1"])
+        row = bank.row(employee_id)
+        assert np.array_equal(bank.planes[row], palmcode.pack_cells(t.bit_planes()))
+        assert np.array_equal(bank.masks[row], palmcode.pack_cells(t.valid[None])[0])
+    planes, masks = bank.rows(np.array([4, 0]))
+    assert np.array_equal(planes, bank.planes[[4, 0]]) and np.array_equal(masks, bank.masks[[4, 0]])
+
+
+@pytest.fixture(scope="module")
+def office():
+    """Drawn employees (two frames enrolled, later frames presented) among drawn palm regions."""
+    recognizer = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))
+    templates = {f"p{p}": recognizer.enroll([draw_hand(p, s) for s in (0, 1)]).template for p in PEOPLE}
+    templates.update({f"pad{k}": region_template(recognizer, FIRST_REGION_SEED + k) for k in range(PADS)})
+    probes = [recognizer.features(draw_hand(p, s)) for p in PEOPLE for s in (2, 5)]
+    probes += [recognizer.features(draw_hand(500 + k, 3)) for k in range(3)]  # strangers
+    probes += [recognizer.features_from_roi(draw_palm_region(FIRST_REGION_SEED + 7))]  # a pad's own region
+    return types.SimpleNamespace(recognizer=recognizer, templates=templates, probes=probes)
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+@pytest.mark.parametrize("sift", [False, True])
+def test_the_coarse_pass_decides_as_the_full_search(office, guarded, sift, monkeypatch):
+    recognizer = office.recognizer
+    matcher = recognizer.active
+    assert isinstance(matcher, PalmCodeMatcher) and matcher.params.candidates < len(office.templates)
+    if sift:  # the sift keeps 40 of the gallery for the coarse pass (at the unit: 1,000 or a tenth)
+        matcher = PalmCodeMatcher(matcher.embedder, dataclasses.replace(matcher.params, sift_keep=40,
+                                                                        sift_fraction=0.0))
+        monkeypatch.setattr(recognizer, "active", matcher)
+        monkeypatch.setattr(recognizer, "matchers", [matcher])
+        monkeypatch.setattr(recognizer, "deciders", [matcher])
+    guard = TemplateGuard(os.urandom(32)) if guarded else None
+    gallery = Gallery.from_templates({k: guard.protect(t) if guard else t for k, t in office.templates.items()})
+    everyone = PalmCodeMatcher(matcher.embedder, dataclasses.replace(matcher.params, candidates=10 ** 6))
+    named = 0
+    recognizer.guard = guard
+    try:
+        for probe in office.probes:
+            row, best, runner_up = matcher.best_two(probe, gallery.codes, guard)
+            full = everyone.scores(probe, gallery.codes, guard)
+            assert row == int(np.argmax(full)) and best == full.max()
+            assert runner_up <= np.sort(full)[-2] + 1e-7  # the best of the shortlist's others
+            decided = recognizer.identify(probe, gallery)
+            if decided.employee_id:
+                named += 1
+                assert decided.employee_id == gallery.codes.ids[int(np.argmax(full))]
+    finally:
+        recognizer.guard = None
+    assert named >= len(PEOPLE)  # most presentations of the employees are recognised
+
+
+def test_a_probe_is_prepared_once_for_the_coarse_pass_and_the_full_search(office, monkeypatch):
+    matcher = office.recognizer.active
+    gallery = Gallery.from_templates(office.templates)
+    calls = []
+    real = palmcode.probe_variants
+    monkeypatch.setattr(palmcode, "probe_variants", lambda *a: calls.append(1) or real(*a))
+    probe = office.probes[0]
+    matcher.best_two(probe, gallery.codes, None)
+    matcher.best_two_among(probe, gallery.codes, np.arange(3), None)
+    assert len(calls) == 1
+
+
+def test_probe_variants_packed_in_a_guards_domain_equal_the_guards_transform(office):
+    guard = TemplateGuard(os.urandom(32))
+    probe, matcher = office.probes[0], office.recognizer.active
+    shifts = palmcode.shifts(3)
+    clear = palmcode.probe_variants(probe.codes, probe.valid, shifts, 3)
+    order, xor = guard.layout(matcher.grid)
+    direct = palmcode.probe_variants(probe.codes, probe.valid, shifts, 3, order, xor)
+    protected = guard.protect_variants(clear[0], clear[1], matcher.grid)
+    assert np.array_equal(direct[0], protected[0]) and np.array_equal(direct[1], protected[1])
+    assert direct[2] == clear[2]
+
+
+def test_probe_variants_are_the_probe_moved_cell_by_cell(office):
+    probe = office.probes[1]
+    planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, palmcode.shifts(3), len(probe.codes))
+    for v in (0, 17, 60, len(what) - 1):
+        r, dy, dx = what[v]
+        mask = palmcode.pack_cells(palmcode.shift_cells(probe.valid[r], dy, dx, False)[None])[0]
+        code = palmcode.shift_cells(probe.codes[r], dy, dx, 0)
+        assert np.array_equal(masks[v], mask)
+        assert np.array_equal(planes[v] & mask, palmcode.pack_cells(palmcode.johnson_planes(code)) & mask)
+
+
+def test_competitive_code_strength_equals_the_sorted_responses():
+    rng = np.random.default_rng(1)
+    for trial in range(30):
+        responses = rng.normal(size=(32, 32, 6)).astype(np.float32)
+        if trial % 3 == 0:
+            responses = np.round(responses * 4) / 4  # ties between the winner and the runner-up
+        valid = rng.random((32, 32)) > 0.3
+        ordered = np.sort(responses, axis=-1)
+        strength = ordered[..., 1] - ordered[..., 0]
+        code, kept = palmcode.competitive_code(responses, valid, 0.15)
+        assert np.array_equal(code, np.argmin(responses, axis=-1))
+        assert np.array_equal(kept, valid & (strength >= np.quantile(strength[valid], 0.15)))
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_gallery_built_in_bulk_holds_what_each_template_says(office, guarded):
+    guard = TemplateGuard(os.urandom(32)) if guarded else None
+    templates = {k: guard.protect(t) if guard else t for k, t in office.templates.items()}
+    odd = office.recognizer.enroll_features([office.probes[0]]).template  # another images-used count
+    templates["odd"] = guard.protect(odd) if guard else odd
+    bulk = Gallery.from_templates(templates).codes
+    one_by_one = PalmCodeBank()
+    for employee_id, blob in templates.items():
+        one_by_one.extend([employee_id], [parse_template(blob)])
+    assert bulk.ids == one_by_one.ids and bulk.guard_id == one_by_one.guard_id
+    for name in ("planes", "masks", "feature_ids", "geometry"):
+        np.testing.assert_array_equal(getattr(bulk, name), getattr(one_by_one, name))
+    broken = dict(templates)
+    blob = bytearray(broken["pad7"])
+    blob[40] ^= 1
+    broken["pad7"] = bytes(blob)
+    with pytest.raises(Exception, match="pad7"):
+        Gallery.from_templates(broken)
