@@ -307,3 +307,13 @@ def test_fingers_leaving_the_frame_side_by_side_are_not_taken_for_the_arm():
     sleeve = [(110, 125), (128, 133), (136, 175), (178, 215)]
     wrist, spills = wrist_contact(_palm_mask(sleeve, arm=False), np.array([160.0, 130.0]), 60.0)
     assert wrist is not None and wrist[1] == 0 and not spills
+
+
+def test_every_refusal_has_a_short_display_hint_that_says_what_to_do():
+    """The machine's display is 32 characters; the camera looks up, so a hand too near is told to go higher."""
+    from vendor_node.hand.preprocess import REASONS
+    from vendor_node.unit.purchase import HAND_HINTS, hand_hint
+
+    assert set(REASONS) <= set(HAND_HINTS)
+    assert all(len(hint) <= 32 for hint in HAND_HINTS.values())
+    assert "higher" in hand_hint("too_close") and "lower" in hand_hint("too_far")
