@@ -21,16 +21,16 @@ GEOMETRY_NAMES = (
 )
 GEOMETRY_SIZE = len(GEOMETRY_NAMES)
 
-# The palm ROI (measured with the palm-code matcher on coep_dev and webcam_hand2, enroll 1): its side is
-# ROI_SIDE palm radii (the palm's inscribed circle is steadier than the valleys, which pegs and finger
-# spread move); its centre is halfway between a point ROI_PALM_SHIFT radii from the palm centre towards
-# the fingers and the centre of a square hanging ROI_GAP sides below the finger-valley line.
+# The palm ROI (measured with the palm-code matcher on coep_dev and webcam_hand2, enroll 1): its side is ROI_SIDE
+# palm radii (the inscribed circle is steadier than the valleys, which pegs and finger spread move); its centre is
+# halfway between ROI_PALM_SHIFT radii from the palm centre fingerwards and a square ROI_GAP sides below the valleys.
 ROI_SIDE = 1.45
 ROI_GAP = 0.3 / 1.45
 ROI_PALM_SHIFT = 0.1
 AXIS_TIP_BACK = 2.8  # fingers together: the ROI sits this many palm radii back from the farthest fingertip
 VALLEY_DEPTH = 0.45  # convexity-defect depth in palm radii
 VALLEY_DEPTH_CLOSE = 0.3  # the same in close-ups and between fingers that leave the frame: fingers look shorter
+EDGE_NOTCH_DEPTH = 0.06  # the same between two fingers that both leave the frame (cut just above the valley)
 OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther out than the middle/ring one
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
@@ -86,10 +86,13 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     on_border = lambda p: (p[0] <= 1) | (p[1] <= 1) | (p[0] >= w - 2) | (p[1] >= h - 2)  # noqa: E731
     for start, end, far, depth in _defects_split_at_border(poly, defects, on_border):
         at_edge = bool(on_border(start) or on_border(end))  # fingers cut off by the frame look shorter
-        if depth < (VALLEY_DEPTH_CLOSE if at_edge or close_up else VALLEY_DEPTH) * radius or on_border(far):
+        between_cut = bool(on_border(start) and on_border(end)) and depth >= EDGE_NOTCH_DEPTH * radius and (
+            wrist is None or float((far - center) @ (wrist - center)) < 0)  # fingers both leaving, not by the arm
+        if (depth < (VALLEY_DEPTH_CLOSE if at_edge or close_up else VALLEY_DEPTH) * radius and not between_cut
+                or on_border(far)):
             continue
         v1, v2 = start - far, end - far
-        if float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-6)) < -0.2:
+        if not between_cut and float(v1 @ v2 / (np.linalg.norm(v1) * np.linalg.norm(v2) + 1e-6)) < -0.2:
             continue  # wider than ~100 degrees: not between two fingers
         valleys.append(far)
         tips_raw += [start, end]
@@ -258,9 +261,8 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
     if im is not None and rl is not None:
         a, b = im, rl
     elif mr is not None and (im is not None or rl is not None):
-        # Two fingers touching hide one valley: the finger valleys form an arch with the middle/ring valley
-        # on top; the missing one is placed where it typically is (measured on coep_dev, webcam_hand2 and
-        # silhouettes: steps along the arch and towards the palm, in units of the known step).
+        # Two fingers touching hide one valley: the valleys form an arch, middle/ring on top; the missing one goes where
+        # it typically is (coep_dev, webcam_hand2, silhouettes: steps along the arch and palmwards, in known steps).
         if im is not None:
             a, b = im, _continue_arch(im, mr, center, 0.93, 0.53)
         else:
@@ -283,7 +285,6 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
     span = 0.0
     if a is not None:
         span = float(np.linalg.norm(b - a))
-        # Finger valleys lie across the hand, on the fingers' side of the palm centre.
         fingers_up = _finger_direction(p)
         if fingers_up is None:  # fingertips unnamed or outside the frame: the fingers' outlines point the way
             between = [v for v in (im, mr, rl) if v is not None]
@@ -310,9 +311,8 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         from_palm = center + up * ROI_PALM_SHIFT * radius
         from_valleys = (a + b) / 2 - up * (ROI_GAP + 0.5) * side
         return (from_palm + from_valleys) / 2, axis_x, side, alignment
-    # Fingers together: orientation from the hand's long axis; position halfway between the palm circle
-    # and a point a fixed number of palm radii back from the farthest fingertip (the circle alone slides
-    # along a hand whose fingers are closed, the fingertips alone move with finger bending).
+    # Fingers together: orientation from the hand's long axis; position halfway between the palm circle and a point
+    # fixed palm radii back from the farthest fingertip (the circle slides along closed fingers; tips move in bending).
     up = _principal_axis(mask, center, radius, shape.up)
     axis_x = np.array([-up[1], up[0]])
     from_circle = center + up * ROI_PALM_SHIFT * radius

@@ -26,6 +26,7 @@ import numpy as np
 
 from ..assets import MANIFEST_NAME
 from ..errors import ModelError
+from .model import read_checked_manifest
 
 __all__ = ["LandmarkModel", "LandmarkReader", "LandmarkFinder", "Reading", "SquareFit", "square_from_landmarks",
            "INPUT"]
@@ -134,25 +135,9 @@ _REQUIRED = {"format": int, "kind": str, "model_file": str, "sha256": str, "outp
 def read_landmark_manifest(folder: Path | str) -> dict:
     """The landmark model's manifest with the fields the unit relies on checked; ModelError naming the key."""
     path = Path(folder) / MANIFEST_NAME
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ModelError(f"{path}: landmark model manifest not found") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the landmark model manifest: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise ModelError(f"{path}: expected a JSON object")
-    for key, kind in _REQUIRED.items():
-        if key not in manifest:
-            raise ModelError(f"{path}: missing key {key!r}")
-        if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
-            raise ModelError(f"{path}: {key}: bad value {manifest[key]!r}")
+    manifest = read_checked_manifest(path, "landmark model manifest", _REQUIRED)
     if manifest["kind"] != KIND or manifest["format"] != 1:
         raise ModelError(f"{path}: expected kind {KIND!r} format 1, got {manifest['kind']!r} format {manifest['format']}")
-    if len(manifest["sha256"]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in manifest["sha256"]):
-        raise ModelError(f"{path}: sha256: expected 64 hex digits, got {manifest['sha256']!r}")
-    if "/" in manifest["model_file"] or manifest["model_file"] in ("", ".", ".."):
-        raise ModelError(f"{path}: model_file must be a file name beside the manifest, got {manifest['model_file']!r}")
     for key in ("points", "presence", "right"):
         if not isinstance(manifest["outputs"].get(key), str):
             raise ModelError(f"{path}: outputs.{key}: expected the output tensor's name")

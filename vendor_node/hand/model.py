@@ -124,35 +124,43 @@ _REQUIRED = {
 _IO_KEYS = {"shape": list, "dtype": str, "scale": (int, float), "zero_point": int}
 
 
-def read_manifest(assets_dir: Path | str) -> dict:
-    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong.
-
-    ``assets_dir``: a model folder, or ``firmware_assets/`` (then the active model's manifest).
-    """
-    path = model_set(assets_dir).active / MANIFEST_NAME
+def read_checked_manifest(path: Path, what: str, required: dict) -> dict:
+    """A model folder's manifest parsed, with the keys every model file needs checked (each ``required`` key present
+    with its type, a 64-hex ``sha256``, a ``model_file`` beside the manifest); ModelError naming the file and key."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ModelError(f"{path}: model manifest not found") from None
+        raise ModelError(f"{path}: {what} not found") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ModelError(f"{path}: cannot read the model manifest: {exc}") from None
+        raise ModelError(f"{path}: cannot read the {what}: {exc}") from None
     try:
         manifest = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ModelError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(manifest, dict):
         raise ModelError(f"{path}: expected a JSON object, got {type(manifest).__name__}")
-    for key, kind in _REQUIRED.items():
+    for key, kind in required.items():
         if key not in manifest:
             raise ModelError(f"{path}: missing key {key!r}")
         if not isinstance(manifest[key], kind) or isinstance(manifest[key], bool):
-            raise ModelError(f"{path}: {key}: expected {kind.__name__}, got {manifest[key]!r}")
-    if manifest["format"] not in MANIFEST_FORMATS:
-        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected one of {MANIFEST_FORMATS})")
+            names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+            raise ModelError(f"{path}: {key}: expected {names}, got {manifest[key]!r}")
     if len(manifest["sha256"]) != 64 or any(c not in "0123456789abcdefABCDEF" for c in manifest["sha256"]):
         raise ModelError(f"{path}: sha256: expected 64 hex digits, got {manifest['sha256']!r}")
     if "/" in manifest["model_file"] or manifest["model_file"] in ("", ".", ".."):
         raise ModelError(f"{path}: model_file must be a file name beside the manifest, got {manifest['model_file']!r}")
+    return manifest
+
+
+def read_manifest(assets_dir: Path | str) -> dict:
+    """The parsed manifest, with every field the unit relies on checked; ModelError naming what is wrong.
+
+    ``assets_dir``: a model folder, or ``firmware_assets/`` (then the active model's manifest).
+    """
+    path = model_set(assets_dir).active / MANIFEST_NAME
+    manifest = read_checked_manifest(path, "model manifest", _REQUIRED)
+    if manifest["format"] not in MANIFEST_FORMATS:
+        raise ModelError(f"{path}: format {manifest['format']} is not supported (expected one of {MANIFEST_FORMATS})")
     for side in ("input", "output"):
         block = manifest[side]
         for key, kind in _IO_KEYS.items():

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field, replace
 import cv2
 import numpy as np
 
-from . import hand_geometry, handedness, handshape, palm_circle, palm_square
+from . import frame_edge, hand_geometry, handedness, handshape, palm_circle, palm_square
 from ..errors import HandRejected
 from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
 
@@ -27,8 +27,7 @@ __all__ = ["ROI_SIZE", "REASONS", "FINGERS", "GEOMETRY_NAMES", "GEOMETRY_SIZE", 
 ROI_SIZE = palm_square.ROI_SIZE
 WORK_SIZE = 320
 
-# What the employee is told for each refusal reason.
-REASONS = {  # short, and each says what to do (the unit looks up at the hand: nearer is lower)
+REASONS = {  # what the employee is told per refusal: short, says what to do (the unit looks up: nearer is lower)
     "no_hand": "Hold your open hand flat over the unit.",
     "two_hands": "One hand at a time, please.",
     "fingers_closed": "Spread your fingers a little.",
@@ -39,11 +38,10 @@ REASONS = {  # short, and each says what to do (the unit looks up at the hand: n
     "bad_image": "The camera delivered an unusable picture.",
 }
 
-# Left hands cut mirrored, so every ROI is a right palm? Off: the thumb's side is told right on 90-98% of the
-# frames where it is told at all (11k_small palmar views, 11k_full), and a person whose frames are told both
-# ways (or unknown) is mirrored on some frames only; on the model's held-out people mirroring cost 11k_full
-# rank-1 88.9% -> 75.8%, nir_dev 100% -> 90% (one person), 11k_small palmar left EER 25.4% -> 38.1%, while
-# coep_dev (all right) and webcam_hand2 (all left) are told without a miss. Hand.side is reported either way.
+# Left hands cut mirrored, so every ROI is a right palm? Off: the thumb's side is told right on 90-98% of the frames
+# where it is told at all (11k_small palmar, 11k_full), and a person told both ways (or unknown) is mirrored on some
+# frames only; on the model's held-out people mirroring cost 11k_full rank-1 88.9% -> 75.8%, nir_dev 100% -> 90%
+# (one person), 11k_small palmar left EER 25.4% -> 38.1%; coep_dev (all right), webcam_hand2 (all left) told right.
 MIRROR_LEFT_HANDS = False
 
 # Tuning (fractions are relative to the working image or the palm radius).
@@ -56,16 +54,16 @@ CLOSE_UP_AREA = 0.3  # a hand covering this much of the frame is a close-up (nir
 # photos: 11k_full 0.16-0.29, webcam_hand2 0.16-0.30, coep_dev 0.22-0.38)
 MAX_HAND_AREA = 0.85  # of the frame: larger is "too close" (near-IR close-ups: 0.33-0.57, and nearer still)
 SECOND_HAND_AREA = 0.35  # a second blob this big relative to the first is a second hand
-# Outline steepness (see palm_square.edge_sharpness, step measured 6 working px either side): photos 0.46 and up,
-# the soft near-IR close-ups (nir_dev) 0.28-0.47. Measured with the probe blurred (enrollment not) on coep_dev's
-# held-out people: Gaussian sigma 0.6% of the long side gives 0.31-0.38 (0.24-0.29 on nir_dev) and still 100%
-# rank-1; sigma 1.2% gives 0.22-0.24 and 87% rank-1. The limit sits between: below it matching starts to miss.
+# Outline steepness (palm_square.edge_sharpness, step measured 6 working px either side): photos 0.46 and up, the soft
+# near-IR close-ups (nir_dev) 0.28-0.47. Probe blurred (enrollment not), coep_dev's held-out people: sigma 0.6% of the
+# long side gives 0.31-0.38 (nir_dev 0.24-0.29), still 100% rank-1; 1.2% gives 0.22-0.24, 87%. The limit sits between.
 MIN_SHARPNESS = 0.24
 MIN_TEXTURE = 0.5  # robust sd of the palm's fine detail (grey levels): real palms 1.0 and up, silhouettes 0
 MIN_COVERAGE = 0.8  # share of the ROI on the hand; real photos: 95% or more but for 1% of 11k_small
 MAX_SOLIDITY = 0.975  # hands measured 0.46-0.96 (11k_small, fingers together, at the top)
 MIN_PALM_SPAN = 0.15  # palm diameter over the frame's short side: smaller is "too far"
 MAX_PALM_SPAN = 0.62  # larger, with the hand running out of the frame, is "too close"
+NEAR_PALM_SPAN = 0.75  # larger and no finger gaps seen: "too close", not "fingers_closed" (nir_dev as framed 0.55-0.71)
 
 
 @dataclass(frozen=True)
@@ -133,9 +131,8 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
         if first.reason not in RETRY_REASONS:
             _keep_trace(trace, first_trace, first)
             raise
-        # A pale hand on a pale background next to a dark sleeve: the threshold split sleeve from the rest,
-        # so the hand is looked for again as whatever differs from the background (not for a hand refused
-        # as cut off: that would take in its shadow at the frame's edge).
+        # A pale hand on a pale background by a dark sleeve: the threshold split sleeve from the rest, so the hand
+        # is looked for as whatever differs from the background (not when cut off: that takes in its shadow).
         retries = (other,) if first.reason == "cut_off" else (other, "background")
         for method in retries:
             retry_trace: dict = {}
@@ -147,6 +144,9 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
             except HandRejected as refusal:
                 if method == "otsu":  # the plain reading's reason is the one to tell (e.g. too close)
                     first, first_trace = refusal, retry_trace
+        span = 2 * first_trace.get("palm_radius", 0.0) / min(grey.shape)
+        if first.reason == "fingers_closed" and span > NEAR_PALM_SPAN:  # the finger gaps left the frame: too near
+            first = reject("too_close")
         _keep_trace(trace, first_trace, first)
         raise first from None
 
@@ -176,11 +176,9 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     area = float(np.count_nonzero(mask)) / mask.size
     spill = "too_close" if 2 * radius > MAX_PALM_SPAN * min(mask.shape) else "cut_off"
     try:
-        wrist, spills = _wrist_contact(mask, center, radius)
+        wrist, spills = frame_edge.wrist_contact(mask, center, radius)
     except HandRejected as refusal:
-        if refusal.reason == "cut_off":
-            raise reject(spill) from None
-        raise
+        raise reject(spill if refusal.reason == "cut_off" else refusal.reason) from None  # the employee's message
     if wrist is not None:
         trace["wrist"] = wrist * scale
     sharpness = palm_square.edge_sharpness(work, mask, contrast, grads)
@@ -351,48 +349,6 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
     enclosed = (filled > 0) & (hand == 0)
     return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
-
-
-def _wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
-    """Midpoint of where the arm leaves the frame (None if the whole hand is inside or the arm cannot be
-    told from the fingers), and whether the hand spills out of the frame more widely than an arm would
-    (usable only if the finger valleys still place the palm square inside); cut_off/too_close."""
-    h, w = mask.shape
-    # The frame border walked clockwise as one closed path: (x, y) per step.
-    xs = np.concatenate([np.arange(w), np.full(h, w - 1), np.arange(w - 1, -1, -1), np.zeros(h, int)])
-    ys = np.concatenate([np.zeros(w, int), np.arange(h), np.full(w, h - 1), np.arange(h - 1, -1, -1)])
-    on = mask[ys, xs] > 0
-    if not on.any():
-        return None, False
-    if on.all():
-        raise reject("too_close")
-    start = int(np.argmin(on))  # begin walking at a background pixel so runs do not wrap
-    on, xs, ys = np.roll(on, -start), np.roll(xs, -start), np.roll(ys, -start)
-    edges = np.flatnonzero(np.diff(on.astype(np.int8)))
-    runs = [(edges[i] + 1, edges[i + 1] + 1) for i in range(0, len(edges) - 1, 2)]
-    # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
-    # barely grazing the edge is kept, anything more is a part of the hand outside the view.
-    merged: list[list[int]] = []
-    for a, b in runs:
-        if merged and a - merged[-1][1] < 0.6 * radius:
-            merged[-1][1] = b
-        else:
-            merged.append([a, b])
-    runs = sorted((r for r in merged if r[1] - r[0] >= max(3.0, 0.2 * radius)), key=lambda r: r[0] - r[1])
-    if not runs:
-        return None, False
-    if len(runs) >= 2 and runs[0][1] - runs[0][0] < 0.8 * radius:  # only finger-wide contacts: no arm in sight
-        return None, True
-    a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
-    # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
-    border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
-    if border_gap < 0.5 * radius:
-        raise reject("cut_off")
-    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
-        return None, True
-    if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
-        return None, True  # two broad contacts: no telling the arm from the hand
-    return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32), False
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

@@ -298,5 +298,6 @@ def draw_too_far(person_seed: int, sample_seed: int = 0, size: tuple[int, int] =
 
 
 def draw_too_close(person_seed: int, sample_seed: int = 0, size: tuple[int, int] = (480, 640)) -> np.ndarray:
-    """The hand almost on the unit: it spills over the frame."""
-    return draw_hand(person_seed, sample_seed, size, scale=2.4, shift=(0.0, -0.1))
+    """The hand almost on the unit: it spills over the frame, its finger valleys out of view, so no palm square
+    can be placed (at 2.4x the valleys still show at the frame's edge and the square is placed)."""
+    return draw_hand(person_seed, sample_seed, size, scale=3.2, shift=(0.0, -0.1))

@@ -10,14 +10,14 @@ import time
 from dataclasses import dataclass, field
 
 
-HAND_HINTS = {  # <= 32 characters: the machine's display
+HAND_HINTS = {  # <= 32 characters: the machine's display (the camera looks up: nearer is lower)
     "no_hand": "Hold your hand flat over reader",
     "two_hands": "One hand only, please",
     "fingers_closed": "Spread your fingers a little",
     "cut_off": "Move your hand to the centre",
     "blurred": "Hold your hand still",
-    "too_far": "Bring your hand a bit closer",
-    "too_close": "Move your hand a bit away",
+    "too_far": "Hold your hand a little lower",
+    "too_close": "Hold your hand a little higher",
     "bad_image": "Hold your hand flat over reader",
 }
 

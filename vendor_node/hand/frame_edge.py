@@ -1,0 +1,58 @@
+"""Where the hand meets the frame's edge: the arm leaving the view (the wrist's side), fingers leaving it (a near
+hand held over the camera), or the hand spilling out more widely. Split from preprocess.py; working pixels."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import HandRejected
+
+FINGER_CONTACT = 0.8  # of the palm radius: a contact with the frame's edge narrower than this is a finger
+FINGER_CUT = 0.2  # and a finger the frame cuts at least this wide (drawn and nir_dev near hands: 0.26-0.6; the
+# pieces of a patterned sleeve: down to 0.1)
+
+
+def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
+    """Midpoint of where the arm leaves the frame (None if the whole hand is inside or the arm cannot be
+    told from the fingers), whether the hand spills out of the frame more widely than an arm would
+    (usable only if the finger valleys still place the palm square inside); HandRejected cut_off/too_close."""
+    h, w = mask.shape
+    # The frame border walked clockwise as one closed path: (x, y) per step.
+    xs = np.concatenate([np.arange(w), np.full(h, w - 1), np.arange(w - 1, -1, -1), np.zeros(h, int)])
+    ys = np.concatenate([np.zeros(w, int), np.arange(h), np.full(w, h - 1), np.arange(h - 1, -1, -1)])
+    on = mask[ys, xs] > 0
+    if not on.any():
+        return None, False
+    if on.all():
+        raise HandRejected("too_close", "the hand covers the frame's whole edge")
+    start = int(np.argmin(on))  # begin walking at a background pixel so runs do not wrap
+    on, xs, ys = np.roll(on, -start), np.roll(xs, -start), np.roll(ys, -start)
+    edges = np.flatnonzero(np.diff(on.astype(np.int8)))
+    runs = [(edges[i] + 1, edges[i + 1] + 1) for i in range(0, len(edges) - 1, 2)]
+    # Runs a short gap apart are one arm (a bracelet or sleeve pattern splits it); a fingertip
+    # barely grazing the edge is kept, anything more is a part of the hand outside the view.
+    merged: list[list] = []  # [start, end, the widths of its pieces]
+    for a, b in runs:
+        if merged and a - merged[-1][1] < 0.6 * radius:
+            merged[-1][1:] = [b, merged[-1][2] + [b - a]]
+        else:
+            merged.append([a, b, [b - a]])
+    # Three or more finger-wide pieces side by side are fingers leaving the frame (a near hand), not an arm with
+    # a bracelet or a patterned sleeve (pieces of any width): no arm there (the wrist must not be put at the fingers).
+    fingers = [r for r in merged if len(r[2]) >= 3 and FINGER_CUT * radius <= min(r[2])
+               and max(r[2]) < FINGER_CONTACT * radius]
+    runs = sorted((r[:2] for r in merged if r not in fingers and r[1] - r[0] >= max(3.0, 0.2 * radius)),
+                  key=lambda r: r[0] - r[1])
+    if not runs:
+        return None, bool(fingers)
+    if len(runs) >= 2 and runs[0][1] - runs[0][0] < FINGER_CONTACT * radius:  # only finger-wide: no arm in sight
+        return None, True
+    a, b = runs[0]  # the widest contact is the arm; narrower ones are fingers reaching out of the view,
+    # which leave the palm (all the recognizer needs) in view: accepted, the ROI check below decides.
+    border_gap = min(center[0], center[1], w - 1 - center[0], h - 1 - center[1])
+    if border_gap < 0.5 * radius:
+        raise HandRejected("cut_off", "the palm is at the frame's edge")
+    if b - a > 3.4 * radius:  # wider than a forearm (1.7 radii) crossing the edge at 30 degrees: the palm leaves too
+        return None, True
+    if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
+        return None, True  # two broad contacts: no telling the arm from the hand
+    return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32), False
