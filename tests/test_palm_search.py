@@ -107,8 +107,8 @@ def test_a_probe_is_prepared_once_for_the_coarse_pass_and_the_full_search(office
     matcher = office.recognizer.active
     gallery = Gallery.from_templates(office.templates)
     calls = []
-    real = palmcode.probe_variants
-    monkeypatch.setattr(palmcode, "probe_variants", lambda *a: calls.append(1) or real(*a))
+    real = palmcode.packed_variants
+    monkeypatch.setattr(palmcode, "packed_variants", lambda *a: calls.append(1) or real(*a))
     probe = office.probes[0]
     matcher.best_two(probe, gallery.codes, None)
     matcher.best_two_among(probe, gallery.codes, np.arange(3), None)

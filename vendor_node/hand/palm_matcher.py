@@ -68,7 +68,7 @@ class PalmCodeMatcher:
 
     kind = "palm_code"
 
-    def __init__(self, embedder, params: palmcode.CodeParams | None = None):
+    def __init__(self, embedder, params: palmcode.CodeParams | None = None, threads: int = 0):
         self.embedder = embedder
         self.model_id = getattr(embedder, "model_id", None) or embedder.manifest.get("model_id", "palm-code")
         self.params = params or palmcode.CodeParams.from_manifest(embedder.manifest.get("code", {}))
@@ -79,18 +79,23 @@ class PalmCodeMatcher:
         self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
         self._sift_shifts = palmcode.shifts(self.params.sift_reach, self.params.sift_step)
         self._last: _Prepared | None = None  # the last probe's variants (one probe is searched at a time)
+        self._layouts: dict = {}  # guard id -> palmcode.variant_layout (made once per gallery guard)
+        rotations = len(self.params.poses())
+        what = [(r, dy, dx) for r in range(rotations) for dy, dx in self._full_shifts]
+        self._variants = {name: np.array([i for i, (r, dy, dx) in enumerate(what)
+                                          if r < self.params.coarse_rotations and (dy, dx) in set(wanted)], np.int64)
+                          for name, wanted in (("coarse", self._coarse_shifts), ("sift", self._sift_shifts))}
+        self.threads = palmcode.match_threads(threads)  # the sift and coarse pass are split over these
+        self._pool = palmcode.match_pool(self.threads)
 
     def features_from_roi(self, roi, geometry, quality, hand, keep_roi, poses: int | None = None) -> Features:
         """The ROI coded at every probe pose (``poses``: only the first few; enrolling one image needs one)."""
-        codes, valids = [], []
-        for angle, zoom in self.params.poses()[:poses]:
-            turned = palmcode.rotate_roi(roi, angle, zoom)
-            responses = self.embedder.responses(turned)
-            valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
-            code, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)
-            codes.append(code)
-            valids.append(valid)
-        return Features(np.array(codes), np.array(valids), geometry, float(quality), hand, model_id=self.model_id,
+        turned = np.stack([palmcode.rotate_roi(roi, angle, zoom) for angle, zoom in self.params.poses()[:poses]])
+        batch = getattr(self.embedder, "responses_of", None)  # training's float twins code one ROI at a time
+        responses = batch(turned) if batch else np.stack([self.embedder.responses(t) for t in turned])
+        valid = np.stack([palmcode.valid_cells(t, self.grid, self.params.mask_erode) for t in turned])
+        codes, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)  # every pose at once
+        return Features(codes, valid, geometry, float(quality), hand, model_id=self.model_id,
                         roi=roi if keep_roi else None)
 
     def bank(self, gallery) -> PalmCodeBank | None:
@@ -213,17 +218,15 @@ class PalmCodeMatcher:
 
     def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
         """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all)."""
-        planes_t, masks_t = (bank.planes_t, bank.masks_t) if rows is None else \
-            (bank.planes_t[:, :, rows], bank.masks_t[:, rows])
-        d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], planes_t, masks_t,
-                                    self.min_bits).min(axis=0)
+        d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], bank.planes_t, bank.masks_t,
+                                    self.min_bits, columns=rows, pool=self._pool).min(axis=0)
         return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _fine(self, prepared: "_Prepared", bank: PalmCodeBank, rows) -> np.ndarray:
         """The full alignment search (every variant) on ``rows`` (None: all): float32 similarities."""
         if rows is None:
             d = palmcode.wide_distances(prepared.planes, prepared.masks, bank.planes_t, bank.masks_t,
-                                        self.min_bits).min(axis=0)
+                                        self.min_bits, pool=self._pool).min(axis=0)
         else:
             g_planes, g_masks = bank.rows(rows)
             d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits)
@@ -244,18 +247,18 @@ class PalmCodeMatcher:
         if last is not None and last.codes is probe.codes and last.guard_id == guard_id:
             return last
         # a guarded gallery: the same keyed transform as its templates (distances unchanged), applied in the packing
-        order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
-        planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, self._full_shifts, len(probe.codes),
-                                                      order, xor)
+        layout = self._layouts.get(guard_id)
+        if layout is None:
+            order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
+            layout = self._layouts[guard_id] = palmcode.variant_layout(self.grid, self._full_shifts, order, xor)
+        planes, masks = palmcode.packed_variants(probe.codes, probe.valid, len(probe.codes), layout)
         rotations = min(self.params.coarse_rotations, len(probe.codes))
-
-        def variants(shifts) -> np.ndarray:
-            wanted = set(shifts)
-            return np.array([i for i, (r, dy, dx) in enumerate(what) if r < rotations and (dy, dx) in wanted])
-
+        coarse, sift = (self._variants[name] for name in ("coarse", "sift"))
+        if rotations < self.params.coarse_rotations:  # a probe coded at fewer poses than the settings name
+            coarse, sift = (v[v < rotations * len(self._full_shifts)] for v in (coarse, sift))
         self._last = _Prepared(probe.geometry, probe.codes, guard_id, planes, masks,
                                np.ascontiguousarray(planes.transpose(1, 2, 0)), np.ascontiguousarray(masks.T),
-                               variants(self._coarse_shifts), variants(self._sift_shifts))
+                               coarse, sift)
         return self._last
 
     def check(self, bank: PalmCodeBank, guard) -> None:

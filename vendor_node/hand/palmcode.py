@@ -10,6 +10,9 @@ whole gallery, then the full search on the best few candidates only.
 """
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import cv2
@@ -18,6 +21,8 @@ import numpy as np
 BITS = 3  # Johnson-code bits per cell for 6 orientations
 BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
 SMALL_PASS = 8192  # variants x entries up to which wide_distances does all variants in one go
+SLICE_MIN = 1024  # gallery entries per thread below which a pass is not split over threads
+MAX_THREADS = 4  # the Pi 4 and the Pi Zero 2 W have 4 cores
 
 
 @dataclass(frozen=True)
@@ -89,18 +94,37 @@ def valid_cells(roi: np.ndarray, grid: tuple[int, int], erode: int) -> np.ndarra
 
 
 def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask."""
-    winner = np.argmin(responses, axis=-1)
-    code = winner.astype(np.uint8)
-    if fragile_fraction > 0 and valid.any():
-        # how clearly the winner won: the runner-up's response minus the winner's (what sorting the six
-        # responses of every cell would give, without the sort's per-cell cost)
-        best = np.take_along_axis(responses, winner[..., None], axis=-1)
-        others = responses.copy()
-        np.put_along_axis(others, winner[..., None], np.inf, axis=-1)
-        strength = (others.min(axis=-1, keepdims=True) - best)[..., 0]
-        valid = valid & (strength >= np.quantile(strength[valid], fragile_fraction))
+    """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask.
+
+    ``responses`` (..., H, W, C) and ``valid`` (..., H, W): any leading axes (a probe's poses) are coded at once;
+    the weakest ``fragile_fraction`` of each code's valid cells are masked out."""
+    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    if fragile_fraction > 0:
+        # how clearly the winner won: the runner-up's response minus the winner's (a partial sort of each cell)
+        ordered = np.partition(responses, 1, axis=-1)
+        strength = ordered[..., 1] - ordered[..., 0]
+        valid = valid.copy()
+        for k in np.ndindex(valid.shape[:-2]):
+            if valid[k].any():
+                valid[k] &= strength[k] >= quantile(strength[k][valid[k]], fragile_fraction)
     return code, valid
+
+
+def quantile(values: np.ndarray, q: float):
+    """``np.quantile(values, q)`` of a 1-D float array (its default, linear method) bit for bit, without its
+    per-call overhead (it was a fifth of coding a probe's nine poses)."""
+    ordered = np.sort(values)
+    n = len(ordered)
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha = beta = 1, same operations
+    if virtual >= n - 1:
+        return ordered[-1]
+    below = int(np.floor(virtual))
+    gamma = virtual - below
+    a, b = ordered[below], ordered[below + 1]
+    step = b - a
+    if gamma >= 0.5:  # numpy's lerp interpolates from the nearer end
+        return b - step * ordered.dtype.type(1 - gamma)
+    return a + step * ordered.dtype.type(gamma)
 
 
 def johnson_planes(code: np.ndarray) -> np.ndarray:
@@ -168,18 +192,37 @@ def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int
 
     ``order`` (cells,) and ``xor`` (3, cells): a template guard's layout (template_guard.TemplateGuard.layout),
     applied while the cells are gathered, so a guarded gallery's probe is packed once, in its domain."""
-    h, w = codes.shape[-2:]
-    stack = np.concatenate([johnson_planes_batch(codes[:rotations]), valid[:rotations, None]], axis=1)  # (R, 4, H, W)
+    planes, masks = packed_variants(codes, valid, rotations, variant_layout(codes.shape[-2:], offsets, order, xor))
+    return planes, masks, [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
+
+
+def variant_layout(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None,
+                   xor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """What :func:`packed_variants` needs to gather the shifted cells (in a guard's order and XOR): (flat
+    index (S * cells,) into the padded code, XOR byte per gathered cell or None, reach). Made once per guard."""
     reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    padded = np.pad(stack, ((0, 0), (0, 0), (reach, reach), (reach, reach)))  # zeros: masked out
-    index = variant_index((h, w), offsets, order)
-    picked = padded.reshape(rotations, BITS + 1, -1)[:, :, index]  # (R, 4, S, cells)
-    picked = picked.transpose(0, 2, 1, 3).reshape(rotations * len(offsets), BITS + 1, h, w)
+    flip = None
     if xor is not None:
-        picked[:, :BITS] ^= xor[:, order].reshape(BITS, h, w)
-    packed = pack_cells(picked)
-    what = [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
-    return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
+        flip = np.bitwise_or.reduce(xor[:, order].astype(np.uint8) << np.arange(BITS, dtype=np.uint8)[:, None])
+    return variant_index(tuple(grid), offsets, order).ravel(), flip, reach
+
+
+def packed_variants(codes: np.ndarray, valid: np.ndarray, rotations: int,
+                    layout: tuple[np.ndarray, np.ndarray | None, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`probe_variants`' planes and masks from a :func:`variant_layout`: each cell travels as one byte (its
+    3 Johnson bits and the valid bit), so the shifts cost one gather of bytes and one packing per plane."""
+    index, flip, reach = layout
+    h, w = codes.shape[-2:]
+    padded = np.zeros((rotations, h + 2 * reach, w + 2 * reach), np.uint8)  # zeros: masked out
+    padded[:, reach:reach + h, reach:reach + w] = (_CELL_BYTE[codes[:rotations]]
+                                                   | (valid[:rotations].astype(np.uint8) << BITS))
+    picked = np.take(padded.reshape(rotations, -1), index, axis=1).reshape(-1, h, w)
+    if flip is not None:
+        picked ^= flip.reshape(h, w)
+    packed = np.empty((BITS + 1, len(picked), -(-h * w // 64)), np.uint64)
+    for k in range(BITS + 1):
+        packed[k] = pack_cells((picked & np.uint8(1 << k)).astype(bool))
+    return np.ascontiguousarray(packed[:BITS].transpose(1, 0, 2)), packed[BITS]
 
 
 def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None) -> np.ndarray:
@@ -192,6 +235,9 @@ def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: 
     dy = np.array([o[0] for o in offsets])[:, None]
     dx = np.array([o[1] for o in offsets])[:, None]
     return (ys[None] + reach - dy) * (w + 2 * reach) + (xs[None] + reach - dx)
+
+
+_CELL_BYTE = np.array([sum(int(((o - k) % 6) < 3) << k for k in range(BITS)) for o in range(8)], np.uint8)
 
 
 def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
@@ -221,63 +267,135 @@ def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.nd
 
 
 def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.ndarray, g_masks_t: np.ndarray,
-                   min_bits: int, chunk: int = 4096) -> np.ndarray:
+                   min_bits: int, chunk: int = 4096, columns: np.ndarray | None = None,
+                   pool: "MatchPool | None" = None) -> np.ndarray:
     """:func:`variant_distances` (V, N) of a few probe variants against a gallery stored word-major
     (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
-    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits."""
-    n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
-    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
-        common = p_masks[:, :, None] & g_masks_t[None]  # (V, W64, N)
-        counts = popcount(common).sum(axis=1, dtype=np.int32)
-        differing = p_planes[:, :, :, None] ^ g_planes_t[None]  # (V, 3, W64, N)
-        differing &= common[:, None]
-        diff = popcount(differing).reshape(len(p_planes), BITS * words, n).sum(axis=1, dtype=np.int32)
-        return _normalised(diff, counts, min_bits)
+    per-thread buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over
+    the bits. ``columns``: only those entries (gathered a chunk at a time). ``pool`` (:func:`match_pool`): the
+    entries split over its threads (numpy's bit operations release the GIL); the figures are the same."""
+    n = g_masks_t.shape[-1] if columns is None else len(columns)
     out = np.empty((len(p_planes), n), np.float32)
-    width = min(chunk, max(1, n))
-    common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
-    total, bits = np.empty((words, width), np.uint8), np.empty((words, width), np.uint8)
-    counts, diff = np.empty(width, np.uint16), np.empty(width, np.uint16)  # at most 3 x 64 x W64 bits
-    for start in range(0, n, width):
-        stop = min(n, start + width)
-        m = stop - start
-        c, x, t, b = common[:, :m], work[:, :m], total[:, :m], bits[:, :m]
-        for v in range(len(p_planes)):
-            np.bitwise_and(g_masks_t[:, start:stop], p_masks[v][:, None], out=c)
-            np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
-            for k in range(BITS):  # bits differing per word, summed over the planes in uint8 (at most 192)
-                np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
-                x &= c
-                popcount(x, out=t if k == 0 else b)
-                if k:
-                    t += b
-            np.sum(t, axis=0, dtype=np.uint16, out=diff[:m])
-            out[v, start:stop] = _normalised(diff[:m], counts[:m], min_bits)
+    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
+        g_planes, g_masks = (g_planes_t, g_masks_t) if columns is None else \
+            (g_planes_t[:, :, columns], g_masks_t[:, columns])
+        common = p_masks[:, :, None] & g_masks[None]  # (V, W64, N)
+        counts = popcount(common).sum(axis=1, dtype=np.int32)
+        differing = p_planes[:, :, :, None] ^ g_planes[None]  # (V, 3, W64, N)
+        differing &= common[:, None]
+        diff = popcount(differing).reshape(len(p_planes), -1, n).sum(axis=1, dtype=np.int32)
+        out[...] = _normalised(diff, counts, min_bits)
+        return out
+    parts = max(1, min(pool.threads if pool is not None else 1, n // SLICE_MIN))
+    bounds = [n * k // parts for k in range(parts + 1)]
+    jobs = [(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, a, b)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    helpers = [pool.executor.submit(_wide_part, *job) for job in jobs[1:]]
+    try:
+        _wide_part(*jobs[0])  # this thread does the first share
+    finally:
+        for helper in helpers:
+            helper.result()  # waits for every share before ``out`` is read (re-raises a thread's error)
     return out
+
+
+def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, first, stop) -> None:
+    """Entries ``first:stop`` of :func:`wide_distances` into ``out``, with this thread's buffers."""
+    words = g_masks_t.shape[0]
+    width = min(chunk, max(1, stop - first))
+    common, bits = _scratch("common", (words, width), np.uint64), _scratch("bits", (words, width), np.uint8)
+    work, total = _scratch("work", (BITS, words, width), np.uint64), _scratch("total", (BITS, words, width), np.uint8)
+    if columns is not None:
+        g_masks, g_planes = _scratch("g_masks", (words, width), np.uint64), \
+            _scratch("g_planes", (BITS, words, width), np.uint64)
+    counts, diff = _scratch("counts", (width,), np.uint16), _scratch("diff", (width,), np.uint16)
+    for start in range(first, stop, width):
+        end = min(stop, start + width)
+        m = end - start
+        c, b, x, t = common[:, :m], bits[:, :m], work[:, :, :m], total[:, :, :m]
+        if columns is None:
+            gm, gp = g_masks_t[:, start:end], g_planes_t[:, :, start:end]
+        else:
+            gm, gp = g_masks[:, :m], g_planes[:, :, :m]
+            np.take(g_masks_t, columns[start:end], axis=1, out=gm, mode="clip")  # clip: no extra buffer
+            np.take(g_planes_t, columns[start:end], axis=2, out=gp, mode="clip")
+        for v in range(len(p_planes)):
+            np.bitwise_and(gm, p_masks[v][:, None], out=c)
+            np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
+            np.bitwise_xor(gp, p_planes[v][:, :, None], out=x)
+            x &= c
+            # bits differing, summed over the planes and words in uint16 (at most 3 x 64 x W64)
+            np.sum(popcount(x, out=t).reshape(BITS * words, m), axis=0, dtype=np.uint16, out=diff[:m])
+            out[v, start:end] = _normalised(diff[:m], counts[:m], min_bits)
 
 
 def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
-                   min_bits: int) -> np.ndarray:
+                   min_bits: int, rows_at_once: int = 8) -> np.ndarray:
     """:func:`distances` (N,) of many probe variants stored word-major (planes (3, W64, V), masks (W64, V))
-    against a few gallery entries (N, 3, W64): every operation runs along the variants, the full alignment
-    search of a shortlist without numpy's per-row overhead."""
+    against a few gallery entries (N, 3, W64): every operation runs along the variants, ``rows_at_once`` entries
+    a call, the full alignment search of a shortlist without numpy's per-row overhead."""
     out = np.empty(len(g_planes), np.float32)
     words, variants = p_masks_t.shape
-    common, work = np.empty((words, variants), np.uint64), np.empty((words, variants), np.uint64)
-    total, bits = np.empty((words, variants), np.uint8), np.empty((words, variants), np.uint8)
-    counts, diff = np.empty(variants, np.uint16), np.empty(variants, np.uint16)
-    for i in range(len(g_planes)):
-        np.bitwise_and(p_masks_t, g_masks[i][:, None], out=common)
-        np.sum(popcount(common, out=bits), axis=0, dtype=np.uint16, out=counts)
-        for k in range(BITS):
-            np.bitwise_xor(p_planes_t[k], g_planes[i, k][:, None], out=work)
-            work &= common
-            popcount(work, out=total if k == 0 else bits)
-            if k:
-                total += bits
-        np.sum(total, axis=0, dtype=np.uint16, out=diff)
-        out[i] = _normalised(diff, counts, min_bits).min() if variants else 1.0
+    if not variants:
+        out[...] = 1.0
+        return out
+    rows = min(rows_at_once, max(1, len(g_planes)))
+    common, bits = _scratch("deep_common", (rows, words, variants), np.uint64), \
+        _scratch("deep_bits", (rows, words, variants), np.uint8)
+    work, total = _scratch("deep_work", (rows, BITS, words, variants), np.uint64), \
+        _scratch("deep_total", (rows, BITS, words, variants), np.uint8)
+    counts, diff = _scratch("deep_counts", (rows, variants), np.uint16), _scratch("deep_diff", (rows, variants), np.uint16)
+    for start in range(0, len(g_planes), rows):
+        k = min(rows, len(g_planes) - start)
+        c, b, x, t = common[:k], bits[:k], work[:k], total[:k]
+        np.bitwise_and(p_masks_t[None], g_masks[start:start + k, :, None], out=c)
+        np.sum(popcount(c, out=b), axis=1, dtype=np.uint16, out=counts[:k])
+        np.bitwise_xor(p_planes_t[None], g_planes[start:start + k, :, :, None], out=x)
+        x &= c[:, None]
+        np.sum(popcount(x, out=t).reshape(k, BITS * words, variants), axis=1, dtype=np.uint16, out=diff[:k])
+        out[start:start + k] = _normalised(diff[:k], counts[:k], min_bits).min(axis=1)
     return out
+
+
+_SCRATCH = threading.local()
+
+
+def _scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """This thread's reusable buffer ``name`` with ``shape`` (grown when too small, never per call)."""
+    size = int(np.prod(shape))
+    buffers = _SCRATCH.__dict__.setdefault("buffers", {})
+    buffer = buffers.get(name)
+    if buffer is None or buffer.size < size or buffer.dtype != dtype:
+        buffer = buffers[name] = np.empty(size, dtype)
+    return buffer[:size].reshape(shape)
+
+
+@dataclass(frozen=True)
+class MatchPool:
+    """``threads`` share a 1:N pass: the calling thread and the executor's ``threads`` - 1 helpers."""
+
+    threads: int
+    executor: ThreadPoolExecutor
+
+
+_POOLS: dict[int, MatchPool] = {}
+_POOLS_LOCK = threading.Lock()
+
+
+def match_threads(requested: int = 0) -> int:
+    """Threads a 1:N pass is split over: ``requested``, or (0) one per core, at most ``MAX_THREADS``."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, requested or min(MAX_THREADS, cores))
+
+
+def match_pool(threads: int) -> MatchPool | None:
+    """The process's persistent pool for ``threads`` (made once, idle between probes); None for one thread."""
+    if threads <= 1:
+        return None
+    with _POOLS_LOCK:
+        if threads not in _POOLS:
+            _POOLS[threads] = MatchPool(threads, ThreadPoolExecutor(threads - 1, thread_name_prefix="palm-match"))
+        return _POOLS[threads]
 
 
 def _normalised(diff: np.ndarray, counts: np.ndarray, min_bits: int) -> np.ndarray:
