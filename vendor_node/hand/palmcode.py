@@ -304,7 +304,7 @@ def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, column
     words = g_masks_t.shape[0]
     width = min(chunk, max(1, stop - first))
     common, bits = _scratch("common", (words, width), np.uint64), _scratch("bits", (words, width), np.uint8)
-    work, total = _scratch("work", (BITS, words, width), np.uint64), _scratch("total", (BITS, words, width), np.uint8)
+    work, total = _scratch("work", (words, width), np.uint64), _scratch("total", (words, width), np.uint8)
     if columns is not None:
         g_masks, g_planes = _scratch("g_masks", (words, width), np.uint64), \
             _scratch("g_planes", (BITS, words, width), np.uint64)
@@ -312,7 +312,7 @@ def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, column
     for start in range(first, stop, width):
         end = min(stop, start + width)
         m = end - start
-        c, b, x, t = common[:, :m], bits[:, :m], work[:, :, :m], total[:, :, :m]
+        c, b, x, t = common[:, :m], bits[:, :m], work[:, :m], total[:, :m]
         if columns is None:
             gm, gp = g_masks_t[:, start:end], g_planes_t[:, :, start:end]
         else:
@@ -322,10 +322,13 @@ def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, column
         for v in range(len(p_planes)):
             np.bitwise_and(gm, p_masks[v][:, None], out=c)
             np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
-            np.bitwise_xor(gp, p_planes[v][:, :, None], out=x)
-            x &= c
-            # bits differing, summed over the planes and words in uint16 (at most 3 x 64 x W64)
-            np.sum(popcount(x, out=t).reshape(BITS * words, m), axis=0, dtype=np.uint16, out=diff[:m])
+            for k in range(BITS):  # bits differing per word, summed over the planes in uint8 (at most 192)
+                np.bitwise_xor(gp[k], p_planes[v, k][:, None], out=x)
+                x &= c
+                popcount(x, out=t if k == 0 else b)
+                if k:
+                    t += b
+            np.sum(t, axis=0, dtype=np.uint16, out=diff[:m])
             out[v, start:end] = _normalised(diff[:m], counts[:m], min_bits)
 
 
