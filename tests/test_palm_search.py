@@ -65,6 +65,31 @@ def test_a_pass_split_over_threads_gives_the_single_threads_figures(threads, mon
     assert 1 <= palmcode.match_threads(0) <= palmcode.MAX_THREADS
 
 
+def _split_pass_in_child(queue) -> None:
+    rng = np.random.default_rng(0)
+    g_planes_t, g_masks_t = random_bits(rng, 3, 16, 400), random_bits(rng, 16, 400)
+    p_planes, p_masks = random_bits(rng, 2, 3, 16), random_bits(rng, 2, 16)
+    split = palmcode.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250, chunk=64,
+                                    pool=palmcode.match_pool(2))
+    queue.put(bool(np.array_equal(split, palmcode.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250))))
+
+
+def test_a_forked_child_splits_passes_over_threads_of_its_own(monkeypatch):
+    """A pool made before a fork (the template cache's workers fork) has no threads in the child: not used."""
+    import multiprocessing
+
+    monkeypatch.setattr(palmcode, "SLICE_MIN", 50)
+    monkeypatch.setattr(palmcode, "SMALL_PASS", 0)
+    palmcode.match_pool(2).executor.submit(int).result()  # the parent's pool has its thread
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_split_pass_in_child, args=(queue,))
+    child.start()
+    assert queue.get(timeout=120) is True
+    child.join(timeout=60)
+    assert child.exitcode == 0
+
+
 def test_np_quantile_is_reproduced_bit_for_bit():
     rng = np.random.default_rng(5)
     for trial in range(3000):

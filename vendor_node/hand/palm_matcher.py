@@ -86,7 +86,6 @@ class PalmCodeMatcher:
                                           if r < self.params.coarse_rotations and (dy, dx) in set(wanted)], np.int64)
                           for name, wanted in (("coarse", self._coarse_shifts), ("sift", self._sift_shifts))}
         self.threads = palmcode.match_threads(threads)  # the sift and coarse pass are split over these
-        self._pool = palmcode.match_pool(self.threads)
 
     def features_from_roi(self, roi, geometry, quality, hand, keep_roi, poses: int | None = None) -> Features:
         """The ROI coded at every probe pose (``poses``: only the first few; enrolling one image needs one)."""
@@ -219,14 +218,14 @@ class PalmCodeMatcher:
     def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
         """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all)."""
         d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], bank.planes_t, bank.masks_t,
-                                    self.min_bits, columns=rows, pool=self._pool).min(axis=0)
+                                    self.min_bits, columns=rows, pool=palmcode.match_pool(self.threads)).min(axis=0)
         return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _fine(self, prepared: "_Prepared", bank: PalmCodeBank, rows) -> np.ndarray:
         """The full alignment search (every variant) on ``rows`` (None: all): float32 similarities."""
         if rows is None:
             d = palmcode.wide_distances(prepared.planes, prepared.masks, bank.planes_t, bank.masks_t,
-                                        self.min_bits, pool=self._pool).min(axis=0)
+                                        self.min_bits, pool=palmcode.match_pool(self.threads)).min(axis=0)
         else:
             g_planes, g_masks = bank.rows(rows)
             d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits)

@@ -385,6 +385,17 @@ _POOLS: dict[int, MatchPool] = {}
 _POOLS_LOCK = threading.Lock()
 
 
+def _forget_pools_in_child() -> None:
+    """A forked child has none of its parent's threads: its pools are made anew when first needed."""
+    global _POOLS_LOCK
+    _POOLS.clear()
+    _POOLS_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_in_child)
+
+
 def match_threads(requested: int = 0) -> int:
     """Threads a 1:N pass is split over: ``requested``, or (0) one per core, at most ``MAX_THREADS``."""
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
