@@ -61,6 +61,10 @@ def test_a_pass_split_over_threads_gives_the_single_threads_figures(threads, mon
         split = palmcode.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250, chunk=256, columns=cols,
                                         pool=pool)
         np.testing.assert_array_equal(split, one)
+    p_planes_t, p_masks_t = random_bits(rng, 3, 16, 441), random_bits(rng, 16, 441)
+    g_planes, g_masks = random_bits(rng, 37, 3, 16), random_bits(rng, 37, 16)
+    one = palmcode.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250)
+    np.testing.assert_array_equal(palmcode.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250, pool=pool), one)
     assert palmcode.match_pool(1) is None and palmcode.match_threads(1) == 1
     assert 1 <= palmcode.match_threads(0) <= palmcode.MAX_THREADS
 

@@ -228,7 +228,8 @@ class PalmCodeMatcher:
                                         self.min_bits, pool=palmcode.match_pool(self.threads)).min(axis=0)
         else:
             g_planes, g_masks = bank.rows(rows)
-            d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits)
+            d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits,
+                                        pool=palmcode.match_pool(self.threads))
         return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _with_geometry(self, out: np.ndarray, geometry_of_probe: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:

@@ -290,12 +290,7 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
     bounds = [n * k // parts for k in range(parts + 1)]
     jobs = [(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, a, b)
             for a, b in zip(bounds[:-1], bounds[1:])]
-    helpers = [pool.executor.submit(_wide_part, *job) for job in jobs[1:]]
-    try:
-        _wide_part(*jobs[0])  # this thread does the first share
-    finally:
-        for helper in helpers:
-            helper.result()  # waits for every share before ``out`` is read (re-raises a thread's error)
+    _run_shares(_wide_part, jobs, pool)
     return out
 
 
@@ -333,23 +328,34 @@ def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, column
 
 
 def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
-                   min_bits: int, rows_at_once: int = 8) -> np.ndarray:
+                   min_bits: int, rows_at_once: int = 4, pool: "MatchPool | None" = None) -> np.ndarray:
     """:func:`distances` (N,) of many probe variants stored word-major (planes (3, W64, V), masks (W64, V))
     against a few gallery entries (N, 3, W64): every operation runs along the variants, ``rows_at_once`` entries
-    a call, the full alignment search of a shortlist without numpy's per-row overhead."""
+    a call, the full alignment search of a shortlist without numpy's per-row overhead. ``pool``: the entries
+    shared between its threads."""
     out = np.empty(len(g_planes), np.float32)
-    words, variants = p_masks_t.shape
-    if not variants:
+    if not p_masks_t.shape[1]:
         out[...] = 1.0
         return out
-    rows = min(rows_at_once, max(1, len(g_planes)))
+    parts = max(1, min(pool.threads if pool is not None else 1, len(g_planes) // rows_at_once))
+    bounds = [len(g_planes) * k // parts for k in range(parts + 1)]
+    jobs = [(p_planes_t, p_masks_t, g_planes, g_masks, min_bits, rows_at_once, out, a, b)
+            for a, b in zip(bounds[:-1], bounds[1:])]
+    _run_shares(_deep_part, jobs, pool)
+    return out
+
+
+def _deep_part(p_planes_t, p_masks_t, g_planes, g_masks, min_bits, rows_at_once, out, first, stop) -> None:
+    """Entries ``first:stop`` of :func:`deep_distances` into ``out``, with this thread's buffers."""
+    words, variants = p_masks_t.shape
+    rows = min(rows_at_once, max(1, stop - first))
     common, bits = _scratch("deep_common", (rows, words, variants), np.uint64), \
         _scratch("deep_bits", (rows, words, variants), np.uint8)
     work, total = _scratch("deep_work", (rows, BITS, words, variants), np.uint64), \
         _scratch("deep_total", (rows, BITS, words, variants), np.uint8)
     counts, diff = _scratch("deep_counts", (rows, variants), np.uint16), _scratch("deep_diff", (rows, variants), np.uint16)
-    for start in range(0, len(g_planes), rows):
-        k = min(rows, len(g_planes) - start)
+    for start in range(first, stop, rows):
+        k = min(rows, stop - start)
         c, b, x, t = common[:k], bits[:k], work[:k], total[:k]
         np.bitwise_and(p_masks_t[None], g_masks[start:start + k, :, None], out=c)
         np.sum(popcount(c, out=b), axis=1, dtype=np.uint16, out=counts[:k])
@@ -357,7 +363,16 @@ def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.n
         x &= c[:, None]
         np.sum(popcount(x, out=t).reshape(k, BITS * words, variants), axis=1, dtype=np.uint16, out=diff[:k])
         out[start:start + k] = _normalised(diff[:k], counts[:k], min_bits).min(axis=1)
-    return out
+
+
+def _run_shares(part, jobs: list, pool: "MatchPool | None") -> None:
+    """``part(*job)`` for every job: the first on this thread, the others on the pool's helpers."""
+    helpers = [pool.executor.submit(part, *job) for job in jobs[1:]]
+    try:
+        part(*jobs[0])
+    finally:
+        for helper in helpers:
+            helper.result()  # waits for every share before the output is read (re-raises a thread's error)
 
 
 _SCRATCH = threading.local()
