@@ -10,12 +10,21 @@ scores says whether a shortlist of K would hold it. "Found by the full search" i
 template scores, with the full alignment search, above every other entry of the 200 best coarse entries
 and at least the threshold. Never writes anything derived from the photos.
 
-  PYTHONPATH=. python scripts/measure_coarse.py --data ../shared/handdata [--gallery 10000] [--palms 300]
+  PYTHONPATH=. python scripts/measure_coarse.py --data ../shared/handdata [--gallery 10000] [--palms 300] [--guarded]
 
 Measured 2026-12-01 (gallery 10,000, drawn-employee pads): the shipped passes (sift 9 shifts keeping 1,000, coarse
 49 shifts keeping 32) left the genuine out in 0 of 2,824 Tongji probes the full search finds (300 palms), 0/62
 coep_dev, 0/93 webcam_hand2, 0/15 nir_dev: 0/2,994 (exact 95% upper bound 0.12%). The stop-17 coarse pass (25 shifts,
 keep 32) missed 1/62 coep_dev; every-4th-word sifts missed 1/15 nir_dev at 1,000.
+
+Measured again for stop 18 (same gallery and people, clear and --guarded): the shipped sift on every 2nd word of
+each plane (9 shifts) keeping 2,000, then the coarse pass, left the genuine out in 0/2,824 Tongji, 0/62 coep_dev,
+0/93 webcam_hand2, 0/15 nir_dev, both ways (0/2,994, exact 95% upper bound 0.12%). Keeping 1,000 it missed 1/62
+coep_dev in the guarded gallery (0 in the clear: the guard keeps distances, not which cells share a word); every 4th
+word missed 1-3/62 coep_dev at 1,000; 5-shift and 1-shift sifts missed 1-3/62 coep_dev at 1,000 (and Tongji 11 as
+cut). The coarse pass in two stages (25 shifts keeping 128, then the other 24 on those) needs no measure of its own:
+the 25-shift pass over the whole gallery held the genuine within its best 128 in every probe (0 outside 64 in every
+set, both ways), a sifted subset can only rank it higher, and the kept entries get their exact 49-shift score.
 """
 from __future__ import annotations
 
