@@ -5,6 +5,10 @@ Why this shape: numpy's bit operations and popcount cost about a nanosecond a 64
 GIL, so a pass is a few calls along thousands of entries at once (into per-thread buffers reused across
 calls and chunks), and a few threads (``recognition.match_threads``; the Pi 4 has 4 cores) share the entries.
 Distance = differing bits / (3 x cells both codes trust), 1 when they trust fewer than ``min_bits`` cells.
+
+The compiled twin ``_bitkernel`` (built from ``_bitkernel.c`` when the install had gcc and the Python headers;
+in a worktree ``python setup.py build_ext --inplace``) does the same passes with a hardware popcount, bit for bit
+the same figures, several times faster and without numpy 2's ``bitwise_count``; :data:`KERNEL` says which runs.
 """
 from __future__ import annotations
 
@@ -32,6 +36,13 @@ def popcount_by_table(words: np.ndarray, out: np.ndarray | None = None) -> np.nd
 
 
 popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
+
+try:  # decided once: the compiled kernel when the install built it, else numpy
+    from . import _bitkernel as native
+except ImportError:
+    native = None
+KERNEL = "compiled C (popcount)" if native is not None else \
+    "numpy " + ("bitwise_count" if popcount is not popcount_by_table else "byte table (slow; _bitkernel not built)")
 
 
 def distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
@@ -63,7 +74,12 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
     entries split over its threads (numpy's bit operations release the GIL); the figures are the same."""
     n = g_masks_t.shape[-1] if columns is None else len(columns)
     out = np.empty((len(p_planes), n), np.float32)
-    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
+    part = _wide_part
+    if _native_fits(g_planes_t, g_masks_t):
+        part, p_planes, p_masks = _wide_native, _words(p_planes), _words(p_masks)
+        _same_shapes("wide_distances", p_planes.shape[1:], p_masks.shape, g_planes_t.shape[:2], g_masks_t.shape)
+        columns = None if columns is None else np.ascontiguousarray(columns, np.int64)
+    elif len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
         g_planes, g_masks = (g_planes_t, g_masks_t) if columns is None else \
             (g_planes_t[:, :, columns], g_masks_t[:, columns])
         common = p_masks[:, :, None] & g_masks[None]  # (V, W64, N)
@@ -77,8 +93,32 @@ def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.nda
     bounds = [n * k // parts for k in range(parts + 1)]
     jobs = [(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, a, b)
             for a, b in zip(bounds[:-1], bounds[1:])]
-    _run_shares(_wide_part, jobs, pool)
+    _run_shares(part, jobs, pool)
     return out
+
+
+def _words(array: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(array, np.uint64)
+
+
+def _native_fits(planes: np.ndarray, masks: np.ndarray) -> bool:
+    """The compiled kernel takes uint64 arrays whose last axis (entries or variants) is contiguous."""
+    return native is not None and planes.dtype == masks.dtype == np.uint64 and planes.strides[-1] == \
+        masks.strides[-1] == 8 and planes.ndim == 3 and masks.ndim == 2 and planes.shape[0] == BITS
+
+
+def _same_shapes(what: str, rows_planes: tuple, rows_masks: tuple, cols_planes: tuple, cols_masks: tuple) -> None:
+    """The row-major side (.., 3, W)/(n, W) and the word-major side (3, W, ..)/(W, m) agree (the C reads by them)."""
+    if not (rows_planes == (BITS, rows_masks[1]) == cols_planes == (BITS, cols_masks[0]) and len(rows_masks) == 2):
+        raise ValueError(f"{what}: planes/masks shapes disagree: {rows_planes} {rows_masks} {cols_planes} {cols_masks}")
+
+
+def _wide_native(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, first, stop) -> None:
+    """:func:`_wide_part` in C (GIL released): the same figures into ``out``."""
+    native.wide(p_planes.ctypes.data, p_masks.ctypes.data, len(p_planes), g_masks_t.shape[0],
+                g_planes_t.ctypes.data, g_planes_t.strides[0] // 8, g_planes_t.strides[1] // 8,
+                g_masks_t.ctypes.data, g_masks_t.strides[0] // 8, g_masks_t.shape[1],
+                0 if columns is None else columns.ctypes.data, first, stop, min_bits, out.ctypes.data, out.shape[1])
 
 
 def _wide_part(p_planes, p_masks, g_planes_t, g_masks_t, min_bits, chunk, columns, out, first, stop) -> None:
@@ -124,11 +164,16 @@ def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.n
     if not p_masks_t.shape[1]:
         out[...] = 1.0
         return out
+    part = _deep_part
+    if _native_fits(p_planes_t, p_masks_t):
+        part, g_planes, g_masks = _deep_native, _words(g_planes), _words(g_masks)
+        p_planes_t, p_masks_t = _words(p_planes_t), _words(p_masks_t)
+        _same_shapes("deep_distances", g_planes.shape[1:], g_masks.shape, p_planes_t.shape[:2], p_masks_t.shape)
     parts = max(1, min(pool.threads if pool is not None else 1, len(g_planes) // rows_at_once))
     bounds = [len(g_planes) * k // parts for k in range(parts + 1)]
     jobs = [(p_planes_t, p_masks_t, g_planes, g_masks, min_bits, rows_at_once, out, a, b)
             for a, b in zip(bounds[:-1], bounds[1:])]
-    _run_shares(_deep_part, jobs, pool)
+    _run_shares(part, jobs, pool)
     return out
 
 
@@ -150,6 +195,12 @@ def _deep_part(p_planes_t, p_masks_t, g_planes, g_masks, min_bits, rows_at_once,
         x &= c[:, None]
         np.sum(popcount(x, out=t).reshape(k, BITS * words, variants), axis=1, dtype=np.uint16, out=diff[:k])
         out[start:start + k] = _normalised(diff[:k], counts[:k], min_bits).min(axis=1)
+
+
+def _deep_native(p_planes_t, p_masks_t, g_planes, g_masks, min_bits, rows_at_once, out, first, stop) -> None:
+    """:func:`_deep_part` in C (GIL released): the same figures into ``out``."""
+    native.deep(p_planes_t.ctypes.data, p_masks_t.ctypes.data, p_masks_t.shape[1], p_masks_t.shape[0],
+                g_planes.ctypes.data, g_masks.ctypes.data, first, stop, min_bits, out.ctypes.data)
 
 
 def _run_shares(part, jobs: list, pool: "MatchPool | None") -> None:
