@@ -192,6 +192,27 @@ def test_a_threaded_matcher_decides_as_a_single_threaded_one(office, guarded, mo
         np.testing.assert_array_equal(four.scores(probe, gallery.codes, guard), one.scores(probe, gallery.codes, guard))
 
 
+@pytest.mark.skipif(bit_search.native is None, reason="_bitkernel not built (python setup.py build_ext --inplace)")
+@pytest.mark.parametrize("threads", [1, 4])
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_compiled_kernel_decides_as_numpy_on_drawn_galleries(office, guarded, threads, monkeypatch):
+    """Sift, coarse pass and full search in C: the numpy path's exact scores, shortlists and decisions."""
+    monkeypatch.setattr(bit_search, "SLICE_MIN", 16)
+    guard = TemplateGuard(os.urandom(32)) if guarded else None
+    gallery = Gallery.from_templates({k: guard.protect(t) if guard else t for k, t in office.templates.items()})
+    for sift in ({"sift_keep": 60, "sift_fraction": 0.0, "sift_word_step": 2}, {}):
+        matcher = PalmCodeMatcher(office.recognizer.embedder, dataclasses.replace(office.recognizer.active.params,
+                                                                                  **sift), threads)
+        compiled = [(matcher.candidates(p, gallery.codes, guard), matcher.best_two(p, gallery.codes, guard),
+                     matcher.scores(p, gallery.codes, guard)) for p in office.probes]
+        with monkeypatch.context() as numpy_only:
+            numpy_only.setattr(bit_search, "native", None)
+            for probe, (candidates, best_two, scores) in zip(office.probes, compiled):
+                np.testing.assert_array_equal(candidates, matcher.candidates(probe, gallery.codes, guard))
+                assert best_two == matcher.best_two(probe, gallery.codes, guard)
+                np.testing.assert_array_equal(scores, matcher.scores(probe, gallery.codes, guard))
+
+
 def test_a_probe_is_prepared_once_for_the_coarse_pass_and_the_full_search(office, monkeypatch):
     matcher = office.recognizer.active
     gallery = Gallery.from_templates(office.templates)

@@ -1,0 +1,97 @@
+"""The compiled palm-code kernel (vendor_node/hand/_bitkernel.c) gives bit for bit the numpy kernels' distances,
+along the gallery (sift, coarse pass, with and without chosen columns, on every 2nd word) and along the variants
+(the full search), split over threads or not. Skipped only where the extension is not built, never in CI."""
+import os
+
+import numpy as np
+import pytest
+
+from vendor_node.hand import bit_search
+
+needs_kernel = pytest.mark.skipif(bit_search.native is None, reason="_bitkernel not built "
+                                  "(python setup.py build_ext --inplace)")
+
+
+def random_bits(rng, *shape):
+    return rng.integers(0, 2 ** 63, size=shape, dtype=np.uint64) | rng.integers(0, 2, size=shape, dtype=np.uint64) << 63
+
+
+def test_ci_runs_the_compiled_kernel():
+    """CI (.ci/run -> scripts/dev.sh, an editable install) must build it, or the tests below would all skip."""
+    if os.environ.get("CI") == "true":
+        assert bit_search.native is not None, "CI=true but vendor_node/hand/_bitkernel was not built"
+    assert bit_search.KERNEL.startswith("compiled" if bit_search.native is not None else "numpy")
+
+
+def numpy_only(monkeypatch):
+    monkeypatch.setattr(bit_search, "native", None)
+
+
+@needs_kernel
+@pytest.mark.parametrize("variants,entries,words", [(1, 700, 16), (25, 300, 16), (441, 7, 16), (3, 1, 16),
+                                                    (49, 9000, 16), (24, 2500, 5), (9, 130, 1)])
+def test_the_compiled_wide_pass_equals_numpys(variants, entries, words, monkeypatch):
+    rng = np.random.default_rng(variants * entries)
+    p_planes, p_masks = random_bits(rng, variants, 3, words), random_bits(rng, variants, words)
+    capacity = entries + 37  # a bank's arrays are longer than its live rows: the entries axis is a view
+    g_planes_t, g_masks_t = random_bits(rng, 3, words, capacity), random_bits(rng, words, capacity)
+    g_masks_t[:, : capacity // 3] &= random_bits(rng, words, capacity // 3)  # some share too few cells
+    g_planes_t, g_masks_t = g_planes_t[:, :, :entries], g_masks_t[:, :entries]
+    columns = np.sort(rng.choice(entries, size=max(1, entries // 3), replace=False))
+    min_bits = 60 * words
+    cases = [(p_planes, p_masks, g_planes_t, g_masks_t, cols) for cols in (None, columns)]
+    if words > 1:  # the sift: every 2nd word of each plane, a strided view of the bank
+        cases.append((p_planes[:, :, ::2], p_masks[:, ::2], g_planes_t[:, ::2], g_masks_t[::2], None))
+    native = [bit_search.wide_distances(*case[:4], min_bits, columns=case[4]) for case in cases]
+    numpy_only(monkeypatch)
+    for case, got in zip(cases, native):
+        want = bit_search.wide_distances(*case[:4], min_bits, chunk=512, columns=case[4])
+        np.testing.assert_array_equal(got, want)
+    assert (want == 1.0).any() or entries < 3  # the too-few-shared-cells rule is exercised
+
+
+@needs_kernel
+@pytest.mark.parametrize("variants,rows", [(441, 37), (1, 5), (24, 1)])
+def test_the_compiled_full_search_equals_numpys(variants, rows, monkeypatch):
+    rng = np.random.default_rng(variants + rows)
+    p_planes_t, p_masks_t = random_bits(rng, 3, 16, variants), random_bits(rng, 16, variants)
+    g_planes, g_masks = random_bits(rng, rows, 3, 16), random_bits(rng, rows, 16)
+    g_masks[::2] &= random_bits(rng, (rows + 1) // 2, 16)
+    got = bit_search.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250)
+    numpy_only(monkeypatch)
+    np.testing.assert_array_equal(got, bit_search.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250))
+
+
+@needs_kernel
+@pytest.mark.parametrize("threads", [2, 4])
+def test_the_compiled_kernel_split_over_threads_gives_the_same_figures(threads, monkeypatch):
+    monkeypatch.setattr(bit_search, "SLICE_MIN", 50)
+    rng = np.random.default_rng(threads)
+    p_planes, p_masks = random_bits(rng, 9, 3, 16), random_bits(rng, 9, 16)
+    g_planes_t, g_masks_t = random_bits(rng, 3, 16, 3001), random_bits(rng, 16, 3001)
+    columns = np.sort(rng.choice(3001, size=777, replace=False))
+    pool = bit_search.match_pool(threads)
+    p_planes_t, p_masks_t = random_bits(rng, 3, 16, 441), random_bits(rng, 16, 441)
+    g_planes, g_masks = random_bits(rng, 37, 3, 16), random_bits(rng, 37, 16)
+    split = [bit_search.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250, columns=cols, pool=pool)
+             for cols in (None, columns)]
+    split_deep = bit_search.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250, rows_at_once=2, pool=pool)
+    numpy_only(monkeypatch)
+    for cols, got in zip((None, columns), split):
+        np.testing.assert_array_equal(got, bit_search.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250,
+                                                                     columns=cols))
+    np.testing.assert_array_equal(split_deep, bit_search.deep_distances(p_planes_t, p_masks_t, g_planes, g_masks, 250))
+
+
+@needs_kernel
+def test_bad_input_to_the_compiled_kernel_is_a_clear_error_not_a_crash():
+    rng = np.random.default_rng(3)
+    p_planes, p_masks = random_bits(rng, 2, 3, 16), random_bits(rng, 2, 16)
+    g_planes_t, g_masks_t = random_bits(rng, 3, 16, 50), random_bits(rng, 16, 50)
+    with pytest.raises(IndexError, match="column 50 outside the 50"):
+        bit_search.wide_distances(p_planes, p_masks, g_planes_t, g_masks_t, 250, columns=np.array([3, 50]))
+    with pytest.raises(ValueError, match="shapes disagree"):
+        bit_search.wide_distances(p_planes[:, :, :8], p_masks[:, :8], g_planes_t, g_masks_t, 250)
+    with pytest.raises(ValueError, match="shapes disagree"):
+        bit_search.deep_distances(random_bits(rng, 3, 16, 4), random_bits(rng, 16, 4), random_bits(rng, 2, 3, 8),
+                                  random_bits(rng, 2, 8), 250)
