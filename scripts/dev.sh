@@ -8,7 +8,11 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 VENV=.venv
-if [ ! -x "$VENV/bin/vendor-node" ] || [ setup.cfg -nt "$VENV/.installed" ]; then
+# pip install -e also builds the compiled palm-code kernel in place (vendor_node/hand/_bitkernel*.so; needs a C
+# compiler and the Python headers, else the numpy kernels run); it is rebuilt when its source changes. Another
+# worktree using this venv builds its own: python setup.py build_ext --inplace
+if [ ! -x "$VENV/bin/vendor-node" ] || [ setup.cfg -nt "$VENV/.installed" ] || [ setup.py -nt "$VENV/.installed" ] \
+    || [ vendor_node/hand/_bitkernel.c -nt "$VENV/.installed" ]; then
   echo "dev.sh: setting up $VENV (first run only) ..." >&2
   "$PY" -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check --upgrade pip

@@ -8,6 +8,10 @@
 #
 # - apt: python3-numpy, python3-picamera2, python3-lgpio, python3-venv. Already there on a stock Pi OS
 #   image: then apt is not run at all, so an offline unit installs from the wheelhouse alone.
+# - apt, best effort: gcc and python3-dev, to compile the palm-code 1:N kernel (vendor_node/hand/_bitkernel.c)
+#   when the package is installed from source. Tried only when apt is reachable (an offline unit skips them);
+#   without them the install still succeeds and the unit matches with the numpy kernels: several times slower
+#   at 10,000 employees on bookworm's numpy 1.24, and `vendor-node selftest` names the kernel that runs.
 # - a venv at /opt/vendor-node/venv with --system-site-packages: picamera2 AND numpy come from the OS.
 #   pip installs deploy/pi-requirements.txt (pinned) with numpy pinned to the OS's version, so no
 #   numpy 2 wheel can shadow the one picamera2 was built against; the install fails if one did.
@@ -26,6 +30,7 @@ PREFIX=/opt/vendor-node
 USER_NAME=vendor-node
 CONF_DIR=/etc/vendor-node
 APT_PACKAGES=(python3-venv python3-numpy python3-picamera2 python3-lgpio)
+BUILD_PACKAGES=(gcc python3-dev)  # optional: the compiled palm-code kernel (else the slower numpy kernels)
 REQUIREMENTS="$SRC/deploy/pi-requirements.txt"
 HW_TEST_TOOLS=(pytest==9.2.0 pluggy==1.7.0 iniconfig==2.3.1)  # for tests/test_hardware.py on the unit only
 # numpy of each Pi OS release (what picamera2 there is built against) and its Python, for --build-wheelhouse
@@ -117,6 +122,19 @@ if [ ${#missing[@]} -gt 0 ]; then
     die "apt could not install ${missing[*]} (no network? they ship with Raspberry Pi OS images; connect once or use a full image)"
   fi
 fi
+build_missing=()
+for package in "${BUILD_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || build_missing+=("$package")
+done
+if [ ${#build_missing[@]} -gt 0 ]; then  # best effort: an offline unit goes on with the numpy kernels
+  echo "$PROG: apt packages to compile the palm-code kernel: ${build_missing[*]} (skipped when offline)" >&2
+  if [ ${#missing[@]} -gt 0 ] || apt-get update -qq -o Acquire::Retries=0 -o Acquire::http::Timeout=10 >/dev/null 2>&1; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${build_missing[@]}" >/dev/null 2>&1 \
+      || echo "$PROG: warning: apt could not install ${build_missing[*]}: the unit will match with the slower numpy kernels" >&2
+  else
+    echo "$PROG: warning: apt unreachable, ${build_missing[*]} not installed: the unit will match with the slower numpy kernels" >&2
+  fi
+fi
 OS_NUMPY_VERSION=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)') \
   || die "the OS's numpy does not import (apt install --reinstall python3-numpy)"
 
@@ -156,6 +174,10 @@ case "$numpy_path" in
   /usr/lib/python3/dist-packages/*) ;;
   *) die "the venv imports numpy from $numpy_path, not the OS's: picamera2 would break (run $PREFIX/venv/bin/pip uninstall numpy)" ;;
 esac
+kernel=$("$PREFIX/venv/bin/python" -c 'from vendor_node.hand import bit_search; print(bit_search.KERNEL)') \
+  || die "vendor_node does not import in $PREFIX/venv"
+echo "$PROG: palm-code 1:N kernel: $kernel" >&2
+[ "${kernel#compiled}" != "$kernel" ] || echo "$PROG: warning: the compiled kernel was not built (apt install gcc python3-dev, then run this again)" >&2
 if ! camera_check=$("$PREFIX/venv/bin/python" -c 'from picamera2 import Picamera2' 2>&1); then
   echo "$PROG: warning: picamera2 does not import in the venv: $(printf '%s\n' "$camera_check" | tail -n 1)" >&2
 fi

@@ -95,3 +95,13 @@ def test_bad_input_to_the_compiled_kernel_is_a_clear_error_not_a_crash():
     with pytest.raises(ValueError, match="shapes disagree"):
         bit_search.deep_distances(random_bits(rng, 3, 16, 4), random_bits(rng, 16, 4), random_bits(rng, 2, 3, 8),
                                   random_bits(rng, 2, 8), 250)
+
+
+def test_selftest_names_the_kernel_that_runs(tmp_path, capsys):
+    import json
+
+    from vendor_node.cli.main import main
+
+    main(["selftest", "--sim", "--json", "--state-dir", str(tmp_path)])  # unprovisioned: other checks fail
+    check = next(c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "model")
+    assert check["ok"] and f"palm-code 1:N kernel: {bit_search.KERNEL}" in check["detail"]

@@ -109,12 +109,13 @@ def _checks(cfg):
                 f"{key_mode_line(store)}")
 
     def model():
+        from ..hand.bit_search import KERNEL
         from ..hand.model import Embedder
 
         embedders = Embedder.load_all(cfg.unit.assets_dir)
         roles = ["active"] + ["accepted"] * (len(embedders) - 1)
         return "; ".join(f"{e.model_id} ({role}): {e.model_path.name} matches the sha256 in its manifest"
-                         for e, role in zip(embedders, roles))
+                         for e, role in zip(embedders, roles)) + f"; palm-code 1:N kernel: {KERNEL}"
 
     def templates():
         from ..assets import model_set

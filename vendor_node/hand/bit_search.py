@@ -41,8 +41,9 @@ try:  # decided once: the compiled kernel when the install built it, else numpy
     from . import _bitkernel as native
 except ImportError:
     native = None
-KERNEL = "compiled C (popcount)" if native is not None else \
-    "numpy " + ("bitwise_count" if popcount is not popcount_by_table else "byte table (slow; _bitkernel not built)")
+KERNEL = "compiled C (hardware popcount)" if native is not None else "numpy " + \
+    ("bitwise_count" if popcount is not popcount_by_table else "byte-table popcount") + \
+    " (slower: _bitkernel not built; apt install gcc python3-dev and reinstall)"
 
 
 def distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
