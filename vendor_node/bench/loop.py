@@ -223,6 +223,8 @@ def _pcts(values) -> dict:
 
 # --- the table ----------------------------------------------------------------------------------------
 def _report(results: dict, sizes: list[int], customers: int, cfg) -> int:
+    from ..hand.bit_search import KERNEL
+
     big = sizes[-1]
     base = results[BASE_EMPLOYEES]
     rows = [
@@ -246,7 +248,7 @@ def _report(results: dict, sizes: list[int], customers: int, cfg) -> int:
     print(f"\nbench loop: {customers} customers per size; gallery of {BASE_EMPLOYEES} and {big} "
           f"(model {cfg.unit.assets_dir}); RSS growth over the customers after the first "
           f"{customers - results[big]['growth_over']}; palm-code 1:N split over {results[big]['match_threads']} "
-          "thread(s) (recognition.match_threads)")
+          f"thread(s) (recognition.match_threads), kernel: {KERNEL}")
     print(f"{'figure':<44} {BASE_EMPLOYEES:>9} {big:>9} {'ratio':>6} {'target':>8}")
     met = True
     for name, key, sub, unit in rows:

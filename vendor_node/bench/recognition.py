@@ -136,9 +136,10 @@ def run(args, cfg) -> int:
     rss_model = _rss_mb()
     rng = np.random.default_rng(0)
     searches = [bench_search(size, rng) for size in SEARCH_TARGETS_MS]
+    from ..hand.bit_search import KERNEL
 
     print(f"vendor-node bench recognition: model {recognizer.model_id}, {probes_n} drawn probes; one thread "
-          f"(cv2 threads {cv2.getNumThreads()}; {threads})")
+          f"(cv2 threads {cv2.getNumThreads()}; {threads}); palm-code 1:N kernel: {KERNEL}")
     rows = [("preprocess (640x480)", *_ms(pre_t), None), (f"model ({recognizer.model_id}) + template", *_ms(model_t), None),
             ("preprocess + model + match vs 1,000", *_ms(total_t), TOTAL_TARGET_MS)]
     print(f"{'stage':44} {'median ms':>10} {'p95 ms':>9} {'target':>8} {'p95/target':>11}")
@@ -181,6 +182,11 @@ def run(args, cfg) -> int:
     over += [s for s in searches if s["kib_per_1000"] > MEMORY_TARGET_KIB]
     print("1:N and memory: " + ("OVER target at " + ", ".join(f"{s['size']:,}" for s in over) if over
                                 else "within every target"))
+    if recognizer.active.kind == "palm_code":
+        from . import bit_kernel
+
+        bit_kernel.run(recognizer, [recognizer.features(frame) for frame in frames], own,
+                       lambda count: _fillers(recognizer, own, count))
     if getattr(recognizer, "shortlist", None) is not None:
         from . import cascade
 
