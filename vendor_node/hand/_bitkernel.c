@@ -21,6 +21,14 @@ static inline float normalised(uint32_t diff, uint32_t count, Py_ssize_t min_bit
     return (float)((double)diff / (double)(BITS * (uint64_t)(count ? count : 1)));
 }
 
+/* popcount(x0 & c) + popcount(x1 & c) + popcount(x2 & c) with two popcounts, not three: per bit position,
+ * x0 + x1 + x2 = (x0 ^ x1 ^ x2) + 2 * majority(x0, x1, x2) (a carry-save adder), exact. */
+static inline uint32_t differing_bits(uint64_t x0, uint64_t x1, uint64_t x2, uint64_t c)
+{
+    const uint64_t half = x0 ^ x1;
+    return __builtin_popcountll((half ^ x2) & c) + 2 * __builtin_popcountll(((x0 & x1) | (x2 & half)) & c);
+}
+
 /* wide(p_planes, p_masks, variants, words, g_planes, g_plane_stride, g_word_stride, g_masks, g_mask_word_stride,
  *      entries, columns, first, stop, min_bits, out, out_row):
  * probe variants row-major contiguous (V, 3, W) / (V, W); gallery word-major (3, W, N) / (W, N) with the given
@@ -84,8 +92,7 @@ static PyObject *wide(PyObject *self, PyObject *args)
                 for (Py_ssize_t j = 0; j < m; j++) {
                     const uint64_t c = gmw[j] & pw;
                     counts[j] += __builtin_popcountll(c);
-                    diff[j] += __builtin_popcountll((g0[j] ^ p0) & c) + __builtin_popcountll((g1[j] ^ p1) & c) +
-                               __builtin_popcountll((g2[j] ^ p2) & c);
+                    diff[j] += differing_bits(g0[j] ^ p0, g1[j] ^ p1, g2[j] ^ p2, c);
                 }
             }
             float *o = out + v * out_row + start;
@@ -131,8 +138,7 @@ static PyObject *deep(PyObject *self, PyObject *args)
             for (Py_ssize_t v = 0; v < variants; v++) {
                 const uint64_t c = m[v] & gw;
                 counts[v] += __builtin_popcountll(c);
-                diff[v] += __builtin_popcountll((p0[v] ^ g0) & c) + __builtin_popcountll((p1[v] ^ g1) & c) +
-                           __builtin_popcountll((p2[v] ^ g2) & c);
+                diff[v] += differing_bits(p0[v] ^ g0, p1[v] ^ g1, p2[v] ^ g2, c);
             }
         }
         float best = normalised(diff[0], counts[0], min_bits);
