@@ -12,6 +12,7 @@ the same figures, several times faster and without numpy 2's ``bitwise_count``; 
 """
 from __future__ import annotations
 
+import importlib
 import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -38,7 +39,7 @@ def popcount_by_table(words: np.ndarray, out: np.ndarray | None = None) -> np.nd
 popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
 
 try:  # decided once: the compiled kernel when the install built it, else numpy
-    from . import _bitkernel as native
+    native = importlib.import_module("._bitkernel", __package__)
 except ImportError:
     native = None
 KERNEL = "compiled C (hardware popcount)" if native is not None else "numpy " + \
