@@ -7,7 +7,7 @@
 #   scripts/install.sh --print-udev-rule /dev/ttyACM0  (the rule --mdb-usb would install for that adapter)
 #
 # - apt: python3-numpy, python3-picamera2, python3-lgpio, python3-venv. Already there on a stock Pi OS
-#   image: then apt is not run at all, so an offline unit installs from the wheelhouse alone.
+#   image: then apt is not needed, so an offline unit installs from the wheelhouse alone.
 # - apt, best effort: gcc and python3-dev, to compile the palm-code 1:N kernel (vendor_node/hand/_bitkernel.c)
 #   when the package is installed from source. Tried only when apt is reachable (an offline unit skips them);
 #   without them the install still succeeds and the unit matches with the numpy kernels: several times slower
