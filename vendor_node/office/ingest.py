@@ -218,14 +218,7 @@ def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last
     batch = JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first,
                          last_seq=last, last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                          entries=len(new))
-    with hot_cursor() as cursor:  # plain statements: the ORM's building cost more than their execution
-        cursor.execute(f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
-                       "last_hash, ingested_at, entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                       [unit.pk, batch.epoch, batch.batch_id, first, last, batch.last_hash, batch.ingested_at,
-                        batch.entries])
-        cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s "
-                       "WHERE id = %s", [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk])
-    _add_to_totals(new_rows)  # last: the shared per-employee rows stay locked only until the commit just after
+    _record_batch(batch, unit, _pending_charges(new_rows))
     return receipt_for(unit, batch)
 
 
@@ -253,20 +246,41 @@ def _insert_entries(unit_pk: int, epoch: int, entries: list[tuple]) -> None:
                                rows)
 
 
-def _add_to_totals(entries: list[tuple]) -> None:
-    """The new charges per employee as one pending row (same transaction as the entries): a plain insert, so
-    two units' uploads never wait on each other. A running total per employee updated here made every upload
-    wait for the one before it to commit (most uploads touch most employees): under 50 concurrent units that
-    queue, not the CPU, set the pace."""
+def _pending_charges(entries: list[tuple]) -> str | None:
+    """The new charges per employee as the JSON of one pending row, None without a charge. One new row per
+    upload (same transaction as the entries), so two units' uploads never wait on each other: a running total
+    per employee updated here made every upload wait for the one before it to commit (most uploads touch most
+    employees): under 50 concurrent units that queue, not the CPU, set the pace."""
     sums: dict[str, int] = {}
     for values in entries:
         employee_id, charge = values[_EMPLOYEE], values[_CHARGE]
         if charge and employee_id:
             sums[employee_id] = sums.get(employee_id, 0) + charge
-    if sums:
-        with hot_cursor() as cursor:
-            cursor.execute(f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)",
-                           [json.dumps(sums, sort_keys=True, separators=(",", ":"))])
+    return json.dumps(sums, sort_keys=True, separators=(",", ":")) if sums else None
+
+
+def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None) -> None:
+    """The batch row, the unit's journal position and the pending charges: plain statements (the ORM's
+    building cost more than their execution), on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
+    insert_batch = (f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
+                    "last_hash, ingested_at, entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+    update_unit = f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s WHERE id = %s"
+    insert_pending = f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)"
+    batch_values = [unit.pk, batch.epoch, batch.batch_id, batch.first_seq, batch.last_seq, batch.last_hash,
+                    batch.ingested_at, batch.entries]
+    unit_values = [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk]
+    with hot_cursor() as cursor:
+        if connection.vendor == "postgresql":
+            if charges is None:
+                cursor.execute(f"WITH b AS ({insert_batch}) {update_unit}", batch_values + unit_values)
+            else:
+                cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
+                               batch_values + unit_values + [charges])
+            return
+        cursor.execute(insert_batch, batch_values)
+        cursor.execute(update_unit, unit_values)
+        if charges is not None:
+            cursor.execute(insert_pending, [charges])
 
 
 _FOLD_LOCK = 0x766E_6664  # "vnfd": the PostgreSQL advisory lock of a fold in progress
