@@ -247,12 +247,15 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid
     from django.core.wsgi import get_wsgi_application
     from django.test import RequestFactory
 
-    from vendor_node.office.server import office_application
-
     from vendor_node.office.models import IssuedBundle, bump_bundle_generation
     from vendor_node.office.unit_client import signed_headers
 
-    application = get_wsgi_application() if full_middleware else office_application()  # what `office serve` runs
+    if full_middleware:
+        application = get_wsgi_application()
+    else:
+        from vendor_node.office.server import office_application
+
+        application = office_application()  # what `office serve` runs
     factory = RequestFactory()
 
     def call(method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
