@@ -190,6 +190,7 @@ def start_office(db_url: str, keys: Path, workers: int, threads: int) -> tuple[s
     proc = subprocess.Popen([sys.executable, "-m", "vendor_node", "office", "serve", "--db", db_url, "--fleet-keys",
                              str(keys), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads",
                              str(threads)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=keys.parent,  # not the caller's folder: in a checkout `-m vendor_node` imports it
                             env={**os.environ, "VENDOR_NODE_OFFICE_ACCESS_LOG": "0"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120

@@ -118,8 +118,9 @@ def office_application():
     """The office's WSGI application. The unit API's requests (every unit's nightly sync: nearly all of the
     office's load) skip the pages' middleware (sessions, messages, CSRF, login, clickjacking: none applies to
     a request signed by a unit's key and answered with JSON or bundle bytes): same URLs, views, refusals and
-    database connection handling, the host still checked against ALLOWED_HOSTS, about 0.3 ms of CPU less per
-    request (scripts/bench_office.py --in-process). Every other URL goes through the full stack."""
+    database connection handling, the host still checked against ALLOWED_HOSTS; seven middlewares' calls fewer
+    per request (within this machine's noise: `scripts/bench_office.py --in-process [--full-middleware]`).
+    Every other URL goes through the full stack."""
     from django.core.handlers.exception import convert_exception_to_response
     from django.core.wsgi import get_wsgi_application
     from django.core.handlers.wsgi import WSGIHandler
