@@ -190,6 +190,7 @@ def start_office(db_url: str, keys: Path, workers: int, threads: int) -> tuple[s
     proc = subprocess.Popen([sys.executable, "-m", "vendor_node", "office", "serve", "--db", db_url, "--fleet-keys",
                              str(keys), "--bind", f"127.0.0.1:{port}", "--workers", str(workers), "--threads",
                              str(threads)], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                            cwd=keys.parent,  # not the caller's folder: in a checkout `-m vendor_node` imports it
                             env={**os.environ, "VENDOR_NODE_OFFICE_ACCESS_LOG": "0"})
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -235,7 +236,8 @@ def _statement_calls(db_url: str) -> int:
         return 0
 
 
-def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> None:
+def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid: int | None,
+                     full_middleware: bool = False) -> None:
     """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then their
     heartbeats, then their bundles, each request timed (process CPU, the request alone) and optionally profiled.
     Then the bundles again with the shared records rebuilt for every request (each unit's kept bundle dropped
@@ -243,12 +245,29 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> Non
     import cProfile
     import pstats
 
-    from django.test import Client
+    from django.core.wsgi import get_wsgi_application
+    from django.test import RequestFactory
 
     from vendor_node.office.models import IssuedBundle, bump_bundle_generation
     from vendor_node.office.unit_client import signed_headers
 
-    client = Client()
+    if full_middleware:
+        application = get_wsgi_application()
+    else:
+        from vendor_node.office.server import office_application
+
+        application = office_application()  # what `office serve` runs
+    factory = RequestFactory()
+
+    def call(method: str, path: str, body: bytes, headers: dict) -> tuple[int, bytes]:
+        request = factory.post(path, data=body, content_type="application/json", headers=headers) \
+            if method == "POST" else factory.get(path, headers=headers)
+        status = []
+        chunks = application(request.environ, lambda line, _headers: status.append(int(line.split()[0])))
+        try:
+            return status[0], b"".join(chunks)
+        finally:
+            getattr(chunks, "close", lambda: None)()  # the request's end: Django's request_finished
     kinds = (("journal", "POST", None), ("heartbeat", "POST", None), ("bundle", "GET", None),
              ("bundle, records rebuilt for each", "GET", bump_bundle_generation))
     for what, method, before_each in kinds:
@@ -256,6 +275,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> Non
         profiler = cProfile.Profile(time.process_time) if profile else None
         cpu, each = 0.0, []
         _reset_statements(db_url)
+        db_before = tree_cpu_s(pg_pid) if pg_pid else 0.0
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
             if before_each:
@@ -268,17 +288,18 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str) -> Non
             started = time.process_time()
             if profiler:
                 profiler.enable()
-            answer = client.post(path, data=body, content_type="application/json", headers=headers) \
-                if method == "POST" else client.get(path, headers=headers)
+            status, content = call(method, path, body, headers)
             if profiler:
                 profiler.disable()
             cpu += time.process_time() - started
             each.append((time.process_time() - started) * 1000)
-            if answer.status_code != 200:
-                raise SystemExit(f"{unit_id} {what}: {answer.status_code} {answer.content[:200]!r}")
+            if status != 200:
+                raise SystemExit(f"{unit_id} {what}: {status} {content[:200]!r}")
+        db_ms = ((tree_cpu_s(pg_pid) - db_before) / len(unit_keys) * 1000) if pg_pid else float("nan")
         statements = _statement_calls(db_url) / len(unit_keys)
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process, median "
-              f"{pct(each, 50):.1f} ms (Django and the database client; the database server's own CPU not included), "
+              f"{pct(each, 50):.1f} ms (Django and the database client); the database server {db_ms:.1f} ms "
+              f"(its whole process tree, this bench's few statements included); "
               f"{statements:.1f} statements per request{' (profiled)' if profile else ''}", flush=True)
         if profiler:
             print(top_statements(db_url, len(unit_keys), n=20))
@@ -308,7 +329,16 @@ def main() -> int:
     parser.add_argument("--durable", action="store_true",
                         help="the throwaway server flushes every commit to disk as a production server does "
                              "(default: fsync off, for a figure of CPU rather than of this machine's disk)")
+    parser.add_argument("--full-middleware", action="store_true",
+                        help="with --in-process: the unit API through every page's middleware (as before the "
+                             "unit API's own handler), for comparison")
+    parser.add_argument("--pg-setting", action="append", default=[], metavar="NAME=VALUE",
+                        help="a setting for the throwaway PostgreSQL server (repeatable), e.g. "
+                             "default_toast_compression=pglz to compare with the production setting")
     args = parser.parse_args()
+    pg_settings = dict(item.split("=", 1) for item in args.pg_setting if "=" in item)
+    if len(pg_settings) != len(args.pg_setting):
+        parser.error("--pg-setting: expected NAME=VALUE")
     if args.window is not None and not args.window > 0:
         parser.error(f"--window: {args.window} is not a positive number of seconds")
 
@@ -321,7 +351,7 @@ def main() -> int:
     generate_fleet_keys(keys)
     durable = {"fsync": "on", "synchronous_commit": "on", "full_page_writes": "on"} if args.durable else {}
     pg = None if args.db else pgtemp.ThrowawayPostgres(
-        settings={"shared_preload_libraries": "pg_stat_statements", **durable}).start()
+        settings={"shared_preload_libraries": "pg_stat_statements", **durable, **pg_settings}).start()
     db_url = args.db or pg.url
     proc = None
     try:
@@ -354,7 +384,7 @@ def main() -> int:
             for e, c in charged.items():
                 charged_total[e] = charged_total.get(e, 0) + c
         if args.in_process:
-            in_process_costs(unit_keys, nights, args.profile, db_url)
+            in_process_costs(unit_keys, nights, args.profile, db_url, postmaster_pid(pg), args.full_middleware)
             return 0
         proc, base = start_office(db_url, keys, args.workers, args.threads)
 

@@ -375,3 +375,84 @@ def test_a_settled_review_is_charged_only_when_the_technician_says_so(setup):
     assert ledger.balance_cents("E0001") == 1000 - 70 and ledger.balance_cents("E0002") == 500
     assert sorted(JournalEntry.objects.filter(charged_cents__gt=0).values_list("kind", "charged_cents")) == \
         [("review_settled", 70)]
+
+
+def test_an_entry_field_of_the_wrong_type_is_refused_naming_it(setup):
+    """The upload's fast check finds a wrongly typed field; the refusal names it (400), nothing is stored."""
+    from vendor_node.office.models import JournalEntry
+
+    client, unit, _keys = setup
+    unit.buy("E0001", 100)
+    entries = [e.as_dict() for e in unit.journal.entries(0, 9)]
+    entries[1]["seq"] = str(entries[1]["seq"])
+    answer = call(client, unit, "POST", "journal", _signed_batch(unit, entries, "typed-1"))
+    assert answer.status_code == 400 and answer.json()["error"] == "body.entries[1].seq: missing or not int"
+    entries[1]["seq"], entries[2]["amount_cents"] = int(entries[1]["seq"]), "1.00"
+    answer = call(client, unit, "POST", "journal", _signed_batch(unit, entries, "typed-2"))
+    assert answer.status_code == 400 and answer.json()["error"] == "body.entries[2].amount_cents: not int"
+    assert not JournalEntry.objects.exists()
+
+
+def test_stored_entries_verify_as_a_chain_without_a_stored_prev_hash(setup):
+    """Each entry's prev_hash is not stored (it is the hash of the entry before it, GENESIS_HASH at seq 1):
+    the office's rows alone re-verify as the unit's hash chain, across batches."""
+    from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
+    from vendor_node.office.models import JournalEntry
+
+    client, unit, _keys = setup
+    unit.buy("E0001", 100)
+    first = json.loads(unit.batch())["body"]
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    unit.ack(first["last_seq"])
+    unit.buy("E0002", 70, item="7")
+    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
+    prev, rows = GENESIS_HASH, list(JournalEntry.objects.filter(unit__unit_id=unit.unit_id).order_by("seq"))
+    assert [row.seq for row in rows] == list(range(1, len(rows) + 1)) and len(rows) > first["last_seq"]
+    for row in rows:
+        assert row.hash == chain_hash(prev, canonical_entry(row.seq, row.ts_us, row.kind, row.session_id,
+                                                            row.employee_id, row.item, row.amount_cents, row.detail))
+        prev = row.hash
+
+
+def test_the_served_application_answers_units_without_the_pages_middleware(setup):
+    """What `office serve` runs: unit API requests skip the pages' middleware (no session or CSRF cookie, no
+    login) yet keep the view's refusals, the nonce rule and the ALLOWED_HOSTS check; pages keep theirs."""
+    from django.test import RequestFactory, override_settings
+
+    from vendor_node.office.models import HeartbeatRecord
+    from vendor_node.office.server import office_application
+    from vendor_node.office.unit_client import signed_headers
+
+    _client, unit, _keys = setup
+    application, factory = office_application(), RequestFactory()
+
+    def serve(request):
+        answer = {}
+        chunks = application(request.environ, lambda status, headers: answer.update(
+            status=int(status.split()[0]), headers=dict(headers)))
+        body = b"".join(chunks)
+        chunks.close()
+        return answer["status"], answer["headers"], body
+
+    path, body = f"/api/v1/units/{unit.unit_id}/heartbeat", heartbeat_body()
+    headers = signed_headers(unit.key, unit.unit_id, "POST", path, body)
+    status, answer_headers, content = serve(factory.post(path, data=body, content_type="application/json",
+                                                         headers=headers))
+    assert (status, json.loads(content)) == (200, {"ok": True}) and HeartbeatRecord.objects.count() == 1
+    assert answer_headers["Content-Length"] == str(len(content)) and "Set-Cookie" not in answer_headers
+    assert answer_headers["X-Content-Type-Options"] == "nosniff"
+    status, _, content = serve(factory.post(path, data=body, content_type="application/json", headers=headers))
+    assert status == 401 and "already used" in json.loads(content)["error"]  # the same nonce: a replay
+    status, _, content = serve(factory.post(path, data=body, content_type="application/json"))
+    assert status == 401 and json.loads(content)["error"] == "X-VN-Unit: header missing"
+    status, _, _ = serve(factory.get(path))
+    assert status == 405
+    with override_settings(ALLOWED_HOSTS=["office.example"]):
+        fresh = signed_headers(unit.key, unit.unit_id, "POST", path, body)
+        status, _, _ = serve(factory.post(path, data=body, content_type="application/json", headers=fresh))
+        assert status == 400 and HeartbeatRecord.objects.count() == 1  # a host not allowed: nothing recorded
+    status, page_headers, _ = serve(factory.get("/login/"))
+    assert status == 200 and page_headers["X-Frame-Options"] == "DENY" and "csrftoken" in page_headers.get(
+        "Set-Cookie", "")
+    status, page_headers, _ = serve(factory.get("/employees/"))
+    assert status == 302 and page_headers["Location"].startswith("/login/")  # pages still need a login

@@ -292,6 +292,40 @@ def test_request_authentication_refusals_on_postgresql(postgres, fleet_keys, tmp
         office.stop()
 
 
+def test_heartbeats_pruned_and_bundles_stored_cheaply_on_postgresql(postgres, fleet_keys, tmp_path):
+    """PostgreSQL runs a heartbeat as one statement: the unit's row, the new record and the pruning of all but
+    the newest HEARTBEATS_KEPT; issued bundles' bytes are stored with lz4 (or uncompressed), not pglz."""
+    import psycopg
+
+    from test_office_support import heartbeat_body
+    from vendor_node.office.units import HEARTBEATS_KEPT
+    from vendor_node.office.unit_client import UnitClient
+
+    office = OfficeProcess(postgres.url, fleet_keys).start()
+    unit = FakeUnit(tmp_path / "u", "pgbeat-1")
+    try:
+        office.command("register-unit", unit.unit_id, "--fingerprint", unit.fingerprint)
+        client = UnitClient(office.base, unit.unit_id, unit.key)
+        for i in range(HEARTBEATS_KEPT + 3):
+            assert client.request("POST", "heartbeat", heartbeat_body(free_disk_bytes=i))[0] == 200
+        assert client.request("GET", "bundle", query="after=0")[0] == 200
+        with psycopg.connect(postgres.url, autocommit=True) as db:
+            kept = [row[0] for row in db.execute(
+                "SELECT (r.data->>'free_disk_bytes')::int FROM office_heartbeatrecord r JOIN office_unit u ON "
+                "u.id = r.unit_id WHERE u.unit_id = %s ORDER BY r.id", [unit.unit_id]).fetchall()]
+            assert kept == list(range(3, HEARTBEATS_KEPT + 3))  # the newest, the last one among them
+            latest, stamped = db.execute("SELECT (heartbeat->>'free_disk_bytes')::int, last_sync_at IS NOT NULL "
+                                         "FROM office_unit WHERE unit_id = %s", [unit.unit_id]).fetchone()
+            assert (latest, stamped) == (HEARTBEATS_KEPT + 2, True)
+            compression, storage = db.execute(
+                "SELECT attcompression, attstorage FROM pg_attribute WHERE attrelid = 'office_issuedbundle'::regclass "
+                "AND attname = 'data'").fetchone()
+            assert compression == "l" or storage == "e"
+    finally:
+        unit.close()
+        office.stop()
+
+
 def test_the_load_bench_paced_and_closed_loop_ingest_everything_once(postgres, tmp_path):
     """scripts/bench_office.py, tiny: a paced run (starts spread over a window, never more than --concurrency
     in flight) and a closed loop both end with every entry ingested once and every balance exact."""

@@ -27,7 +27,7 @@ from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRec
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
 from .ledger import charged_by_employee, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
-                     SealedTemplate, TemplateRevocation, Unit, new_bundle_generation)
+                     SealedTemplate, TemplateRevocation, Unit, hot_cursor, new_bundle_generation)
 from .units import lock_and_stamp_sync
 
 REFRESH_S = 6 * 3600
@@ -87,9 +87,7 @@ _shared_lock = threading.Lock()
 def _generation_and_kept(unit_pk: int) -> tuple[int | None, list[IssuedBundle]]:
     """The office's bundle generation and the unit's kept bundles, newest first (their bytes load if read),
     in one plain statement: every unit's bundle request runs it."""
-    from django.db import connection
-
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"SELECT value, NULL, NULL, NULL, NULL FROM {OfficeSetting._meta.db_table} WHERE name = %s "
                        f"UNION ALL SELECT NULL, id, version, content_sha256, created_at FROM "
                        f"{IssuedBundle._meta.db_table} WHERE unit_id = %s", [BUNDLE_GENERATION, unit_pk])
@@ -160,10 +158,7 @@ def _store(issued: IssuedBundle) -> IssuedBundle:
     if connection.vendor != "postgresql":
         issued.save(force_insert=True)
         return issued
-    import psycopg
-
-    connection.ensure_connection()
-    with psycopg.Cursor(connection.connection) as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"INSERT INTO {IssuedBundle._meta.db_table} (unit_id, version, content_sha256, created_at, "
                        "data) VALUES (%s, %s, %s, %s, %b) RETURNING id",
                        (issued.unit_id, issued.version, issued.content_sha256, issued.created_at, bytes(issued.data)))

@@ -25,7 +25,7 @@ from django.db import IntegrityError, connection, transaction
 from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
-from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit
+from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit, hot_cursor
 from .units import lock_and_stamp_sync
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
@@ -57,7 +57,7 @@ def _signed_as_sent(data: bytes, public_key) -> dict | None:
 
 
 def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]:
-    """The verified batch body and its entries' row values (_ENTRY_FIELDS order, as read once by the checks);
+    """The verified batch body and its entries' row values (_ENTRY_ROW order, as read once by the checks);
     UnitRequestRefused (400/401/403) naming what is wrong."""
     body = _signed_as_sent(data, public_key)
     if body is None:
@@ -116,8 +116,7 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]
         prev = computed
         charge = (amount_cents or 0) if kind == VEND_SUCCEEDED or (kind == REVIEW_SETTLED and (amount_cents or 0) > 0) \
             else 0
-        fields.append((seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, entry_prev, entry_hash,
-                       charge))
+        fields.append((seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, entry_hash, charge))
     if prev != body["last_hash"]:
         raise UnitRequestRefused(409, "body.last_hash: does not match the last entry's hash")
     return body, fields
@@ -177,7 +176,7 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
 
 def _batch_done(unit: Unit, batch_id: str) -> JournalBatch | None:
     """The unit's batch of this id in its current journal if already ingested (what a receipt names)."""
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"SELECT last_seq, last_hash, ingested_at FROM {JournalBatch._meta.db_table} WHERE unit_id = %s "
                        "AND epoch = %s AND batch_id = %s", [unit.pk, unit.journal_epoch, batch_id])
         row = cursor.fetchone()
@@ -212,40 +211,34 @@ def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
     new_rows = fields[held_count:]
-    _insert_entries(unit.pk, unit.journal_epoch, body["batch_id"], new_rows)
+    _insert_entries(unit.pk, unit.journal_epoch, new_rows)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
     batch = JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first,
                          last_seq=last, last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                          entries=len(new))
-    with connection.cursor() as cursor:  # plain statements: the ORM's building cost more than their execution
-        cursor.execute(f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
-                       "last_hash, ingested_at, entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)",
-                       [unit.pk, batch.epoch, batch.batch_id, first, last, batch.last_hash, batch.ingested_at,
-                        batch.entries])
-        cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s "
-                       "WHERE id = %s", [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk])
-    _add_to_totals(new_rows)  # last: the shared per-employee rows stay locked only until the commit just after
+    _record_batch(batch, unit, _pending_charges(new_rows))
     return receipt_for(unit, batch)
 
 
-_ENTRY_FIELDS = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail", "prev_hash",
-                 "hash", "charged_cents")  # an entry's row values as parse_batch returns them
-_ENTRY_COLUMNS = ("unit_id", "epoch", *_ENTRY_FIELDS, "batch_id")
+_ENTRY_ROW = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail", "hash",
+              "charged_cents")  # an entry's row values as parse_batch returns them
+_ENTRY_COLUMNS = ("unit_id", "epoch", *_ENTRY_ROW)
+_EMPLOYEE, _CHARGE = _ENTRY_ROW.index("employee_id"), _ENTRY_ROW.index("charged_cents")
 
 
-def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[tuple]) -> None:
+def _insert_entries(unit_pk: int, epoch: int, entries: list[tuple]) -> None:
     """The new entries in one statement: COPY on PostgreSQL, one prepared INSERT on SQLite. A night's 600
     entries built as ORM objects cost more CPU than all of the request's checks (profiled under the bench)."""
     if not entries:
         return
-    head, tail = (unit_pk, epoch), (batch_id,)
-    rows = [head + values + tail for values in entries]
+    head = (unit_pk, epoch)
+    rows = [head + values for values in entries]
     table, columns = JournalEntry._meta.db_table, ", ".join(_ENTRY_COLUMNS)
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
-            with cursor.cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
+            with cursor.copy(f"COPY {table} ({columns}) FROM STDIN") as copy:
                 for row in rows:
                     copy.write_row(row)
         else:
@@ -253,37 +246,67 @@ def _insert_entries(unit_pk: int, epoch: int, batch_id: str, entries: list[tuple
                                rows)
 
 
-def _add_to_totals(entries: list[tuple]) -> None:
-    """The new charges per employee as one pending row (same transaction as the entries): a plain insert, so
-    two units' uploads never wait on each other. A running total per employee updated here made every upload
-    wait for the one before it to commit (most uploads touch most employees): under 50 concurrent units that
-    queue, not the CPU, set the pace."""
+def _pending_charges(entries: list[tuple]) -> str | None:
+    """The new charges per employee as the JSON of one pending row, None without a charge. One new row per
+    upload (same transaction as the entries), so two units' uploads never wait on each other: a running total
+    per employee updated here made every upload wait for the one before it to commit (most uploads touch most
+    employees): under 50 concurrent units that queue, not the CPU, set the pace."""
     sums: dict[str, int] = {}
     for values in entries:
-        employee_id, charge = values[4], values[10]
+        employee_id, charge = values[_EMPLOYEE], values[_CHARGE]
         if charge and employee_id:
             sums[employee_id] = sums.get(employee_id, 0) + charge
-    if sums:
-        with connection.cursor() as cursor:
-            cursor.execute(f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)",
-                           [json.dumps(sums, sort_keys=True, separators=(",", ":"))])
+    return json.dumps(sums, sort_keys=True, separators=(",", ":")) if sums else None
+
+
+def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None) -> None:
+    """The batch row, the unit's journal position and the pending charges: plain statements (the ORM's
+    building cost more than their execution), on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
+    insert_batch = (f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
+                    "last_hash, ingested_at, entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+    update_unit = f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s WHERE id = %s"
+    insert_pending = f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)"
+    batch_values = [unit.pk, batch.epoch, batch.batch_id, batch.first_seq, batch.last_seq, batch.last_hash,
+                    batch.ingested_at, batch.entries]
+    unit_values = [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk]
+    with hot_cursor() as cursor:
+        if connection.vendor == "postgresql":
+            if charges is None:
+                cursor.execute(f"WITH b AS ({insert_batch}) {update_unit}", batch_values + unit_values)
+            else:
+                cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
+                               batch_values + unit_values + [charges])
+            return
+        cursor.execute(insert_batch, batch_values)
+        cursor.execute(update_unit, unit_values)
+        if charges is not None:
+            cursor.execute(insert_pending, [charges])
 
 
 _FOLD_LOCK = 0x766E_6664  # "vnfd": the PostgreSQL advisory lock of a fold in progress
-FOLD_EVERY_S = 0.5  # per process: readers add up at most a few pending rows, a fold is not paid per upload
+FOLD_EVERY_S = 0.2  # per process: readers add up a few pending rows at most, a fold is not paid per upload
 _folded_at = [0.0]  # monotonic time of this process's last fold
 
 
 def fold_pending_charges() -> None:
     """Move the pending charges into the running totals, in one transaction. On PostgreSQL one process folds
     at a time and one that finds a fold running skips it (the rows wait for the next fold): an upload never
-    waits for a fold. Readers count each charge exactly once before, during and after (`charged_by_employee`)."""
+    waits for a fold. Readers count each charge exactly once before, during and after (`charged_by_employee`).
+    On PostgreSQL the fold is one statement the database runs on its own (no JSON read into Python): under
+    load the folds keep up, so every bundle's sum of the pending rows stays short."""
+    pending, totals = ChargePending._meta.db_table, ChargeTotal._meta.db_table
+    if connection.vendor == "postgresql":
+        with hot_cursor() as cursor:  # one statement, one transaction: the lock, the rows moved, the sums added
+            cursor.execute(
+                f"WITH fold AS (SELECT pg_try_advisory_xact_lock(%s) AS mine), "
+                f"moved AS (DELETE FROM {pending} WHERE (SELECT mine FROM fold) RETURNING charges), "
+                f"sums AS (SELECT p.key AS employee_id, sum(p.value::bigint) AS cents FROM moved, "
+                "jsonb_each_text(moved.charges::jsonb) p GROUP BY p.key) "
+                f"INSERT INTO {totals} (employee_id, charged_cents) SELECT employee_id, cents FROM sums "
+                f"ORDER BY employee_id ON CONFLICT (employee_id) DO UPDATE SET charged_cents = "
+                f"{totals}.charged_cents + excluded.charged_cents", [_FOLD_LOCK])
+        return
     with transaction.atomic():
-        if connection.vendor == "postgresql":
-            with connection.cursor() as cursor:
-                cursor.execute("SELECT pg_try_advisory_xact_lock(%s)", [_FOLD_LOCK])
-                if not cursor.fetchone()[0]:
-                    return
         rows = list(ChargePending.objects.order_by("id").values_list("id", "charges"))
         if not rows:
             return
@@ -291,13 +314,13 @@ def fold_pending_charges() -> None:
         for _, text in rows:
             for employee_id, cents in json.loads(text).items():
                 sums[employee_id] = sums.get(employee_id, 0) + cents
-        table, ordered = ChargeTotal._meta.db_table, sorted(sums.items())
-        with connection.cursor() as cursor:
+        ordered = sorted(sums.items())
+        with hot_cursor() as cursor:
             for start in range(0, len(ordered), 400):  # one statement per chunk: one round trip, not one per row
                 chunk = ordered[start:start + 400]
                 cursor.execute(
-                    f"INSERT INTO {table} (employee_id, charged_cents) VALUES {', '.join(['(%s, %s)'] * len(chunk))} "
-                    f"ON CONFLICT (employee_id) DO UPDATE SET charged_cents = {table}.charged_cents + "
+                    f"INSERT INTO {totals} (employee_id, charged_cents) VALUES {', '.join(['(%s, %s)'] * len(chunk))} "
+                    f"ON CONFLICT (employee_id) DO UPDATE SET charged_cents = {totals}.charged_cents + "
                     "excluded.charged_cents", [value for row in chunk for value in row])
         ChargePending.objects.filter(id__in=[pk for pk, _ in rows]).delete()
 

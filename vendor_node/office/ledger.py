@@ -24,7 +24,8 @@ from django.utils import timezone
 from ..errors import BundleError, OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.employees_csv import parse_amount_cents, parse_employees_csv
-from .models import ChargePending, ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation
+from .models import (ChargePending, ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation,
+                     hot_cursor)
 
 MAX_TOPUP_CENTS = 1_000_000_00  # one top-up above 1,000,000.00 is a typo, not a top-up
 MAX_CSV_BYTES = 5 * 1024 * 1024
@@ -60,7 +61,7 @@ def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
               if connection.vendor == "postgresql" else
               f"SELECT p.key, p.value FROM {pending}, json_each({pending}.charges) p")
     one = ("WHERE employee_id = %s", "WHERE p.key = %s") if employee_id is not None else ("", "")
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"SELECT employee_id, sum(cents) FROM (SELECT employee_id, charged_cents AS cents FROM {totals} "
                        f"{one[0]} UNION ALL {expand} {one[1]}) charges GROUP BY employee_id",
                        [employee_id, employee_id] if employee_id is not None else [])

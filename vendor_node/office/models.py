@@ -10,8 +10,29 @@ from .setup import importable
 importable()
 
 import secrets
+from contextlib import contextmanager
 
 from django.db import models
+
+@contextmanager
+def hot_cursor():
+    """A cursor for the unit API's hot path (every unit's sync runs these statements). PostgreSQL: psycopg's
+    own cursor, parameters sent apart from the statement, each statement prepared once per connection after
+    its fifth run (no quoting of every value in Python, no parse and plan in the server: Django's cursor binds
+    on the client side); its errors still come out as Django's (IntegrityError...). SQLite: Django's cursor."""
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        with connection.cursor() as cursor:
+            yield cursor
+        return
+    import psycopg
+
+    connection.close_if_health_check_failed()  # as Django's own cursor() does: a connection the database
+    connection.ensure_connection()  # dropped (a restart) is replaced before the request uses it
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+        yield cursor
+
 
 STATUS_CHOICES = [("active", "active"), ("suspended", "suspended")]
 FUNDING_CHOICES = [("prepaid", "prepaid"), ("payroll", "payroll")]
@@ -106,7 +127,10 @@ class JournalBatch(models.Model):
 
 class JournalEntry(models.Model):
     # written only by an ingest holding the unit's row lock, and a unit is never deleted (PROTECT): no foreign
-    # key check per entry (600 per night's upload), no index of its own (the unique (unit, epoch, seq) serves)
+    # key check per entry (600 per night's upload), no index of its own (the unique (unit, epoch, seq) serves).
+    # What can be derived is not stored on every entry: its prev_hash is the hash of (unit, epoch, seq - 1)
+    # (GENESIS_HASH at seq 1: an ingest takes only entries that continue the journal it holds, no gap), the
+    # batch that brought it is the unit's first JournalBatch whose first_seq..last_seq covers it.
     unit = models.ForeignKey(Unit, on_delete=models.PROTECT, db_constraint=False, db_index=False)
     epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
     seq = models.BigIntegerField()
@@ -117,14 +141,14 @@ class JournalEntry(models.Model):
     item = models.CharField(max_length=64, null=True, blank=True)
     amount_cents = models.BigIntegerField(null=True, blank=True)
     detail = models.TextField(null=True, blank=True)
-    prev_hash = models.CharField(max_length=64)
     hash = models.CharField(max_length=64)
     charged_cents = models.BigIntegerField(default=0)  # > 0 only for a charge (vend succeeded / review charged)
-    batch_id = models.CharField(max_length=80)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "epoch", "seq"], name="entry_once_per_journal_seq")]
-        indexes = [models.Index(fields=["employee_id", "charged_cents"])]
+        # the charges only (a third of the entries): an employee's charges and the totals' check read it
+        indexes = [models.Index(fields=["employee_id", "charged_cents"], condition=models.Q(charged_cents__gt=0),
+                                name="entry_charges_by_employee")]
 
 
 class SealedTemplate(models.Model):

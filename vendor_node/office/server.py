@@ -111,11 +111,46 @@ def create_user(username: str, role: str, password: str) -> None:
     audit("command line", "create_user" if created else "set_password", username, role)
 
 
-def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+UNIT_API_PREFIX = "/api/v1/units/"
+
+
+def office_application():
+    """The office's WSGI application. The unit API's requests (every unit's nightly sync: nearly all of the
+    office's load) skip the pages' middleware (sessions, messages, CSRF, login, clickjacking: none applies to
+    a request signed by a unit's key and answered with JSON or bundle bytes): same URLs, views, refusals and
+    database connection handling, the host still checked against ALLOWED_HOSTS; seven middlewares' calls fewer
+    per request (within this machine's noise: `scripts/bench_office.py --in-process [--full-middleware]`).
+    Every other URL goes through the full stack."""
+    from django.core.handlers.exception import convert_exception_to_response
     from django.core.wsgi import get_wsgi_application
+    from django.core.handlers.wsgi import WSGIHandler
+
+    class UnitApiHandler(WSGIHandler):
+        def load_middleware(self, is_async=False):
+            self._view_middleware, self._template_response_middleware, self._exception_middleware = [], [], []
+            self._middleware_chain = convert_exception_to_response(self._unit_request)
+
+        def _unit_request(self, request):
+            request.get_host()  # DisallowedHost (400) as CommonMiddleware would raise it for a page
+            response = self._get_response(request)
+            if not response.streaming and not response.has_header("Content-Length"):
+                response.headers["Content-Length"] = str(len(response.content))
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            return response
+
+    pages, units = get_wsgi_application(), UnitApiHandler()
+
+    def application(environ, start_response):
+        handler = units if environ.get("PATH_INFO", "").startswith(UNIT_API_PREFIX) else pages
+        return handler(environ, start_response)
+
+    return application
+
+
+def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
     from gunicorn.app.base import BaseApplication
 
-    application = get_wsgi_application()
+    application = office_application()
 
     class OfficeServer(BaseApplication):
         def load_config(self):

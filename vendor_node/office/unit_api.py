@@ -33,7 +33,7 @@ from ..errors import UnitRequestRefused
 from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, forget_issued_templates, signing_key
 from .ingest import ingest_batch
-from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit
+from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit, hot_cursor
 from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
 from .units import UNIT_REQUEST_FIELDS, record_heartbeat, unit_from_row
 
@@ -132,7 +132,7 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Un
 
     columns = ", ".join(UNIT_REQUEST_FIELDS)
     when = connection.ops.adapt_datetimefield_value(now)
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(
                 f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
@@ -169,7 +169,7 @@ def _stamp_sync(unit_pk: int) -> None:
     """The unit's last sync is now (one plain statement: it runs on every request)."""
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s",
                        [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
 

@@ -20,7 +20,7 @@ from django.utils import timezone
 from ..errors import OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.journal_schema import GENESIS_HASH
-from .models import HeartbeatRecord, JournalEpoch, OfficeSetting, Unit, audit
+from .models import HeartbeatRecord, JournalEpoch, OfficeSetting, Unit, audit, hot_cursor
 
 HEARTBEATS_KEPT = 100  # per unit: a nightly sync's heartbeats for about three months, or a day of retries
 NO_SALE_SETTING = "no_sale_alert_h"
@@ -152,7 +152,7 @@ def lock_and_stamp_sync(unit_pk: int) -> Unit:
     succeeds counts as a sync, as before."""
     from django.db import connection
 
-    with connection.cursor() as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s "
                        f"RETURNING {', '.join(UNIT_REQUEST_FIELDS)}",
                        [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
@@ -171,7 +171,19 @@ def record_heartbeat(unit: Unit, clean: dict, clock_offset_s: float) -> None:
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     data = connection.ops.adapt_json_value(clean, None)
     units, records = Unit._meta.db_table, HeartbeatRecord._meta.db_table
-    with transaction.atomic(), connection.cursor() as cursor:
+    if connection.vendor == "postgresql":  # one statement, so no transaction of its own (the DELETE does not
+        # see the row inserted beside it: the newest HEARTBEATS_KEPT - 1 older rows stay, and the new one)
+        with hot_cursor() as cursor:
+            cursor.execute(f"WITH u AS (UPDATE {units} SET heartbeat = %s, heartbeat_at = %s, clock_offset_s = %s, "
+                           "last_sync_at = %s WHERE id = %s), "
+                           f"r AS (INSERT INTO {records} (unit_id, received_at, data, clock_offset_s) "
+                           "VALUES (%s, %s, %s, %s)) "
+                           f"DELETE FROM {records} WHERE unit_id = %s AND id NOT IN (SELECT id FROM {records} "
+                           "WHERE unit_id = %s ORDER BY received_at DESC, id DESC LIMIT %s)",
+                           [data, now, clock_offset_s, now, unit.pk, unit.pk, now, data, clock_offset_s,
+                            unit.pk, unit.pk, HEARTBEATS_KEPT - 1])
+        return
+    with transaction.atomic(), hot_cursor() as cursor:
         cursor.execute(f"UPDATE {units} SET heartbeat = %s, heartbeat_at = %s, clock_offset_s = %s, "
                        "last_sync_at = %s WHERE id = %s", [data, now, clock_offset_s, now, unit.pk])
         cursor.execute(f"INSERT INTO {records} (unit_id, received_at, data, clock_offset_s) VALUES (%s, %s, %s, %s)",
