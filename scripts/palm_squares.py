@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Regression harness for the classical palm finding (hand/preprocess.py): every untransformed frame's palm square
+(centre, side, angle), alignment or refusal reason, and the CPU time of finding it (one thread).
+
+Not part of the unit and writes nothing of the photos (only numbers, to a file you name outside the repository).
+Record, then compare after a change (squares within ~1 px / 1 degree, same refusals):
+    PYTHONPATH=. python scripts/palm_squares.py record /tmp/squares-before.json
+    PYTHONPATH=. python scripts/palm_squares.py record /tmp/squares-after.json
+    PYTHONPATH=. python scripts/palm_squares.py compare /tmp/squares-before.json /tmp/squares-after.json
+Time two code trees in the same run (alternating per set, each in its own process, CPU time per frame):
+    python scripts/palm_squares.py timing /tmp/base-tree . [--rounds 2]
+The sets: nir_dev, coep_dev, webcam_hand2, 11k_full from ../shared/handdata (skipped when absent) and the
+project's drawn frames (``drawn``: bench loop's default presentations plus turned, scaled, close-up, pegged,
+light-background variants and the frames that must be refused).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+REAL_SETS = ("nir_dev", "coep_dev", "webcam_hand2", "11k_full")
+DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "handdata"
+
+
+def drawn_frames():
+    """(name, frame) of drawn hands: what `bench loop` shows, variations issue 8 asks for, and bad frames."""
+    from vendor_node.sim import drawn_hands as d
+
+    for person in range(40):
+        yield f"default/{person}", d.draw_hand(1000 + person, person)
+    for person in range(8):
+        for rotation in (-30, -15, 15, 30):
+            yield f"turned{rotation}/{person}", d.draw_hand(2000 + person, 1, rotation=rotation)
+        for scale in (0.6, 0.8, 1.3, 1.6, 2.4):
+            yield f"scale{scale}/{person}", d.draw_hand(3000 + person, 2, scale=scale)
+        yield f"pegs/{person}", d.draw_hand(4000 + person, 3, pegs=True)
+        yield f"light/{person}", d.draw_hand(5000 + person, 4, background="light", sleeve=True)
+        yield f"falloff/{person}", d.draw_hand(6000 + person, 5, light_falloff=1.5, scale=1.8, shift=(0, 0.1))
+        yield f"together/{person}", d.draw_fingers_together(7000 + person, 6)
+        yield f"fist/{person}", d.draw_closed_fingers(8000 + person, 7)
+        yield f"cut_off/{person}", d.draw_cut_off(9000 + person, 8)
+        yield f"blurred/{person}", d.draw_blurred(10000 + person, 9)
+        yield f"too_far/{person}", d.draw_too_far(11000 + person, 10)
+        yield f"too_close/{person}", d.draw_too_close(12000 + person, 11)
+        yield f"two_hands/{person}", d.draw_two_hands(13000 + person, 14000 + person, 12)
+        yield f"blank/{person}", d.blank_frame(seed=person)
+
+
+def real_frames(name: str):
+    from vendor_node.hand.dataset import load_dataset
+    from vendor_node.images import read_grey
+
+    folder = DATA / name
+    if not folder.is_dir():
+        return
+    for sample in load_dataset(folder):
+        yield str(sample.path.relative_to(folder)), read_grey(sample.path)
+
+
+def frames(name: str):
+    return drawn_frames() if name == "drawn" else real_frames(name)
+
+
+def measure(name: str) -> dict:
+    """{frame: {square: [cx, cy, side, angle] | None, alignment, reason, cpu_ms}} for one set."""
+    import cv2
+
+    from vendor_node.errors import HandRejected
+    from vendor_node.hand.preprocess import extract_hand
+
+    cv2.setNumThreads(1)
+    out = {}
+    for key, image in frames(name):
+        start = time.process_time()
+        try:
+            hand = extract_hand(image)
+            reason, alignment, square = None, hand.alignment, hand.square
+        except HandRejected as refusal:
+            reason, alignment, square, hand = refusal.reason, None, None, None
+        cpu_ms = (time.process_time() - start) * 1e3
+        row = {"reason": reason, "alignment": alignment, "cpu_ms": cpu_ms, "square": None}
+        if hand is not None:  # to tell a changed cut or measurement from an unchanged one (numbers only)
+            row["roi"] = hashlib.sha1(hand.roi.tobytes()).hexdigest()[:12]
+            row["geometry"] = [float(g) for g in hand.geometry]
+        if square is not None:
+            top = square[1] - square[0]
+            center = square.mean(axis=0)
+            row["square"] = [float(center[0]), float(center[1]), float(np.hypot(*top)),
+                             float(np.degrees(np.arctan2(top[1], top[0])))]
+        out[key] = row
+    return out
+
+
+def sets(chosen: list[str] | None) -> list[str]:
+    return chosen or ["drawn", *REAL_SETS]
+
+
+def record(path: Path, chosen: list[str] | None) -> None:
+    result = {name: measure(name) for name in sets(chosen)}
+    path.write_text(json.dumps(result, indent=0))
+    for name, rows in result.items():
+        print(f"{name:13s} {len(rows):4d} frames  {summary(rows)}")
+
+
+def summary(rows: dict) -> str:
+    cpu = np.array([r["cpu_ms"] for r in rows.values()]) if rows else np.zeros(1)
+    refused = sum(r["reason"] is not None for r in rows.values())
+    return f"refused {refused:3d}  CPU p50 {np.percentile(cpu, 50):5.1f} ms  p95 {np.percentile(cpu, 95):5.1f} ms"
+
+
+def compare(before: Path, after: Path, px: float, degrees: float) -> int:
+    a, b = json.loads(before.read_text()), json.loads(after.read_text())
+    worst = 0
+    for name in a:
+        if name not in b:
+            continue
+        changed, moved, max_px, max_deg, max_side, roi_changed, max_geometry = [], [], 0.0, 0.0, 0.0, 0, 0.0
+        for key, old in a[name].items():
+            new = b[name].get(key)
+            if new is None:
+                continue
+            if old["reason"] != new["reason"] or old["alignment"] != new["alignment"]:
+                changed.append(f"{key}: {old['reason'] or old['alignment']} -> {new['reason'] or new['alignment']}")
+                continue
+            if old["square"] is None:
+                continue
+            (x0, y0, s0, t0), (x1, y1, s1, t1) = old["square"], new["square"]
+            shift = float(np.hypot(x1 - x0, y1 - y0))
+            turn = abs((t1 - t0 + 180) % 360 - 180)
+            max_px, max_deg, max_side = max(max_px, shift), max(max_deg, turn), max(max_side, abs(s1 - s0))
+            roi_changed += old.get("roi") != new.get("roi")
+            max_geometry = max(max_geometry, float(np.abs(np.subtract(old.get("geometry", 0), new.get("geometry", 0))).max()))
+            if shift > px or turn > degrees or abs(s1 - s0) > px:
+                moved.append(f"{key}: moved {shift:.1f} px, side {s1 - s0:+.1f} px, turned {turn:.1f} deg")
+        print(f"{name:13s} before {summary(a[name])} | after {summary(b[name])}")
+        print(f"{'':13s} largest change: centre {max_px:.2f} px, side {max_side:.2f} px, angle {max_deg:.2f} deg; "
+              f"{len(changed)} outcome changes, {len(moved)} squares beyond {px} px / {degrees} deg; "
+              f"{roi_changed} ROIs not bit-identical, geometry within {max_geometry:.4f}")
+        for line in changed + moved:
+            print("   ", line)
+        worst += len(changed) + len(moved)
+    return 1 if worst else 0
+
+
+def timing(trees: list[Path], chosen: list[str] | None, rounds: int) -> None:
+    """Each tree's CPU time per frame on each set, alternating trees per set so both see the same load."""
+    cpu: dict[tuple[str, str], list[float]] = {}
+    for _ in range(rounds):
+        for name in sets(chosen):
+            for tree in trees:
+                env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+                done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_times", name], env=env,
+                                      check=True, capture_output=True, text=True)
+                cpu.setdefault((name, str(tree)), []).extend(json.loads(done.stdout))
+    for name in sets(chosen):
+        line = [f"{name:13s}"]
+        for tree in trees:
+            values = np.array(cpu[(name, str(tree))])
+            line.append(f"{str(tree)[-18:]:>18s}: p50 {np.percentile(values, 50):5.1f} p95 "
+                        f"{np.percentile(values, 95):5.1f} ms")
+        print("  ".join(line))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("out", type=Path)
+    rec.add_argument("--sets", nargs="*")
+    cmp_ = sub.add_parser("compare")
+    cmp_.add_argument("before", type=Path)
+    cmp_.add_argument("after", type=Path)
+    cmp_.add_argument("--px", type=float, default=1.0)
+    cmp_.add_argument("--degrees", type=float, default=1.0)
+    tim = sub.add_parser("timing")
+    tim.add_argument("trees", type=Path, nargs="+")
+    tim.add_argument("--sets", nargs="*")
+    tim.add_argument("--rounds", type=int, default=1)
+    hidden = sub.add_parser("_times")
+    hidden.add_argument("set")
+    args = parser.parse_args()
+    if args.command == "record":
+        record(args.out, args.sets)
+    elif args.command == "compare":
+        return compare(args.before, args.after, args.px, args.degrees)
+    elif args.command == "timing":
+        timing(args.trees, args.sets, args.rounds)
+    else:
+        print(json.dumps([row["cpu_ms"] for row in measure(args.set).values()]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
