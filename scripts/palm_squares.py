@@ -90,6 +90,7 @@ def measure(name: str) -> dict:
         if hand is not None:  # to tell a changed cut or measurement from an unchanged one (numbers only)
             row["roi"] = hashlib.sha1(hand.roi.tobytes()).hexdigest()[:12]
             row["geometry"] = [float(g) for g in hand.geometry]
+            row["measures"] = {k: float(v) for k, v in hand.measures.items()}
         if square is not None:
             top = square[1] - square[0]
             center = square.mean(axis=0)
@@ -123,6 +124,7 @@ def compare(before: Path, after: Path, px: float, degrees: float) -> int:
         if name not in b:
             continue
         changed, moved, max_px, max_deg, max_side, roi_changed, max_geometry = [], [], 0.0, 0.0, 0.0, 0, 0.0
+        max_measure = 0.0
         for key, old in a[name].items():
             new = b[name].get(key)
             if new is None:
@@ -138,12 +140,15 @@ def compare(before: Path, after: Path, px: float, degrees: float) -> int:
             max_px, max_deg, max_side = max(max_px, shift), max(max_deg, turn), max(max_side, abs(s1 - s0))
             roi_changed += old.get("roi") != new.get("roi")
             max_geometry = max(max_geometry, float(np.abs(np.subtract(old.get("geometry", 0), new.get("geometry", 0))).max()))
+            for k, v in old.get("measures", {}).items():
+                max_measure = max(max_measure, abs(new.get("measures", {}).get(k, v) - v) / max(abs(v), 1e-9))
             if shift > px or turn > degrees or abs(s1 - s0) > px:
                 moved.append(f"{key}: moved {shift:.1f} px, side {s1 - s0:+.1f} px, turned {turn:.1f} deg")
         print(f"{name:13s} before {summary(a[name])} | after {summary(b[name])}")
         print(f"{'':13s} largest change: centre {max_px:.2f} px, side {max_side:.2f} px, angle {max_deg:.2f} deg; "
               f"{len(changed)} outcome changes, {len(moved)} squares beyond {px} px / {degrees} deg; "
-              f"{roi_changed} ROIs not bit-identical, geometry within {max_geometry:.4f}")
+              f"{roi_changed} ROIs not bit-identical, geometry within {max_geometry:.4f}, "
+              f"measures (sharpness, contrast, texture...) within {100 * max_measure:.4f}%")
         for line in changed + moved:
             print("   ", line)
         worst += len(changed) + len(moved)

@@ -10,18 +10,19 @@ from .handshape import FINGERS, GEOMETRY_SIZE, Shape
 
 
 def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, limit: float) -> float:
-    """Length of the foreground run through ``point`` along ``direction`` (working pixels)."""
+    """Length of the foreground run through ``point`` along ``direction`` (working pixels): every step of
+    both ways is sampled at once and each way stops at its first pixel off the hand or the frame."""
     h, w = mask.shape
+    steps = np.arange(1.0, np.ceil(limit) + 1.0)
     total = 0.0
-    for sign in (1.0, -1.0):
-        t = 0.0
-        while t < limit:
-            q = point + sign * (t + 1.0) * direction
-            x, y = int(round(q[0])), int(round(q[1]))
-            if x < 0 or y < 0 or x >= w or y >= h or mask[y, x] == 0:
-                break
-            t += 1.0
-        total += t
+    for sign in (1.0, -1.0):  # (the offsets in the direction's own precision, as a step at a time had them)
+        q = point + (sign * steps).astype(direction.dtype)[:, None] * direction
+        xs, ys = np.round(q[:, 0]).astype(np.int64), np.round(q[:, 1]).astype(np.int64)
+        inside = (xs >= 0) & (ys >= 0) & (xs < w) & (ys < h)
+        on = inside.copy()
+        on[inside] = mask[ys[inside], xs[inside]] > 0
+        off = np.flatnonzero(~on)
+        total += float(off[0] if off.size else steps.size)
     return total + 1.0
 
 

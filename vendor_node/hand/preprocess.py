@@ -171,7 +171,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["scale"], trace["method"] = scale, method
     mask, contrast, unfilled, center, radius = _find_hand(work, method)
     trace["dark_background"] = cv2.mean(work, cv2.bitwise_not(mask))[0] < cv2.mean(work, mask)[0]
-    trace["outline"] = _outline(mask) * scale
+    contour = _outline(mask)  # (the largest outline: the hand's, as the mask is one filled blob)
+    trace["outline"] = contour * scale
     trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     area = float(np.count_nonzero(mask)) / mask.size
     spill = "too_close" if 2 * radius > MAX_PALM_SPAN * min(mask.shape) else "cut_off"
@@ -185,8 +186,6 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["sharpness"] = sharpness
     if sharpness < MIN_SHARPNESS:
         raise reject("blurred")
-    contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
-    contour = contour[:, 0, :].astype(np.float32)
     if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
         raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
@@ -277,7 +276,7 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
     hand further down); "background" instead takes everything that
     differs from the frame border's grey level (which is mostly background) by more than its noise."""
     smooth = cv2.GaussianBlur(work, (5, 5), 0)
-    if float(smooth.std()) < MIN_CONTRAST / 4:
+    if float(cv2.meanStdDev(smooth)[1][0, 0]) < MIN_CONTRAST / 4:
         raise reject("no_hand")
     if method == "background":
         border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]]).astype(np.float32)
@@ -309,9 +308,14 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
         second_radius = palm_circle.largest(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
         if second_radius >= 0.6 * first_radius:
             raise reject("two_hands")
-    mask = np.where(labels == order[0] + 1, 255, 0).astype(np.uint8)
-    inside, outside = smooth[mask > 0], smooth[mask == 0]
-    contrast = abs(float(inside.mean()) - float(outside.mean())) if outside.size else 0.0
+    mask = cv2.compare(labels, int(order[0] + 1), cv2.CMP_EQ)  # 255 on the hand, 0 elsewhere
+    hand_area = int(areas[order[0]])
+    if hand_area < mask.size:
+        inside_sum = float(cv2.sumElems(cv2.bitwise_and(smooth, mask))[0])
+        outside_mean = (float(cv2.sumElems(smooth)[0]) - inside_sum) / (mask.size - hand_area)
+        contrast = abs(inside_sum / hand_area - outside_mean)
+    else:
+        contrast = 0.0
     if contrast < MIN_CONTRAST:
         raise reject("no_hand")
     if largest < MIN_HAND_AREA:
@@ -338,10 +342,9 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
     if count <= 1:
         return hand
-    touching = np.unique(labels[(hand > 0) & weak])
-    touching = touching[touching > 0]
     keep = np.zeros(count, bool)
-    keep[touching] = True
+    keep[labels[(hand > 0) & weak]] = True  # the weak parts touching what Otsu found
+    keep[0] = False
     grown = keep[labels]  # a lookup table: much faster than np.isin over every pixel
     # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
     outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
