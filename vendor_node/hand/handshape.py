@@ -220,15 +220,19 @@ def _valley_between(contour, ia: int, ib: int, holes=(), radius: float = 0.0) ->
 
 
 def _merge_points(points: list[np.ndarray], within: float) -> list[np.ndarray]:
-    merged: list[list[np.ndarray]] = []
-    for p in points:
+    if not points:
+        return []
+    stacked = np.array(points)
+    apart = np.sqrt(((stacked[:, None, :] - stacked[None, :, :]) ** 2).sum(axis=2))  # every pair at once
+    merged: list[list[int]] = []
+    for k in range(len(points)):
         for group in merged:
-            if np.linalg.norm(group[0] - p) < within:
-                group.append(p)
+            if apart[group[0], k] < within:
+                group.append(k)
                 break
         else:
-            merged.append([p])
-    return [np.mean(g, axis=0) for g in merged]
+            merged.append([k])
+    return [np.mean([points[k] for k in g], axis=0) for g in merged]
 
 
 def _name_fingers(tips: list[np.ndarray]) -> list[str]:

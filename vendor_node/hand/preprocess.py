@@ -293,7 +293,8 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
                                         DIM_FINGERS_HYSTERESIS if method == "dim_fingers" else HYSTERESIS)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8, ltype=cv2.CV_16U)
+    # (16-bit labels: a working image, long side 320, holds at most about 25,600 separate blobs)
     if count <= 1:
         raise reject("no_hand")
     areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
@@ -333,25 +334,25 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
     to ``fraction`` of the way from the background level to Otsu's threshold (not on light backgrounds, where
     that would take in the hand's shadow)."""
-    background = smooth[hand == 0]
-    if background.size == 0:
+    background = cv2.bitwise_not(hand)
+    counts = np.cumsum(cv2.calcHist([smooth], [0], background, [256], [0, 256]).ravel().astype(np.int64))
+    if counts[-1] == 0:
         return hand
-    counts = np.cumsum(np.bincount(background, minlength=256))  # the median from a histogram: uint8, fast
-    level = float(np.searchsorted(counts, counts[-1] / 2))
-    weak = smooth > level + fraction * (threshold - level)
-    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    level = float(np.searchsorted(counts, counts[-1] / 2))  # the background's median grey level
+    # (an 8-bit threshold is taken down to a whole grey level: the same pixels are above it)
+    weak = cv2.threshold(smooth, level + fraction * (threshold - level), 1, cv2.THRESH_BINARY)[1]
+    count, labels = cv2.connectedComponents(weak, connectivity=8, ltype=cv2.CV_16U)
     if count <= 1:
         return hand
-    keep = np.zeros(count, bool)
-    keep[labels[(hand > 0) & weak]] = True  # the weak parts touching what Otsu found
-    keep[0] = False
+    keep = np.zeros(count, np.uint8)
+    keep[labels[cv2.bitwise_and(weak, hand) > 0]] = 255  # the weak parts touching what Otsu found
+    keep[0] = 0
     grown = keep[labels]  # a lookup table: much faster than np.isin over every pixel
     # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
     outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     filled = np.zeros_like(hand)
     cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
-    enclosed = (filled > 0) & (hand == 0)
-    return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
+    return cv2.bitwise_or(cv2.bitwise_and(grown, cv2.bitwise_not(filled)), hand)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
