@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .handshape import FINGERS, GEOMETRY_SIZE, Shape
+from .handshape import FINGERS, GEOMETRY_SIZE, Shape, nearest
 
 
 def _run_widths(mask: np.ndarray, points: np.ndarray, directions: np.ndarray, limit: float) -> np.ndarray:
@@ -76,7 +76,7 @@ def _opposite_base(shape: Shape, finger: str, valley: np.ndarray) -> np.ndarray:
     n = len(contour)
     tip = contour[tip_at]
     reach = float(np.linalg.norm(valley - tip))
-    valley_at = int(np.argmin(np.linalg.norm(contour - valley, axis=1)))
+    valley_at = nearest(contour, valley)
     towards_valley = 1 if (valley_at - tip_at) % n < n / 2 else -1
     steps = (tip_at - towards_valley * np.arange(1, n // 4)) % n
     far = np.flatnonzero(np.linalg.norm(contour[steps] - tip, axis=1) >= reach)

@@ -52,11 +52,11 @@ def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float, grads=No
     if np.count_nonzero(strong) < 40 or contrast <= 0:
         return 0.0
     ys, xs, ex, ey, mag = ys[strong], xs[strong], ex[strong], ey[strong], mag[strong]
-    nx, ny = ex / mag, ey / mag
+    reach_x, reach_y = STEP_REACH * (ex / mag), STEP_REACH * (ey / mag)
     h, w = work.shape
     def sample(sign: float) -> np.ndarray:
-        row = np.clip(np.round(ys + sign * STEP_REACH * ny).astype(int), 0, h - 1)
-        col = np.clip(np.round(xs + sign * STEP_REACH * nx).astype(int), 0, w - 1)
+        row = np.clip(np.round(ys + sign * reach_y).astype(int), 0, h - 1)
+        col = np.clip(np.round(xs + sign * reach_x).astype(int), 0, w - 1)
         return smooth[row, col]
 
     step = np.abs(sample(1.0) - sample(-1.0))

@@ -195,7 +195,7 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["valleys"] = [v * scale for v in shape.valleys]
     if shape.extent < 1.8 and len(shape.valleys) < 2:  # a fist: no fingers reach beyond the palm, none apart
         raise reject("fingers_closed")
-    if handshape.palm_cut_by_frame(shape, radius):
+    if frame_edge.palm_cut_by_frame(shape, radius):
         raise reject(spill)
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
     in_frame = center, radius  # the frame checks below are about the palm inside the frame
