@@ -9,6 +9,8 @@ Record, then compare after a change (squares within ~1 px / 1 degree, same refus
     PYTHONPATH=. python scripts/palm_squares.py compare /tmp/squares-before.json /tmp/squares-after.json
 Time two code trees in the same run (alternating per set, each in its own process, CPU time per frame):
     python scripts/palm_squares.py timing /tmp/base-tree . [--rounds 2] [--repeat 3]
+Count instructions per frame instead (valgrind's callgrind: the same on a busy machine; a sample of each set):
+    python scripts/palm_squares.py instructions /tmp/base-tree . [--frames 40]
 The sets: nir_dev, coep_dev, webcam_hand2, 11k_full from ../shared/handdata (skipped when absent) and the
 project's drawn frames (``drawn``: bench loop's default presentations plus turned, scaled, close-up, pegged,
 light-background variants and the frames that must be refused).
@@ -179,6 +181,52 @@ def timing(trees: list[Path], chosen: list[str] | None, rounds: int, repeat: int
         print("  ".join(line))
 
 
+def instructions(trees: list[Path], chosen: list[str] | None, frames_per_set: int) -> None:
+    """Millions of instructions per frame (callgrind, dumped at a marker call before each frame), per set."""
+    import tempfile
+
+    for name in sets(chosen):
+        line = [f"{name:13s}"]
+        for tree in trees:
+            with tempfile.TemporaryDirectory() as folder:
+                env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+                subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=getppid", "--dump-instr=no",
+                                f"--callgrind-out-file={folder}/cg.out", sys.executable, str(Path(__file__).resolve()),
+                                "_marked", name, str(frames_per_set)], env=env, check=True, capture_output=True)
+                dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))[2:]  # start-up, gap
+                counts = np.array([_summary(f) for f in dumps]) / 1e6
+            line.append(f"{str(tree)[-18:]:>18s}: {len(counts)} frames, p50 {np.percentile(counts, 50):6.1f} "
+                        f"p95 {np.percentile(counts, 95):6.1f} M instructions")
+        print("  ".join(line))
+
+
+def _summary(dump: Path) -> int:
+    for text in dump.read_text().splitlines():
+        if text.startswith("summary:"):
+            return int(text.split()[1])
+    raise ValueError(f"{dump}: no summary line")
+
+
+def marked(name: str, count: int) -> None:
+    """Find the palm in ``count`` frames spread over the set, calling os.getppid (the dump marker) before each."""
+    import cv2
+
+    from vendor_node.errors import HandRejected
+    from vendor_node.hand.preprocess import extract_hand
+
+    cv2.setNumThreads(1)
+    chosen = list(frames(name))
+    chosen = chosen[::max(1, len(chosen) // count)][:count]
+    os.getppid()
+    for _, image in chosen:
+        os.getppid()
+        try:
+            extract_hand(image)
+        except HandRejected:
+            pass
+    os.getppid()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -195,6 +243,13 @@ def main() -> int:
     tim.add_argument("--sets", nargs="*")
     tim.add_argument("--rounds", type=int, default=1)
     tim.add_argument("--repeat", type=int, default=3, help="each frame found this many times, the least CPU kept")
+    ins = sub.add_parser("instructions")
+    ins.add_argument("trees", type=Path, nargs="+")
+    ins.add_argument("--sets", nargs="*")
+    ins.add_argument("--frames", type=int, default=40, help="frames per set, spread over it")
+    mark = sub.add_parser("_marked")
+    mark.add_argument("set")
+    mark.add_argument("count", type=int)
     hidden = sub.add_parser("_times")
     hidden.add_argument("set")
     hidden.add_argument("repeat", type=int)
@@ -205,6 +260,10 @@ def main() -> int:
         return compare(args.before, args.after, args.px, args.degrees)
     elif args.command == "timing":
         timing(args.trees, args.sets, args.rounds, args.repeat)
+    elif args.command == "instructions":
+        instructions(args.trees, args.sets, args.frames)
+    elif args.command == "_marked":
+        marked(args.set, args.count)
     else:
         print(json.dumps([row["cpu_ms"] for row in measure(args.set, args.repeat).values()]))
     return 0
