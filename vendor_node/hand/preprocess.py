@@ -110,17 +110,17 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     # light than the palm and Otsu cuts them off halfway, so dimmer parts touching the hand are taken in
     # further down ("dim_fingers") first; elsewhere that is the second reading.
     first_method = "dim_fingers" if _looks_like_close_up(work) else "otsu"
-    grads = palm_square.gradients(work)  # shared by every reading of this frame
+    shared: dict = {}  # what every reading of this frame computes alike (smoothed frame, Otsu, gradients)
     other = "otsu" if first_method == "dim_fingers" else "dim_fingers"
     first_trace: dict = {"scale": scale}
     try:
-        hand = _hand_in(grey, work, scale, first_method, first_trace, grads)
+        hand = _hand_in(grey, work, scale, first_method, first_trace, shared)
         if hand.alignment != "valleys" and first_trace.get("dark_background"):
             # Placed without all three finger valleys: the other reading of the fingers may show them.
             second: dict = {}
             try:
-                fuller = _hand_in(grey, work, scale, other, second, grads)
-                if fuller.alignment == "valleys":
+                fuller = _hand_in(grey, work, scale, other, second, shared, valleys_only=True)
+                if fuller is not None:
                     hand, first_trace = fuller, second
             except HandRejected:
                 pass
@@ -137,7 +137,7 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
         for method in retries:
             retry_trace: dict = {}
             try:
-                hand = _hand_in(grey, work, scale, method, retry_trace, grads)
+                hand = _hand_in(grey, work, scale, method, retry_trace, shared)
                 if trace is not None:
                     trace.update(retry_trace)
                 return hand
@@ -165,11 +165,15 @@ def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
 
 
 def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None,
-             grads=None) -> Hand:
+             shared: dict | None = None, valleys_only: bool = False) -> Hand | None:
+    """One reading of the frame (segmentation ``method``); with ``valleys_only``, None as soon as the palm
+    square is known not to be placed from all three finger valleys (the reading would not be used), and the
+    blur check after that (any refusal discards the reading alike)."""
     trace = {} if trace is None else trace
+    shared = {} if shared is None else shared
     trace.clear()
     trace["scale"], trace["method"] = scale, method
-    mask, contrast, unfilled, center, radius = _find_hand(work, method)
+    mask, contrast, unfilled, center, radius = _find_hand(work, method, shared)
     trace["dark_background"] = cv2.mean(work, cv2.bitwise_not(mask))[0] < cv2.mean(work, mask)[0]
     contour = _outline(mask)  # (the largest outline: the hand's, as the mask is one filled blob)
     trace["outline"] = contour * scale
@@ -182,10 +186,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
         raise reject(spill if refusal.reason == "cut_off" else refusal.reason) from None  # the employee's message
     if wrist is not None:
         trace["wrist"] = wrist * scale
-    sharpness = palm_square.edge_sharpness(work, mask, contrast, grads)
-    trace["sharpness"] = sharpness
-    if sharpness < MIN_SHARPNESS:
-        raise reject("blurred")
+    if not valleys_only:
+        sharpness = _sharpness(work, mask, contrast, shared, trace)
     if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
         raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
@@ -198,6 +200,10 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     if frame_edge.palm_cut_by_frame(shape, radius):
         raise reject(spill)
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
+    if valleys_only:
+        if alignment != "valleys":
+            return None
+        sharpness = _sharpness(work, mask, contrast, shared, trace)
     in_frame = center, radius  # the frame checks below are about the palm inside the frame
     if alignment == "valleys" and "heel" in palm_circle.cut_sides(center, radius, axis_x, mask.shape):
         # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller
@@ -245,6 +251,17 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     return Hand(roi, geometry, keypoints, quality, alignment, measures, trace["roi_square"], hand_side)
 
 
+def _sharpness(work, mask, contrast, shared: dict, trace: dict) -> float:
+    """The outline's steepness (palm_square.edge_sharpness); HandRejected "blurred" below MIN_SHARPNESS."""
+    if "grads" not in shared:
+        shared["grads"] = palm_square.gradients(work)
+    sharpness = palm_square.edge_sharpness(work, mask, contrast, shared["grads"])
+    trace["sharpness"] = sharpness
+    if sharpness < MIN_SHARPNESS:
+        raise reject("blurred")
+    return sharpness
+
+
 # --- input and segmentation ---------------------------------------------------
 def validated(image) -> np.ndarray:
     """A 2-D uint8 array; 3-channel frames are converted, anything else is a bad image."""
@@ -259,24 +276,29 @@ def validated(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _find_hand(work: np.ndarray, method: str):
+def _find_hand(work: np.ndarray, method: str, shared: dict | None = None):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
-    mask, contrast, unfilled = _segment(work, method)
+    mask, contrast, unfilled = _segment(work, method, shared)
     center, radius = palm_circle.largest(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
 
 
-def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float, np.ndarray]:
+def _segment(work: np.ndarray, method: str = "otsu", shared: dict | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """The hand as a filled 0/255 mask, the hand/background contrast, and the mask before its holes were
     filled; no_hand/two_hands/too_far/too_close.
 
     Otsu's threshold splits hand from background ("otsu"; "dim_fingers" takes in dim parts touching the
     hand further down); "background" instead takes everything that
-    differs from the frame border's grey level (which is mostly background) by more than its noise."""
-    smooth = cv2.GaussianBlur(work, (5, 5), 0)
-    if float(cv2.meanStdDev(smooth)[1][0, 0]) < MIN_CONTRAST / 4:
+    differs from the frame border's grey level (which is mostly background) by more than its noise.
+    ``shared`` keeps the smoothed frame and its Otsu split for the frame's other readings."""
+    shared = {} if shared is None else shared
+    if "smooth" not in shared:
+        shared["smooth"] = cv2.GaussianBlur(work, (5, 5), 0)
+        shared["spread"] = float(cv2.meanStdDev(shared["smooth"])[1][0, 0])
+    smooth = shared["smooth"]
+    if shared["spread"] < MIN_CONTRAST / 4:
         raise reject("no_hand")
     if method == "background":
         border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]]).astype(np.float32)
@@ -284,9 +306,11 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
         spread = 1.4826 * float(np.median(np.abs(border - level)))
         hand = (np.abs(smooth.astype(np.float32) - level) > max(MIN_CONTRAST / 2, 5 * spread)).astype(np.uint8) * 255
     else:
-        threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-        dark_hand = np.count_nonzero(border) > border.size / 2
+        if "otsu" not in shared:
+            threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+            shared["otsu"] = threshold, bright, np.count_nonzero(border) > border.size / 2
+        threshold, bright, dark_hand = shared["otsu"]
         hand = cv2.bitwise_not(bright) if dark_hand else bright
         if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
             hand = _grow_into_dim_parts(smooth, hand, threshold,
