@@ -16,6 +16,8 @@ def _run_widths(mask: np.ndarray, points: np.ndarray, directions: np.ndarray, li
     h, w = mask.shape
     steps = np.arange(1.0, np.ceil(limit) + 1.0)
     total = np.ones(len(points))
+    if not steps.size:
+        return total
     for sign in (1.0, -1.0):  # (the offsets in the directions' own precision, as a step at a time had them)
         q = points[:, None, :] + (sign * steps).astype(directions.dtype)[None, :, None] * directions[:, None, :]
         xs, ys = np.round(q[..., 0]).astype(np.int64), np.round(q[..., 1]).astype(np.int64)
