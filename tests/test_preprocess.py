@@ -317,4 +317,3 @@ def test_every_refusal_has_a_short_display_hint_that_says_what_to_do():
     assert set(REASONS) <= set(HAND_HINTS)
     assert all(len(hint) <= 32 for hint in HAND_HINTS.values())
     assert "higher" in hand_hint("too_close") and "lower" in hand_hint("too_far")
-
