@@ -33,30 +33,36 @@ DATA = Path(__file__).resolve().parent.parent.parent / "shared" / "handdata"
 
 
 def drawn_frames():
-    """(name, frame) of drawn hands: what `bench loop` shows, variations issue 8 asks for, and bad frames."""
+    """(name, make) of drawn hands (``make()`` draws the frame): what `bench loop` shows (``default/``),
+    variations issue 8 asks for, and frames that must be refused."""
+    from functools import partial
+
     from vendor_node.sim import drawn_hands as d
 
     for person in range(40):
-        yield f"default/{person}", d.draw_hand(1000 + person, person)
+        yield f"default/{person}", partial(d.draw_hand, 1000 + person, person)
     for person in range(8):
         for rotation in (-30, -15, 15, 30):
-            yield f"turned{rotation}/{person}", d.draw_hand(2000 + person, 1, rotation=rotation)
+            yield f"turned{rotation}/{person}", partial(d.draw_hand, 2000 + person, 1, rotation=rotation)
         for scale in (0.6, 0.8, 1.3, 1.6, 2.4):
-            yield f"scale{scale}/{person}", d.draw_hand(3000 + person, 2, scale=scale)
-        yield f"pegs/{person}", d.draw_hand(4000 + person, 3, pegs=True)
-        yield f"light/{person}", d.draw_hand(5000 + person, 4, background="light", sleeve=True)
-        yield f"falloff/{person}", d.draw_hand(6000 + person, 5, light_falloff=1.5, scale=1.8, shift=(0, 0.1))
-        yield f"together/{person}", d.draw_fingers_together(7000 + person, 6)
-        yield f"fist/{person}", d.draw_closed_fingers(8000 + person, 7)
-        yield f"cut_off/{person}", d.draw_cut_off(9000 + person, 8)
-        yield f"blurred/{person}", d.draw_blurred(10000 + person, 9)
-        yield f"too_far/{person}", d.draw_too_far(11000 + person, 10)
-        yield f"too_close/{person}", d.draw_too_close(12000 + person, 11)
-        yield f"two_hands/{person}", d.draw_two_hands(13000 + person, 14000 + person, 12)
-        yield f"blank/{person}", d.blank_frame(seed=person)
+            yield f"scale{scale}/{person}", partial(d.draw_hand, 3000 + person, 2, scale=scale)
+        yield f"pegs/{person}", partial(d.draw_hand, 4000 + person, 3, pegs=True)
+        yield f"light/{person}", partial(d.draw_hand, 5000 + person, 4, background="light", sleeve=True)
+        yield f"falloff/{person}", partial(d.draw_hand, 6000 + person, 5, light_falloff=1.5, scale=1.8, shift=(0, 0.1))
+        yield f"together/{person}", partial(d.draw_fingers_together, 7000 + person, 6)
+        yield f"fist/{person}", partial(d.draw_closed_fingers, 8000 + person, 7)
+        yield f"cut_off/{person}", partial(d.draw_cut_off, 9000 + person, 8)
+        yield f"blurred/{person}", partial(d.draw_blurred, 10000 + person, 9)
+        yield f"too_far/{person}", partial(d.draw_too_far, 11000 + person, 10)
+        yield f"too_close/{person}", partial(d.draw_too_close, 12000 + person, 11)
+        yield f"two_hands/{person}", partial(d.draw_two_hands, 13000 + person, 14000 + person, 12)
+        yield f"blank/{person}", partial(d.blank_frame, seed=person)
 
 
 def real_frames(name: str):
+    """(name, make) of the set's photos (``make()`` reads the photo)."""
+    from functools import partial
+
     from vendor_node.hand.dataset import load_dataset
     from vendor_node.images import read_grey
 
@@ -64,11 +70,15 @@ def real_frames(name: str):
     if not folder.is_dir():
         return
     for sample in load_dataset(folder):
-        yield str(sample.path.relative_to(folder)), read_grey(sample.path)
+        yield str(sample.path.relative_to(folder)), partial(read_grey, sample.path)
+
+
+def frame_makers(name: str):
+    return drawn_frames() if name == "drawn" else real_frames(name)
 
 
 def frames(name: str):
-    return drawn_frames() if name == "drawn" else real_frames(name)
+    return ((key, make()) for key, make in frame_makers(name))
 
 
 def measure(name: str, repeat: int = 1) -> dict:
@@ -215,10 +225,10 @@ def marked(name: str, count: int) -> None:
     from vendor_node.hand.preprocess import extract_hand
 
     cv2.setNumThreads(1)
-    chosen = list(frames(name))
-    chosen = chosen[::max(1, len(chosen) // count)][:count]
+    chosen = list(frame_makers(name))
+    chosen = [make() for _, make in chosen[::max(1, len(chosen) // count)][:count]]
     os.getppid()
-    for _, image in chosen:
+    for image in chosen:
         os.getppid()
         try:
             extract_hand(image)
