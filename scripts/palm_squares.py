@@ -179,10 +179,15 @@ def timing(trees: list[Path], chosen: list[str] | None, rounds: int, repeat: int
                 env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
                 done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "_times", name, str(repeat)], env=env,
                                       check=True, capture_output=True, text=True)
-                times = np.array(json.loads(done.stdout))
-                key = (name, str(tree))
-                cpu[key] = np.minimum(cpu[key], times) if key in cpu else times  # each frame's least
-    for name in sets(chosen):
+                per_frame = json.loads(done.stdout)
+                groups = {name: list(per_frame)}
+                if name == "drawn":  # what `bench loop` shows, apart from the variations and refusals
+                    groups["drawn:default"] = [key for key in per_frame if key.startswith("default/")]
+                for group, keys in groups.items():
+                    times = np.array([per_frame[key] for key in keys])
+                    key = (group, str(tree))
+                    cpu[key] = np.minimum(cpu[key], times) if key in cpu else times  # each frame's least
+    for name in sorted({group for group, _ in cpu}, key=lambda group: list(cpu).index((group, str(trees[0])))):
         line = [f"{name:13s}"]
         for tree in trees:
             values = cpu[(name, str(tree))]
@@ -275,7 +280,7 @@ def main() -> int:
     elif args.command == "_marked":
         marked(args.set, args.count)
     else:
-        print(json.dumps([row["cpu_ms"] for row in measure(args.set, args.repeat).values()]))
+        print(json.dumps({key: row["cpu_ms"] for key, row in measure(args.set, args.repeat).items()}))
     return 0
 
 
