@@ -197,21 +197,32 @@ def timing(trees: list[Path], chosen: list[str] | None, rounds: int, repeat: int
 
 
 def instructions(trees: list[Path], chosen: list[str] | None, frames_per_set: int) -> None:
-    """Millions of instructions per frame (callgrind, dumped at a marker call before each frame), per set."""
+    """Millions of instructions per frame (callgrind, dumped at a marker call before each frame), per set; one
+    valgrind run per tree for every set (its start-up is the slow part)."""
     import tempfile
 
+    counts: dict[tuple[str, str], np.ndarray] = {}
+    for tree in trees:
+        with tempfile.TemporaryDirectory() as folder:
+            env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
+            done = subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=getppid", "--dump-instr=no",
+                                   f"--callgrind-out-file={folder}/cg.out", sys.executable,
+                                   str(Path(__file__).resolve()), "_marked", str(frames_per_set), *sets(chosen)],
+                                  env=env, check=True, capture_output=True, text=True)
+            sizes = json.loads(done.stdout.strip().splitlines()[-1])  # frames found per set, in order
+            dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))[2:]  # start-up, gap
+            per_frame = np.array([_summary(f) for f in dumps[:sum(sizes.values())]]) / 1e6
+        start = 0
+        for name, size in sizes.items():
+            counts[(name, str(tree))] = per_frame[start:start + size]
+            start += size
     for name in sets(chosen):
         line = [f"{name:13s}"]
         for tree in trees:
-            with tempfile.TemporaryDirectory() as folder:
-                env = dict(os.environ, PYTHONPATH=str(tree.resolve()))
-                subprocess.run(["valgrind", "--tool=callgrind", "--dump-before=getppid", "--dump-instr=no",
-                                f"--callgrind-out-file={folder}/cg.out", sys.executable, str(Path(__file__).resolve()),
-                                "_marked", name, str(frames_per_set)], env=env, check=True, capture_output=True)
-                dumps = sorted(Path(folder).glob("cg.out.*"), key=lambda f: int(f.suffix[1:]))[2:]  # start-up, gap
-                counts = np.array([_summary(f) for f in dumps]) / 1e6
-            line.append(f"{str(tree)[-18:]:>18s}: {len(counts)} frames, p50 {np.percentile(counts, 50):6.1f} "
-                        f"p95 {np.percentile(counts, 95):6.1f} M instructions")
+            values = counts.get((name, str(tree)), np.zeros(0))
+            if values.size:
+                line.append(f"{str(tree)[-18:]:>18s}: {values.size} frames, p50 {np.percentile(values, 50):6.1f} "
+                            f"p95 {np.percentile(values, 95):6.1f} M instructions")
         print("  ".join(line))
 
 
@@ -222,16 +233,21 @@ def _summary(dump: Path) -> int:
     raise ValueError(f"{dump}: no summary line")
 
 
-def marked(name: str, count: int) -> None:
-    """Find the palm in ``count`` frames spread over the set, calling os.getppid (the dump marker) before each."""
+def marked(names: list[str], count: int) -> None:
+    """Find the palm in ``count`` frames spread over each set, calling os.getppid (the dump marker) before each;
+    prints how many frames each set gave (JSON) last."""
     import cv2
 
     from vendor_node.errors import HandRejected
     from vendor_node.hand.preprocess import extract_hand
 
     cv2.setNumThreads(1)
-    chosen = list(frame_makers(name))
-    chosen = [make() for _, make in chosen[::max(1, len(chosen) // count)][:count]]
+    chosen, sizes = [], {}
+    for name in names:
+        makers = list(frame_makers(name))
+        picked = [make() for _, make in makers[::max(1, len(makers) // count)][:count]]
+        chosen += picked
+        sizes[name] = len(picked)
     os.getppid()
     for image in chosen:
         os.getppid()
@@ -240,6 +256,7 @@ def marked(name: str, count: int) -> None:
         except HandRejected:
             pass
     os.getppid()
+    print(json.dumps(sizes))
 
 
 def main() -> int:
@@ -263,8 +280,8 @@ def main() -> int:
     ins.add_argument("--sets", nargs="*")
     ins.add_argument("--frames", type=int, default=40, help="frames per set, spread over it")
     mark = sub.add_parser("_marked")
-    mark.add_argument("set")
     mark.add_argument("count", type=int)
+    mark.add_argument("sets", nargs="+")
     hidden = sub.add_parser("_times")
     hidden.add_argument("set")
     hidden.add_argument("repeat", type=int)
@@ -278,7 +295,7 @@ def main() -> int:
     elif args.command == "instructions":
         instructions(args.trees, args.sets, args.frames)
     elif args.command == "_marked":
-        marked(args.set, args.count)
+        marked(args.sets, args.count)
     else:
         print(json.dumps({key: row["cpu_ms"] for key, row in measure(args.set, args.repeat).items()}))
     return 0
