@@ -1,36 +1,12 @@
-"""Near hands: the zoomed probes of `eval --robustness` stay within the photo, and a row of finger valleys through
-the thumb's valley (a near hand's middle/ring valley hidden) no longer turns the palm square; on drawn hands."""
+"""Near hands: the zoomed probes of `eval --robustness` stay within the photo, as a camera's frame does (a window
+past the photo's edge showed that edge in the frame, cutting the arm short of the frame's edge); on drawn hands."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from vendor_node.hand import robustness
 from vendor_node.hand.preprocess import extract_hand
 from vendor_node.sim import drawn_hands as synthetic
-
-
-def _turn(hand, size, rotation, shift, scale) -> float:
-    """The palm square's turn (degrees) on the drawn hand's own canvas."""
-    matrix = synthetic.canvas_to_frame(size, rotation, shift, scale)
-    back = lambda point: np.linalg.solve(matrix[:, :2], np.asarray(point, float) - matrix[:, 2])  # noqa: E731
-    top = back(hand.square[1]) - back(hand.square[0])
-    return float(np.degrees(np.arctan2(top[1], top[0])))
-
-
-@pytest.mark.parametrize("person", [6003, 6004])
-def test_a_near_dimly_lit_hand_is_not_turned_by_a_row_through_the_thumbs_valley(person):
-    """Close-ups lit from below (fingers dim, leaving the frame) where three valleys in a row span nearly two palm
-    radii: the thumb's valley and two beyond a hidden one. The square keeps the upright hand's turn (before:
-    21-25 degrees off)."""
-    size, pose = (480, 640), {"rotation": 5.0, "shift": (0.0, 0.1), "scale": 1.8}
-    upright = _turn(extract_hand(synthetic.draw_hand(person, 5, size, scale=1.0, rotation=5.0)), size, 5.0,
-                    (0.0, 0.0), 1.0)
-    for rotation in (-1.4, 13.8):
-        pose["rotation"] = rotation
-        hand = extract_hand(synthetic.draw_hand(person, 5, size, light_falloff=1.5, **pose))
-        off = abs((_turn(hand, size, **pose) - upright + 180) % 360 - 180)
-        assert off < 10.0, (rotation, off, hand.alignment)
 
 
 def test_nearer_zooms_within_the_photo_and_keeps_the_palm_in_view():

@@ -39,7 +39,6 @@ VALLEY_UP_WEIGHT = 0.5  # whole-hand photos: how much three finger valleys count
 MAX_VALLEY_TILT = 0.85  # |cos| between the valley line and the wrist-to-palm direction, at most
 ACROSS_TILT = 0.5  # the same against the fingers' own direction (11k_full held out: rank-1 87.9% -> 89.9%)
 PAIR_GAP = (0.35, 1.1)  # neighbouring finger valleys lie this many palm radii apart
-ROW_SPAN = 1.6  # fingers leaving the frame: a row of 3 valleys spans at most this many palm radii (whole palms 0.8-1.1)
 
 
 @dataclass
@@ -276,8 +275,7 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
             pointing = finger_axis(shape.contour, v[i:i + 3], radius)  # the two fingers between the three valleys
             pointing = shape.up if pointing is None else pointing
             tilt = abs(float((v[i + 2] - v[i]) @ pointing)) / (float(np.linalg.norm(v[i + 2] - v[i])) + 1e-6)
-            wide = shape.fingers_leave_frame and sum(gaps) > ROW_SPAN * radius  # (the thumb's valley and two more)
-            if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6 and tilt < best and not wide:
+            if 0.6 < gaps[0] / (gaps[1] + 1e-6) < 1.6 and tilt < best:
                 a, b, best = v[i], v[i + 2], tilt
         if a is None and shape.fingers_leave_frame:  # a close-up; with whole fingers in view the axis is steadier
             pair = _valley_pair(v, center, radius, shape.up, shape.contour)
