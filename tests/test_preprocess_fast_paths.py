@@ -110,3 +110,26 @@ def test_a_second_reading_that_stops_early_stops_only_where_it_would_not_be_used
             assert early is None
         else:
             assert np.array_equal(early.square, whole.square) and np.array_equal(early.roi, whole.roi)
+
+
+@pytest.mark.parametrize("pose", _DRAWN_POSES, ids=lambda pose: ",".join(pose) or "upright")
+def test_a_reading_cut_later_is_the_reading_cut_at_once(pose):
+    """The first reading's palm square is cut only once the other reading has had its chance: the same Hand."""
+    frame = synthetic.draw_hand(5, 3, **pose)
+    work = cv2.resize(frame, (320, 240), interpolation=cv2.INTER_AREA)
+    for method in ("otsu", "dim_fingers"):
+        try:
+            at_once = preprocess._hand_in(frame, work, 2.0, method)
+        except HandRejected as refusal:
+            at_once = refusal.reason
+        try:
+            alignment, finish = preprocess._hand_in(frame, work, 2.0, method, deferred=True)
+            later = finish()
+            assert later.alignment == alignment
+        except HandRejected as refusal:
+            later = refusal.reason
+        if isinstance(at_once, str):
+            assert later == at_once
+        else:
+            assert np.array_equal(later.square, at_once.square) and np.array_equal(later.roi, at_once.roi)
+            assert np.array_equal(later.geometry, at_once.geometry) and later.measures == at_once.measures

@@ -14,6 +14,7 @@ Fingertips, valleys, ROI placement and finger measurements live in handshape.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -114,16 +115,19 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     other = "otsu" if first_method == "dim_fingers" else "dim_fingers"
     first_trace: dict = {"scale": scale}
     try:
-        hand = _hand_in(grey, work, scale, first_method, first_trace, shared)
-        if hand.alignment != "valleys" and first_trace.get("dark_background"):
-            # Placed without all three finger valleys: the other reading of the fingers may show them.
+        alignment, finish = _hand_in(grey, work, scale, first_method, first_trace, shared, deferred=True)
+        hand = None
+        if alignment != "valleys" and first_trace.get("dark_background"):
+            # Placed without all three finger valleys: the other reading of the fingers may show them (tried
+            # before this reading's palm square is cut: when it does, that cut would be thrown away).
             second: dict = {}
             try:
-                fuller = _hand_in(grey, work, scale, other, second, shared, valleys_only=True)
-                if fuller is not None:
-                    hand, first_trace = fuller, second
+                hand = _hand_in(grey, work, scale, other, second, shared, valleys_only=True)
+                if hand is not None:
+                    first_trace = second
             except HandRejected:
                 pass
+        hand = hand or finish()
         if trace is not None:
             trace.update(first_trace)
         return hand
@@ -165,10 +169,11 @@ def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
 
 
 def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None,
-             shared: dict | None = None, valleys_only: bool = False) -> Hand | None:
-    """One reading of the frame (segmentation ``method``); with ``valleys_only``, None as soon as the palm
-    square is known not to be placed from all three finger valleys (the reading would not be used), and the
-    blur check after that (any refusal discards the reading alike)."""
+             shared: dict | None = None, valleys_only: bool = False, deferred: bool = False):
+    """One reading of the frame (segmentation ``method``): its Hand. With ``valleys_only``, None as soon as the
+    palm square is known not to be placed from all three finger valleys (the reading would not be used), and
+    the blur check after that (any refusal discards the reading alike). ``deferred``: (alignment, finish) once
+    the square is placed and checked against the frame; ``finish()`` cuts it and gives the Hand (or refuses)."""
     trace = {} if trace is None else trace
     shared = {} if shared is None else shared
     trace.clear()
@@ -230,6 +235,15 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
                                   not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05)):
         raise reject(spill)  # the frame cuts the palm beside the square, and the square with it (or two valleys
         # alone cannot tell how much of the palm is outside)
+    finish = partial(_cut_hand, grey, mask, scale, trace, shape, center, radius, wrist, roi_center, axis_x, side,
+                     alignment, sharpness, contrast, area)
+    return (alignment, finish) if deferred else finish()
+
+
+def _cut_hand(grey, mask, scale, trace, shape, center, radius, wrist, roi_center, axis_x, side, alignment, sharpness,
+              contrast, area) -> Hand:
+    """The palm square cut from the frame and the Hand with its measures; HandRejected bad_image when the cut
+    shows no palm detail or runs off the hand."""
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
