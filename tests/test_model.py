@@ -67,6 +67,13 @@ def test_embed_is_the_dequantized_output_and_matches_the_float_filters(embedder)
     h, w, c = embedder.output_shape
     assert vector.dtype == np.float32 and vector.shape == (h * w * c,)
     assert np.array_equal(vector, embedder.responses(roi).ravel())
+    stack = np.stack([roi, roi[::-1], np.full_like(roi, 128)])  # a probe's poses: one quantize, one invoke each
+    many = embedder.responses_of(stack)
+    assert many.dtype == np.float32 and many.shape == (3, h, w, c)
+    for k in range(3):
+        assert np.array_equal(many[k], embedder.responses(stack[k]))
+    with pytest.raises(ModelError, match="uint8 ROI"):
+        embedder.responses_of(stack[:, :64])
     # The int8 path (quantize, invoke, dequantize) must pick the same winning orientation as float maths.
     spec = importlib.util.spec_from_file_location("train_gabor", ASSETS_DIR.parent / "scripts" / "train_gabor.py")
     train_model = importlib.util.module_from_spec(spec)

@@ -255,12 +255,12 @@ def test_threshold_and_margin_come_from_config_or_manifest(recognizer):
 
 
 def test_popcount_fallback_for_numpy_1_agrees():
-    from vendor_node.hand import palmcode
+    from vendor_node.hand import bit_search, palmcode
 
     words = np.random.default_rng(0).integers(0, 2**63, (7, 16), dtype=np.uint64) | np.uint64(1 << 63)
     want = np.array([[bin(int(w)).count("1") for w in row] for row in words])
-    assert np.array_equal(palmcode.popcount_by_table(words), want)
-    assert np.array_equal(palmcode.popcount(words), want)
+    assert np.array_equal(bit_search.popcount_by_table(words), want)
+    assert np.array_equal(bit_search.popcount(words), want)
 
 
 @pytest.mark.handdata
@@ -286,7 +286,7 @@ def test_held_out_real_palms_are_told_apart(recognizer, handdata):
 
 
 def test_johnson_codes_measure_angular_distance():
-    from vendor_node.hand import palmcode
+    from vendor_node.hand import bit_search, palmcode
 
     codes = np.arange(6, dtype=np.uint8).reshape(1, 6)
     planes = palmcode.johnson_planes(codes)
@@ -298,7 +298,7 @@ def test_johnson_codes_measure_angular_distance():
 
 
 def test_probe_variants_are_shifted_codes():
-    from vendor_node.hand import palmcode
+    from vendor_node.hand import bit_search, palmcode
 
     rng = np.random.default_rng(2)
     codes = rng.integers(0, 6, (2, 8, 8)).astype(np.uint8)
@@ -314,9 +314,9 @@ def test_probe_variants_are_shifted_codes():
     # A code matches its own shifted copy perfectly at the right shift, and a small overlap counts as no match.
     g_planes = palmcode.pack_cells(palmcode.johnson_planes(palmcode.shift_cells(codes[0], 1, -2, 0))[None])
     g_masks = palmcode.pack_cells(palmcode.shift_cells(valid[0], 1, -2, False)[None])
-    d = palmcode.variant_distances(planes, masks, g_planes, g_masks, min_bits=10)[:, 0]
+    d = bit_search.variant_distances(planes, masks, g_planes, g_masks, min_bits=10)[:, 0]
     assert d[what.index((0, 1, -2))] == 0.0
-    assert palmcode.distances(planes, masks, g_planes, g_masks, min_bits=10_000)[0] == 1.0
+    assert bit_search.distances(planes, masks, g_planes, g_masks, min_bits=10_000)[0] == 1.0
 
 
 def test_enrollment_replaces_refused_and_disagreeing_presentations(recognizer):

@@ -105,6 +105,9 @@ class RecognitionConfig:
     # The projected wrong-payer rate per stranger presentation the threshold is set for, whatever the gallery
     # size (an embedding model's threshold is the one at FMR = max_wrong_payer / enrolled; hand/decision.py)
     max_wrong_payer: float = setting(1e-3, 1e-9, 0.1)
+    # Threads the palm-code 1:N passes are split over (the unit's loop waits on the match): 0 = one per core, at
+    # most 4 (a Pi 4 or Zero 2 W has 4); 1 = the caller's thread only
+    match_threads: int = setting(0, 0, 8)
     keep_debug_images: bool = False  # images are kept only when a technician turns this on
 
 

@@ -132,7 +132,7 @@ class EmbeddingBank:
 
 class PalmCodeBank:
     """v1 palm codes as packed bit matrices stored word-major (``planes_t`` (3, W64, N), ``masks_t`` (W64, N)):
-    the 1:N sift and coarse pass run each bit operation along the whole gallery at once (palmcode.wide_distances).
+    the 1:N sift and coarse pass run each bit operation along the whole gallery at once (bit_search.wide_distances).
     ``planes`` (N, 3, W64) and ``masks`` (N, W64) are views of the same bits, one row per employee. The arrays
     grow by a quarter when full (``reserve`` sizes them once for a gallery build), never per template."""
 

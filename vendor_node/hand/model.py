@@ -81,15 +81,28 @@ class Embedder:
         return cls(interpreter, manifest, model_path)
 
     def quantize(self, roi: np.ndarray) -> np.ndarray:
-        """The ROI (uint8 pixels) as the model's int8 input tensor, batch of one."""
-        if roi.shape != (self.input_size, self.input_size) or roi.dtype != np.uint8:
+        """The ROI (uint8 pixels) as the model's int8 input tensor, batch of one; a stack of ROIs (n, S, S): n
+        tensors (n, S, S, 1) at once."""
+        if roi.shape[-2:] != (self.input_size, self.input_size) or roi.ndim not in (2, 3) or roi.dtype != np.uint8:
             raise ModelError(
                 f"{self.model_path.name}: expected a uint8 ROI {self.input_size}x{self.input_size}, "
                 f"got {roi.dtype} {roi.shape}"
             )
         real = (roi.astype(np.float32) - self._pixel_offset) / self._pixel_divisor
         q = np.round(real / self._in_scale) + self._in_zero
-        return np.clip(q, -128, 127).astype(np.int8)[None, :, :, None]
+        q = np.clip(q, -128, 127).astype(np.int8)[..., None]
+        return q[None] if roi.ndim == 2 else q
+
+    def responses_of(self, rois: np.ndarray) -> np.ndarray:
+        """:meth:`responses` of a stack of ROIs (n, S, S): float32 (n, H, W, C), quantized and dequantized once
+        for all (a palm-code probe's poses)."""
+        tensors = self.quantize(rois)
+        raw = np.empty((len(rois),) + tuple(self.output_shape), np.int8)
+        for k in range(len(rois)):
+            self._interpreter.set_tensor(self._input["index"], tensors[k:k + 1])
+            self._interpreter.invoke()
+            raw[k] = self._interpreter.get_tensor(self._output["index"])[0]
+        return (raw.astype(np.float32) - self._out_zero) * self._out_scale
 
     def responses(self, roi: np.ndarray) -> np.ndarray:
         """Dequantized output map, float32 (H, W, C): one channel per filter orientation."""

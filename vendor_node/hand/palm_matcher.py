@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import palmcode
+from . import bit_search, palmcode
 from .gallery import PalmCodeBank
 from .templates import Template
 from ..errors import RecognitionError
@@ -61,6 +61,8 @@ class _Prepared:
     masks_t: np.ndarray
     coarse: np.ndarray  # indexes of the coarse pass's variants
     sift: np.ndarray  # ... and of the sift's
+    coarse_first: np.ndarray  # ... of the coarse pass's first stage (``coarse_first_step``)
+    coarse_rest: np.ndarray  # ... and of its other variants
 
 
 class PalmCodeMatcher:
@@ -68,7 +70,7 @@ class PalmCodeMatcher:
 
     kind = "palm_code"
 
-    def __init__(self, embedder, params: palmcode.CodeParams | None = None):
+    def __init__(self, embedder, params: palmcode.CodeParams | None = None, threads: int = 0):
         self.embedder = embedder
         self.model_id = getattr(embedder, "model_id", None) or embedder.manifest.get("model_id", "palm-code")
         self.params = params or palmcode.CodeParams.from_manifest(embedder.manifest.get("code", {}))
@@ -79,18 +81,26 @@ class PalmCodeMatcher:
         self._coarse_shifts = palmcode.shifts(self.params.max_shift, self.params.coarse_step)
         self._sift_shifts = palmcode.shifts(self.params.sift_reach, self.params.sift_step)
         self._last: _Prepared | None = None  # the last probe's variants (one probe is searched at a time)
+        self._layouts: dict = {}  # guard id -> palmcode.variant_layout (made once per gallery guard)
+        rotations = len(self.params.poses())
+        what = [(r, dy, dx) for r in range(rotations) for dy, dx in self._full_shifts]
+        self._variants = {name: np.array([i for i, (r, dy, dx) in enumerate(what)
+                                          if r < self.params.coarse_rotations and (dy, dx) in set(wanted)], np.int64)
+                          for name, wanted in (("coarse", self._coarse_shifts), ("sift", self._sift_shifts))}
+        first = set(palmcode.shifts(self.params.max_shift, self.params.coarse_first_step or 1))
+        coarse = [(i, what[i][1:]) for i in self._variants["coarse"]]
+        self._variants["coarse_first"] = np.array([i for i, s in coarse if s in first], np.int64)
+        self._variants["coarse_rest"] = np.array([i for i, s in coarse if s not in first], np.int64)
+        self.threads = bit_search.match_threads(threads)  # the sift and coarse pass are split over these
 
     def features_from_roi(self, roi, geometry, quality, hand, keep_roi, poses: int | None = None) -> Features:
         """The ROI coded at every probe pose (``poses``: only the first few; enrolling one image needs one)."""
-        codes, valids = [], []
-        for angle, zoom in self.params.poses()[:poses]:
-            turned = palmcode.rotate_roi(roi, angle, zoom)
-            responses = self.embedder.responses(turned)
-            valid = palmcode.valid_cells(turned, self.grid, self.params.mask_erode)
-            code, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)
-            codes.append(code)
-            valids.append(valid)
-        return Features(np.array(codes), np.array(valids), geometry, float(quality), hand, model_id=self.model_id,
+        turned = np.stack([palmcode.rotate_roi(roi, angle, zoom) for angle, zoom in self.params.poses()[:poses]])
+        batch = getattr(self.embedder, "responses_of", None)  # training's float twins code one ROI at a time
+        responses = batch(turned) if batch else np.stack([self.embedder.responses(t) for t in turned])
+        valid = np.stack([palmcode.valid_cells(t, self.grid, self.params.mask_erode) for t in turned])
+        codes, valid = palmcode.competitive_code(responses, valid, self.params.fragile_fraction)  # every pose at once
+        return Features(codes, valid, geometry, float(quality), hand, model_id=self.model_id,
                         roi=roi if keep_roi else None)
 
     def bank(self, gallery) -> PalmCodeBank | None:
@@ -151,7 +161,7 @@ class PalmCodeMatcher:
         planes, masks, what = palmcode.probe_variants(f.codes, f.valid, self._full_shifts, len(f.codes))
         ref_planes = palmcode.pack_cells(palmcode.johnson_planes(reference.codes[0])[None])
         ref_masks = palmcode.pack_cells(reference.valid[:1])
-        d = palmcode.variant_distances(planes, masks, ref_planes, ref_masks, self.min_bits)[:, 0]
+        d = bit_search.variant_distances(planes, masks, ref_planes, ref_masks, self.min_bits)[:, 0]
         r, dy, dx = what[int(np.argmin(d))]
         return (palmcode.shift_cells(f.codes[r], dy, dx, 0), palmcode.shift_cells(f.valid[r], dy, dx, False))
 
@@ -177,7 +187,10 @@ class PalmCodeMatcher:
         The sift (when ``sift_reach``) scores every entry with the probe as cut at a few shifts and keeps
         ``max(sift_keep, sift_fraction x N)``; the coarse pass scores those at more shifts and keeps
         ``candidates`` (scripts/measure_coarse.py measures how often the genuine would be left out, on
-        people the model never saw)."""
+        people the model never saw). With ``coarse_first_step`` the coarse pass scores every sifted entry at
+        its shifts on that step first and its other shifts only on the best ``coarse_first_keep`` of them: the
+        kept entries get exactly their full coarse score (the better of the two), and the genuine is lost only
+        when the first stage ranks it below ``coarse_first_keep`` (measured over the whole gallery)."""
         self.check(bank, guard)
         return self._candidates(self._prepared(probe, bank, guard), bank)
 
@@ -189,9 +202,16 @@ class PalmCodeMatcher:
         rows = None
         wide = max(p.sift_keep, int(p.sift_fraction * n))
         if p.sift_reach and wide < n:
-            sifted = self.pass_scores(prepared, prepared.sift, bank, None)
+            sifted = self.pass_scores(prepared, prepared.sift, bank, None, p.sift_word_step)
             rows = np.sort(np.argpartition(-sifted, wide - 1)[:wide])
-        coarse = self.pass_scores(prepared, prepared.coarse, bank, rows)
+        first_keep = max(p.coarse_first_keep, keep)
+        if p.coarse_first_step and (n if rows is None else len(rows)) > first_keep and len(prepared.coarse_rest):
+            first = self.pass_scores(prepared, prepared.coarse_first, bank, rows)
+            picked = np.sort(np.argpartition(-first, first_keep - 1)[:first_keep])
+            rows = picked if rows is None else rows[picked]
+            coarse = np.maximum(first[picked], self.pass_scores(prepared, prepared.coarse_rest, bank, rows))
+        else:
+            coarse = self.pass_scores(prepared, prepared.coarse, bank, rows)
         best = np.argpartition(-coarse, keep - 1)[:keep]
         return best if rows is None else rows[best]
 
@@ -211,22 +231,25 @@ class PalmCodeMatcher:
         runner_up = float(fine[order[1]]) if len(order) > 1 else 0.0
         return int(rows[order[0]]), float(fine[order[0]]), runner_up
 
-    def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
-        """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all)."""
-        planes_t, masks_t = (bank.planes_t, bank.masks_t) if rows is None else \
-            (bank.planes_t[:, :, rows], bank.masks_t[:, rows])
-        d = palmcode.wide_distances(prepared.planes[variants], prepared.masks[variants], planes_t, masks_t,
-                                    self.min_bits).min(axis=0)
+    def pass_scores(self, prepared: "_Prepared", variants: np.ndarray, bank: PalmCodeBank, rows,
+                    word_step: int = 1) -> np.ndarray:
+        """Similarity over some of the probe's variants only (a sift or coarse pass), on ``rows`` (None: all),
+        on every ``word_step``-th word of each plane (the overlap floor scaled alike)."""
+        words = slice(None, None, word_step)
+        d = bit_search.wide_distances(prepared.planes[variants][:, :, words], prepared.masks[variants][:, words],
+                                    bank.planes_t[:, words], bank.masks_t[words], self.min_bits // word_step,
+                                    columns=rows, pool=bit_search.match_pool(self.threads)).min(axis=0)
         return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _fine(self, prepared: "_Prepared", bank: PalmCodeBank, rows) -> np.ndarray:
         """The full alignment search (every variant) on ``rows`` (None: all): float32 similarities."""
         if rows is None:
-            d = palmcode.wide_distances(prepared.planes, prepared.masks, bank.planes_t, bank.masks_t,
-                                        self.min_bits).min(axis=0)
+            d = bit_search.wide_distances(prepared.planes, prepared.masks, bank.planes_t, bank.masks_t,
+                                        self.min_bits, pool=bit_search.match_pool(self.threads)).min(axis=0)
         else:
             g_planes, g_masks = bank.rows(rows)
-            d = palmcode.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits)
+            d = bit_search.deep_distances(prepared.planes_t, prepared.masks_t, g_planes, g_masks, self.min_bits,
+                                        pool=bit_search.match_pool(self.threads))
         return self._with_geometry(1.0 - d, prepared.geometry, bank, rows)
 
     def _with_geometry(self, out: np.ndarray, geometry_of_probe: np.ndarray, bank: PalmCodeBank, rows) -> np.ndarray:
@@ -244,18 +267,18 @@ class PalmCodeMatcher:
         if last is not None and last.codes is probe.codes and last.guard_id == guard_id:
             return last
         # a guarded gallery: the same keyed transform as its templates (distances unchanged), applied in the packing
-        order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
-        planes, masks, what = palmcode.probe_variants(probe.codes, probe.valid, self._full_shifts, len(probe.codes),
-                                                      order, xor)
+        layout = self._layouts.get(guard_id)
+        if layout is None:
+            order, xor = guard.layout(self.grid) if guard_id is not None else (None, None)
+            layout = self._layouts[guard_id] = palmcode.variant_layout(self.grid, self._full_shifts, order, xor)
+        planes, masks = palmcode.packed_variants(probe.codes, probe.valid, len(probe.codes), layout)
         rotations = min(self.params.coarse_rotations, len(probe.codes))
-
-        def variants(shifts) -> np.ndarray:
-            wanted = set(shifts)
-            return np.array([i for i, (r, dy, dx) in enumerate(what) if r < rotations and (dy, dx) in wanted])
-
+        passes = [self._variants[name] for name in ("coarse", "sift", "coarse_first", "coarse_rest")]
+        if rotations < self.params.coarse_rotations:  # a probe coded at fewer poses than the settings name
+            passes = [v[v < rotations * len(self._full_shifts)] for v in passes]
         self._last = _Prepared(probe.geometry, probe.codes, guard_id, planes, masks,
                                np.ascontiguousarray(planes.transpose(1, 2, 0)), np.ascontiguousarray(masks.T),
-                               variants(self._coarse_shifts), variants(self._sift_shifts))
+                               *passes)
         return self._last
 
     def check(self, bank: PalmCodeBank, guard) -> None:

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-BITS = 3  # Johnson-code bits per cell for 6 orientations
+from .bit_search import BITS
+
 BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
-SMALL_PASS = 8192  # variants x entries up to which wide_distances does all variants in one go
 
 
 @dataclass(frozen=True)
@@ -33,9 +33,12 @@ class CodeParams:
     min_overlap: float = 0.4  # of the grid: fewer common valid cells cannot be trusted
     coarse_step: int = 1  # shift step of the coarse 1:N pass
     coarse_rotations: int = 1  # how many of rotations_deg the coarse pass (and the sift) tries
+    coarse_first_step: int = 0  # > 0: the coarse pass first scores its shifts on this step only, keeps ...
+    coarse_first_keep: int = 128  # ... these entries and scores its other shifts on them only
     candidates: int = 32  # gallery entries that get the full search
     sift_reach: int = 2  # > 0: a sift before the coarse pass, shifts up to this many cells by sift_step ...
     sift_step: int = 2
+    sift_word_step: int = 1  # ... on every n-th 64-cell word of each plane only ...
     sift_keep: int = 1000  # ... keeping for the coarse pass max(sift_keep, sift_fraction x gallery) entries
     sift_fraction: float = 0.1
     geometry_weight: float = 0.0  # score -= weight * mean |finger length/width difference| (palm widths)
@@ -89,18 +92,37 @@ def valid_cells(roi: np.ndarray, grid: tuple[int, int], erode: int) -> np.ndarra
 
 
 def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask."""
-    winner = np.argmin(responses, axis=-1)
-    code = winner.astype(np.uint8)
-    if fragile_fraction > 0 and valid.any():
-        # how clearly the winner won: the runner-up's response minus the winner's (what sorting the six
-        # responses of every cell would give, without the sort's per-cell cost)
-        best = np.take_along_axis(responses, winner[..., None], axis=-1)
-        others = responses.copy()
-        np.put_along_axis(others, winner[..., None], np.inf, axis=-1)
-        strength = (others.min(axis=-1, keepdims=True) - best)[..., 0]
-        valid = valid & (strength >= np.quantile(strength[valid], fragile_fraction))
+    """Winner-take-all orientation per cell (dark lines answer most negatively) and the trusted-cell mask.
+
+    ``responses`` (..., H, W, C) and ``valid`` (..., H, W): any leading axes (a probe's poses) are coded at once;
+    the weakest ``fragile_fraction`` of each code's valid cells are masked out."""
+    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    if fragile_fraction > 0:
+        # how clearly the winner won: the runner-up's response minus the winner's (a partial sort of each cell)
+        ordered = np.partition(responses, 1, axis=-1)
+        strength = ordered[..., 1] - ordered[..., 0]
+        valid = valid.copy()
+        for k in np.ndindex(valid.shape[:-2]):
+            if valid[k].any():
+                valid[k] &= strength[k] >= quantile(strength[k][valid[k]], fragile_fraction)
     return code, valid
+
+
+def quantile(values: np.ndarray, q: float):
+    """``np.quantile(values, q)`` of a 1-D float array (its default, linear method) bit for bit, without its
+    per-call overhead (it was a fifth of coding a probe's nine poses)."""
+    ordered = np.sort(values)
+    n = len(ordered)
+    virtual = n * q + (1 + q * (1 - 1 - 1)) - 1  # numpy's virtual index for alpha = beta = 1, same operations
+    if virtual >= n - 1:
+        return ordered[-1]
+    below = int(np.floor(virtual))
+    gamma = virtual - below
+    a, b = ordered[below], ordered[below + 1]
+    step = b - a
+    if gamma >= 0.5:  # numpy's lerp interpolates from the nearer end
+        return b - step * ordered.dtype.type(1 - gamma)
+    return a + step * ordered.dtype.type(gamma)
 
 
 def johnson_planes(code: np.ndarray) -> np.ndarray:
@@ -126,19 +148,6 @@ def pack_cells(bits: np.ndarray) -> np.ndarray:
         flat = np.concatenate([flat, np.zeros(flat.shape[:-1] + (pad,), bool)], axis=-1)
     packed = np.packbits(flat, axis=-1, bitorder="little")
     return np.ascontiguousarray(packed).view(np.uint64)
-
-
-_BYTE_COUNTS = np.array([bin(i).count("1") for i in range(256)], np.uint8)
-
-
-def popcount_by_table(words: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """Set bits per uint64 word (uint8, like ``np.bitwise_count``) for numpy < 2.0 (older Pi images), through
-    a byte lookup table."""
-    as_bytes = np.ascontiguousarray(words).view(np.uint8).reshape(words.shape + (8,))
-    return np.sum(_BYTE_COUNTS[as_bytes], axis=-1, dtype=np.uint8, out=out)
-
-
-popcount = np.bitwise_count if hasattr(np, "bitwise_count") else popcount_by_table
 
 
 def shift_cells(a: np.ndarray, dy: int, dx: int, fill) -> np.ndarray:
@@ -168,18 +177,37 @@ def probe_variants(codes: np.ndarray, valid: np.ndarray, offsets: list[tuple[int
 
     ``order`` (cells,) and ``xor`` (3, cells): a template guard's layout (template_guard.TemplateGuard.layout),
     applied while the cells are gathered, so a guarded gallery's probe is packed once, in its domain."""
-    h, w = codes.shape[-2:]
-    stack = np.concatenate([johnson_planes_batch(codes[:rotations]), valid[:rotations, None]], axis=1)  # (R, 4, H, W)
+    planes, masks = packed_variants(codes, valid, rotations, variant_layout(codes.shape[-2:], offsets, order, xor))
+    return planes, masks, [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
+
+
+def variant_layout(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None,
+                   xor: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None, int]:
+    """What :func:`packed_variants` needs to gather the shifted cells (in a guard's order and XOR): (flat
+    index (S * cells,) into the padded code, XOR byte per gathered cell or None, reach). Made once per guard."""
     reach = max(max(abs(dy), abs(dx)) for dy, dx in offsets)
-    padded = np.pad(stack, ((0, 0), (0, 0), (reach, reach), (reach, reach)))  # zeros: masked out
-    index = variant_index((h, w), offsets, order)
-    picked = padded.reshape(rotations, BITS + 1, -1)[:, :, index]  # (R, 4, S, cells)
-    picked = picked.transpose(0, 2, 1, 3).reshape(rotations * len(offsets), BITS + 1, h, w)
+    flip = None
     if xor is not None:
-        picked[:, :BITS] ^= xor[:, order].reshape(BITS, h, w)
-    packed = pack_cells(picked)
-    what = [(r, dy, dx) for r in range(rotations) for dy, dx in offsets]
-    return np.ascontiguousarray(packed[:, :BITS]), np.ascontiguousarray(packed[:, BITS]), what
+        flip = np.bitwise_or.reduce(xor[:, order].astype(np.uint8) << np.arange(BITS, dtype=np.uint8)[:, None])
+    return variant_index(tuple(grid), offsets, order).ravel(), flip, reach
+
+
+def packed_variants(codes: np.ndarray, valid: np.ndarray, rotations: int,
+                    layout: tuple[np.ndarray, np.ndarray | None, int]) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`probe_variants`' planes and masks from a :func:`variant_layout`: each cell travels as one byte (its
+    3 Johnson bits and the valid bit), so the shifts cost one gather of bytes and one packing per plane."""
+    index, flip, reach = layout
+    h, w = codes.shape[-2:]
+    padded = np.zeros((rotations, h + 2 * reach, w + 2 * reach), np.uint8)  # zeros: masked out
+    padded[:, reach:reach + h, reach:reach + w] = (_CELL_BYTE[codes[:rotations]]
+                                                   | (valid[:rotations].astype(np.uint8) << BITS))
+    picked = np.take(padded.reshape(rotations, -1), index, axis=1).reshape(-1, h, w)
+    if flip is not None:
+        picked ^= flip.reshape(h, w)
+    packed = np.empty((BITS + 1, len(picked), -(-h * w // 64)), np.uint64)
+    for k in range(BITS + 1):
+        packed[k] = pack_cells((picked & np.uint8(1 << k)).astype(bool))
+    return np.ascontiguousarray(packed[:BITS].transpose(1, 0, 2)), packed[BITS]
 
 
 def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: np.ndarray | None = None) -> np.ndarray:
@@ -194,94 +222,14 @@ def variant_index(grid: tuple[int, int], offsets: list[tuple[int, int]], order: 
     return (ys[None] + reach - dy) * (w + 2 * reach) + (xs[None] + reach - dx)
 
 
+_CELL_BYTE = np.array([sum(int(((o - k) % 6) < 3) << k for k in range(BITS)) for o in range(8)], np.uint8)
+
+
 def johnson_planes_batch(codes: np.ndarray) -> np.ndarray:
     """bool (R, 3, H, W) for codes (R, H, W)."""
     c = codes.astype(np.int16)[:, None]
     k = np.arange(BITS, dtype=np.int16)[None, :, None, None]
     return ((c - k) % 6) < 3
-
-
-def distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
-              min_bits: int) -> np.ndarray:
-    """Best (smallest) normalised angular distance over the probe variants, per gallery entry: float32 (N,).
-
-    0 is identical, about 0.45 is typical of different palms; 1 when too few cells overlap.
-    """
-    return variant_distances(p_planes, p_masks, g_planes, g_masks, min_bits).min(axis=0)
-
-
-def variant_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
-                      min_bits: int) -> np.ndarray:
-    """Normalised angular distance of every probe variant to every gallery entry: float32 (V, N)."""
-    common = p_masks[:, None, :] & g_masks[None, :, :]  # (V, N, W)
-    counts = popcount(common).sum(axis=-1, dtype=np.int32)
-    differing = (p_planes[:, None] ^ g_planes[None]) & common[:, :, None, :]  # (V, N, 3, W)
-    diff = popcount(differing.reshape(differing.shape[0], differing.shape[1], -1)).sum(axis=-1, dtype=np.int32)
-    return _normalised(diff, counts, min_bits)
-
-
-def wide_distances(p_planes: np.ndarray, p_masks: np.ndarray, g_planes_t: np.ndarray, g_masks_t: np.ndarray,
-                   min_bits: int, chunk: int = 4096) -> np.ndarray:
-    """:func:`variant_distances` (V, N) of a few probe variants against a gallery stored word-major
-    (planes (3, W64, N), masks (W64, N)): every operation runs along the gallery (numpy's fast case), into
-    buffers reused over chunks of ``chunk`` entries, so the 1:N coarse pass costs a few passes over the bits."""
-    n, words = g_masks_t.shape[-1], g_masks_t.shape[0]
-    if len(p_planes) * n <= SMALL_PASS:  # a small gallery: all variants at once (fewer numpy calls)
-        common = p_masks[:, :, None] & g_masks_t[None]  # (V, W64, N)
-        counts = popcount(common).sum(axis=1, dtype=np.int32)
-        differing = p_planes[:, :, :, None] ^ g_planes_t[None]  # (V, 3, W64, N)
-        differing &= common[:, None]
-        diff = popcount(differing).reshape(len(p_planes), BITS * words, n).sum(axis=1, dtype=np.int32)
-        return _normalised(diff, counts, min_bits)
-    out = np.empty((len(p_planes), n), np.float32)
-    width = min(chunk, max(1, n))
-    common, work = np.empty((words, width), np.uint64), np.empty((words, width), np.uint64)
-    total, bits = np.empty((words, width), np.uint8), np.empty((words, width), np.uint8)
-    counts, diff = np.empty(width, np.uint16), np.empty(width, np.uint16)  # at most 3 x 64 x W64 bits
-    for start in range(0, n, width):
-        stop = min(n, start + width)
-        m = stop - start
-        c, x, t, b = common[:, :m], work[:, :m], total[:, :m], bits[:, :m]
-        for v in range(len(p_planes)):
-            np.bitwise_and(g_masks_t[:, start:stop], p_masks[v][:, None], out=c)
-            np.sum(popcount(c, out=b), axis=0, dtype=np.uint16, out=counts[:m])
-            for k in range(BITS):  # bits differing per word, summed over the planes in uint8 (at most 192)
-                np.bitwise_xor(g_planes_t[k, :, start:stop], p_planes[v, k][:, None], out=x)
-                x &= c
-                popcount(x, out=t if k == 0 else b)
-                if k:
-                    t += b
-            np.sum(t, axis=0, dtype=np.uint16, out=diff[:m])
-            out[v, start:stop] = _normalised(diff[:m], counts[:m], min_bits)
-    return out
-
-
-def deep_distances(p_planes_t: np.ndarray, p_masks_t: np.ndarray, g_planes: np.ndarray, g_masks: np.ndarray,
-                   min_bits: int) -> np.ndarray:
-    """:func:`distances` (N,) of many probe variants stored word-major (planes (3, W64, V), masks (W64, V))
-    against a few gallery entries (N, 3, W64): every operation runs along the variants, the full alignment
-    search of a shortlist without numpy's per-row overhead."""
-    out = np.empty(len(g_planes), np.float32)
-    words, variants = p_masks_t.shape
-    common, work = np.empty((words, variants), np.uint64), np.empty((words, variants), np.uint64)
-    total, bits = np.empty((words, variants), np.uint8), np.empty((words, variants), np.uint8)
-    counts, diff = np.empty(variants, np.uint16), np.empty(variants, np.uint16)
-    for i in range(len(g_planes)):
-        np.bitwise_and(p_masks_t, g_masks[i][:, None], out=common)
-        np.sum(popcount(common, out=bits), axis=0, dtype=np.uint16, out=counts)
-        for k in range(BITS):
-            np.bitwise_xor(p_planes_t[k], g_planes[i, k][:, None], out=work)
-            work &= common
-            popcount(work, out=total if k == 0 else bits)
-            if k:
-                total += bits
-        np.sum(total, axis=0, dtype=np.uint16, out=diff)
-        out[i] = _normalised(diff, counts, min_bits).min() if variants else 1.0
-    return out
-
-
-def _normalised(diff: np.ndarray, counts: np.ndarray, min_bits: int) -> np.ndarray:
-    return np.where(counts >= min_bits, diff / (BITS * np.maximum(counts, 1)), 1.0).astype(np.float32)
 
 
 def geometry_distances(probe: np.ndarray, gallery: np.ndarray, min_shared: int, fill: float) -> np.ndarray:

@@ -56,9 +56,9 @@ class Match:
     model_id: str = field(default="", compare=False)  # the model whose template decided
 
 
-def make_matcher(embedder: Embedder, params: palmcode.CodeParams | None = None):
+def make_matcher(embedder: Embedder, params: palmcode.CodeParams | None = None, threads: int = 0):
     kind = getattr(embedder, "kind", None) or embedder.manifest.get("kind", "palm_code")  # training's float twins
-    return EmbeddingMatcher(embedder) if kind == "embedding" else PalmCodeMatcher(embedder, params)
+    return EmbeddingMatcher(embedder) if kind == "embedding" else PalmCodeMatcher(embedder, params, threads)
 
 
 class Recognizer:
@@ -71,9 +71,10 @@ class Recognizer:
     def __init__(self, embedder: Embedder, threshold: float | None = None, margin: float | None = None,
                  params: palmcode.CodeParams | None = None, *, accepted: tuple = (), max_wrong_payer: float = 1e-3,
                  shortlist: Embedder | None = None, shortlist_keep: int = 64, full_search_when_unknown: bool = True,
-                 fused: bool = False):
+                 fused: bool = False, match_threads: int = 0):
         self.embedder = embedder
-        self.matchers = [make_matcher(embedder, params)] + [make_matcher(e) for e in accepted]
+        self.matchers = [make_matcher(embedder, params, match_threads)] + [make_matcher(e, None, match_threads)
+                                                                           for e in accepted]
         self.shortlist = None
         if shortlist is not None:
             if not isinstance(self.matchers[0], PalmCodeMatcher) or make_matcher(shortlist).kind != "embedding":
@@ -122,7 +123,8 @@ class Recognizer:
         recognizer = cls(embedders[0], cfg.recognition.threshold, cfg.recognition.margin,
                          accepted=tuple(embedders[1:]), max_wrong_payer=cfg.recognition.max_wrong_payer,
                          shortlist=shortlist, shortlist_keep=models.shortlist_keep,
-                         full_search_when_unknown=models.full_search_when_unknown, fused=models.fused)
+                         full_search_when_unknown=models.full_search_when_unknown, fused=models.fused,
+                         match_threads=cfg.recognition.match_threads)
         recognizer.palm_finder = PalmFinder.from_assets(cfg.unit.assets_dir)
         return recognizer
 
