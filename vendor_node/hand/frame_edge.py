@@ -1,14 +1,17 @@
 """Where the hand meets the frame's edge: the arm leaving the view (the wrist's side), fingers leaving it (a near
-hand held over the camera), or the hand spilling out more widely. Split from preprocess.py; working pixels."""
+hand held over the camera), or the hand spilling out more widely, and the frame cutting through the palm.
+Split from preprocess.py; working pixels."""
 from __future__ import annotations
 
 import numpy as np
 
 from ..errors import HandRejected
+from .handshape import Shape
 
 FINGER_CONTACT = 0.8  # of the palm radius: a contact with the frame's edge narrower than this is a finger
 FINGER_CUT = 0.2  # and a finger the frame cuts at least this wide (drawn and nir_dev near hands: 0.26-0.6; the
 # pieces of a patterned sleeve: down to 0.1)
+MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over the palm radius, at most
 
 
 def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
@@ -56,3 +59,10 @@ def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[
     if len(runs) > 1 and runs[1][1] - runs[1][0] > max(0.7 * (b - a), 1.2 * radius):
         return None, True  # two broad contacts: no telling the arm from the hand
     return np.array([xs[a:b].mean(), ys[a:b].mean()], dtype=np.float32), False
+
+
+def palm_cut_by_frame(shape: Shape, radius: float) -> bool:
+    """The finger valleys span far more than the palm circle is wide: the frame's edge cuts the palm and
+    the circle found is only the part inside (valley span over radius measured 0.8-1.1 on whole palms)."""
+    im, rl = shape.points.get("valley_index_middle"), shape.points.get("valley_ring_little")
+    return im is not None and rl is not None and float(np.linalg.norm(rl - im)) > MAX_SPAN_OVER_RADIUS * radius

@@ -6,23 +6,26 @@ from __future__ import annotations
 
 import numpy as np
 
-from .handshape import FINGERS, GEOMETRY_SIZE, Shape
+from .handshape import FINGERS, GEOMETRY_SIZE, Shape, nearest
 
 
-def _run_width(mask: np.ndarray, point: np.ndarray, direction: np.ndarray, limit: float) -> float:
-    """Length of the foreground run through ``point`` along ``direction`` (working pixels)."""
+def _run_widths(mask: np.ndarray, points: np.ndarray, directions: np.ndarray, limit: float) -> np.ndarray:
+    """Length of the foreground run through each of ``points`` along its row of ``directions`` (working
+    pixels), at most ``limit`` either way: every step of every run is sampled at once and each way stops at
+    its first pixel off the hand or the frame."""
     h, w = mask.shape
-    total = 0.0
-    for sign in (1.0, -1.0):
-        t = 0.0
-        while t < limit:
-            q = point + sign * (t + 1.0) * direction
-            x, y = int(round(q[0])), int(round(q[1]))
-            if x < 0 or y < 0 or x >= w or y >= h or mask[y, x] == 0:
-                break
-            t += 1.0
-        total += t
-    return total + 1.0
+    steps = np.arange(1.0, np.ceil(limit) + 1.0)
+    total = np.ones(len(points))
+    if not steps.size:
+        return total
+    for sign in (1.0, -1.0):  # (the offsets in the directions' own precision, as a step at a time had them)
+        q = points[:, None, :] + (sign * steps).astype(directions.dtype)[None, :, None] * directions[:, None, :]
+        xs, ys = np.round(q[..., 0]).astype(np.int64), np.round(q[..., 1]).astype(np.int64)
+        on = (xs >= 0) & (ys >= 0) & (xs < w) & (ys < h)
+        on[on] = mask[ys[on], xs[on]] > 0
+        off = ~on
+        total += np.where(off.any(axis=1), off.argmax(axis=1), steps.size)
+    return total
 
 
 def geometry(shape: Shape, mask, center, radius) -> np.ndarray:
@@ -37,6 +40,7 @@ def geometry(shape: Shape, mask, center, radius) -> np.ndarray:
         "thumb": ["thumb_index"], "index": ["index_middle"], "middle": ["index_middle", "middle_ring"],
         "ring": ["middle_ring", "ring_little"], "little": ["ring_little"],
     }
+    cuts = []  # (index in out, a point on the finger's axis, the direction across it)
     for i, finger in enumerate(FINGERS):
         tip = p.get(f"tip_{finger}")
         bases = [p[f"valley_{v}"] for v in valley_of[finger] if f"valley_{v}" in p]
@@ -53,7 +57,10 @@ def geometry(shape: Shape, mask, center, radius) -> np.ndarray:
         axis = along / length
         normal = np.array([-axis[1], axis[0]])
         for j, frac in enumerate((0.25, 0.5, 0.75)):
-            out[5 + 3 * i + j] = _run_width(mask, base + along * frac, normal, radius) / palm_width
+            cuts.append((5 + 3 * i + j, base + along * frac, normal))
+    if cuts:  # the widths across every finger at once
+        where, points, normals = zip(*cuts)
+        out[list(where)] = _run_widths(mask, np.array(points), np.array(normals), radius) / palm_width
     if all(f"valley_{v}" in p for v in ("index_middle", "middle_ring", "ring_little")):
         out[20] = np.linalg.norm(p["valley_index_middle"] - p["valley_middle_ring"]) / palm_width
         out[21] = np.linalg.norm(p["valley_middle_ring"] - p["valley_ring_little"]) / palm_width
@@ -71,7 +78,7 @@ def _opposite_base(shape: Shape, finger: str, valley: np.ndarray) -> np.ndarray:
     n = len(contour)
     tip = contour[tip_at]
     reach = float(np.linalg.norm(valley - tip))
-    valley_at = int(np.argmin(np.linalg.norm(contour - valley, axis=1)))
+    valley_at = nearest(contour, valley)
     towards_valley = 1 if (valley_at - tip_at) % n < n / 2 else -1
     steps = (tip_at - towards_valley * np.arange(1, n // 4)) % n
     far = np.flatnonzero(np.linalg.norm(contour[steps] - tip, axis=1) >= reach)

@@ -35,7 +35,6 @@ OUTLIER_REACH = 0.2  # an index/middle or ring/little valley this much farther o
 # sits above fingers touching at the base (or a peg between them): it is dropped and extrapolated
 PA_REACH = 3.0  # fingers together: the hand axis is measured within this many palm radii of its centre
 VALLEY_REACH = 1.9  # finger valleys lie within this many palm radii of the palm centre
-MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over the palm radius, at most
 VALLEY_UP_WEIGHT = 0.5  # whole-hand photos: how much three finger valleys count against the arm for "up"
 MAX_VALLEY_TILT = 0.85  # |cos| between the valley line and the wrist-to-palm direction, at most
 ACROSS_TILT = 0.5  # the same against the fingers' own direction (11k_full held out: rank-1 87.9% -> 89.9%)
@@ -184,11 +183,17 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
 
 def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
     """The contour point near a hull tip that is farthest from the palm centre (index, point)."""
-    index = int(np.argmin(np.linalg.norm(contour - tip, axis=1)))
+    index = nearest(contour, tip)
     reach = max(2, int(0.4 * radius))
     window = np.arange(index - reach, index + reach + 1) % len(contour)
     best = int(window[np.argmax(dist_all[window])])
     return best, contour[best]
+
+
+def nearest(contour: np.ndarray, point: np.ndarray) -> int:
+    """Index of the outline point nearest ``point`` (squared distances: no square root per point)."""
+    offset = contour - point
+    return int(np.argmin((offset * offset).sum(axis=1)))
 
 
 def _between(value: float, a: float, b: float) -> bool:
@@ -220,15 +225,16 @@ def _valley_between(contour, ia: int, ib: int, holes=(), radius: float = 0.0) ->
 
 
 def _merge_points(points: list[np.ndarray], within: float) -> list[np.ndarray]:
-    merged: list[list[np.ndarray]] = []
-    for p in points:
-        for group in merged:
-            if np.linalg.norm(group[0] - p) < within:
-                group.append(p)
-                break
+    """Points nearer than ``within`` to a group's first point join that group; each group's mean."""
+    apart = np.sqrt(((np.array(points)[:, None, :] - np.array(points)[None, :, :]) ** 2).sum(axis=2)) if points else []
+    merged: list[list[int]] = []
+    for k in range(len(points)):
+        group = next((g for g in merged if apart[g[0], k] < within), None)
+        if group is None:
+            merged.append([k])
         else:
-            merged.append([p])
-    return [np.mean(g, axis=0) for g in merged]
+            group.append(k)
+    return [np.mean([points[k] for k in g], axis=0) for g in merged]
 
 
 def _name_fingers(tips: list[np.ndarray]) -> list[str]:
@@ -238,13 +244,6 @@ def _name_fingers(tips: list[np.ndarray]) -> list[str]:
     first_gap = np.linalg.norm(tips[0] - tips[1])
     last_gap = np.linalg.norm(tips[4] - tips[3])
     return list(FINGERS) if first_gap > last_gap else list(reversed(FINGERS))
-
-
-def palm_cut_by_frame(shape: Shape, radius: float) -> bool:
-    """The finger valleys span far more than the palm circle is wide: the frame's edge cuts the palm and
-    the circle found is only the part inside (valley span over radius measured 0.8-1.1 on whole palms)."""
-    im, rl = shape.points.get("valley_index_middle"), shape.points.get("valley_ring_little")
-    return im is not None and rl is not None and float(np.linalg.norm(rl - im)) > MAX_SPAN_OVER_RADIUS * radius
 
 
 def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float):
@@ -330,7 +329,7 @@ def finger_axis(contour: np.ndarray, valleys: list, radius: float) -> np.ndarray
     if len(valleys) < 2 or not len(contour):
         return None
     n = len(contour)
-    at = [int(np.argmin(np.linalg.norm(contour - v, axis=1))) for v in valleys]
+    at = [nearest(contour, v) for v in valleys]
     directions = []
     for (ia, va), (ib, vb) in zip(zip(at, valleys), zip(at[1:], valleys[1:])):
         forward = (ib - ia) % n
@@ -384,8 +383,7 @@ def _continue_arch(known: np.ndarray, mr: np.ndarray, center: np.ndarray, along:
 
 def _finger_direction(points: dict) -> np.ndarray | None:
     """Mean pointing direction of the index, middle and ring fingers (base between their valleys to tip)."""
-    bases = {"index": ("index_middle",), "middle": ("index_middle", "middle_ring"),
-             "ring": ("middle_ring", "ring_little")}
+    bases = {"index": ("index_middle",), "middle": ("index_middle", "middle_ring"), "ring": ("middle_ring", "ring_little")}
     directions = []
     for finger, valleys in bases.items():
         tip = points.get(f"tip_{finger}")

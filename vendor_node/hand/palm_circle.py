@@ -34,7 +34,27 @@ def past_heel(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarra
     extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
     dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
-    ys, xs = np.mgrid[0:h, 0:w].astype(np.float32)
+    # Only a window around the circle can be allowed (along and across the hand within 0.35 and 0.5 radii):
+    # scored there; the whole frame only in the unlikely case that nothing there scores above the fill (-1).
+    reach = int(np.ceil(np.hypot(PALM_MOVE, 0.5) * radius)) + 2
+    window = (max(0, int(center[0]) - reach), max(0, int(center[1]) - reach),
+              min(w, int(center[0]) + reach + 1), min(h, int(center[1]) + reach + 1))
+    best, loc = _best_circle(dist, window, center, radius, up, valleys)
+    if best <= -1.0:
+        best, loc = _best_circle(dist, (0, 0, w, h), center, radius, up, valleys)
+    found = float(dist[loc[1], loc[0]])
+    if found <= radius:
+        return center, radius
+    return np.array(loc, dtype=np.float32), found
+
+
+def _best_circle(dist, window, center, radius, up, valleys) -> tuple[float, tuple[int, int]]:
+    """The best score of past_heel's circles (-1 where not allowed) within ``window`` (x0, y0, x1, y1) and
+    where it is, in frame pixels (the first of equals in raster order, as over the whole frame)."""
+    x0, y0, x1, y1 = window
+    xs = np.arange(x0, x1, dtype=np.float32)[None, :]
+    ys = np.arange(y0, y1, dtype=np.float32)[:, None]
+    dist = dist[y0:y1, x0:x1]
     dx, dy = xs - center[0], ys - center[1]
     along = dx * up[0] + dy * up[1]
     lateral = np.abs(dx * up[1] - dy * up[0])
@@ -42,11 +62,8 @@ def past_heel(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarra
     allowed = (along <= 0.05 * radius) & (along >= -PALM_MOVE * radius) & (lateral <= 0.5 * radius)
     allowed &= below_valleys <= PALM_BELOW_VALLEYS * dist  # not slid down a wrist as wide as the palm
     score = np.where(allowed, dist - PALM_MOVE_COST * np.hypot(dx, dy), -1.0)
-    _, _, _, loc = cv2.minMaxLoc(score)
-    found = float(dist[loc[1], loc[0]])
-    if found <= radius:
-        return center, radius
-    return np.array(loc, dtype=np.float32), found
+    _, best, _, loc = cv2.minMaxLoc(score)
+    return best, (loc[0] + x0, loc[1] + y0)
 
 
 def cut_sides(center: np.ndarray, radius: float, axis_x: np.ndarray, shape: tuple[int, int]) -> set[str]:

@@ -29,8 +29,8 @@ def inside_frame(roi_center: np.ndarray, axis_x: np.ndarray, side: float, shape:
 
 def gradients(work: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Sobel gradients of the working image (x, y), computed once per frame for every reading of it."""
-    smooth = work.astype(np.float32)
-    return cv2.Sobel(smooth, cv2.CV_32F, 1, 0, ksize=3) / 8.0, cv2.Sobel(smooth, cv2.CV_32F, 0, 1, ksize=3) / 8.0
+    return (cv2.Sobel(work, cv2.CV_32F, 1, 0, ksize=3, scale=0.125),  # (integer sums: exact in float32)
+            cv2.Sobel(work, cv2.CV_32F, 0, 1, ksize=3, scale=0.125))
 
 
 def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float, grads=None) -> float:
@@ -40,20 +40,23 @@ def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float, grads=No
     smooth = work.astype(np.float32)
     gx, gy = grads if grads is not None else gradients(work)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (7, 7))
-    band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel) > 0
-    band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = False
-    ys, xs = np.nonzero(band)
+    band = cv2.morphologyEx(mask, cv2.MORPH_GRADIENT, kernel)
+    band[:4, :] = band[-4:, :] = band[:, :4] = band[:, -4:] = 0
+    found = cv2.findNonZero(band)
+    if found is None:
+        return 0.0
+    xs, ys = found.reshape(-1, 2).T
     ex, ey = gx[ys, xs], gy[ys, xs]
     mag = np.hypot(ex, ey)
     strong = mag > 0.15 * contrast / 4
     if np.count_nonzero(strong) < 40 or contrast <= 0:
         return 0.0
     ys, xs, ex, ey, mag = ys[strong], xs[strong], ex[strong], ey[strong], mag[strong]
-    nx, ny = ex / mag, ey / mag
+    reach_x, reach_y = STEP_REACH * (ex / mag), STEP_REACH * (ey / mag)
     h, w = work.shape
     def sample(sign: float) -> np.ndarray:
-        row = np.clip(np.round(ys + sign * STEP_REACH * ny).astype(int), 0, h - 1)
-        col = np.clip(np.round(xs + sign * STEP_REACH * nx).astype(int), 0, w - 1)
+        row = np.clip(np.round(ys + sign * reach_y).astype(int), 0, h - 1)
+        col = np.clip(np.round(xs + sign * reach_x).astype(int), 0, w - 1)
         return smooth[row, col]
 
     step = np.abs(sample(1.0) - sample(-1.0))
@@ -63,8 +66,22 @@ def edge_sharpness(work: np.ndarray, mask: np.ndarray, contrast: float, grads=No
     ratio = 2.0 * mag[ok] / step[ok]  # a clean step gives about 1, a step smeared over n px about 2/n
     angle = np.mod(np.arctan2(ey[ok], ex[ok]), np.pi)
     bins = np.minimum((angle / (np.pi / 4)).astype(int), 3)
-    per_bin = [np.percentile(ratio[bins == k], 90) for k in range(4) if np.count_nonzero(bins == k) >= 10]
+    per_bin = [_percentile90(ratio[bins == k]) for k in range(4)]
+    per_bin = [value for value in per_bin if value is not None]
     return float(min(per_bin)) if per_bin else 0.0
+
+
+def _percentile90(values: np.ndarray) -> float | None:
+    """np.percentile(values, 90) (linear between the two nearest ranks) from a partial sort; None for fewer than
+    10 values."""
+    if len(values) < 10:
+        return None
+    at = 0.9 * (len(values) - 1)
+    below = int(at)
+    above = min(below + 1, len(values) - 1)
+    ranked = np.partition(values, [below, above])
+    low, high = float(ranked[below]), float(ranked[above])
+    return low + (high - low) * (at - below)
 
 
 def cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, float]:
@@ -97,7 +114,16 @@ def cut_roi(grey, mask, scale, roi_center, axis_x, side) -> tuple[np.ndarray, fl
     detail = raw - cv2.GaussianBlur(raw, (0, 0), 3.0)  # lines and creases, without the lighting
     core = cv2.erode(inside.astype(np.uint8), np.ones((11, 11), np.uint8)) > 0  # away from the outline
     values = detail[core] if np.count_nonzero(core) > ROI_SIZE else detail.ravel()
-    texture = 1.4826 * float(np.median(np.abs(values - np.median(values))))  # robust: a few edge pixels are not texture
+    texture = 1.4826 * float(_median(np.abs(values - _median(values))))  # robust: a few edge pixels are not texture
     normalised = (raw - mean) * (40.0 / std) + 128.0
     normalised[~inside] = 128.0
     return np.clip(normalised, 0, 255).astype(np.uint8), texture
+
+
+def _median(values: np.ndarray):
+    """np.median of a 1-D array, in its own precision, from a partial sort (without np.median's checks)."""
+    half = len(values) // 2
+    if len(values) % 2:
+        return np.partition(values, half)[half]
+    ranked = np.partition(values, [half - 1, half])
+    return (ranked[half - 1] + ranked[half]) / 2

@@ -14,6 +14,7 @@ Fingertips, valleys, ROI placement and finger measurements live in handshape.py.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from functools import partial
 
 import cv2
 import numpy as np
@@ -110,20 +111,23 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     # light than the palm and Otsu cuts them off halfway, so dimmer parts touching the hand are taken in
     # further down ("dim_fingers") first; elsewhere that is the second reading.
     first_method = "dim_fingers" if _looks_like_close_up(work) else "otsu"
-    grads = palm_square.gradients(work)  # shared by every reading of this frame
+    shared: dict = {}  # what every reading of this frame computes alike (smoothed frame, Otsu, gradients)
     other = "otsu" if first_method == "dim_fingers" else "dim_fingers"
     first_trace: dict = {"scale": scale}
     try:
-        hand = _hand_in(grey, work, scale, first_method, first_trace, grads)
-        if hand.alignment != "valleys" and first_trace.get("dark_background"):
-            # Placed without all three finger valleys: the other reading of the fingers may show them.
+        alignment, finish = _hand_in(grey, work, scale, first_method, first_trace, shared, deferred=True)
+        hand = None
+        if alignment != "valleys" and first_trace.get("dark_background"):
+            # Placed without all three finger valleys: the other reading of the fingers may show them (tried
+            # before this reading's palm square is cut: when it does, that cut would be thrown away).
             second: dict = {}
             try:
-                fuller = _hand_in(grey, work, scale, other, second, grads)
-                if fuller.alignment == "valleys":
-                    hand, first_trace = fuller, second
+                hand = _hand_in(grey, work, scale, other, second, shared, valleys_only=True)
+                if hand is not None:
+                    first_trace = second
             except HandRejected:
                 pass
+        hand = hand or finish()
         if trace is not None:
             trace.update(first_trace)
         return hand
@@ -137,7 +141,7 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
         for method in retries:
             retry_trace: dict = {}
             try:
-                hand = _hand_in(grey, work, scale, method, retry_trace, grads)
+                hand = _hand_in(grey, work, scale, method, retry_trace, shared)
                 if trace is not None:
                     trace.update(retry_trace)
                 return hand
@@ -165,13 +169,19 @@ def _keep_trace(trace: dict | None, found: dict, refusal: HandRejected) -> None:
 
 
 def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trace: dict | None = None,
-             grads=None) -> Hand:
+             shared: dict | None = None, valleys_only: bool = False, deferred: bool = False):
+    """One reading of the frame (segmentation ``method``): its Hand. With ``valleys_only``, None as soon as the
+    palm square is known not to be placed from all three finger valleys (the reading would not be used), and
+    the blur check after that (any refusal discards the reading alike). ``deferred``: (alignment, finish) once
+    the square is placed and checked against the frame; ``finish()`` cuts it and gives the Hand (or refuses)."""
     trace = {} if trace is None else trace
+    shared = {} if shared is None else shared
     trace.clear()
     trace["scale"], trace["method"] = scale, method
-    mask, contrast, unfilled, center, radius = _find_hand(work, method)
+    mask, contrast, unfilled, center, radius = _find_hand(work, method, shared)
     trace["dark_background"] = cv2.mean(work, cv2.bitwise_not(mask))[0] < cv2.mean(work, mask)[0]
-    trace["outline"] = _outline(mask) * scale
+    contour = _outline(mask)  # (the largest outline: the hand's, as the mask is one filled blob)
+    trace["outline"] = contour * scale
     trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
     area = float(np.count_nonzero(mask)) / mask.size
     spill = "too_close" if 2 * radius > MAX_PALM_SPAN * min(mask.shape) else "cut_off"
@@ -181,12 +191,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
         raise reject(spill if refusal.reason == "cut_off" else refusal.reason) from None  # the employee's message
     if wrist is not None:
         trace["wrist"] = wrist * scale
-    sharpness = palm_square.edge_sharpness(work, mask, contrast, grads)
-    trace["sharpness"] = sharpness
-    if sharpness < MIN_SHARPNESS:
-        raise reject("blurred")
-    contour = max(cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)[0], key=cv2.contourArea)
-    contour = contour[:, 0, :].astype(np.float32)
+    if not valleys_only:
+        sharpness = _sharpness(work, mask, contrast, shared, trace)
     if _solidity(contour) > MAX_SOLIDITY:  # a card, a phone, a sleeve: no fingers or thumb stand out of it
         raise reject("no_hand")
     holes = handshape.gap_holes(mask, unfilled, center, radius)
@@ -196,9 +202,13 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     trace["valleys"] = [v * scale for v in shape.valleys]
     if shape.extent < 1.8 and len(shape.valleys) < 2:  # a fist: no fingers reach beyond the palm, none apart
         raise reject("fingers_closed")
-    if handshape.palm_cut_by_frame(shape, radius):
+    if frame_edge.palm_cut_by_frame(shape, radius):
         raise reject(spill)
     roi_center, axis_x, side, alignment = handshape.roi_frame(shape, mask, center, radius)
+    if valleys_only:
+        if alignment != "valleys":
+            return None
+        sharpness = _sharpness(work, mask, contrast, shared, trace)
     in_frame = center, radius  # the frame checks below are about the palm inside the frame
     if alignment == "valleys" and "heel" in palm_circle.cut_sides(center, radius, axis_x, mask.shape):
         # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller
@@ -225,6 +235,15 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
                                   not palm_square.inside_frame(roi_center, axis_x, side, mask.shape, slack=0.05)):
         raise reject(spill)  # the frame cuts the palm beside the square, and the square with it (or two valleys
         # alone cannot tell how much of the palm is outside)
+    finish = partial(_cut_hand, grey, mask, scale, trace, shape, center, radius, wrist, roi_center, axis_x, side,
+                     alignment, sharpness, contrast, area)
+    return (alignment, finish) if deferred else finish()
+
+
+def _cut_hand(grey, mask, scale, trace, shape, center, radius, wrist, roi_center, axis_x, side, alignment, sharpness,
+              contrast, area) -> Hand:
+    """The palm square cut from the frame and the Hand with its measures; HandRejected bad_image when the cut
+    shows no palm detail or runs off the hand."""
     roi, texture = palm_square.cut_roi(grey, mask, scale, roi_center, axis_x, side)
     if texture < MIN_TEXTURE:  # a saturated or binarised picture: no palm lines to match, only wrong payers
         raise HandRejected("bad_image", "The palm shows no detail (picture over-exposed or binarised).")
@@ -246,6 +265,17 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     return Hand(roi, geometry, keypoints, quality, alignment, measures, trace["roi_square"], hand_side)
 
 
+def _sharpness(work, mask, contrast, shared: dict, trace: dict) -> float:
+    """The outline's steepness (palm_square.edge_sharpness); HandRejected "blurred" below MIN_SHARPNESS."""
+    if "grads" not in shared:
+        shared["grads"] = palm_square.gradients(work)
+    sharpness = palm_square.edge_sharpness(work, mask, contrast, shared["grads"])
+    trace["sharpness"] = sharpness
+    if sharpness < MIN_SHARPNESS:
+        raise reject("blurred")
+    return sharpness
+
+
 # --- input and segmentation ---------------------------------------------------
 def validated(image) -> np.ndarray:
     """A 2-D uint8 array; 3-channel frames are converted, anything else is a bad image."""
@@ -260,24 +290,29 @@ def validated(image) -> np.ndarray:
     return np.ascontiguousarray(image)
 
 
-def _find_hand(work: np.ndarray, method: str):
+def _find_hand(work: np.ndarray, method: str, shared: dict | None = None):
     """Segmentation plus the palm circle: (mask, contrast, unfilled mask, palm centre, palm radius)."""
-    mask, contrast, unfilled = _segment(work, method)
+    mask, contrast, unfilled = _segment(work, method, shared)
     center, radius = palm_circle.largest(mask)
     if 2 * radius < MIN_PALM_SPAN * min(mask.shape):
         raise reject("too_far")
     return mask, contrast, unfilled, center, radius
 
 
-def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float, np.ndarray]:
+def _segment(work: np.ndarray, method: str = "otsu", shared: dict | None = None) -> tuple[np.ndarray, float, np.ndarray]:
     """The hand as a filled 0/255 mask, the hand/background contrast, and the mask before its holes were
     filled; no_hand/two_hands/too_far/too_close.
 
     Otsu's threshold splits hand from background ("otsu"; "dim_fingers" takes in dim parts touching the
     hand further down); "background" instead takes everything that
-    differs from the frame border's grey level (which is mostly background) by more than its noise."""
-    smooth = cv2.GaussianBlur(work, (5, 5), 0)
-    if float(smooth.std()) < MIN_CONTRAST / 4:
+    differs from the frame border's grey level (which is mostly background) by more than its noise.
+    ``shared`` keeps the smoothed frame and its Otsu split for the frame's other readings."""
+    shared = {} if shared is None else shared
+    if "smooth" not in shared:
+        shared["smooth"] = cv2.GaussianBlur(work, (5, 5), 0)
+        shared["spread"] = float(cv2.meanStdDev(shared["smooth"])[1][0, 0])
+    smooth = shared["smooth"]
+    if shared["spread"] < MIN_CONTRAST / 4:
         raise reject("no_hand")
     if method == "background":
         border = np.concatenate([smooth[0], smooth[-1], smooth[:, 0], smooth[:, -1]]).astype(np.float32)
@@ -285,16 +320,19 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
         spread = 1.4826 * float(np.median(np.abs(border - level)))
         hand = (np.abs(smooth.astype(np.float32) - level) > max(MIN_CONTRAST / 2, 5 * spread)).astype(np.uint8) * 255
     else:
-        threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-        border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
-        dark_hand = np.count_nonzero(border) > border.size / 2
+        if "otsu" not in shared:
+            threshold, bright = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+            border = np.concatenate([bright[0], bright[-1], bright[:, 0], bright[:, -1]])
+            shared["otsu"] = threshold, bright, np.count_nonzero(border) > border.size / 2
+        threshold, bright, dark_hand = shared["otsu"]
         hand = cv2.bitwise_not(bright) if dark_hand else bright
         if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
             hand = _grow_into_dim_parts(smooth, hand, threshold,
                                         DIM_FINGERS_HYSTERESIS if method == "dim_fingers" else HYSTERESIS)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8, ltype=cv2.CV_16U)
+    # (16-bit labels: a working image, long side 320, holds at most about 25,600 separate blobs)
     if count <= 1:
         raise reject("no_hand")
     areas = stats[1:, cv2.CC_STAT_AREA].astype(np.float64)
@@ -309,9 +347,14 @@ def _segment(work: np.ndarray, method: str = "otsu") -> tuple[np.ndarray, float,
         second_radius = palm_circle.largest(np.where(labels == order[1] + 1, 255, 0).astype(np.uint8))[1]
         if second_radius >= 0.6 * first_radius:
             raise reject("two_hands")
-    mask = np.where(labels == order[0] + 1, 255, 0).astype(np.uint8)
-    inside, outside = smooth[mask > 0], smooth[mask == 0]
-    contrast = abs(float(inside.mean()) - float(outside.mean())) if outside.size else 0.0
+    mask = cv2.compare(labels, int(order[0] + 1), cv2.CMP_EQ)  # 255 on the hand, 0 elsewhere
+    hand_area = int(areas[order[0]])
+    if hand_area < mask.size:
+        inside_sum = float(cv2.sumElems(cv2.bitwise_and(smooth, mask))[0])
+        outside_mean = (float(cv2.sumElems(smooth)[0]) - inside_sum) / (mask.size - hand_area)
+        contrast = abs(inside_sum / hand_area - outside_mean)
+    else:
+        contrast = 0.0
     if contrast < MIN_CONTRAST:
         raise reject("no_hand")
     if largest < MIN_HAND_AREA:
@@ -329,26 +372,25 @@ def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float,
     """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
     to ``fraction`` of the way from the background level to Otsu's threshold (not on light backgrounds, where
     that would take in the hand's shadow)."""
-    background = smooth[hand == 0]
-    if background.size == 0:
+    background = cv2.bitwise_not(hand)
+    counts = np.cumsum(cv2.calcHist([smooth], [0], background, [256], [0, 256]).ravel().astype(np.int64))
+    if counts[-1] == 0:
         return hand
-    counts = np.cumsum(np.bincount(background, minlength=256))  # the median from a histogram: uint8, fast
-    level = float(np.searchsorted(counts, counts[-1] / 2))
-    weak = smooth > level + fraction * (threshold - level)
-    count, labels = cv2.connectedComponents(weak.astype(np.uint8), connectivity=8)
+    level = float(np.searchsorted(counts, counts[-1] / 2))  # the background's median grey level
+    # (an 8-bit threshold is taken down to a whole grey level: the same pixels are above it)
+    weak = cv2.threshold(smooth, level + fraction * (threshold - level), 1, cv2.THRESH_BINARY)[1]
+    count, labels = cv2.connectedComponents(weak, connectivity=8, ltype=cv2.CV_16U)
     if count <= 1:
         return hand
-    touching = np.unique(labels[(hand > 0) & weak])
-    touching = touching[touching > 0]
-    keep = np.zeros(count, bool)
-    keep[touching] = True
+    keep = np.zeros(count, np.uint8)
+    keep[labels[cv2.bitwise_and(weak, hand) > 0]] = 255  # the weak parts touching what Otsu found
+    keep[0] = 0
     grown = keep[labels]  # a lookup table: much faster than np.isin over every pixel
     # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
     outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
     filled = np.zeros_like(hand)
     cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
-    enclosed = (filled > 0) & (hand == 0)
-    return np.where((grown & ~enclosed) | (hand > 0), 255, 0).astype(np.uint8)
+    return cv2.bitwise_or(cv2.bitwise_and(grown, cv2.bitwise_not(filled)), hand)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:

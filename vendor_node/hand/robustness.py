@@ -52,10 +52,22 @@ def scaled(factor: float):
 def nearer(factor: float):
     """A hand held nearer the camera over the same spot: zoomed about its palm (found on the photo as it
     is), as at the unit, where a hand comes nearer over the camera; "scaled" zooms about the frame's
-    centre instead, so a palm away from the centre also moves out of the frame."""
+    centre instead, so a palm away from the centre also moves out of the frame. The zoomed window is moved
+    (as little as it takes) to lie within the photo, as a camera's frame does: a window running past the
+    photo's edge would show that edge inside the frame, cutting the arm off short of the frame's edge,
+    which no frame of the unit shows."""
     def transform(image, sample=None):
-        return _warp(image, 0.0, factor, _palm_center(image))
+        return _warp(image, 0.0, factor, _within_photo(_palm_center(image), factor, image.shape))
     return transform
+
+
+def _within_photo(center, factor: float, shape: tuple[int, int]) -> tuple[float, float]:
+    """The zoom centre nearest ``center`` whose window (the frame over ``factor``) lies within the photo."""
+    h, w = shape
+    half_w, half_h = w / (2 * factor), h / (2 * factor)
+    if half_w > w / 2 or half_h > h / 2:  # zoomed out: the window is larger than the photo whatever the centre
+        return float(center[0]), float(center[1])
+    return float(np.clip(center[0], half_w, w - half_w)), float(np.clip(center[1], half_h, h - half_h))
 
 
 def _palm_center(image: np.ndarray):
