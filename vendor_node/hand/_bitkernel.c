@@ -29,6 +29,171 @@ static inline uint32_t differing_bits(uint64_t x0, uint64_t x1, uint64_t x2, uin
     return __builtin_popcountll((half ^ x2) & c) + 2 * __builtin_popcountll(((x0 & x1) | (x2 & half)) & c);
 }
 
+/* The inner loops, portable: one probe variant against gallery entries 0..m of a block stored word-major (plane
+ * stride ps, word stride ws, mask word stride mws), distances into o[0..m] ... */
+static void wide_portable(const uint64_t *p, const uint64_t *mask, Py_ssize_t words, const uint64_t *g,
+                          Py_ssize_t ps, Py_ssize_t ws, const uint64_t *gm, Py_ssize_t mws, Py_ssize_t m,
+                          Py_ssize_t min_bits, float *o)
+{
+    uint32_t counts[BLOCK], diff[BLOCK];
+    for (Py_ssize_t j = 0; j < m; j++)
+        counts[j] = diff[j] = 0;
+    for (Py_ssize_t w = 0; w < words; w++) {
+        const uint64_t pw = mask[w], p0 = p[w], p1 = p[words + w], p2 = p[2 * words + w];
+        const uint64_t *g0 = g + w * ws, *g1 = g0 + ps, *g2 = g1 + ps, *gmw = gm + w * mws;
+        for (Py_ssize_t j = 0; j < m; j++) {
+            const uint64_t c = gmw[j] & pw;
+            counts[j] += __builtin_popcountll(c);
+            diff[j] += differing_bits(g0[j] ^ p0, g1[j] ^ p1, g2[j] ^ p2, c);
+        }
+    }
+    for (Py_ssize_t j = 0; j < m; j++)
+        o[j] = normalised(diff[j], counts[j], min_bits);
+}
+
+/* ... and every probe variant (word-major (3, W, V) / (W, V)) against one gallery row: counts and differing bits
+ * per variant into counts[V], diff[V]. */
+static void deep_portable(const uint64_t *pp, const uint64_t *pm, Py_ssize_t variants, Py_ssize_t words,
+                          const uint64_t *g, const uint64_t *gmask, uint32_t *counts, uint32_t *diff)
+{
+    for (Py_ssize_t v = 0; v < variants; v++)
+        counts[v] = diff[v] = 0;
+    for (Py_ssize_t w = 0; w < words; w++) {
+        const uint64_t gw = gmask[w], g0 = g[w], g1 = g[words + w], g2 = g[2 * words + w];
+        const uint64_t *m = pm + w * variants, *p0 = pp + w * variants, *p1 = p0 + words * variants,
+                       *p2 = p1 + words * variants;
+        for (Py_ssize_t v = 0; v < variants; v++) {
+            const uint64_t c = m[v] & gw;
+            counts[v] += __builtin_popcountll(c);
+            diff[v] += differing_bits(p0[v] ^ g0, p1[v] ^ g1, p2[v] ^ g2, c);
+        }
+    }
+}
+
+/* The same loops with AVX-512 VPOPCNTQ where the CPU has it (x86-64 since Ice Lake; chosen when the module loads,
+ * set_simd(False) turns it off): eight neighbours along the contiguous axis (gallery entries in wide, probe
+ * variants in deep) a vector, their sums kept in registers over all the words: about 2.5x fewer cycles here, the
+ * same integers. Compilers without the target attribute (and the Pi's ARM) keep the portable loops. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <immintrin.h>
+#define HAVE_AVX512_PATH 1
+#define LANES 8
+
+__attribute__((target("avx512f,avx512vpopcntdq")))
+static inline void add_word(__m512i *counts, __m512i *odd, __m512i *two, __m512i c, __m512i x0, __m512i x1, __m512i x2)
+{
+    const __m512i half = _mm512_xor_si512(x0, x1);  /* the carry-save split of differing_bits */
+    *counts = _mm512_add_epi64(*counts, _mm512_popcnt_epi64(c));
+    *odd = _mm512_add_epi64(*odd, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(half, x2), c)));
+    *two = _mm512_add_epi64(*two, _mm512_popcnt_epi64(
+        _mm512_and_si512(_mm512_or_si512(_mm512_and_si512(x0, x1), _mm512_and_si512(x2, half)), c)));
+}
+
+__attribute__((target("avx512f,avx512vpopcntdq")))
+static void wide_avx512(const uint64_t *p, const uint64_t *mask, Py_ssize_t words, const uint64_t *g,
+                        Py_ssize_t ps, Py_ssize_t ws, const uint64_t *gm, Py_ssize_t mws, Py_ssize_t m,
+                        Py_ssize_t min_bits, float *o)
+{
+    Py_ssize_t j = 0;
+    for (; j + LANES <= m; j += LANES) {
+        __m512i counts = _mm512_setzero_si512(), odd = counts, two = counts;
+        for (Py_ssize_t w = 0; w < words; w++) {
+            const uint64_t *g0 = g + w * ws + j;
+            const __m512i c = _mm512_and_si512(_mm512_loadu_si512(gm + w * mws + j), _mm512_set1_epi64((long long)mask[w]));
+            add_word(&counts, &odd, &two, c,
+                     _mm512_xor_si512(_mm512_loadu_si512(g0), _mm512_set1_epi64((long long)p[w])),
+                     _mm512_xor_si512(_mm512_loadu_si512(g0 + ps), _mm512_set1_epi64((long long)p[words + w])),
+                     _mm512_xor_si512(_mm512_loadu_si512(g0 + 2 * ps), _mm512_set1_epi64((long long)p[2 * words + w])));
+        }
+        uint64_t count[LANES], diff[LANES];
+        _mm512_storeu_si512(count, counts);
+        _mm512_storeu_si512(diff, _mm512_add_epi64(odd, _mm512_add_epi64(two, two)));
+        for (int k = 0; k < LANES; k++)
+            o[j + k] = normalised((uint32_t)diff[k], (uint32_t)count[k], min_bits);
+    }
+    if (j < m)
+        wide_portable(p, mask, words, g + j, ps, ws, gm + j, mws, m - j, min_bits, o + j);
+}
+
+__attribute__((target("avx512f,avx512vpopcntdq")))
+static void deep_avx512(const uint64_t *pp, const uint64_t *pm, Py_ssize_t variants, Py_ssize_t words,
+                        const uint64_t *g, const uint64_t *gmask, uint32_t *counts, uint32_t *diff)
+{
+    const Py_ssize_t plane = words * variants;
+    Py_ssize_t v = 0;
+    for (; v + LANES <= variants; v += LANES) {
+        __m512i sums = _mm512_setzero_si512(), odd = sums, two = sums;
+        for (Py_ssize_t w = 0; w < words; w++) {
+            const uint64_t *p0 = pp + w * variants + v;
+            const __m512i c = _mm512_and_si512(_mm512_loadu_si512(pm + w * variants + v), _mm512_set1_epi64((long long)gmask[w]));
+            add_word(&sums, &odd, &two, c,
+                     _mm512_xor_si512(_mm512_loadu_si512(p0), _mm512_set1_epi64((long long)g[w])),
+                     _mm512_xor_si512(_mm512_loadu_si512(p0 + plane), _mm512_set1_epi64((long long)g[words + w])),
+                     _mm512_xor_si512(_mm512_loadu_si512(p0 + 2 * plane), _mm512_set1_epi64((long long)g[2 * words + w])));
+        }
+        _mm256_storeu_si256((__m256i *)(counts + v), _mm512_cvtepi64_epi32(sums));
+        _mm256_storeu_si256((__m256i *)(diff + v), _mm512_cvtepi64_epi32(_mm512_add_epi64(odd, _mm512_add_epi64(two, two))));
+    }
+    for (; v < variants; v++) {
+        uint32_t count = 0, d = 0;
+        for (Py_ssize_t w = 0; w < words; w++) {
+            const uint64_t c = pm[w * variants + v] & gmask[w];
+            const uint64_t *p0 = pp + w * variants + v;
+            count += __builtin_popcountll(c);
+            d += differing_bits(p0[0] ^ g[w], p0[plane] ^ g[words + w], p0[2 * plane] ^ g[2 * words + w], c);
+        }
+        counts[v] = count, diff[v] = d;
+    }
+}
+#endif
+
+static int use_simd = 0;
+
+static void wide_entries(const uint64_t *p, const uint64_t *mask, Py_ssize_t words, const uint64_t *g,
+                         Py_ssize_t ps, Py_ssize_t ws, const uint64_t *gm, Py_ssize_t mws, Py_ssize_t m,
+                         Py_ssize_t min_bits, float *o)
+{
+#ifdef HAVE_AVX512_PATH
+    if (use_simd) {
+        wide_avx512(p, mask, words, g, ps, ws, gm, mws, m, min_bits, o);
+        return;
+    }
+#endif
+    wide_portable(p, mask, words, g, ps, ws, gm, mws, m, min_bits, o);
+}
+
+static void deep_variants(const uint64_t *pp, const uint64_t *pm, Py_ssize_t variants, Py_ssize_t words,
+                          const uint64_t *g, const uint64_t *gmask, uint32_t *counts, uint32_t *diff)
+{
+#ifdef HAVE_AVX512_PATH
+    if (use_simd) {
+        deep_avx512(pp, pm, variants, words, g, gmask, counts, diff);
+        return;
+    }
+#endif
+    deep_portable(pp, pm, variants, words, g, gmask, counts, diff);
+}
+
+static int simd_available(void)
+{
+#ifdef HAVE_AVX512_PATH
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+#else
+    return 0;
+#endif
+}
+
+/* set_simd(on) -> the path now used ("avx512" or "portable"); on is honoured only where the CPU has it. */
+static PyObject *set_simd(PyObject *self, PyObject *args)
+{
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on))
+        return NULL;
+    use_simd = on && simd_available();
+    return PyUnicode_FromString(use_simd ? "avx512" : "portable");
+}
+
 /* wide(p_planes, p_masks, variants, words, g_planes, g_plane_stride, g_word_stride, g_masks, g_mask_word_stride,
  *      entries, columns, first, stop, min_bits, out, out_row):
  * probe variants row-major contiguous (V, 3, W) / (V, W); gallery word-major (3, W, N) / (W, N) with the given
@@ -65,7 +230,6 @@ static PyObject *wide(PyObject *self, PyObject *args)
     if (columns && !gathered)
         return PyErr_NoMemory();
     Py_BEGIN_ALLOW_THREADS
-    uint32_t counts[BLOCK], diff[BLOCK];
     for (Py_ssize_t start = first; start < stop; start += BLOCK) {
         Py_ssize_t m = stop - start < BLOCK ? stop - start : BLOCK;
         const uint64_t *bp, *bm;
@@ -82,23 +246,9 @@ static PyObject *wide(PyObject *self, PyObject *args)
         } else {
             bp = gp + start, bm = gm + start, bps = gps, bws = gws, bmws = gmws;
         }
-        for (Py_ssize_t v = 0; v < variants; v++) {
-            const uint64_t *p = pp + v * BITS * words, *mask = pm + v * words;
-            for (Py_ssize_t j = 0; j < m; j++)
-                counts[j] = diff[j] = 0;
-            for (Py_ssize_t w = 0; w < words; w++) {
-                const uint64_t pw = mask[w], p0 = p[w], p1 = p[words + w], p2 = p[2 * words + w];
-                const uint64_t *g0 = bp + w * bws, *g1 = g0 + bps, *g2 = g1 + bps, *gmw = bm + w * bmws;
-                for (Py_ssize_t j = 0; j < m; j++) {
-                    const uint64_t c = gmw[j] & pw;
-                    counts[j] += __builtin_popcountll(c);
-                    diff[j] += differing_bits(g0[j] ^ p0, g1[j] ^ p1, g2[j] ^ p2, c);
-                }
-            }
-            float *o = out + v * out_row + start;
-            for (Py_ssize_t j = 0; j < m; j++)
-                o[j] = normalised(diff[j], counts[j], min_bits);
-        }
+        for (Py_ssize_t v = 0; v < variants; v++)
+            wide_entries(pp + v * BITS * words, pm + v * words, words, bp, bps, bws, bm, bmws, m, min_bits,
+                         out + v * out_row + start);
     }
     Py_END_ALLOW_THREADS
     free(gathered);
@@ -129,18 +279,7 @@ static PyObject *deep(PyObject *self, PyObject *args)
     Py_BEGIN_ALLOW_THREADS
     for (Py_ssize_t n = first; n < stop; n++) {
         const uint64_t *g = gp + n * BITS * words, *gmask = gm + n * words;
-        for (Py_ssize_t v = 0; v < variants; v++)
-            counts[v] = diff[v] = 0;
-        for (Py_ssize_t w = 0; w < words; w++) {
-            const uint64_t gw = gmask[w], g0 = g[w], g1 = g[words + w], g2 = g[2 * words + w];
-            const uint64_t *m = pm + w * variants, *p0 = pp + w * variants, *p1 = p0 + words * variants,
-                           *p2 = p1 + words * variants;
-            for (Py_ssize_t v = 0; v < variants; v++) {
-                const uint64_t c = m[v] & gw;
-                counts[v] += __builtin_popcountll(c);
-                diff[v] += differing_bits(p0[v] ^ g0, p1[v] ^ g1, p2[v] ^ g2, c);
-            }
-        }
+        deep_variants(pp, pm, variants, words, g, gmask, counts, diff);
         float best = normalised(diff[0], counts[0], min_bits);
         for (Py_ssize_t v = 1; v < variants; v++) {
             float d = normalised(diff[v], counts[v], min_bits);
@@ -156,6 +295,7 @@ static PyObject *deep(PyObject *self, PyObject *args)
 
 static PyMethodDef methods[] = {
     {"wide", wide, METH_VARARGS, "bit_search.wide_distances' entries first:stop (see _bitkernel.c)"},
+    {"set_simd", set_simd, METH_VARARGS, "use the AVX-512 loops where the CPU has them (True) or the portable ones; returns which"},
     {"deep", deep, METH_VARARGS, "bit_search.deep_distances' rows first:stop (see _bitkernel.c)"},
     {NULL, NULL, 0, NULL},
 };
@@ -166,4 +306,8 @@ static struct PyModuleDef module = {
     methods,
 };
 
-PyMODINIT_FUNC PyInit__bitkernel(void) { return PyModule_Create(&module); }
+PyMODINIT_FUNC PyInit__bitkernel(void)
+{
+    use_simd = simd_available();
+    return PyModule_Create(&module);
+}
