@@ -119,3 +119,27 @@ def test_selftest_names_the_kernel_that_runs(tmp_path, capsys):
     main(["selftest", "--sim", "--json", "--state-dir", str(tmp_path)])  # unprovisioned: other checks fail
     check = next(c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "model")
     assert check["ok"] and f"palm-code 1:N kernel: {bit_search.KERNEL}" in check["detail"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_compiled_packing_equals_numpys(guarded, monkeypatch):
+    """palmcode.packed_variants: the compiled gather and packing gives numpy's bits, in a guard's order and XOR
+    too, on a grid whose cells do not fill the last word."""
+    from vendor_node.hand import palmcode
+
+    rng = np.random.default_rng(guarded)
+    for grid in ((32, 32), (10, 13)):
+        codes = rng.integers(0, 6, size=(9,) + grid).astype(np.uint8)
+        valid = rng.random((9,) + grid) < 0.8
+        cells = grid[0] * grid[1]
+        order = rng.permutation(cells) if guarded else None
+        xor = rng.random((3, cells)) < 0.5 if guarded else None
+        layout = palmcode.variant_layout(grid, palmcode.shifts(3), order, xor)
+        got = palmcode.packed_variants(codes, valid, 7, layout)
+        with monkeypatch.context() as numpy_path:
+            numpy_path.setattr(bit_search, "native", None)
+            want = palmcode.packed_variants(codes, valid, 7, layout)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)

@@ -293,9 +293,62 @@ static PyObject *deep(PyObject *self, PyObject *args)
     Py_RETURN_NONE;
 }
 
+/* pack(padded, rotations, padded_size, index, shifts, cells, flip, words, planes, masks): palmcode.packed_variants'
+ * gather and packing in one pass, no temporaries. padded: (rotations, padded_size) uint8 cell bytes (3 Johnson bits,
+ * valid bit 3); index: (shifts, cells) int64 into a rotation's padded bytes; flip: 0 or (cells,) uint8 XORed into
+ * each gathered byte; out: planes (V, 3, words), masks (V, words) uint64, V = rotations x shifts, variant r * shifts
+ * + s; cell c is bit c % 64 of word c / 64 (numpy's little-endian packbits), cells past the last are zero. */
+static PyObject *pack(PyObject *self, PyObject *args)
+{
+    unsigned long long pad_a, idx_a, flip_a, planes_a, masks_a;
+    Py_ssize_t rotations, padded_size, shifts, cells, words;
+    if (!PyArg_ParseTuple(args, "KnnKnnKnKK", &pad_a, &rotations, &padded_size, &idx_a, &shifts, &cells, &flip_a,
+                          &words, &planes_a, &masks_a))
+        return NULL;
+    const uint8_t *padded = (const uint8_t *)(uintptr_t)pad_a, *flip = (const uint8_t *)(uintptr_t)flip_a;
+    const int64_t *index = (const int64_t *)(uintptr_t)idx_a;
+    uint64_t *planes = (uint64_t *)(uintptr_t)planes_a, *masks = (uint64_t *)(uintptr_t)masks_a;
+    if (rotations < 0 || shifts < 0 || cells < 0 || words * 64 < cells || padded_size <= 0) {
+        PyErr_SetString(PyExc_ValueError, "_bitkernel.pack: bad shape");
+        return NULL;
+    }
+    for (Py_ssize_t k = 0; k < shifts * cells; k++)
+        if (index[k] < 0 || index[k] >= padded_size) {
+            PyErr_Format(PyExc_IndexError, "_bitkernel.pack: index %lld outside the %zd padded cells",
+                         (long long)index[k], padded_size);
+            return NULL;
+        }
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t r = 0; r < rotations; r++) {
+        const uint8_t *code = padded + r * padded_size;
+        for (Py_ssize_t s = 0; s < shifts; s++) {
+            const int64_t *at = index + s * cells;
+            const Py_ssize_t v = r * shifts + s;
+            uint64_t *p = planes + v * BITS * words, *m = masks + v * words;
+            for (Py_ssize_t w = 0; w < words; w++) {
+                uint64_t bits[BITS + 1] = {0};
+                for (Py_ssize_t b = 0; b < 64; b += 8) {
+                    uint64_t eight = 0; /* the bytes of 8 cells, cell c in byte c % 8 */
+                    for (Py_ssize_t i = 0; i < 8; i++) {
+                        const Py_ssize_t c = w * 64 + b + i;
+                        if (c < cells)
+                            eight |= (uint64_t)(uint8_t)(code[at[c]] ^ (flip ? flip[c] : 0)) << (8 * i);
+                    }
+                    for (int k = 0; k <= BITS; k++) /* bit k of each byte, gathered into 8 bits by one multiply */
+                        bits[k] |= ((((eight >> k) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56) << b;
+                }
+                p[w] = bits[0], p[words + w] = bits[1], p[2 * words + w] = bits[2], m[w] = bits[BITS];
+            }
+        }
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
     {"wide", wide, METH_VARARGS, "bit_search.wide_distances' entries first:stop (see _bitkernel.c)"},
     {"set_simd", set_simd, METH_VARARGS, "use the AVX-512 loops where the CPU has them (True) or the portable ones; returns which"},
+    {"pack", pack, METH_VARARGS, "palmcode.packed_variants' gather and packing (see _bitkernel.c)"},
     {"deep", deep, METH_VARARGS, "bit_search.deep_distances' rows first:stop (see _bitkernel.c)"},
     {NULL, NULL, 0, NULL},
 };

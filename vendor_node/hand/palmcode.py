@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from . import bit_search
 from .bit_search import BITS
 
 BACKGROUND = 128  # preprocess fills the ROI outside the hand with this grey level
@@ -201,6 +202,16 @@ def packed_variants(codes: np.ndarray, valid: np.ndarray, rotations: int,
     padded = np.zeros((rotations, h + 2 * reach, w + 2 * reach), np.uint8)  # zeros: masked out
     padded[:, reach:reach + h, reach:reach + w] = (_CELL_BYTE[codes[:rotations]]
                                                    | (valid[:rotations].astype(np.uint8) << BITS))
+    native = bit_search.native  # the compiled kernel when built (bit_search decides once), else numpy's
+    if native is not None and padded.size:  # the same bits in one compiled pass, no frame-sized temporaries
+        cells, words = h * w, -(-h * w // 64)
+        index = np.ascontiguousarray(index, np.int64)
+        flip = None if flip is None else np.ascontiguousarray(flip, np.uint8)
+        planes, masks = np.empty((rotations * (len(index) // cells), BITS, words), np.uint64), \
+            np.empty((rotations * (len(index) // cells), words), np.uint64)
+        native.pack(padded.ctypes.data, rotations, padded[0].size, index.ctypes.data, len(index) // cells, cells,
+                    0 if flip is None else flip.ctypes.data, words, planes.ctypes.data, masks.ctypes.data)
+        return planes, masks
     picked = np.take(padded.reshape(rotations, -1), index, axis=1).reshape(-1, h, w)
     if flip is not None:
         picked ^= flip.reshape(h, w)
