@@ -97,16 +97,29 @@ def competitive_code(responses: np.ndarray, valid: np.ndarray, fragile_fraction:
 
     ``responses`` (..., H, W, C) and ``valid`` (..., H, W): any leading axes (a probe's poses) are coded at once;
     the weakest ``fragile_fraction`` of each code's valid cells are masked out."""
-    code = np.argmin(responses, axis=-1).astype(np.uint8)
+    code, strength = winners(responses)
     if fragile_fraction > 0:
-        # how clearly the winner won: the runner-up's response minus the winner's (a partial sort of each cell)
-        ordered = np.partition(responses, 1, axis=-1)
-        strength = ordered[..., 1] - ordered[..., 0]
         valid = valid.copy()
         for k in np.ndindex(valid.shape[:-2]):
             if valid[k].any():
                 valid[k] &= strength[k] >= quantile(strength[k][valid[k]], fragile_fraction)
     return code, valid
+
+
+def winners(responses: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per cell of (..., C) responses: the winning channel (the first of equal smallest, as ``np.argmin``), uint8,
+    and how clearly it won (runner-up minus winner, equal minima give 0; ``np.partition``'s two smallest), by
+    one running scan over the C channels: elementwise minima and maxima pick the same float32 values, in an
+    eighth of the time numpy's reductions along a 6-long axis take on a probe's nine poses."""
+    smallest = responses[..., 0].copy()
+    runner_up = np.full_like(smallest, np.inf)
+    code = np.zeros(smallest.shape, np.uint8)
+    for k in range(1, responses.shape[-1]):
+        x = responses[..., k]
+        np.minimum(runner_up, np.maximum(smallest, x), out=runner_up)
+        np.copyto(code, np.uint8(k), where=x < smallest)
+        np.minimum(smallest, x, out=smallest)
+    return code, runner_up - smallest
 
 
 def quantile(values: np.ndarray, q: float):
