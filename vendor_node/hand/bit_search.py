@@ -44,7 +44,9 @@ try:  # decided once: the compiled kernel when the install built it, else numpy
     native = importlib.import_module("._bitkernel", __package__)
 except ImportError:
     native = None
-SIMD = native.set_simd(True) if native is not None else None  # "avx512" where the CPU has VPOPCNTQ, else "portable"
+# "avx512" where the CPU has VPOPCNTQ, else "portable"; VENDOR_NODE_KERNEL_LOOPS=portable keeps the portable loops
+# (the Pi's) on such a CPU too, to measure what a Pi's figures would be made of
+SIMD = native.set_simd(os.environ.get("VENDOR_NODE_KERNEL_LOOPS", "") != "portable") if native is not None else None
 KERNEL = f"compiled C (hardware popcount, {SIMD} loops)" if native is not None else "numpy " + \
     ("bitwise_count" if popcount is not popcount_by_table else "byte-table popcount") + \
     " (slower: _bitkernel not built; apt install gcc python3-dev and reinstall)"
