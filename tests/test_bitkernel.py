@@ -123,7 +123,7 @@ def test_selftest_names_the_kernel_that_runs(tmp_path, capsys):
 
 @needs_kernel
 @pytest.mark.parametrize("guarded", [False, True])
-def test_the_compiled_packing_equals_numpys(guarded, monkeypatch):
+def test_the_compiled_packing_equals_numpys(guarded, monkeypatch, kernel_loops):
     """palmcode.packed_variants: the compiled gather and packing gives numpy's bits, in a guard's order and XOR
     too, on a grid whose cells do not fill the last word."""
     from vendor_node.hand import palmcode

@@ -145,6 +145,15 @@ static void deep_avx512(const uint64_t *pp, const uint64_t *pm, Py_ssize_t varia
         counts[v] = count, diff[v] = d;
     }
 }
+
+/* 64 cell bytes (3 Johnson bits, valid bit 3) into the 4 words of their bits: one byte test a plane. */
+__attribute__((target("avx512f,avx512bw")))
+static void pack_word_avx512(const uint8_t *bytes, uint64_t out[BITS + 1])
+{
+    const __m512i v = _mm512_loadu_si512(bytes);
+    for (int k = 0; k <= BITS; k++)
+        out[k] = _mm512_test_epi8_mask(v, _mm512_set1_epi8((char)(1 << k)));
+}
 #endif
 
 static int use_simd = 0;
@@ -178,7 +187,8 @@ static int simd_available(void)
 {
 #ifdef HAVE_AVX512_PATH
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq");
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vpopcntdq") &&
+           __builtin_cpu_supports("avx512bw");
 #else
     return 0;
 #endif
@@ -327,16 +337,23 @@ static PyObject *pack(PyObject *self, PyObject *args)
             uint64_t *p = planes + v * BITS * words, *m = masks + v * words;
             for (Py_ssize_t w = 0; w < words; w++) {
                 uint64_t bits[BITS + 1] = {0};
-                for (Py_ssize_t b = 0; b < 64; b += 8) {
-                    uint64_t eight = 0; /* the bytes of 8 cells, cell c in byte c % 8 */
-                    for (Py_ssize_t i = 0; i < 8; i++) {
-                        const Py_ssize_t c = w * 64 + b + i;
-                        if (c < cells)
-                            eight |= (uint64_t)(uint8_t)(code[at[c]] ^ (flip ? flip[c] : 0)) << (8 * i);
-                    }
-                    for (int k = 0; k <= BITS; k++) /* bit k of each byte, gathered into 8 bits by one multiply */
-                        bits[k] |= ((((eight >> k) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56) << b;
+                uint8_t bytes[64]; /* the word's 64 cells, gathered (0 past the last cell) */
+                for (Py_ssize_t i = 0; i < 64; i++) {
+                    const Py_ssize_t c = w * 64 + i;
+                    bytes[i] = c < cells ? (uint8_t)(code[at[c]] ^ (flip ? flip[c] : 0)) : 0;
                 }
+#ifdef HAVE_AVX512_PATH
+                if (use_simd)
+                    pack_word_avx512(bytes, bits);
+                else
+#endif
+                    for (Py_ssize_t b = 0; b < 64; b += 8) {
+                        uint64_t eight = 0; /* the bytes of 8 cells, cell c in byte c % 8 */
+                        for (int i = 0; i < 8; i++)
+                            eight |= (uint64_t)bytes[b + i] << (8 * i);
+                        for (int k = 0; k <= BITS; k++) /* bit k of each byte, gathered into 8 bits by one multiply */
+                            bits[k] |= ((((eight >> k) & 0x0101010101010101ULL) * 0x0102040810204080ULL) >> 56) << b;
+                    }
                 p[w] = bits[0], p[words + w] = bits[1], p[2 * words + w] = bits[2], m[w] = bits[BITS];
             }
         }
