@@ -79,14 +79,30 @@ static void deep_portable(const uint64_t *pp, const uint64_t *pm, Py_ssize_t var
 #define HAVE_AVX512_PATH 1
 #define LANES 8
 
+/* Eight neighbours on the vector side (masks vm + w * vm_ws, planes vp + k * vp_ps + w * vp_ws, eight contiguous
+ * words each) against one code on the scalar side (masks sm[w], planes sp[k * words + w]), over `words` words:
+ * their shared-cell counts and differing bits (the carry-save split of differing_bits). */
 __attribute__((target("avx512f,avx512vpopcntdq")))
-static inline void add_word(__m512i *counts, __m512i *odd, __m512i *two, __m512i c, __m512i x0, __m512i x1, __m512i x2)
+static inline void eight_sums(const uint64_t *vm, Py_ssize_t vm_ws, const uint64_t *vp, Py_ssize_t vp_ps,
+                              Py_ssize_t vp_ws, const uint64_t *sm, const uint64_t *sp, Py_ssize_t words,
+                              __m512i *counts, __m512i *diff)
 {
-    const __m512i half = _mm512_xor_si512(x0, x1);  /* the carry-save split of differing_bits */
-    *counts = _mm512_add_epi64(*counts, _mm512_popcnt_epi64(c));
-    *odd = _mm512_add_epi64(*odd, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(half, x2), c)));
-    *two = _mm512_add_epi64(*two, _mm512_popcnt_epi64(
-        _mm512_and_si512(_mm512_or_si512(_mm512_and_si512(x0, x1), _mm512_and_si512(x2, half)), c)));
+    __m512i sums = _mm512_setzero_si512(), odd = sums, two = sums;
+    for (Py_ssize_t w = 0; w < words; w++) {
+        const uint64_t *v0 = vp + w * vp_ws;
+        const __m512i c = _mm512_and_si512(_mm512_loadu_si512(vm + w * vm_ws), _mm512_set1_epi64((long long)sm[w]));
+        const __m512i x0 = _mm512_xor_si512(_mm512_loadu_si512(v0), _mm512_set1_epi64((long long)sp[w]));
+        const __m512i x1 = _mm512_xor_si512(_mm512_loadu_si512(v0 + vp_ps), _mm512_set1_epi64((long long)sp[words + w]));
+        const __m512i x2 = _mm512_xor_si512(_mm512_loadu_si512(v0 + 2 * vp_ps),
+                                            _mm512_set1_epi64((long long)sp[2 * words + w]));
+        const __m512i half = _mm512_xor_si512(x0, x1);
+        sums = _mm512_add_epi64(sums, _mm512_popcnt_epi64(c));
+        odd = _mm512_add_epi64(odd, _mm512_popcnt_epi64(_mm512_and_si512(_mm512_xor_si512(half, x2), c)));
+        two = _mm512_add_epi64(two, _mm512_popcnt_epi64(
+            _mm512_and_si512(_mm512_or_si512(_mm512_and_si512(x0, x1), _mm512_and_si512(x2, half)), c)));
+    }
+    *counts = sums;
+    *diff = _mm512_add_epi64(odd, _mm512_add_epi64(two, two));
 }
 
 __attribute__((target("avx512f,avx512vpopcntdq")))
@@ -96,18 +112,11 @@ static void wide_avx512(const uint64_t *p, const uint64_t *mask, Py_ssize_t word
 {
     Py_ssize_t j = 0;
     for (; j + LANES <= m; j += LANES) {
-        __m512i counts = _mm512_setzero_si512(), odd = counts, two = counts;
-        for (Py_ssize_t w = 0; w < words; w++) {
-            const uint64_t *g0 = g + w * ws + j;
-            const __m512i c = _mm512_and_si512(_mm512_loadu_si512(gm + w * mws + j), _mm512_set1_epi64((long long)mask[w]));
-            add_word(&counts, &odd, &two, c,
-                     _mm512_xor_si512(_mm512_loadu_si512(g0), _mm512_set1_epi64((long long)p[w])),
-                     _mm512_xor_si512(_mm512_loadu_si512(g0 + ps), _mm512_set1_epi64((long long)p[words + w])),
-                     _mm512_xor_si512(_mm512_loadu_si512(g0 + 2 * ps), _mm512_set1_epi64((long long)p[2 * words + w])));
-        }
+        __m512i counts, diffs;
         uint64_t count[LANES], diff[LANES];
+        eight_sums(gm + j, mws, g + j, ps, ws, mask, p, words, &counts, &diffs);
         _mm512_storeu_si512(count, counts);
-        _mm512_storeu_si512(diff, _mm512_add_epi64(odd, _mm512_add_epi64(two, two)));
+        _mm512_storeu_si512(diff, diffs);
         for (int k = 0; k < LANES; k++)
             o[j + k] = normalised((uint32_t)diff[k], (uint32_t)count[k], min_bits);
     }
@@ -122,19 +131,12 @@ static void deep_avx512(const uint64_t *pp, const uint64_t *pm, Py_ssize_t varia
     const Py_ssize_t plane = words * variants;
     Py_ssize_t v = 0;
     for (; v + LANES <= variants; v += LANES) {
-        __m512i sums = _mm512_setzero_si512(), odd = sums, two = sums;
-        for (Py_ssize_t w = 0; w < words; w++) {
-            const uint64_t *p0 = pp + w * variants + v;
-            const __m512i c = _mm512_and_si512(_mm512_loadu_si512(pm + w * variants + v), _mm512_set1_epi64((long long)gmask[w]));
-            add_word(&sums, &odd, &two, c,
-                     _mm512_xor_si512(_mm512_loadu_si512(p0), _mm512_set1_epi64((long long)g[w])),
-                     _mm512_xor_si512(_mm512_loadu_si512(p0 + plane), _mm512_set1_epi64((long long)g[words + w])),
-                     _mm512_xor_si512(_mm512_loadu_si512(p0 + 2 * plane), _mm512_set1_epi64((long long)g[2 * words + w])));
-        }
+        __m512i sums, diffs;
+        eight_sums(pm + v, variants, pp + v, plane, variants, gmask, g, words, &sums, &diffs);
         _mm256_storeu_si256((__m256i *)(counts + v), _mm512_cvtepi64_epi32(sums));
-        _mm256_storeu_si256((__m256i *)(diff + v), _mm512_cvtepi64_epi32(_mm512_add_epi64(odd, _mm512_add_epi64(two, two))));
+        _mm256_storeu_si256((__m256i *)(diff + v), _mm512_cvtepi64_epi32(diffs));
     }
-    for (; v < variants; v++) {
+    for (; v < variants; v++) { /* the last few variants one at a time */
         uint32_t count = 0, d = 0;
         for (Py_ssize_t w = 0; w < words; w++) {
             const uint64_t c = pm[w * variants + v] & gmask[w];
