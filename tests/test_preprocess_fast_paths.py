@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vendor_node.errors import HandRejected
-from vendor_node.hand import hand_geometry, palm_circle, palm_square, preprocess
+from vendor_node.hand import dim_parts, hand_geometry, palm_circle, palm_square, preprocess
 from vendor_node.hand.preprocess import extract_hand
 from vendor_node.sim import drawn_hands as synthetic
 
@@ -86,7 +86,7 @@ def test_dim_fingers_are_grown_as_a_plain_pixel_reading_grows_them(pose):
                               (5, 5), 0)
     threshold, hand = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
     for fraction in (preprocess.HYSTERESIS, preprocess.DIM_FINGERS_HYSTERESIS):
-        assert np.array_equal(preprocess._grow_into_dim_parts(smooth, hand, threshold, fraction),
+        assert np.array_equal(dim_parts.grow(smooth, hand, threshold, fraction),
                               plain(smooth, hand, threshold, fraction))
 
 
