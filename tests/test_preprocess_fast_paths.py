@@ -42,22 +42,33 @@ def test_finger_widths_sampled_at_once_match_a_step_by_step_scan():
             assert hand_geometry._run_widths(mask, points, directions, limit).tolist() == expected
 
 
-def test_the_circle_past_the_heel_scored_near_the_palm_is_the_one_the_whole_frame_gives(monkeypatch):
-    compared = []
-    near_the_palm = palm_circle._best_circle
+def test_the_circle_past_the_heel_from_distances_near_the_palm_is_the_whole_frames(monkeypatch):
+    def whole_frame(mask, center, radius, up, valleys):  # every pixel's distance, the whole frame scored
+        h, w = mask.shape
+        pad = int(palm_circle.PALM_BEYOND_FRAME * min(h, w)) + 1
+        extended = cv2.copyMakeBorder(cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE),
+                                      1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
+        dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
+        _, loc = palm_circle._best_circle(dist, (0, 0, w, h), center, radius, up, valleys)
+        found = float(dist[loc[1], loc[0]])
+        return (center, radius) if found <= radius else (np.array(loc, dtype=np.float32), found)
 
-    def both(dist, window, *rest):
-        whole_frame = (0, 0, dist.shape[1], dist.shape[0])
-        compared.append((near_the_palm(dist, window, *rest), near_the_palm(dist, whole_frame, *rest)))
+    compared = []
+    near_the_palm = palm_circle.past_heel
+
+    def both(*args):
+        compared.append((near_the_palm(*args), whole_frame(*args)))
         return compared[-1][0]
 
-    monkeypatch.setattr(palm_circle, "_best_circle", both)
+    monkeypatch.setattr(palm_circle, "past_heel", both)
     for person in range(6):  # near hands whose heel leaves the frame
         try:
             extract_hand(synthetic.draw_hand(person, 0, scale=2.2, shift=(0.0, 0.12), spread=1.0))
         except HandRejected:
             pass
-    assert compared and all(near == whole for near, whole in compared)
+    assert len(compared) >= 3
+    for (near_center, near_radius), (center, radius) in compared:
+        assert np.array_equal(near_center, center) and near_radius == pytest.approx(radius, rel=1e-6)
 
 
 def test_partial_sort_percentile_and_median_are_numpys():
@@ -85,9 +96,11 @@ def test_dim_fingers_are_grown_as_a_plain_pixel_reading_grows_them(pose):
     smooth = cv2.GaussianBlur(cv2.resize(synthetic.draw_hand(4, 1, **pose), (320, 240), interpolation=cv2.INTER_AREA),
                               (5, 5), 0)
     threshold, hand = cv2.threshold(smooth, 0, 255, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
-    for fraction in (preprocess.HYSTERESIS, preprocess.DIM_FINGERS_HYSTERESIS):
-        assert np.array_equal(dim_parts.grow(smooth, hand, threshold, fraction),
-                              plain(smooth, hand, threshold, fraction))
+    shared: dict = {}  # the frame's two readings: the second reuses the first's background level and gaps
+    for fraction in (preprocess.HYSTERESIS, preprocess.DIM_FINGERS_HYSTERESIS, preprocess.HYSTERESIS):
+        expected = plain(smooth, hand, threshold, fraction)
+        assert np.array_equal(dim_parts.grow(smooth, hand, threshold, fraction), expected)
+        assert np.array_equal(dim_parts.grow(smooth, hand, threshold, fraction, shared), expected)
 
 
 @pytest.mark.parametrize("person", range(4))
