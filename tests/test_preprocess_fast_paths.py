@@ -146,3 +146,4 @@ def test_a_reading_cut_later_is_the_reading_cut_at_once(pose):
         else:
             assert np.array_equal(later.square, at_once.square) and np.array_equal(later.roi, at_once.roi)
             assert np.array_equal(later.geometry, at_once.geometry) and later.measures == at_once.measures
+

@@ -48,10 +48,6 @@ MIRROR_LEFT_HANDS = False
 # Tuning (fractions are relative to the working image or the palm radius).
 HYSTERESIS = 0.8  # dim parts of a lit hand are kept down to this fraction of Otsu's threshold over background
 DIM_FINGERS_HYSTERESIS = 0.4  # the second try, for close-ups whose fingers get little light (nir_dev)
-# Placements after which the other reading is not tried: a close-up whose dim fingers (taken in furthest) show two
-# neighbouring valleys; the plain reading, taking in less of them, placed the square from three valleys on none of
-# the 11 such frames (nir_dev 7, drawn close-ups 4; after an "axis" placement it did on 8 of 8, nir_dev and coep_dev).
-SURE_READINGS = {"dim_fingers": ("valleys", "valley_pair")}
 RETRY_REASONS = ("no_hand", "too_far", "two_hands", "fingers_closed", "bad_image", "cut_off")  # not blurred: that is the frame
 MIN_CONTRAST = 18.0  # grey levels between hand and background
 MIN_HAND_AREA = 0.03  # of the frame: smaller is "too far"
@@ -121,7 +117,7 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     try:
         alignment, finish = _hand_in(grey, work, scale, first_method, first_trace, shared, deferred=True)
         hand = None
-        if alignment not in SURE_READINGS.get(first_method, ("valleys",)) and first_trace.get("dark_background"):
+        if alignment != "valleys" and first_trace.get("dark_background"):
             # Placed without all three finger valleys: the other reading of the fingers may show them (tried
             # before this reading's palm square is cut: when it does, that cut would be thrown away).
             second: dict = {}
