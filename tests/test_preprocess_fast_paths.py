@@ -147,3 +147,30 @@ def test_a_reading_cut_later_is_the_reading_cut_at_once(pose):
             assert np.array_equal(later.square, at_once.square) and np.array_equal(later.roi, at_once.roi)
             assert np.array_equal(later.geometry, at_once.geometry) and later.measures == at_once.measures
 
+
+
+def test_fingertips_refined_at_once_are_the_tips_refined_one_by_one():
+    from vendor_node.hand import handshape
+
+    def one_by_one(contour, dist_all, tip, radius):  # as each tip was refined before
+        index = handshape.nearest(contour, tip)
+        reach = max(2, int(0.4 * radius))
+        window = np.arange(index - reach, index + reach + 1) % len(contour)
+        return int(window[np.argmax(dist_all[window])])
+
+    mask = np.zeros((240, 320), np.uint8)
+    cv2.ellipse(mask, (160, 150), (60, 45), 0, 0, 360, 255, -1)
+    for angle in (-70, -35, 0, 35, 80):  # five fingers
+        tip = (int(160 + 110 * np.sin(np.radians(angle))), int(150 - 110 * np.cos(np.radians(angle))))
+        cv2.line(mask, (160, 150), tip, 255, 14)
+    contour = preprocess._outline(mask)
+    center = np.array([160.0, 150.0], np.float32)
+    dist_all = np.linalg.norm(contour - center, axis=1)
+    rng = np.random.default_rng(2)
+    tips = [contour[k] + rng.normal(0, 3, 2).astype(np.float32) for k in rng.choice(len(contour), 6, replace=False)]
+    tips.append(contour[0])  # a tip at the outline's start: its window wraps round
+    for radius in (3.0, 40.0):
+        refined = handshape._refine_tips(contour, dist_all, tips, radius)
+        assert [index for index, _ in refined] == [one_by_one(contour, dist_all, t, radius) for t in tips]
+        assert all(np.array_equal(point, contour[index]) for index, point in refined)
+    assert handshape._refine_tips(contour, dist_all, [], 40.0) == []

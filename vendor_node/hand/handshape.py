@@ -123,7 +123,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     tips = _merge_points(tips_raw, 0.5 * radius)
     # Tips must stick out beyond the palm and not point back towards the wrist.
     tips = [t for t in tips if np.linalg.norm(t - center) > 1.35 * radius and (t - center) @ up > -0.3 * radius]
-    tips = sorted((_refine_tip(contour, dist_all, t, radius) for t in tips), key=lambda t: angle(t[1]))
+    tips = sorted(_refine_tips(contour, dist_all, tips, radius), key=lambda t: angle(t[1]))
     names = _name_fingers([t for _, t in tips])
     points: dict[str, np.ndarray] = {}
     for name, (_, tip) in zip(names, tips):
@@ -181,13 +181,17 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
             yield poly[a], poly[b], run[deepest], float(dist[deepest])
 
 
-def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
-    """The contour point near a hull tip that is farthest from the palm centre (index, point)."""
-    index = nearest(contour, tip)
+def _refine_tips(contour, dist_all, tips, radius) -> list[tuple[int, np.ndarray]]:
+    """For each hull tip, the contour point near it that is farthest from the palm centre (index, point): the
+    nearest outline point to every tip found at once, then the farthest within a window around it."""
+    if not len(tips):
+        return []
+    offset = contour[None, :, :] - np.array(tips)[:, None, :]
+    nearest_at = np.argmin((offset * offset).sum(axis=2), axis=1)
     reach = max(2, int(0.4 * radius))
-    window = np.arange(index - reach, index + reach + 1) % len(contour)
-    best = int(window[np.argmax(dist_all[window])])
-    return best, contour[best]
+    windows = (nearest_at[:, None] + np.arange(-reach, reach + 1)[None, :]) % len(contour)
+    best = windows[np.arange(len(windows)), np.argmax(dist_all[windows], axis=1)]
+    return [(int(index), contour[index]) for index in best]
 
 
 def nearest(contour: np.ndarray, point: np.ndarray) -> int:
