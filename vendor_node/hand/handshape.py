@@ -182,11 +182,8 @@ def _defects_split_at_border(poly: np.ndarray, defects, on_border):
 
 
 def _refine_tips(contour, dist_all, tips, radius) -> list[tuple[int, np.ndarray]]:
-    """For each hull tip, the contour point near it that is farthest from the palm centre (index, point): the
-    nearest outline point to every tip found at once, then the farthest within a window around it."""
-    if not len(tips):
-        return []
-    offset = contour[None, :, :] - np.array(tips)[:, None, :]
+    """For each hull tip, the contour point near it farthest from the palm centre (index, point), all tips at once."""
+    offset = contour[None, :, :] - np.array(tips).reshape(-1, 1, 2)  # (no tips: none)
     nearest_at = np.argmin((offset * offset).sum(axis=2), axis=1)
     reach = max(2, int(0.4 * radius))
     windows = (nearest_at[:, None] + np.arange(-reach, reach + 1)[None, :]) % len(contour)
