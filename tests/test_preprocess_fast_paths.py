@@ -174,3 +174,27 @@ def test_fingertips_refined_at_once_are_the_tips_refined_one_by_one():
         assert [index for index, _ in refined] == [one_by_one(contour, dist_all, t, radius) for t in tips]
         assert all(np.array_equal(point, contour[index]) for index, point in refined)
     assert handshape._refine_tips(contour, dist_all, [], 40.0) == []
+
+
+@pytest.mark.parametrize("pose", _DRAWN_POSES + [{"scale": 2.4}], ids=lambda pose: ",".join(pose) or "upright")
+def test_shallow_defects_left_out_early_are_only_those_never_taken_for_a_valley(pose):
+    from vendor_node.hand import outline_defects
+
+    mask = preprocess._segment(cv2.resize(synthetic.draw_hand(7, 2, **pose), (320, 240),
+                                          interpolation=cv2.INTER_AREA))[0]
+    poly = preprocess._outline(mask)
+    hull = np.sort(cv2.convexHull(poly.reshape(-1, 1, 2).astype(np.int32), returnPoints=False).reshape(-1))
+    defects = cv2.convexityDefects(poly.reshape(-1, 1, 2).astype(np.int32), hull.reshape(-1, 1))
+    h, w = mask.shape
+    on_border = lambda p: (p[0] <= 1) | (p[1] <= 1) | (p[0] >= w - 2) | (p[1] >= h - 2)  # noqa: E731
+    border, n, expected = on_border(poly.T), len(poly), []
+    for row in defects.reshape(-1, 4):  # one defect at a time, unfiltered, as before
+        s, e = row[0], row[1]
+        arc = np.arange(s, e + 1) if e >= s else np.r_[np.arange(s, n), np.arange(0, e + 1)]
+        split = len(arc) >= 3 and border[arc][1:-1].any()
+        expected += [d for d in outline_defects.split_at_border(poly, row[None], on_border)
+                     if split or d[3] >= 4.0]
+    found = list(outline_defects.split_at_border(poly, defects, on_border, 4.0))
+    assert len(found) == len(expected) <= len(list(outline_defects.split_at_border(poly, defects, on_border)))
+    for a, b in zip(found, expected):
+        assert all(np.array_equal(x, y) for x, y in zip(a, b))
