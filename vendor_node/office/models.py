@@ -179,11 +179,12 @@ class DeletionNotice(models.Model):
 
 
 class IssuedBundle(models.Model):
+    """A bundle issued to a unit, by version and digest: its bytes are made again when asked for, never stored
+    (`bundles._encode`); ``data`` holds them only on the instance `current_bundle` returns."""
     unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
     version = models.BigIntegerField()
     content_sha256 = models.CharField(max_length=64)  # of what the bundle says, without version and times
     created_at = models.FloatField()
-    data = models.BinaryField()
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "version"], name="bundle_version_once_per_unit")]
