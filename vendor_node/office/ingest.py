@@ -39,18 +39,25 @@ def _bad(message: str) -> UnitRequestRefused:
 _HEAD, _TAIL = b'{"body":', b',"signature":"'
 
 
+try:  # the office extra's JSON parser: a night's batch in a quarter of the standard library's time
+    from orjson import loads as _fast_loads
+except ImportError:  # an office installed without it: the same answers, slower
+    _fast_loads = json.loads
+
+
 def _signed_as_sent(data: bytes, public_key) -> dict | None:
     """The body when the upload is laid out as `journal export` writes it (the canonical document, so the signed
     bytes are a slice of it) and the signature verifies over that slice: the body is parsed once and never
     re-encoded to check the signature (a night's batch: re-encoding cost as much as the hash chain). None
-    otherwise: the general path decides."""
+    otherwise: the general path decides (also for what orjson refuses and the standard library reads: NaN,
+    integers past 64 bits, lone surrogates; so every answer is the standard library's)."""
     cut = data.rfind(_TAIL)
     if not data.startswith(_HEAD) or cut < 0 or not data.rstrip(b"\n").endswith(b'"}'):
         return None
     signed, signature = data[len(_HEAD):cut], data[cut + len(_TAIL):].rstrip(b"\n")[:-2]
     try:
         public_key.verify(base64.b64decode(signature, validate=True), signed)
-        body = json.loads(signed)
+        body = _fast_loads(signed)
     except (binascii.Error, InvalidSignature, ValueError):
         return None
     return body if isinstance(body, dict) else None
