@@ -21,12 +21,13 @@ import time
 
 from cryptography.exceptions import InvalidSignature
 from django.db import IntegrityError, connection, transaction
+from django.utils import timezone
 
 from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
 from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit, hot_cursor
-from .units import lock_and_stamp_sync
+from .units import UNIT_REQUEST_FIELDS, lock_and_stamp_sync, unit_from_row
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
 _NULLABLE = {"employee_id": str, "item": str, "amount_cents": int, "detail": str}
@@ -158,8 +159,7 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
     for _attempt in range(3):
         try:
             with transaction.atomic():
-                locked = lock_and_stamp_sync(unit.pk)
-                done = _batch_done(locked, body["batch_id"])
+                locked, done = _lock_and_find_batch(unit.pk, body["batch_id"])
                 if done is not None:
                     if (done.last_seq, done.last_hash) != (last, body["last_hash"]):
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
@@ -181,12 +181,30 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
     raise UnitRequestRefused(409, "body: the batch is being ingested concurrently; retry")
 
 
-def _batch_done(unit: Unit, batch_id: str) -> JournalBatch | None:
-    """The unit's batch of this id in its current journal if already ingested (what a receipt names)."""
+def _lock_and_find_batch(unit_pk: int, batch_id: str) -> tuple[Unit, JournalBatch | None]:
+    """The unit row locked and its last sync stamped (`lock_and_stamp_sync`), and its batch of this id in its
+    current journal if already ingested (what a receipt names): on PostgreSQL in one round trip."""
+    if connection.vendor != "postgresql":  # SQLite has no UPDATE inside WITH
+        locked = lock_and_stamp_sync(unit_pk)
+        with hot_cursor() as cursor:
+            cursor.execute(f"SELECT last_seq, last_hash, ingested_at FROM {JournalBatch._meta.db_table} "
+                           "WHERE unit_id = %s AND epoch = %s AND batch_id = %s", [unit_pk, locked.journal_epoch, batch_id])
+            return locked, _batch_from(locked, batch_id, cursor.fetchone())
     with hot_cursor() as cursor:
-        cursor.execute(f"SELECT last_seq, last_hash, ingested_at FROM {JournalBatch._meta.db_table} WHERE unit_id = %s "
-                       "AND epoch = %s AND batch_id = %s", [unit.pk, unit.journal_epoch, batch_id])
+        cursor.execute(
+            f"WITH u AS (UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s RETURNING "
+            f"{', '.join(UNIT_REQUEST_FIELDS)}) SELECT u.*, b.last_seq, b.last_hash, b.ingested_at FROM u "
+            f"LEFT JOIN {JournalBatch._meta.db_table} b ON b.unit_id = u.id AND b.epoch = u.journal_epoch "
+            "AND b.batch_id = %s", [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk, batch_id])
         row = cursor.fetchone()
+    if row is None:
+        raise Unit.DoesNotExist(f"unit pk {unit_pk}")
+    locked = unit_from_row(row[:len(UNIT_REQUEST_FIELDS)])
+    found = row[len(UNIT_REQUEST_FIELDS):]
+    return locked, _batch_from(locked, batch_id, None if found[0] is None else found)
+
+
+def _batch_from(unit: Unit, batch_id: str, row) -> JournalBatch | None:
     return None if row is None else JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=batch_id,
                                                  last_seq=row[0], last_hash=row[1], ingested_at=row[2])
 
