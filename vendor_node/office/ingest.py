@@ -40,10 +40,12 @@ def _bad(message: str) -> UnitRequestRefused:
 _HEAD, _TAIL = b'{"body":', b',"signature":"'
 
 
-try:  # the office extra's JSON parser: a night's batch in a quarter of the standard library's time
-    from orjson import loads as _fast_loads
+try:  # the office extra's JSON library: a night's batch parsed in a quarter of the standard library's time,
+    # each entry's canonical bytes made in a third of `canonical_entry`'s (the same bytes for what an entry holds:
+    # ints of 64 bits, strings, null; tests/test_office_ingest_fast.py compares them)
+    from orjson import dumps as _fast_dumps, loads as _fast_loads
 except ImportError:  # an office installed without it: the same answers, slower
-    _fast_loads = json.loads
+    _fast_dumps, _fast_loads = None, json.loads
 
 
 def _signed_as_sent(data: bytes, public_key) -> dict | None:
@@ -117,10 +119,13 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]
             raise _bad(f"body.entries[{i}].kind: unknown kind {kind!r}")
         if seq != first + i:
             raise _bad(f"body.entries[{i}].seq: {seq} breaks the sequence (expected {first + i})")
-        computed = chain_hash(prev, canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents,
-                                                    detail))
+        computed = chain_hash(prev, _canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents,
+                                                     detail))
         if entry_prev != prev or entry_hash != computed:
-            raise UnitRequestRefused(409, f"body.entries[{i}]: hash chain broken at seq {seq}")
+            if entry_prev != prev or entry_hash != chain_hash(prev, canonical_entry(
+                    seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail)):  # the reference decides
+                raise UnitRequestRefused(409, f"body.entries[{i}]: hash chain broken at seq {seq}")
+            computed = entry_hash
         prev = computed
         charge = (amount_cents or 0) if kind == VEND_SUCCEEDED or (kind == REVIEW_SETTLED and (amount_cents or 0) > 0) \
             else 0
@@ -131,6 +136,18 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]
 
 
 _STR_OR_NONE, _INT_OR_NONE = (str, type(None)), (int, type(None))
+
+
+def _canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail) -> bytes:
+    """`canonical_entry`'s bytes by orjson when installed (keys written in sorted order; anything orjson cannot
+    write, such as an integer past 64 bits, the reference way)."""
+    if _fast_dumps is not None:
+        try:
+            return _fast_dumps({"amount_cents": amount_cents, "detail": detail, "employee_id": employee_id,
+                                "item": item, "kind": kind, "seq": seq, "session_id": session_id, "ts_us": ts_us})
+        except TypeError:  # orjson.JSONEncodeError
+            pass
+    return canonical_entry(seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail)
 
 
 def _refuse_entry_fields(entry, where: str) -> None:
