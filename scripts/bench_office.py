@@ -319,8 +319,9 @@ def main() -> int:
                         help="a paced run: the units start at random over this window (nightly timers with a "
                              "randomised delay), never more than --concurrency in flight; default: a closed loop "
                              "(every unit queued at once, --concurrency at a time: the saturation figure)")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, as the systemd unit)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per worker (default 1: sync workers, as the systemd unit; more: gthread)")
     parser.add_argument("--bundle-employees", type=int, default=0, help="only time one bundle of this many employees")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--in-process", action="store_true",
