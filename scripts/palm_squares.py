@@ -11,6 +11,9 @@ Time two code trees in the same run (alternating per set, each in its own proces
     python scripts/palm_squares.py timing /tmp/base-tree . [--rounds 2] [--repeat 3]
 Count instructions per frame instead (valgrind's callgrind: the same on a busy machine; a sample of each set):
     python scripts/palm_squares.py instructions /tmp/base-tree . [--frames 40]
+Where the squares go on probes turned or scaled about the frame's centre (eval --robustness's "turned A" and
+"scaled F"): each found square against the untransformed square carried through the same turn and zoom:
+    PYTHONPATH=. python scripts/palm_squares.py transformed "scaled 1.5" --sets coep_dev webcam_hand2
 The sets: nir_dev, coep_dev, webcam_hand2, 11k_full from ../shared/handdata (skipped when absent) and the
 project's drawn frames (``drawn``: bench loop's default presentations plus turned, scaled, close-up, pegged,
 light-background variants and the frames that must be refused).
@@ -259,6 +262,62 @@ def marked(names: list[str], count: int) -> None:
     print(json.dumps(sizes))
 
 
+def transformed(name: str, chosen: list[str] | None) -> None:
+    """Per set: how far the palm square found on each transformed frame lies from the untransformed one carried
+    through the transform (towards the wrist and across, in sides; its size), and the palm circle's centre and the
+    finger valleys' middle the same way (in palm radii); how often the carried square leaves the frame."""
+    import cv2
+
+    from vendor_node.errors import HandRejected
+    from vendor_node.hand.preprocess import extract_hand
+    from vendor_node.hand.robustness import TRANSFORMS
+
+    kind, amount = name.split()
+    angle, factor = (float(amount), 1.0) if kind == "turned" else (0.0, float(amount))
+    valleys = ("valley_index_middle", "valley_middle_ring", "valley_ring_little")
+    cv2.setNumThreads(1)
+    for set_name in chosen or REAL_SETS:
+        rows, refused, outside = [], {}, 0
+        for _, image in frames(set_name):
+            try:
+                before = extract_hand(image)
+            except HandRejected:  # (refused untransformed: nothing to carry)
+                continue
+            try:
+                after = extract_hand(TRANSFORMS[name](image))
+            except HandRejected as refusal:
+                refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
+                continue
+            h, w = image.shape[:2]
+            matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, factor)
+            carry = lambda points: np.asarray(points, dtype=np.float64) @ matrix[:, :2].T + matrix[:, 2]  # noqa: E731
+            expected = carry(before.square)
+            side = float(np.linalg.norm(expected[1] - expected[0]))
+            across = (expected[1] - expected[0]) / side
+            wristward = np.array([-across[1], across[0]])
+            radius = before.measures["palm_radius"] * factor
+            shift = after.square.mean(axis=0) - expected.mean(axis=0)
+            palm = (np.array(after.keypoints["palm_center"]) - carry(before.keypoints["palm_center"])) @ wristward
+            found = [k for k in valleys if k in before.keypoints and k in after.keypoints]
+            middle = np.nan
+            if len(found) == 3:
+                middle = (np.mean([after.keypoints[k] for k in found], axis=0)
+                          - carry(np.mean([before.keypoints[k] for k in found], axis=0))) @ wristward / radius
+            beyond = max(0.0, -expected[:, 0].min(), -expected[:, 1].min(), expected[:, 0].max() - (w - 1),
+                         expected[:, 1].max() - (h - 1)) / side
+            outside += beyond > 0.2
+            rows.append((shift @ wristward / side, shift @ across / side,
+                         float(np.linalg.norm(after.square[1] - after.square[0])) / side, palm / radius, middle))
+        if not rows:
+            continue
+        table = np.array(rows)
+        quantiles = lambda column: "/".join(f"{v:+.2f}" for v in np.nanpercentile(table[:, column], [10, 50, 90]))  # noqa: E731
+        print(f"{set_name:13s} {name}: {len(rows)} placed, refused {refused or 'none'}; carried square out of the frame by "
+              f"over 0.2 of its side: {outside}")
+        print(f"{'':13s} p10/50/90: square towards the wrist {quantiles(0)} sides, across {quantiles(1)}, size "
+              f"{quantiles(2)}; palm centre towards the wrist {quantiles(3)} radii, valleys' middle {quantiles(4)}")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -279,6 +338,9 @@ def main() -> int:
     ins.add_argument("trees", type=Path, nargs="+")
     ins.add_argument("--sets", nargs="*")
     ins.add_argument("--frames", type=int, default=40, help="frames per set, spread over it")
+    where = sub.add_parser("transformed")
+    where.add_argument("transform", help='"scaled F" or "turned A" (as eval --robustness names them)')
+    where.add_argument("--sets", nargs="*")
     mark = sub.add_parser("_marked")
     mark.add_argument("count", type=int)
     mark.add_argument("sets", nargs="+")
@@ -294,6 +356,8 @@ def main() -> int:
         timing(args.trees, args.sets, args.rounds, args.repeat)
     elif args.command == "instructions":
         instructions(args.trees, args.sets, args.frames)
+    elif args.command == "transformed":
+        transformed(args.transform, args.sets)
     elif args.command == "_marked":
         marked(args.sets, args.count)
     else:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from . import outline_defects
+
 FINGERS = ("thumb", "index", "middle", "ring", "little")
 GEOMETRY_NAMES = (
     tuple(f"{f}_length" for f in FINGERS)
@@ -83,7 +85,8 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     except cv2.error:
         defects = None
     on_border = lambda p: (p[0] <= 1) | (p[1] <= 1) | (p[0] >= w - 2) | (p[1] >= h - 2)  # noqa: E731
-    for start, end, far, depth in _defects_split_at_border(poly, defects, on_border):
+    shallowest = min(EDGE_NOTCH_DEPTH, VALLEY_DEPTH_CLOSE, VALLEY_DEPTH) * radius  # (shallower: never a valley)
+    for start, end, far, depth in outline_defects.split_at_border(poly, defects, on_border, shallowest):
         at_edge = bool(on_border(start) or on_border(end))  # fingers cut off by the frame look shorter
         between_cut = bool(on_border(start) and on_border(end)) and depth >= EDGE_NOTCH_DEPTH * radius and (
             wrist is None or float((far - center) @ (wrist - center)) < 0)  # fingers both leaving, not by the arm
@@ -123,7 +126,7 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     tips = _merge_points(tips_raw, 0.5 * radius)
     # Tips must stick out beyond the palm and not point back towards the wrist.
     tips = [t for t in tips if np.linalg.norm(t - center) > 1.35 * radius and (t - center) @ up > -0.3 * radius]
-    tips = sorted((_refine_tip(contour, dist_all, t, radius) for t in tips), key=lambda t: angle(t[1]))
+    tips = sorted(_refine_tips(contour, dist_all, tips, radius), key=lambda t: angle(t[1]))
     names = _name_fingers([t for _, t in tips])
     points: dict[str, np.ndarray] = {}
     for name, (_, tip) in zip(names, tips):
@@ -142,52 +145,14 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
     return Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index, leave)
 
 
-def _defects_split_at_border(poly: np.ndarray, defects, on_border):
-    """Convexity defects as (start, end, deepest point, depth in pixels). Where fingers leave the frame the
-    hull runs along the frame's edge over several finger gaps at once: such a defect is split at the
-    outline points touching the edge, one part per gap."""
-    n = len(poly)
-    border = on_border(poly.T) if defects is not None else None
-    for s, e, f, depth in (defects.reshape(-1, 4) if defects is not None else ()):
-        arc = np.arange(s, e + 1) if e >= s else np.r_[np.arange(s, n), np.arange(0, e + 1)]
-        touching = border[arc]
-        if len(arc) < 3 or not touching[1:-1].any():
-            yield poly[s], poly[e], poly[f], depth / 256.0
-            continue
-        # Each part runs from the middle of one finger's stretch along the edge to the middle of the next's,
-        # so a finger cut off by the frame has one tip (not one per corner, which would merge across the gap).
-        k, edge_start = 0, 0
-        while k < len(arc):
-            if touching[k]:
-                k += 1
-                continue
-            first = k
-            while k < len(arc) and not touching[k]:
-                k += 1
-            edge_end = k
-            while edge_end < len(arc) and touching[edge_end]:
-                edge_end += 1
-            a = arc[(edge_start + max(first - 1, 0)) // 2]
-            b = arc[min((k + edge_end - 1) // 2, len(arc) - 1)]
-            edge_start = k
-            run = poly[arc[first:k]]
-            chord = poly[b] - poly[a]
-            length = float(np.linalg.norm(chord))
-            if length < 1:
-                continue
-            rel = run - poly[a]
-            dist = np.abs(rel[:, 0] * chord[1] - rel[:, 1] * chord[0]) / length
-            deepest = int(np.argmax(dist))
-            yield poly[a], poly[b], run[deepest], float(dist[deepest])
-
-
-def _refine_tip(contour, dist_all, tip, radius) -> tuple[int, np.ndarray]:
-    """The contour point near a hull tip that is farthest from the palm centre (index, point)."""
-    index = nearest(contour, tip)
+def _refine_tips(contour, dist_all, tips, radius) -> list[tuple[int, np.ndarray]]:
+    """For each hull tip, the contour point near it farthest from the palm centre (index, point), all tips at once."""
+    offset = contour[None, :, :] - np.array(tips).reshape(-1, 1, 2)  # (no tips: none)
+    nearest_at = np.argmin((offset * offset).sum(axis=2), axis=1)
     reach = max(2, int(0.4 * radius))
-    window = np.arange(index - reach, index + reach + 1) % len(contour)
-    best = int(window[np.argmax(dist_all[window])])
-    return best, contour[best]
+    windows = (nearest_at[:, None] + np.arange(-reach, reach + 1)[None, :]) % len(contour)
+    best = windows[np.arange(len(windows)), np.argmax(dist_all[windows], axis=1)]
+    return [(int(index), contour[index]) for index in best]
 
 
 def nearest(contour: np.ndarray, point: np.ndarray) -> int:

@@ -10,6 +10,7 @@ PALM_BEYOND_FRAME = 0.3  # a near hand: how far past the frame's edge its outlin
 PALM_MOVE = 0.35  # of its radius: how far the circle may move past the heel
 PALM_BELOW_VALLEYS = 1.3  # the palm centre lies at most this many radii below the finger valleys (whole palms:
 # coep_dev 1.34-1.47, webcam_hand2 0.84-0.94, 11k_full 0.97-1.32, quartiles)
+NEAR_MARGIN = 1.7  # past the heel: distances taken this many palm radii around the circle's window
 PALM_MOVE_COST = 0.5  # of circles past the heel, one a pixel further from the in-frame circle must be this much bigger
 
 
@@ -33,28 +34,47 @@ def past_heel(mask: np.ndarray, center: np.ndarray, radius: float, up: np.ndarra
     pad = int(PALM_BEYOND_FRAME * min(h, w)) + 1
     extended = cv2.copyMakeBorder(mask, pad, pad, pad, pad, cv2.BORDER_REPLICATE)
     extended = cv2.copyMakeBorder(extended, 1, 1, 1, 1, cv2.BORDER_CONSTANT, value=0)
-    dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
     # Only a window around the circle can be allowed (along and across the hand within 0.35 and 0.5 radii):
-    # scored there; the whole frame only in the unlikely case that nothing there scores above the fill (-1).
+    # scored there, its distances taken on a crop around it (a fraction of the extended frame's pixels); the whole
+    # frame only in the unlikely case that nothing there scores above the fill (-1).
     reach = int(np.ceil(np.hypot(PALM_MOVE, 0.5) * radius)) + 2
     window = (max(0, int(center[0]) - reach), max(0, int(center[1]) - reach),
               min(w, int(center[0]) + reach + 1), min(h, int(center[1]) + reach + 1))
-    best, loc = _best_circle(dist, window, center, radius, up, valleys)
+    near = _distances_near(extended, pad + 1, window, radius)
+    best, loc = _best_circle(near, window, center, radius, up, valleys)
+    found = float(near[loc[1] - window[1], loc[0] - window[0]])
     if best <= -1.0:
+        dist = cv2.distanceTransform(extended, cv2.DIST_L2, 5)[pad + 1:pad + 1 + h, pad + 1:pad + 1 + w]
         best, loc = _best_circle(dist, (0, 0, w, h), center, radius, up, valleys)
-    found = float(dist[loc[1], loc[0]])
+        found = float(dist[loc[1], loc[0]])
     if found <= radius:
         return center, radius
     return np.array(loc, dtype=np.float32), found
 
 
+def _distances_near(extended: np.ndarray, offset: int, window, radius: float) -> np.ndarray:
+    """The distance transform of ``extended`` over ``window`` (frame pixels; the frame starts ``offset`` pixels
+    into ``extended``), computed on a crop reaching NEAR_MARGIN radii beyond the window: a distance there up to
+    a margin's worth is what the whole image gives (the nearest background pixel, and the chamfer path to it,
+    lie inside the crop) but for the last bits of float rounding; larger ones are taken on the whole image."""
+    x0, y0, x1, y1 = (v + offset for v in window)
+    margin = int(NEAR_MARGIN * radius) + 4
+    top, left = max(0, y0 - margin), max(0, x0 - margin)
+    crop = extended[top:min(extended.shape[0], y1 + margin), left:min(extended.shape[1], x1 + margin)]
+    near = cv2.distanceTransform(crop, cv2.DIST_L2, 5)[y0 - top:y1 - top, x0 - left:x1 - left]
+    if 1.1 * float(near.max()) + 3 <= margin:  # (chamfer distances are within a few % of Euclid's)
+        return near
+    return cv2.distanceTransform(extended, cv2.DIST_L2, 5)[y0:y1, x0:x1]
+
+
 def _best_circle(dist, window, center, radius, up, valleys) -> tuple[float, tuple[int, int]]:
-    """The best score of past_heel's circles (-1 where not allowed) within ``window`` (x0, y0, x1, y1) and
-    where it is, in frame pixels (the first of equals in raster order, as over the whole frame)."""
+    """The best score of past_heel's circles (-1 where not allowed) within ``window`` (x0, y0, x1, y1), given its
+    distances ``dist``, and where it is, in frame pixels (the first of equals in raster order, as over the whole
+    frame)."""
     x0, y0, x1, y1 = window
     xs = np.arange(x0, x1, dtype=np.float32)[None, :]
     ys = np.arange(y0, y1, dtype=np.float32)[:, None]
-    dist = dist[y0:y1, x0:x1]
+    dist = dist[:y1 - y0, :x1 - x0]
     dx, dy = xs - center[0], ys - center[1]
     along = dx * up[0] + dy * up[1]
     lateral = np.abs(dx * up[1] - dy * up[0])

@@ -19,7 +19,7 @@ from functools import partial
 import cv2
 import numpy as np
 
-from . import frame_edge, hand_geometry, handedness, handshape, palm_circle, palm_square
+from . import area_shrink, dim_parts, frame_edge, hand_geometry, handedness, handshape, palm_circle, palm_square
 from ..errors import HandRejected
 from .handshape import FINGERS, GEOMETRY_NAMES, GEOMETRY_SIZE
 
@@ -103,7 +103,7 @@ def _extract(image: np.ndarray, trace: dict | None) -> Hand:
     scale = max(grey.shape) / WORK_SIZE
     if scale > 1.0:
         size = (round(grey.shape[1] / scale), round(grey.shape[0] / scale))
-        work = cv2.resize(grey, size, interpolation=cv2.INTER_AREA)
+        work = area_shrink.shrink(grey, size)  # (cv2's INTER_AREA pixels, faster for a 1024x768 photo)
         scale = grey.shape[1] / size[0]
     else:
         work, scale = grey, 1.0
@@ -327,8 +327,8 @@ def _segment(work: np.ndarray, method: str = "otsu", shared: dict | None = None)
         threshold, bright, dark_hand = shared["otsu"]
         hand = cv2.bitwise_not(bright) if dark_hand else bright
         if not dark_hand:  # a lit hand over a dark background (the unit): its far fingers get less light
-            hand = _grow_into_dim_parts(smooth, hand, threshold,
-                                        DIM_FINGERS_HYSTERESIS if method == "dim_fingers" else HYSTERESIS)
+            hand = dim_parts.grow(smooth, hand, threshold,
+                                  DIM_FINGERS_HYSTERESIS if method == "dim_fingers" else HYSTERESIS, shared)
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (5, 5))
     hand = cv2.morphologyEx(hand, cv2.MORPH_OPEN, kernel)
     count, labels, stats, _ = cv2.connectedComponentsWithStats(hand, connectivity=8, ltype=cv2.CV_16U)
@@ -366,31 +366,6 @@ def _segment(work: np.ndarray, method: str = "otsu", shared: dict | None = None)
     filled = np.zeros_like(mask)
     cv2.drawContours(filled, contours, -1, 255, thickness=cv2.FILLED)
     return filled, contrast, mask
-
-
-def _grow_into_dim_parts(smooth: np.ndarray, hand: np.ndarray, threshold: float, fraction: float) -> np.ndarray:
-    """Hysteresis: add the dimmer parts (fingers further from the light) that touch what Otsu found, down
-    to ``fraction`` of the way from the background level to Otsu's threshold (not on light backgrounds, where
-    that would take in the hand's shadow)."""
-    background = cv2.bitwise_not(hand)
-    counts = np.cumsum(cv2.calcHist([smooth], [0], background, [256], [0, 256]).ravel().astype(np.int64))
-    if counts[-1] == 0:
-        return hand
-    level = float(np.searchsorted(counts, counts[-1] / 2))  # the background's median grey level
-    # (an 8-bit threshold is taken down to a whole grey level: the same pixels are above it)
-    weak = cv2.threshold(smooth, level + fraction * (threshold - level), 1, cv2.THRESH_BINARY)[1]
-    count, labels = cv2.connectedComponents(weak, connectivity=8, ltype=cv2.CV_16U)
-    if count <= 1:
-        return hand
-    keep = np.zeros(count, np.uint8)
-    keep[labels[cv2.bitwise_and(weak, hand) > 0]] = 255  # the weak parts touching what Otsu found
-    keep[0] = 0
-    grown = keep[labels]  # a lookup table: much faster than np.isin over every pixel
-    # Gaps enclosed by the hand (between fingers closed off by a peg) stay gaps.
-    outline = cv2.findContours(hand, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)[0]
-    filled = np.zeros_like(hand)
-    cv2.drawContours(filled, outline, -1, 255, thickness=cv2.FILLED)
-    return cv2.bitwise_or(cv2.bitwise_and(grown, cv2.bitwise_not(filled)), hand)
 
 
 def _outline(mask: np.ndarray) -> np.ndarray:
