@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import http.client
 import json
 import os
 import random
@@ -40,7 +41,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from vendor_node.money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
-from vendor_node.office.unit_client import UnitClient, fingerprint, raw_public_key
+from vendor_node.office.unit_client import fingerprint, raw_public_key, signed_headers
 
 PRICES = (90, 120, 150, 175, 200, 250, 300)
 
@@ -318,8 +319,9 @@ def main() -> int:
                         help="a paced run: the units start at random over this window (nightly timers with a "
                              "randomised delay), never more than --concurrency in flight; default: a closed loop "
                              "(every unit queued at once, --concurrency at a time: the saturation figure)")
-    parser.add_argument("--workers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--workers", type=int, default=4, help="gunicorn workers (default 4, as the systemd unit)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="threads per worker (default 1: sync workers, as the systemd unit; more: gthread)")
     parser.add_argument("--bundle-employees", type=int, default=0, help="only time one bundle of this many employees")
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--in-process", action="store_true",
@@ -405,19 +407,42 @@ def main() -> int:
                 with lock:
                     in_flight[0] -= 1
 
-        def visit(i: int):
+        def unit_requests(i: int) -> list[tuple[str, str, str, bytes, dict]]:
+            """The unit's three requests, signed (what, method, path, body, headers)."""
             unit_id, key = f"bench-{i:04d}", unit_keys[i]
-            batch = (nights / f"{i}.json").read_bytes()
-            client = UnitClient(base, unit_id, key, timeout=120)
-            for what, method, body, query in (("journal", "POST", batch, ""), ("heartbeat", "POST", heartbeat(), ""),
-                                              ("bundle", "GET", b"", "after=0")):
+            made = []
+            for what, method, body, query in (("journal", "POST", (nights / f"{i}.json").read_bytes(), ""),
+                                              ("heartbeat", "POST", heartbeat(), ""), ("bundle", "GET", b"", "after=0")):
+                path = f"/api/v1/units/{unit_id}/{what}" + (f"?{query}" if query else "")
+                headers = signed_headers(key, unit_id, method, path, body)
+                if body:
+                    headers["Content-Type"] = "application/json"
+                made.append((what, method, path, body, headers))
+            return made
+
+        # closed loop: every request signed before the clock starts (a unit signs on its own CPU; here the client
+        # shares the office's cores); a unit whose turn comes near the end of the office's 300 s clock window
+        # signs again then. Paced: signed when the unit's timer fires
+        presigned = [unit_requests(i) for i in range(args.units)] if starts is None else None
+        signed_at = time.time()
+        host, port = base.removeprefix("http://").rsplit(":", 1)
+
+        def visit(i: int):
+            fresh = presigned is not None and time.time() - signed_at < 240
+            for what, method, path, body, headers in (presigned[i] if fresh else unit_requests(i)):
                 started = time.perf_counter()
-                status, data = client.request(method, what, body, query)
+                connection = http.client.HTTPConnection(host, int(port), timeout=120)  # one per request, as a unit
+                try:
+                    connection.request(method, path, body=body if method == "POST" else None, headers=headers)
+                    response = connection.getresponse()
+                    status, data = response.status, response.read()
+                finally:
+                    connection.close()
                 elapsed = (time.perf_counter() - started) * 1000
                 with lock:
                     timings[what].append(elapsed)
                     if status != 200:
-                        failures.append(f"{unit_id} {what}: {status} {data[:200]!r}")
+                        failures.append(f"bench-{i:04d} {what}: {status} {data[:200]!r}")
 
         pg_pid = postmaster_pid(pg)
         sampler = WaitSampler(db_url)

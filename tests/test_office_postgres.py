@@ -80,6 +80,9 @@ def test_units_sync_with_an_office_on_postgresql(postgres, fleet_keys, tmp_path)
         assert _funds(office, units[0], fleet_keys) == expected
 
         postgres.restart()  # the database restarts under a running office
+        for _ in range(8):  # each worker notices its dropped connection before using it: no request fails
+            assert UnitClient(office.base, units[1].unit_id, units[1].key).request(
+                "GET", "bundle", query="after=0")[0] == 200
         status, again = UnitClient(office.base, units[0].unit_id, units[0].key).request("POST", "journal", batches[0])
         if status != 200:  # the first request after a restart may meet a dropped connection; the unit retries
             status, again = UnitClient(office.base, units[0].unit_id, units[0].key).request(
@@ -292,9 +295,9 @@ def test_request_authentication_refusals_on_postgresql(postgres, fleet_keys, tmp
         office.stop()
 
 
-def test_heartbeats_pruned_and_bundles_stored_cheaply_on_postgresql(postgres, fleet_keys, tmp_path):
+def test_heartbeats_pruned_on_postgresql(postgres, fleet_keys, tmp_path):
     """PostgreSQL runs a heartbeat as one statement: the unit's row, the new record and the pruning of all but
-    the newest HEARTBEATS_KEPT; issued bundles' bytes are stored with lz4 (or uncompressed), not pglz."""
+    the newest HEARTBEATS_KEPT."""
     import psycopg
 
     from test_office_support import heartbeat_body
@@ -317,10 +320,6 @@ def test_heartbeats_pruned_and_bundles_stored_cheaply_on_postgresql(postgres, fl
             latest, stamped = db.execute("SELECT (heartbeat->>'free_disk_bytes')::int, last_sync_at IS NOT NULL "
                                          "FROM office_unit WHERE unit_id = %s", [unit.unit_id]).fetchone()
             assert (latest, stamped) == (HEARTBEATS_KEPT + 2, True)
-            compression, storage = db.execute(
-                "SELECT attcompression, attstorage FROM pg_attribute WHERE attrelid = 'office_issuedbundle'::regclass "
-                "AND attname = 'data'").fetchone()
-            assert compression == "l" or storage == "e"
     finally:
         unit.close()
         office.stop()

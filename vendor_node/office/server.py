@@ -148,6 +148,10 @@ def office_application():
 
 
 def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
+    """``threads`` 1: gunicorn's sync worker, one request at a time per process (the production unit's choice:
+    no request's open transaction waits while another thread of its process holds the GIL, and no thread
+    pool's accept loop per request); more: the gthread worker. A sync worker is held by a slow client for as
+    long as it sends: behind the TLS proxy, which buffers requests (README "Office")."""
     from gunicorn.app.base import BaseApplication
 
     application = office_application()
@@ -157,6 +161,7 @@ def run_gunicorn(host: str, port: int, workers: int, threads: int) -> None:
             bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
             access = None if os.environ.get("VENDOR_NODE_OFFICE_ACCESS_LOG") == "0" else "-"  # benches: off
             for key, value in {"bind": bind, "workers": workers, "threads": threads, "timeout": 60,
+                               "worker_class": "sync" if threads == 1 else "gthread",
                                "accesslog": access, "graceful_timeout": 10, "limit_request_line": 8190}.items():
                 self.cfg.set(key, value)
 

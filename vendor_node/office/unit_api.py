@@ -31,7 +31,7 @@ from django.views.decorators.csrf import csrf_exempt
 
 from ..errors import UnitRequestRefused
 from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
-from .bundles import current_bundle, forget_issued_templates, signing_key
+from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
 from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit, hot_cursor
 from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
@@ -265,8 +265,7 @@ def templates(request, unit, public_key, body):
             employee.save(update_fields=["consent_version", "consented_at"])
             accepted.append(emp)
         for emp, at in revoked:  # a later enrollment (at any unit) outlives an older unenrollment
-            if SealedTemplate.objects.filter(employee__employee_id=emp, consented_at__lte=at).delete()[0]:
-                forget_issued_templates()
+            SealedTemplate.objects.filter(employee__employee_id=emp, consented_at__lte=at).delete()
             row, created = TemplateRevocation.objects.select_for_update().get_or_create(
                 employee_id=emp, defaults={"revoked_at": at})
             if not created and at > row.revoked_at:

@@ -31,7 +31,6 @@ from django.views.decorators.http import require_GET
 from ..errors import OfficeError
 from ..money.employees_csv import parse_amount_cents
 from . import ledger
-from .bundles import forget_issued_templates
 from .health import alerts as current_alerts
 from .models import AuditEntry, Deletion, Employee, JournalEntry, SealedTemplate, TopUp, Unit, audit
 from .units import office_no_sale_hours, register_unit, set_office_no_sale_hours, set_unit_active  # noqa: F401
@@ -171,7 +170,6 @@ def delete_biometrics(request, employee_id):
         else:
             with transaction.atomic():
                 templates = SealedTemplate.objects.filter(employee=e).delete()[0]
-                forget_issued_templates()  # the kept bundles carried it too
                 e.deleted_at = timezone.now()
                 e.save(update_fields=["deleted_at"])
                 if not Deletion.objects.filter(employee_id=employee_id).exists():
