@@ -23,14 +23,28 @@ def test_ci_runs_the_compiled_kernel():
     assert bit_search.KERNEL.startswith("compiled" if bit_search.native is not None else "numpy")
 
 
+@pytest.fixture(params=["avx512", "portable"])
+def kernel_loops(request):
+    """Each test below runs with the AVX-512 loops (where this CPU has them) and with the portable ones."""
+    if bit_search.native is None:
+        pytest.skip("_bitkernel not built")
+    kernel = bit_search.native  # numpy_only() hides it during a test
+    if kernel.set_simd(request.param == "avx512") != request.param:
+        kernel.set_simd(True)
+        pytest.skip(f"this CPU has no {request.param} loops")
+    yield request.param
+    kernel.set_simd(True)
+
+
 def numpy_only(monkeypatch):
     monkeypatch.setattr(bit_search, "native", None)
 
 
 @needs_kernel
 @pytest.mark.parametrize("variants,entries,words", [(1, 700, 16), (25, 300, 16), (441, 7, 16), (3, 1, 16),
-                                                    (49, 9000, 16), (24, 2500, 5), (9, 130, 1)])
-def test_the_compiled_wide_pass_equals_numpys(variants, entries, words, monkeypatch):
+                                                    (49, 9000, 16), (24, 2500, 5), (9, 130, 1),
+                                                    (2, 8, 16), (5, 71, 3)])
+def test_the_compiled_wide_pass_equals_numpys(variants, entries, words, monkeypatch, kernel_loops):
     rng = np.random.default_rng(variants * entries)
     p_planes, p_masks = random_bits(rng, variants, 3, words), random_bits(rng, variants, words)
     capacity = entries + 37  # a bank's arrays are longer than its live rows: the entries axis is a view
@@ -51,8 +65,8 @@ def test_the_compiled_wide_pass_equals_numpys(variants, entries, words, monkeypa
 
 
 @needs_kernel
-@pytest.mark.parametrize("variants,rows", [(441, 37), (1, 5), (24, 1)])
-def test_the_compiled_full_search_equals_numpys(variants, rows, monkeypatch):
+@pytest.mark.parametrize("variants,rows", [(441, 37), (1, 5), (24, 1), (16, 3), (23, 2)])
+def test_the_compiled_full_search_equals_numpys(variants, rows, monkeypatch, kernel_loops):
     rng = np.random.default_rng(variants + rows)
     p_planes_t, p_masks_t = random_bits(rng, 3, 16, variants), random_bits(rng, 16, variants)
     g_planes, g_masks = random_bits(rng, rows, 3, 16), random_bits(rng, rows, 16)
@@ -64,7 +78,7 @@ def test_the_compiled_full_search_equals_numpys(variants, rows, monkeypatch):
 
 @needs_kernel
 @pytest.mark.parametrize("threads", [2, 4])
-def test_the_compiled_kernel_split_over_threads_gives_the_same_figures(threads, monkeypatch):
+def test_the_compiled_kernel_split_over_threads_gives_the_same_figures(threads, monkeypatch, kernel_loops):
     monkeypatch.setattr(bit_search, "SLICE_MIN", 50)
     rng = np.random.default_rng(threads)
     p_planes, p_masks = random_bits(rng, 9, 3, 16), random_bits(rng, 9, 16)
@@ -105,3 +119,27 @@ def test_selftest_names_the_kernel_that_runs(tmp_path, capsys):
     main(["selftest", "--sim", "--json", "--state-dir", str(tmp_path)])  # unprovisioned: other checks fail
     check = next(c for c in json.loads(capsys.readouterr().out)["checks"] if c["name"] == "model")
     assert check["ok"] and f"palm-code 1:N kernel: {bit_search.KERNEL}" in check["detail"]
+
+
+@needs_kernel
+@pytest.mark.parametrize("guarded", [False, True])
+def test_the_compiled_packing_equals_numpys(guarded, monkeypatch, kernel_loops):
+    """palmcode.packed_variants: the compiled gather and packing gives numpy's bits, in a guard's order and XOR
+    too, on a grid whose cells do not fill the last word."""
+    from vendor_node.hand import palmcode
+
+    rng = np.random.default_rng(guarded)
+    for grid in ((32, 32), (10, 13)):
+        codes = rng.integers(0, 6, size=(9,) + grid).astype(np.uint8)
+        valid = rng.random((9,) + grid) < 0.8
+        cells = grid[0] * grid[1]
+        order = rng.permutation(cells) if guarded else None
+        xor = rng.random((3, cells)) < 0.5 if guarded else None
+        layout = palmcode.variant_layout(grid, palmcode.shifts(3), order, xor)
+        got = palmcode.packed_variants(codes, valid, 7, layout)
+        with monkeypatch.context() as numpy_path:
+            numpy_path.setattr(bit_search, "native", None)
+            want = palmcode.packed_variants(codes, valid, 7, layout)
+        for g, w in zip(got, want):
+            assert g.shape == w.shape and g.dtype == w.dtype
+            np.testing.assert_array_equal(g, w)

@@ -276,3 +276,15 @@ def test_decision_policy_in_measurements(training_metrics):
     assert training_metrics.decide(np.array([0.9, 0.5]), 0.7, 0.05) == 0
     assert training_metrics.decide(np.array([0.6, 0.5]), 0.7, 0.05) == -1  # below threshold
     assert training_metrics.decide(np.array([0.9, 0.87]), 0.7, 0.05) == -1  # within the margin
+
+
+def test_quantizing_by_the_pixel_table_is_the_manifests_scaling_bit_for_bit():
+    """Embedder.quantize looks each pixel up in a table made once; it equals the float steps on the whole ROI."""
+    embedder = Embedder.load(GABOR_DIR)
+    rng = np.random.default_rng(5)
+    rois = rng.integers(0, 256, size=(9, embedder.input_size, embedder.input_size), dtype=np.uint8)
+    rois[0, :2] = np.arange(256, dtype=np.uint8).reshape(2, 128)  # every pixel value
+    want = embedder.quantized_pixels(rois)[..., None]
+    np.testing.assert_array_equal(embedder.quantize(rois), want)
+    np.testing.assert_array_equal(embedder.quantize(rois[3]), want[3:4])
+    assert embedder.quantize(rois).dtype == np.int8 and embedder.quantize(rois[3]).shape == (1,) + want.shape[1:]

@@ -300,3 +300,17 @@ def test_a_gallery_built_in_bulk_holds_what_each_template_says(office, guarded):
     broken["pad7"] = bytes(blob)
     with pytest.raises(Exception, match="pad7"):
         Gallery.from_templates(broken)
+
+
+def test_the_winning_orientation_and_its_margin_are_numpys_argmin_and_partition():
+    """palmcode.winners (one running scan) picks what np.argmin and np.partition pick, ties included."""
+    rng = np.random.default_rng(9)
+    dequantized = (rng.integers(-128, 128, (9, 32, 32, 6)).astype(np.float32) - 7) * np.float32(0.0044)
+    for responses in (dequantized, np.round(dequantized * 40) / 40, rng.normal(size=(4, 5, 3)).astype(np.float32)):
+        code, strength = palmcode.winners(responses)
+        ordered = np.partition(responses, 1, axis=-1)
+        np.testing.assert_array_equal(code, np.argmin(responses, axis=-1).astype(np.uint8))
+        np.testing.assert_array_equal(strength, ordered[..., 1] - ordered[..., 0])
+        assert code.dtype == np.uint8 and strength.dtype == responses.dtype
+    ties = np.round(dequantized * 40) / 40
+    assert (palmcode.winners(ties)[1] == 0).any()  # equal smallest responses are exercised

@@ -7,8 +7,10 @@ loaded), 1:N match, authorization, sensor->approval, and resident memory at READ
 customers. The table puts the office's figures beside those at 100 employees (the ratio shows what grows
 with the gallery) and against the targets of issue 15.
 
-Customers are drawn from the employees (spread over the whole gallery) and strangers; each presentation is
-drawn when shown, so the process holds no frames between customers. Latencies are the unit's own stage
+Customers are drawn from the employees (spread over the whole gallery) and strangers; a customer's hand is
+drawn before the sensor fires, on the bench's thread (the camera's work, not the Pi's; a rare second presentation
+when the unit asks for it, between attempts), so no drawing overlaps a timed stage and the process holds no
+frames between customers. Latencies are the unit's own stage
 times (Purchase.stages); a busy machine shows in them, the ratio to 100 employees in the same run less so,
 and the CPU time of the unit's thread per stage (Purchase.cpu_stages) hardly at all. Past 10,000 employees
 the gallery is filled with drawn palm regions (sim/template_cache.py); customers are drawn hands only.

@@ -55,6 +55,9 @@ class Embedder:
         self._out_scale, self._out_zero = float(q_out["scale"]), int(q_out["zero_point"])
         self._pixel_offset = float(q_in["pixel_offset"])
         self._pixel_divisor = float(q_in["pixel_divisor"])
+        # the same float32 steps for each of the 256 pixel values once (elementwise, so bit for bit what a whole
+        # ROI gives): quantizing a probe's nine poses is one look-up, not five float passes (1.9 ms CPU there)
+        self._input_table = self.quantized_pixels(np.arange(256, dtype=np.uint8))
         self.input_size = int(q_in["shape"][1])
         self.output_shape = tuple(int(v) for v in q_out["shape"][1:])  # (H, W, C), or (D,) for an embedding
         self.model_id = manifest.get("model_id") or model_path.parent.name
@@ -88,10 +91,14 @@ class Embedder:
                 f"{self.model_path.name}: expected a uint8 ROI {self.input_size}x{self.input_size}, "
                 f"got {roi.dtype} {roi.shape}"
             )
-        real = (roi.astype(np.float32) - self._pixel_offset) / self._pixel_divisor
-        q = np.round(real / self._in_scale) + self._in_zero
-        q = np.clip(q, -128, 127).astype(np.int8)[..., None]
+        q = self._input_table[roi][..., None]
         return q[None] if roi.ndim == 2 else q
+
+    def quantized_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The int8 input value of each uint8 pixel value: the manifest's scaling, then the input quantization."""
+        real = (pixels.astype(np.float32) - self._pixel_offset) / self._pixel_divisor
+        q = np.round(real / self._in_scale) + self._in_zero
+        return np.clip(q, -128, 127).astype(np.int8)
 
     def responses_of(self, rois: np.ndarray) -> np.ndarray:
         """:meth:`responses` of a stack of ROIs (n, S, S): float32 (n, H, W, C), quantized and dequantized once

