@@ -41,6 +41,18 @@ def office(request):
     yield keys
 
 
+def ingested_entries() -> list[dict]:
+    """Every journal entry the office holds, of every unit and journal epoch, read back from the stored
+    batches (each (unit, epoch, seq) once, as `journal_store.stored_entries` gives them)."""
+    from vendor_node.office.journal_store import stored_entries
+    from vendor_node.office.models import JournalBatch
+
+    found = []
+    for unit_pk, epoch in JournalBatch.objects.values_list("unit_id", "epoch").distinct().order_by("unit_id", "epoch"):
+        found.extend(stored_entries(unit_pk, epoch))
+    return found
+
+
 def fleet_public_key(keys: Path):
     from vendor_node.money.keys import load_public_key_file
 

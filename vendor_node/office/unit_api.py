@@ -321,12 +321,11 @@ def bundle(request, unit, public_key, body):
 @unit_endpoint("bundle", "GET")
 def summary(request, unit, public_key, body):
     """What the office's ledger holds from this unit's current journal, signed: `simulate --office` reports it."""
-    from django.db.models import Count, Sum
+    from django.db.models import Sum
 
-    from .models import JournalEntry
+    from .models import Charge, JournalBatch
 
-    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(
-        n=Count("id"), charged=Sum("charged_cents"))
+    entries = JournalBatch.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(n=Sum("entries"))["n"]
+    charged = Charge.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(s=Sum("charged_cents"))["s"]
     return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
-                          "last_hash": unit.last_hash, "entries": totals["n"] or 0,
-                          "charged_cents": totals["charged"] or 0})
+                          "last_hash": unit.last_hash, "entries": entries or 0, "charged_cents": charged or 0})
