@@ -186,7 +186,7 @@ def test_an_upload_not_laid_out_as_exported_is_checked_the_same(units):
     assert ledger.balance_cents("E1") == 880 and ledger.balance_cents("E2") == 420
 
 
-def test_charges_pending_a_fold_are_counted_once(units):
+def test_charges_pending_a_fold_are_counted_once(units, monkeypatch):
     from django.test import Client
 
     from vendor_node.office import ingest, ledger
@@ -212,13 +212,12 @@ def test_charges_pending_a_fold_are_counted_once(units):
     assert {e: ledger.balance_cents(e) for e in expected} == expected and ledger.check_totals() == []
     made[1].ack(6)
     made[1].buy("E1", 50)
-    ingest._folded_at[0] = time.monotonic() + 60  # this process folded a moment ago (however slow the machine):
-    # the next upload leaves its row
+    monkeypatch.setattr(ingest, "FOLD_EVERY_UPLOADS", 10 ** 12)  # not this upload's turn to fold: it leaves its row
     assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
     assert ChargePending.objects.count() == 1 and ledger.balance_cents("E1") == 1000 - 353
     made[1].ack(9)
     made[1].buy("E2", 5)
-    ingest._folded_at[0] = 0.0  # long enough ago: the upload folds after its commit, its own row and the one before
+    monkeypatch.setattr(ingest, "FOLD_EVERY_UPLOADS", 1)  # its turn: the upload folds after its commit, its own row and the one before
     assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
     assert not ChargePending.objects.exists() and ledger.charged_by_employee() == {"E1": 353, "E2": 35}
 

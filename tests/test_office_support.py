@@ -1,9 +1,10 @@
-"""Helpers for the office tests (no tests here): one Django set-up per process on a SQLite file,
+"""Helpers for the office tests (no tests here): one Django set-up per process on a SQLite file (or PostgreSQL),
 a clean database per test, and real unit journals whose signed batches the office ingests."""
 from __future__ import annotations
 
 import base64
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,14 +18,25 @@ _STATE: dict = {}
 
 
 def office_keys_dir() -> Path:
-    """Configure Django once for this test process (SQLite in a temp folder) and migrate."""
+    """Configure Django once for this test process and migrate: SQLite in a temp folder, or PostgreSQL when
+    VENDOR_NODE_OFFICE_TEST_DB says so (``postgresql``: a throwaway server started here and stopped at exit;
+    or a ``postgresql://`` URL of an empty database), so the same tests run on both."""
     if "keys" not in _STATE:
         from vendor_node.office.server import prepare
         from vendor_node.money.keys import generate_fleet_keys
 
         root = Path(tempfile.mkdtemp(prefix="office-test-"))
         generate_fleet_keys(root / "keys")
-        prepare(f"sqlite:///{root / 'office.db'}", root / "keys")
+        wanted = os.environ.get("VENDOR_NODE_OFFICE_TEST_DB", "")
+        if wanted == "postgresql":
+            import atexit
+
+            from vendor_node.office import pgtemp
+
+            server = pgtemp.ThrowawayPostgres().start()
+            atexit.register(server.stop)
+            wanted = server.url
+        prepare(wanted or f"sqlite:///{root / 'office.db'}", root / "keys")
         _STATE["keys"] = root / "keys"
     return _STATE["keys"]
 

@@ -183,9 +183,8 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
                                                       "different entries")
                     return receipt_for(locked, done)
-                receipt = _ingest_locked(locked, body, charges, data)
-            if time.monotonic() - _folded_at[0] >= FOLD_EVERY_S:  # after the commit, never inside it
-                _folded_at[0] = time.monotonic()
+                receipt, pending_id = _ingest_locked(locked, body, charges, data)
+            if pending_id is not None and pending_id % FOLD_EVERY_UPLOADS == 0:  # after the commit, never in it
                 fold_pending_charges()
             return receipt
         except _GapRefused as exc:
@@ -227,7 +226,8 @@ def _batch_from(unit: Unit, batch_id: str, row) -> JournalBatch | None:
                                                  last_seq=row[0], last_hash=row[1], ingested_at=row[2])
 
 
-def _ingest_locked(unit: Unit, body: dict, charges: list[tuple], document: bytes) -> dict:
+def _ingest_locked(unit: Unit, body: dict, charges: list[tuple], document: bytes) -> tuple[dict, int | None]:
+    """The receipt, and the id of the upload's pending charges row (None without a charge)."""
     first, last = body["first_seq"], body["last_seq"]
     if first > unit.last_seq + 1 and last >= first:
         raise _GapRefused(f"batch {body['batch_id']} starts at seq {first} but the office has up to seq "
@@ -259,8 +259,8 @@ def _ingest_locked(unit: Unit, body: dict, charges: list[tuple], document: bytes
     batch = JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first,
                          last_seq=last, last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                          entries=len(new))
-    _record_batch(batch, unit, _pending_charges(new_charges), document)
-    return receipt_for(unit, batch)
+    pending_id = _record_batch(batch, unit, _pending_charges(new_charges), document)
+    return receipt_for(unit, batch), pending_id
 
 
 _CHARGE_ROW = ("seq", "ts_us", "kind", "employee_id", "item", "charged_cents")  # as parse_batch returns them
@@ -312,14 +312,15 @@ def _pending_charges(charges: list[tuple]) -> str | None:
     return json.dumps(sums, sort_keys=True, separators=(",", ":")) if sums else None
 
 
-def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document: bytes) -> None:
+def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document: bytes) -> int | None:
     """The batch row (its document: the upload as received), the unit's journal position and the pending
-    charges: plain statements (the ORM's building cost more than their execution), on PostgreSQL one round
-    trip (SQLite has no INSERT in WITH)."""
+    charges (their row's id returned): plain statements (the ORM's building cost more than their execution),
+    on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
     insert_batch = (f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
                     "last_hash, ingested_at, entries, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
     update_unit = f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s WHERE id = %s"
-    insert_pending = f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)"
+    insert_pending = (f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s{'::jsonb' if connection.vendor == 'postgresql' else ''}) "
+                      "RETURNING id")
     batch_values = [unit.pk, batch.epoch, batch.batch_id, batch.first_seq, batch.last_seq, batch.last_hash,
                     batch.ingested_at, batch.entries, bytes(document)]
     unit_values = [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk]
@@ -327,19 +328,23 @@ def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document
         if connection.vendor == "postgresql":
             if charges is None:
                 cursor.execute(f"WITH b AS ({insert_batch}) {update_unit}", batch_values + unit_values)
-            else:
-                cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
-                               batch_values + unit_values + [charges])
-            return
+                return None
+            cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
+                           batch_values + unit_values + [charges])
+            return cursor.fetchone()[0]
         cursor.execute(insert_batch, batch_values)
         cursor.execute(update_unit, unit_values)
-        if charges is not None:
-            cursor.execute(insert_pending, [charges])
+        if charges is None:
+            return None
+        cursor.execute(insert_pending, [charges])
+        return cursor.fetchone()[0]
 
 
 _FOLD_LOCK = 0x766E_6664  # "vnfd": the PostgreSQL advisory lock of a fold in progress
-FOLD_EVERY_S = 0.2  # per process: readers add up a few pending rows at most, a fold is not paid per upload
-_folded_at = [0.0]  # monotonic time of this process's last fold
+FOLD_EVERY_UPLOADS = 10  # office-wide: the upload whose pending row's id is a multiple of this folds (after its
+# commit), so readers add up about this many pending rows at most and a fold (the running totals of every employee
+# the uploads since the last one touched: most of them) is paid once per this many uploads. A fold every 0.2 s in
+# each process (before) ran ~20 times a second under load, a fold per one or two uploads.
 
 
 def fold_pending_charges() -> None:
@@ -355,7 +360,7 @@ def fold_pending_charges() -> None:
                 f"WITH fold AS (SELECT pg_try_advisory_xact_lock(%s) AS mine), "
                 f"moved AS (DELETE FROM {pending} WHERE (SELECT mine FROM fold) RETURNING charges), "
                 f"sums AS (SELECT p.key AS employee_id, sum(p.value::bigint) AS cents FROM moved, "
-                "jsonb_each_text(moved.charges::jsonb) p GROUP BY p.key) "
+                "jsonb_each_text(moved.charges) p GROUP BY p.key) "
                 f"INSERT INTO {totals} (employee_id, charged_cents) SELECT employee_id, cents FROM sums "
                 f"ORDER BY employee_id ON CONFLICT (employee_id) DO UPDATE SET charged_cents = "
                 f"{totals}.charged_cents + excluded.charged_cents", [_FOLD_LOCK])
@@ -365,8 +370,8 @@ def fold_pending_charges() -> None:
         if not rows:
             return
         sums: dict[str, int] = {}
-        for _, text in rows:
-            for employee_id, cents in json.loads(text).items():
+        for _, charges in rows:  # SQLite's JSON column: text, or already read as a dict by Django
+            for employee_id, cents in (json.loads(charges) if isinstance(charges, str) else charges).items():
                 sums[employee_id] = sums.get(employee_id, 0) + cents
         ordered = sorted(sums.items())
         with hot_cursor() as cursor:

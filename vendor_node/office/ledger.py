@@ -57,7 +57,7 @@ def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
     from django.db import connection
 
     totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
-    expand = (f"SELECT p.key, p.value::bigint FROM {pending}, jsonb_each_text({pending}.charges::jsonb) p"
+    expand = (f"SELECT p.key, p.value::bigint FROM {pending}, jsonb_each_text({pending}.charges) p"
               if connection.vendor == "postgresql" else
               f"SELECT p.key, p.value FROM {pending}, json_each({pending}.charges) p")
     one = ("WHERE employee_id = %s", "WHERE p.key = %s") if employee_id is not None else ("", "")

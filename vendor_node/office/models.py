@@ -243,8 +243,9 @@ class ChargePending(models.Model):
     """One ingest's charges per employee (a JSON object, employee id -> cents), added in the ingest's own
     transaction as one new row: uploads from many units at once never wait on each other's locks (every upload
     touches most employees' running totals). Moved into ChargeTotal right after, by whichever process gets to
-    it (`ingest.fold_pending_charges`); one row per upload keeps the table small to read between folds."""
-    charges = models.TextField()
+    it (`ingest.fold_pending_charges`); one row per upload keeps the table small to read between folds.
+    PostgreSQL: jsonb, parsed once when written, not by every bundle and fold that reads it."""
+    charges = models.JSONField()
 
 
 class LoginFailure(models.Model):

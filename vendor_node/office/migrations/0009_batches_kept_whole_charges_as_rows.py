@@ -134,4 +134,9 @@ class Migration(migrations.Migration):
             name='JournalEntry',
         ),
         migrations.RunPython(documents_cheap_to_store, migrations.RunPython.noop),
+        migrations.AlterField(
+            model_name='chargepending',
+            name='charges',
+            field=models.JSONField(),
+        ),
     ]
