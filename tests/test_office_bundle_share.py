@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from test_office_support import FakeUnit, call, fleet_public_key, office  # noqa: F401
+from test_office_support import FakeUnit, call, fleet_public_key, office, office_db_url  # noqa: F401
 
 pytest.importorskip("django")
 
@@ -141,7 +141,6 @@ def test_a_change_made_by_another_process_reaches_this_process_bundles(units):
     import subprocess
     import sys
 
-    from django.conf import settings
     from django.test import Client
 
     made, keys = units
@@ -149,9 +148,8 @@ def test_a_change_made_by_another_process_reaches_this_process_bundles(units):
     assert {e.id: e.status for e in _bundle(client, made[0], keys).employees}["E2"] == "active"
     csv_file = keys.parent / "suspend.csv"
     csv_file.write_text("employee_id,display_name,funds,status\nE2,Grace,0.00,suspended\n")
-    db = settings.DATABASES["default"]["NAME"]
     done = subprocess.run([sys.executable, "-m", "vendor_node", "office", "import-employees", str(csv_file),
-                           "--db", f"sqlite:///{db}", "--fleet-keys", str(keys)], capture_output=True, text=True,
+                           "--db", office_db_url(), "--fleet-keys", str(keys)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert {e.id: e.status for e in _bundle(client, made[1], keys).employees}["E2"] == "suspended"

@@ -36,9 +36,16 @@ def office_keys_dir() -> Path:
             server = pgtemp.ThrowawayPostgres().start()
             atexit.register(server.stop)
             wanted = server.url
-        prepare(wanted or f"sqlite:///{root / 'office.db'}", root / "keys")
+        _STATE["db_url"] = wanted or f"sqlite:///{root / 'office.db'}"
+        prepare(_STATE["db_url"], root / "keys")
         _STATE["keys"] = root / "keys"
     return _STATE["keys"]
+
+
+def office_db_url() -> str:
+    """The URL of the tests' office database (for a command run in another process)."""
+    office_keys_dir()
+    return _STATE["db_url"]
 
 
 @pytest.fixture
