@@ -318,7 +318,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid
               f"{statements:.1f} statements per request{' (profiled)' if profile else ''}", flush=True)
         if profiler:
             print(top_statements(db_url, len(unit_keys), n=20))
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+            pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(
                 r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
 
