@@ -251,7 +251,7 @@ def test_a_request_stamps_the_sync_and_its_nonce_which_is_pruned_when_old(units)
 
     from test_office_support import heartbeat_body
     from vendor_node.office import unit_api
-    from vendor_node.office.models import Nonce, Unit
+    from vendor_node.office.models import Unit, UnitNonce as Nonce
 
     made, _keys = units
     client = Client()

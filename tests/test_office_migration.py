@@ -1,7 +1,10 @@
 """Migration 0009 moves an existing office's journal entries into their batches' documents and its charges
 into Charge rows: every entry kept with every field (the chain verifies again from the stored batches),
-every charge counted as before, an overlapping batch and a reinstalled unit's second journal included."""
+every charge counted as before, an overlapping batch and a reinstalled unit's second journal included; the
+recent nonces kept (a replay stays refused)."""
 from __future__ import annotations
+
+import datetime as dt
 
 import pytest
 
@@ -53,13 +56,14 @@ def test_entries_move_into_batches_and_charges_without_loss(office, tmp_path):  
         Entry.objects.bulk_create([Entry(unit=a, epoch=1, **row) for row in rows_a]
                                   + [Entry(unit=b, epoch=2, **row) for row in rows_b]
                                   + [Entry(unit=b, epoch=1, **row) for row in rows_b[:2]])
+        old.get_model("office", "Nonce").objects.create(unit=a, nonce="f" * 32, seen_at=dt.datetime.now(dt.timezone.utc))
         charged_before = sorted((e.unit_id, e.epoch, e.seq, e.employee_id, e.charged_cents)
                                 for e in Entry.objects.exclude(charged_cents=0))
     finally:
         call_command("migrate", "office", verbosity=0)  # the latest schema again, whatever happened
 
     from vendor_node.office.journal_store import stored_entries, verify_stored
-    from vendor_node.office.models import Charge, JournalBatch, Unit as NewUnit
+    from vendor_node.office.models import Charge, JournalBatch, Unit as NewUnit, UnitNonce
 
     a, b = NewUnit.objects.get(unit_id="unit-a"), NewUnit.objects.get(unit_id="unit-b")
     assert sorted(Charge.objects.values_list("unit_id", "epoch", "seq", "employee_id", "charged_cents")) == \
@@ -72,5 +76,6 @@ def test_entries_move_into_batches_and_charges_without_loss(office, tmp_path):  
         [("a1", 6), ("a2", 6), ("a3", 3)]
     assert JournalBatch.objects.get(unit=b, epoch=1).batch_id == "migrated-1-2"
     assert stored_entries(a.pk, 1, 5, 8) == expected_a[4:8]
+    assert list(UnitNonce.objects.values_list("unit__unit_id", "nonce")) == [("unit-a", "f" * 32)]  # still refused
     first.close()
     second.close()

@@ -33,7 +33,7 @@ from ..errors import UnitRequestRefused
 from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
-from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit, hot_cursor
+from .models import Employee, SealedTemplate, TemplateRevocation, Unit, UnitNonce, hot_cursor
 from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
 from .units import UNIT_REQUEST_FIELDS, record_heartbeat, unit_from_row
 
@@ -136,7 +136,7 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Un
         if connection.vendor == "postgresql":
             cursor.execute(
                 f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
-                f"n AS (INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
+                f"n AS (INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
                 "WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1) "
                 f"SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u", [claimed, nonce, when, fingerprint])
             row = cursor.fetchone()
@@ -148,8 +148,8 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Un
         unit = unit_from_row(row)
         if not unit.active or unit.fingerprint != fingerprint:
             return unit, False
-        cursor.execute(f"INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
-                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING id", [unit.pk, nonce, when])
+        cursor.execute(f"INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1", [unit.pk, nonce, when])
         return unit, cursor.fetchone() is not None
 
 
@@ -162,7 +162,7 @@ def _prune_nonces(now) -> None:
     if time.monotonic() - _pruned_at[0] < 30:
         return
     _pruned_at[0] = time.monotonic()
-    Nonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
+    UnitNonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
 
 
 def _stamp_sync(unit_pk: int) -> None:

@@ -235,7 +235,7 @@ def sales(request):
     qs = Charge.objects.filter(charged_cents__gt=0, ts_us__gte=since_us)
     if by == "day":
         qs = qs.annotate(day=Cast(F("ts_us") / 86_400_000_000, BigIntegerField()))
-    rows = list(qs.values(SALES_GROUPS[by]).annotate(n=Count("id"), total=Sum("charged_cents"))
+    rows = list(qs.values(SALES_GROUPS[by]).annotate(n=Count("seq"), total=Sum("charged_cents"))
                 .order_by(SALES_GROUPS[by]))
     table = []
     for row in rows:

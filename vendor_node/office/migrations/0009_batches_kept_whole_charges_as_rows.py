@@ -4,7 +4,9 @@
 # An existing office's entries move into their batches' documents (every field, the hash chain rebuilt
 # from the stored hashes) and its charges into Charge rows: nothing is lost (tests/test_office_migration.py).
 # The unit API's inserts (nonces, batches, issued bundles, heartbeats) no longer run a foreign-key check each:
-# units are never deleted (deactivated), and Django still cascades or protects as the models say.
+# units are never deleted (deactivated), and Django still cascades or protects as the models say. Charges and
+# nonces are keyed by what identifies them ((unit, epoch, seq), (unit, nonce)): no surrogate id, sequence or
+# index of it; the nonces of the last minutes are copied, so they stay refused.
 
 import json
 
@@ -63,6 +65,13 @@ def entries_into_batches(apps, schema_editor):
                                  ingested_at=0.0, entries=len(rest), document=_document(unit_id, epoch, rest))
 
 
+def copy_nonces(apps, schema_editor):
+    """The nonces of the last minutes stay refused: copied into the table keyed by (unit, nonce)."""
+    Old, New = apps.get_model("office", "Nonce"), apps.get_model("office", "UnitNonce")
+    New.objects.bulk_create([New(unit_id=unit_pk, nonce=nonce, seen_at=seen_at) for unit_pk, nonce, seen_at in
+                             Old.objects.values_list("unit_id", "nonce", "seen_at")], batch_size=2000)
+
+
 def documents_cheap_to_store(apps, schema_editor):
     """PostgreSQL: a night's document is ~200 KB of JSON; pglz (the default) costs milliseconds of database
     CPU on every upload; lz4 (PostgreSQL 14+, when built with it) a fraction, else stored as is (as 0007)."""
@@ -92,11 +101,6 @@ class Migration(migrations.Migration):
             field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.PROTECT, to='office.unit'),
         ),
         migrations.AlterField(
-            model_name='nonce',
-            name='unit',
-            field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, to='office.unit'),
-        ),
-        migrations.AlterField(
             model_name='issuedbundle',
             name='unit',
             field=models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, to='office.unit'),
@@ -114,7 +118,7 @@ class Migration(migrations.Migration):
         migrations.CreateModel(
             name='Charge',
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
+                ('pk', models.CompositePrimaryKey('unit', 'epoch', 'seq', blank=True, editable=False, primary_key=True, serialize=False)),
                 ('epoch', models.IntegerField(default=1)),
                 ('seq', models.BigIntegerField()),
                 ('ts_us', models.BigIntegerField()),
@@ -126,7 +130,6 @@ class Migration(migrations.Migration):
             ],
             options={
                 'indexes': [models.Index(fields=['employee_id'], name='charge_by_employee')],
-                'constraints': [models.UniqueConstraint(fields=('unit', 'epoch', 'seq'), name='charge_once_per_journal_seq')],
             },
         ),
         migrations.RunPython(entries_into_batches, migrations.RunPython.noop),
@@ -134,6 +137,22 @@ class Migration(migrations.Migration):
             name='JournalEntry',
         ),
         migrations.RunPython(documents_cheap_to_store, migrations.RunPython.noop),
+        migrations.CreateModel(
+            name='UnitNonce',
+            fields=[
+                ('pk', models.CompositePrimaryKey('unit', 'nonce', blank=True, editable=False, primary_key=True, serialize=False)),
+                ('nonce', models.CharField(max_length=32)),
+                ('seen_at', models.DateTimeField()),
+                ('unit', models.ForeignKey(db_constraint=False, on_delete=django.db.models.deletion.CASCADE, to='office.unit')),
+            ],
+            options={
+                'indexes': [models.Index(fields=['seen_at'], name='unit_nonce_seen_at')],
+            },
+        ),
+        migrations.RunPython(copy_nonces, migrations.RunPython.noop),
+        migrations.DeleteModel(
+            name='Nonce',
+        ),
         migrations.AlterField(
             model_name='chargepending',
             name='charges',
