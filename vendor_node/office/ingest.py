@@ -309,7 +309,9 @@ def _pending_charges(charges: list[tuple]) -> str | None:
         employee_id, charge = values[_EMPLOYEE], values[_CHARGE]
         if employee_id:
             sums[employee_id] = sums.get(employee_id, 0) + charge
-    return json.dumps(sums, sort_keys=True, separators=(",", ":")) if sums else None
+    if not sums:
+        return None
+    return _fast_dumps(sums).decode() if _fast_dumps is not None else json.dumps(sums, separators=(",", ":"))
 
 
 def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document: bytes) -> int | None:
