@@ -131,6 +131,28 @@ def test_bundle_carries_the_ledger_balance_and_journal_position(setup):
     assert call(client, unit, "GET", "bundle", query="after=-1").status_code == 400
 
 
+def test_a_unit_holding_the_newest_bundle_is_answered_204_without_making_it_again(setup, monkeypatch):
+    """A pull whose ``after`` is the newest version: no bytes made or signed (the nightly pull when nothing
+    changed); a change since (a top-up) is a new version, made and sent."""
+    from vendor_node.money.bundle import decode_bundle
+    from vendor_node.office import bundles, ledger
+
+    client, unit, keys = setup
+    first = decode_bundle(call(client, unit, "GET", "bundle", query="after=0").content, fleet_public_key(keys))
+    made = []
+    original = bundles._encode
+    monkeypatch.setattr(bundles, "_encode", lambda *a: (made.append(a[3]), original(*a))[1])
+    assert call(client, unit, "GET", "bundle", query=f"after={first.version}").status_code == 204
+    assert made == []
+    again = call(client, unit, "GET", "bundle", query="after=0")  # the same version, its bytes made again
+    assert again.status_code == 200 and made == [first.version]
+    assert decode_bundle(again.content, fleet_public_key(keys)).version == first.version
+    ledger.top_up("test", "E0001", "1.00")
+    newer = call(client, unit, "GET", "bundle", query=f"after={first.version}")
+    assert newer.status_code == 200 and len(made) == 2
+    assert {e.id: e.funds_cents for e in decode_bundle(newer.content, fleet_public_key(keys)).employees}["E0001"] == 1100
+
+
 def test_templates_relayed_sealed_and_deletion_confirmed_per_unit(setup, tmp_path):
     import base64
 

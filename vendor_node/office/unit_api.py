@@ -310,7 +310,7 @@ def bundle(request, unit, public_key, body):
     after = request.GET.get("after", "0")
     if not after.isdigit() or len(after) > 19:
         raise UnitRequestRefused(400, "after: expected a non-negative integer version")
-    issued = current_bundle(unit, stamp_sync=True)
+    issued = current_bundle(unit, stamp_sync=True, unit_has=int(after))
     if issued.version <= int(after):
         return HttpResponse(status=204)
     response = HttpResponse(bytes(issued.data), content_type="application/octet-stream")
