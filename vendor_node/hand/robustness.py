@@ -31,14 +31,20 @@ def _border_value(image: np.ndarray) -> int:
 
 def _warp(image: np.ndarray, angle: float, scale: float, center=None, size=None) -> np.ndarray:
     """Turn by ``angle`` degrees and zoom by ``scale`` about ``center``, into a frame of ``size`` (h, w)."""
-    h, w = image.shape
+    matrix, (out_h, out_w) = warp_matrix(image.shape, angle, scale, center, size)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (out_w, out_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=_border_value(image))
+
+
+def warp_matrix(shape: tuple[int, int], angle: float, scale: float, center=None, size=None):
+    """_warp's affine matrix (2, 3) from the photo's pixels to the frame's, and the frame's size (h, w)."""
+    h, w = shape[:2]
     out_h, out_w = size or (h, w)
     cx, cy = center if center is not None else (w / 2, h / 2)
     matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), float(angle), float(scale))
     matrix[:, 2] += (out_w / 2 - cx, out_h / 2 - cy)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, matrix, (out_w, out_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=_border_value(image))
+    return matrix, (out_h, out_w)
 
 
 def turned(angle: float):
@@ -105,8 +111,13 @@ def ir_like(image: np.ndarray, sample=None) -> np.ndarray:
 
 
 def closeup(image: np.ndarray, sample=None) -> np.ndarray:
-    """The unit's framing from a whole-hand photo: a 640x480 window over the palm (found on the photo as
-    it is), 1.0-1.6x, turned up to +-30 degrees, infrared-like; fingertips and wrist leave the frame."""
+    """The unit's framing from a whole-hand photo: a 640x480 window over the palm (found on the photo as it
+    is), 1.0-1.6x, turned up to +-30 degrees, infrared-like; fingertips and wrist leave the frame."""
+    return ir_like(_warp(image, *closeup_pose(image, sample)), sample)
+
+
+def closeup_pose(image: np.ndarray, sample=None) -> tuple[float, float, tuple[float, float], tuple[int, int]]:
+    """The close-up's turn (degrees), zoom, centre on the photo and frame size, drawn from the sample's seed."""
     from ..errors import HandRejected
     from .preprocess import extract_hand
 
@@ -119,7 +130,7 @@ def closeup(image: np.ndarray, sample=None) -> np.ndarray:
     zoom = rng.uniform(*CLOSEUP_ZOOM)
     scale = CLOSEUP_PALM_SPAN * zoom * CLOSEUP_SIZE[0] / (2 * radius)
     angle = rng.uniform(-CLOSEUP_TURN, CLOSEUP_TURN)
-    return ir_like(_warp(image, angle, scale, center, CLOSEUP_SIZE), sample)
+    return angle, scale, center, CLOSEUP_SIZE
 
 
 def _seed(sample) -> int:
