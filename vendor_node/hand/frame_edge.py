@@ -19,7 +19,6 @@ MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over t
 WIDTH_LEVEL = 0.5  # the palm's width is measured across the hand this many valley spans below the valleys' middle
 WIDTH_PER_SIDE = 1.36  # that width over the square's side (medians 1.30/1.39/1.38, 10-90%: 1.26-1.44)
 SQUARE_DROP = 0.71  # its centre this many sides below the valleys' middle (medians 0.81/0.67/0.64)
-MAX_SIDE_GROWTH = 1.2  # the side from the palm's width at most this much over the side from the squeezed circle
 OUT_OF_VIEW = 0.35  # such a square leaving the frame by more than this share of its side: the palm is out of view,
 # "too_close" (at 0.35, every such refusal of coep_dev, webcam_hand2, 11k_full and nir_dev zoomed 1.3/1.5x about the
 # frame's centre had its true square over 0.2 out; at 0.2, 29 of 75 webcam_hand2 1.3x and 25 nir_dev frames did not)
@@ -113,7 +112,7 @@ def square_below_valleys(shape: Shape, mask: np.ndarray, center: np.ndarray, rad
     if width is None:
         return None
     roi_center, axis_x, side = placed[:3]
-    side = float(np.clip(width / WIDTH_PER_SIDE, side, MAX_SIDE_GROWTH * side))
+    side = max(width / WIDTH_PER_SIDE, side)
     up = np.array([axis_x[1], -axis_x[0]])
     lower = float((line.middle - up * SQUARE_DROP * side - roi_center) @ up)  # (negative: towards the wrist)
     if lower >= 0:

@@ -225,6 +225,8 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
             raise reject("too_close")  # the palm itself is out of view, past the frame's edge on the wrist side
         valleys = [shape.points[f"valley_{k}"] for k in ("index_middle", "middle_ring", "ring_little")
                    if f"valley_{k}" in shape.points]
+        if placed is not None and not palm_square.inside_frame(*placed[:3], mask.shape):
+            placed = None  # (partly out of view: the circle past the heel decides, as for a whole-hand photo)
         if placed is None and valleys:
             wider = palm_circle.past_heel(mask, center, radius, np.array([axis_x[1], -axis_x[0]]),
                                           np.mean(valleys, axis=0))
