@@ -16,8 +16,9 @@ MAX_SPAN_OVER_RADIUS = 1.5  # index/middle to ring/little valley distance over t
 # Where the frame cuts the heel, the palm square hangs from the finger valleys, fitted on the tuning people's
 # untransformed frames placed from three valleys (coep_dev 76, webcam_hand2 74, 11k_full 30 frames): the mean of the
 # three sets' medians, each setup counted alike (coep_dev's pegged hands alone would put it 0.1 of a side lower).
-WIDTH_LEVEL = 0.5  # the palm's width is measured across the hand this many valley spans below the valleys' middle
-WIDTH_PER_SIDE = 1.36  # that width over the square's side (medians 1.30/1.39/1.38, 10-90%: 1.26-1.44)
+WIDTH_LEVELS = (0.25, 0.4, 0.55)  # the palm's width: the least of the widths across the hand at these many valley
+# spans below the valleys' middle that the frame shows whole (the thumb's base widens the lower ones on some hands)
+WIDTH_PER_SIDE = 1.34  # that width over the square's side (medians 1.28/1.38/1.35, 10-90%: 1.22-1.59)
 SQUARE_DROP = 0.71  # its centre this many sides below the valleys' middle (medians 0.81/0.67/0.64)
 OUT_OF_VIEW = 0.35  # such a square leaving the frame by more than this share of its side: the palm is out of view,
 # "too_close" (at 0.35, every such refusal of coep_dev, webcam_hand2, 11k_full and nir_dev zoomed 1.3/1.5x about the
@@ -108,11 +109,12 @@ def square_below_valleys(shape: Shape, mask: np.ndarray, center: np.ndarray, rad
     line = handshape.valley_line(shape, center, radius)
     if not isinstance(line, handshape.ValleyLine):
         return None
-    width = palm_width(mask, line.middle - line.up * WIDTH_LEVEL * line.span, line.axis_x)
-    if width is None:
+    widths = [palm_width(mask, line.middle - line.up * level * line.span, line.axis_x) for level in WIDTH_LEVELS]
+    widths = [width for width in widths if width is not None]
+    if not widths:
         return None
     roi_center, axis_x, side = placed[:3]
-    side = max(width / WIDTH_PER_SIDE, side)
+    side = max(min(widths) / WIDTH_PER_SIDE, side)
     up = np.array([axis_x[1], -axis_x[0]])
     lower = float((line.middle - up * SQUARE_DROP * side - roi_center) @ up)  # (negative: towards the wrist)
     if lower >= 0:
