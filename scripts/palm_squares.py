@@ -273,7 +273,7 @@ def transformed(name: str, chosen: list[str] | None, verbose: bool = False) -> N
     from vendor_node.errors import HandRejected
     from vendor_node.hand.dataset import load_dataset
     from vendor_node.hand.preprocess import extract_hand
-    from vendor_node.hand.robustness import TRANSFORMS, _within_photo, closeup_pose, warp_matrix
+    from vendor_node.hand.robustness import TRANSFORMS, closeup_pose, warp_matrix, within_photo
     from vendor_node.images import read_grey
 
     close = name.startswith("close-up")
@@ -299,7 +299,7 @@ def transformed(name: str, chosen: list[str] | None, verbose: bool = False) -> N
                 matrix, (h, w) = warp_matrix(image.shape, turn, zoom, center, size)
             else:
                 zoom = factor
-                center = _within_photo(before.keypoints["roi_center"], factor, image.shape) if nearer else None
+                center = within_photo(before.keypoints["roi_center"], factor, image.shape) if nearer else None
                 matrix, (h, w) = warp_matrix(image.shape, angle, factor, center)
             carry = lambda points: np.asarray(points, dtype=np.float64) @ matrix[:, :2].T + matrix[:, 2]  # noqa: E731
             expected = carry(before.square)

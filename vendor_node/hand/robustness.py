@@ -15,7 +15,8 @@ import zlib
 import cv2
 import numpy as np
 
-__all__ = ["TRANSFORMS", "transform_named", "robustness_rows", "format_robustness"]
+__all__ = ["TRANSFORMS", "transform_named", "robustness_rows", "format_robustness", "closeup_pose", "warp_matrix",
+           "within_photo"]
 
 BLUR_FRACTION = 0.006  # Gaussian sigma as a share of the frame's long side (about 4 px at 640)
 CLOSEUP_SIZE = (480, 640)  # the unit's frame (height, width)
@@ -63,11 +64,11 @@ def nearer(factor: float):
     photo's edge would show that edge inside the frame, cutting the arm off short of the frame's edge,
     which no frame of the unit shows."""
     def transform(image, sample=None):
-        return _warp(image, 0.0, factor, _within_photo(_palm_center(image), factor, image.shape))
+        return _warp(image, 0.0, factor, within_photo(_palm_center(image), factor, image.shape))
     return transform
 
 
-def _within_photo(center, factor: float, shape: tuple[int, int]) -> tuple[float, float]:
+def within_photo(center, factor: float, shape: tuple[int, int]) -> tuple[float, float]:
     """The zoom centre nearest ``center`` whose window (the frame over ``factor``) lies within the photo."""
     h, w = shape
     half_w, half_h = w / (2 * factor), h / (2 * factor)
