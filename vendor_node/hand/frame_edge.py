@@ -21,8 +21,9 @@ WIDTH_LEVELS = (0.25, 0.4, 0.55)  # the palm's width: the least of the widths ac
 WIDTH_PER_SIDE = 1.34  # that width over the square's side (medians 1.28/1.38/1.35, 10-90%: 1.22-1.59)
 SQUARE_DROP = 0.71  # its centre this many sides below the valleys' middle (medians 0.81/0.67/0.64)
 OUT_OF_VIEW = 0.35  # such a square leaving the frame by more than this share of its side: the palm is out of view,
-# "too_close" (at 0.35, every such refusal of coep_dev, webcam_hand2, 11k_full and nir_dev zoomed 1.3/1.5x about the
-# frame's centre had its true square over 0.2 out; at 0.2, 29 of 75 webcam_hand2 1.3x and 25 nir_dev frames did not)
+# "too_close". Zoomed 1.3/1.5x about the frame's centre (every person): webcam_hand2's 41 and 94 such refusals all had
+# the true square (the whole photo's, carried) over 0.2 of its side out; 11k_full's 21 of 24 and 20 of 20; nir_dev
+# gains 1 and 4 (palms then 0.7-1.07 of the frame's height, past MAX_PALM_SPAN)
 
 
 def wrist_contact(mask: np.ndarray, center: np.ndarray, radius: float) -> tuple[np.ndarray | None, bool]:
