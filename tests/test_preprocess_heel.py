@@ -8,7 +8,7 @@ import pytest
 
 from vendor_node.errors import HandRejected
 from vendor_node.hand import frame_edge
-from vendor_node.hand.preprocess import REASONS, extract_hand
+from vendor_node.hand.preprocess import extract_hand
 from vendor_node.sim import drawn_hands as synthetic
 
 SIZE = (480, 640)
@@ -40,7 +40,8 @@ def hung(monkeypatch):
 
 @pytest.mark.parametrize("person", range(8))
 @pytest.mark.parametrize("pose", [{"scale": 2.2, "shift": (0.0, 0.12)}, {"scale": 2.0, "shift": (0.0, 0.15)},
-                                  {"scale": 2.2, "shift": (0.0, 0.12), "rotation": 20.0}],
+                                  {"scale": 2.2, "shift": (0.0, 0.12), "rotation": 20.0},
+                                  {"scale": 2.2, "shift": (0.0, 0.12), "rotation": -20.0}],
                          ids=lambda pose: ",".join(f"{k}={v}" for k, v in pose.items()))
 def test_a_close_up_whose_heel_the_frame_cuts_gets_the_upright_hands_square(person, pose, hung):
     """Held near and low, the wrist and the heel of the palm leave the frame, which squeezes the palm circle
@@ -59,16 +60,15 @@ def test_a_close_up_whose_heel_the_frame_cuts_gets_the_upright_hands_square(pers
 
 
 @pytest.mark.parametrize("person", [0, 2, 3])
-def test_a_palm_out_of_view_past_the_wrist_edge_is_too_close_not_a_cut_square(person, monkeypatch):
-    """Nearer and lower still, the square hung from the valleys leaves the frame by over a third of its side:
-    "hold your hand a little higher", not a match on the sliver of palm the frame still shows (which the
-    squeezed circle would place, as it did before)."""
+def test_a_palm_whose_hung_square_would_leave_the_frame_falls_back_to_the_circle(person):
+    """Nearer and lower still, the square hung from the valleys would leave the frame: the circle past the heel
+    places it instead (no "too_close" refusal: refusing these measured worse on held-out people, see frame_edge)."""
     frame = synthetic.draw_hand(person, 0, SIZE, spread=1.0, rotation=0.0, scale=2.4, shift=(0.0, 0.5))
-    with pytest.raises(HandRejected) as caught:
-        extract_hand(frame)
-    assert caught.value.reason == "too_close" and "higher" in REASONS["too_close"]
-    monkeypatch.setattr(frame_edge, "OUT_OF_VIEW", 10.0)  # (the refusal is the hung square's: let it leave)
-    assert extract_hand(frame).alignment == "valleys"
+    hand = extract_hand(frame)
+    assert hand.alignment == "valleys"
+    h, w = frame.shape[:2]
+    x, y = hand.keypoints["roi_center"]
+    assert 0 <= x < w and 0 <= y < h
 
 
 def test_whole_hand_frames_whose_wrist_meets_the_frame_keep_the_circles_square(hung):

@@ -213,16 +213,13 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
     if alignment == "valleys" and "heel" in palm_circle.cut_sides(center, radius, axis_x, mask.shape):
         # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller and sits
         # further towards the fingers than the palm's own. In a close-up the square hangs from the valleys instead,
-        # sized by the palm's width (coep_dev held out, zoomed 1.5x: rank-1 61% -> 74%); a palm that leaves the
-        # frame that way is out of view. Otherwise (or where that width is not seen whole), the palm is taken to go on
-        # past the frame's edge towards the wrist, the circle moving only that way (placed again from the valleys).
+        # sized by the palm's width (coep_dev held out, zoomed 1.5x: rank-1 61% -> 74%). Otherwise (or where that
+        # width is not seen whole, or that square leaves the frame), the palm is taken to go on past the frame's edge
+        # towards the wrist, the circle moving only that way (placed again from the valleys).
         placed = None
         if area >= CLOSE_UP_AREA:  # (whole-hand photos whose wrist meets the frame: the circle measured better, and
             # their probes held nearer must place it as their enrollment did)
             placed = frame_edge.square_below_valleys(shape, mask, center, radius, (roi_center, axis_x, side))
-        if placed is not None and not palm_square.inside_frame(*placed[:3], mask.shape, slack=frame_edge.OUT_OF_VIEW):
-            trace["roi_square"] = palm_square.square_corners(*placed[:3]) * scale
-            raise reject("too_close")  # the palm itself is out of view, past the frame's edge on the wrist side
         valleys = [shape.points[f"valley_{k}"] for k in ("index_middle", "middle_ring", "ring_little")
                    if f"valley_{k}" in shape.points]
         if placed is not None and not palm_square.inside_frame(*placed[:3], mask.shape):
