@@ -237,6 +237,17 @@ def _statement_calls(db_url: str) -> int:
         return 0
 
 
+def _backend_cpu_s() -> float:
+    """CPU seconds of the PostgreSQL backend serving this process's Django connection (what the requests'
+    statements cost the server, without its background processes: autovacuum, WAL writer, checkpointer)."""
+    from django.db import connection
+
+    connection.ensure_connection()
+    pid = connection.connection.info.backend_pid
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid: int | None,
                      full_middleware: bool = False) -> None:
     """CPU per request kind with no HTTP server and no concurrency: journal uploads of every unit, then their
@@ -277,6 +288,7 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid
         cpu, each = 0.0, []
         _reset_statements(db_url)
         db_before = tree_cpu_s(pg_pid) if pg_pid else 0.0
+        backend_before = _backend_cpu_s()
         for i, key in enumerate(unit_keys):
             unit_id = f"bench-{i:04d}"
             if before_each:
@@ -297,14 +309,16 @@ def in_process_costs(unit_keys, nights: Path, profile: bool, db_url: str, pg_pid
             if status != 200:
                 raise SystemExit(f"{unit_id} {what}: {status} {content[:200]!r}")
         db_ms = ((tree_cpu_s(pg_pid) - db_before) / len(unit_keys) * 1000) if pg_pid else float("nan")
+        backend_ms = (_backend_cpu_s() - backend_before) / len(unit_keys) * 1000
         statements = _statement_calls(db_url) / len(unit_keys)
         print(f"  {what:9} {cpu / len(unit_keys) * 1000:6.1f} ms CPU per request in this process, median "
               f"{pct(each, 50):.1f} ms (Django and the database client); the database server {db_ms:.1f} ms "
-              f"(its whole process tree, this bench's few statements included); "
+              f"(its whole process tree, this bench's few statements included; the office's own backend "
+              f"{backend_ms:.1f} ms); "
               f"{statements:.1f} statements per request{' (profiled)' if profile else ''}", flush=True)
         if profiler:
             print(top_statements(db_url, len(unit_keys), n=20))
-            pstats.Stats(profiler).sort_stats("cumulative").print_stats(
+            pstats.Stats(profiler).sort_stats(os.environ.get("BENCH_SORT", "cumulative")).print_stats(
                 r"vendor_node|django/(core/handlers|middleware|contrib)|psycopg/(cursor|copy)|json", 30)
 
 
@@ -362,7 +376,7 @@ def main() -> int:
             return 0 if bundle_build_time(args.bundle_employees) <= 2.0 else 1
         from django.db import connections, transaction
 
-        from vendor_node.office.models import Employee, JournalEntry, TopUp, Unit
+        from vendor_node.office.models import Employee, JournalBatch, TopUp, Unit
         from vendor_node.office import ledger
 
         employees = [f"E{i:05d}" for i in range(args.employees)]
@@ -491,15 +505,24 @@ def main() -> int:
               f"({cores * 1000 / (served_ms + client_cpu / n * 1000):.0f} with it on the same cores)")
         print(sampler.report())
         print(top_statements(db_url, len(timings['journal']) * 3))
-        ingested = JournalEntry.objects.count()
+        from django.db.models import Sum
+
+        from vendor_node.office.journal_store import verify_stored
+
+        ingested = JournalBatch.objects.aggregate(n=Sum("entries"))["n"] or 0
         expected_entries = args.units * args.purchases * 3
+        broken = [f"{unit.unit_id}: {verify_stored(unit.pk, unit.journal_epoch)}" for unit in Unit.objects.all()
+                  if verify_stored(unit.pk, unit.journal_epoch) != (unit.last_seq, None)]
         balances = ledger.balances()
         wrong = [e for e in employees if balances[e] != 1_000_000 - charged_total.get(e, 0)] + ledger.check_totals()
         print(f"ledger: {ingested} entries ingested (expected {expected_entries}), {len(failures)} failed requests, "
-              f"{len(wrong)} balances differing from top-ups minus charges")
+              f"{len(wrong)} balances differing from top-ups minus charges, {len(broken)} units whose stored "
+              "batches do not verify again as their hash chain")
+        for line in broken[:5]:
+            print("  " + line)
         for line in failures[:5]:
             print("  " + line)
-        return 0 if ingested == expected_entries and not failures and not wrong else 1
+        return 0 if ingested == expected_entries and not failures and not wrong and not broken else 1
     finally:
         if proc is not None:
             os.killpg(proc.pid, signal.SIGTERM)

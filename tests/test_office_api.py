@@ -8,7 +8,8 @@ import time
 
 import pytest
 
-from test_office_support import FakeUnit, call, fleet_public_key, heartbeat_body, office, verify_receipt  # noqa: F401
+from test_office_support import (FakeUnit, call, fleet_public_key, heartbeat_body, ingested_entries,  # noqa: F401
+                                 office, verify_receipt)
 
 pytest.importorskip("django")
 
@@ -29,8 +30,6 @@ def setup(office, tmp_path):
 
 def test_journal_upload_is_ingested_once_with_a_signed_receipt(setup):
     from vendor_node.office import ledger
-    from vendor_node.office.models import JournalEntry
-
     client, unit, keys = setup
     unit.buy("E0001", 150)
     unit.buy("E0001", 999, succeed=False)  # cancelled: never a charge
@@ -46,7 +45,7 @@ def test_journal_upload_is_ingested_once_with_a_signed_receipt(setup):
     again = call(client, unit, "POST", "journal", batch)  # the unit lost the answer and retries
     assert again.status_code == 200 and again.json() == first.json()
     assert ledger.balance_cents("E0001") == 850
-    assert JournalEntry.objects.count() == body["last_seq"]
+    assert [e["seq"] for e in ingested_entries()] == list(range(1, body["last_seq"] + 1))
     unit.ack(body["last_seq"])
     unit.buy("E0001", 100)
     assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
@@ -130,6 +129,28 @@ def test_bundle_carries_the_ledger_balance_and_journal_position(setup):
     assert funds == {"E0001": 750, "E0002": 500}
     assert call(client, unit, "GET", "bundle", query=f"after={bundle.version}").status_code == 204
     assert call(client, unit, "GET", "bundle", query="after=-1").status_code == 400
+
+
+def test_a_unit_holding_the_newest_bundle_is_answered_204_without_making_it_again(setup, monkeypatch):
+    """A pull whose ``after`` is the newest version: no bytes made or signed (the nightly pull when nothing
+    changed); a change since (a top-up) is a new version, made and sent."""
+    from vendor_node.money.bundle import decode_bundle
+    from vendor_node.office import bundles, ledger
+
+    client, unit, keys = setup
+    first = decode_bundle(call(client, unit, "GET", "bundle", query="after=0").content, fleet_public_key(keys))
+    made = []
+    original = bundles._encode
+    monkeypatch.setattr(bundles, "_encode", lambda *a: (made.append(a[3]), original(*a))[1])
+    assert call(client, unit, "GET", "bundle", query=f"after={first.version}").status_code == 204
+    assert made == []
+    again = call(client, unit, "GET", "bundle", query="after=0")  # the same version, its bytes made again
+    assert again.status_code == 200 and made == [first.version]
+    assert decode_bundle(again.content, fleet_public_key(keys)).version == first.version
+    ledger.top_up("test", "E0001", "1.00")
+    newer = call(client, unit, "GET", "bundle", query=f"after={first.version}")
+    assert newer.status_code == 200 and len(made) == 2
+    assert {e.id: e.funds_cents for e in decode_bundle(newer.content, fleet_public_key(keys)).employees}["E0001"] == 1100
 
 
 def test_templates_relayed_sealed_and_deletion_confirmed_per_unit(setup, tmp_path):
@@ -338,7 +359,6 @@ def test_a_batch_overlapping_what_the_office_holds_adds_only_its_new_entries(set
     the office holds and only the rest is ingested (charged once); a held entry that differs is refused."""
     from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
     from vendor_node.office import ledger
-    from vendor_node.office.models import JournalEntry
 
     client, unit, _keys = setup
     unit.buy("E0001", 100)
@@ -359,14 +379,15 @@ def test_a_batch_overlapping_what_the_office_holds_adds_only_its_new_entries(set
     answer = call(client, unit, "POST", "journal", _signed_batch(unit, entries, "overlap-1-9"))
     assert answer.status_code == 200, answer.content
     assert ledger.balance_cents("E0001") == 1000 - 140 and ledger.balance_cents("E0002") == 500 - 60
-    assert sorted(JournalEntry.objects.values_list("seq", flat=True)) == list(range(1, 10))
+    assert [e["seq"] for e in ingested_entries()] == list(range(1, 10))
+    assert [e["hash"] for e in ingested_entries()] == [e["hash"] for e in entries]
 
 
 def test_a_settled_review_is_charged_only_when_the_technician_says_so(setup):
     """The charges the office counts: a vend that succeeded, and a reviewed outcome_unknown only when settled
     as charged; an approval, a void, an unknown outcome and a review settled as not charged cost nothing."""
     from vendor_node.office import ledger
-    from vendor_node.office.models import JournalEntry
+    from vendor_node.office.models import Charge
 
     client, unit, _keys = setup
     journal = unit.journal
@@ -378,13 +399,13 @@ def test_a_settled_review_is_charged_only_when_the_technician_says_so(setup):
     unit.buy("E0002", 30, succeed=False)
     assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
     assert ledger.balance_cents("E0001") == 1000 - 70 and ledger.balance_cents("E0002") == 500
-    assert sorted(JournalEntry.objects.filter(charged_cents__gt=0).values_list("kind", "charged_cents")) == \
+    assert sorted(Charge.objects.values_list("kind", "charged_cents")) == \
         [("review_settled", 70)]
 
 
 def test_an_entry_field_of_the_wrong_type_is_refused_naming_it(setup):
     """The upload's fast check finds a wrongly typed field; the refusal names it (400), nothing is stored."""
-    from vendor_node.office.models import JournalEntry
+    from vendor_node.office.models import Charge, JournalBatch
 
     client, unit, _keys = setup
     unit.buy("E0001", 100)
@@ -395,14 +416,17 @@ def test_an_entry_field_of_the_wrong_type_is_refused_naming_it(setup):
     entries[1]["seq"], entries[2]["amount_cents"] = int(entries[1]["seq"]), "1.00"
     answer = call(client, unit, "POST", "journal", _signed_batch(unit, entries, "typed-2"))
     assert answer.status_code == 400 and answer.json()["error"] == "body.entries[2].amount_cents: not int"
-    assert not JournalEntry.objects.exists()
+    assert not JournalBatch.objects.exists() and not Charge.objects.exists()
 
 
-def test_stored_entries_verify_as_a_chain_without_a_stored_prev_hash(setup):
-    """Each entry's prev_hash is not stored (it is the hash of the entry before it, GENESIS_HASH at seq 1):
-    the office's rows alone re-verify as the unit's hash chain, across batches."""
-    from vendor_node.money.journal_schema import GENESIS_HASH, canonical_entry, chain_hash
-    from vendor_node.office.models import JournalEntry
+def test_stored_batches_verify_again_signature_and_chain(setup):
+    """Each batch is kept as the unit sent it: its signature verifies again with the unit's key, and the
+    entries it brought (the tail of an overlapping batch only) chain from GENESIS_HASH across batches; only
+    the charges are rows. A stored document altered afterwards is found by the same check."""
+    from vendor_node.money.journal_schema import VEND_SUCCEEDED
+    from vendor_node.office.ingest import parse_batch
+    from vendor_node.office.journal_store import verify_stored
+    from vendor_node.office.models import Charge, JournalBatch, Unit
 
     client, unit, _keys = setup
     unit.buy("E0001", 100)
@@ -410,13 +434,25 @@ def test_stored_entries_verify_as_a_chain_without_a_stored_prev_hash(setup):
     assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
     unit.ack(first["last_seq"])
     unit.buy("E0002", 70, item="7")
-    assert call(client, unit, "POST", "journal", unit.batch()).status_code == 200
-    prev, rows = GENESIS_HASH, list(JournalEntry.objects.filter(unit__unit_id=unit.unit_id).order_by("seq"))
-    assert [row.seq for row in rows] == list(range(1, len(rows) + 1)) and len(rows) > first["last_seq"]
-    for row in rows:
-        assert row.hash == chain_hash(prev, canonical_entry(row.seq, row.ts_us, row.kind, row.session_id,
-                                                            row.employee_id, row.item, row.amount_cents, row.detail))
-        prev = row.hash
+    overlapping = _signed_batch(unit, [e.as_dict() for e in unit.journal.entries(0, 6)], "overlap-1-6")
+    assert call(client, unit, "POST", "journal", overlapping).status_code == 200
+    registered = Unit.objects.get(unit_id=unit.unit_id)
+    batches = list(JournalBatch.objects.filter(unit=registered).order_by("id"))
+    assert [(b.first_seq, b.entries) for b in batches] == [(1, first["last_seq"]),
+                                                           (1, 6 - first["last_seq"])]
+    assert bytes(batches[1].document) == overlapping
+    for batch in batches:
+        body, _charges = parse_batch(bytes(batch.document), registered, unit.key.public_key())
+        assert body["last_hash"] == batch.last_hash
+    held = ingested_entries()
+    assert [e["seq"] for e in held] == list(range(1, registered.last_seq + 1))
+    assert verify_stored(registered.pk, registered.journal_epoch) == (registered.last_seq, None)
+    assert sorted(Charge.objects.values_list("seq", "employee_id", "item", "charged_cents")) == sorted(
+        (e["seq"], e["employee_id"], e["item"], e["amount_cents"]) for e in held if e["kind"] == VEND_SUCCEEDED)
+    document = json.loads(bytes(batches[0].document))
+    document["body"]["entries"][1]["amount_cents"] = 1
+    JournalBatch.objects.filter(pk=batches[0].pk).update(document=json.dumps(document).encode())
+    assert verify_stored(registered.pk, registered.journal_epoch) == (1, "hash chain broken at seq 2")
 
 
 def test_the_served_application_answers_units_without_the_pages_middleware(setup):

@@ -11,7 +11,7 @@ from dataclasses import replace
 
 import pytest
 
-from test_office_support import FakeUnit, call, fleet_public_key, office  # noqa: F401
+from test_office_support import FakeUnit, call, fleet_public_key, office, office_db_url  # noqa: F401
 
 pytest.importorskip("django")
 
@@ -141,7 +141,6 @@ def test_a_change_made_by_another_process_reaches_this_process_bundles(units):
     import subprocess
     import sys
 
-    from django.conf import settings
     from django.test import Client
 
     made, keys = units
@@ -149,9 +148,8 @@ def test_a_change_made_by_another_process_reaches_this_process_bundles(units):
     assert {e.id: e.status for e in _bundle(client, made[0], keys).employees}["E2"] == "active"
     csv_file = keys.parent / "suspend.csv"
     csv_file.write_text("employee_id,display_name,funds,status\nE2,Grace,0.00,suspended\n")
-    db = settings.DATABASES["default"]["NAME"]
     done = subprocess.run([sys.executable, "-m", "vendor_node", "office", "import-employees", str(csv_file),
-                           "--db", f"sqlite:///{db}", "--fleet-keys", str(keys)], capture_output=True, text=True,
+                           "--db", office_db_url(), "--fleet-keys", str(keys)], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert {e.id: e.status for e in _bundle(client, made[1], keys).employees}["E2"] == "suspended"
@@ -186,7 +184,7 @@ def test_an_upload_not_laid_out_as_exported_is_checked_the_same(units):
     assert ledger.balance_cents("E1") == 880 and ledger.balance_cents("E2") == 420
 
 
-def test_charges_pending_a_fold_are_counted_once(units):
+def test_charges_pending_a_fold_are_counted_once(units, monkeypatch):
     from django.test import Client
 
     from vendor_node.office import ingest, ledger
@@ -212,13 +210,12 @@ def test_charges_pending_a_fold_are_counted_once(units):
     assert {e: ledger.balance_cents(e) for e in expected} == expected and ledger.check_totals() == []
     made[1].ack(6)
     made[1].buy("E1", 50)
-    ingest._folded_at[0] = time.monotonic() + 60  # this process folded a moment ago (however slow the machine):
-    # the next upload leaves its row
+    monkeypatch.setattr(ingest, "FOLD_EVERY_UPLOADS", 10 ** 12)  # not this upload's turn to fold: it leaves its row
     assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
     assert ChargePending.objects.count() == 1 and ledger.balance_cents("E1") == 1000 - 353
     made[1].ack(9)
     made[1].buy("E2", 5)
-    ingest._folded_at[0] = 0.0  # long enough ago: the upload folds after its commit, its own row and the one before
+    monkeypatch.setattr(ingest, "FOLD_EVERY_UPLOADS", 1)  # its turn: the upload folds after its commit, its own row and the one before
     assert call(client, made[1], "POST", "journal", made[1].batch()).status_code == 200
     assert not ChargePending.objects.exists() and ledger.charged_by_employee() == {"E1": 353, "E2": 35}
 
@@ -254,7 +251,7 @@ def test_a_request_stamps_the_sync_and_its_nonce_which_is_pruned_when_old(units)
 
     from test_office_support import heartbeat_body
     from vendor_node.office import unit_api
-    from vendor_node.office.models import Nonce, Unit
+    from vendor_node.office.models import Unit, UnitNonce as Nonce
 
     made, _keys = units
     client = Client()

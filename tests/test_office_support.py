@@ -1,9 +1,10 @@
-"""Helpers for the office tests (no tests here): one Django set-up per process on a SQLite file,
+"""Helpers for the office tests (no tests here): one Django set-up per process on a SQLite file (or PostgreSQL),
 a clean database per test, and real unit journals whose signed batches the office ingests."""
 from __future__ import annotations
 
 import base64
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -17,16 +18,34 @@ _STATE: dict = {}
 
 
 def office_keys_dir() -> Path:
-    """Configure Django once for this test process (SQLite in a temp folder) and migrate."""
+    """Configure Django once for this test process and migrate: SQLite in a temp folder, or PostgreSQL when
+    VENDOR_NODE_OFFICE_TEST_DB says so (``postgresql``: a throwaway server started here and stopped at exit;
+    or a ``postgresql://`` URL of an empty database), so the same tests run on both."""
     if "keys" not in _STATE:
         from vendor_node.office.server import prepare
         from vendor_node.money.keys import generate_fleet_keys
 
         root = Path(tempfile.mkdtemp(prefix="office-test-"))
         generate_fleet_keys(root / "keys")
-        prepare(f"sqlite:///{root / 'office.db'}", root / "keys")
+        wanted = os.environ.get("VENDOR_NODE_OFFICE_TEST_DB", "")
+        if wanted == "postgresql":
+            import atexit
+
+            from vendor_node.office import pgtemp
+
+            server = pgtemp.ThrowawayPostgres().start()
+            atexit.register(server.stop)
+            wanted = server.url
+        _STATE["db_url"] = wanted or f"sqlite:///{root / 'office.db'}"
+        prepare(_STATE["db_url"], root / "keys")
         _STATE["keys"] = root / "keys"
     return _STATE["keys"]
+
+
+def office_db_url() -> str:
+    """The URL of the tests' office database (for a command run in another process)."""
+    office_keys_dir()
+    return _STATE["db_url"]
 
 
 @pytest.fixture
@@ -39,6 +58,18 @@ def office(request):
     call_command("flush", interactive=False, verbosity=0)
     ensure_roles()
     yield keys
+
+
+def ingested_entries() -> list[dict]:
+    """Every journal entry the office holds, of every unit and journal epoch, read back from the stored
+    batches (each (unit, epoch, seq) once, as `journal_store.stored_entries` gives them)."""
+    from vendor_node.office.journal_store import stored_entries
+    from vendor_node.office.models import JournalBatch
+
+    found = []
+    for unit_pk, epoch in JournalBatch.objects.values_list("unit_id", "epoch").distinct().order_by("unit_id", "epoch"):
+        found.extend(stored_entries(unit_pk, epoch))
+    return found
 
 
 def fleet_public_key(keys: Path):

@@ -108,11 +108,14 @@ def _shared_records(unit: Unit, generation: int | None) -> _Shared:
         return _shared[0]
 
 
-def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = False) -> IssuedBundle:
+def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = False,
+                   unit_has: int = -1) -> IssuedBundle:
     """The newest bundle for ``unit``, issuing a new version when the ledger says something new. Only the
     envelope (this unit, its journal position, version, times), the funds and which templates are this unit's
     own are made per request; the rest is shared by every unit until an office change (``_Shared``).
-    ``stamp_sync``: the unit asked (its last sync is stamped by the statement that locks its row)."""
+    ``stamp_sync``: the unit asked (its last sync is stamped by the statement that locks its row).
+    ``unit_has``: the version the unit says it holds: when that is still the newest, its bytes are not made
+    again (``data`` stays None: the unit is answered 204, no encoding and no signature)."""
     now = time.time() if now is None else now
     with transaction.atomic():
         locked = lock_and_stamp_sync(unit.pk) if stamp_sync else Unit.objects.select_for_update().get(pk=unit.pk)
@@ -123,7 +126,8 @@ def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = Fals
                                 f"{','.join(map(str, funds))}".encode()).hexdigest()
         latest = kept[0] if kept else None
         if latest is not None and latest.content_sha256 == digest and now - latest.created_at < REFRESH_S:
-            latest.data = _encode(locked, shared, funds, latest.version, latest.created_at)  # its very bytes again
+            if latest.version > unit_has:
+                latest.data = _encode(locked, shared, funds, latest.version, latest.created_at)  # its very bytes
             return latest
         version = max((latest.version + 1) if latest else 1, int(now))
         issued = _store(IssuedBundle(unit=locked, version=version, content_sha256=digest, created_at=now))

@@ -62,14 +62,14 @@ def unit_problems(unit: Unit, now=None, no_sale_h: int | None = None) -> list[st
 
 def last_sale_at(unit: Unit) -> dt.datetime | None:
     """The unit's newest sale the office knows: its heartbeat's, or the newest charge ingested."""
-    from .models import JournalEntry
+    from .models import Charge
 
     times = []
     beat = unit.heartbeat if isinstance(unit.heartbeat, dict) else {}
     if isinstance(beat.get("last_purchase_at"), (int, float)):
         times.append(float(beat["last_purchase_at"]))
     # the newest charge is near the journal's end: walk the (unit, epoch, seq) index backwards, not every entry
-    newest = JournalEntry.objects.filter(unit=unit, charged_cents__gt=0).order_by("-epoch", "-seq") \
+    newest = Charge.objects.filter(unit=unit, charged_cents__gt=0).order_by("-epoch", "-seq") \
         .values_list("ts_us", flat=True).first()
     if newest is not None:
         times.append(newest / 1e6)

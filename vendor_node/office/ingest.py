@@ -26,7 +26,8 @@ from django.utils import timezone
 from ..errors import UnitRequestRefused
 from ..money.journal_export import BATCH_FORMAT, BATCH_VERSION, _canonical
 from ..money.journal_schema import KINDS, REVIEW_SETTLED, VEND_SUCCEEDED, canonical_entry, chain_hash
-from .models import ChargePending, ChargeTotal, JournalBatch, JournalEntry, Unit, hot_cursor
+from .journal_store import stored_hashes
+from .models import Charge, ChargePending, ChargeTotal, JournalBatch, Unit, hot_cursor
 from .units import UNIT_REQUEST_FIELDS, lock_and_stamp_sync, unit_from_row
 
 _ENTRY_FIELDS = {"seq": int, "ts_us": int, "kind": str, "session_id": str, "prev_hash": str, "hash": str}
@@ -67,8 +68,9 @@ def _signed_as_sent(data: bytes, public_key) -> dict | None:
 
 
 def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]:
-    """The verified batch body and its entries' row values (_ENTRY_ROW order, as read once by the checks);
-    UnitRequestRefused (400/401/403) naming what is wrong."""
+    """The verified batch body and its charges' row values (_CHARGE_ROW order, as read once by the checks:
+    every entry is checked, only the charges become rows); UnitRequestRefused (400/401/403) naming what is
+    wrong."""
     body = _signed_as_sent(data, public_key)
     if body is None:
         try:
@@ -127,9 +129,8 @@ def parse_batch(data: bytes, unit: Unit, public_key) -> tuple[dict, list[tuple]]
                 raise UnitRequestRefused(409, f"body.entries[{i}]: hash chain broken at seq {seq}")
             computed = entry_hash
         prev = computed
-        charge = (amount_cents or 0) if kind == VEND_SUCCEEDED or (kind == REVIEW_SETTLED and (amount_cents or 0) > 0) \
-            else 0
-        fields.append((seq, ts_us, kind, session_id, employee_id, item, amount_cents, detail, entry_hash, charge))
+        if amount_cents and (kind == VEND_SUCCEEDED or (kind == REVIEW_SETTLED and amount_cents > 0)):
+            fields.append((seq, ts_us, kind, employee_id, item, amount_cents))
     if prev != body["last_hash"]:
         raise UnitRequestRefused(409, "body.last_hash: does not match the last entry's hash")
     return body, fields
@@ -171,7 +172,7 @@ def receipt_for(unit: Unit, batch: JournalBatch) -> dict:
 
 def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
     """Ingest one batch; returns the receipt (unsigned). Safe to call again with the same batch."""
-    body, fields = parse_batch(data, unit, public_key)
+    body, charges = parse_batch(data, unit, public_key)
     first, last = body["first_seq"], body["last_seq"]
     for _attempt in range(3):
         try:
@@ -182,9 +183,8 @@ def ingest_batch(unit: Unit, data: bytes, public_key) -> dict:
                         raise UnitRequestRefused(409, f"body.batch_id: {body['batch_id']} was ingested with "
                                                       "different entries")
                     return receipt_for(locked, done)
-                receipt = _ingest_locked(locked, body, fields, first, last)
-            if time.monotonic() - _folded_at[0] >= FOLD_EVERY_S:  # after the commit, never inside it
-                _folded_at[0] = time.monotonic()
+                receipt, pending_id = _ingest_locked(locked, body, charges, data)
+            if pending_id is not None and pending_id % FOLD_EVERY_UPLOADS == 0:  # after the commit, never in it
                 fold_pending_charges()
             return receipt
         except _GapRefused as exc:
@@ -226,7 +226,9 @@ def _batch_from(unit: Unit, batch_id: str, row) -> JournalBatch | None:
                                                  last_seq=row[0], last_hash=row[1], ingested_at=row[2])
 
 
-def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last: int) -> dict:
+def _ingest_locked(unit: Unit, body: dict, charges: list[tuple], document: bytes) -> tuple[dict, int | None]:
+    """The receipt, and the id of the upload's pending charges row (None without a charge)."""
+    first, last = body["first_seq"], body["last_seq"]
     if first > unit.last_seq + 1 and last >= first:
         raise _GapRefused(f"batch {body['batch_id']} starts at seq {first} but the office has up to seq "
                           f"{unit.last_seq}: entries {unit.last_seq + 1}..{first - 1} missing")
@@ -236,9 +238,7 @@ def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last
     elif first - 1 == 0:
         anchor = "0" * 64
     else:
-        row = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch, seq=first - 1) \
-            .values_list("hash", flat=True).first()
-        anchor = row
+        anchor = stored_hashes(unit.pk, unit.journal_epoch, first - 1, first - 1).get(first - 1)
     if anchor != body["prev_hash"]:
         raise _OtherJournal(f"body.prev_hash: does not continue this unit's journal as the office holds it at "
                             f"seq {first - 1}")
@@ -246,101 +246,107 @@ def _ingest_locked(unit: Unit, body: dict, fields: list[tuple], first: int, last
     held_count = max(0, unit.last_seq - first + 1)  # seqs run first, first + 1, ... (parse_batch checked)
     overlap, new = entries[:held_count], entries[held_count:]
     if overlap:
-        held = dict(JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch, seq__gte=overlap[0]["seq"],
-                                                seq__lte=overlap[-1]["seq"]).values_list("seq", "hash"))
+        held = stored_hashes(unit.pk, unit.journal_epoch, overlap[0]["seq"], overlap[-1]["seq"])
         for e in overlap:
             if held.get(e["seq"]) != e["hash"]:
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
-    new_rows = fields[held_count:]
-    _insert_entries(unit.pk, unit.journal_epoch, new_rows)
+    new_charges = [row for row in charges if row[0] > unit.last_seq] if overlap else charges
+    _insert_charges(unit.pk, unit.journal_epoch, new_charges)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
     batch = JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first,
                          last_seq=last, last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                          entries=len(new))
-    _record_batch(batch, unit, _pending_charges(new_rows))
-    return receipt_for(unit, batch)
+    pending_id = _record_batch(batch, unit, _pending_charges(new_charges), document)
+    return receipt_for(unit, batch), pending_id
 
 
-_ENTRY_ROW = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail", "hash",
-              "charged_cents")  # an entry's row values as parse_batch returns them
-_ENTRY_COLUMNS = ("unit_id", "epoch", *_ENTRY_ROW)
-_EMPLOYEE, _CHARGE = _ENTRY_ROW.index("employee_id"), _ENTRY_ROW.index("charged_cents")
+_CHARGE_ROW = ("seq", "ts_us", "kind", "employee_id", "item", "charged_cents")  # as parse_batch returns them
+_CHARGE_COLUMNS = ("unit_id", "epoch", *_CHARGE_ROW)
+_EMPLOYEE, _CHARGE = _CHARGE_ROW.index("employee_id"), _CHARGE_ROW.index("charged_cents")
 
 
-def _insert_entries(unit_pk: int, epoch: int, entries: list[tuple]) -> None:
-    """The new entries in one statement: COPY on PostgreSQL, one prepared INSERT on SQLite. A night's 600
-    entries built as ORM objects cost more CPU than all of the request's checks (profiled under the bench).
-    COPY's binary format: no integer printed as text by psycopg and parsed back by the server."""
-    if not entries:
+def _insert_charges(unit_pk: int, epoch: int, charges: list[tuple]) -> None:
+    """The new charges in one statement: COPY on PostgreSQL (binary: no integer printed as text by psycopg and
+    parsed back by the server), one prepared INSERT on SQLite. The other entries are not rows: they are in
+    the batch's document (`journal_store`)."""
+    if not charges:
         return
     head = (unit_pk, epoch)
-    rows = [head + values for values in entries]
-    table, columns = JournalEntry._meta.db_table, ", ".join(_ENTRY_COLUMNS)
+    rows = [head + values for values in charges]
+    table, columns = Charge._meta.db_table, ", ".join(_CHARGE_COLUMNS)
     with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
             with cursor.copy(f"COPY {table} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(_entry_column_types())
+                copy.set_types(_charge_column_types())
                 for row in rows:
                     copy.write_row(row)
         else:
-            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(_ENTRY_COLUMNS))})",
+            cursor.executemany(f"INSERT INTO {table} ({columns}) VALUES ({', '.join(['%s'] * len(_CHARGE_COLUMNS))})",
                                rows)
 
 
 _column_types: list[str] = []
 
 
-def _entry_column_types() -> list[str]:
-    """The entries' column types as binary COPY needs them exactly (an int4 column refuses an int8 value)."""
+def _charge_column_types() -> list[str]:
+    """The charges' column types as binary COPY needs them exactly (an int4 column refuses an int8 value)."""
     if not _column_types:
-        fields = {field.column: field for field in JournalEntry._meta.concrete_fields}
-        _column_types[:] = [fields[name].db_type(connection).split("(")[0] for name in _ENTRY_COLUMNS]
+        fields = {field.column: field for field in Charge._meta.concrete_fields}
+        _column_types[:] = [fields[name].db_type(connection).split("(")[0] for name in _CHARGE_COLUMNS]
     return _column_types
 
 
-def _pending_charges(entries: list[tuple]) -> str | None:
+def _pending_charges(charges: list[tuple]) -> str | None:
     """The new charges per employee as the JSON of one pending row, None without a charge. One new row per
     upload (same transaction as the entries), so two units' uploads never wait on each other: a running total
     per employee updated here made every upload wait for the one before it to commit (most uploads touch most
     employees): under 50 concurrent units that queue, not the CPU, set the pace."""
     sums: dict[str, int] = {}
-    for values in entries:
+    for values in charges:
         employee_id, charge = values[_EMPLOYEE], values[_CHARGE]
-        if charge and employee_id:
+        if employee_id:
             sums[employee_id] = sums.get(employee_id, 0) + charge
-    return json.dumps(sums, sort_keys=True, separators=(",", ":")) if sums else None
+    if not sums:
+        return None
+    return _fast_dumps(sums).decode() if _fast_dumps is not None else json.dumps(sums, separators=(",", ":"))
 
 
-def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None) -> None:
-    """The batch row, the unit's journal position and the pending charges: plain statements (the ORM's
-    building cost more than their execution), on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
+def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document: bytes) -> int | None:
+    """The batch row (its document: the upload as received), the unit's journal position and the pending
+    charges (their row's id returned): plain statements (the ORM's building cost more than their execution),
+    on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
     insert_batch = (f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
-                    "last_hash, ingested_at, entries) VALUES (%s, %s, %s, %s, %s, %s, %s, %s)")
+                    "last_hash, ingested_at, entries, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
     update_unit = f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s WHERE id = %s"
-    insert_pending = f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s)"
+    insert_pending = (f"INSERT INTO {ChargePending._meta.db_table} (charges) VALUES (%s{'::jsonb' if connection.vendor == 'postgresql' else ''}) "
+                      "RETURNING id")
     batch_values = [unit.pk, batch.epoch, batch.batch_id, batch.first_seq, batch.last_seq, batch.last_hash,
-                    batch.ingested_at, batch.entries]
+                    batch.ingested_at, batch.entries, bytes(document)]
     unit_values = [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk]
     with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
             if charges is None:
                 cursor.execute(f"WITH b AS ({insert_batch}) {update_unit}", batch_values + unit_values)
-            else:
-                cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
-                               batch_values + unit_values + [charges])
-            return
+                return None
+            cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
+                           batch_values + unit_values + [charges])
+            return cursor.fetchone()[0]
         cursor.execute(insert_batch, batch_values)
         cursor.execute(update_unit, unit_values)
-        if charges is not None:
-            cursor.execute(insert_pending, [charges])
+        if charges is None:
+            return None
+        cursor.execute(insert_pending, [charges])
+        return cursor.fetchone()[0]
 
 
 _FOLD_LOCK = 0x766E_6664  # "vnfd": the PostgreSQL advisory lock of a fold in progress
-FOLD_EVERY_S = 0.2  # per process: readers add up a few pending rows at most, a fold is not paid per upload
-_folded_at = [0.0]  # monotonic time of this process's last fold
+FOLD_EVERY_UPLOADS = 10  # office-wide: the upload whose pending row's id is a multiple of this folds (after its
+# commit), so readers add up about this many pending rows at most and a fold (the running totals of every employee
+# the uploads since the last one touched: most of them) is paid once per this many uploads. A fold every 0.2 s in
+# each process (before) ran ~20 times a second under load, a fold per one or two uploads.
 
 
 def fold_pending_charges() -> None:
@@ -356,7 +362,7 @@ def fold_pending_charges() -> None:
                 f"WITH fold AS (SELECT pg_try_advisory_xact_lock(%s) AS mine), "
                 f"moved AS (DELETE FROM {pending} WHERE (SELECT mine FROM fold) RETURNING charges), "
                 f"sums AS (SELECT p.key AS employee_id, sum(p.value::bigint) AS cents FROM moved, "
-                "jsonb_each_text(moved.charges::jsonb) p GROUP BY p.key) "
+                "jsonb_each_text(moved.charges) p GROUP BY p.key) "
                 f"INSERT INTO {totals} (employee_id, charged_cents) SELECT employee_id, cents FROM sums "
                 f"ORDER BY employee_id ON CONFLICT (employee_id) DO UPDATE SET charged_cents = "
                 f"{totals}.charged_cents + excluded.charged_cents", [_FOLD_LOCK])
@@ -366,8 +372,8 @@ def fold_pending_charges() -> None:
         if not rows:
             return
         sums: dict[str, int] = {}
-        for _, text in rows:
-            for employee_id, cents in json.loads(text).items():
+        for _, charges in rows:  # SQLite's JSON column: text, or already read as a dict by Django
+            for employee_id, cents in (json.loads(charges) if isinstance(charges, str) else charges).items():
                 sums[employee_id] = sums.get(employee_id, 0) + cents
         ordered = sorted(sums.items())
         with hot_cursor() as cursor:

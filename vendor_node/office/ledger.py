@@ -24,7 +24,7 @@ from django.utils import timezone
 from ..errors import BundleError, OfficeError
 from ..money.bundle import EMPLOYEE_ID_RE
 from ..money.employees_csv import parse_amount_cents, parse_employees_csv
-from .models import (ChargePending, ChargeTotal, Employee, JournalEntry, TopUp, audit, bump_bundle_generation,
+from .models import (Charge, ChargePending, ChargeTotal, Employee, TopUp, audit, bump_bundle_generation,
                      hot_cursor)
 
 MAX_TOPUP_CENTS = 1_000_000_00  # one top-up above 1,000,000.00 is a typo, not a top-up
@@ -57,7 +57,7 @@ def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
     from django.db import connection
 
     totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
-    expand = (f"SELECT p.key, p.value::bigint FROM {pending}, jsonb_each_text({pending}.charges::jsonb) p"
+    expand = (f"SELECT p.key, p.value::bigint FROM {pending}, jsonb_each_text({pending}.charges) p"
               if connection.vendor == "postgresql" else
               f"SELECT p.key, p.value FROM {pending}, json_each({pending}.charges) p")
     one = ("WHERE employee_id = %s", "WHERE p.key = %s") if employee_id is not None else ("", "")
@@ -78,8 +78,8 @@ def balances() -> dict[str, int]:
 
 
 def check_totals() -> list[str]:
-    """Each running charge total against the sum of the ingested entries themselves; the differences."""
-    summed = {row["employee_id"]: row["s"] for row in JournalEntry.objects.filter(charged_cents__gt=0)
+    """Each running charge total against the sum of the ingested charges themselves; the differences."""
+    summed = {row["employee_id"]: row["s"] for row in Charge.objects.filter(charged_cents__gt=0)
               .values("employee_id").annotate(s=Sum("charged_cents"))}
     kept = charged_by_employee()
     return [f"{e}: total {kept.get(e, 0)}, entries {summed.get(e, 0)}"

@@ -1,7 +1,7 @@
 """The back office's tables. Money is integer cents; a balance is always computed, never stored.
 
-balance(employee) = sum(TopUp.amount_cents) - sum(JournalEntry.charged_cents), where journal
-entries come only from units' signed, hash-chained batches, unique by (unit, seq).
+balance(employee) = sum(TopUp.amount_cents) - sum(Charge.charged_cents), where charges come only
+from units' signed, hash-chained batches, unique by (unit, journal epoch, seq).
 """
 from __future__ import annotations
 
@@ -124,54 +124,58 @@ class Unit(models.Model):
         return value if isinstance(value, int) else 0
 
 
-class Nonce(models.Model):
-    unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
+class UnitNonce(models.Model):
+    """A request's nonce, once per unit (every unit request inserts one, on its own commit): keyed by (unit,
+    nonce) itself, no surrogate id (one index and a sequence fewer per request); pruned by ``seen_at``."""
+    pk = models.CompositePrimaryKey("unit", "nonce")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, db_constraint=False)  # (and the unit API's other
+    # inserts, every request: no foreign-key check by the database; a unit is deactivated, never deleted)
     nonce = models.CharField(max_length=32)
     seen_at = models.DateTimeField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["unit", "nonce"], name="nonce_once_per_unit")]
-        indexes = [models.Index(fields=["seen_at"])]
+        indexes = [models.Index(fields=["seen_at"], name="unit_nonce_seen_at")]
 
 
 class JournalBatch(models.Model):
-    unit = models.ForeignKey(Unit, on_delete=models.PROTECT)
+    """A batch ingested from a unit, kept once as the unit sent it (``document``: the signed batch, so its
+    signature and hash chain can be checked again; batches ingested before migration 0009 hold the entries as
+    the office had them, unsigned). Its new entries are seq ``last_seq - entries + 1`` .. ``last_seq`` (an
+    ingest takes only entries that continue the journal it holds): `journal_store.stored_entries` reads them."""
+    unit = models.ForeignKey(Unit, on_delete=models.PROTECT, db_constraint=False)  # units are never deleted:
+    # no foreign-key check by the database on every upload
     epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
     batch_id = models.CharField(max_length=80)
     first_seq = models.BigIntegerField()
     last_seq = models.BigIntegerField()
     last_hash = models.CharField(max_length=64)
     ingested_at = models.FloatField()
-    entries = models.IntegerField(default=0)
+    entries = models.IntegerField(default=0)  # how many of its entries were new (the tail of the batch)
+    document = models.BinaryField(null=True)  # PostgreSQL: stored with lz4 or uncompressed (migration 0009)
 
     class Meta:
         constraints = [models.UniqueConstraint(fields=["unit", "epoch", "batch_id"], name="batch_once_per_journal")]
 
 
-class JournalEntry(models.Model):
-    # written only by an ingest holding the unit's row lock, and a unit is never deleted (PROTECT): no foreign
-    # key check per entry (600 per night's upload), no index of its own (the unique (unit, epoch, seq) serves).
-    # What can be derived is not stored on every entry: its prev_hash is the hash of (unit, epoch, seq - 1)
-    # (GENESIS_HASH at seq 1: an ingest takes only entries that continue the journal it holds, no gap), the
-    # batch that brought it is the unit's first JournalBatch whose first_seq..last_seq covers it.
+class Charge(models.Model):
+    """One charge ingested from a unit's journal (a vend that succeeded, a review settled as charged): the
+    rows the ledger's check, the sales and employee pages and the no-sale alert read. Every other entry
+    (sessions begun, approvals, voids...) lives only in its batch's document: a night's upload writes its 200
+    charges as rows, not its 600 entries. Unique by (unit, epoch, seq), as the entries are; written only by an
+    ingest holding the unit's row lock. Keyed by (unit, epoch, seq) itself: no surrogate id, so a COPY of
+    a night's charges feeds one sequence and one index fewer."""
+    pk = models.CompositePrimaryKey("unit", "epoch", "seq")
     unit = models.ForeignKey(Unit, on_delete=models.PROTECT, db_constraint=False, db_index=False)
-    epoch = models.IntegerField(default=1)  # which of the unit's journals (Unit.journal_epoch)
+    epoch = models.IntegerField(default=1)
     seq = models.BigIntegerField()
     ts_us = models.BigIntegerField()
     kind = models.CharField(max_length=32)
-    session_id = models.CharField(max_length=64)
-    employee_id = models.CharField(max_length=64, null=True, blank=True)  # (employee_id, charged_cents) indexed
+    employee_id = models.CharField(max_length=64, null=True, blank=True)
     item = models.CharField(max_length=64, null=True, blank=True)
-    amount_cents = models.BigIntegerField(null=True, blank=True)
-    detail = models.TextField(null=True, blank=True)
-    hash = models.CharField(max_length=64)
-    charged_cents = models.BigIntegerField(default=0)  # > 0 only for a charge (vend succeeded / review charged)
+    charged_cents = models.BigIntegerField()
 
     class Meta:
-        constraints = [models.UniqueConstraint(fields=["unit", "epoch", "seq"], name="entry_once_per_journal_seq")]
-        # the charges only (a third of the entries): an employee's charges and the totals' check read it
-        indexes = [models.Index(fields=["employee_id", "charged_cents"], condition=models.Q(charged_cents__gt=0),
-                                name="entry_charges_by_employee")]
+        indexes = [models.Index(fields=["employee_id"], name="charge_by_employee")]
 
 
 class SealedTemplate(models.Model):
@@ -204,7 +208,7 @@ class DeletionNotice(models.Model):
 class IssuedBundle(models.Model):
     """A bundle issued to a unit, by version and digest: its bytes are made again when asked for, never stored
     (`bundles._encode`); ``data`` holds them only on the instance `current_bundle` returns."""
-    unit = models.ForeignKey(Unit, on_delete=models.CASCADE)
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, db_constraint=False)
     version = models.BigIntegerField()
     content_sha256 = models.CharField(max_length=64)  # of what the bundle says, without version and times
     created_at = models.FloatField()
@@ -242,8 +246,9 @@ class ChargePending(models.Model):
     """One ingest's charges per employee (a JSON object, employee id -> cents), added in the ingest's own
     transaction as one new row: uploads from many units at once never wait on each other's locks (every upload
     touches most employees' running totals). Moved into ChargeTotal right after, by whichever process gets to
-    it (`ingest.fold_pending_charges`); one row per upload keeps the table small to read between folds."""
-    charges = models.TextField()
+    it (`ingest.fold_pending_charges`); one row per upload keeps the table small to read between folds.
+    PostgreSQL: jsonb, parsed once when written, not by every bundle and fold that reads it."""
+    charges = models.JSONField()
 
 
 class LoginFailure(models.Model):
@@ -276,7 +281,7 @@ class JournalEpoch(models.Model):
 
 class HeartbeatRecord(models.Model):
     """A unit's recent heartbeats (the unit's page shows them); pruned to HEARTBEATS_KEPT per unit."""
-    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="heartbeats")
+    unit = models.ForeignKey(Unit, on_delete=models.CASCADE, related_name="heartbeats", db_constraint=False)
     received_at = models.DateTimeField()
     data = models.JSONField()
     clock_offset_s = models.FloatField(null=True)

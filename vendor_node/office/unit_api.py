@@ -33,7 +33,7 @@ from ..errors import UnitRequestRefused
 from ..money.bundle import EMPLOYEE_ID_RE, MAX_TEMPLATE_SEALED_BYTES
 from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
-from .models import Employee, Nonce, SealedTemplate, TemplateRevocation, Unit, hot_cursor
+from .models import Employee, SealedTemplate, TemplateRevocation, Unit, UnitNonce, hot_cursor
 from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
 from .units import UNIT_REQUEST_FIELDS, record_heartbeat, unit_from_row
 
@@ -136,7 +136,7 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Un
         if connection.vendor == "postgresql":
             cursor.execute(
                 f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
-                f"n AS (INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
+                f"n AS (INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
                 "WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1) "
                 f"SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u", [claimed, nonce, when, fingerprint])
             row = cursor.fetchone()
@@ -148,8 +148,8 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Un
         unit = unit_from_row(row)
         if not unit.active or unit.fingerprint != fingerprint:
             return unit, False
-        cursor.execute(f"INSERT INTO {Nonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
-                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING id", [unit.pk, nonce, when])
+        cursor.execute(f"INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) VALUES (%s, %s, %s) "
+                       "ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1", [unit.pk, nonce, when])
         return unit, cursor.fetchone() is not None
 
 
@@ -162,7 +162,7 @@ def _prune_nonces(now) -> None:
     if time.monotonic() - _pruned_at[0] < 30:
         return
     _pruned_at[0] = time.monotonic()
-    Nonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
+    UnitNonce.objects.filter(seen_at__lt=now - dt.timedelta(seconds=2 * CLOCK_WINDOW_S)).delete()
 
 
 def _stamp_sync(unit_pk: int) -> None:
@@ -310,7 +310,7 @@ def bundle(request, unit, public_key, body):
     after = request.GET.get("after", "0")
     if not after.isdigit() or len(after) > 19:
         raise UnitRequestRefused(400, "after: expected a non-negative integer version")
-    issued = current_bundle(unit, stamp_sync=True)
+    issued = current_bundle(unit, stamp_sync=True, unit_has=int(after))
     if issued.version <= int(after):
         return HttpResponse(status=204)
     response = HttpResponse(bytes(issued.data), content_type="application/octet-stream")
@@ -321,12 +321,11 @@ def bundle(request, unit, public_key, body):
 @unit_endpoint("bundle", "GET")
 def summary(request, unit, public_key, body):
     """What the office's ledger holds from this unit's current journal, signed: `simulate --office` reports it."""
-    from django.db.models import Count, Sum
+    from django.db.models import Sum
 
-    from .models import JournalEntry
+    from .models import Charge, JournalBatch
 
-    totals = JournalEntry.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(
-        n=Count("id"), charged=Sum("charged_cents"))
+    entries = JournalBatch.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(n=Sum("entries"))["n"]
+    charged = Charge.objects.filter(unit=unit, epoch=unit.journal_epoch).aggregate(s=Sum("charged_cents"))["s"]
     return signed_answer({"kind": "summary", "unit_id": unit.unit_id, "last_seq": unit.last_seq,
-                          "last_hash": unit.last_hash, "entries": totals["n"] or 0,
-                          "charged_cents": totals["charged"] or 0})
+                          "last_hash": unit.last_hash, "entries": entries or 0, "charged_cents": charged or 0})

@@ -32,7 +32,7 @@ from ..errors import OfficeError
 from ..money.employees_csv import parse_amount_cents
 from . import ledger
 from .health import alerts as current_alerts
-from .models import AuditEntry, Deletion, Employee, JournalEntry, SealedTemplate, TopUp, Unit, audit
+from .models import AuditEntry, Charge, Deletion, Employee, SealedTemplate, TopUp, Unit, audit
 from .units import office_no_sale_hours, register_unit, set_office_no_sale_hours, set_unit_active  # noqa: F401
 
 ROLES = ("manager", "technician")
@@ -147,7 +147,7 @@ def employee(request, employee_id):
         except OfficeError as exc:
             messages.error(request, str(exc))
     balance = ledger.balance_cents(employee_id)
-    charges = JournalEntry.objects.filter(employee_id=employee_id, charged_cents__gt=0).select_related("unit") \
+    charges = Charge.objects.filter(employee_id=employee_id, charged_cents__gt=0).select_related("unit") \
         .order_by("-ts_us")[:100]
     return render(request, "office/employee.html", {
         "e": e, "balance": cents(balance), "funds": cents(ledger.funds_cents(e, balance)),
@@ -232,10 +232,10 @@ def sales(request):
     if not days_text.isdigit() or not 1 <= int(days_text) <= 3660:
         return HttpResponse("days: expected a whole number from 1 to 3660", status=400)
     since_us = int((time.time() - int(days_text) * 86400) * 1e6)
-    qs = JournalEntry.objects.filter(charged_cents__gt=0, ts_us__gte=since_us)
+    qs = Charge.objects.filter(charged_cents__gt=0, ts_us__gte=since_us)
     if by == "day":
         qs = qs.annotate(day=Cast(F("ts_us") / 86_400_000_000, BigIntegerField()))
-    rows = list(qs.values(SALES_GROUPS[by]).annotate(n=Count("id"), total=Sum("charged_cents"))
+    rows = list(qs.values(SALES_GROUPS[by]).annotate(n=Count("seq"), total=Sum("charged_cents"))
                 .order_by(SALES_GROUPS[by]))
     table = []
     for row in rows:
