@@ -157,12 +157,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
+    parser.add_argument("--pretrain-margin", type=float, default=0.3,
+                        help="CosFace margin of phase 1 (a smaller one escapes the start's plateau on many classes)")
     parser.add_argument("--dim", type=int, default=128, help="embedding size (template bytes)")
     parser.add_argument("--dropout", type=float, help="before the embedding; default the head's own")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (0: Adam)")
     parser.add_argument("--session-aug", type=float, default=0.0,
                         help="share of samples given a session change (elastic warp, uneven light)")
     parser.add_argument("--init-from", type=Path, help="phase 2 starts from this checkpoint's network")
+    parser.add_argument("--export-snapshot", type=Path,
+                        help="no training: export, calibrate and measure this <work>/checkpoint-<step>.npz network "
+                             "(the training length chosen on the calibration palms' figures)")
     parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads (the machine is shared)")
     parser.add_argument("--evaluate-every", type=int, default=500, help="calibration figures every N steps")
     parser.add_argument("--mix-synthetic", type=float, default=0.0,
@@ -213,14 +218,17 @@ def main(argv: list[str] | None = None) -> int:
 
     model = palm_net.build_embedder(dim=args.dim, head=args.head, dropout=args.dropout)
     synth_classes = 2 * (int(synth_labels.max()) + 1)
-    heads = [palm_net.CosFaceHead(args.dim, synth_classes, args.seed),
+    heads = [palm_net.CosFaceHead(args.dim, synth_classes, args.seed, margin=args.pretrain_margin),
              palm_net.CosFaceHead(args.dim, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
                                   args.seed + 1)]
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz",
                                args.weight_decay)
     resumed = trainer.restore()
-    if not resumed and args.init_from:
+    if args.export_snapshot:
+        trainer.start_from(args.export_snapshot)
+        trainer.step = sum(trainer.steps)
+    elif not resumed and args.init_from:
         trainer.start_from(args.init_from)
     log = trainer.run(make_batches(args, synthetic, synth_labels, train_rois, train_labels),
                       progress=lambda **kw: tqdm(file=sys.stderr, **kw),
@@ -238,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 "with cosine learning rate; phase 1 synthetic palms (generator version "
                 f"{args.generator}) + simulator drawn hands, phase 2 Tongji training palms (mirrored palm = extra "
                 "identity) with a --mix-synthetic share of synthetic",
-        "dim": args.dim, "dropout": args.dropout, "weight_decay": args.weight_decay, "generator": args.generator,
-        "session_aug": args.session_aug, "init_from": str(args.init_from) if args.init_from else None,
+        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout, "weight_decay": args.weight_decay, "generator": args.generator,
+        "session_aug": args.session_aug,
+        "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None, "init_from": str(args.init_from) if args.init_from else None,
         "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
         "mix_synthetic": args.mix_synthetic,
         "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
