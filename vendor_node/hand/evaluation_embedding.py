@@ -173,17 +173,14 @@ class FusedRecognizer:
 
 def fusion_folder(assets_dir) -> Path:
     """The model folder whose manifest holds a ``fusion`` block for the unit's active palm-code model: the
-    models.json shortlist model when it does (what the unit decides with), else the newest such model."""
-    import re
-
+    models.json shortlist model when it does (what the unit decides with), else the first such folder by name."""
     from ..assets import model_set
     from ..errors import ModelError
 
     models = model_set(assets_dir)
     active = read_manifest(models.active).get("model_id")
-    newest_first = sorted((p.parent for p in Path(assets_dir).glob("*/manifest.json")), reverse=True,
-                          key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])
-    for folder in ([models.shortlist] if models.shortlist else []) + newest_first:
+    by_name = sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json"))
+    for folder in ([models.shortlist] if models.shortlist else []) + by_name:
         if is_landmark_folder(folder):  # the hand-landmark model (hand/landmarks.py) matches nothing
             continue
         if (read_manifest(folder).get("fusion") or {}).get("palm_code_model") == active:
