@@ -23,6 +23,17 @@ STRANGERS = [61, 77, 83, 95, 104]
 EMBED = ASSETS_DIR / "palm-embed-1"
 
 
+def write_drawn_hands(folder, people, samples: int) -> None:
+    """An eval folder of drawn hands: <folder>/p<person>/<sample>.png."""
+    import cv2
+
+    for person in people:
+        for sample in range(samples):
+            path = folder / f"p{person}" / f"{sample}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+
+
 def shipped_fusion() -> dict:
     return json.loads((EMBED / "manifest.json").read_text())["fusion"]
 
@@ -151,15 +162,9 @@ def test_an_employee_without_an_embedding_still_pays_on_the_palm_code_and_gets_o
 
 
 def test_eval_model_fused_measures_the_fused_score_on_drawn_hands(tmp_path, capsys):
-    import cv2
-
     from vendor_node.cli import main
 
-    for person in range(1, 5):
-        for sample in range(3):
-            path = tmp_path / "hands" / f"p{person}" / f"{sample}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+    write_drawn_hands(tmp_path / "hands", range(1, 5), 3)
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", "fused", "--dataset", str(tmp_path / "hands"), "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
@@ -255,8 +260,6 @@ def test_eval_model_fused_leaves_out_the_people_either_model_saw(tmp_path):
 
 def test_eval_model_fused_measures_the_models_json_shortlist_model(tmp_path, capsys):
     """A unit set to decide on palm-embed-2's fusion is measured with that fusion, not the first folder's."""
-    import cv2
-
     from vendor_node.cli import main
 
     if not (ASSETS_DIR / "palm-embed-2" / "manifest.json").is_file():
@@ -268,11 +271,7 @@ def test_eval_model_fused_measures_the_models_json_shortlist_model(tmp_path, cap
         {"active": "palm-gabor-1", "shortlist": {"model": "palm-embed-2", "keep": 16, "decide": "fused"}}))
     config = tmp_path / "unit.toml"
     config.write_text(f'[unit]\nassets_dir = "{assets}"\n')
-    for person in range(1, 4):
-        for sample in range(2):
-            path = tmp_path / "hands" / f"p{person}" / f"{sample}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+    write_drawn_hands(tmp_path / "hands", range(1, 4), 2)
     report_path = tmp_path / "report.json"
     assert main(["--config", str(config), "eval", "--model", "fused", "--dataset", str(tmp_path / "hands"),
                  "--report", str(report_path)]) == 0
