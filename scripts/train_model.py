@@ -84,7 +84,8 @@ def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_ro
             i = int(rng.integers(0, len(pool)))
             flip = bool(rng.random() < 0.5)
             roi = pool[i][:, ::-1] if flip else pool[i]
-            x.append(unit_levels(augment(np.ascontiguousarray(roi), rng, session=args.session_aug)))  # the levels the unit's ROIs have
+            roi = augment(np.ascontiguousarray(roi), rng, session=args.session_aug)
+            x.append(unit_levels(roi))  # the levels the unit's ROIs have
             y.append(offset + int(labels[i]) + (n if flip else 0))
         return to_input(np.stack(x)), np.array(y, np.int32)
     return batches
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
             train_rois += palms[palm][session]
             train_labels += [c] * len(palms[palm][session])
     train_rois, train_labels = np.stack(train_rois), np.array(train_labels)
-    synthetic = [synthetic_palm(i, k, args.seed, args.generator) for i in progress(range(args.synthetic_ids), desc="synthetic palms")
+    synthetic = [synthetic_palm(i, k, args.seed, args.generator)
+                 for i in progress(range(args.synthetic_ids), desc="synthetic palms")
                  for k in range(args.synthetic_samples)]
     synth_labels = [i for i in range(args.synthetic_ids) for _ in range(args.synthetic_samples)]
     drawn, drawn_labels = drawn_hand_rois(args.drawn_people, 4, progress) if args.drawn_people else ([], [])
@@ -241,14 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = palm_net.export_int8(model, representative)
     training = {
         "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
-                f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, dropout {args.dropout}, {args.dim}-d embedding; "
-                f"CosFace loss (s 32, m 0.3); {'AdamW weight decay %g' % args.weight_decay if args.weight_decay else 'Adam'} "
+                f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, dropout {args.dropout}, "
+                f"{args.dim}-d embedding; CosFace loss (s 32, m 0.3); "
+                f"{'AdamW weight decay %g' % args.weight_decay if args.weight_decay else 'Adam'} "
                 "with cosine learning rate; phase 1 synthetic palms (generator version "
                 f"{args.generator}) + simulator drawn hands, phase 2 Tongji training palms (mirrored palm = extra "
                 "identity) with a --mix-synthetic share of synthetic",
-        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout, "weight_decay": args.weight_decay, "generator": args.generator,
+        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout,
+        "weight_decay": args.weight_decay, "generator": args.generator,
         "session_aug": args.session_aug,
-        "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None, "init_from": str(args.init_from) if args.init_from else None,
+        "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None,
+        "init_from": str(args.init_from) if args.init_from else None,
         "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
         "mix_synthetic": args.mix_synthetic,
         "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
@@ -256,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
                  "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
                  "drawn_hand_people": args.drawn_people},
         "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
-                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; with probability session_aug first an elastic "
-                        "warp (0.5-2 px smooth field) and uneven light (up to 16 grey levels); then the "
-                        "unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
+                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; with "
+                        "probability session_aug first an elastic warp (0.5-2 px smooth field) and uneven light "
+                        "(up to 16 grey levels); then the unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
                         "measured",
         "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
         "seconds_training": round(train_seconds, 1),
