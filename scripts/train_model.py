@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
                         "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; with "
                         "probability session_aug first an elastic warp (0.5-2 px smooth field) and uneven light "
-                        "(up to 16 grey levels); then the unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
-                        "measured",
+                        "(up to 16 grey levels); then the unit's grey levels (mean 128, sd 40, as "
+                        "palm_square.cut_roi) for every ROI, trained or measured",
         "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
         "seconds_training": round(train_seconds, 1),
         "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
