@@ -262,40 +262,60 @@ def marked(names: list[str], count: int) -> None:
     print(json.dumps(sizes))
 
 
-def transformed(name: str, chosen: list[str] | None) -> None:
+def transformed(name: str, chosen: list[str] | None, verbose: bool = False) -> None:
     """Per set: how far the palm square found on each transformed frame lies from the untransformed one carried
     through the transform (towards the wrist and across, in sides; its size), and the palm circle's centre and the
-    finger valleys' middle the same way (in palm radii); how often the carried square leaves the frame."""
+    finger valleys' middle the same way (in palm radii); how often the carried square leaves the frame. ``name``:
+    "turned A", "scaled F", "nearer F" (zoomed about the palm) or "close-up" (eval --robustness's unit-like close-up: its own turn, zoom and window
+    per photo, drawn from the photo's seed as eval draws them)."""
     import cv2
 
     from vendor_node.errors import HandRejected
+    from vendor_node.hand.dataset import load_dataset
     from vendor_node.hand.preprocess import extract_hand
-    from vendor_node.hand.robustness import TRANSFORMS
+    from vendor_node.hand.robustness import TRANSFORMS, closeup_pose, warp_matrix, within_photo
+    from vendor_node.images import read_grey
 
-    kind, amount = name.split()
-    angle, factor = (float(amount), 1.0) if kind == "turned" else (0.0, float(amount))
+    close = name.startswith("close-up")
+    name = "close-up (unit-like)" if close else name
+    if not close:
+        kind, amount = name.split()
+        angle, factor = (float(amount), 1.0) if kind == "turned" else (0.0, float(amount))
+        nearer = kind == "nearer"
     valleys = ("valley_index_middle", "valley_middle_ring", "valley_ring_little")
     cv2.setNumThreads(1)
     for set_name in chosen or REAL_SETS:
+        if not (DATA / set_name).is_dir():
+            continue
         rows, refused, outside = [], {}, 0
-        for _, image in frames(set_name):
+        for sample in load_dataset(DATA / set_name):
+            image = read_grey(sample.path)
             try:
                 before = extract_hand(image)
             except HandRejected:  # (refused untransformed: nothing to carry)
                 continue
-            try:
-                after = extract_hand(TRANSFORMS[name](image))
-            except HandRejected as refusal:
-                refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
-                continue
-            h, w = image.shape[:2]
-            matrix = cv2.getRotationMatrix2D((w / 2, h / 2), angle, factor)
+            if close:
+                turn, zoom, center, size = closeup_pose(image, sample)
+                matrix, (h, w) = warp_matrix(image.shape, turn, zoom, center, size)
+            else:
+                zoom = factor
+                center = within_photo(before.keypoints["roi_center"], factor, image.shape) if nearer else None
+                matrix, (h, w) = warp_matrix(image.shape, angle, factor, center)
             carry = lambda points: np.asarray(points, dtype=np.float64) @ matrix[:, :2].T + matrix[:, 2]  # noqa: E731
             expected = carry(before.square)
             side = float(np.linalg.norm(expected[1] - expected[0]))
+            beyond = max(0.0, -expected[:, 0].min(), -expected[:, 1].min(), expected[:, 0].max() - (w - 1),
+                         expected[:, 1].max() - (h - 1)) / side
+            try:
+                after = extract_hand(TRANSFORMS[name](image, sample))
+            except HandRejected as refusal:
+                refused[refusal.reason] = refused.get(refusal.reason, 0) + 1
+                if verbose:
+                    print(f"  {sample.path.relative_to(DATA)}: {refusal.reason} (carried square out by {beyond:.2f})")
+                continue
             across = (expected[1] - expected[0]) / side
             wristward = np.array([-across[1], across[0]])
-            radius = before.measures["palm_radius"] * factor
+            radius = before.measures["palm_radius"] * zoom
             shift = after.square.mean(axis=0) - expected.mean(axis=0)
             palm = (np.array(after.keypoints["palm_center"]) - carry(before.keypoints["palm_center"])) @ wristward
             found = [k for k in valleys if k in before.keypoints and k in after.keypoints]
@@ -303,17 +323,21 @@ def transformed(name: str, chosen: list[str] | None) -> None:
             if len(found) == 3:
                 middle = (np.mean([after.keypoints[k] for k in found], axis=0)
                           - carry(np.mean([before.keypoints[k] for k in found], axis=0))) @ wristward / radius
-            beyond = max(0.0, -expected[:, 0].min(), -expected[:, 1].min(), expected[:, 0].max() - (w - 1),
-                         expected[:, 1].max() - (h - 1)) / side
             outside += beyond > 0.2
             rows.append((shift @ wristward / side, shift @ across / side,
                          float(np.linalg.norm(after.square[1] - after.square[0])) / side, palm / radius, middle))
+            off = float(np.hypot(*rows[-1][:2]))
+            if verbose and (off > 0.15 or abs(rows[-1][2] - 1) > 0.15):
+                print(f"  {sample.path.relative_to(DATA)}: {after.alignment}, off by {rows[-1][0]:+.2f}/{rows[-1][1]:+.2f}"
+                      f" sides, size {rows[-1][2]:.2f}, carried square out by {beyond:.2f}")
         if not rows:
+            print(f"{set_name:13s} {name}: none placed, refused {refused or 'none'}")
             continue
         table = np.array(rows)
         quantiles = lambda column: "/".join(f"{v:+.2f}" for v in np.nanpercentile(table[:, column], [10, 50, 90]))  # noqa: E731
-        print(f"{set_name:13s} {name}: {len(rows)} placed, refused {refused or 'none'}; carried square out of the frame by "
-              f"over 0.2 of its side: {outside}")
+        far = int(np.count_nonzero(np.hypot(table[:, 0], table[:, 1]) > 0.15))
+        print(f"{set_name:13s} {name}: {len(rows)} placed ({far} off by over 0.15 of a side), refused "
+              f"{refused or 'none'}; carried square out of the frame by over 0.2 of its side: {outside}")
         print(f"{'':13s} p10/50/90: square towards the wrist {quantiles(0)} sides, across {quantiles(1)}, size "
               f"{quantiles(2)}; palm centre towards the wrist {quantiles(3)} radii, valleys' middle {quantiles(4)}")
 
@@ -339,8 +363,9 @@ def main() -> int:
     ins.add_argument("--sets", nargs="*")
     ins.add_argument("--frames", type=int, default=40, help="frames per set, spread over it")
     where = sub.add_parser("transformed")
-    where.add_argument("transform", help='"scaled F" or "turned A" (as eval --robustness names them)')
+    where.add_argument("transform", help='"scaled F", "nearer F", "turned A" or "close-up" (as eval --robustness names them)')
     where.add_argument("--sets", nargs="*")
+    where.add_argument("--verbose", action="store_true", help="name each refused or misplaced frame")
     mark = sub.add_parser("_marked")
     mark.add_argument("count", type=int)
     mark.add_argument("sets", nargs="+")
@@ -357,7 +382,7 @@ def main() -> int:
     elif args.command == "instructions":
         instructions(args.trees, args.sets, args.frames)
     elif args.command == "transformed":
-        transformed(args.transform, args.sets)
+        transformed(args.transform, args.sets, args.verbose)
     elif args.command == "_marked":
         marked(args.sets, args.count)
     else:

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vendor_node.errors import HandRejected
-from vendor_node.hand import dim_parts, hand_geometry, palm_circle, palm_square, preprocess
+from vendor_node.hand import dim_parts, frame_edge, hand_geometry, palm_circle, palm_square, preprocess
 from vendor_node.hand.preprocess import extract_hand
 from vendor_node.sim import drawn_hands as synthetic
 
@@ -61,6 +61,9 @@ def test_the_circle_past_the_heel_from_distances_near_the_palm_is_the_whole_fram
         return compared[-1][0]
 
     monkeypatch.setattr(palm_circle, "past_heel", both)
+    # (a close-up's square hangs from the finger valleys where their palm's width is seen whole; the circle past the
+    # heel is what places it otherwise, as for a whole-hand photo)
+    monkeypatch.setattr(frame_edge, "square_below_valleys", lambda *args: None)
     for person in range(6):  # near hands whose heel leaves the frame
         try:
             extract_hand(synthetic.draw_hand(person, 0, scale=2.2, shift=(0.0, 0.12), spread=1.0))

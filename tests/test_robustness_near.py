@@ -14,7 +14,7 @@ def test_nearer_zooms_within_the_photo_and_keeps_the_palm_in_view():
     fill (and no photo edge) shows in the frame; the palm stays in view, the arm leaves the frame's edge."""
     photo = synthetic.draw_hand(3, 0, (768, 1024), shift=(0.2, 0.0), rotation=-90.0)  # the arm leaves at the right
     center = extract_hand(photo).keypoints["roi_center"]
-    moved = robustness._within_photo(center, 1.5, photo.shape)
+    moved = robustness.within_photo(center, 1.5, photo.shape)
     half_w, half_h = 1024 / 3, 768 / 3
     assert half_w <= moved[0] <= 1024 - half_w and half_h <= moved[1] <= 768 - half_h
     assert moved != tuple(center) and np.hypot(moved[0] - center[0], moved[1] - center[1]) < 0.2 * 1024
@@ -26,4 +26,4 @@ def test_nearer_zooms_within_the_photo_and_keeps_the_palm_in_view():
 
 
 def test_zooming_out_keeps_its_centre():
-    assert robustness._within_photo((900.0, 100.0), 0.7, (768, 1024)) == (900.0, 100.0)
+    assert robustness.within_photo((900.0, 100.0), 0.7, (768, 1024)) == (900.0, 100.0)

@@ -211,8 +211,53 @@ def _name_fingers(tips: list[np.ndarray]) -> list[str]:
     return list(FINGERS) if first_gap > last_gap else list(reversed(FINGERS))
 
 
+@dataclass
+class ValleyLine:
+    """The index/middle and ring/little finger valleys (found or extrapolated): ``up`` from the palm towards the
+    fingers (the valley line's normal steadied by the fingers' direction), ``axis_x`` the ROI's x axis."""
+    a: np.ndarray
+    b: np.ndarray
+    up: np.ndarray
+
+    @property
+    def middle(self) -> np.ndarray:
+        return (self.a + self.b) / 2
+
+    @property
+    def span(self) -> float:
+        return float(np.linalg.norm(self.b - self.a))
+
+    @property
+    def axis_x(self) -> np.ndarray:  # fingers point to -y in the ROI (a rotation, never a mirror image)
+        return np.array([-self.up[1], self.up[0]])
+
+
 def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float):
     """ROI centre, its x axis, side (working pixels) and which alignment placed it."""
+    line = valley_line(shape, center, radius)
+    if isinstance(line, ValleyLine):
+        side = ROI_SIDE * radius
+        from_palm = center + line.up * ROI_PALM_SHIFT * radius
+        from_valleys = line.middle - line.up * (ROI_GAP + 0.5) * side
+        return (from_palm + from_valleys) / 2, line.axis_x, side, "valleys"
+    if line is not None:  # two neighbouring valleys (a close-up)
+        return line
+    # Fingers together: orientation from the hand's long axis; position halfway between the palm circle and a point
+    # fixed palm radii back from the farthest fingertip (the circle slides along closed fingers; tips move in bending).
+    up = _principal_axis(mask, center, radius, shape.up)
+    axis_x = np.array([-up[1], up[0]])
+    from_circle = center + up * ROI_PALM_SHIFT * radius
+    if len(shape.contour):
+        reach = float(((shape.contour - center) @ up).max())
+    else:
+        reach = (AXIS_TIP_BACK + ROI_PALM_SHIFT) * radius
+    from_tip = center + up * (reach - AXIS_TIP_BACK * radius)
+    return (from_circle + from_tip) / 2, axis_x, ROI_SIDE * radius, "axis"
+
+
+def valley_line(shape: Shape, center: np.ndarray, radius: float):
+    """The finger valleys that place the palm square: a ValleyLine, a close-up's placement from two neighbouring
+    valleys (centre, x axis, side, "valley_pair"), or None (fingers together: the hand's axis places it)."""
     p = shape.points
     im, mr, rl = (p.get(f"valley_{k}") for k in ("index_middle", "middle_ring", "ring_little"))
     if mr is not None:
@@ -221,7 +266,6 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         im = im if im is None or np.linalg.norm(im - center) < limit else None
         rl = rl if rl is None or np.linalg.norm(rl - center) < limit else None
     a = b = None
-    alignment = "valleys"
     if im is not None and rl is not None:
         a, b = im, rl
     elif mr is not None and (im is not None or rl is not None):
@@ -270,22 +314,8 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
         if fingers_up is not None:  # the valley line tilts with finger spread; the fingers' direction steadies it
             up = up + fingers_up
             up = up / (np.linalg.norm(up) + 1e-6)
-        axis_x = np.array([-up[1], up[0]])  # fingers point to -y in the ROI (a rotation, never a mirror image)
-        side = ROI_SIDE * radius
-        from_palm = center + up * ROI_PALM_SHIFT * radius
-        from_valleys = (a + b) / 2 - up * (ROI_GAP + 0.5) * side
-        return (from_palm + from_valleys) / 2, axis_x, side, alignment
-    # Fingers together: orientation from the hand's long axis; position halfway between the palm circle and a point
-    # fixed palm radii back from the farthest fingertip (the circle slides along closed fingers; tips move in bending).
-    up = _principal_axis(mask, center, radius, shape.up)
-    axis_x = np.array([-up[1], up[0]])
-    from_circle = center + up * ROI_PALM_SHIFT * radius
-    if len(shape.contour):
-        reach = float(((shape.contour - center) @ up).max())
-    else:
-        reach = (AXIS_TIP_BACK + ROI_PALM_SHIFT) * radius
-    from_tip = center + up * (reach - AXIS_TIP_BACK * radius)
-    return (from_circle + from_tip) / 2, axis_x, ROI_SIDE * radius, "axis"
+        return ValleyLine(a, b, up)
+    return None
 
 
 def finger_axis(contour: np.ndarray, valleys: list, radius: float) -> np.ndarray | None:

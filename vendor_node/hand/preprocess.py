@@ -211,20 +211,30 @@ def _hand_in(grey: np.ndarray, work: np.ndarray, scale: float, method: str, trac
         sharpness = _sharpness(work, mask, contrast, shared, trace)
     in_frame = center, radius  # the frame checks below are about the palm inside the frame
     if alignment == "valleys" and "heel" in palm_circle.cut_sides(center, radius, axis_x, mask.shape):
-        # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller
-        # and sits further towards the fingers than the palm's own; the palm is taken to go on past the
-        # frame's edge towards the wrist, the circle moving only that way (placed again from the valleys).
+        # A near hand: the frame cuts the heel of the palm, so the circle kept inside the frame is smaller and sits
+        # further towards the fingers than the palm's own. In a close-up the square hangs from the valleys instead,
+        # sized by the palm's width (coep_dev held out, zoomed 1.5x: rank-1 61% -> 74%). Otherwise (or where that
+        # width is not seen whole, or that square leaves the frame), the palm is taken to go on past the frame's edge
+        # towards the wrist, the circle moving only that way (placed again from the valleys).
+        placed = None
+        if area >= CLOSE_UP_AREA:  # (whole-hand photos whose wrist meets the frame: the circle measured better, and
+            # their probes held nearer must place it as their enrollment did)
+            placed = frame_edge.square_below_valleys(shape, mask, center, radius, (roi_center, axis_x, side))
         valleys = [shape.points[f"valley_{k}"] for k in ("index_middle", "middle_ring", "ring_little")
                    if f"valley_{k}" in shape.points]
-        if valleys:
+        if placed is not None and not palm_square.inside_frame(*placed[:3], mask.shape):
+            placed = None  # (partly out of view: the circle past the heel decides, as for a whole-hand photo)
+        if placed is None and valleys:
             wider = palm_circle.past_heel(mask, center, radius, np.array([axis_x[1], -axis_x[0]]),
-                                           np.mean(valleys, axis=0))
+                                          np.mean(valleys, axis=0))
             placed = handshape.roi_frame(shape, mask, *wider)
             if placed[3] == "valleys" and palm_square.inside_frame(*placed[:3], mask.shape):
                 # (a square that would leave the frame keeps the in-frame circle, as a whole-hand photo
                 # whose wrist is as wide as the palm does: measured better on 11k_full)
-                (center, radius), (roi_center, axis_x, side, alignment) = wider, placed
+                center, radius = wider
                 trace["palm_center"], trace["palm_radius"] = center * scale, radius * scale
+        if placed is not None and placed[3] == "valleys" and palm_square.inside_frame(*placed[:3], mask.shape):
+            roi_center, axis_x, side, alignment = placed
     trace["roi_square"] = palm_square.square_corners(roi_center, axis_x, side) * scale
     if not palm_square.inside_frame(roi_center, axis_x, side, mask.shape):
         raise reject(spill if spills else "cut_off")

@@ -15,7 +15,8 @@ import zlib
 import cv2
 import numpy as np
 
-__all__ = ["TRANSFORMS", "transform_named", "robustness_rows", "format_robustness"]
+__all__ = ["TRANSFORMS", "transform_named", "robustness_rows", "format_robustness", "closeup_pose", "warp_matrix",
+           "within_photo"]
 
 BLUR_FRACTION = 0.006  # Gaussian sigma as a share of the frame's long side (about 4 px at 640)
 CLOSEUP_SIZE = (480, 640)  # the unit's frame (height, width)
@@ -31,14 +32,20 @@ def _border_value(image: np.ndarray) -> int:
 
 def _warp(image: np.ndarray, angle: float, scale: float, center=None, size=None) -> np.ndarray:
     """Turn by ``angle`` degrees and zoom by ``scale`` about ``center``, into a frame of ``size`` (h, w)."""
-    h, w = image.shape
+    matrix, (out_h, out_w) = warp_matrix(image.shape, angle, scale, center, size)
+    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
+    return cv2.warpAffine(image, matrix, (out_w, out_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
+                          borderValue=_border_value(image))
+
+
+def warp_matrix(shape: tuple[int, int], angle: float, scale: float, center=None, size=None):
+    """_warp's affine matrix (2, 3) from the photo's pixels to the frame's, and the frame's size (h, w)."""
+    h, w = shape[:2]
     out_h, out_w = size or (h, w)
     cx, cy = center if center is not None else (w / 2, h / 2)
     matrix = cv2.getRotationMatrix2D((float(cx), float(cy)), float(angle), float(scale))
     matrix[:, 2] += (out_w / 2 - cx, out_h / 2 - cy)
-    interpolation = cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR
-    return cv2.warpAffine(image, matrix, (out_w, out_h), flags=interpolation, borderMode=cv2.BORDER_CONSTANT,
-                          borderValue=_border_value(image))
+    return matrix, (out_h, out_w)
 
 
 def turned(angle: float):
@@ -57,11 +64,11 @@ def nearer(factor: float):
     photo's edge would show that edge inside the frame, cutting the arm off short of the frame's edge,
     which no frame of the unit shows."""
     def transform(image, sample=None):
-        return _warp(image, 0.0, factor, _within_photo(_palm_center(image), factor, image.shape))
+        return _warp(image, 0.0, factor, within_photo(_palm_center(image), factor, image.shape))
     return transform
 
 
-def _within_photo(center, factor: float, shape: tuple[int, int]) -> tuple[float, float]:
+def within_photo(center, factor: float, shape: tuple[int, int]) -> tuple[float, float]:
     """The zoom centre nearest ``center`` whose window (the frame over ``factor``) lies within the photo."""
     h, w = shape
     half_w, half_h = w / (2 * factor), h / (2 * factor)
@@ -105,8 +112,13 @@ def ir_like(image: np.ndarray, sample=None) -> np.ndarray:
 
 
 def closeup(image: np.ndarray, sample=None) -> np.ndarray:
-    """The unit's framing from a whole-hand photo: a 640x480 window over the palm (found on the photo as
-    it is), 1.0-1.6x, turned up to +-30 degrees, infrared-like; fingertips and wrist leave the frame."""
+    """The unit's framing from a whole-hand photo: a 640x480 window over the palm (found on the photo as it
+    is), 1.0-1.6x, turned up to +-30 degrees, infrared-like; fingertips and wrist leave the frame."""
+    return ir_like(_warp(image, *closeup_pose(image, sample)), sample)
+
+
+def closeup_pose(image: np.ndarray, sample=None) -> tuple[float, float, tuple[float, float], tuple[int, int]]:
+    """The close-up's turn (degrees), zoom, centre on the photo and frame size, drawn from the sample's seed."""
     from ..errors import HandRejected
     from .preprocess import extract_hand
 
@@ -119,7 +131,7 @@ def closeup(image: np.ndarray, sample=None) -> np.ndarray:
     zoom = rng.uniform(*CLOSEUP_ZOOM)
     scale = CLOSEUP_PALM_SPAN * zoom * CLOSEUP_SIZE[0] / (2 * radius)
     angle = rng.uniform(-CLOSEUP_TURN, CLOSEUP_TURN)
-    return ir_like(_warp(image, angle, scale, center, CLOSEUP_SIZE), sample)
+    return angle, scale, center, CLOSEUP_SIZE
 
 
 def _seed(sample) -> int:
