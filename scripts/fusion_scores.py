@@ -35,9 +35,9 @@ def _score_block(rows: tuple[int, int]) -> np.ndarray:
 
 
 def score_items(name: str, items: list[tuple[str, int, np.ndarray]], cache: Path, assets: Path, workers: int,
-                progress=print) -> dict:
+                progress=print, embedding: str = "palm-embed-1") -> dict:
     """{probe_subjects, template_subjects, same_list, pc (P, T), emb (P, T)} for ``items`` = [(subject, session,
-    roi)], cached by ``name``."""
+    roi)], cached by ``name`` (the embedding's scores by ``name`` and the ``embedding`` model's id)."""
     folder = cache / name
     folder.mkdir(parents=True, exist_ok=True)
     meta_path = folder / "meta.json"
@@ -49,8 +49,8 @@ def score_items(name: str, items: list[tuple[str, int, np.ndarray]], cache: Path
     templates = [i for i, k in enumerate(sessions) if k == min(sessions) or not two]
     probes = [i for i, k in enumerate(sessions) if k != min(sessions) or not two]
     coder = PalmCodeMatcher(Embedder.load(assets / "palm-gabor-1"))
-    lister = EmbeddingMatcher(Embedder.load(assets / "palm-embed-1"))
-    emb_path = folder / "emb.npy"
+    lister = EmbeddingMatcher(Embedder.load(assets / embedding))
+    emb_path = folder / f"emb-{embedding}.npy"
     if not emb_path.exists():
         vectors = np.array([lister.features_from_roi(roi, None, 1.0, None, False).vector for _, _, roi in items])
         np.save(emb_path, np.stack([embedding_scores(vectors[p], vectors[templates]) for p in probes]).astype(np.float32))

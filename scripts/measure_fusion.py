@@ -1,7 +1,7 @@
-"""Measure score-level fusion of the palm codes (palm-gabor-1) and the embedding (palm-embed-1) on held-out people.
+"""Measure score-level fusion of the palm codes (palm-gabor-1) and an embedding (--embedding) on held-out people.
 
-The split is palm-embed-1's manifest ``split`` (seed 7): the fusion's normalisation and weight are fitted on the
-Tongji CALIBRATION palms only (and its threshold on their and the COEP calibration people's fused impostor
+The split is the embedding's manifest ``split`` (seed 7 for palm-embed-1 and palm-embed-2: the same palms): the
+fusion's normalisation and weight are fitted on the Tongji CALIBRATION palms only (and its threshold on their and the COEP calibration people's fused impostor
 scores, as the embedding's own); every figure is on the TEST palms, the palm codes alone, the embedding alone and
 the fusion from the same score matrices. Tongji test: enroll the first session-1 image, probe every session-2
 image (900 genuine, rank-1 in a gallery of the 90 palms); impostors: every session-1 image as a one-image
@@ -10,7 +10,8 @@ people through the unit's preprocessing: every ordered pair of images (first ima
 ``fusion`` block. Nothing derived from the photos is written except the score cache (``--cache``, outside the
 repository).
 
-  PYTHONPATH=.:scripts nice -n 15 python scripts/measure_fusion.py --data ../shared/handdata [--json out.json]
+  PYTHONPATH=.:scripts nice -n 15 python scripts/measure_fusion.py --data ../shared/handdata \
+      [--embedding palm-embed-2] [--json out.json] [--write]
 """
 from __future__ import annotations
 
@@ -127,7 +128,7 @@ def calibrated_curves(cal: dict, rule: FusionRule, twins: dict) -> dict:
 
 
 def combined(domains: dict) -> list:
-    """At each FMR the highest threshold any domain needs (as palm-embed-1's calibration)."""
+    """At each FMR the highest threshold any domain needs (as the embedding's own calibration)."""
     first = next(iter(domains.values()))["fmr_points"]
     return [[p[0], max(d["fmr_points"][k][1] for d in domains.values())] for k, p in enumerate(first)]
 
@@ -161,6 +162,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/handdata"))
     parser.add_argument("--assets", type=Path, default=Path("firmware_assets"))
+    parser.add_argument("--embedding", default="palm-embed-2", help="the embedding model fused with the palm codes")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/vendor-node-fusion"))
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--fit-fmr", type=float, default=1e-4, help="FMR at which the weight minimises FNMR")
@@ -168,7 +170,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="write the fusion block (rule, decision, split, "
                         "held-out figures) into the embedding's manifest.json")
     args = parser.parse_args()
-    split = json.loads((args.assets / "palm-embed-1" / "manifest.json").read_text())["split"]
+    split = json.loads((args.assets / args.embedding / "manifest.json").read_text())["split"]
     started = time.time()
 
     def log(text: str) -> None:
@@ -177,10 +179,10 @@ def main() -> None:
     sets = {}
     for side in ("calibrate", "test"):
         sets[f"tongji_{side}"] = score_items(f"tongji_{side}", tongji_items(args.data, set(split[side])), args.cache,
-                                             args.assets, args.workers, log)
+                                             args.assets, args.workers, log, args.embedding)
     coep_people = split["unit_path"]["coep_dev"]
     coep_items, refused = unit_path_items(args.data, "coep_dev", set(coep_people["calibrate"]) | set(coep_people["test"]))
-    coep = score_items("coep_dev", coep_items, args.cache, args.assets, args.workers, log)
+    coep = score_items("coep_dev", coep_items, args.cache, args.assets, args.workers, log, args.embedding)
     for side in ("calibrate", "test"):
         keep = np.array([s in set(coep_people[side]) for s in coep["probe_subjects"]])
         sets[f"coep_{side}"] = {"probe_subjects": [s for s, k in zip(coep["probe_subjects"], keep) if k],
@@ -206,9 +208,9 @@ def main() -> None:
         results[name] = measure(sets[name], rule, thresholds, twins.get(name, ()))
     table("Tongji TEST palms (90, never trained or calibrated on): enroll first session-1 image, probe session 2",
           results["tongji_test"])
-    table("COEP TEST people of palm-embed-1 (22, unit preprocessing; palm-gabor-1 TRAINED and its preprocessing "
+    table(f"COEP TEST people of {args.embedding} (22, unit preprocessing; palm-gabor-1 TRAINED and its preprocessing "
           "TUNED on them)", results["coep_test"])
-    table("COEP CALIBRATION people of palm-embed-1 (22; never seen by palm-gabor-1; they set the thresholds "
+    table(f"COEP CALIBRATION people of {args.embedding} (22; never seen by palm-gabor-1; they set the thresholds "
           "here, so the operating-point column is not held out)", results["coep_calibrate"])
     print(f"\nCOEP frames refused by the unit's preprocessing: {refused}")
     block = fusion_block(rule, search, curves, sets["tongji_calibrate"], results, args)
@@ -217,7 +219,7 @@ def main() -> None:
                                         indent=1) + "\n")
         log(f"wrote {args.json}")
     if args.write:
-        path = args.assets / "palm-embed-1" / "manifest.json"
+        path = args.assets / args.embedding / "manifest.json"
         manifest = json.loads(path.read_text())
         manifest["fusion"] = block
         path.write_text(json.dumps(manifest, indent=1) + "\n")
@@ -228,7 +230,7 @@ def fusion_block(rule: FusionRule, search: list, curves: dict, cal: dict, result
     """The manifest's ``fusion`` block: the rule, its decision (the DecisionPolicy's keys) and held-out figures."""
     points = combined(curves["fused"])
     threshold = round(threshold_at_fmr(points, MAX_WRONG_PAYER / DEFAULT_GALLERY), 5)
-    # margin: as palm-embed-1's, the 0.5% quantile of calibration gaps (genuine over runner-up, session 1 enrolled,
+    # margin: as the embedding's, the 0.5% quantile of calibration gaps (genuine over runner-up, session 1 enrolled,
     # session 2 probed) above the threshold, kept within the palm codes' margin range carried to the fused scale
     probes, cols, mates = protocol(cal)
     fused = rule.fuse(cal["pc"], cal["emb"])[np.ix_(probes, cols)]

@@ -32,7 +32,7 @@ def _bezier(points: np.ndarray, n: int = 40) -> np.ndarray:
             + t ** 3 * points[3])
 
 
-def _identity(identity: int, seed: int) -> dict:
+def _identity(identity: int, seed: int, medium: int = 0) -> dict:
     """What stays the same for one synthetic palm: its creases (control points in [0, 1]), depths and skin."""
     rng = np.random.default_rng([seed, identity, 1])
     # Principal lines of a right palm seen from the camera (fingers up): heart, head, life.
@@ -52,14 +52,30 @@ def _identity(identity: int, seed: int) -> dict:
         d = np.array([np.cos(angle), np.sin(angle)]) * length / 2
         bend = rng.normal(0, 0.03, 2)
         wrinkles.append((np.array([centre - d, centre + bend, centre + d]), rng.uniform(0.6, 1.4), rng.uniform(8, 25)))
+    for _ in range(medium):  # version 2: the longer, softer secondary creases real palm centres show
+        centre, angle = rng.uniform(0, 1, 2), rng.uniform(0, np.pi)
+        d = np.array([np.cos(angle), np.sin(angle)]) * rng.uniform(0.25, 0.6) / 2
+        wrinkles.append((np.array([centre - d, centre + rng.normal(0, 0.06, 2), centre + d]),
+                         rng.uniform(1.5, 3.0), rng.uniform(12, 30)))
     mottle = rng.normal(0, 1, (8, 8)).astype(np.float32)
     return {"lines": lines, "wrinkles": wrinkles, "mottle": mottle, "skin": rng.uniform(70, 190),
             "gradient": rng.normal(0, 12, 2)}
 
 
-def synthetic_palm(identity: int, sample: int, seed: int = 0) -> np.ndarray:
-    """One 128x128 uint8 presentation of synthetic palm ``identity`` (same arguments, same pixels)."""
-    ident = _identity(identity, seed)
+def synthetic_palm(identity: int, sample: int, seed: int = 0, version: int = 1) -> np.ndarray:
+    """One 128x128 uint8 presentation of synthetic palm ``identity`` (same arguments, same pixels).
+
+    ``version`` 2 (palm-embed-2) is more palm-like: a fixed fine skin texture per identity, a smooth elastic
+    warp per sample (skin stretching between presentations) and the unit's soft near-IR focus; version 1 is
+    palm-embed-1's generator, kept so that its manifest's command still draws the same palms.
+    """
+    if version == 2:
+        return _synthetic_palm_v2(identity, sample, seed)
+    return _draw(_identity(identity, seed), identity, sample, seed, 1.0)
+
+
+def _draw(ident: dict, identity: int, sample: int, seed: int, width_scale: float) -> np.ndarray:
+    """Render an identity's creases with one sample's jitter, skin and lighting."""
     rng = np.random.default_rng([seed, identity, sample, 2])
     scale = 2  # draw at 2x and shrink: anti-aliased creases of sub-pixel width
     big = SIZE * scale
@@ -71,17 +87,56 @@ def synthetic_palm(identity: int, sample: int, seed: int = 0) -> np.ndarray:
     for points, width, depth in ident["lines"] + ident["wrinkles"]:
         jittered = points + rng.normal(0, 0.008, points.shape)
         curve = (_bezier(jittered, 24) * big).astype(np.int32)
-        cv2.polylines(creases, [curve], False, float(depth * rng.uniform(0.8, 1.2)),
-                      max(1, int(round(width * scale * rng.uniform(0.85, 1.15)))), cv2.LINE_AA)
+        value, thickness = float(depth * rng.uniform(0.8, 1.2)), width * width_scale * scale * rng.uniform(0.85, 1.15)
+        if width_scale == 1.0:  # version 1: a later, shallower wrinkle overwrites a line it crosses (kept as it was)
+            cv2.polylines(creases, [curve], False, value, max(1, int(round(thickness))), cv2.LINE_AA)
+        else:  # the deeper crease wins where two cross: no dashed principal lines
+            layer = np.zeros_like(creases)
+            cv2.polylines(layer, [curve], False, value, max(1, int(round(thickness))), cv2.LINE_AA)
+            np.maximum(creases, layer, out=creases)
     creases = cv2.resize(cv2.GaussianBlur(creases, (0, 0), scale * rng.uniform(0.5, 1.2)), (SIZE, SIZE),
                          interpolation=cv2.INTER_AREA)
     image = base - creases + rng.normal(0, 2.0, base.shape)
     return np.clip(image, 0, 255).astype(np.uint8)
 
 
+def _smooth_field(rng: np.random.Generator, cells: int, amplitude: float) -> np.ndarray:
+    """A smooth random 128x128 field (cubic upsampling of cells x cells normal values)."""
+    return amplitude * cv2.resize(rng.normal(0, 1, (cells, cells)).astype(np.float32), (SIZE, SIZE),
+                                  interpolation=cv2.INTER_CUBIC)
+
+
+def elastic(image: np.ndarray, rng: np.random.Generator, amplitude: float) -> np.ndarray:
+    """Warp by a smooth random displacement field of about ``amplitude`` pixels: skin stretching, not a rigid move."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE].astype(np.float32)
+    dx, dy = _smooth_field(rng, 4, amplitude), _smooth_field(rng, 4, amplitude)
+    return cv2.remap(image, xx + dx, yy + dy, cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+
+
+def _synthetic_palm_v2(identity: int, sample: int, seed: int) -> np.ndarray:
+    """Version 1's creases plus an identity's fine skin texture, a per-sample elastic warp and soft focus."""
+    base = _draw(_identity(identity, seed, medium=int(np.random.default_rng([seed, identity, 5]).integers(4, 12))),
+                 identity, sample, seed, 1.6).astype(np.float32)
+    texture_rng = np.random.default_rng([seed, identity, 3])
+    texture = cv2.GaussianBlur(texture_rng.normal(0, 1, (SIZE, SIZE)).astype(np.float32), (0, 0), 0.8)
+    rng = np.random.default_rng([seed, identity, sample, 4])
+    image = base + texture_rng.uniform(2.0, 6.0) * texture / max(float(texture.std()), 1e-6)
+    image = elastic(image, rng, rng.uniform(0.5, 2.0))
+    image = cv2.GaussianBlur(image, (0, 0), rng.uniform(0.6, 1.6))  # the unit's soft near-IR focus
+    image += _smooth_field(rng, 3, rng.uniform(5, 25))  # uneven illumination, the palm's curvature
+    return np.clip(image + rng.normal(0, 1.5, image.shape), 0, 255).astype(np.uint8)
+
+
 # --- augmentation ---------------------------------------------------------------
-def augment(roi: np.ndarray, rng: np.random.Generator, strength: float = 1.0) -> np.ndarray:
-    """A plausible other presentation of the same palm at the unit (uint8 128x128 in and out)."""
+def augment(roi: np.ndarray, rng: np.random.Generator, strength: float = 1.0, session: float = 0.0) -> np.ndarray:
+    """A plausible other presentation of the same palm at the unit (uint8 128x128 in and out).
+
+    ``session`` > 0 adds what changes between sessions weeks apart, with that probability: a smooth elastic
+    warp of up to 2 px (skin stretch, another hand pose) and uneven illumination (up to 16 grey levels).
+    """
+    if session and rng.random() < session:
+        warped = elastic(roi.astype(np.float32), rng, rng.uniform(0.5, 2.0))
+        roi = np.clip(warped + _smooth_field(rng, 3, rng.uniform(0, 16)), 0, 255).astype(np.uint8)
     angle = rng.uniform(-15, 15) * strength
     scale = 1.0 + rng.uniform(-0.1, 0.1) * strength
     matrix = cv2.getRotationMatrix2D(((SIZE - 1) / 2, (SIZE - 1) / 2), angle, scale)

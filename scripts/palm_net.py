@@ -34,11 +34,13 @@ def gabor_bank(orientations: int, size: int = 9, sigma: float = 2.5, wavelength:
     return np.stack(kernels, -1)[:, :, None, :].astype(np.float32)
 
 
-def build_embedder(dim: int = 128, orientations: int = 12, width: int = 64, head: str = "flatten"):
+def build_embedder(dim: int = 128, orientations: int = 12, width: int = 64, head: str = "flatten",
+                   dropout: float | None = None):
     """Keras model: uint8-normalised ROI (128, 128, 1) -> embedding (dim,).
 
     ``head``: "flatten" (8x8x32 map, fully connected: where each line sits) or "gdc" (a global depthwise 8x8
     convolution, MobileFaceNet's: a learned weight per place and channel, 30x fewer weights, overfits less).
+    ``dropout`` before the embedding: None = the head's default (0.2 flatten, 0.3 gdc).
     """
     import tensorflow as tf
     from tensorflow import keras
@@ -67,13 +69,13 @@ def build_embedder(dim: int = 128, orientations: int = 12, width: int = 64, head
         x = layers.DepthwiseConv2D(8, padding="valid", use_bias=False, name="gdc")(x)  # 8x8 -> 1x1, per place
         x = layers.BatchNormalization(name="gdc_bn")(x)
         x = layers.Flatten(name="flatten")(x)
-        x = layers.Dropout(0.3, name="dropout")(x)
+        x = layers.Dropout(0.3 if dropout is None else dropout, name="dropout")(x)
     else:
         x = layers.Conv2D(32, 1, use_bias=False, name="squeeze")(x)
         x = layers.BatchNormalization(name="squeeze_bn")(x)
         x = layers.ReLU(6.0, name="squeeze_relu")(x)
         x = layers.Flatten(name="flatten")(x)  # palm lines sit in places: keep where, not only what
-        x = layers.Dropout(0.2, name="dropout")(x)
+        x = layers.Dropout(0.2 if dropout is None else dropout, name="dropout")(x)
     embedding = layers.Dense(dim, name="embedding")(x)
     model = keras.Model(inputs, embedding, name="palm_embed")
     model.get_layer("oriented_filters").set_weights([gabor_bank(orientations)])
@@ -107,12 +109,15 @@ class Trainer:
     from a generator seeded by the step).
     """
 
-    def __init__(self, model, heads: list[CosFaceHead], steps: list[int], lr: float, checkpoint: Path):
+    def __init__(self, model, heads: list[CosFaceHead], steps: list[int], lr: float, checkpoint: Path,
+                 weight_decay: float = 0.0):
         import tensorflow as tf
         from tensorflow import keras
         self.model, self.heads, self.steps, self.lr = model, heads, steps, lr
         self.checkpoint = Path(checkpoint)
-        self.optimizers = [keras.optimizers.Adam(lr) for _ in heads]
+        # AdamW: decoupled weight decay keeps the weights small, the regulariser a 300-class set needs
+        self.optimizers = [keras.optimizers.AdamW(lr, weight_decay=weight_decay) if weight_decay
+                           else keras.optimizers.Adam(lr) for _ in heads]
         for opt, head in zip(self.optimizers, heads):
             opt.build(model.trainable_variables + [head.weights])
         self.step = 0
@@ -157,6 +162,17 @@ class Trainer:
         self.step = int(data["step"])
         return True
 
+    def start_from(self, checkpoint: Path) -> None:
+        """Take the network's weights from another run's checkpoint and skip phase 1 (a shared pretraining:
+        several phase-2 variants start from one pretrained network). Heads and optimizers start fresh."""
+        data = np.load(checkpoint)
+        weights = [data[f"arr_{i}"] for i in range(len(self.model.variables))]
+        if [w.shape for w in weights] != [tuple(v.shape) for v in self.model.variables]:
+            raise SystemExit(f"{checkpoint}: made by another network (its variables differ)")
+        for var, value in zip(self.model.variables, weights):
+            var.assign(value)
+        self.step = self.steps[0]
+
     def phase_of(self, step: int) -> tuple[int, int, int]:
         """(phase, step within it, phase length) of a global step."""
         start = 0
@@ -166,8 +182,12 @@ class Trainer:
             start += length
         return len(self.steps), 0, 0
 
-    def run(self, batches, every: int = 100, progress=None) -> list[dict]:
-        """Train until every phase is done; ``batches(phase, step)`` gives (x, labels). Returns the loss log."""
+    def run(self, batches, every: int = 100, progress=None, evaluate=None, evaluate_every: int = 500) -> list[dict]:
+        """Train until every phase is done; ``batches(phase, step)`` gives (x, labels). Returns the loss log.
+
+        ``evaluate()`` (a dict, e.g. error rates on calibration palms) is logged every ``evaluate_every`` steps
+        and at the end; each such state is also kept as ``<checkpoint>-<step>.npz`` so that a variant can be
+        chosen on those figures."""
         total = sum(self.steps)
         log = []
         bar = progress(total=total, initial=self.step, desc="train") if progress else None
@@ -187,6 +207,10 @@ class Trainer:
                             "seconds": round(time.time() - started, 1)})
                 losses = []
                 self.save()
+                if evaluate and (self.step % evaluate_every == 0 or self.step == total):
+                    log[-1]["calibration"] = evaluate()
+                    np.savez(self.checkpoint.with_name(f"{self.checkpoint.stem}-{self.step}.npz"),
+                             step=self.step, *[v.numpy() for v in self.model.variables])
         if bar:
             bar.close()
         return log

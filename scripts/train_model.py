@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Train, export, calibrate and measure the learned int8 palm embedding (firmware_assets/palm-embed-1/).
+"""Train, export, calibrate and measure the learned int8 palm embedding (firmware_assets/palm-embed-N/).
 
 Steps, each on its own people (Tongji palms split by PERSON: palms 2i and 2i+1 together; seeded):
   1. pretrain on synthetic palms (Bezier creases, scripts/palm_data.py) and the simulator's drawn hands,
@@ -12,6 +12,10 @@ Steps, each on its own people (Tongji palms split by PERSON: palms 2i and 2i+1 t
   6. write palm_embed_int8.tflite and a format-2 manifest.json that says all of the above.
 
     /work/venv-model/bin/python scripts/train_model.py --data ../shared/handdata --seed 7
+
+Variants are chosen on the CALIBRATION palms only: every --evaluate-every steps the float network's session
+protocol on them (EER, FNMR at FMR 1e-3) is logged and the network kept as <work>/checkpoint-<step>.npz;
+--init-from starts phase 2 from another run's checkpoint (one pretraining shared by several phase-2 variants).
 
 Needs the ``train`` extra (tensorflow-cpu, tqdm, ai-edge-litert). Resumable: a checkpoint is written to --work
 every 100 steps and a rerun with the same arguments continues from it. About 30-40 minutes on 2 busy cores.
@@ -39,7 +43,7 @@ from vendor_node.hand.evaluation_embedding import rate, unit_levels  # noqa: E40
 from vendor_node.hand.evaluation_metrics import eer, fnmr_at_fmr  # noqa: E402
 from vendor_node.hand.model import Embedder, embedding_template, model_ops  # noqa: E402
 
-MODEL_ID = "palm-embed-1"
+MODEL_ID = "palm-embed-2"
 MODEL_FILE = "palm_embed_int8.tflite"
 DEFAULT_GALLERY = 1000  # employees the decision.threshold is set for: FMR = max_wrong_payer (1e-3) / 1000
 MAX_WRONG_PAYER = 1e-3
@@ -80,10 +84,29 @@ def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_ro
             i = int(rng.integers(0, len(pool)))
             flip = bool(rng.random() < 0.5)
             roi = pool[i][:, ::-1] if flip else pool[i]
-            x.append(unit_levels(augment(np.ascontiguousarray(roi), rng)))  # the levels the unit's ROIs have
+            roi = augment(np.ascontiguousarray(roi), rng, session=args.session_aug)
+            x.append(unit_levels(roi))  # the levels the unit's ROIs have
             y.append(offset + int(labels[i]) + (n if flip else 0))
         return to_input(np.stack(x)), np.array(y, np.int32)
     return batches
+
+
+def calibration_figures(model, palms, calibrate: list[str]):
+    """evaluate() for Trainer.run: the float network's session protocol on the CALIBRATION palms (enroll the
+    first session-1 image, probe session 2): what variants and training lengths are chosen on, never test palms."""
+    from palm_net import to_input
+    names = [(p, s) for p in calibrate for s in sorted(palms[p]) for _ in palms[p][s]]
+    x = to_input(np.stack([unit_levels(r) for p in calibrate for s in sorted(palms[p]) for r in palms[p][s]]))
+
+    def evaluate() -> dict:
+        e = np.concatenate([model(x[i:i + 100], training=False).numpy() for i in range(0, len(x), 100)])
+        templates = np.stack([embedding_template(v) for v in e])
+        run = session_protocol(templates, [n[0] for n in names], [n[1] for n in names], 2.0, 0.0)
+        g, i = run["genuine"], run["impostor"]
+        return {"eer": round(eer(g, i), 5), "fnmr_at_fmr_1e-3": round(fnmr_at_fmr(g, i, 1e-3)[0], 5),
+                "fnmr_at_fmr_1e-4": round(fnmr_at_fmr(g, i, 1e-4)[0], 5), "rank1_misses": run["rank1_misses"],
+                "genuine": int(g.size), "impostor": int(i.size)}
+    return evaluate
 
 
 def embed_all(embedder: Embedder, rois, progress, desc: str) -> np.ndarray:
@@ -120,19 +143,34 @@ def measure_test(templates, palms, sessions, decision) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "handdata", help="handdata root")
-    parser.add_argument("--out", type=Path, default=REPO / "firmware_assets" / MODEL_ID)
-    parser.add_argument("--work", type=Path, default=REPO / "build" / f"train-{MODEL_ID}", help="checkpoints")
+    parser.add_argument("--model-id", default=MODEL_ID, help="the manifest's model_id (a new id for every new model)")
+    parser.add_argument("--out", type=Path, help="default firmware_assets/<model-id>")
+    parser.add_argument("--work", type=Path, help="checkpoints; default build/train-<model-id>")
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--calibrate-palms", type=int, default=60)
     parser.add_argument("--test-palms", type=int, default=90)
-    parser.add_argument("--synthetic-ids", type=int, default=800)
-    parser.add_argument("--synthetic-samples", type=int, default=6)
+    parser.add_argument("--synthetic-ids", type=int, default=4000)
+    parser.add_argument("--synthetic-samples", type=int, default=4)
+    parser.add_argument("--generator", type=int, choices=(1, 2), default=2, help="palm_data.synthetic_palm version")
     parser.add_argument("--drawn-people", type=int, default=60, help="simulator hands in pretraining (demo only)")
     parser.add_argument("--pretrain-steps", type=int, default=1000)
     parser.add_argument("--steps", type=int, default=3500)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
+    parser.add_argument("--pretrain-margin", type=float, default=0.3,
+                        help="CosFace margin of phase 1 (a smaller one escapes the start's plateau on many classes)")
+    parser.add_argument("--dim", type=int, default=128, help="embedding size (template bytes)")
+    parser.add_argument("--dropout", type=float, help="before the embedding; default the head's own")
+    parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (0: Adam)")
+    parser.add_argument("--session-aug", type=float, default=0.0,
+                        help="share of samples given a session change (elastic warp, uneven light)")
+    parser.add_argument("--init-from", type=Path, help="phase 2 starts from this checkpoint's network")
+    parser.add_argument("--export-snapshot", type=Path,
+                        help="no training: export, calibrate and measure this <work>/checkpoint-<step>.npz network "
+                             "(the training length chosen on the calibration palms' figures)")
+    parser.add_argument("--threads", type=int, default=2, help="TensorFlow threads (the machine is shared)")
+    parser.add_argument("--evaluate-every", type=int, default=500, help="calibration figures every N steps")
     parser.add_argument("--mix-synthetic", type=float, default=0.0,
                         help="share of synthetic palms in phase-2 batches (keeps the features general)")
     parser.add_argument("--unit-calibrate", default="coep_dev",
@@ -141,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recalibrate", action="store_true",
                         help="no training: calibrate and measure the model already in --out again")
     args = parser.parse_args(argv)
+    args.out = args.out or REPO / "firmware_assets" / args.model_id
+    args.work = args.work or REPO / "build" / f"train-{args.model_id}"
+    if args.dim * 1 > 256:
+        parser.error(f"--dim {args.dim}: a template is at most 256 bytes")
     tongji = args.data / "tongji_dev"
     if not (tongji / "manifest.csv").is_file():
         parser.error(f"--data {args.data}: no tongji_dev/manifest.csv")
@@ -153,6 +195,8 @@ def main(argv: list[str] | None = None) -> int:
         return tqdm(items, leave=False, file=sys.stderr, **kw)
 
     started = time.time()
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
     tf.keras.utils.set_random_seed(args.seed)
     palms = load_tongji(tongji)
     split = split_palms(sorted(palms), args.seed, args.calibrate_palms, args.test_palms)
@@ -166,23 +210,32 @@ def main(argv: list[str] | None = None) -> int:
             train_rois += palms[palm][session]
             train_labels += [c] * len(palms[palm][session])
     train_rois, train_labels = np.stack(train_rois), np.array(train_labels)
-    synthetic = [synthetic_palm(i, k, args.seed) for i in progress(range(args.synthetic_ids), desc="synthetic palms")
+    synthetic = [synthetic_palm(i, k, args.seed, args.generator)
+                 for i in progress(range(args.synthetic_ids), desc="synthetic palms")
                  for k in range(args.synthetic_samples)]
     synth_labels = [i for i in range(args.synthetic_ids) for _ in range(args.synthetic_samples)]
     drawn, drawn_labels = drawn_hand_rois(args.drawn_people, 4, progress) if args.drawn_people else ([], [])
     synthetic = np.stack(synthetic + drawn)
     synth_labels = np.array(synth_labels + [args.synthetic_ids + d for d in drawn_labels])
 
-    model = palm_net.build_embedder(head=args.head)
+    model = palm_net.build_embedder(dim=args.dim, head=args.head, dropout=args.dropout)
     synth_classes = 2 * (int(synth_labels.max()) + 1)
-    heads = [palm_net.CosFaceHead(128, synth_classes, args.seed),
-             palm_net.CosFaceHead(128, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
+    heads = [palm_net.CosFaceHead(args.dim, synth_classes, args.seed, margin=args.pretrain_margin),
+             palm_net.CosFaceHead(args.dim, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
                                   args.seed + 1)]
     args.work.mkdir(parents=True, exist_ok=True)
-    trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz")
+    trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz",
+                               args.weight_decay)
     resumed = trainer.restore()
+    if args.export_snapshot:
+        trainer.start_from(args.export_snapshot)
+        trainer.step = sum(trainer.steps)
+    elif not resumed and args.init_from:
+        trainer.start_from(args.init_from)
     log = trainer.run(make_batches(args, synthetic, synth_labels, train_rois, train_labels),
-                      progress=lambda **kw: tqdm(file=sys.stderr, **kw))
+                      progress=lambda **kw: tqdm(file=sys.stderr, **kw),
+                      evaluate=calibration_figures(model, palms, split["calibrate"]),
+                      evaluate_every=args.evaluate_every)
     train_seconds = time.time() - started
 
     rng = np.random.default_rng(args.seed)
@@ -190,9 +243,17 @@ def main(argv: list[str] | None = None) -> int:
     model_bytes = palm_net.export_int8(model, representative)
     training = {
         "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
-                f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, 128-d embedding; CosFace loss "
-                "(s 32, m 0.3); Adam with cosine learning rate; phase 1 synthetic palms + simulator drawn hands, "
-                "phase 2 Tongji training palms (mirrored palm = extra identity) with a --mix-synthetic share of synthetic",
+                f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, dropout {args.dropout}, "
+                f"{args.dim}-d embedding; CosFace loss (s 32, m 0.3); "
+                f"{'AdamW weight decay %g' % args.weight_decay if args.weight_decay else 'Adam'} "
+                "with cosine learning rate; phase 1 synthetic palms (generator version "
+                f"{args.generator}) + simulator drawn hands, phase 2 Tongji training palms (mirrored palm = extra "
+                "identity) with a --mix-synthetic share of synthetic",
+        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout,
+        "weight_decay": args.weight_decay, "generator": args.generator,
+        "session_aug": args.session_aug,
+        "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None,
+        "init_from": str(args.init_from) if args.init_from else None,
         "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
         "mix_synthetic": args.mix_synthetic,
         "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
@@ -200,9 +261,10 @@ def main(argv: list[str] | None = None) -> int:
                  "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
                  "drawn_hand_people": args.drawn_people},
         "augmentation": "shift N(0,4 px), rotation +-15 deg, scale 0.9-1.1, Gaussian blur sigma 0.3-1.5 (half), "
-                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; then the "
-                        "unit's grey levels (mean 128, sd 40, as palm_square.cut_roi) for every ROI, trained or "
-                        "measured",
+                        "contrast 0.7-1.3, brightness N(0,12), gamma 0.75-1.33, noise 0-4 grey levels; with "
+                        "probability session_aug first an elastic warp (0.5-2 px smooth field) and uneven light "
+                        "(up to 16 grey levels); then the unit's grey levels (mean 128, sd 40, as "
+                        "palm_square.cut_roi) for every ROI, trained or measured",
         "seed": args.seed, "resumed_from_checkpoint": resumed, "loss_log": log,
         "seconds_training": round(train_seconds, 1),
         "command": "scripts/train_model.py " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -238,13 +300,14 @@ def finish(args, model_bytes: bytes, training: dict, palms, split, progress, sta
     import palm_net
 
     q_in, q_out = io_quantization(model_bytes)
+    dim = int(training.get("dim", 128))
     manifest = {
-        "format": 2, "model_id": MODEL_ID, "kind": "embedding", "model_file": MODEL_FILE,
+        "format": 2, "model_id": args.model_id, "kind": "embedding", "model_file": MODEL_FILE,
         "sha256": hashlib.sha256(model_bytes).hexdigest(), "size_bytes": len(model_bytes),
         "input": {"shape": [1, 128, 128, 1], "dtype": "int8", **q_in,
                   "pixel_offset": palm_net.PIXEL_OFFSET, "pixel_divisor": palm_net.PIXEL_DIVISOR},
-        "output": {"shape": [1, 128], "dtype": "int8", **q_out},
-        "embedding": {"dim": 128, "template": "int8 of 127*e/|e|", "score": "cosine of the int8 templates"},
+        "output": {"shape": [1, dim], "dtype": "int8", **q_out},
+        "embedding": {"dim": dim, "template": "int8 of 127*e/|e|", "score": "cosine of the int8 templates"},
         "decision": {"threshold": 0.5, "margin": 0.0, "min_threshold": 0.0, "min_margin": 0.0,
                      "fmr_points": [[1e-3, 0.5]]},
     }
@@ -296,6 +359,13 @@ def finish(args, model_bytes: bytes, training: dict, palms, split, progress, sta
                f"fmr = max_wrong_payer / {DEFAULT_GALLERY} enrolled, log10-interpolated; min_threshold = the point "
                "at fmr 1e-4; margin = the 0.5% quantile of the calibration palms' genuine-over-runner-up gaps "
                "(session 1 enrolled, session 2 probed) among scores above the threshold, clipped to 0.01..0.05"}
+    g, i = cal_run["genuine"], cal_run["impostor"]
+    manifest["calibration_palms"] = {
+        "eer": round(eer(g, i), 6), "rank1_misses": rate(cal_run["rank1_misses"], cal_run["probes"]),
+        **{f"fnmr_at_fmr_1e-0{k}": round(fnmr_at_fmr(g, i, 10.0 ** -k)[0], 6) for k in (3, 4)},
+        "genuine": int(g.size), "impostor": int(i.size),
+        "how": "the int8 model on the Tongji CALIBRATION palms (enroll the first session-1 image, probe session 2): "
+               "what a new model is compared on before any test palm is looked at"}
     held_out = measure_test(*sides["test"], manifest["decision"])
     held_out["model_alone_ms"] = {"p50": round(1e3 * float(np.percentile(timing, 50)), 3),
                                   "p95": round(1e3 * float(np.percentile(timing, 95)), 3),

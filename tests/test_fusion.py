@@ -23,6 +23,17 @@ STRANGERS = [61, 77, 83, 95, 104]
 EMBED = ASSETS_DIR / "palm-embed-1"
 
 
+def write_drawn_hands(folder, people, samples: int) -> None:
+    """An eval folder of drawn hands: <folder>/p<person>/<sample>.png."""
+    import cv2
+
+    for person in people:
+        for sample in range(samples):
+            path = folder / f"p{person}" / f"{sample}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+
+
 def shipped_fusion() -> dict:
     return json.loads((EMBED / "manifest.json").read_text())["fusion"]
 
@@ -111,8 +122,11 @@ def test_a_fusion_block_is_for_one_palm_code_model(models):
         Recognizer(models[0], fused=True)
 
 
-def test_the_shipped_fusion_names_its_split_and_held_out_figures():
-    block = shipped_fusion()
+@pytest.mark.parametrize("name", ["palm-embed-1", "palm-embed-2"])
+def test_the_shipped_fusion_names_its_split_and_held_out_figures(name):
+    if not (ASSETS_DIR / name / "manifest.json").is_file():
+        pytest.skip(f"{name} is not shipped")
+    block = json.loads((ASSETS_DIR / name / "manifest.json").read_text())["fusion"]
     assert "calibrate" in block["fitted_on"] and block["palm_code_model"] == "palm-gabor-1"
     decision = block["decision"]
     assert decision["min_threshold"] <= decision["threshold"] and decision["margin"] >= decision["min_margin"] > 0
@@ -148,15 +162,9 @@ def test_an_employee_without_an_embedding_still_pays_on_the_palm_code_and_gets_o
 
 
 def test_eval_model_fused_measures_the_fused_score_on_drawn_hands(tmp_path, capsys):
-    import cv2
-
     from vendor_node.cli import main
 
-    for person in range(1, 5):
-        for sample in range(3):
-            path = tmp_path / "hands" / f"p{person}" / f"{sample}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            assert cv2.imwrite(str(path), draw_hand(person, sample, (240, 320)))
+    write_drawn_hands(tmp_path / "hands", range(1, 5), 3)
     report_path = tmp_path / "report.json"
     assert main(["eval", "--model", "fused", "--dataset", str(tmp_path / "hands"), "--report", str(report_path)]) == 0
     report = json.loads(report_path.read_text())
@@ -248,3 +256,29 @@ def test_eval_model_fused_leaves_out_the_people_either_model_saw(tmp_path):
     assert {"001", "004"} <= set(report["excluded_trained_subjects"])
     assert not {"900", "901"} & set(report["excluded_trained_subjects"])
     assert report["verification"]["genuine"] == 2
+
+
+def test_eval_model_fused_measures_the_models_json_shortlist_model(tmp_path, capsys):
+    """A unit set to decide on palm-embed-2's fusion is measured with that fusion, not the first folder's."""
+    from vendor_node.cli import main
+
+    if not (ASSETS_DIR / "palm-embed-2" / "manifest.json").is_file():
+        pytest.skip("palm-embed-2 is not shipped")
+    assets = tmp_path / "assets"
+    for name in ("palm-gabor-1", "palm-embed-1", "palm-embed-2"):
+        shutil.copytree(ASSETS_DIR / name, assets / name)
+    (assets / "models.json").write_text(json.dumps(
+        {"active": "palm-gabor-1", "shortlist": {"model": "palm-embed-2", "keep": 16, "decide": "fused"}}))
+    config = tmp_path / "unit.toml"
+    config.write_text(f'[unit]\nassets_dir = "{assets}"\n')
+    write_drawn_hands(tmp_path / "hands", range(1, 4), 2)
+    report_path = tmp_path / "report.json"
+    assert main(["--config", str(config), "eval", "--model", "fused", "--dataset", str(tmp_path / "hands"),
+                 "--report", str(report_path)]) == 0
+    report = json.loads(report_path.read_text())
+    second = json.loads((assets / "palm-embed-2" / "manifest.json").read_text())
+    expected = FusedDecision.from_manifest(second, "palm-gabor-1").policy.threshold_for(3)
+    first = FusedDecision.from_manifest(json.loads((assets / "palm-embed-1" / "manifest.json").read_text()),
+                                        "palm-gabor-1").policy.threshold_for(3)
+    assert expected != first
+    assert report["identification"]["threshold"] == pytest.approx(expected)

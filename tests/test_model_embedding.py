@@ -1,5 +1,5 @@
-"""The learned embedding model (firmware_assets/palm-embed-1): its format-2 manifest, hash refusal, int8 in/out,
-templates of at most 256 bytes, op versions and tflite-runtime 2.14. Skips until the model is shipped."""
+"""The learned embedding models (firmware_assets/palm-embed-1, palm-embed-2): each one's format-2 manifest, hash
+refusal, int8 in/out, templates of at most 256 bytes, op versions and tflite-runtime 2.14. A model not shipped skips."""
 from __future__ import annotations
 
 import hashlib
@@ -16,24 +16,31 @@ from vendor_node.config import ASSETS_DIR
 from vendor_node.errors import ModelError
 from vendor_node.hand.model import MAX_MODEL_BYTES, Embedder, embedding_scores, embedding_template, model_ops
 
-EMBED_DIR = ASSETS_DIR / "palm-embed-1"
-pytestmark = pytest.mark.skipif(not (EMBED_DIR / "manifest.json").is_file(), reason="no learned model shipped yet")
+MODELS = ("palm-embed-1", "palm-embed-2")
+
+
+@pytest.fixture(scope="module", params=MODELS)
+def model_dir(request):
+    folder = ASSETS_DIR / request.param
+    if not (folder / "manifest.json").is_file():
+        pytest.skip(f"{request.param} is not shipped")
+    return folder
 
 
 @pytest.fixture(scope="module")
-def embedder() -> Embedder:
-    return Embedder.load(EMBED_DIR)
+def embedder(model_dir) -> Embedder:
+    return Embedder.load(model_dir)
 
 
 @pytest.fixture
-def copy(tmp_path):
-    shutil.copytree(EMBED_DIR, tmp_path / "m")
+def copy(tmp_path, model_dir):
+    shutil.copytree(model_dir, tmp_path / "m")
     return tmp_path / "m"
 
 
-def test_manifest_is_the_contract(embedder):
+def test_manifest_is_the_contract(embedder, model_dir):
     m = embedder.manifest
-    assert (m["format"], m["model_id"], m["kind"], embedder.kind) == (2, "palm-embed-1", "embedding", "embedding")
+    assert (m["format"], m["model_id"], m["kind"], embedder.kind) == (2, model_dir.name, "embedding", "embedding")
     assert m["input"]["shape"] == [1, 128, 128, 1] and m["output"]["shape"] == [1, 128]
     assert m["input"]["dtype"] == m["output"]["dtype"] == "int8"
     assert embedder.model_path.stat().st_size <= MAX_MODEL_BYTES
@@ -108,3 +115,12 @@ def test_runs_on_tflite_runtime_2_14_with_the_same_output(embedder, tmp_path):
     ours = embedder._interpreter.get_tensor(embedder._output["index"]).astype(np.int16)
     theirs = np.load(tmp_path / "palm.npy.out.npy").astype(np.int16)
     assert theirs.shape == ours.shape == (1, 128) and int(np.abs(theirs - ours).max()) <= 1
+
+
+def test_every_embedding_model_tests_the_same_people():
+    """A new model is compared with the old on the same test palms: its split must be the old one's."""
+    splits = [json.loads((ASSETS_DIR / name / "manifest.json").read_text())["split"] for name in MODELS
+              if (ASSETS_DIR / name / "manifest.json").is_file()]
+    for split in splits[1:]:
+        assert {k: split[k] for k in ("train", "calibrate", "test")} == \
+            {k: splits[0][k] for k in ("train", "calibrate", "test")}

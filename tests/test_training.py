@@ -119,3 +119,54 @@ def test_int8_export_has_int8_io_and_the_ops_tflite_214_runs():
     names = {op.name for op in model_ops(data)}
     assert names <= {"CONV_2D", "DEPTHWISE_CONV_2D", "SOFTMAX", "RESHAPE", "FULLY_CONNECTED", "MAX_POOL_2D"}
     assert len(data) <= 1024 * 1024
+
+
+def test_version_1_palms_are_still_palm_embed_1s_and_version_2_differs(palm_data):
+    """palm-embed-1's manifest names its command: its generator must still draw the same pixels."""
+    import hashlib
+    drawn = b"".join(palm_data.synthetic_palm(i, k, 7).tobytes() for i in (0, 5) for k in (0, 3))
+    assert hashlib.sha256(drawn).hexdigest() == "a83502a4e9b85b7701113810780fba80d3db19c459bf0bef4578376af1f92ec7"
+    two = palm_data.synthetic_palm(5, 3, 7, version=2)
+    assert two.shape == (128, 128) and two.dtype == np.uint8
+    assert np.array_equal(two, palm_data.synthetic_palm(5, 3, 7, version=2))
+    assert not np.array_equal(two, palm_data.synthetic_palm(5, 3, 7))
+
+
+def test_version_2_samples_of_one_identity_are_closer_than_two_identities(palm_data):
+    corr = lambda x, y: float(np.corrcoef(x.ravel(), y.ravel())[0, 1])  # noqa: E731
+    same = [corr(palm_data.synthetic_palm(i, 0, 1, 2), palm_data.synthetic_palm(i, 1, 1, 2)) for i in range(6)]
+    other = [corr(palm_data.synthetic_palm(i, 0, 1, 2), palm_data.synthetic_palm(i + 6, 0, 1, 2)) for i in range(6)]
+    assert min(same) > max(other)
+
+
+def test_session_augmentation_warps_smoothly_and_is_seeded(palm_data):
+    roi = palm_data.synthetic_palm(2, 0, 3, 2)
+    plain = palm_data.augment(roi, np.random.default_rng(9))
+    warped = palm_data.augment(roi, np.random.default_rng(9), session=1.0)
+    assert np.array_equal(warped, palm_data.augment(roi, np.random.default_rng(9), session=1.0))
+    assert warped.shape == roi.shape and warped.dtype == np.uint8 and not np.array_equal(plain, warped)
+    moved = palm_data.elastic(roi.astype(np.float32), np.random.default_rng(1), 2.0)
+    assert 0 < float(np.abs(moved - roi).mean()) < 20  # a few pixels of stretch, not another palm
+
+
+def test_a_phase_2_variant_starts_from_a_shared_pretraining(tmp_path):
+    pytest.importorskip("tensorflow")
+    palm_net = _load("palm_net")
+    heads = lambda: [palm_net.CosFaceHead(16, 4, 1), palm_net.CosFaceHead(16, 6, 2)]  # noqa: E731
+    model = palm_net.build_embedder(dim=16, dropout=0.5)
+    first = palm_net.Trainer(model, heads(), [2, 2], 1e-3, tmp_path / "a.npz", weight_decay=0.01)
+    rng = np.random.default_rng(0)
+    batches = lambda phase, step: (rng.normal(0, 0.5, (4, 128, 128, 1)).astype(np.float32),  # noqa: E731
+                                   np.array([0, 1, 2, 3], np.int32))
+    log = first.run(batches, every=2, evaluate=lambda: {"eer": 0.5}, evaluate_every=2)
+    assert [entry["calibration"] for entry in log] == [{"eer": 0.5}] * 2
+    assert (tmp_path / "a-2.npz").is_file() and (tmp_path / "a-4.npz").is_file()
+    other = palm_net.build_embedder(dim=16, dropout=0.5)
+    second = palm_net.Trainer(other, heads(), [2, 2], 1e-3, tmp_path / "b.npz")
+    second.start_from(tmp_path / "a-2.npz")
+    assert second.step == 2
+    pretrained = np.load(tmp_path / "a-2.npz")
+    assert all(np.array_equal(v.numpy(), pretrained[f"arr_{i}"]) for i, v in enumerate(other.variables))
+    with pytest.raises(SystemExit, match="another network"):
+        palm_net.Trainer(palm_net.build_embedder(dim=32), heads(), [2, 2], 1e-3, tmp_path / "c.npz").start_from(
+            tmp_path / "a-2.npz")

@@ -172,12 +172,15 @@ class FusedRecognizer:
 
 
 def fusion_folder(assets_dir) -> Path:
-    """The model folder whose manifest holds a ``fusion`` block for the unit's active palm-code model."""
+    """The model folder whose manifest holds a ``fusion`` block for the unit's active palm-code model: the
+    models.json shortlist model when it does (what the unit decides with), else the first such folder by name."""
     from ..assets import model_set
     from ..errors import ModelError
 
-    active = read_manifest(model_set(assets_dir).active).get("model_id")
-    for folder in sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json")):
+    models = model_set(assets_dir)
+    active = read_manifest(models.active).get("model_id")
+    by_name = sorted(p.parent for p in Path(assets_dir).glob("*/manifest.json"))
+    for folder in ([models.shortlist] if models.shortlist else []) + by_name:
         if is_landmark_folder(folder):  # the hand-landmark model (hand/landmarks.py) matches nothing
             continue
         if (read_manifest(folder).get("fusion") or {}).get("palm_code_model") == active:
