@@ -2,23 +2,7 @@
 
 from django.db import migrations, models
 
-
-def bundle_bytes_cheap_to_store(apps, schema_editor):
-    """PostgreSQL: every unit's sync stores its issued bundle (~100 KB of signed JSON and sealed templates).
-    The default pglz compression cost 3.6 ms of database CPU to store a 124 KB blob of employee records and
-    sealed templates, and shrank it not at all; lz4 (PostgreSQL 14+, when built with it) took 0.6-0.8 ms and
-    stored 96 KB. Without lz4 the bytes are stored uncompressed (0.6 ms)."""
-    connection = schema_editor.connection
-    if connection.vendor != "postgresql":
-        return
-    table = apps.get_model("office", "IssuedBundle")._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('server_version_num')::int >= 140000 AND EXISTS "
-                       "(SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-                       "AND 'lz4' = ANY(enumvals))")
-        lz4 = cursor.fetchone()[0]
-        cursor.execute(f"ALTER TABLE {table} ALTER COLUMN data "
-                       + ("SET COMPRESSION lz4" if lz4 else "SET STORAGE EXTERNAL"))
+from ._toast import cheap_to_store
 
 
 class Migration(migrations.Migration):
@@ -44,5 +28,5 @@ class Migration(migrations.Migration):
             model_name='journalentry',
             index=models.Index(condition=models.Q(('charged_cents__gt', 0)), fields=['employee_id', 'charged_cents'], name='entry_charges_by_employee'),
         ),
-        migrations.RunPython(bundle_bytes_cheap_to_store, migrations.RunPython.noop),
+        migrations.RunPython(cheap_to_store("IssuedBundle", "data"), migrations.RunPython.noop),
     ]

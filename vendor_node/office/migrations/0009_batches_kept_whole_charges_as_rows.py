@@ -13,6 +13,8 @@ import json
 import django.db.models.deletion
 from django.db import migrations, models
 
+from ._toast import cheap_to_store
+
 MIGRATED_FORMAT = "vendor-node-office-entries"  # journal_store.MIGRATED_FORMAT
 GENESIS_HASH = "0" * 64
 _FIELDS = ("seq", "ts_us", "kind", "session_id", "employee_id", "item", "amount_cents", "detail", "hash",
@@ -72,22 +74,6 @@ def copy_nonces(apps, schema_editor):
                              Old.objects.values_list("unit_id", "nonce", "seen_at")], batch_size=2000)
 
 
-def documents_cheap_to_store(apps, schema_editor):
-    """PostgreSQL: a night's document is ~200 KB of JSON; pglz (the default) costs milliseconds of database
-    CPU on every upload; lz4 (PostgreSQL 14+, when built with it) a fraction, else stored as is (as 0007)."""
-    connection = schema_editor.connection
-    if connection.vendor != "postgresql":
-        return
-    table = apps.get_model("office", "JournalBatch")._meta.db_table
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT current_setting('server_version_num')::int >= 140000 AND EXISTS "
-                       "(SELECT 1 FROM pg_settings WHERE name = 'default_toast_compression' "
-                       "AND 'lz4' = ANY(enumvals))")
-        lz4 = cursor.fetchone()[0]
-        cursor.execute(f"ALTER TABLE {table} ALTER COLUMN document "
-                       + ("SET COMPRESSION lz4" if lz4 else "SET STORAGE EXTERNAL"))
-
-
 class Migration(migrations.Migration):
 
     dependencies = [
@@ -136,7 +122,7 @@ class Migration(migrations.Migration):
         migrations.DeleteModel(
             name='JournalEntry',
         ),
-        migrations.RunPython(documents_cheap_to_store, migrations.RunPython.noop),
+        migrations.RunPython(cheap_to_store("JournalBatch", "document"), migrations.RunPython.noop),
         migrations.CreateModel(
             name='UnitNonce',
             fields=[
