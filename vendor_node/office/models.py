@@ -10,16 +10,18 @@ from .setup import importable
 importable()
 
 import secrets
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 from django.db import models
 
 @contextmanager
-def hot_cursor():
+def hot_cursor(begins: bool = False):
     """A cursor for the unit API's hot path (every unit's sync runs these statements). PostgreSQL: psycopg's
     own cursor, parameters sent apart from the statement, each statement prepared once per connection after
     its fifth run (no quoting of every value in Python, no parse and plan in the server: Django's cursor binds
-    on the client side); its errors still come out as Django's (IntegrityError...). SQLite: Django's cursor."""
+    on the client side); its errors still come out as Django's (IntegrityError...). SQLite: Django's cursor.
+    ``begins``: the first statement of a transaction (`transaction.atomic`): on PostgreSQL its BEGIN is sent
+    with it in one round trip (psycopg's pipeline mode) instead of a round trip of its own."""
     from django.db import connection
 
     if connection.vendor != "postgresql":
@@ -27,10 +29,14 @@ def hot_cursor():
             yield cursor
         return
     import psycopg
+    from psycopg import pq
 
     _close_if_gone(connection)  # as Django's own cursor() does: a connection the database dropped (a
     connection.ensure_connection()  # restart) is replaced before the request uses it
-    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
+    raw = connection.connection
+    pipelined = begins and not raw.autocommit and raw.info.transaction_status == pq.TransactionStatus.IDLE
+    with connection.wrap_database_errors, (raw.pipeline() if pipelined else nullcontext()), \
+            psycopg.Cursor(raw) as cursor:
         yield cursor
 
 
