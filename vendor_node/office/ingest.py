@@ -252,15 +252,14 @@ def _ingest_locked(unit: Unit, body: dict, charges: list[tuple], document: bytes
                 raise _OtherJournal(f"body.entries: seq {e['seq']} differs from the entry already ingested "
                                     "(chain mismatch)")
     new_charges = [row for row in charges if row[0] > unit.last_seq] if overlap else charges
-    if connection.vendor != "postgresql":  # PostgreSQL: by the batch's own statement (_record_batch)
-        _insert_charges(unit.pk, unit.journal_epoch, new_charges)
+    _insert_charges(unit.pk, unit.journal_epoch, new_charges)
     if new:
         unit.last_seq, unit.last_hash = new[-1]["seq"], new[-1]["hash"]
         unit.gap = unit.refused = ""
     batch = JournalBatch(unit=unit, epoch=unit.journal_epoch, batch_id=body["batch_id"], first_seq=first,
                          last_seq=last, last_hash=body["last_hash"], ingested_at=round(time.time(), 6),
                          entries=len(new))
-    pending_id = _record_batch(batch, unit, new_charges, document)
+    pending_id = _record_batch(batch, unit, _pending_charges(new_charges), document)
     return receipt_for(unit, batch), pending_id
 
 
@@ -289,8 +288,6 @@ def _insert_charges(unit_pk: int, epoch: int, charges: list[tuple]) -> None:
                                rows)
 
 
-_INSERT_CHARGES = (f"INSERT INTO {Charge._meta.db_table} ({', '.join(_CHARGE_COLUMNS)}) SELECT %s, %s, * FROM "
-                   "unnest(%b::bigint[], %b::bigint[], %s::text[], %s::text[], %s::text[], %b::bigint[])")
 _column_types: list[str] = []
 
 
@@ -317,12 +314,10 @@ def _pending_charges(charges: list[tuple]) -> str | None:
     return _fast_dumps(sums).decode() if _fast_dumps is not None else json.dumps(sums, separators=(",", ":"))
 
 
-def _record_batch(batch: JournalBatch, unit: Unit, new_charges: list[tuple], document: bytes) -> int | None:
+def _record_batch(batch: JournalBatch, unit: Unit, charges: str | None, document: bytes) -> int | None:
     """The batch row (its document: the upload as received), the unit's journal position and the pending
     charges (their row's id returned): plain statements (the ORM's building cost more than their execution),
-    on PostgreSQL one round trip with the new charges' rows too (SQLite has no INSERT in WITH; its charges
-    were inserted by `_insert_charges`)."""
-    charges = _pending_charges(new_charges)
+    on PostgreSQL one round trip (SQLite has no INSERT in WITH)."""
     insert_batch = (f"INSERT INTO {JournalBatch._meta.db_table} (unit_id, epoch, batch_id, first_seq, last_seq, "
                     "last_hash, ingested_at, entries, document) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)")
     update_unit = f"UPDATE {Unit._meta.db_table} SET last_seq = %s, last_hash = %s, gap = %s, refused = %s WHERE id = %s"
@@ -333,17 +328,11 @@ def _record_batch(batch: JournalBatch, unit: Unit, new_charges: list[tuple], doc
     unit_values = [unit.last_seq, unit.last_hash, unit.gap, unit.refused, unit.pk]
     with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
-            parts, values = [], []
-            if new_charges:  # each column as one array parameter (integers in binary), unnested into rows
-                parts.append(f"c AS ({_INSERT_CHARGES})")
-                values += [unit.pk, batch.epoch, *map(list, zip(*new_charges))]
-            parts.append(f"b AS ({insert_batch})")
-            values += batch_values
             if charges is None:
-                cursor.execute(f"WITH {', '.join(parts)} {update_unit}", values + unit_values)
+                cursor.execute(f"WITH b AS ({insert_batch}) {update_unit}", batch_values + unit_values)
                 return None
-            cursor.execute(f"WITH {', '.join(parts)}, u AS ({update_unit}) {insert_pending}",
-                           values + unit_values + [charges])
+            cursor.execute(f"WITH b AS ({insert_batch}), u AS ({update_unit}) {insert_pending}",
+                           batch_values + unit_values + [charges])
             return cursor.fetchone()[0]
         cursor.execute(insert_batch, batch_values)
         cursor.execute(update_unit, unit_values)
