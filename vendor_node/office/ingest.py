@@ -207,7 +207,7 @@ def _lock_and_find_batch(unit_pk: int, batch_id: str) -> tuple[Unit, JournalBatc
             cursor.execute(f"SELECT last_seq, last_hash, ingested_at FROM {JournalBatch._meta.db_table} "
                            "WHERE unit_id = %s AND epoch = %s AND batch_id = %s", [unit_pk, locked.journal_epoch, batch_id])
             return locked, _batch_from(locked, batch_id, cursor.fetchone())
-    with hot_cursor(begins=True) as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(
             f"WITH u AS (UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s RETURNING "
             f"{', '.join(UNIT_REQUEST_FIELDS)}) SELECT u.*, b.last_seq, b.last_hash, b.ingested_at FROM u "

@@ -10,18 +10,18 @@ from .setup import importable
 importable()
 
 import secrets
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 
 from django.db import models
 
 @contextmanager
-def hot_cursor(begins: bool = False):
+def hot_cursor():
     """A cursor for the unit API's hot path (every unit's sync runs these statements). PostgreSQL: psycopg's
     own cursor, parameters sent apart from the statement, each statement prepared once per connection after
     its fifth run (no quoting of every value in Python, no parse and plan in the server: Django's cursor binds
     on the client side); its errors still come out as Django's (IntegrityError...). SQLite: Django's cursor.
-    ``begins``: the first statement of a transaction (`transaction.atomic`): on PostgreSQL its BEGIN is sent
-    with it in one round trip (psycopg's pipeline mode) instead of a round trip of its own."""
+    (psycopg's pipeline mode does not send a transaction's BEGIN with its first statement: it syncs after the
+    BEGIN, and its extra flushes made more system calls, not fewer: tried, strace'd, left out.)"""
     from django.db import connection
 
     if connection.vendor != "postgresql":
@@ -29,14 +29,10 @@ def hot_cursor(begins: bool = False):
             yield cursor
         return
     import psycopg
-    from psycopg import pq
 
     _close_if_gone(connection)  # as Django's own cursor() does: a connection the database dropped (a
     connection.ensure_connection()  # restart) is replaced before the request uses it
-    raw = connection.connection
-    pipelined = begins and not raw.autocommit and raw.info.transaction_status == pq.TransactionStatus.IDLE
-    with connection.wrap_database_errors, (raw.pipeline() if pipelined else nullcontext()), \
-            psycopg.Cursor(raw) as cursor:
+    with connection.wrap_database_errors, psycopg.Cursor(connection.connection) as cursor:
         yield cursor
 
 

@@ -152,7 +152,7 @@ def lock_and_stamp_sync(unit_pk: int) -> Unit:
     succeeds counts as a sync, as before."""
     from django.db import connection
 
-    with hot_cursor(begins=True) as cursor:
+    with hot_cursor() as cursor:
         cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s "
                        f"RETURNING {', '.join(UNIT_REQUEST_FIELDS)}",
                        [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
