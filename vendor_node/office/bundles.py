@@ -96,8 +96,9 @@ def _generation_kept_and_charged(unit_pk: int) -> tuple[int | None, list[IssuedB
         cursor.execute(f"SELECT value, NULL, NULL, NULL, NULL FROM {OfficeSetting._meta.db_table} WHERE name = %s "
                        f"UNION ALL SELECT NULL, id, version, content_sha256, created_at FROM "
                        f"{IssuedBundle._meta.db_table} WHERE unit_id = %s"
-                       + (f" UNION ALL SELECT NULL, NULL, charged.sum::bigint, charged.employee_id, NULL FROM ({charged_sql}) "
-                          "charged" if charged_sql else ""), [BUNDLE_GENERATION, unit_pk, *charged_values])
+                       + (" UNION ALL SELECT NULL, NULL, charged.sum::bigint, charged.employee_id, NULL FROM "
+                          f"({charged_sql}) charged" if charged_sql else ""),
+                       [BUNDLE_GENERATION, unit_pk, *charged_values])
         rows = cursor.fetchall()
     generation = next((row[0] for row in rows if row[1] is None and row[3] is None), None)
     kept = [IssuedBundle.from_db("default", ("id", "unit_id", "version", "content_sha256", "created_at"),

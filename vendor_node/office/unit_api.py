@@ -151,7 +151,8 @@ def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now,
                 f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
                 f"n AS (INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
                 f"WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING unit_id AS id)"
-                f"{more} SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u", [claimed, nonce, when, fingerprint, *values])
+                f"{more} SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u",
+                [claimed, nonce, when, fingerprint, *values])
             row = cursor.fetchone()
             return (None, False) if row is None else (unit_from_row(row[:-1]), bool(row[-1]))
         cursor.execute(f"SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s", [claimed])
