@@ -25,6 +25,7 @@ import http.client
 import json
 import os
 import random
+import shutil
 import signal
 import socket
 import subprocess
@@ -532,6 +533,8 @@ def main() -> int:
 
             connections.close_all()
             pg.stop()
+        shutil.rmtree(root / "nights", ignore_errors=True)  # the units' nights (200 MB for the closed loop); the
+        # office's log and keys (a few KB) stay for a look after a failure
 
 
 if __name__ == "__main__":

@@ -497,3 +497,61 @@ def test_the_served_application_answers_units_without_the_pages_middleware(setup
         "Set-Cookie", "")
     status, page_headers, _ = serve(factory.get("/employees/"))
     assert status == 302 and page_headers["Location"].startswith("/login/")  # pages still need a login
+
+
+def test_a_heartbeat_is_recorded_once_and_its_refusals_keep_their_order(setup, tmp_path):
+    """A heartbeat (on PostgreSQL written by the statement that spends its nonce): recorded once; a replay
+    refused and recording nothing; a bad body from the unit refused naming the field (its nonce spent, as for
+    any request of the unit's key that got that far); a bad body from a stranger refused as a stranger's."""
+    from vendor_node.office.models import HeartbeatRecord, Unit
+
+    client, unit, _ = setup
+    stranger = FakeUnit(tmp_path / "u9", "unit-9")
+    try:
+        def error(response, status):
+            assert response.status_code == status, (response.status_code, response.content)
+            return response.json()["error"]
+
+        nonce = "cd" * 16
+        assert call(client, unit, "POST", "heartbeat", heartbeat_body(firmware="1.2.3"), nonce=nonce).status_code \
+            == 200
+        assert "already used" in error(call(client, unit, "POST", "heartbeat", heartbeat_body(), nonce=nonce), 401)
+        row = Unit.objects.get(unit_id=unit.unit_id)
+        assert row.heartbeat["firmware"] == "1.2.3" and row.heartbeat_at is not None and row.last_sync_at
+        assert [r.data["firmware"] for r in HeartbeatRecord.objects.filter(unit=row)] == ["1.2.3"]
+        bad = heartbeat_body(journal_ok="yes")
+        assert "fingerprint" in error(call(client, stranger, "POST", "heartbeat", bad, url_unit=unit.unit_id,
+                                           unit_header=unit.unit_id, key=stranger.key), 401)
+        assert "not registered" in error(call(client, stranger, "POST", "heartbeat", bad), 401)
+        assert "journal_ok" in error(call(client, unit, "POST", "heartbeat", bad, nonce="ef" * 16), 400)
+        assert "already used" in error(call(client, unit, "POST", "heartbeat", heartbeat_body(), nonce="ef" * 16),
+                                       401)
+        assert HeartbeatRecord.objects.filter(unit=row).count() == 1
+    finally:
+        stranger.close()
+
+
+def test_charge_rows_are_the_batchs_charges_exactly(setup):
+    """An upload's charges become rows field for field (on PostgreSQL by a binary COPY): odd characters in an
+    item, one that reads NULL; a batch sent again adds none; an overlapping later one only its new charge."""
+    from vendor_node.office import ledger
+    from vendor_node.office.models import Charge
+
+    client, unit, _ = setup
+    odd = ("é \"quoted\" \\ back, {braces} NULL", "tab\there\x01 ✓ 😀", "NULL")
+    for i, item in enumerate(odd):
+        unit.buy("E0001" if i % 2 == 0 else "E0002", 10 + i, item=item)
+    unit.buy("E0002", 7, succeed=False)
+    batch = unit.batch()
+    assert call(client, unit, "POST", "journal", batch).status_code == 200
+    assert call(client, unit, "POST", "journal", batch).status_code == 200
+    expected = [(e.seq, e.ts_us, e.kind, e.employee_id, e.item, e.amount_cents)
+                for e in unit.journal.entries(0, 99) if e.kind == "vend_succeeded"]
+    columns = ("seq", "ts_us", "kind", "employee_id", "item", "charged_cents")
+    assert list(Charge.objects.order_by("seq").values_list(*columns)) == expected
+    assert [row[4] for row in expected] == list(odd)
+    unit.buy("E0001", 25, item="13")  # sent with the entries already held (an overlapping batch)
+    later = _signed_batch(unit, [e.as_dict() for e in unit.journal.entries(0, 99)], "later")
+    assert call(client, unit, "POST", "journal", later).status_code == 200
+    assert Charge.objects.count() == 4 and ledger.balance_cents("E0001") == 1000 - 10 - 12 - 25
+    assert ledger.balance_cents("E0002") == 500 - 11 and not ledger.check_totals()

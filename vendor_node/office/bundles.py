@@ -25,7 +25,7 @@ from django.db import transaction
 from ..money.bundle import (Bundle, EmployeeRecord, JournalPosition, TemplateRecord, encode_shared_bundle,
                             share_records)
 from ..money.keys import FLEET_SIGNING_KEY_FILE, load_signing_key_file
-from .ledger import charged_by_employee, topped_up_by_employee
+from .ledger import charged_by_employee, charged_statement, topped_up_by_employee
 from .models import (BUNDLE_GENERATION, Deletion, DeletionNotice, Employee, IssuedBundle, OfficeSetting,
                      SealedTemplate, TemplateRevocation, Unit, hot_cursor, new_bundle_generation)
 from .units import lock_and_stamp_sync
@@ -74,9 +74,10 @@ class _Shared:
                           deletions=self.deletions, template_revocations=revocations)
         self.records = share_records(stand_in, [owner for *_, owner in templates])
 
-    def funds(self) -> list[int]:
-        """Each employee's funds now: the shared top-ups minus the charges ingested up to this moment."""
-        charged = charged_by_employee().get
+    def funds(self, charged: dict[str, int] | None = None) -> list[int]:
+        """Each employee's funds now: the shared top-ups minus the charges ingested up to this moment
+        (``charged``: as `charged_by_employee` read them, else read now)."""
+        charged = (charged_by_employee() if charged is None else charged).get
         return [max(0, base - charged(emp, 0)) for emp, base in zip(self.records.employee_ids, self.base)]
 
 
@@ -84,18 +85,27 @@ _shared: list[_Shared] = []  # this process's newest shared records
 _shared_lock = threading.Lock()
 
 
-def _generation_and_kept(unit_pk: int) -> tuple[int | None, list[IssuedBundle]]:
-    """The office's bundle generation and the unit's kept bundles, newest first (their bytes load if read),
-    in one plain statement: every unit's bundle request runs it."""
+def _generation_kept_and_charged(unit_pk: int) -> tuple[int | None, list[IssuedBundle], dict[str, int] | None]:
+    """The office's bundle generation, the unit's kept bundles, newest first (their bytes load if read), and
+    on PostgreSQL each employee's charges (`charged_by_employee`; None elsewhere: read apart), in one plain
+    statement: every unit's bundle request runs it (one snapshot: read after the unit's lock, as before)."""
+    from django.db import connection
+
+    charged_sql, charged_values = charged_statement() if connection.vendor == "postgresql" else ("", [])
     with hot_cursor() as cursor:
         cursor.execute(f"SELECT value, NULL, NULL, NULL, NULL FROM {OfficeSetting._meta.db_table} WHERE name = %s "
                        f"UNION ALL SELECT NULL, id, version, content_sha256, created_at FROM "
-                       f"{IssuedBundle._meta.db_table} WHERE unit_id = %s", [BUNDLE_GENERATION, unit_pk])
+                       f"{IssuedBundle._meta.db_table} WHERE unit_id = %s"
+                       + (" UNION ALL SELECT NULL, NULL, charged.sum::bigint, charged.employee_id, NULL FROM "
+                          f"({charged_sql}) charged" if charged_sql else ""),
+                       [BUNDLE_GENERATION, unit_pk, *charged_values])
         rows = cursor.fetchall()
-    generation = next((row[0] for row in rows if row[1] is None), None)
+    generation = next((row[0] for row in rows if row[1] is None and row[3] is None), None)
     kept = [IssuedBundle.from_db("default", ("id", "unit_id", "version", "content_sha256", "created_at"),
                                  (pk, unit_pk, version, sha, created)) for _, pk, version, sha, created in rows if pk]
-    return generation, sorted(kept, key=lambda issued: -issued.version)
+    charged = {emp: int(cents) for _, pk, cents, emp, _ in rows if pk is None and emp is not None} \
+        if charged_sql else None
+    return generation, sorted(kept, key=lambda issued: -issued.version), charged
 
 
 def _shared_records(unit: Unit, generation: int | None) -> _Shared:
@@ -119,9 +129,9 @@ def current_bundle(unit: Unit, now: float | None = None, stamp_sync: bool = Fals
     now = time.time() if now is None else now
     with transaction.atomic():
         locked = lock_and_stamp_sync(unit.pk) if stamp_sync else Unit.objects.select_for_update().get(pk=unit.pk)
-        generation, kept = _generation_and_kept(locked.pk)
+        generation, kept, charged = _generation_kept_and_charged(locked.pk)
         shared = _shared_records(locked, generation)
-        funds = shared.funds()  # after the unit's lock: its own ingests have committed, and are all counted
+        funds = shared.funds(charged)  # after the unit's lock: its own ingests have committed, all counted
         digest = hashlib.sha256(f"{shared.records.sha256} {locked.pk} {locked.last_seq} {locked.last_hash} "
                                 f"{','.join(map(str, funds))}".encode()).hexdigest()
         latest = kept[0] if kept else None

@@ -54,6 +54,14 @@ def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
     added up by the database in one statement (one snapshot: a fold committing meanwhile is seen whole or not
     at all). Every bundle reads this: under load many pending rows wait for a fold, and expanding their JSON
     here in Python cost more than the bundle's encoding."""
+    with hot_cursor() as cursor:
+        cursor.execute(*charged_statement(employee_id))
+        return {emp: int(cents) for emp, cents in cursor.fetchall()}
+
+
+def charged_statement(employee_id: str | None = None) -> tuple[str, list]:
+    """`charged_by_employee`'s statement and parameters (rows: employee id, cents), for a statement that
+    reads it with more (a bundle's, `bundles._generation_kept_and_charged`)."""
     from django.db import connection
 
     totals, pending = ChargeTotal._meta.db_table, ChargePending._meta.db_table
@@ -61,11 +69,9 @@ def charged_by_employee(employee_id: str | None = None) -> dict[str, int]:
               if connection.vendor == "postgresql" else
               f"SELECT p.key, p.value FROM {pending}, json_each({pending}.charges) p")
     one = ("WHERE employee_id = %s", "WHERE p.key = %s") if employee_id is not None else ("", "")
-    with hot_cursor() as cursor:
-        cursor.execute(f"SELECT employee_id, sum(cents) FROM (SELECT employee_id, charged_cents AS cents FROM {totals} "
-                       f"{one[0]} UNION ALL {expand} {one[1]}) charges GROUP BY employee_id",
-                       [employee_id, employee_id] if employee_id is not None else [])
-        return {emp: int(cents) for emp, cents in cursor.fetchall()}
+    return (f"SELECT employee_id, sum(cents) FROM (SELECT employee_id, charged_cents AS cents FROM {totals} "
+            f"{one[0]} UNION ALL {expand} {one[1]}) charges GROUP BY employee_id",
+            [employee_id, employee_id] if employee_id is not None else [])
 
 
 def balances() -> dict[str, int]:

@@ -24,7 +24,7 @@ import time
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from django.db import transaction
+from django.db import connection, transaction
 from django.http import HttpResponse, JsonResponse
 from django.utils import timezone
 from django.views.decorators.csrf import csrf_exempt
@@ -35,7 +35,7 @@ from .bundles import current_bundle, signing_key
 from .ingest import ingest_batch
 from .models import Employee, SealedTemplate, TemplateRevocation, Unit, UnitNonce, hot_cursor
 from .units import normalise_fingerprint  # noqa: F401 (the CLI's)
-from .units import UNIT_REQUEST_FIELDS, record_heartbeat, unit_from_row
+from .units import UNIT_REQUEST_FIELDS, heartbeat_writes, record_heartbeat, unit_from_row
 
 REQUEST_PREFIX = b"vendor-node-request-v1\n"
 CLOCK_WINDOW_S = 300
@@ -61,8 +61,12 @@ def request_bytes(method: str, path_with_query: str, timestamp: str, nonce: str,
                                        hashlib.sha256(body).hexdigest()]).encode()
 
 
-def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519PublicKey, bytes]:
-    """The unit, its key and the body, or UnitRequestRefused."""
+def authenticate(request, url_unit_id: str, what: str, rider=None) -> tuple[Unit, Ed25519PublicKey, bytes, bool]:
+    """The unit, its key, the body and whether ``rider``'s writes were made, or UnitRequestRefused.
+    ``rider(body)``: on PostgreSQL, the request's own writes as WITH items over the item ``n`` (the unit's id,
+    there only when the nonce was new for the registered, active key: see `_unit_and_nonce`), so a request
+    that needs nothing else is one statement; None, or a refusal (raised after every authentication refusal,
+    as the handler would), and the request takes the usual way."""
     headers = request.headers
     claimed = headers.get("X-VN-Unit", "")
     timestamp, nonce = headers.get("X-VN-Timestamp", ""), headers.get("X-VN-Nonce", "")
@@ -105,11 +109,19 @@ def authenticate(request, url_unit_id: str, what: str) -> tuple[Unit, Ed25519Pub
         raise UnitRequestRefused(403, f"unit {claimed!r} may not use the URL of unit {url_unit_id!r}")
     now = timezone.now()
     _prune_nonces(now)
-    unit, nonce_new = _unit_and_nonce(claimed, fingerprint_of(raw_key), nonce, now)
+    writes, refused = None, None
+    if rider is not None and connection.vendor == "postgresql":
+        try:
+            writes = rider(body)
+        except UnitRequestRefused as exc:
+            refused = exc  # the body's refusal, once the request is known to be the unit's
+    unit, nonce_new = _unit_and_nonce(claimed, fingerprint_of(raw_key), nonce, now, writes)
     _refuse_unregistered(claimed, raw_key, unit)
     if not nonce_new:
         raise UnitRequestRefused(401, "X-VN-Nonce: already used (a replayed request)")
-    return unit, public_key, body
+    if refused is not None:
+        raise refused
+    return unit, public_key, body, writes is not None
 
 
 def _refuse_unregistered(claimed: str, raw_key: bytes, unit: Unit | None | bool = False) -> None:
@@ -123,22 +135,24 @@ def _refuse_unregistered(claimed: str, raw_key: bytes, unit: Unit | None | bool 
         raise UnitRequestRefused(401, f"X-VN-Public-Key: its fingerprint is not the one registered for {claimed!r}")
 
 
-def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now) -> tuple[Unit | None, bool]:
+def _unit_and_nonce(claimed: str, fingerprint: str, nonce: str, now,
+                    writes: tuple[str, list] | None = None) -> tuple[Unit | None, bool]:
     """The claimed unit and whether the nonce was new for it. The nonce is recorded only for an active unit
     whose key this is, on its own (autocommit) before anything else the request does, so a replay is refused
     however the first request ended. PostgreSQL: one statement (the unit read and the nonce inserted in one
-    round trip); SQLite, which has no INSERT inside WITH: the same two steps as two statements."""
-    from django.db import connection
-
+    round trip; ``writes``, WITH items over ``n``, made by the same statement when the nonce was new: all or
+    nothing); SQLite, which has no INSERT inside WITH: the same two steps as two statements."""
     columns = ", ".join(UNIT_REQUEST_FIELDS)
     when = connection.ops.adapt_datetimefield_value(now)
     with hot_cursor() as cursor:
         if connection.vendor == "postgresql":
+            more, values = (f", {writes[0]}", writes[1]) if writes is not None else ("", [])
             cursor.execute(
                 f"WITH u AS (SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s), "
                 f"n AS (INSERT INTO {UnitNonce._meta.db_table} (unit_id, nonce, seen_at) SELECT id, %s, %s FROM u "
-                "WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING 1) "
-                f"SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u", [claimed, nonce, when, fingerprint])
+                f"WHERE active AND fingerprint = %s ON CONFLICT (unit_id, nonce) DO NOTHING RETURNING unit_id AS id)"
+                f"{more} SELECT {columns}, EXISTS (SELECT 1 FROM n) FROM u",
+                [claimed, nonce, when, fingerprint, *values])
             row = cursor.fetchone()
             return (None, False) if row is None else (unit_from_row(row[:-1]), bool(row[-1]))
         cursor.execute(f"SELECT {columns} FROM {Unit._meta.db_table} WHERE unit_id = %s", [claimed])
@@ -167,24 +181,23 @@ def _prune_nonces(now) -> None:
 
 def _stamp_sync(unit_pk: int) -> None:
     """The unit's last sync is now (one plain statement: it runs on every request)."""
-    from django.db import connection
-
     with hot_cursor() as cursor:
         cursor.execute(f"UPDATE {Unit._meta.db_table} SET last_sync_at = %s WHERE id = %s",
                        [connection.ops.adapt_datetimefield_value(timezone.now()), unit_pk])
 
 
-def unit_endpoint(what: str, method: str, stamps_sync: bool = False):
+def unit_endpoint(what: str, method: str, stamps_sync: bool = False, rider=None):
     """``stamps_sync``: the handler stamps the unit's last sync in a statement it runs anyway (the unit row's
-    lock or update), else the view does after the handler succeeded."""
+    lock or update), else the view does after the handler succeeded. ``rider``: see `authenticate`; when its
+    writes were made, the handler is called with ``body`` None and answers without writing."""
     def decorate(handler):
         @csrf_exempt
         def view(request, unit_id):
             if request.method != method:
                 return JsonResponse({"error": f"use {method}"}, status=405)
             try:
-                unit, public_key, body = authenticate(request, unit_id, what)
-                response = handler(request, unit, public_key, body)
+                unit, public_key, body, rode = authenticate(request, unit_id, what, rider)
+                response = handler(request, unit, public_key, None if rode else body)
                 if not stamps_sync:
                     _stamp_sync(unit.pk)
                 return response
@@ -280,8 +293,23 @@ HEARTBEAT_FIELDS = {"firmware": str, "model": str, "bundle_version": int, "last_
                     "journal_ok": bool, "journal_head_seq": int, "clock": float, "key_mode": str}
 
 
-@unit_endpoint("heartbeat", "POST", stamps_sync=True)
+def _heartbeat_writes(body: bytes) -> tuple[str, list]:
+    clean = _clean_heartbeat(body)
+    return heartbeat_writes("n", clean, round(clean["clock"] - time.time(), 3),
+                            connection.ops.adapt_datetimefield_value(timezone.now()))
+
+
+@unit_endpoint("heartbeat", "POST", stamps_sync=True, rider=_heartbeat_writes)
 def heartbeat(request, unit, public_key, body):
+    """On PostgreSQL recorded by the statement that spends the nonce (``body`` None here)."""
+    if body is not None:
+        clean = _clean_heartbeat(body)
+        record_heartbeat(unit, clean, round(clean["clock"] - time.time(), 3))
+    return JsonResponse({"ok": True})
+
+
+def _clean_heartbeat(body: bytes) -> dict:
+    """The heartbeat's fields checked (UnitRequestRefused 400 naming the first wrong one), long texts cut."""
     data = _json_body(body)
     clean = {}
     for name, kinds in HEARTBEAT_FIELDS.items():
@@ -301,8 +329,7 @@ def heartbeat(request, unit, public_key, body):
     if not all(isinstance(f, str) for f in clean["faults"]) or len(clean["faults"]) > 100:
         raise UnitRequestRefused(400, "faults: expected a list of at most 100 strings")
     clean["faults"] = [f[:500] for f in clean["faults"]]
-    record_heartbeat(unit, clean, round(clean["clock"] - time.time(), 3))
-    return JsonResponse({"ok": True})
+    return clean
 
 
 @unit_endpoint("bundle", "GET", stamps_sync=True)

@@ -162,6 +162,26 @@ def lock_and_stamp_sync(unit_pk: int) -> Unit:
     return unit_from_row(row)
 
 
+def heartbeat_writes(unit_ids: str, clean: dict, clock_offset_s: float, now) -> tuple[str, list]:
+    """PostgreSQL: a heartbeat's writes as WITH items (SQL, parameters) for the unit whose ``id`` the WITH item
+    named ``unit_ids`` yields (none for a request that must write nothing): the latest
+    heartbeat and the last sync on the unit row, the record, the records beyond the newest HEARTBEATS_KEPT
+    dropped (the DELETE does not see the row inserted beside it: the newest HEARTBEATS_KEPT - 1 older ones
+    stay, and the new one). ``now``: already adapted for the database."""
+    from django.db import connection
+
+    data = connection.ops.adapt_json_value(clean, None)
+    units, records = Unit._meta.db_table, HeartbeatRecord._meta.db_table
+    return (f"hb_u AS (UPDATE {units} SET heartbeat = %s, heartbeat_at = %s, clock_offset_s = %s, last_sync_at = %s "
+            f"WHERE id IN (SELECT id FROM {unit_ids})), "
+            f"hb_r AS (INSERT INTO {records} (unit_id, received_at, data, clock_offset_s) SELECT id, %s, %s, %s "
+            f"FROM {unit_ids}), "
+            f"hb_d AS (DELETE FROM {records} WHERE unit_id IN (SELECT id FROM {unit_ids}) AND id NOT IN (SELECT id "
+            f"FROM {records} WHERE unit_id IN (SELECT id FROM {unit_ids}) ORDER BY received_at DESC, id DESC "
+            "LIMIT %s))",
+            [data, now, clock_offset_s, now, now, data, clock_offset_s, HEARTBEATS_KEPT - 1])
+
+
 def record_heartbeat(unit: Unit, clean: dict, clock_offset_s: float) -> None:
     """The latest heartbeat on the unit (the units page), and a bounded history (the unit's page); the
     unit's last sync stamped by the same statement. Plain statements: one runs for every unit's sync, and
@@ -171,17 +191,10 @@ def record_heartbeat(unit: Unit, clean: dict, clock_offset_s: float) -> None:
     now = connection.ops.adapt_datetimefield_value(timezone.now())
     data = connection.ops.adapt_json_value(clean, None)
     units, records = Unit._meta.db_table, HeartbeatRecord._meta.db_table
-    if connection.vendor == "postgresql":  # one statement, so no transaction of its own (the DELETE does not
-        # see the row inserted beside it: the newest HEARTBEATS_KEPT - 1 older rows stay, and the new one)
+    if connection.vendor == "postgresql":  # one statement, so no transaction of its own
+        writes, values = heartbeat_writes("hb_unit", clean, clock_offset_s, now)
         with hot_cursor() as cursor:
-            cursor.execute(f"WITH u AS (UPDATE {units} SET heartbeat = %s, heartbeat_at = %s, clock_offset_s = %s, "
-                           "last_sync_at = %s WHERE id = %s), "
-                           f"r AS (INSERT INTO {records} (unit_id, received_at, data, clock_offset_s) "
-                           "VALUES (%s, %s, %s, %s)) "
-                           f"DELETE FROM {records} WHERE unit_id = %s AND id NOT IN (SELECT id FROM {records} "
-                           "WHERE unit_id = %s ORDER BY received_at DESC, id DESC LIMIT %s)",
-                           [data, now, clock_offset_s, now, unit.pk, unit.pk, now, data, clock_offset_s,
-                            unit.pk, unit.pk, HEARTBEATS_KEPT - 1])
+            cursor.execute(f"WITH hb_unit AS (SELECT %s::bigint AS id), {writes} SELECT 1", [unit.pk, *values])
         return
     with transaction.atomic(), hot_cursor() as cursor:
         cursor.execute(f"UPDATE {units} SET heartbeat = %s, heartbeat_at = %s, clock_offset_s = %s, "
