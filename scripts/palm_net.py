@@ -230,6 +230,7 @@ class Trainer:
                 self.save()
                 if evaluate and (self.step % evaluate_every == 0 or self.step == total):
                     log[-1]["calibration"] = evaluate()
+                    print(f"step {self.step} calibration palms: {log[-1]['calibration']}", flush=True)
                     np.savez(self.checkpoint.with_name(f"{self.checkpoint.stem}-{self.step}.npz"),
                              step=self.step, *[v.numpy() for v in self.model.variables])
         if bar:
