@@ -360,6 +360,11 @@ def finish(args, model_bytes: bytes, training: dict, palms, split, progress, sta
     cal_run = session_protocol(cal_t, cal_palms, cal_sessions, -1.0, 0.0)
     gallery_fmr = MAX_WRONG_PAYER / DEFAULT_GALLERY
     threshold = round(threshold_at(curve["fmr_points"], gallery_fmr), 5)
+    if threshold > 1.0:  # a cosine never exceeds 1: the unit would refuse the manifest (hand/model.read_manifest)
+        needs = ", ".join(f"{name} {threshold_at(d['fmr_points'], gallery_fmr):.3f}" for name, d in domains.items())
+        raise SystemExit(f"decision.threshold {threshold}: at FMR {gallery_fmr:g} the calibration people's impostor "
+                         f"scores need a cosine above 1 ({needs}): this network cannot hold that false-match rate on "
+                         f"them; no model written (its checkpoints stay in {args.work})")
     gaps = cal_run["gaps"][cal_run["genuine"] >= threshold]
     margin = round(float(min(0.05, max(0.01, np.quantile(gaps, 0.005)))) if gaps.size else 0.03, 4)
     manifest["decision"] = {
