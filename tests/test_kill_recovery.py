@@ -262,9 +262,11 @@ def _audit(state_dir: Path, ledger: Path, server_dir: str | None = None) -> dict
 
 
 @pytest.mark.slow
-def _kill_rounds(tmp_path, state_dir: Path, ledger: Path, kill_points: int, extra_argv=(), before_round=None):
+def _kill_rounds(tmp_path, state_dir: Path, ledger: Path, kill_points: int, extra_argv=(), before_round=None,
+                 before_recovery=None):
     """Kill the driver at ``kill_points`` random points (half after a random delay, half right after a chosen
-    step), then let a fresh interpreter recover; returns (kills per step, the audit, a one-line summary)."""
+    step), then let a fresh interpreter recover (after ``before_recovery(run_recovery)``, which may try a
+    recovery of its own first); returns (kills per step, the audit, a one-line summary)."""
     started = time.monotonic()
     rng = random.Random(SEED)
     kills_at = collections.Counter()
@@ -317,9 +319,18 @@ def _kill_rounds(tmp_path, state_dir: Path, ledger: Path, kill_points: int, extr
         zygote_proc.wait(ROUND_TIMEOUT_S)
         zygote_lines.close()
     assert "Traceback" not in stderr_log.read_text(), stderr_log.read_text()
-    final = Driver.fresh(["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED),
-                          "--purchases", "0", *extra_argv], stderr_log)  # a fresh interpreter that only recovers
-    final.finish()
+
+    def run_recovery() -> list[str]:
+        """A fresh interpreter that only recovers; returns what it announced."""
+        driver = Driver.fresh(["--state-dir", str(state_dir), "--ledger", str(ledger), "--seed", str(SEED),
+                               "--purchases", "0", *extra_argv], stderr_log)
+        driver.finish()
+        return driver.markers
+
+    if before_recovery is not None:
+        before_recovery(run_recovery)
+    final_markers = run_recovery()
+    assert "recovered" in final_markers, f"the last recovery did not finish: {final_markers}"
     audit = _audit(state_dir, ledger, *(extra_argv[1:2] if "--server-dir" in extra_argv else ()))
     summary = (f"{sum(kills_at.values())} kill points in {rounds} runs ({fresh_runs} fresh interpreters, the rest "
                f"forked, {len(ended_by_full_disk)} ended by a full disk), {time.monotonic() - started:.1f} s; "
@@ -397,8 +408,19 @@ def test_sigkill_while_the_disk_fills_never_double_charges_or_loses_a_charge(tmp
                 with contextlib.suppress(FileNotFoundError):
                     filler.unlink()
 
+        def full_then_room(run_recovery):
+            """A start-up on a disk with no byte left goes out of service cleanly (or recovers, if it needs no
+            room); once there is room again, the next start-up recovers what is open."""
+            with contextlib.suppress(FileNotFoundError):
+                (disk / "filler").unlink()
+            fill(disk)
+            markers = run_recovery()
+            assert markers[-1] in {"disk-full", "exit"}, markers
+            (disk / "filler").unlink()
+
         kills_at, audit, summary = _kill_rounds(tmp_path, state_dir, ledger, 50,
-                                                ["--server-dir", str(server), "--disk-may-fill"], squeeze)
+                                                ["--server-dir", str(server), "--disk-may-fill"], squeeze,
+                                                full_then_room)
         print(f"\nkill test with a filling disk: {summary}; {len(full_runs)} runs began on a nearly full disk")
         print({k: (v if isinstance(v, int) else len(v)) for k, v in audit.items()})
         _assert_money_intact(audit)

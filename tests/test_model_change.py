@@ -4,7 +4,7 @@ Employees enrolled under the palm-code model (palm-gabor-1) keep paying on a uni
 learned embedding; a confident match under an old template stores an active-model template made from the
 same frame (sealed, guarded, queued for upload with the employee's original consent); a stranger is never
 taken for anyone; enrollment makes active-model templates. Run with a stand-in embedding model (always) and
-with the shipped palm-embed-1 (once it is in firmware_assets).
+with each learned model the firmware ships opt-in (palm-embed-1, palm-embed-2).
 """
 from __future__ import annotations
 
@@ -30,7 +30,7 @@ PEOPLE = {f"E{p}": p for p in (6, 7, 10, 12, 17, 22)}  # drawn people the stand-
 STRANGER = 61
 VMC_FAST = {"patience_s": 1.0, "reader_timeout_s": 2.0, "session_timeout_s": 5.0, "slow_s": 0.2,
             "cancel_after_s": 0.2}
-SHIPPED = ASSETS_DIR / "palm-embed-1"
+SHIPPED = ("palm-embed-1", "palm-embed-2")  # every learned model the firmware ships (opt-in)
 # The first learned model (Tongji test palms: EER 4.9%, FNMR 25% at FMR 1e-3) takes a drawn stranger for an
 # employee at its calibrated threshold for 6 employees: drawn hands are outside what it was calibrated on.
 # Known to fail with exactly that model (strict: a better model must pass, and this line then goes).
@@ -38,12 +38,12 @@ UNFIT_ON_DRAWN_HANDS = {"88dd608b9aae69ba658a006d60abcd4792051b6a2a1fd9d9087e9be
 
 
 def _new_model(kind: str, request):
-    if kind == "shipped":
-        if not (SHIPPED / "manifest.json").is_file():
-            pytest.skip("palm-embed-1 is not in firmware_assets yet")
-        embedder = Embedder.load(SHIPPED)
+    if kind in SHIPPED:
+        if not (ASSETS_DIR / kind / "manifest.json").is_file():
+            pytest.skip(f"{kind} is not in firmware_assets")
+        embedder = Embedder.load(ASSETS_DIR / kind)
         if embedder.manifest["sha256"] in UNFIT_ON_DRAWN_HANDS:
-            request.applymarker(pytest.mark.xfail(strict=True, reason="this palm-embed-1 lets a drawn stranger pay"))
+            request.applymarker(pytest.mark.xfail(strict=True, reason=f"this {kind} lets a drawn stranger pay"))
         return embedder
     return StandInEmbedder()
 
@@ -62,7 +62,7 @@ def _buy(unit, person: int, sample: int):
     return purchase
 
 
-@pytest.mark.parametrize("kind", ["standin", "shipped"])
+@pytest.mark.parametrize("kind", ["standin", *SHIPPED])
 def test_a_unit_moves_to_a_new_model_without_locking_anyone_out(tmp_path, kind, request):
     cfg = _config(tmp_path)
     old = Recognizer(Embedder.load(ASSETS_DIR / "palm-gabor-1"))  # the firmware before the change

@@ -76,10 +76,13 @@ def test_buzzer_beeps_on_hardware_patterns():
     factory = MockFactory()
     with open_panel(SIM, pin_factory=factory) as panel:
         panel._beep_scale = 0.02  # the hardware pattern, 50 times faster
-        panel.show("unknown")  # three short beeps
-        time.sleep(0.2)
-        highs = [s for s in factory.pin(23).states if s.state]
-        assert len(highs) == 3
+        panel.show("unknown")  # three short beeps, played on gpiozero's background thread
+        pin = factory.pin(23)
+        deadline = time.monotonic() + 10.0
+        while (sum(s.state for s in pin.states) < 3 or pin.states[-1].state) and time.monotonic() < deadline:
+            time.sleep(0.005)  # polling the pattern's end, bounded by the deadline
+        highs = [s for s in pin.states if s.state]
+        assert len(highs) == 3 and not pin.states[-1].state
 
 
 def test_sim_pins_are_not_global(panel):

@@ -235,9 +235,8 @@ def test_garbage_on_the_line_is_ignored(unit):
 
 def test_disconnect_while_idle_reconnects(unit):
     unit.vmc.disconnect(down_s=0.3)
-    time.sleep(0.2)
+    assert unit.vmc.wait_until(lambda: unit.vmc.connections == 2, 8.0), "the unit never reconnected"
     assert back_in_service(unit, timeout=8.0), unit.loop.faults
-    assert unit.vmc.connections == 2
     assert buy(unit, 1)[0].outcome == "vended"
     assert charges_match_vends(unit)
 
