@@ -169,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
     parser.add_argument("--pretrain-margin", type=float, default=0.3,
                         help="CosFace margin of phase 1 (a smaller one escapes the start's plateau on many classes)")
+    parser.add_argument("--margin", type=float, default=0.3, help="CosFace margin of phase 2")
     parser.add_argument("--dim", type=int, default=128, help="embedding size (template bytes)")
     parser.add_argument("--dropout", type=float, help="before the embedding; default the head's own")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (0: Adam)")
@@ -237,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     synth_classes = 2 * (int(synth_labels.max()) + 1)
     heads = [palm_net.CosFaceHead(args.dim, synth_classes, args.seed, margin=args.pretrain_margin),
              palm_net.CosFaceHead(args.dim, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
-                                  args.seed + 1, pair_weight=args.pair_weight, pair_margin=args.pair_margin)]
+                                  args.seed + 1, margin=args.margin, pair_weight=args.pair_weight,
+                                  pair_margin=args.pair_margin)]
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz",
                                args.weight_decay)
@@ -259,12 +261,12 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
                 f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, dropout {args.dropout}, "
-                f"{args.dim}-d embedding; CosFace loss (s 32, m 0.3); "
+                f"{args.dim}-d embedding; CosFace loss (s 32, m {args.margin}); "
                 f"{'AdamW weight decay %g' % args.weight_decay if args.weight_decay else 'Adam'} "
                 "with cosine learning rate; phase 1 synthetic palms (generator version "
                 f"{args.generator}) + simulator drawn hands, phase 2 Tongji training palms (mirrored palm = extra "
                 "identity) with a --mix-synthetic share of synthetic",
-        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout,
+        "pretrain_margin": args.pretrain_margin, "margin": args.margin, "dim": args.dim, "dropout": args.dropout,
         "weight_decay": args.weight_decay, "generator": args.generator,
         "session_aug": args.session_aug,
         "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None,
