@@ -227,7 +227,7 @@ def test_selftest_fails_when_the_active_threshold_is_out_of_reach(tmp_path, caps
 
     from vendor_node.cli.main import main
 
-    if not (SHIPPED / "manifest.json").is_file():
+    if not (ASSETS_DIR / "palm-embed-1" / "manifest.json").is_file():
         pytest.skip("palm-embed-1 is not in firmware_assets yet")
     assets = tmp_path / "assets"
     shutil.copytree(ASSETS_DIR, assets)

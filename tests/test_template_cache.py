@@ -1,6 +1,7 @@
 """The drawn employees' template cache: made once through the real enrollment, reused by prefix, never trusted when
 made by other code, kept outside the state folder; and a simulated office provisioned from it."""
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -104,3 +105,25 @@ def test_past_the_real_path_the_office_is_filled_with_drawn_palm_regions(recogni
     counted.clear()
     assert drawn_templates(cfg, recognizer, 6, workers=1, progress=False) == office  # read back from the caches
     assert template_cache.region_cache_path(recognizer).is_file()
+
+
+def test_a_change_to_the_palm_finding_source_is_a_new_cache(recognizer, monkeypatch, tmp_path):
+    """The cache's id follows the text of every palm-finding module: an edit to one of them (a moved palm square)
+    names another cache file; the same source gives the same id."""
+    assert template_cache.model_cache_id(recognizer) == template_cache.model_cache_id(recognizer)
+    before = template_cache.model_cache_id(recognizer)
+    hand = tmp_path / "vendor_node" / "hand"
+    hand.mkdir(parents=True)
+    real = Path(template_cache.__file__).resolve().parent.parent / "hand"
+    for name in template_cache.PALM_FINDING_MODULES:
+        (hand / f"{name}.py").write_bytes((real / f"{name}.py").read_bytes())
+    (tmp_path / "vendor_node" / "sim").mkdir()
+    monkeypatch.setattr(template_cache, "__file__", str(tmp_path / "vendor_node" / "sim" / "template_cache.py"))
+    assert template_cache.model_cache_id(recognizer) == before  # (the same text, read from the copy)
+    for name in template_cache.PALM_FINDING_MODULES:
+        path = hand / f"{name}.py"
+        original = path.read_bytes()
+        path.write_bytes(original + b"\nSHIFT = 0.01\n")
+        assert template_cache.model_cache_id(recognizer) != before, name
+        path.write_bytes(original)
+    assert template_cache.model_cache_id(recognizer) == before

@@ -54,6 +54,7 @@ class Shape:
     contour: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     tip_index: dict[str, int] = field(default_factory=dict)  # named fingertip -> its index on ``contour``
     fingers_leave_frame: bool = False  # a close-up, or a valley was found between fingers that leave the frame
+    lines: dict = field(default_factory=dict)  # valley_line's answers by palm circle (placing and hanging the square)
 
 
 def gap_holes(mask: np.ndarray, unfilled: np.ndarray, center: np.ndarray, radius: float) -> list[np.ndarray]:
@@ -140,9 +141,8 @@ def find_fingers(contour: np.ndarray, mask: np.ndarray, center: np.ndarray, radi
             valley = _valley_between(contour, ia, ib, sector, radius)
             if np.linalg.norm(valley - center) <= VALLEY_REACH * radius:
                 points[f"valley_{pair[0]}_{pair[1]}"] = valley
-    valleys_sorted = sorted(near, key=angle)
     tip_index = {name: index for name, (index, _) in zip(names, tips) if name}
-    return Shape(points, [t for _, t in tips], valleys_sorted, names, up, extent, contour, tip_index, leave)
+    return Shape(points, [t for _, t in tips], sorted(near, key=angle), names, up, extent, contour, tip_index, leave)
 
 
 def _refine_tips(contour, dist_all, tips, radius) -> list[tuple[int, np.ndarray]]:
@@ -258,6 +258,13 @@ def roi_frame(shape: Shape, mask: np.ndarray, center: np.ndarray, radius: float)
 def valley_line(shape: Shape, center: np.ndarray, radius: float):
     """The finger valleys that place the palm square: a ValleyLine, a close-up's placement from two neighbouring
     valleys (centre, x axis, side, "valley_pair"), or None (fingers together: the hand's axis places it)."""
+    key = (float(center[0]), float(center[1]), float(radius))  # (once per palm circle: placed, then hung from it)
+    if key not in shape.lines:
+        shape.lines[key] = _valley_line(shape, center, radius)
+    return shape.lines[key]
+
+
+def _valley_line(shape: Shape, center: np.ndarray, radius: float):
     p = shape.points
     im, mr, rl = (p.get(f"valley_{k}") for k in ("index_middle", "middle_ring", "ring_little"))
     if mr is not None:

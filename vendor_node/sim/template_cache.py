@@ -43,6 +43,10 @@ REAL_PATH_MAX = 10_000  # drawn employees enrolled through the whole path; beyon
 FIRST_REGION_SEED = 20_000_000  # person k of the region cache (far from every drawn hand's and stranger's seed)
 REGION_CHUNK = 500
 ROI_SIZE = 128
+# The hand package's palm-finding source (what places the palm square in a frame): a change to any of them can move
+# every drawn hand's square, so their text is part of the cache's id.
+PALM_FINDING_MODULES = ("preprocess", "handshape", "hand_geometry", "frame_edge", "palm_circle", "palm_square",
+                        "palm_finder", "area_shrink", "dim_parts", "outline_defects", "handedness", "landmarks")
 
 
 def cache_dir() -> Path:
@@ -53,12 +57,23 @@ def cache_dir() -> Path:
     return Path(base) / "vendor-node"
 
 
+def palm_finding_digest() -> str:
+    """sha256 of the palm-finding modules' source (PALM_FINDING_MODULES, in that order, each named)."""
+    folder = Path(__file__).resolve().parent.parent / "hand"
+    digest = hashlib.sha256()
+    for name in PALM_FINDING_MODULES:
+        digest.update(f"{name}\0".encode())
+        digest.update((folder / f"{name}.py").read_bytes())
+    return digest.hexdigest()
+
+
 def model_cache_id(recognizer) -> str:
     """The digests of the models whose templates enrollment makes (the active one, and the shortlist model's
-    when there is one: a template set), the matcher's code id and the landmark model placing the palm square
-    (when shipped): a new model, code format or palm finding is a new cache."""
+    when there is one: a template set), the matcher's code id, the landmark model placing the palm square
+    (when shipped) and the palm-finding source: a new model, code format or palm finding is a new cache."""
     manifest = recognizer.embedder.manifest
-    entry = {"sha256": manifest.get("sha256"), "feature": getattr(recognizer, "feature_id", None)}
+    entry = {"sha256": manifest.get("sha256"), "feature": getattr(recognizer, "feature_id", None),
+             "palm_finding": palm_finding_digest()}
     shortlist = getattr(recognizer, "shortlist", None)
     if shortlist is not None:
         entry["shortlist_sha256"] = shortlist.matcher.embedder.manifest.get("sha256")
