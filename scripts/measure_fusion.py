@@ -169,6 +169,9 @@ def main() -> None:
     parser.add_argument("--json", type=Path, help="write the figures and the fusion block here")
     parser.add_argument("--write", action="store_true", help="write the fusion block (rule, decision, split, "
                         "held-out figures) into the embedding's manifest.json")
+    parser.add_argument("--calibration-only", action="store_true",
+                        help="score and print the Tongji CALIBRATION palms only (no test palm is read): how "
+                             "candidate embeddings are compared before the one chosen is measured")
     args = parser.parse_args()
     split = json.loads((args.assets / args.embedding / "manifest.json").read_text())["split"]
     started = time.time()
@@ -177,6 +180,10 @@ def main() -> None:
         print(f"[{time.time() - started:6.0f} s] {text}", flush=True)
 
     sets = {}
+    if args.calibration_only:
+        calibration_only(score_items("tongji_calibrate", tongji_items(args.data, set(split["calibrate"])), args.cache,
+                                     args.assets, args.workers, log, args.embedding), args)
+        return
     for side in ("calibrate", "test"):
         sets[f"tongji_{side}"] = score_items(f"tongji_{side}", tongji_items(args.data, set(split[side])), args.cache,
                                              args.assets, args.workers, log, args.embedding)
@@ -224,6 +231,19 @@ def main() -> None:
         manifest["fusion"] = block
         path.write_text(json.dumps(manifest, indent=1) + "\n")
         log(f"wrote the fusion block into {path}")
+
+
+def calibration_only(cal: dict, args) -> None:
+    """Fit the rule on the calibration palms and print their figures (palm codes, embedding, fusion): the same
+    pairs the weight was fitted on, so the fused row is optimistic by the choice of one weight of 41."""
+    genuine, impostor = pair_masks(cal)
+    rule = FusionRule.from_impostors(cal["pc"][impostor], cal["emb"][impostor])
+    rule, _ = fit_weight(rule, (cal["pc"][genuine], cal["emb"][genuine]), (cal["pc"][impostor], cal["emb"][impostor]),
+                         args.fit_fmr)
+    curves = calibrated_curves({"tongji_dev": cal}, rule, {})
+    thresholds = {name: threshold_at_fmr(combined(curves[name]), 1e-6) for name in SCORES}
+    table(f"Tongji CALIBRATION palms of {args.embedding} (never trained on; the fusion weight {rule.weight} was "
+          "fitted on these pairs)", measure(cal, rule, thresholds))
 
 
 def fusion_block(rule: FusionRule, search: list, curves: dict, cal: dict, results: dict, args) -> dict:

@@ -171,6 +171,28 @@ def split_palms(palms: list[str], seed: int, calibrate: int, test: int) -> dict[
             "train": pick(order[n_test + n_cal:])}
 
 
+def hard_negative_batch(palm_ids: list[str], labels_by_class: dict[int, np.ndarray], rng: np.random.Generator,
+                        people: int, per_class: int) -> list[tuple[int, bool]]:
+    """(image index, mirrored) of a batch built from ``people`` whole people: each person's palms (2i and 2i+1,
+    the same person's two hands) both as they are and mirrored, ``per_class`` images of each.
+
+    Why: a mirrored left hand looks most like the same person's right hand, so these four identities are the
+    hardest negatives there are; a pair loss within the batch (palm_net.batch_hard) then works on them.
+    ``palm_ids[c]`` is class c's Tongji palm id; ``labels_by_class[c]`` its image indices.
+    """
+    by_person: dict[int, list[int]] = {}
+    for c, palm in enumerate(palm_ids):
+        by_person.setdefault(int(palm) // 2, []).append(c)
+    persons = sorted(by_person)
+    out = []
+    for person in rng.choice(persons, size=min(people, len(persons)), replace=False):
+        for c in by_person[int(person)]:
+            for mirrored in (False, True):
+                images = labels_by_class[c]
+                out += [(int(i), mirrored) for i in rng.choice(images, size=per_class, replace=len(images) < per_class)]
+    return out
+
+
 def load_tongji(folder: Path) -> dict[str, dict[int, list[np.ndarray]]]:
     """Tongji ROIs as {palm: {session: [128x128 uint8, ...]}} in path order (the set's manifest.csv)."""
     folder = Path(folder)

@@ -85,11 +85,13 @@ def build_embedder(dim: int = 128, orientations: int = 12, width: int = 64, head
 class CosFaceHead:
     """Class centres on the unit sphere; logits s * (cos - m on the true class)."""
 
-    def __init__(self, dim: int, classes: int, seed: int, scale: float = 32.0, margin: float = 0.3):
+    def __init__(self, dim: int, classes: int, seed: int, scale: float = 32.0, margin: float = 0.3,
+                 pair_weight: float = 0.0, pair_margin: float = 0.3):
         import tensorflow as tf
         init = np.random.default_rng(seed).normal(0, 1, (dim, classes)).astype(np.float32)
         self.weights = tf.Variable(init / np.linalg.norm(init, axis=0), name=f"centres_{classes}")
         self.scale, self.margin, self.classes = scale, margin, classes
+        self.pair_weight, self.pair_margin = pair_weight, pair_margin
 
     def loss(self, embeddings, labels):
         import tensorflow as tf
@@ -98,7 +100,26 @@ class CosFaceHead:
         cos = tf.matmul(e, w)
         onehot = tf.one_hot(labels, self.classes)
         logits = self.scale * (cos - self.margin * onehot)
-        return tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
+        loss = tf.reduce_mean(tf.nn.softmax_cross_entropy_with_logits(onehot, logits))
+        if self.pair_weight:
+            loss += self.pair_weight * batch_hard(e, labels, self.pair_margin)
+        return loss
+
+
+def batch_hard(e, labels, margin: float):
+    """Batch-hard triplet loss on cosines of unit vectors ``e``: for each sample, its least similar same-class
+    sample against its most similar other-class one, by ``margin``. It works on the pairs the unit confuses
+    (the class centres of CosFace see every class, but only through their centres)."""
+    import tensorflow as tf
+    cos = tf.matmul(e, e, transpose_b=True)
+    same = tf.equal(labels[:, None], labels[None, :])
+    eye = tf.eye(tf.shape(e)[0], dtype=tf.bool)
+    positive = tf.reduce_min(tf.where(same & ~eye, cos, 2.0 * tf.ones_like(cos)), axis=1)
+    negative = tf.reduce_max(tf.where(same, -2.0 * tf.ones_like(cos), cos), axis=1)
+    has_positive = tf.reduce_any(same & ~eye, axis=1)
+    losses = tf.nn.relu(negative - positive + margin)
+    return tf.reduce_sum(tf.where(has_positive, losses, 0.0)) / tf.maximum(
+        tf.reduce_sum(tf.cast(has_positive, tf.float32)), 1.0)
 
 
 class Trainer:
@@ -209,6 +230,7 @@ class Trainer:
                 self.save()
                 if evaluate and (self.step % evaluate_every == 0 or self.step == total):
                     log[-1]["calibration"] = evaluate()
+                    print(f"step {self.step} calibration palms: {log[-1]['calibration']}", flush=True)
                     np.savez(self.checkpoint.with_name(f"{self.checkpoint.stem}-{self.step}.npz"),
                              step=self.step, *[v.numpy() for v in self.model.variables])
         if bar:

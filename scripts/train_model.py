@@ -36,7 +36,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from palm_data import augment, load_tongji, split_palms, synthetic_palm  # noqa: E402
+from palm_data import augment, hard_negative_batch, load_tongji, split_palms, synthetic_palm  # noqa: E402
 from train_gabor import check_tflite_214, io_quantization  # noqa: E402
 from training_metrics import all_pairs, fmr_points, session_protocol, template_scores, threshold_at  # noqa: E402
 from vendor_node.hand.evaluation_embedding import rate, unit_levels  # noqa: E402
@@ -67,16 +67,25 @@ def drawn_hand_rois(people: int, samples: int, progress) -> tuple[list[np.ndarra
 
 
 def make_batches(args, synthetic: np.ndarray, synth_labels: np.ndarray, train_rois: np.ndarray,
-                 train_labels: np.ndarray):
+                 train_labels: np.ndarray, train_palms: list[str] | None = None):
     """batches(phase, step): a seeded batch of augmented ROIs and class labels (mirrored palm = new class)."""
     from palm_net import to_input
     classes, synth_classes = int(train_labels.max()) + 1, int(synth_labels.max()) + 1
+    by_class = {c: np.flatnonzero(train_labels == c) for c in range(classes)}
 
     def batches(phase: int, step: int):
         """Phase 0: synthetic only; phase 1: training palms, a --mix-synthetic share of synthetic ones after them
-        (classes: palms, mirrored palms, synthetic, mirrored synthetic)."""
+        (classes: palms, mirrored palms, synthetic, mirrored synthetic); with --hard-negatives whole people
+        (both hands, as they are and mirrored: palm_data.hard_negative_batch)."""
         rng = np.random.default_rng([args.seed, step])
         x, y = [], []
+        if phase == 1 and args.hard_negatives:
+            per_class = args.hard_negatives
+            for i, flip in hard_negative_batch(train_palms, by_class, rng, args.batch // (4 * per_class), per_class):
+                roi = np.ascontiguousarray(train_rois[i][:, ::-1] if flip else train_rois[i])
+                x.append(unit_levels(augment(roi, rng, session=args.session_aug)))
+                y.append(int(train_labels[i]) + (classes if flip else 0))
+            return to_input(np.stack(x)), np.array(y, np.int32)
         for _ in range(args.batch):
             synthetic_one = phase == 0 or rng.random() < args.mix_synthetic
             pool, labels, offset, n = ((synthetic, synth_labels, 0 if phase == 0 else 2 * classes, synth_classes)
@@ -160,11 +169,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--head", choices=("flatten", "gdc"), default="flatten", help="see palm_net.build_embedder")
     parser.add_argument("--pretrain-margin", type=float, default=0.3,
                         help="CosFace margin of phase 1 (a smaller one escapes the start's plateau on many classes)")
+    parser.add_argument("--margin", type=float, default=0.3, help="CosFace margin of phase 2")
     parser.add_argument("--dim", type=int, default=128, help="embedding size (template bytes)")
     parser.add_argument("--dropout", type=float, help="before the embedding; default the head's own")
     parser.add_argument("--weight-decay", type=float, default=0.0, help="AdamW decoupled weight decay (0: Adam)")
     parser.add_argument("--session-aug", type=float, default=0.0,
                         help="share of samples given a session change (elastic warp, uneven light)")
+    parser.add_argument("--hard-negatives", type=int, default=0, metavar="K",
+                        help="phase-2 batches of whole people (both hands, mirrored too), K images per identity "
+                             "(0: uniform batches)")
+    parser.add_argument("--pair-weight", type=float, default=0.0,
+                        help="weight of a batch-hard triplet loss (cosine margin --pair-margin) added in phase 2")
+    parser.add_argument("--pair-margin", type=float, default=0.3)
     parser.add_argument("--init-from", type=Path, help="phase 2 starts from this checkpoint's network")
     parser.add_argument("--export-snapshot", type=Path,
                         help="no training: export, calibrate and measure this <work>/checkpoint-<step>.npz network "
@@ -222,7 +238,8 @@ def main(argv: list[str] | None = None) -> int:
     synth_classes = 2 * (int(synth_labels.max()) + 1)
     heads = [palm_net.CosFaceHead(args.dim, synth_classes, args.seed, margin=args.pretrain_margin),
              palm_net.CosFaceHead(args.dim, 2 * len(split["train"]) + (synth_classes if args.mix_synthetic else 0),
-                                  args.seed + 1)]
+                                  args.seed + 1, margin=args.margin, pair_weight=args.pair_weight,
+                                  pair_margin=args.pair_margin)]
     args.work.mkdir(parents=True, exist_ok=True)
     trainer = palm_net.Trainer(model, heads, [args.pretrain_steps, args.steps], args.lr, args.work / "checkpoint.npz",
                                args.weight_decay)
@@ -232,7 +249,7 @@ def main(argv: list[str] | None = None) -> int:
         trainer.step = sum(trainer.steps)
     elif not resumed and args.init_from:
         trainer.start_from(args.init_from)
-    log = trainer.run(make_batches(args, synthetic, synth_labels, train_rois, train_labels),
+    log = trainer.run(make_batches(args, synthetic, synth_labels, train_rois, train_labels, split["train"]),
                       progress=lambda **kw: tqdm(file=sys.stderr, **kw),
                       evaluate=calibration_figures(model, palms, split["calibrate"]),
                       evaluate_every=args.evaluate_every)
@@ -244,18 +261,19 @@ def main(argv: list[str] | None = None) -> int:
     training = {
         "what": "oriented filters (Gabor-initialised, 9x9 stride 2, 12 orientations) + softmax competition across "
                 f"orientations, depthwise-separable trunk to 8x8, head {args.head!r}, dropout {args.dropout}, "
-                f"{args.dim}-d embedding; CosFace loss (s 32, m 0.3); "
+                f"{args.dim}-d embedding; CosFace loss (s 32, m {args.margin}); "
                 f"{'AdamW weight decay %g' % args.weight_decay if args.weight_decay else 'Adam'} "
                 "with cosine learning rate; phase 1 synthetic palms (generator version "
                 f"{args.generator}) + simulator drawn hands, phase 2 Tongji training palms (mirrored palm = extra "
                 "identity) with a --mix-synthetic share of synthetic",
-        "pretrain_margin": args.pretrain_margin, "dim": args.dim, "dropout": args.dropout,
+        "pretrain_margin": args.pretrain_margin, "margin": args.margin, "dim": args.dim, "dropout": args.dropout,
         "weight_decay": args.weight_decay, "generator": args.generator,
         "session_aug": args.session_aug,
         "exported_snapshot": str(args.export_snapshot) if args.export_snapshot else None,
         "init_from": str(args.init_from) if args.init_from else None,
         "steps": [args.pretrain_steps, args.steps], "batch": args.batch, "lr": args.lr, "head": args.head,
-        "mix_synthetic": args.mix_synthetic,
+        "mix_synthetic": args.mix_synthetic, "hard_negatives_per_identity": args.hard_negatives,
+        "pair_loss": {"weight": args.pair_weight, "margin": args.pair_margin},
         "epochs_phase2": round(args.steps * args.batch / len(train_rois), 1),
         "data": {"tongji_train_palms": len(split["train"]), "tongji_train_images": int(len(train_rois)),
                  "synthetic_ids": args.synthetic_ids, "synthetic_samples": args.synthetic_samples,
@@ -344,6 +362,11 @@ def finish(args, model_bytes: bytes, training: dict, palms, split, progress, sta
     cal_run = session_protocol(cal_t, cal_palms, cal_sessions, -1.0, 0.0)
     gallery_fmr = MAX_WRONG_PAYER / DEFAULT_GALLERY
     threshold = round(threshold_at(curve["fmr_points"], gallery_fmr), 5)
+    if threshold > 1.0:  # a cosine never exceeds 1: the unit would refuse the manifest (hand/model.read_manifest)
+        needs = ", ".join(f"{name} {threshold_at(d['fmr_points'], gallery_fmr):.3f}" for name, d in domains.items())
+        raise SystemExit(f"decision.threshold {threshold}: at FMR {gallery_fmr:g} the calibration people's impostor "
+                         f"scores need a cosine above 1 ({needs}): this network cannot hold that false-match rate on "
+                         f"them; no model written (its checkpoints stay in {args.work})")
     gaps = cal_run["gaps"][cal_run["genuine"] >= threshold]
     margin = round(float(min(0.05, max(0.01, np.quantile(gaps, 0.005)))) if gaps.size else 0.03, 4)
     manifest["decision"] = {

@@ -170,3 +170,34 @@ def test_a_phase_2_variant_starts_from_a_shared_pretraining(tmp_path):
     with pytest.raises(SystemExit, match="another network"):
         palm_net.Trainer(palm_net.build_embedder(dim=32), heads(), [2, 2], 1e-3, tmp_path / "c.npz").start_from(
             tmp_path / "a-2.npz")
+
+
+def test_hard_negative_batches_hold_whole_people_as_they_are_and_mirrored(palm_data):
+    palms = ["010", "011", "040", "041", "100", "101"]  # three people, both hands each
+    labels = np.repeat(np.arange(6), 20)
+    by_class = {c: np.flatnonzero(labels == c) for c in range(6)}
+    batch = palm_data.hard_negative_batch(palms, by_class, np.random.default_rng(3), people=2, per_class=3)
+    assert batch == palm_data.hard_negative_batch(palms, by_class, np.random.default_rng(3), people=2, per_class=3)
+    assert len(batch) == 2 * 2 * 2 * 3  # people x hands x (as is, mirrored) x images
+    identities = {(int(labels[i]), mirrored) for i, mirrored in batch}
+    people = {int(palms[c]) // 2 for c, _ in identities}
+    assert len(people) == 2 and len(identities) == 8  # each person's two palms, both ways round
+    for c, mirrored in identities:
+        assert sum(1 for i, m in batch if labels[i] == c and m == mirrored) == 3
+
+
+def test_batch_hard_loss_weighs_the_hardest_pairs_only():
+    pytest.importorskip("tensorflow")
+    palm_net = _load("palm_net")
+    import tensorflow as tf
+    labels = tf.constant([0, 0, 1, 1])
+    apart = tf.constant([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert float(palm_net.batch_hard(apart, labels, 0.3)) == pytest.approx(0.0)  # cos 1 vs 0: beyond the margin
+    close = tf.math.l2_normalize(tf.constant([[1.0, 0.0], [0.0, 1.0], [1.0, 0.1], [0.0, 1.0]]), axis=1)
+    # every sample's other-class neighbour is nearer than its class mate: hardest negative - positive + margin
+    c = float(close[2, 0])  # cos of (1, 0.1) with (1, 0); its cos with (0, 1) is sqrt(1 - c^2)
+    s = (1 - c * c) ** 0.5
+    expected = np.mean([c - 0 + 0.3, 1 - 0 + 0.3, c - s + 0.3, 1 - s + 0.3])
+    assert float(palm_net.batch_hard(close, labels, 0.3)) == pytest.approx(expected, abs=1e-5)
+    alone = tf.constant([0, 1, 2, 3])  # no same-class pair in the batch: nothing to weigh
+    assert float(palm_net.batch_hard(apart, alone, 0.3)) == 0.0
